@@ -1,0 +1,194 @@
+//! Safetensors checkpoints: one file or a sharded index, memory-mapped, with the key quirks of
+//! the published files (GPT-2 keys without `transformer.`, old `attn.bias` buffers).
+//!
+//! Models never see file names: they ask a [`WeightBuilder`] for tensors by their canonical
+//! (reference) name and shape, and the builder resolves, checks and converts them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Where each tensor lives and what it looks like, without loading data.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    pub file: usize,
+    pub dtype: safetensors::Dtype,
+    pub shape: Vec<usize>,
+}
+
+pub struct Checkpoint {
+    files: Vec<PathBuf>,
+    mmaps: Vec<MmapedSafetensors>,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl Checkpoint {
+    pub fn open_files(files: Vec<PathBuf>) -> Result<Self> {
+        let mut mmaps = Vec::with_capacity(files.len());
+        let mut tensors = BTreeMap::new();
+        for (i, path) in files.iter().enumerate() {
+            if !path.is_file() {
+                return Err(Error::io(
+                    path,
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "weight file not found"),
+                ));
+            }
+            // Safety: the file is mapped read-only; like every mmap-based loader we rely on
+            // nobody truncating it while we run.
+            let mmap = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::BadSafetensors {
+                path: path.clone(),
+                reason: root_cause(&e),
+            })?;
+            for (name, view) in mmap.tensors() {
+                tensors.insert(
+                    name,
+                    TensorInfo { file: i, dtype: view.dtype(), shape: view.shape().to_vec() },
+                );
+            }
+            mmaps.push(mmap);
+        }
+        Ok(Self { files, mmaps, tensors })
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
+        &self.tensors
+    }
+
+    /// Finds the stored key for a canonical name: itself, or without the family prefix
+    /// (the Hub's `gpt2*` files drop `transformer.`).
+    pub fn resolve(&self, canonical: &str, prefix: &str) -> Option<&str> {
+        if let Some((k, _)) = self.tensors.get_key_value(canonical) {
+            return Some(k);
+        }
+        let stripped = canonical.strip_prefix(prefix)?;
+        self.tensors.get_key_value(stripped).map(|(k, _)| k.as_str())
+    }
+
+    /// The storage dtype most tensors use (for `inspect`).
+    pub fn storage_dtype(&self) -> Option<safetensors::Dtype> {
+        let mut counts: HashMap<String, (usize, safetensors::Dtype)> = HashMap::new();
+        for info in self.tensors.values() {
+            let e = counts.entry(format!("{:?}", info.dtype)).or_insert((0, info.dtype));
+            e.0 += info.shape.iter().product::<usize>();
+        }
+        counts.into_values().max_by_key(|(n, _)| *n).map(|(_, d)| d)
+    }
+
+    fn file_name(&self, i: usize) -> String {
+        self.files[i].display().to_string()
+    }
+
+    fn load_raw(&self, key: &str, device: &Device) -> Result<Tensor> {
+        let info = &self.tensors[key];
+        self.mmaps[info.file].load(key, device).map_err(|e| Error::BadSafetensors {
+            path: self.files[info.file].clone(),
+            reason: format!("tensor `{key}`: {}", root_cause(&e)),
+        })
+    }
+}
+
+fn root_cause(e: &candle_core::Error) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or("").to_string()
+}
+
+/// Where a builder takes its tensors from: a checkpoint on disk or tensors in memory
+/// (benchmarks and tests build random models without writing files).
+pub enum WeightSource {
+    Checkpoint(Checkpoint),
+    Memory(HashMap<String, Tensor>),
+}
+
+/// Name-scoped access to weights, mirroring the checkpoint's key hierarchy
+/// (`vb.pp("h").pp(3).get(...)` in candle terms). Converts to the compute dtype.
+#[derive(Clone)]
+pub struct WeightBuilder<'a> {
+    source: &'a WeightSource,
+    prefix: &'static str,
+    path: Vec<String>,
+    dtype: DType,
+    device: &'a Device,
+}
+
+impl<'a> WeightBuilder<'a> {
+    pub fn new(source: &'a WeightSource, family_prefix: &'static str, dtype: DType, device: &'a Device) -> Self {
+        Self { source, prefix: family_prefix, path: Vec::new(), dtype, device }
+    }
+
+    pub fn pp(&self, part: impl ToString) -> Self {
+        let mut b = self.clone();
+        b.path.push(part.to_string());
+        b
+    }
+
+    pub fn name(&self, leaf: &str) -> String {
+        let mut parts = self.path.clone();
+        parts.push(leaf.to_string());
+        parts.join(".")
+    }
+
+    pub fn contains(&self, leaf: &str) -> bool {
+        let name = self.name(leaf);
+        match self.source {
+            WeightSource::Checkpoint(c) => c.resolve(&name, self.prefix).is_some(),
+            WeightSource::Memory(m) => m.contains_key(&name),
+        }
+    }
+
+    /// Loads `leaf` under the current scope, checking its shape.
+    pub fn get(&self, shape: &[usize], leaf: &str) -> Result<Tensor> {
+        let name = self.name(leaf);
+        let t = match self.source {
+            WeightSource::Checkpoint(c) => {
+                let Some(key) = c.resolve(&name, self.prefix) else {
+                    return Err(Error::MissingTensor {
+                        name,
+                        files: c.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
+                    });
+                };
+                let info = &c.tensors[key];
+                if info.shape != shape {
+                    return Err(Error::ShapeMismatch {
+                        name,
+                        file: c.file_name(info.file),
+                        expected: shape.to_vec(),
+                        found: info.shape.clone(),
+                    });
+                }
+                use safetensors::Dtype as S;
+                if !matches!(info.dtype, S::F32 | S::F16 | S::BF16 | S::F64) {
+                    return Err(Error::UnsupportedDtype {
+                        name,
+                        file: c.file_name(info.file),
+                        dtype: format!("{:?}", info.dtype),
+                    });
+                }
+                c.load_raw(key, self.device)?
+            }
+            WeightSource::Memory(m) => {
+                let t = m.get(&name).ok_or_else(|| Error::MissingTensor {
+                    name: name.clone(),
+                    files: "in-memory weights".into(),
+                })?;
+                if t.dims() != shape {
+                    return Err(Error::ShapeMismatch {
+                        name,
+                        file: "in-memory weights".into(),
+                        expected: shape.to_vec(),
+                        found: t.dims().to_vec(),
+                    });
+                }
+                t.to_device(self.device)?
+            }
+        };
+        Ok(t.to_dtype(self.dtype)?)
+    }
+}

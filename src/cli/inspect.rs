@@ -1,0 +1,147 @@
+//! `edit inspect`: what a model is and which modules an edit can target. Reads the config
+//! and the safetensors headers only, so it is instant even for 20B-parameter checkpoints.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use edit::checkpoint::Checkpoint;
+use edit::hub::{resolve_model, HubOptions, ModelOrigin};
+use edit::models::modules::{editable_modules, EditableModule};
+use edit::ModelConfig;
+use serde::Serialize;
+
+use super::{logging, GlobalArgs, ModelArgs};
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    origin: &'a ModelOrigin,
+    family: &'static str,
+    model_type: &'a str,
+    layers: usize,
+    d_model: usize,
+    d_ff: usize,
+    heads: usize,
+    head_dim: usize,
+    vocab_size: usize,
+    context: usize,
+    storage_dtype: Option<String>,
+    compute_dtype: &'a str,
+    activation: edit::config::Activation,
+    rotary: Option<edit::config::Rotary>,
+    parallel_residual: bool,
+    tied_embeddings: bool,
+    parameters: usize,
+    weight_files: usize,
+    editable_modules: Vec<ModuleReport>,
+}
+
+#[derive(Serialize)]
+struct ModuleReport {
+    #[serde(flatten)]
+    module: EditableModule,
+    stored_shape: [usize; 2],
+}
+
+pub fn run(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    edit::device::parse_dtype(&args.model.dtype)?;
+    let opts = HubOptions {
+        revision: args.model.revision.clone(),
+        offline: args.model.offline,
+        cache_dir: None,
+        progress: logging::show_progress(global),
+    };
+    let files = resolve_model(&args.model.model, &opts).with_context(|| format!("cannot find model `{}`", args.model.model))?;
+    let cfg = ModelConfig::from_file(&files.config)?;
+    let ckpt = Checkpoint::open_files(files.weights.clone())?;
+    let modules: Vec<ModuleReport> = editable_modules(&cfg)
+        .into_iter()
+        .map(|m| ModuleReport { stored_shape: m.stored_shape(), module: m })
+        .collect();
+    // Fail like `predict` would if the checkpoint lacks a module an edit could target.
+    for m in &modules {
+        let name = format!("{}.weight", m.module.name);
+        let info = ckpt
+            .resolve(&name, cfg.family.prefix())
+            .map(|k| &ckpt.tensors()[k])
+            .ok_or_else(|| edit::Error::MissingTensor { name: name.clone(), files: files.weights.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ") })?;
+        if info.shape != m.stored_shape {
+            return Err(edit::Error::ShapeMismatch {
+                name,
+                file: files.weights[info.file].display().to_string(),
+                expected: m.stored_shape.to_vec(),
+                found: info.shape.clone(),
+            }
+            .into());
+        }
+    }
+    let report = Report {
+        origin: &files.origin,
+        family: cfg.family.name(),
+        model_type: &cfg.model_type,
+        layers: cfg.n_layer,
+        d_model: cfg.d_model,
+        d_ff: cfg.d_ff,
+        heads: cfg.n_head,
+        head_dim: cfg.head_dim(),
+        vocab_size: cfg.vocab_size,
+        context: cfg.n_ctx,
+        storage_dtype: ckpt.storage_dtype().map(|d| format!("{d:?}").to_ascii_lowercase()),
+        compute_dtype: &args.model.dtype,
+        activation: cfg.activation,
+        rotary: cfg.rotary,
+        parallel_residual: cfg.parallel_residual,
+        tied_embeddings: cfg.tie_word_embeddings,
+        parameters: ckpt.tensors().values().map(|t| t.shape.iter().product::<usize>()).sum(),
+        weight_files: files.weights.len(),
+        editable_modules: modules,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_text(&mut out, &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_text(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
+    let origin = match r.origin {
+        ModelOrigin::Local { path } => path.display().to_string(),
+        ModelOrigin::Hub { repo, revision, commit } => {
+            format!("{repo} @ {revision}{}", commit.as_ref().map(|c| format!(" ({c})")).unwrap_or_default())
+        }
+    };
+    writeln!(out, "model          {origin}")?;
+    writeln!(out, "family         {} ({})", r.family, r.model_type)?;
+    writeln!(out, "layers         {}", r.layers)?;
+    writeln!(out, "d_model        {}  (heads {} x {})", r.d_model, r.heads, r.head_dim)?;
+    writeln!(out, "d_ff           {}  (key width of ROME/MEMIT)", r.d_ff)?;
+    writeln!(out, "vocab          {}", r.vocab_size)?;
+    writeln!(out, "context        {}", r.context)?;
+    writeln!(out, "parameters     {}", r.parameters)?;
+    writeln!(out, "dtype          stored {}, compute {}", r.storage_dtype.as_deref().unwrap_or("?"), r.compute_dtype)?;
+    writeln!(out, "activation     {:?}", r.activation)?;
+    match &r.rotary {
+        Some(rot) => writeln!(out, "rotary         {} of {} dims per head, base {}, {:?}", rot.dims, r.head_dim, rot.base, rot.style)?,
+        None => writeln!(out, "rotary         none (learned positions)")?,
+    }
+    writeln!(out, "residual       {}", if r.parallel_residual { "parallel" } else { "sequential" })?;
+    writeln!(out, "tied head      {}", r.tied_embeddings)?;
+    writeln!(out, "\neditable modules (stored shape, layout):")?;
+    for m in &r.editable_modules {
+        writeln!(out, "  {:<48} {:?} {:?}", m.module.name, m.stored_shape, m.module.layout)?;
+    }
+    Ok(())
+}

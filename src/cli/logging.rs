@@ -1,0 +1,32 @@
+//! stderr logging (tracing) and the progress-bar policy.
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+use super::GlobalArgs;
+
+pub fn init(global: &GlobalArgs) {
+    let default = if global.quiet {
+        "error"
+    } else {
+        match global.verbose {
+            0 if std::io::stderr().is_terminal() => "info",
+            0 => "warn",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Progress bars only on an interactive stderr and never with --quiet.
+pub fn show_progress(global: &GlobalArgs) -> bool {
+    !global.quiet && std::io::stderr().is_terminal()
+}

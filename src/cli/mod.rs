@@ -1,0 +1,97 @@
+//! Command-line surface: clap definitions ("low args"), validated into plans by each command.
+
+pub mod inspect;
+pub mod logging;
+pub mod predict;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use edit::hub::{resolve_model, HubOptions};
+use edit::LoadedModel;
+
+/// Edit facts stored inside causal language models (GPT-2, GPT-J, GPT-NeoX/Pythia).
+///
+/// Models are loaded from a local Hugging Face directory or a Hub id through the standard
+/// Hugging Face cache. Results go to stdout (JSON with --json); logs go to stderr.
+#[derive(Parser, Debug)]
+#[command(name = "edit", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr, no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Predict the next token for each prompt (top-k with log-probabilities).
+    Predict(predict::PredictArgs),
+    /// Describe a model: family, sizes, dtype, rotary settings, and the modules an edit can target.
+    Inspect(inspect::InspectArgs),
+}
+
+/// How to find and load a model; shared by every command that reads one.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Local model directory, or a Hugging Face Hub id (gpt2, gpt2-xl, EleutherAI/gpt-j-6B,
+    /// EleutherAI/pythia-160m, EleutherAI/gpt-neox-20b, ...).
+    #[arg(short, long, value_name = "DIR|HUB_ID")]
+    pub model: String,
+    /// Hub revision (branch, tag or commit); default `main`.
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Use only the local Hugging Face cache (also: HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
+    /// Compute dtype. The reference computes in f32.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
+    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ModelArgs {
+    pub fn load(&self, global: &GlobalArgs) -> anyhow::Result<LoadedModel> {
+        let dtype = edit::device::parse_dtype(&self.dtype)?;
+        let device = edit::device::parse_device(&self.device)?;
+        let opts = HubOptions {
+            revision: self.revision.clone(),
+            offline: self.offline,
+            cache_dir: None,
+            progress: logging::show_progress(global),
+        };
+        let files = resolve_model(&self.model, &opts).with_context(|| format!("cannot find model `{}`", self.model))?;
+        tracing::info!("loading {} ({} weight file(s))", self.model, files.weights.len());
+        let started = std::time::Instant::now();
+        let model = edit::load_model(files, dtype, &device).with_context(|| format!("cannot load model `{}`", self.model))?;
+        tracing::info!("loaded in {:.2?}", started.elapsed());
+        Ok(model)
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Predict(args) => predict::run(args, &cli.global),
+        Command::Inspect(args) => inspect::run(args, &cli.global),
+    }
+}
+
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

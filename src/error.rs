@@ -1,0 +1,50 @@
+//! Typed errors of the library. The CLI wraps them in `anyhow` with context.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unsupported architecture `{model_type}` in {path}: edit supports gpt2, gptj and gpt_neox checkpoints")]
+    UnsupportedArchitecture { model_type: String, path: PathBuf },
+
+    #[error("invalid config {path}: {reason}")]
+    Config { path: PathBuf, reason: String },
+
+    #[error("tensor `{name}` is missing from the checkpoint ({files}); the file may belong to a different model family or be incomplete")]
+    MissingTensor { name: String, files: String },
+
+    #[error("tensor `{name}` in {file} has shape {found:?}, but the config implies {expected:?}; the weights and config.json do not belong together")]
+    ShapeMismatch { name: String, file: String, expected: Vec<usize>, found: Vec<usize> },
+
+    #[error("tensor `{name}` in {file} has dtype {dtype}, only f32, f16 and bf16 weights are supported")]
+    UnsupportedDtype { name: String, file: String, dtype: String },
+
+    #[error("cannot read safetensors file {path}: {reason} (the file may be truncated or not a safetensors file; download it again)")]
+    BadSafetensors { path: PathBuf, reason: String },
+
+    #[error("no weights found in {dir}: expected model.safetensors or model.safetensors.index.json (pytorch_model.bin is not supported; convert it to safetensors first)")]
+    NoWeights { dir: PathBuf },
+
+    #[error("{0}")]
+    Hub(String),
+
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("{0}")]
+    Input(String),
+
+    #[error("i/o error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+}

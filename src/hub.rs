@@ -1,0 +1,297 @@
+//! Finding a model's files: a local directory, or a Hugging Face Hub repository through the
+//! standard cache (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`).
+//!
+//! Offline mode (`--offline` or `HF_HUB_OFFLINE=1`) reads the cache only and, when a file is
+//! missing, says which one and how to fetch it.
+
+use std::path::{Path, PathBuf};
+
+use hf_hub::api::sync::ApiBuilder;
+use hf_hub::{Cache, Repo, RepoType};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Default)]
+pub struct HubOptions {
+    pub revision: Option<String>,
+    pub offline: bool,
+    /// Overrides the cache location (tests; `HF_HUB_CACHE`).
+    pub cache_dir: Option<PathBuf>,
+    /// Show download progress bars.
+    pub progress: bool,
+}
+
+impl HubOptions {
+    /// `HF_HUB_OFFLINE` accepts the values the Python client does.
+    pub fn offline_from_env() -> bool {
+        std::env::var("HF_HUB_OFFLINE")
+            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+            .unwrap_or(false)
+    }
+}
+
+/// Where a model came from, for metadata and messages.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ModelOrigin {
+    Local { path: PathBuf },
+    Hub { repo: String, revision: String, commit: Option<String> },
+}
+
+#[derive(Clone, Debug)]
+pub enum TokenizerFiles {
+    Json(PathBuf),
+    VocabMerges { vocab: PathBuf, merges: PathBuf },
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    pub origin: ModelOrigin,
+    pub config: PathBuf,
+    pub tokenizer: Option<TokenizerFiles>,
+    /// Safetensors files in shard order.
+    pub weights: Vec<PathBuf>,
+    /// `model.safetensors.index.json` when sharded.
+    pub index: Option<PathBuf>,
+}
+
+impl ModelFiles {
+    /// The directory holding the config (a local model dir or a cache snapshot).
+    pub fn dir(&self) -> &Path {
+        self.config.parent().unwrap_or(Path::new("."))
+    }
+}
+
+pub fn default_cache_dir() -> PathBuf {
+    if let Ok(p) = std::env::var("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Ok(p) = std::env::var("HUGGINGFACE_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    Cache::from_env().path().clone()
+}
+
+fn looks_like_path(spec: &str) -> bool {
+    spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~') || spec.contains('\\')
+        || spec.split('/').count() > 2
+}
+
+/// Resolves `spec` (a directory or a Hub id such as `gpt2-xl` or `EleutherAI/pythia-160m`).
+pub fn resolve_model(spec: &str, opts: &HubOptions) -> Result<ModelFiles> {
+    let path = Path::new(spec);
+    if path.is_dir() {
+        return local_model(path);
+    }
+    if path.exists() {
+        return Err(Error::Input(format!("--model {spec} is a file; pass the model's directory")));
+    }
+    if looks_like_path(spec) {
+        return Err(Error::Input(format!("model directory {spec} does not exist")));
+    }
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
+    let offline = opts.offline || HubOptions::offline_from_env();
+    let fetcher: Box<dyn Fetch> = if offline {
+        Box::new(CacheFetch { cache: Cache::new(cache_dir.clone()), repo: spec.into(), revision: revision.clone() })
+    } else {
+        Box::new(ApiFetch::new(spec, &revision, &cache_dir, opts.progress)?)
+    };
+    hub_model(spec, &revision, fetcher.as_ref())
+}
+
+fn local_model(dir: &Path) -> Result<ModelFiles> {
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        return Err(Error::Input(format!(
+            "{} has no config.json: is it a Hugging Face model directory?",
+            dir.display()
+        )));
+    }
+    let tokenizer = if dir.join("tokenizer.json").is_file() {
+        Some(TokenizerFiles::Json(dir.join("tokenizer.json")))
+    } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
+        Some(TokenizerFiles::VocabMerges { vocab: dir.join("vocab.json"), merges: dir.join("merges.txt") })
+    } else {
+        None
+    };
+    let index = dir.join("model.safetensors.index.json");
+    let (weights, index) = if index.is_file() {
+        let shards = shard_names(&index)?;
+        (shards.iter().map(|s| dir.join(s)).collect(), Some(index))
+    } else if dir.join("model.safetensors").is_file() {
+        (vec![dir.join("model.safetensors")], None)
+    } else {
+        return Err(Error::NoWeights { dir: dir.to_path_buf() });
+    };
+    Ok(ModelFiles { origin: ModelOrigin::Local { path: dir.to_path_buf() }, config, tokenizer, weights, index })
+}
+
+pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::BadSafetensors { path: index.to_path_buf(), reason: format!("index is not valid JSON: {e}") })?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::BadSafetensors {
+        path: index.to_path_buf(),
+        reason: "index has no `weight_map` object".into(),
+    })?;
+    let mut shards: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
+    shards.sort();
+    shards.dedup();
+    if shards.is_empty() {
+        return Err(Error::BadSafetensors { path: index.to_path_buf(), reason: "index lists no files".into() });
+    }
+    Ok(shards)
+}
+
+/// Gets one file of a Hub repo: `Ok(None)` when the repo does not have it.
+trait Fetch {
+    fn get(&self, file: &str) -> Result<Option<PathBuf>>;
+    /// Says how to obtain a file that is required but not available.
+    fn missing(&self, file: &str) -> Error;
+    fn commit(&self) -> Option<String>;
+}
+
+struct CacheFetch {
+    cache: Cache,
+    repo: String,
+    revision: String,
+}
+
+impl Fetch for CacheFetch {
+    fn get(&self, file: &str) -> Result<Option<PathBuf>> {
+        let repo = self.cache.repo(Repo::with_revision(self.repo.clone(), RepoType::Model, self.revision.clone()));
+        if let Some(p) = repo.get(file) {
+            return Ok(Some(p));
+        }
+        // A commit hash as revision has no ref file: look in its snapshot directly.
+        let direct = self.snapshot_dir().map(|d| d.join(file));
+        Ok(direct.filter(|p| p.exists()))
+    }
+
+    fn missing(&self, file: &str) -> Error {
+        Error::Hub(format!(
+            "offline mode: `{file}` of {} (revision {}) is not in the Hugging Face cache at {}; \
+             run once without --offline / HF_HUB_OFFLINE to download it, or fetch it with \
+             `huggingface-cli download {} {file} --revision {}`",
+            self.repo,
+            self.revision,
+            self.cache.path().display(),
+            self.repo,
+            self.revision
+        ))
+    }
+
+    fn commit(&self) -> Option<String> {
+        self.snapshot_dir().and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+    }
+}
+
+impl CacheFetch {
+    fn repo_dir(&self) -> PathBuf {
+        self.cache.path().join(Repo::new(self.repo.clone(), RepoType::Model).folder_name())
+    }
+
+    fn snapshot_dir(&self) -> Option<PathBuf> {
+        let dir = self.repo_dir();
+        let commit = std::fs::read_to_string(dir.join("refs").join(&self.revision))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| self.revision.clone());
+        let snap = dir.join("snapshots").join(commit);
+        snap.is_dir().then_some(snap)
+    }
+}
+
+struct ApiFetch {
+    repo: hf_hub::api::sync::ApiRepo,
+    id: String,
+    revision: String,
+    files: Vec<String>,
+    commit: String,
+}
+
+impl ApiFetch {
+    fn new(id: &str, revision: &str, cache_dir: &Path, progress: bool) -> Result<Self> {
+        let mut builder = ApiBuilder::from_cache(Cache::new(cache_dir.to_path_buf())).with_progress(progress);
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Ok(token) = std::env::var("HF_TOKEN") {
+            builder = builder.with_token(Some(token));
+        }
+        let api = builder.build().map_err(|e| Error::Hub(format!("cannot set up the Hugging Face client: {e}")))?;
+        let repo = api.repo(Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string()));
+        let info = repo.info().map_err(|e| {
+            Error::Hub(format!(
+                "cannot reach the Hugging Face Hub for {id} (revision {revision}): {e}; check the id and your \
+                 network, or use --offline (HF_HUB_OFFLINE=1) with a populated cache, or pass a local directory"
+            ))
+        })?;
+        Ok(Self {
+            repo,
+            id: id.to_string(),
+            revision: revision.to_string(),
+            files: info.siblings.into_iter().map(|s| s.rfilename).collect(),
+            commit: info.sha,
+        })
+    }
+}
+
+impl Fetch for ApiFetch {
+    fn get(&self, file: &str) -> Result<Option<PathBuf>> {
+        if !self.files.iter().any(|f| f == file) {
+            return Ok(None);
+        }
+        tracing::info!("fetching {file} from {} ({})", self.id, self.revision);
+        self.repo
+            .get(file)
+            .map(Some)
+            .map_err(|e| Error::Hub(format!("downloading {file} of {} failed: {e}", self.id)))
+    }
+
+    fn missing(&self, file: &str) -> Error {
+        Error::Hub(format!("{} (revision {}) has no `{file}`", self.id, self.revision))
+    }
+
+    fn commit(&self) -> Option<String> {
+        Some(self.commit.clone())
+    }
+}
+
+fn hub_model(id: &str, revision: &str, f: &dyn Fetch) -> Result<ModelFiles> {
+    let config = f.get("config.json")?.ok_or_else(|| f.missing("config.json"))?;
+    let tokenizer = match f.get("tokenizer.json")? {
+        Some(p) => Some(TokenizerFiles::Json(p)),
+        None => match (f.get("vocab.json")?, f.get("merges.txt")?) {
+            (Some(vocab), Some(merges)) => Some(TokenizerFiles::VocabMerges { vocab, merges }),
+            _ => None,
+        },
+    };
+    let (weights, index) = match f.get("model.safetensors.index.json")? {
+        Some(index) => {
+            let mut files = Vec::new();
+            for shard in shard_names(&index)? {
+                files.push(f.get(&shard)?.ok_or_else(|| f.missing(&shard))?);
+            }
+            (files, Some(index))
+        }
+        None => match f.get("model.safetensors")? {
+            Some(p) => (vec![p], None),
+            None => {
+                let err = f.missing("model.safetensors");
+                return Err(Error::Hub(format!(
+                    "{err} (nor a sharded model.safetensors.index.json); edit reads safetensors weights only: \
+                     if this revision has only pytorch_model.bin, pick a revision with safetensors \
+                     (--revision) or convert it"
+                )));
+            }
+        },
+    };
+    Ok(ModelFiles {
+        origin: ModelOrigin::Hub { repo: id.to_string(), revision: revision.to_string(), commit: f.commit() },
+        config,
+        tokenizer,
+        weights,
+        index,
+    })
+}

@@ -1,0 +1,18 @@
+//! `edit`: fact editing for causal language models (ROME, MEMIT, FT, MEND) on candle.
+//!
+//! The library holds everything numeric and everything that touches model files; the `edit`
+//! binary (`src/main.rs`, `src/cli/`) only parses arguments, calls into it and prints results.
+
+pub mod checkpoint;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod hub;
+pub mod model;
+pub mod models;
+pub mod tokenizer;
+
+pub use config::{Family, ModelConfig};
+pub use error::{Error, Result};
+pub use model::{load_model, LoadedModel};
+pub use models::{Batch, CausalLm, Intervention, Logits, Site, Trace, TraceSpec};

@@ -1,0 +1,146 @@
+//! GPT-2 (`GPT2LMHeadModel`): learned positions, sequential residual, Conv1D `[in, out]` weights.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::layers::{self, LayerNorm, Linear, Orientation};
+use super::{BlockLinears, Batch, CausalLm, ForwardCtx, Intervention, ModuleKind, Site, Trace, TraceSpec};
+use crate::checkpoint::WeightBuilder;
+use crate::config::ModelConfig;
+use crate::error::Result;
+
+struct Block {
+    ln_1: LayerNorm,
+    c_attn: Linear,
+    attn_proj: Linear,
+    ln_2: LayerNorm,
+    c_fc: Linear,
+    c_proj: Linear,
+}
+
+pub struct Gpt2 {
+    cfg: ModelConfig,
+    wte: Tensor,
+    wpe: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    head: Linear,
+    device: Device,
+    dtype: DType,
+}
+
+pub(crate) fn layer_norm(vb: &WeightBuilder, d: usize, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm { weight: vb.get(&[d], "weight")?, bias: vb.get(&[d], "bias")?, eps })
+}
+
+fn conv1d(vb: &WeightBuilder, d_in: usize, d_out: usize) -> Result<Linear> {
+    Ok(Linear::new(vb.get(&[d_in, d_out], "weight")?, Some(vb.get(&[d_out], "bias")?), Orientation::InOut))
+}
+
+impl Gpt2 {
+    pub fn load(cfg: &ModelConfig, vb: &WeightBuilder) -> Result<Self> {
+        let (d, f, eps) = (cfg.d_model, cfg.d_ff, cfg.layer_norm_eps);
+        let tr = vb.pp("transformer");
+        let wte = tr.pp("wte").get(&[cfg.vocab_size, d], "weight")?;
+        let wpe = tr.pp("wpe").get(&[cfg.n_ctx, d], "weight")?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| {
+                let b = tr.pp("h").pp(i);
+                Ok(Block {
+                    ln_1: layer_norm(&b.pp("ln_1"), d, eps)?,
+                    c_attn: conv1d(&b.pp("attn").pp("c_attn"), d, 3 * d)?,
+                    attn_proj: conv1d(&b.pp("attn").pp("c_proj"), d, d)?,
+                    ln_2: layer_norm(&b.pp("ln_2"), d, eps)?,
+                    c_fc: conv1d(&b.pp("mlp").pp("c_fc"), d, f)?,
+                    c_proj: conv1d(&b.pp("mlp").pp("c_proj"), f, d)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = layer_norm(&tr.pp("ln_f"), d, eps)?;
+        let lm_head = vb.pp("lm_head");
+        let head = if !cfg.tie_word_embeddings && lm_head.contains("weight") {
+            Linear::new(lm_head.get(&[cfg.vocab_size, d], "weight")?, None, Orientation::OutIn)
+        } else {
+            Linear::new(wte.clone(), None, Orientation::OutIn)
+        };
+        Ok(Self { cfg: cfg.clone(), device: wte.device().clone(), dtype: wte.dtype(), wte, wpe, blocks, ln_f, head })
+    }
+
+    fn attn(&self, blk: &Block, layer: usize, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let d = self.cfg.d_model;
+        let qkv = blk.c_attn.forward(x)?;
+        let q = layers::split_heads(&qkv.narrow(2, 0, d)?, self.cfg.n_head)?;
+        let k = layers::split_heads(&qkv.narrow(2, d, d)?, self.cfg.n_head)?;
+        let v = layers::split_heads(&qkv.narrow(2, 2 * d, d)?, self.cfg.n_head)?;
+        let mut scale = 1.0 / (self.cfg.head_dim() as f64).sqrt();
+        if self.cfg.scale_attn_by_inverse_layer_idx {
+            scale /= (layer + 1) as f64;
+        }
+        let a = layers::attention(&q, &k, &v, &ctx.attn_bias, scale, ctx.grad)?;
+        blk.attn_proj.forward(&a)
+    }
+}
+
+impl BlockLinears for Block {
+    fn linear(&self, kind: ModuleKind) -> Option<&Linear> {
+        match kind {
+            ModuleKind::AttnQkv => Some(&self.c_attn),
+            ModuleKind::AttnOut => Some(&self.attn_proj),
+            ModuleKind::MlpUp => Some(&self.c_fc),
+            ModuleKind::MlpDown => Some(&self.c_proj),
+            _ => None,
+        }
+    }
+    fn linear_mut(&mut self, kind: ModuleKind) -> Option<&mut Linear> {
+        match kind {
+            ModuleKind::AttnQkv => Some(&mut self.c_attn),
+            ModuleKind::AttnOut => Some(&mut self.attn_proj),
+            ModuleKind::MlpUp => Some(&mut self.c_fc),
+            ModuleKind::MlpDown => Some(&mut self.c_proj),
+            _ => None,
+        }
+    }
+}
+
+impl CausalLm for Gpt2 {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn forward(&self, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Trace> {
+        let ctx = ForwardCtx::new(&self.cfg, batch, spec, interventions)?;
+        let t = batch.seq_len();
+        let pos = Tensor::arange(0u32, t as u32, &self.device)?;
+        let mut h = layers::embed(&self.wte, batch.input_ids())?.broadcast_add(&self.wpe.index_select(&pos, 0)?)?;
+        let mut trace = Trace::default();
+        for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1) {
+            let a = self.attn(blk, l, &blk.ln_1.forward(&h, ctx.grad)?, &ctx)?;
+            h = (h + a)?;
+            let key = layers::activation(&blk.c_fc.forward(&blk.ln_2.forward(&h, ctx.grad)?)?, self.cfg.activation)?;
+            super::record(&mut trace.keys, &spec.keys, l, &key);
+            let m = blk.c_proj.forward(&key)?;
+            let m = super::intervene(m, l, Site::MlpOut, interventions)?;
+            super::record(&mut trace.mlp_out, &spec.mlp_out, l, &m);
+            h = (h + m)?;
+            h = super::intervene(h, l, Site::BlockOut, interventions)?;
+            super::record(&mut trace.block_out, &spec.block_out, l, &h);
+        }
+        if ctx.last_layer + 1 == self.cfg.n_layer {
+            trace.logits = super::head_logits(&h, batch, &spec.logits, &self.ln_f, &self.head, ctx.grad)?;
+        }
+        Ok(trace)
+    }
+
+    fn weight(&self, module: &str) -> Result<Tensor> {
+        super::block_weight(&self.cfg, &self.blocks, module)
+    }
+
+    fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
+        super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
+    }
+}

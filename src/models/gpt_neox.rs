@@ -1,0 +1,156 @@
+//! GPT-NeoX / Pythia (`GPTNeoXForCausalLM`): fused per-head `[q|k|v]` projection, half-split
+//! rotary on a fraction of each head, two LayerNorms, parallel or sequential residual.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::gpt2::layer_norm;
+use super::gptj::linear;
+use super::layers::{self, LayerNorm, Linear, Orientation};
+use super::{BlockLinears, Batch, CausalLm, ForwardCtx, Intervention, ModuleKind, Site, Trace, TraceSpec};
+use crate::checkpoint::WeightBuilder;
+use crate::config::{ModelConfig, Rotary};
+use crate::error::Result;
+
+struct Block {
+    input_layernorm: LayerNorm,
+    post_attention_layernorm: LayerNorm,
+    query_key_value: Linear,
+    dense: Linear,
+    dense_h_to_4h: Linear,
+    dense_4h_to_h: Linear,
+}
+
+pub struct GptNeoX {
+    cfg: ModelConfig,
+    rotary: Rotary,
+    embed_in: Tensor,
+    blocks: Vec<Block>,
+    final_layer_norm: LayerNorm,
+    head: Linear,
+    device: Device,
+    dtype: DType,
+}
+
+impl GptNeoX {
+    pub fn load(cfg: &ModelConfig, vb: &WeightBuilder) -> Result<Self> {
+        let (d, f, eps) = (cfg.d_model, cfg.d_ff, cfg.layer_norm_eps);
+        let nx = vb.pp("gpt_neox");
+        let embed_in = nx.pp("embed_in").get(&[cfg.vocab_size, d], "weight")?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| {
+                let b = nx.pp("layers").pp(i);
+                let attn = b.pp("attention");
+                Ok(Block {
+                    input_layernorm: layer_norm(&b.pp("input_layernorm"), d, eps)?,
+                    post_attention_layernorm: layer_norm(&b.pp("post_attention_layernorm"), d, eps)?,
+                    query_key_value: linear(&attn.pp("query_key_value"), d, 3 * d, cfg.attention_bias)?,
+                    dense: linear(&attn.pp("dense"), d, d, cfg.attention_bias)?,
+                    dense_h_to_4h: linear(&b.pp("mlp").pp("dense_h_to_4h"), d, f, true)?,
+                    dense_4h_to_h: linear(&b.pp("mlp").pp("dense_4h_to_h"), f, d, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let final_layer_norm = layer_norm(&nx.pp("final_layer_norm"), d, eps)?;
+        let head = if cfg.tie_word_embeddings {
+            Linear::new(embed_in.clone(), None, Orientation::OutIn)
+        } else {
+            linear(&vb.pp("embed_out"), d, cfg.vocab_size, false)?
+        };
+        let rotary = cfg.rotary.expect("NeoX configs always carry rotary settings");
+        Ok(Self {
+            cfg: cfg.clone(),
+            rotary,
+            device: embed_in.device().clone(),
+            dtype: embed_in.dtype(),
+            embed_in,
+            blocks,
+            final_layer_norm,
+            head,
+        })
+    }
+
+    fn attn(&self, blk: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (nh, hd) = (self.cfg.n_head, self.cfg.head_dim());
+        // The fused projection is laid out per head as [q | k | v].
+        let qkv = blk.query_key_value.forward(x)?.reshape((b, t, nh, 3 * hd))?.transpose(1, 2)?;
+        let q = layers::apply_rotary(&qkv.narrow(3, 0, hd)?, &self.rotary, cos, sin, ctx.grad)?;
+        let k = layers::apply_rotary(&qkv.narrow(3, hd, hd)?, &self.rotary, cos, sin, ctx.grad)?;
+        let v = qkv.narrow(3, 2 * hd, hd)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let a = layers::attention(&q, &k, &v, &ctx.attn_bias, scale, ctx.grad)?;
+        blk.dense.forward(&a)
+    }
+}
+
+impl BlockLinears for Block {
+    fn linear(&self, kind: ModuleKind) -> Option<&Linear> {
+        match kind {
+            ModuleKind::AttnQkv => Some(&self.query_key_value),
+            ModuleKind::AttnOut => Some(&self.dense),
+            ModuleKind::MlpUp => Some(&self.dense_h_to_4h),
+            ModuleKind::MlpDown => Some(&self.dense_4h_to_h),
+            _ => None,
+        }
+    }
+    fn linear_mut(&mut self, kind: ModuleKind) -> Option<&mut Linear> {
+        match kind {
+            ModuleKind::AttnQkv => Some(&mut self.query_key_value),
+            ModuleKind::AttnOut => Some(&mut self.dense),
+            ModuleKind::MlpUp => Some(&mut self.dense_h_to_4h),
+            ModuleKind::MlpDown => Some(&mut self.dense_4h_to_h),
+            _ => None,
+        }
+    }
+}
+
+impl CausalLm for GptNeoX {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn forward(&self, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Trace> {
+        let ctx = ForwardCtx::new(&self.cfg, batch, spec, interventions)?;
+        let (cos, sin) = layers::rotary_tables(&self.rotary, batch.seq_len(), self.dtype, &self.device)?;
+        let mut h = layers::embed(&self.embed_in, batch.input_ids())?;
+        let mut trace = Trace::default();
+        for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1) {
+            let a = self.attn(blk, &blk.input_layernorm.forward(&h, ctx.grad)?, &cos, &sin, &ctx)?;
+            // Parallel: the MLP reads the block input; sequential: it reads input + attention.
+            let (mlp_in, residual) = if self.cfg.parallel_residual {
+                (h.clone(), (a + &h)?)
+            } else {
+                let ha = (a + &h)?;
+                (ha.clone(), ha)
+            };
+            let up = blk.dense_h_to_4h.forward(&blk.post_attention_layernorm.forward(&mlp_in, ctx.grad)?)?;
+            let key = layers::activation(&up, self.cfg.activation)?;
+            super::record(&mut trace.keys, &spec.keys, l, &key);
+            let m = blk.dense_4h_to_h.forward(&key)?;
+            let m = super::intervene(m, l, Site::MlpOut, interventions)?;
+            super::record(&mut trace.mlp_out, &spec.mlp_out, l, &m);
+            h = (m + residual)?;
+            h = super::intervene(h, l, Site::BlockOut, interventions)?;
+            super::record(&mut trace.block_out, &spec.block_out, l, &h);
+        }
+        if ctx.last_layer + 1 == self.cfg.n_layer {
+            trace.logits =
+                super::head_logits(&h, batch, &spec.logits, &self.final_layer_norm, &self.head, ctx.grad)?;
+        }
+        Ok(trace)
+    }
+
+    fn weight(&self, module: &str) -> Result<Tensor> {
+        super::block_weight(&self.cfg, &self.blocks, module)
+    }
+
+    fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
+        super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
+    }
+}

@@ -1,0 +1,151 @@
+//! GPT-J (`GPTJForCausalLM`): one LayerNorm feeding parallel attention and MLP, interleaved
+//! rotary on the first `rotary_dim` features of each head, `nn.Linear` `[out, in]` weights.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::gpt2::layer_norm;
+use super::layers::{self, LayerNorm, Linear, Orientation};
+use super::{BlockLinears, Batch, CausalLm, ForwardCtx, Intervention, ModuleKind, Site, Trace, TraceSpec};
+use crate::checkpoint::WeightBuilder;
+use crate::config::{ModelConfig, Rotary};
+use crate::error::Result;
+
+struct Block {
+    ln_1: LayerNorm,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    fc_in: Linear,
+    fc_out: Linear,
+}
+
+pub struct GptJ {
+    cfg: ModelConfig,
+    rotary: Rotary,
+    wte: Tensor,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+    head: Linear,
+    device: Device,
+    dtype: DType,
+}
+
+pub(crate) fn linear(vb: &WeightBuilder, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
+    let w = vb.get(&[d_out, d_in], "weight")?;
+    let b = if bias { Some(vb.get(&[d_out], "bias")?) } else { None };
+    Ok(Linear::new(w, b, Orientation::OutIn))
+}
+
+impl GptJ {
+    pub fn load(cfg: &ModelConfig, vb: &WeightBuilder) -> Result<Self> {
+        let (d, f, eps) = (cfg.d_model, cfg.d_ff, cfg.layer_norm_eps);
+        let tr = vb.pp("transformer");
+        let wte = tr.pp("wte").get(&[cfg.vocab_size, d], "weight")?;
+        let blocks = (0..cfg.n_layer)
+            .map(|i| {
+                let b = tr.pp("h").pp(i);
+                let attn = b.pp("attn");
+                Ok(Block {
+                    ln_1: layer_norm(&b.pp("ln_1"), d, eps)?,
+                    q_proj: linear(&attn.pp("q_proj"), d, d, false)?,
+                    k_proj: linear(&attn.pp("k_proj"), d, d, false)?,
+                    v_proj: linear(&attn.pp("v_proj"), d, d, false)?,
+                    out_proj: linear(&attn.pp("out_proj"), d, d, false)?,
+                    fc_in: linear(&b.pp("mlp").pp("fc_in"), d, f, true)?,
+                    fc_out: linear(&b.pp("mlp").pp("fc_out"), f, d, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let ln_f = layer_norm(&tr.pp("ln_f"), d, eps)?;
+        let head = if cfg.tie_word_embeddings {
+            Linear::new(wte.clone(), None, Orientation::OutIn)
+        } else {
+            let lm = vb.pp("lm_head");
+            let bias = lm.contains("bias");
+            linear(&lm, d, cfg.vocab_size, bias)?
+        };
+        let rotary = cfg.rotary.expect("GPT-J configs always carry rotary settings");
+        Ok(Self { cfg: cfg.clone(), rotary, device: wte.device().clone(), dtype: wte.dtype(), wte, blocks, ln_f, head })
+    }
+
+    fn attn(&self, blk: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+        let nh = self.cfg.n_head;
+        let q = layers::split_heads(&blk.q_proj.forward(x)?, nh)?;
+        let k = layers::split_heads(&blk.k_proj.forward(x)?, nh)?;
+        let v = layers::split_heads(&blk.v_proj.forward(x)?, nh)?;
+        let q = layers::apply_rotary(&q, &self.rotary, cos, sin, ctx.grad)?;
+        let k = layers::apply_rotary(&k, &self.rotary, cos, sin, ctx.grad)?;
+        let scale = 1.0 / (self.cfg.head_dim() as f64).sqrt();
+        let a = layers::attention(&q, &k, &v, &ctx.attn_bias, scale, ctx.grad)?;
+        blk.out_proj.forward(&a)
+    }
+}
+
+impl BlockLinears for Block {
+    fn linear(&self, kind: ModuleKind) -> Option<&Linear> {
+        match kind {
+            ModuleKind::AttnQ => Some(&self.q_proj),
+            ModuleKind::AttnK => Some(&self.k_proj),
+            ModuleKind::AttnV => Some(&self.v_proj),
+            ModuleKind::AttnOut => Some(&self.out_proj),
+            ModuleKind::MlpUp => Some(&self.fc_in),
+            ModuleKind::MlpDown => Some(&self.fc_out),
+            ModuleKind::AttnQkv => None,
+        }
+    }
+    fn linear_mut(&mut self, kind: ModuleKind) -> Option<&mut Linear> {
+        match kind {
+            ModuleKind::AttnQ => Some(&mut self.q_proj),
+            ModuleKind::AttnK => Some(&mut self.k_proj),
+            ModuleKind::AttnV => Some(&mut self.v_proj),
+            ModuleKind::AttnOut => Some(&mut self.out_proj),
+            ModuleKind::MlpUp => Some(&mut self.fc_in),
+            ModuleKind::MlpDown => Some(&mut self.fc_out),
+            ModuleKind::AttnQkv => None,
+        }
+    }
+}
+
+impl CausalLm for GptJ {
+    fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn forward(&self, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Trace> {
+        let ctx = ForwardCtx::new(&self.cfg, batch, spec, interventions)?;
+        let (cos, sin) = layers::rotary_tables(&self.rotary, batch.seq_len(), self.dtype, &self.device)?;
+        let mut h = layers::embed(&self.wte, batch.input_ids())?;
+        let mut trace = Trace::default();
+        for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1) {
+            let x = blk.ln_1.forward(&h, ctx.grad)?;
+            let a = self.attn(blk, &x, &cos, &sin, &ctx)?;
+            let key = layers::activation(&blk.fc_in.forward(&x)?, self.cfg.activation)?;
+            super::record(&mut trace.keys, &spec.keys, l, &key);
+            let m = blk.fc_out.forward(&key)?;
+            let m = super::intervene(m, l, Site::MlpOut, interventions)?;
+            super::record(&mut trace.mlp_out, &spec.mlp_out, l, &m);
+            h = ((a + m)? + h)?;
+            h = super::intervene(h, l, Site::BlockOut, interventions)?;
+            super::record(&mut trace.block_out, &spec.block_out, l, &h);
+        }
+        if ctx.last_layer + 1 == self.cfg.n_layer {
+            trace.logits = super::head_logits(&h, batch, &spec.logits, &self.ln_f, &self.head, ctx.grad)?;
+        }
+        Ok(trace)
+    }
+
+    fn weight(&self, module: &str) -> Result<Tensor> {
+        super::block_weight(&self.cfg, &self.blocks, module)
+    }
+
+    fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
+        super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
+    }
+}

@@ -1,0 +1,315 @@
+//! Building blocks shared by the families.
+//!
+//! Two candle facts shape this file (see the project notes):
+//! - the fused `layer_norm`, `softmax_last_dim` and `rope`/`rope_i` kernels record no backward,
+//!   so every op takes a `grad` flag and uses the slow, differentiable form when it is set;
+//! - candle's matmul backward computes the gradient of *both* operands even when one is a
+//!   frozen weight. [`FrozenMatmul`] is a matmul whose backward returns only dL/dx.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
+
+use crate::config::{Activation, Rotary, RotaryStyle};
+use crate::error::Result;
+
+/// `x @ w` for a 2-d activation `x` `[m, k]` and a frozen weight view `w` `[k, n]`,
+/// whose backward yields the gradient of `x` only.
+struct FrozenMatmul;
+
+impl FrozenMatmul {
+    fn dims(l1: &Layout, l2: &Layout) -> candle_core::Result<(usize, usize, usize)> {
+        let (m, k) = l1.shape().dims2()?;
+        let (k2, n) = l2.shape().dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen matmul: inner dimensions differ ({k} vs {k2})");
+        }
+        Ok((m, k, n))
+    }
+}
+
+impl CustomOp2 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (m, k, n) = Self::dims(l1, l2)?;
+        let out = s1.matmul(s2, (1, m, n, k), l1, l2)?;
+        Ok((out, Shape::from((m, n))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        let (m, k, n) = Self::dims(l1, l2)?;
+        let out = s1.matmul(s2, (1, m, n, k), l1, l2)?;
+        Ok((out, Shape::from((m, n))))
+    }
+
+    fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.matmul(&w.t()?)?), None))
+    }
+}
+
+/// How a checkpoint stores a linear weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Orientation {
+    /// GPT-2 `Conv1D`: `[in, out]`, y = x W + b.
+    InOut,
+    /// `nn.Linear`: `[out, in]`, y = x Wᵀ + b.
+    OutIn,
+}
+
+/// A linear map with its weight kept exactly as stored, so edits and saving see checkpoint layout.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub orientation: Orientation,
+}
+
+impl Linear {
+    pub fn new(weight: Tensor, bias: Option<Tensor>, orientation: Orientation) -> Self {
+        Self { weight, bias, orientation }
+    }
+
+    pub fn in_dim(&self) -> usize {
+        let d = self.weight.dims();
+        match self.orientation {
+            Orientation::InOut => d[0],
+            Orientation::OutIn => d[1],
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = *dims.last().expect("linear input has a last dimension");
+        let m: usize = dims[..dims.len() - 1].iter().product();
+        let x2 = x.reshape((m, k))?;
+        let w = match self.orientation {
+            Orientation::InOut => self.weight.clone(),
+            Orientation::OutIn => self.weight.t()?,
+        };
+        // A trainable weight (fine-tuning) needs candle's own matmul to get its gradient.
+        let y = if self.weight.is_variable() || self.weight.track_op() {
+            x2.matmul(&w)?
+        } else {
+            x2.apply_op2_no_bwd_if_untracked(&w)?
+        };
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        *out_dims.last_mut().unwrap() = y.dim(1)?;
+        Ok(y.reshape(out_dims)?)
+    }
+}
+
+trait FrozenMatmulExt {
+    fn apply_op2_no_bwd_if_untracked(&self, w: &Tensor) -> candle_core::Result<Tensor>;
+}
+
+impl FrozenMatmulExt for Tensor {
+    fn apply_op2_no_bwd_if_untracked(&self, w: &Tensor) -> candle_core::Result<Tensor> {
+        if self.track_op() {
+            self.apply_op2(w, FrozenMatmul)
+        } else {
+            // Nothing upstream needs a gradient: skip recording the op at all.
+            self.apply_op2_no_bwd(w, &FrozenMatmul)
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        if grad {
+            Ok(candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?)
+        } else {
+            let x = x.contiguous()?;
+            Ok(candle_nn::ops::layer_norm(&x, &self.weight, &self.bias, self.eps as f32)?)
+        }
+    }
+}
+
+pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
+    Ok(match act {
+        Activation::GeluTanh => x.gelu()?,
+        Activation::GeluErf => x.gelu_erf()?,
+        Activation::Relu => x.relu()?,
+    })
+}
+
+/// Token embedding lookup, `[b, t]` ids → `[b, t, d]`.
+pub fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t) = ids.dims2()?;
+    let flat = ids.flatten_all()?;
+    let d = table.dim(1)?;
+    Ok(table.index_select(&flat, 0)?.reshape((b, t, d))?)
+}
+
+/// cos/sin tables `[t, dims/2]` for positions 0..t.
+pub fn rotary_tables(rot: &Rotary, t: usize, dtype: DType, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let half = rot.dims / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / rot.base.powf(2.0 * i as f64 / rot.dims as f64) as f32)
+        .collect();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+    let pos = Tensor::arange(0u32, t as u32, device)?.to_dtype(DType::F32)?.reshape((t, 1))?;
+    let freqs = pos.broadcast_mul(&inv_freq)?;
+    Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
+}
+
+/// Rotates the first `rot.dims` features of each head of `x` (`[b, h, t, hd]`).
+pub fn apply_rotary(x: &Tensor, rot: &Rotary, cos: &Tensor, sin: &Tensor, grad: bool) -> Result<Tensor> {
+    let hd = x.dim(D::Minus1)?;
+    if rot.dims == 0 {
+        return Ok(x.clone());
+    }
+    let x_rot = x.narrow(D::Minus1, 0, rot.dims)?.contiguous()?;
+    let rotated = match (rot.style, grad) {
+        (RotaryStyle::Interleaved, true) => candle_nn::rotary_emb::rope_i_slow(&x_rot, cos, sin)?,
+        (RotaryStyle::Interleaved, false) => candle_nn::rotary_emb::rope_i(&x_rot, cos, sin)?,
+        (RotaryStyle::HalfSplit, true) => candle_nn::rotary_emb::rope_slow(&x_rot, cos, sin)?,
+        (RotaryStyle::HalfSplit, false) => candle_nn::rotary_emb::rope(&x_rot, cos, sin)?,
+    };
+    if rot.dims == hd {
+        return Ok(rotated);
+    }
+    let x_pass = x.narrow(D::Minus1, rot.dims, hd - rot.dims)?;
+    Ok(Tensor::cat(&[&rotated, &x_pass], D::Minus1)?)
+}
+
+/// Scaled dot-product attention for `[b, h, t, hd]` q/k/v with an additive `[b, 1, t, t]` f32
+/// bias. Scores and softmax are computed in f32 whatever the compute dtype, as the reference
+/// implementations do. Returns `[b, t, h·hd]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64, grad: bool) -> Result<Tensor> {
+    let (b, h, t, hd) = q.dims4()?;
+    let dtype = v.dtype();
+    let q = q.to_dtype(DType::F32)?.contiguous()?;
+    let k = k.to_dtype(DType::F32)?.contiguous()?;
+    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+    let probs = if grad {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    };
+    let out = probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?;
+    Ok(out.transpose(1, 2)?.reshape((b, t, h * hd))?)
+}
+
+/// Splits `[b, t, h·hd]` into heads `[b, h, t, hd]`.
+pub fn split_heads(x: &Tensor, n_head: usize) -> Result<Tensor> {
+    let (b, t, d) = x.dims3()?;
+    Ok(x.reshape((b, t, n_head, d / n_head))?.transpose(1, 2)?)
+}
+
+fn flat_indices(t: usize, positions: &[(usize, usize)], device: &candle_core::Device) -> Result<Tensor> {
+    let idx: Vec<u32> = positions.iter().map(|&(r, p)| (r * t + p) as u32).collect();
+    Ok(Tensor::from_vec(idx, positions.len(), device)?)
+}
+
+/// `h[r, p] += delta` for each (r, p); `deltas` is `[d]` (shared) or `[n, d]` (one per pair).
+pub fn add_at_positions(h: &Tensor, positions: &[(usize, usize)], deltas: &Tensor) -> Result<Tensor> {
+    if positions.is_empty() {
+        return Ok(h.clone());
+    }
+    let (b, t, d) = h.dims3()?;
+    let n = positions.len();
+    let src = match deltas.rank() {
+        1 => deltas.reshape((1, d))?.broadcast_as((n, d))?.contiguous()?,
+        2 if deltas.dim(0)? == n => deltas.clone(),
+        _ => {
+            return Err(crate::Error::Input(format!(
+                "intervention deltas must be [{d}] or [{n}, {d}], got {:?}",
+                deltas.dims()
+            )))
+        }
+    };
+    let src = src.to_dtype(h.dtype())?;
+    let idx = flat_indices(t, positions, h.device())?;
+    let flat = h.reshape((b * t, d))?;
+    Ok(flat.index_add(&idx, &src, 0)?.reshape((b, t, d))?)
+}
+
+/// `h[r, p]` for each (r, p), stacked to `[n, d]`.
+pub fn select_positions(h: &Tensor, positions: &[(usize, usize)]) -> Result<Tensor> {
+    let (b, t, d) = h.dims3()?;
+    let idx = flat_indices(t, positions, h.device())?;
+    Ok(h.reshape((b * t, d))?.index_select(&idx, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn frozen_matmul_matches_matmul_and_stores_no_weight_grad() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap();
+        let x = Var::randn(0f32, 1.0, (4, 5), &dev).unwrap();
+        let lin = Linear::new(w.clone(), None, Orientation::InOut);
+        let y = lin.forward(x.as_tensor()).unwrap();
+        let y_ref = x.as_tensor().matmul(&w).unwrap();
+        let diff = (y.clone() - y_ref.clone()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-6);
+        let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g_ref = y_ref.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = g.get(x.as_tensor()).unwrap();
+        let gx_ref = g_ref.get(x.as_tensor()).unwrap();
+        let diff = (gx - gx_ref).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5);
+        // candle's matmul keeps a gradient for the frozen weight; ours must not.
+        assert!(g_ref.get(&w).is_some());
+        assert!(g.get(&w).is_none());
+        let weight_shaped = |g: &candle_core::backprop::GradStore| {
+            g.get_ids().filter(|id| g.get_id(**id).is_some_and(|t| t.dims() == [5, 3])).count()
+        };
+        assert_eq!(weight_shaped(&g), 0);
+        assert_eq!(weight_shaped(&g_ref), 1);
+    }
+
+    #[test]
+    fn out_in_orientation_transposes() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 2.0], [3.0, 4.0], [5.0, 6.0]], &dev).unwrap(); // [out=3, in=2]
+        let lin = Linear::new(w, Some(Tensor::new(&[1f32, 0.0, -1.0], &dev).unwrap()), Orientation::OutIn);
+        let y = lin.forward(&Tensor::new(&[[1f32, 1.0]], &dev).unwrap()).unwrap();
+        assert_eq!(y.to_vec2::<f32>().unwrap(), vec![vec![4.0, 7.0, 10.0]]);
+    }
+
+    #[test]
+    fn add_at_positions_shared_and_per_pair_with_grads() {
+        let dev = Device::Cpu;
+        let h = Tensor::zeros((2, 3, 2), DType::F32, &dev).unwrap();
+        let shared = Var::new(&[1f32, 2.0], &dev).unwrap();
+        let out = add_at_positions(&h, &[(0, 1), (1, 2), (1, 2)], shared.as_tensor()).unwrap();
+        let v = out.to_vec3::<f32>().unwrap();
+        assert_eq!(v[0][1], vec![1.0, 2.0]);
+        assert_eq!(v[1][2], vec![2.0, 4.0]);
+        assert_eq!(v[0][0], vec![0.0, 0.0]);
+        let g = out.sum_all().unwrap().backward().unwrap();
+        assert_eq!(g.get(shared.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), vec![3.0, 3.0]);
+
+        let per = Var::new(&[[1f32, 0.0], [0.0, 5.0]], &dev).unwrap();
+        let out = add_at_positions(&h, &[(0, 0), (1, 1)], per.as_tensor()).unwrap();
+        let w = Tensor::new(&[2f32, 3.0], &dev).unwrap();
+        let loss = out.broadcast_mul(&w).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap().get(per.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(g, vec![vec![2.0, 3.0], vec![2.0, 3.0]]);
+    }
+}

@@ -1,0 +1,234 @@
+//! The model families behind one trait, and the vocabulary of hook points every editing
+//! method speaks: keys (MLP down-projection inputs), MLP outputs, block outputs, and
+//! interventions that add vectors at (row, position) pairs.
+
+mod batch;
+pub mod gpt2;
+pub mod gptj;
+pub mod gpt_neox;
+pub mod layers;
+pub mod modules;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use candle_core::{DType, Device, Tensor};
+
+pub use batch::Batch;
+pub use modules::{EditableModule, ModuleKind, WeightLayout};
+
+use crate::config::ModelConfig;
+use crate::error::Result;
+
+/// A place in a block where an intervention adds its vector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Site {
+    /// The MLP output (down-projection incl. bias), before it joins the residual stream: ROME's v.
+    MlpOut,
+    /// The block output (residual stream after the block): MEMIT's z.
+    BlockOut,
+}
+
+/// Adds vectors at given (row, position) pairs of one layer's `site`.
+///
+/// `deltas` is either `[d_model]` (one vector added at every pair, as ROME does for all its
+/// context templates) or `[positions.len(), d_model]` (one vector per pair, e.g. one per
+/// request in a batched MEMIT optimisation). Gradients w.r.t. `deltas` are exact when it is a
+/// `Var` (or derived from one).
+#[derive(Clone, Debug)]
+pub struct Intervention {
+    pub layer: usize,
+    pub site: Site,
+    pub positions: Vec<(usize, usize)>,
+    pub deltas: Tensor,
+}
+
+/// Which logits to compute: the vocabulary projection is the largest matmul of a small
+/// forward, so callers ask only for what they read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Logits {
+    /// None (e.g. statistics collection).
+    #[default]
+    None,
+    /// `[batch, seq, vocab]`.
+    All,
+    /// `[batch, vocab]` at each row's last real token.
+    Last,
+    /// `[n, vocab]` at the given (row, position) pairs.
+    At(Vec<(usize, usize)>),
+}
+
+/// What a forward pass should record and return.
+#[derive(Clone, Debug, Default)]
+pub struct TraceSpec {
+    /// Layers whose MLP down-projection input ("key", `[b, t, d_ff]`) is recorded.
+    pub keys: BTreeSet<usize>,
+    /// Layers whose MLP output (`[b, t, d_model]`, after any intervention there) is recorded.
+    pub mlp_out: BTreeSet<usize>,
+    /// Layers whose block output (`[b, t, d_model]`, after any intervention there) is recorded.
+    pub block_out: BTreeSet<usize>,
+    /// Stop after this layer's block (no logits are computed then).
+    pub stop_after: Option<usize>,
+    pub logits: Logits,
+    /// Use differentiable kernels even without interventions (e.g. when a weight is a `Var`).
+    /// Interventions turn this on by themselves.
+    pub differentiable: bool,
+}
+
+impl TraceSpec {
+    pub fn logits(logits: Logits) -> Self {
+        Self { logits, ..Self::default() }
+    }
+
+    /// The deepest layer a forward must reach to fill this trace.
+    pub fn deepest_layer(&self) -> Option<usize> {
+        [&self.keys, &self.mlp_out, &self.block_out]
+            .iter()
+            .filter_map(|s| s.last().copied())
+            .max()
+    }
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub keys: BTreeMap<usize, Tensor>,
+    pub mlp_out: BTreeMap<usize, Tensor>,
+    pub block_out: BTreeMap<usize, Tensor>,
+    pub logits: Option<Tensor>,
+}
+
+/// A causal language model we can run, trace, intervene on, and edit.
+pub trait CausalLm: Send + Sync {
+    fn config(&self) -> &ModelConfig;
+    fn device(&self) -> &Device;
+    fn dtype(&self) -> DType;
+
+    /// One forward pass over a right-padded batch.
+    fn forward(&self, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Trace>;
+
+    /// The stored weight of a linear module (as in the checkpoint: see [`EditableModule::layout`]).
+    fn weight(&self, module: &str) -> Result<Tensor>;
+
+    /// Replaces the stored weight of a linear module (same shape and layout as [`Self::weight`]).
+    fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()>;
+}
+
+/// Computes the per-forward inputs every family shares: the additive attention bias
+/// (causal + key padding) and the flags derived from the spec.
+pub(crate) struct ForwardCtx {
+    pub grad: bool,
+    pub attn_bias: Tensor,
+    pub last_layer: usize,
+}
+
+impl ForwardCtx {
+    pub fn new(cfg: &ModelConfig, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Self> {
+        let n_layer = cfg.n_layer;
+        for iv in interventions {
+            if iv.layer >= n_layer {
+                return Err(crate::Error::Input(format!(
+                    "intervention at layer {} but the model has {n_layer} layers",
+                    iv.layer
+                )));
+            }
+            batch.check_positions(&iv.positions)?;
+        }
+        for l in spec.keys.iter().chain(&spec.mlp_out).chain(&spec.block_out) {
+            if *l >= n_layer {
+                return Err(crate::Error::Input(format!(
+                    "trace requested at layer {l} but the model has {n_layer} layers"
+                )));
+            }
+        }
+        if batch.seq_len() > cfg.n_ctx {
+            return Err(crate::Error::Input(format!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                batch.seq_len(),
+                cfg.n_ctx
+            )));
+        }
+        let last_layer = match spec.stop_after {
+            Some(l) => l.min(n_layer - 1),
+            None => n_layer - 1,
+        };
+        Ok(Self {
+            grad: spec.differentiable || !interventions.is_empty(),
+            attn_bias: batch.attention_bias()?,
+            last_layer,
+        })
+    }
+}
+
+/// Applies the interventions at (layer, site) to `h` (`[b, t, d]`).
+pub(crate) fn intervene(h: Tensor, layer: usize, site: Site, interventions: &[Intervention]) -> Result<Tensor> {
+    let mut h = h;
+    for iv in interventions.iter().filter(|iv| iv.layer == layer && iv.site == site) {
+        h = layers::add_at_positions(&h, &iv.positions, &iv.deltas)?;
+    }
+    Ok(h)
+}
+
+/// Records `h` into `map` when `layer` was asked for.
+pub(crate) fn record(map: &mut BTreeMap<usize, Tensor>, wanted: &BTreeSet<usize>, layer: usize, h: &Tensor) {
+    if wanted.contains(&layer) {
+        map.insert(layer, h.clone());
+    }
+}
+
+/// Final norm + vocabulary projection for the requested positions.
+pub(crate) fn head_logits(
+    h: &Tensor,
+    batch: &Batch,
+    which: &Logits,
+    final_norm: &layers::LayerNorm,
+    head: &layers::Linear,
+    grad: bool,
+) -> Result<Option<Tensor>> {
+    let (b, t, d) = h.dims3()?;
+    let selected = match which {
+        Logits::None => return Ok(None),
+        Logits::All => h.clone(),
+        Logits::Last => {
+            let pos: Vec<(usize, usize)> = batch.lengths().iter().enumerate().map(|(r, &n)| (r, n - 1)).collect();
+            layers::select_positions(h, &pos)?
+        }
+        Logits::At(pos) => {
+            batch.check_positions(pos)?;
+            layers::select_positions(h, pos)?
+        }
+    };
+    let _ = (b, t, d);
+    let normed = final_norm.forward(&selected, grad)?;
+    Ok(Some(head.forward(&normed)?))
+}
+
+/// Blocks expose their linear modules by kind so that weight access by name is shared.
+pub(crate) trait BlockLinears {
+    fn linear(&self, kind: ModuleKind) -> Option<&layers::Linear>;
+    fn linear_mut(&mut self, kind: ModuleKind) -> Option<&mut layers::Linear>;
+}
+
+pub(crate) fn block_weight<B: BlockLinears>(cfg: &ModelConfig, blocks: &[B], name: &str) -> Result<Tensor> {
+    let m = modules::find(cfg, name)?;
+    let lin = blocks[m.layer]
+        .linear(m.kind)
+        .ok_or_else(|| crate::Error::Input(format!("module `{name}` has no weight in this model")))?;
+    Ok(lin.weight.clone())
+}
+
+pub(crate) fn set_block_weight<B: BlockLinears>(cfg: &ModelConfig, blocks: &mut [B], name: &str, w: Tensor) -> Result<()> {
+    let m = modules::find(cfg, name)?;
+    let lin = blocks[m.layer]
+        .linear_mut(m.kind)
+        .ok_or_else(|| crate::Error::Input(format!("module `{name}` has no weight in this model")))?;
+    if w.dims() != lin.weight.dims() {
+        return Err(crate::Error::Input(format!(
+            "new weight for `{}` has shape {:?}, expected {:?}",
+            m.name,
+            w.dims(),
+            lin.weight.dims()
+        )));
+    }
+    lin.weight = w.to_dtype(lin.weight.dtype())?.to_device(lin.weight.device())?;
+    Ok(())
+}

@@ -1,0 +1,210 @@
+//! The one place that knows each family's module names and weight orientation.
+//!
+//! Editing methods address weights by the reference's dotted module names
+//! (`transformer.h.17.mlp.c_proj`, `gpt_neox.layers.5.mlp.dense_4h_to_h`), read them in a
+//! canonical `[out, in]` orientation and write deltas back through [`EditableModule`].
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use super::layers::Orientation;
+pub use super::layers::Orientation as WeightLayout;
+use crate::config::{Family, ModelConfig};
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModuleKind {
+    /// Fused query/key/value projection (GPT-2 `c_attn`, NeoX `query_key_value`).
+    AttnQkv,
+    AttnQ,
+    AttnK,
+    AttnV,
+    /// Attention output projection.
+    AttnOut,
+    /// MLP up-projection (`c_fc`, `fc_in`, `dense_h_to_4h`).
+    MlpUp,
+    /// MLP down-projection, whose input is the ROME/MEMIT key (`c_proj`, `fc_out`, `dense_4h_to_h`).
+    MlpDown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EditableModule {
+    /// The reference's dotted module name.
+    pub name: String,
+    pub layer: usize,
+    pub kind: ModuleKind,
+    /// How the checkpoint stores the weight.
+    pub layout: Orientation,
+    pub in_dim: usize,
+    pub out_dim: usize,
+}
+
+impl EditableModule {
+    /// The weight's stored shape.
+    pub fn stored_shape(&self) -> [usize; 2] {
+        match self.layout {
+            Orientation::InOut => [self.in_dim, self.out_dim],
+            Orientation::OutIn => [self.out_dim, self.in_dim],
+        }
+    }
+
+    /// Converts a stored weight (or delta) to `[out, in]`.
+    pub fn to_out_in(&self, stored: &Tensor) -> Result<Tensor> {
+        Ok(match self.layout {
+            Orientation::InOut => stored.t()?.contiguous()?,
+            Orientation::OutIn => stored.clone(),
+        })
+    }
+
+    /// Converts an `[out, in]` weight (or delta) to the stored layout.
+    pub fn from_out_in(&self, w: &Tensor) -> Result<Tensor> {
+        Ok(match self.layout {
+            Orientation::InOut => w.t()?.contiguous()?,
+            Orientation::OutIn => w.clone(),
+        })
+    }
+}
+
+fn suffixes(family: Family) -> &'static [(&'static str, ModuleKind)] {
+    use ModuleKind::*;
+    match family {
+        Family::Gpt2 => &[
+            ("attn.c_attn", AttnQkv),
+            ("attn.c_proj", AttnOut),
+            ("mlp.c_fc", MlpUp),
+            ("mlp.c_proj", MlpDown),
+        ],
+        Family::GptJ => &[
+            ("attn.q_proj", AttnQ),
+            ("attn.k_proj", AttnK),
+            ("attn.v_proj", AttnV),
+            ("attn.out_proj", AttnOut),
+            ("mlp.fc_in", MlpUp),
+            ("mlp.fc_out", MlpDown),
+        ],
+        Family::GptNeoX => &[
+            ("attention.query_key_value", AttnQkv),
+            ("attention.dense", AttnOut),
+            ("mlp.dense_h_to_4h", MlpUp),
+            ("mlp.dense_4h_to_h", MlpDown),
+        ],
+    }
+}
+
+/// `transformer.h` / `gpt_neox.layers`: the block list's module name.
+pub fn layers_name(family: Family) -> &'static str {
+    match family {
+        Family::Gpt2 | Family::GptJ => "transformer.h",
+        Family::GptNeoX => "gpt_neox.layers",
+    }
+}
+
+fn dims(cfg: &ModelConfig, kind: ModuleKind) -> (usize, usize) {
+    let d = cfg.d_model;
+    match kind {
+        ModuleKind::AttnQkv => (d, 3 * d),
+        ModuleKind::AttnQ | ModuleKind::AttnK | ModuleKind::AttnV | ModuleKind::AttnOut => (d, d),
+        ModuleKind::MlpUp => (d, cfg.d_ff),
+        ModuleKind::MlpDown => (cfg.d_ff, d),
+    }
+}
+
+fn layout(family: Family) -> Orientation {
+    match family {
+        Family::Gpt2 => Orientation::InOut,
+        Family::GptJ | Family::GptNeoX => Orientation::OutIn,
+    }
+}
+
+pub fn module(cfg: &ModelConfig, layer: usize, kind: ModuleKind) -> Result<EditableModule> {
+    if layer >= cfg.n_layer {
+        return Err(Error::Input(format!("layer {layer} does not exist: the model has {} layers (0-{})", cfg.n_layer, cfg.n_layer - 1)));
+    }
+    let (suffix, _) = suffixes(cfg.family)
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .ok_or_else(|| Error::Input(format!("{kind:?} does not exist in {} models", cfg.family.name())))?;
+    let (in_dim, out_dim) = dims(cfg, kind);
+    Ok(EditableModule {
+        name: format!("{}.{layer}.{suffix}", layers_name(cfg.family)),
+        layer,
+        kind,
+        layout: layout(cfg.family),
+        in_dim,
+        out_dim,
+    })
+}
+
+/// The MLP down-projection of `layer`: the module ROME and MEMIT rewrite.
+pub fn mlp_down(cfg: &ModelConfig, layer: usize) -> Result<EditableModule> {
+    module(cfg, layer, ModuleKind::MlpDown)
+}
+
+/// Every linear module an edit can target, layer by layer.
+pub fn editable_modules(cfg: &ModelConfig) -> Vec<EditableModule> {
+    (0..cfg.n_layer)
+        .flat_map(|l| suffixes(cfg.family).iter().map(move |(_, k)| (l, *k)))
+        .map(|(l, k)| module(cfg, l, k).expect("layer in range"))
+        .collect()
+}
+
+/// Parses a module name (with or without the family prefix, with or without `.weight`),
+/// e.g. `transformer.h.17.mlp.c_proj` or `h.17.mlp.c_proj.weight`.
+pub fn find(cfg: &ModelConfig, name: &str) -> Result<EditableModule> {
+    let bare = name.strip_suffix(".weight").unwrap_or(name);
+    let full = if bare.starts_with(cfg.family.prefix()) {
+        bare.to_string()
+    } else {
+        format!("{}{bare}", cfg.family.prefix())
+    };
+    let unknown = || {
+        let example = mlp_down(cfg, cfg.n_layer / 2).map(|m| m.name).unwrap_or_default();
+        Error::Input(format!(
+            "`{name}` is not a linear module of this {} model (e.g. `{example}`; `edit inspect` lists them all)",
+            cfg.family.name()
+        ))
+    };
+    let rest = full
+        .strip_prefix(layers_name(cfg.family))
+        .and_then(|r| r.strip_prefix('.'))
+        .ok_or_else(unknown)?;
+    let (layer, suffix) = rest.split_once('.').ok_or_else(unknown)?;
+    let layer: usize = layer.parse().map_err(|_| unknown())?;
+    let kind = suffixes(cfg.family)
+        .iter()
+        .find(|(s, _)| *s == suffix)
+        .map(|(_, k)| *k)
+        .ok_or_else(unknown)?;
+    module(cfg, layer, kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn names_follow_the_reference_templates() {
+        let gpt2 = ModelConfig::from_json(
+            &json!({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 20, "vocab_size": 10, "n_positions": 4}),
+            std::path::Path::new("c"),
+        )
+        .unwrap();
+        let m = mlp_down(&gpt2, 17).unwrap();
+        assert_eq!(m.name, "transformer.h.17.mlp.c_proj");
+        assert_eq!(m.stored_shape(), [32, 8]);
+        assert_eq!(find(&gpt2, "h.17.mlp.c_proj.weight").unwrap(), m);
+        assert!(find(&gpt2, "transformer.h.20.mlp.c_proj").is_err());
+        assert!(find(&gpt2, "transformer.h.3.mlp.nope").unwrap_err().to_string().contains("edit inspect"));
+        let neox = ModelConfig::from_json(
+            &json!({"model_type": "gpt_neox", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 2,
+                    "intermediate_size": 24, "vocab_size": 10, "max_position_embeddings": 4, "rotary_pct": 0.5}),
+            std::path::Path::new("c"),
+        )
+        .unwrap();
+        let m = mlp_down(&neox, 1).unwrap();
+        assert_eq!(m.name, "gpt_neox.layers.1.mlp.dense_4h_to_h");
+        assert_eq!(m.stored_shape(), [8, 24]);
+    }
+}

@@ -1,0 +1,243 @@
+//! Drives the real `edit` binary in temporary directories.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{fixture_dir, golden};
+
+fn edit() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edit"));
+    // Never let a developer's environment leak into the tests (and never touch the network).
+    c.env_remove("HF_HUB_OFFLINE").env_remove("RUST_LOG").env("HF_HOME", "/nonexistent-hf-home").env("HF_HUB_CACHE", "/nonexistent-hf-cache");
+    c
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn predict_json_matches_golden_logits() {
+    for name in ["tiny-gpt2", "tiny-gptj", "tiny-neox"] {
+        let g = golden(name);
+        let prompts: Vec<String> = g.prompts().iter().map(|p| p.text.clone()).collect();
+        let out = run(edit().args(["predict", "--json", "-k", "3", "--model"]).arg(fixture_dir(name)).args(&prompts));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), prompts.len());
+        let want = candle_nn::ops::log_softmax(&g.tensor("last_logits"), 1).unwrap().to_vec2::<f32>().unwrap();
+        for (r, line) in lines.iter().enumerate() {
+            assert_eq!(line["prompt"], prompts[r]);
+            let ids: Vec<u32> = line["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            assert_eq!(ids, g.prompts()[r].input_ids, "{name} tokenization of prompt {r}");
+            let top = line["top"].as_array().unwrap();
+            assert_eq!(top.len(), 3);
+            let mut order: Vec<usize> = (0..want[r].len()).collect();
+            order.sort_by(|a, b| want[r][*b].total_cmp(&want[r][*a]));
+            for (i, c) in top.iter().enumerate() {
+                let id = c["id"].as_u64().unwrap() as usize;
+                assert_eq!(id, order[i], "{name} prompt {r} rank {i}");
+                let lp = c["logprob"].as_f64().unwrap() as f32;
+                assert!((lp - want[r][id]).abs() < 1e-4, "{name} prompt {r}: {lp} vs {}", want[r][id]);
+                assert!(c["token"].is_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn predict_table_is_readable() {
+    let out = run(edit().args(["predict", "-k", "2", "--model"]).arg(fixture_dir("tiny-gpt2")).arg("Paris is the capital of"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.contains("\"Paris is the capital of\" (5 tokens)"), "{s}");
+    assert!(s.contains("rank") && s.contains("logprob"));
+}
+
+#[test]
+fn inspect_lists_editable_modules() {
+    let out = run(edit().args(["inspect", "--json", "--model"]).arg(fixture_dir("tiny-neox")));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["family"], "gpt_neox");
+    assert_eq!(v["layers"], 4);
+    assert_eq!(v["storage_dtype"], "f16");
+    assert_eq!(v["rotary"]["dims"], 4);
+    assert_eq!(v["rotary"]["style"], "half_split");
+    let names: Vec<&str> = v["editable_modules"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"gpt_neox.layers.3.mlp.dense_4h_to_h"));
+
+    let out = run(edit().args(["inspect", "--model"]).arg(fixture_dir("tiny-gpt2")));
+    assert!(out.status.success());
+    let s = String::from_utf8(out.stdout).unwrap();
+    assert!(s.contains("transformer.h.2.mlp.c_proj") && s.contains("InOut"), "{s}");
+    let out = run(edit().args(["inspect", "--json", "--model"]).arg(fixture_dir("tiny-gptj")));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["weight_files"], 2);
+    assert_eq!(v["rotary"]["style"], "interleaved");
+}
+
+#[test]
+fn help_explains_every_command() {
+    for args in [vec!["--help"], vec!["predict", "--help"], vec!["inspect", "--help"]] {
+        let out = run(edit().args(&args));
+        assert!(out.status.success());
+        let s = String::from_utf8(out.stdout).unwrap();
+        assert!(s.contains("Usage:"), "{s}");
+    }
+    let s = String::from_utf8(run(edit().args(["predict", "--help"])).stdout).unwrap();
+    assert!(s.contains("--offline") && s.contains("--top-k") && s.contains("--dtype"));
+}
+
+// ---- loading errors: each names the problem and fails with a non-zero exit --------------
+
+fn expect_failure(args: &[&str], model: &Path, needles: &[&str]) {
+    let mut cmd = edit();
+    cmd.args(args).arg("--model").arg(model);
+    if args[0] == "predict" {
+        cmd.arg("hello");
+    }
+    let out = run(&mut cmd);
+    assert!(!out.status.success(), "expected failure");
+    let err = stderr(&out);
+    for n in needles {
+        assert!(err.contains(n), "stderr should mention {n:?}: {err}");
+    }
+}
+
+fn temp_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    copy_dir(&fixture_dir(name), &dir);
+    (tmp, dir)
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let p = dir.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let (_t, dir) = temp_copy("tiny-gpt2");
+    edit_config(&dir, |v| v["model_type"] = "llama".into());
+    expect_failure(&["predict"], &dir, &["unsupported architecture `llama`", "gpt2"]);
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let (_t, dir) = temp_copy("tiny-gpt2");
+    // Claim one layer more than the checkpoint holds.
+    edit_config(&dir, |v| v["n_layer"] = 5.into());
+    expect_failure(&["predict"], &dir, &["transformer.h.4.ln_1.weight", "missing"]);
+    expect_failure(&["inspect"], &dir, &["transformer.h.4", "missing"]);
+}
+
+#[test]
+fn wrong_shape_is_named() {
+    let (_t, dir) = temp_copy("tiny-neox");
+    edit_config(&dir, |v| v["intermediate_size"] = 64.into());
+    expect_failure(&["predict"], &dir, &["gpt_neox.layers.0.mlp.dense_h_to_4h.weight", "[128, 32]", "[64, 32]"]);
+}
+
+#[test]
+fn truncated_file_is_named() {
+    let (_t, dir) = temp_copy("tiny-gptj");
+    let shard = dir.join("model-00002-of-00002.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
+    expect_failure(&["predict"], &dir, &["model-00002-of-00002.safetensors", "truncated"]);
+}
+
+#[test]
+fn missing_shard_and_missing_weights_are_named() {
+    let (_t, dir) = temp_copy("tiny-gptj");
+    std::fs::remove_file(dir.join("model-00001-of-00002.safetensors")).unwrap();
+    expect_failure(&["predict"], &dir, &["model-00001-of-00002.safetensors"]);
+    let (_t2, dir2) = temp_copy("tiny-gpt2");
+    std::fs::remove_file(dir2.join("model.safetensors")).unwrap();
+    expect_failure(&["predict"], &dir2, &["no weights", "model.safetensors"]);
+}
+
+#[test]
+fn missing_directory_and_config_are_named() {
+    expect_failure(&["predict"], Path::new("./no/such/model"), &["does not exist"]);
+    let (_t, dir) = temp_copy("tiny-gpt2");
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    expect_failure(&["predict"], &dir, &["config.json"]);
+}
+
+// ---- Hugging Face cache, offline ------------------------------------------------------
+
+/// Lays out `name` as the Hub cache would hold repo `org/repo` at revision main.
+fn fake_hub_cache(root: &Path, repo: &str, name: &str, skip: &[&str]) {
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo_dir = root.join(format!("models--{}", repo.replace('/', "--")));
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs").join("main"), commit).unwrap();
+    let snap = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snap).unwrap();
+    for e in std::fs::read_dir(fixture_dir(name)).unwrap() {
+        let e = e.unwrap();
+        let fname = e.file_name().to_string_lossy().into_owned();
+        if fname.starts_with("golden") || skip.contains(&fname.as_str()) {
+            continue;
+        }
+        std::fs::copy(e.path(), snap.join(&fname)).unwrap();
+    }
+}
+
+#[test]
+fn offline_hub_id_resolves_from_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("hf").join("hub");
+    fake_hub_cache(&hub, "EleutherAI/gpt-j-tiny", "tiny-gptj", &[]);
+    // HF_HOME/hub is the standard location; HF_HUB_OFFLINE=1 selects the cache-only mode.
+    let out = run(edit()
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HOME", tmp.path().join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["predict", "--json", "-k", "1", "--model", "EleutherAI/gpt-j-tiny", "Paris is the capital of"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["input_ids"].as_array().unwrap().len(), 5);
+
+    let out = run(edit()
+        .env("HF_HUB_CACHE", &hub)
+        .args(["inspect", "--json", "--offline", "--model", "EleutherAI/gpt-j-tiny"]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["origin"]["kind"], "hub");
+    assert_eq!(v["origin"]["commit"], "0123456789abcdef0123456789abcdef01234567");
+}
+
+#[test]
+fn offline_missing_file_says_which_and_how() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_hub_cache(tmp.path(), "org/tiny", "tiny-gptj", &["model-00002-of-00002.safetensors"]);
+    let out = run(edit().env("HF_HUB_CACHE", tmp.path()).args(["predict", "--offline", "--model", "org/tiny", "hi"]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("huggingface-cli download org/tiny"), "{err}");
+
+    let out = run(edit().env("HF_HUB_CACHE", tmp.path()).args(["predict", "--offline", "--model", "org/absent", "hi"]));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
+}

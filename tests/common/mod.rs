@@ -1,0 +1,96 @@
+//! Shared helpers for integration tests: fixture paths, golden tensors, comparisons.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use edit::hub::{resolve_model, HubOptions};
+use edit::LoadedModel;
+
+pub fn fixture_dir(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
+}
+
+pub fn fixture_with_dtype(name: &str, dtype: DType) -> LoadedModel {
+    let dir = fixture_dir(name);
+    let files = resolve_model(dir.to_str().unwrap(), &HubOptions::default()).unwrap();
+    edit::load_model(files, dtype, &Device::Cpu).unwrap()
+}
+
+pub fn fixture(name: &str) -> LoadedModel {
+    fixture_with_dtype(name, DType::F32)
+}
+
+pub struct GoldenPrompt {
+    pub text: String,
+    pub subject: String,
+    pub target: String,
+    pub input_ids: Vec<u32>,
+    pub subject_last_index: usize,
+}
+
+pub struct GradientInfo {
+    pub layer: usize,
+    pub position: usize,
+    pub loss_value: f64,
+}
+
+pub struct Golden {
+    tensors: HashMap<String, Tensor>,
+    meta: serde_json::Value,
+    prompts: Vec<GoldenPrompt>,
+}
+
+impl Golden {
+    pub fn tensor(&self, name: &str) -> Tensor {
+        self.tensors.get(name).unwrap_or_else(|| panic!("golden tensor {name} missing")).clone()
+    }
+    pub fn prompts(&self) -> &[GoldenPrompt] {
+        &self.prompts
+    }
+    pub fn gradient(&self, key: &str) -> GradientInfo {
+        let g = &self.meta["gradients"][key];
+        GradientInfo {
+            layer: g["layer"].as_u64().unwrap() as usize,
+            position: g["position"].as_u64().unwrap() as usize,
+            loss_value: g["loss_value"].as_f64().unwrap(),
+        }
+    }
+}
+
+pub fn golden(name: &str) -> Golden {
+    let dir = fixture_dir(name);
+    let tensors = candle_core::safetensors::load(dir.join("golden.safetensors"), &Device::Cpu).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("golden.json")).unwrap()).unwrap();
+    let prompts = meta["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| GoldenPrompt {
+            text: p["text"].as_str().unwrap().into(),
+            subject: p["subject"].as_str().unwrap().into(),
+            target: p["target"].as_str().unwrap().into(),
+            input_ids: p["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(),
+            subject_last_index: p["subject_last_index"].as_u64().unwrap() as usize,
+        })
+        .collect();
+    Golden { tensors, meta, prompts }
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+/// ‖a − b‖ / ‖b‖.
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    let num: f32 = (a - &b).unwrap().sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar().unwrap();
+    let den: f32 = b.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar().unwrap();
+    num / den
+}

@@ -1,0 +1,208 @@
+//! The three model families against golden tensors computed by Hugging Face transformers
+//! (an independent implementation) on the bundled tiny checkpoints.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor, Var};
+use common::{fixture, golden, max_abs_diff, rel_diff, Golden};
+use edit::{Batch, Intervention, Logits, Site, TraceSpec};
+
+const FAMILIES: [&str; 3] = ["tiny-gpt2", "tiny-gptj", "tiny-neox"];
+
+fn golden_batch(g: &Golden) -> Batch {
+    let ids: Vec<u32> = g.tensor("input_ids").to_dtype(DType::U32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let mask: Vec<u8> = g.tensor("attention_mask").to_dtype(DType::U8).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    Batch::from_ids_and_mask(&ids, &mask, g.prompts().len(), &Device::Cpu).unwrap()
+}
+
+/// Keeps only the real (unpadded) positions of a `[b, t, ...]` tensor, one tensor per row.
+fn real_rows(t: &Tensor, lengths: &[usize]) -> Vec<Tensor> {
+    lengths.iter().enumerate().map(|(r, &n)| t.get(r).unwrap().narrow(0, 0, n).unwrap()).collect()
+}
+
+fn all_layers_spec(n_layer: usize, differentiable: bool) -> TraceSpec {
+    TraceSpec {
+        keys: (0..n_layer).collect(),
+        mlp_out: (0..n_layer).collect(),
+        block_out: (0..n_layer).collect(),
+        logits: Logits::All,
+        differentiable,
+        ..TraceSpec::default()
+    }
+}
+
+#[test]
+fn activations_and_logits_match_transformers() {
+    for name in FAMILIES {
+        for differentiable in [false, true] {
+            let lm = fixture(name);
+            let g = golden(name);
+            let batch = golden_batch(&g);
+            let n_layer = lm.config().n_layer;
+            let trace = lm.model.forward(&batch, &all_layers_spec(n_layer, differentiable), &[]).unwrap();
+            for l in 0..n_layer {
+                for (what, got) in [("key", &trace.keys[&l]), ("mlp_out", &trace.mlp_out[&l]), ("block_out", &trace.block_out[&l])] {
+                    let want = g.tensor(&format!("{what}.{l}"));
+                    for (r, (a, b)) in real_rows(got, batch.lengths()).iter().zip(real_rows(&want, batch.lengths())).enumerate() {
+                        let d = max_abs_diff(a, &b);
+                        assert!(d <= 1e-4, "{name} {what}.{l} row {r}: max abs diff {d} (differentiable={differentiable})");
+                    }
+                }
+            }
+            let logits = trace.logits.unwrap();
+            // Last-token logits.
+            let want_last = g.tensor("last_logits");
+            for (r, &n) in batch.lengths().iter().enumerate() {
+                let got = logits.get(r).unwrap().get(n - 1).unwrap();
+                let d = max_abs_diff(&got, &want_last.get(r).unwrap());
+                assert!(d <= 1e-4, "{name} last_logits row {r}: {d}");
+            }
+            // Teacher-forced next-token log-probs.
+            let logp = candle_nn::ops::log_softmax(&logits, 2).unwrap();
+            let ids: Vec<Vec<u32>> = batch.input_ids().to_vec2().unwrap();
+            let want: Vec<Vec<f32>> = g.tensor("next_token_logprob").to_vec2().unwrap();
+            for (r, &n) in batch.lengths().iter().enumerate() {
+                for p in 0..n - 1 {
+                    let got: f32 = logp.get(r).unwrap().get(p).unwrap().get(ids[r][p + 1] as usize).unwrap().to_scalar().unwrap();
+                    assert!((got - want[r][p]).abs() <= 1e-4, "{name} logprob row {r} pos {p}: {got} vs {}", want[r][p]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn last_logits_option_matches_full_logits() {
+    for name in FAMILIES {
+        let lm = fixture(name);
+        let g = golden(name);
+        let batch = golden_batch(&g);
+        let last = lm.model.forward(&batch, &TraceSpec::logits(Logits::Last), &[]).unwrap().logits.unwrap();
+        let d = max_abs_diff(&last, &g.tensor("last_logits"));
+        assert!(d <= 1e-4, "{name}: {d}");
+    }
+}
+
+#[test]
+fn padded_batch_equals_each_prompt_alone() {
+    for name in FAMILIES {
+        let lm = fixture(name);
+        let g = golden(name);
+        let batch = golden_batch(&g);
+        let n_layer = lm.config().n_layer;
+        let spec = all_layers_spec(n_layer, false);
+        let together = lm.model.forward(&batch, &spec, &[]).unwrap();
+        for (r, p) in g.prompts().iter().enumerate() {
+            let alone = Batch::from_sequences(&[p.input_ids.clone()], 0, &Device::Cpu).unwrap();
+            let single = lm.model.forward(&alone, &spec, &[]).unwrap();
+            let n = p.input_ids.len();
+            for l in 0..n_layer {
+                let a = together.block_out[&l].get(r).unwrap().narrow(0, 0, n).unwrap();
+                let b = single.block_out[&l].get(0).unwrap();
+                assert!(max_abs_diff(&a, &b) <= 1e-5, "{name} block_out.{l} row {r}");
+                let a = together.keys[&l].get(r).unwrap().narrow(0, 0, n).unwrap();
+                let b = single.keys[&l].get(0).unwrap();
+                assert!(max_abs_diff(&a, &b) <= 1e-5, "{name} key.{l} row {r}");
+            }
+            let a = together.logits.as_ref().unwrap().get(r).unwrap().narrow(0, 0, n).unwrap();
+            let b = single.logits.unwrap().get(0).unwrap();
+            assert!(max_abs_diff(&a, &b) <= 1e-5, "{name} logits row {r}");
+        }
+    }
+}
+
+/// The golden gradient: d(mean target NLL)/d(vector added at `site` of `layer`, prompt 0's
+/// subject-last token), on prompt 0 followed by all target tokens but the last.
+fn intervention_grad(name: &str, key: &str, site: Site) {
+    let lm = fixture(name);
+    let g = golden(name);
+    let info = g.gradient(key);
+    let p0 = &g.prompts()[0];
+    let target = lm.tokenizer().unwrap().encode(&p0.target).unwrap();
+    let mut ids = p0.input_ids.clone();
+    ids.extend_from_slice(&target[..target.len() - 1]);
+    let batch = Batch::from_sequences(&[ids], 0, &Device::Cpu).unwrap();
+    let d = lm.config().d_model;
+    let delta = Var::zeros(d, DType::F32, &Device::Cpu).unwrap();
+    let iv = Intervention { layer: info.layer, site, positions: vec![(0, info.position)], deltas: delta.as_tensor().clone() };
+    let trace = lm.model.forward(&batch, &TraceSpec::logits(Logits::All), &[iv]).unwrap();
+    let logp = candle_nn::ops::log_softmax(&trace.logits.unwrap().get(0).unwrap(), 1).unwrap();
+    let n_prompt = p0.input_ids.len();
+    let mut terms = Vec::new();
+    for (j, &tid) in target.iter().enumerate() {
+        terms.push(logp.get(n_prompt - 1 + j).unwrap().get(tid as usize).unwrap());
+    }
+    let loss = (Tensor::stack(&terms, 0).unwrap().mean_all().unwrap() * -1.0).unwrap();
+    let loss_value: f32 = loss.to_scalar().unwrap();
+    assert!((loss_value as f64 - info.loss_value).abs() <= 1e-4 * info.loss_value.abs().max(1.0), "{name} {key}: loss {loss_value} vs {}", info.loss_value);
+    let grads = loss.backward().unwrap();
+    let got = grads.get(delta.as_tensor()).expect("gradient must reach the intervention vector");
+    let want = g.tensor(key);
+    let rel = rel_diff(got, &want);
+    assert!(rel <= 1e-3, "{name} {key}: relative error {rel}");
+}
+
+#[test]
+fn mlp_out_intervention_gradients_match_transformers() {
+    for name in FAMILIES {
+        intervention_grad(name, "grad_mlp_out.1", Site::MlpOut);
+    }
+}
+
+#[test]
+fn block_out_intervention_gradients_match_transformers() {
+    for name in FAMILIES {
+        intervention_grad(name, "grad_block_out.2", Site::BlockOut);
+    }
+}
+
+#[test]
+fn interventions_shift_activations_exactly() {
+    // Adding v at (row, pos) of a layer's block output must show up unchanged in that trace.
+    let lm = fixture("tiny-gpt2");
+    let g = golden("tiny-gpt2");
+    let batch = golden_batch(&g);
+    let spec = TraceSpec { block_out: [1].into(), mlp_out: [1].into(), ..Default::default() };
+    let base = lm.model.forward(&batch, &spec, &[]).unwrap();
+    let v = Tensor::arange(0f32, 32.0, &Device::Cpu).unwrap();
+    let per = Tensor::stack(&[v.clone(), (v.clone() * 2.0).unwrap()], 0).unwrap();
+    let iv = Intervention { layer: 1, site: Site::BlockOut, positions: vec![(0, 3), (2, 1)], deltas: per };
+    let edited = lm.model.forward(&batch, &spec, &[iv]).unwrap();
+    let diff = (&edited.block_out[&1] - &base.block_out[&1]).unwrap();
+    assert!(max_abs_diff(&diff.get(0).unwrap().get(3).unwrap(), &v) < 1e-4);
+    assert!(max_abs_diff(&diff.get(2).unwrap().get(1).unwrap(), &(v * 2.0).unwrap()) < 1e-4);
+    // Interventions switch to the differentiable kernels, which round differently from the
+    // fused ones: "unchanged" means equal to float rounding.
+    assert!(diff.get(1).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-5);
+    // The MLP output of the same layer is upstream of the block output: untouched.
+    assert!(max_abs_diff(&edited.mlp_out[&1], &base.mlp_out[&1]) < 1e-5);
+}
+
+#[test]
+fn stop_after_layer_skips_the_rest() {
+    let lm = fixture("tiny-neox");
+    let g = golden("tiny-neox");
+    let batch = golden_batch(&g);
+    let spec = TraceSpec { keys: [0, 1].into(), stop_after: Some(1), logits: Logits::All, ..Default::default() };
+    let trace = lm.model.forward(&batch, &spec, &[]).unwrap();
+    assert!(trace.logits.is_none());
+    assert_eq!(trace.keys.len(), 2);
+    let want = g.tensor("key.1");
+    for (a, b) in real_rows(&trace.keys[&1], batch.lengths()).iter().zip(real_rows(&want, batch.lengths())) {
+        assert!(max_abs_diff(a, &b) <= 1e-4);
+    }
+}
+
+#[test]
+fn half_precision_compute_stays_close() {
+    for name in FAMILIES {
+        for dtype in [DType::F16, DType::BF16] {
+            let lm = common::fixture_with_dtype(name, dtype);
+            let g = golden(name);
+            let batch = golden_batch(&g);
+            let last = lm.model.forward(&batch, &TraceSpec::logits(Logits::Last), &[]).unwrap().logits.unwrap();
+            let rel = rel_diff(&last.to_dtype(DType::F32).unwrap(), &g.tensor("last_logits"));
+            assert!(rel < 0.05, "{name} {dtype:?}: relative error {rel}");
+        }
+    }
+}
