@@ -192,3 +192,57 @@ impl<'a> WeightBuilder<'a> {
         Ok(t.to_dtype(self.dtype)?)
     }
 }
+
+/// 64-bit FNV-1a: a small, stable, dependency-free hash for fingerprints (not for security).
+pub struct Fnv64(u64);
+
+impl Fnv64 {
+    pub fn new() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Identifies a set of weights cheaply: every file's size and safetensors header (names,
+/// dtypes, shapes, offsets) plus a sample of its data bytes at 64 evenly spaced points.
+/// Two different checkpoints of the same architecture differ in their data samples.
+pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut h = Fnv64::new();
+    for path in files {
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+        h.write(&len.to_le_bytes());
+        let mut n = [0u8; 8];
+        f.read_exact(&mut n).map_err(|e| Error::io(path, e))?;
+        let header_len = u64::from_le_bytes(n).min(len.saturating_sub(8)).min(100 << 20);
+        let mut header = vec![0u8; header_len as usize];
+        f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+        h.write(&header);
+        let data_start = 8 + header_len;
+        if len > data_start + 64 {
+            let span = len - data_start - 64;
+            let mut buf = [0u8; 64];
+            for i in 0..64u64 {
+                f.seek(SeekFrom::Start(data_start + span * i / 63)).map_err(|e| Error::io(path, e))?;
+                f.read_exact(&mut buf).map_err(|e| Error::io(path, e))?;
+                h.write(&buf);
+            }
+        }
+    }
+    Ok(format!("{:016x}", h.finish()))
+}

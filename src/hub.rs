@@ -295,3 +295,93 @@ fn hub_model(id: &str, revision: &str, f: &dyn Fetch) -> Result<ModelFiles> {
         index,
     })
 }
+
+/// Files of a Hub dataset repo whose path starts with `prefix` and ends with `suffix`
+/// (e.g. the train parquet shards), fetched into (or, offline, found in) the cache.
+pub fn dataset_files(repo_id: &str, prefix: &str, suffix: &str, opts: &HubOptions) -> Result<Vec<PathBuf>> {
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
+    let offline = opts.offline || HubOptions::offline_from_env();
+    let repo_dir = cache_dir.join(Repo::new(repo_id.to_string(), RepoType::Dataset).folder_name());
+    let how = format!(
+        "`huggingface-cli download --repo-type dataset {repo_id} --include '{prefix}*{suffix}'`"
+    );
+    if offline {
+        let commit = std::fs::read_to_string(repo_dir.join("refs").join(&revision))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| revision.clone());
+        let snap = repo_dir.join("snapshots").join(&commit);
+        let (dir, stem) = match prefix.rsplit_once('/') {
+            Some((d, s)) => (snap.join(d), s.to_string()),
+            None => (snap.clone(), prefix.to_string()),
+        };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        n.starts_with(&stem) && n.ends_with(suffix)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        if files.is_empty() {
+            return Err(Error::Hub(format!(
+                "offline mode: no `{prefix}*{suffix}` files of dataset {repo_id} (revision {revision}) in the Hugging Face cache at {}; \
+                 run once without --offline / HF_HUB_OFFLINE, or fetch them with {how}, or pass local files with --text",
+                cache_dir.display()
+            )));
+        }
+        // Shards are numbered `-NNNNN-of-MMMMM`: refuse a partial download, it would change the sample.
+        if let Some(total) = files.first().and_then(|f| shard_total(f)) {
+            if files.len() != total {
+                return Err(Error::Hub(format!(
+                    "offline mode: only {} of {total} `{prefix}*{suffix}` shards of {repo_id} are in the cache at {}; fetch the rest with {how}",
+                    files.len(),
+                    cache_dir.display()
+                )));
+            }
+        }
+        return Ok(files);
+    }
+    let mut builder = ApiBuilder::from_cache(Cache::new(cache_dir.clone())).with_progress(opts.progress);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        builder = builder.with_token(Some(token));
+    }
+    let api = builder.build().map_err(|e| Error::Hub(format!("cannot set up the Hugging Face client: {e}")))?;
+    let repo = api.repo(Repo::with_revision(repo_id.to_string(), RepoType::Dataset, revision.clone()));
+    let info = repo.info().map_err(|e| {
+        Error::Hub(format!(
+            "cannot reach the Hugging Face Hub for dataset {repo_id}: {e}; use --offline with a populated cache, or --text with local files"
+        ))
+    })?;
+    let mut names: Vec<String> = info
+        .siblings
+        .into_iter()
+        .map(|s| s.rfilename)
+        .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(Error::Hub(format!("dataset {repo_id} (revision {revision}) has no `{prefix}*{suffix}` files")));
+    }
+    names
+        .iter()
+        .map(|n| {
+            tracing::info!("fetching {n} of {repo_id}");
+            repo.get(n).map_err(|e| Error::Hub(format!("downloading {n} of {repo_id} failed: {e}")))
+        })
+        .collect()
+}
+
+/// `M` of a `...-NNNNN-of-MMMMM.ext` shard name.
+fn shard_total(p: &Path) -> Option<usize> {
+    let name = p.file_stem()?.to_string_lossy().into_owned();
+    let (_, total) = name.rsplit_once("-of-")?;
+    total.parse().ok()
+}

@@ -5,11 +5,13 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod hub;
 pub mod model;
 pub mod models;
+pub mod stats;
 pub mod tokenizer;
 
 pub use config::{Family, ModelConfig};

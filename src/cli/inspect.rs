@@ -61,7 +61,7 @@ pub fn run(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         cache_dir: None,
         progress: logging::show_progress(global),
     };
-    let files = resolve_model(&args.model.model, &opts).with_context(|| format!("cannot find model `{}`", args.model.model))?;
+    let files = resolve_model(&args.model.id(), &opts).with_context(|| format!("cannot find model `{}`", args.model.id()))?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let ckpt = Checkpoint::open_files(files.weights.clone())?;
     let modules: Vec<ModuleReport> = editable_modules(&cfg)

@@ -3,6 +3,7 @@
 pub mod inspect;
 pub mod logging;
 pub mod predict;
+pub mod stats;
 
 use std::process::ExitCode;
 
@@ -40,6 +41,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Describe a model: family, sizes, dtype, rotary settings, and the modules an edit can target.
     Inspect(inspect::InspectArgs),
+    /// Collect (or import) the second-moment statistics of MLP keys that ROME and MEMIT need.
+    Stats(stats::StatsArgs),
 }
 
 /// How to find and load a model; shared by every command that reads one.
@@ -47,8 +50,9 @@ pub enum Command {
 pub struct ModelArgs {
     /// Local model directory, or a Hugging Face Hub id (gpt2, gpt2-xl, EleutherAI/gpt-j-6B,
     /// EleutherAI/pythia-160m, EleutherAI/gpt-neox-20b, ...).
-    #[arg(short, long, value_name = "DIR|HUB_ID")]
-    pub model: String,
+    // An Option only so that `edit stats import` can share the struct; clap still requires it.
+    #[arg(short, long, value_name = "DIR|HUB_ID", required = true)]
+    pub model: Option<String>,
     /// Hub revision (branch, tag or commit); default `main`.
     #[arg(long)]
     pub revision: Option<String>,
@@ -64,6 +68,10 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    pub fn id(&self) -> &str {
+        self.model.as_deref().unwrap_or_default()
+    }
+
     pub fn load(&self, global: &GlobalArgs) -> anyhow::Result<LoadedModel> {
         let dtype = edit::device::parse_dtype(&self.dtype)?;
         let device = edit::device::parse_device(&self.device)?;
@@ -73,10 +81,10 @@ impl ModelArgs {
             cache_dir: None,
             progress: logging::show_progress(global),
         };
-        let files = resolve_model(&self.model, &opts).with_context(|| format!("cannot find model `{}`", self.model))?;
-        tracing::info!("loading {} ({} weight file(s))", self.model, files.weights.len());
+        let files = resolve_model(self.id(), &opts).with_context(|| format!("cannot find model `{}`", self.id()))?;
+        tracing::info!("loading {} ({} weight file(s))", self.id(), files.weights.len());
         let started = std::time::Instant::now();
-        let model = edit::load_model(files, dtype, &device).with_context(|| format!("cannot load model `{}`", self.model))?;
+        let model = edit::load_model(files, dtype, &device).with_context(|| format!("cannot load model `{}`", self.id()))?;
         tracing::info!("loaded in {:.2?}", started.elapsed());
         Ok(model)
     }
@@ -86,6 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Predict(args) => predict::run(args, &cli.global),
         Command::Inspect(args) => inspect::run(args, &cli.global),
+        Command::Stats(args) => stats::run(args, &cli.global),
     }
 }
 

@@ -1,0 +1,465 @@
+//! `edit stats`: collect (or import) second-moment statistics of MLP keys into the cache.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use edit::data::{Corpus, HubDataset};
+use edit::hub::{resolve_model, HubOptions};
+use edit::models::modules::mlp_down;
+use edit::stats::cache::{self, JobKey, ModelIdentity, StatsMeta};
+use edit::stats::collect::{self, Accumulator, CollectPlan, Observer};
+use edit::stats::{npz, parse_layers, Precision};
+use edit::ModelConfig;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::{logging, GlobalArgs, ModelArgs};
+
+/// Collect the second moment C = E[k kᵀ] of MLP down-projection inputs (the ROME/MEMIT
+/// keys) over a text corpus, for many layers in one pass; results are cached per layer and an
+/// interrupted job resumes where it stopped.
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct StatsArgs {
+    #[command(subcommand)]
+    pub action: Option<StatsAction>,
+    #[command(flatten)]
+    pub collect: CollectArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StatsAction {
+    /// Import a reference `.npz` statistics file (`mom2.mom2`, `mom2.count`) into the cache.
+    Import(ImportArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DatasetArg {
+    /// Salesforce/wikitext, wikitext-103-raw-v1 train (parquet, ~300 MB).
+    Wikitext,
+    /// wikimedia/wikipedia, 20231101.en train (parquet, ~11 GB), the closest to the reference corpus.
+    Wikipedia,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsDirArg {
+    /// Statistics cache directory [default: $EDIT_STATS_DIR, else ~/.cache/edit/stats].
+    #[arg(long, value_name = "DIR")]
+    pub stats_dir: Option<PathBuf>,
+}
+
+impl StatsDirArg {
+    pub fn dir(&self) -> PathBuf {
+        self.stats_dir.clone().unwrap_or_else(cache::default_stats_dir)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct CollectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Layers whose MLP keys to collect: `17`, `3-8`, `3,5,7`. All in one forward pass.
+    #[arg(short, long, required = true)]
+    pub layers: Option<String>,
+    /// Number of texts sampled (seed-1 shuffle of the corpus, as the reference). Reference: 100000.
+    #[arg(long, default_value_t = 100_000)]
+    pub samples: usize,
+    /// Local corpus files instead of the embedded sample: .txt (a text per line), .jsonl
+    /// (`text` field), .parquet (`text` column).
+    #[arg(long, num_args = 1.., value_name = "FILE", conflicts_with = "dataset")]
+    pub text: Vec<PathBuf>,
+    /// A Hub dataset instead of the embedded WikiText-2 sample.
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetArg>,
+    /// Accumulation precision of the sums (the reference uses f32).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f64"])]
+    pub precision: String,
+    /// Bound on width × rows of one forward batch [default: 3 × context, the reference's].
+    #[arg(long)]
+    pub batch_tokens: Option<usize>,
+    /// Truncate texts to this many tokens [default: the model's context].
+    #[arg(long)]
+    pub max_len: Option<usize>,
+    #[command(flatten)]
+    pub dir: StatsDirArg,
+    /// Seconds between progress checkpoints of a running job.
+    #[arg(long, default_value_t = 60)]
+    pub checkpoint_secs: u64,
+    /// Recompute layers that are already cached.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Testing aid: stop with an error after N chunks of this run, as if killed after a checkpoint.
+    #[arg(long, hide = true)]
+    pub abort_after_chunks: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// The reference `.npz` file, e.g. `transformer.h.17.mlp.c_proj_float32_mom2_100000.npz`.
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Layer the file belongs to [default: read from the file name].
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// Dataset name to file it under [default: from the `<name>_stats` folder, else `imported`].
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Texts the statistics were computed on [default: the file's `sample_size`, or its name].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    #[command(flatten)]
+    pub dir: StatsDirArg,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct LayerReport {
+    layer: usize,
+    module: String,
+    file: PathBuf,
+    tokens: u64,
+    cached: bool,
+}
+
+#[derive(Serialize)]
+struct Summary {
+    model: String,
+    dataset: String,
+    note: Option<String>,
+    samples: usize,
+    texts: u64,
+    tokens: u64,
+    seconds: f64,
+    tokens_per_second: f64,
+    resumed_from_chunk: usize,
+    layers: Vec<LayerReport>,
+}
+
+pub fn run(args: StatsArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(StatsAction::Import(a)) => import(a, global),
+        None => collect_cmd(args.collect, global),
+    }
+}
+
+struct Driver {
+    bar: ProgressBar,
+    started: Instant,
+    last_checkpoint: Instant,
+    every: std::time::Duration,
+    partial: PathBuf,
+    key: JobKey,
+    base_tokens: u64,
+    chunks_this_run: usize,
+    abort_after: Option<usize>,
+}
+
+impl Observer for Driver {
+    fn chunk_done(&mut self, acc: &Accumulator, texts_seen: usize) -> edit::Result<bool> {
+        self.chunks_this_run += 1;
+        self.bar.set_position(texts_seen as u64);
+        let rate = (acc.count - self.base_tokens) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        self.bar.set_message(format!("{} tokens, {rate:.0} tok/s", acc.count));
+        let abort = self.abort_after.is_some_and(|n| self.chunks_this_run >= n);
+        Ok(abort || self.last_checkpoint.elapsed() >= self.every)
+    }
+
+    fn checkpoint(&mut self, acc: &Accumulator) -> edit::Result<()> {
+        cache::save_partial(&self.partial, &self.key, acc)?;
+        self.last_checkpoint = Instant::now();
+        tracing::debug!("checkpoint at chunk {} written to {}", acc.next_chunk, self.partial.display());
+        if self.abort_after.is_some_and(|n| self.chunks_this_run >= n) {
+            return Err(edit::Error::Input(format!("aborted after {} chunks (--abort-after-chunks)", self.chunks_this_run)));
+        }
+        Ok(())
+    }
+}
+
+fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    // Validate everything cheap before loading anything.
+    let layers = parse_layers(args.layers.as_deref().unwrap_or_default())?;
+    let precision = Precision::parse(&args.precision)?;
+    if args.samples == 0 {
+        bail!("--samples must be at least 1");
+    }
+    for f in &args.text {
+        if !f.is_file() {
+            bail!("--text {}: no such file", f.display());
+        }
+    }
+    let corpus = match (args.dataset, args.text.is_empty()) {
+        (Some(DatasetArg::Wikitext), _) => Corpus::Hub(HubDataset::Wikitext),
+        (Some(DatasetArg::Wikipedia), _) => Corpus::Hub(HubDataset::Wikipedia),
+        (None, false) => Corpus::Files(args.text.clone()),
+        (None, true) => Corpus::Embedded,
+    };
+    let lm = args.model.load(global)?;
+    let cfg = lm.config().clone();
+    if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layer) {
+        bail!("layer {bad} does not exist: the model has {} layers (0-{})", cfg.n_layer, cfg.n_layer - 1);
+    }
+    let identity = ModelIdentity::of(&lm.files)?;
+    let dataset = corpus.id();
+    let stats_dir = args.dir.dir();
+    let batch_tokens = args.batch_tokens.unwrap_or(3 * cfg.n_ctx);
+    let max_len = args.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(batch_tokens).max(1);
+
+    let targets: Vec<(usize, String, PathBuf)> = layers
+        .iter()
+        .map(|&l| {
+            let module = mlp_down(&cfg, l)?.name;
+            let path = cache::stats_path(&stats_dir, &identity, &dataset, &module, precision, args.samples);
+            Ok((l, module, path))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut reports = Vec::new();
+    let mut todo = Vec::new();
+    for (l, module, path) in &targets {
+        let usable = !args.force
+            && path.is_file()
+            && cache::load(path).is_ok_and(|m| m.check(&identity, &mlp_down(&cfg, *l).unwrap()).is_ok());
+        if usable {
+            let m = cache::load(path)?;
+            tracing::info!("layer {l}: cached at {}", path.display());
+            reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: m.count, cached: true });
+        } else {
+            todo.push(*l);
+        }
+    }
+
+    let mut note = None;
+    let started = Instant::now();
+    let (mut texts_used, mut tokens, mut resumed_from) = (0, 0, 0);
+    if !todo.is_empty() {
+        let hub = HubOptions { revision: None, offline: args.model.offline, cache_dir: None, progress: logging::show_progress(global) };
+        let sample = edit::data::sample(&corpus, args.samples, &hub).context("cannot read the statistics corpus")?;
+        if matches!(corpus, Corpus::Embedded) {
+            let msg = format!(
+                "using the embedded WikiText-2 test split ({} texts): a small sample, fine for trying things out; \
+                 the reference uses 100,000 Wikipedia articles (--dataset wikipedia, or --dataset wikitext / --text FILE)",
+                sample.corpus_rows
+            );
+            tracing::warn!("{msg}");
+            note = Some(msg);
+        }
+        tracing::info!("{} texts sampled from {} ({} rows); layers {:?}; batch tokens {batch_tokens}, max length {max_len}", sample.texts.len(), dataset, sample.corpus_rows, todo);
+        let key = JobKey {
+            identity: identity.clone(),
+            dataset: dataset.clone(),
+            samples: args.samples,
+            layers: todo.clone(),
+            precision,
+            max_len,
+            batch_tokens,
+        };
+        let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
+        let partial = cache::partial_path(&final_dir, &todo, precision, args.samples);
+        let device = lm.model.device().clone();
+        let acc = match cache::load_partial(&partial, &key, &device)? {
+            Some(acc) => {
+                tracing::info!("resuming from {} ({} tokens, chunk {})", partial.display(), acc.count, acc.next_chunk);
+                acc
+            }
+            None => Accumulator::new(&todo, cfg.d_ff, precision, &device)?,
+        };
+        resumed_from = acc.next_chunk;
+        let bar = if logging::show_progress(global) {
+            let b = ProgressBar::new(sample.texts.len() as u64);
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts, {msg}, ETA {eta}")
+                    .expect("valid template"),
+            );
+            b.set_position((acc.next_chunk * collect::CHUNK_TEXTS).min(sample.texts.len()) as u64);
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let mut driver = Driver {
+            bar,
+            started: Instant::now(),
+            last_checkpoint: Instant::now(),
+            every: std::time::Duration::from_secs(args.checkpoint_secs),
+            partial: partial.clone(),
+            key,
+            base_tokens: acc.count,
+            chunks_this_run: 0,
+            abort_after: args.abort_after_chunks,
+        };
+        let plan = CollectPlan { layers: todo.clone(), precision, batch_tokens, max_len, pad_id: lm.pad_id() };
+        let acc = collect::collect(&*lm.model, lm.tokenizer()?, &sample.texts, &plan, acc, &mut driver)?;
+        driver.bar.finish_and_clear();
+        if acc.count == 0 {
+            bail!("the corpus produced no tokens: every sampled text was empty");
+        }
+        for (l, module, path) in targets.iter().filter(|t| todo.contains(&t.0)) {
+            let meta = StatsMeta {
+                format: 1,
+                identity: identity.clone(),
+                module: module.clone(),
+                layer: *l,
+                d_ff: cfg.d_ff,
+                dataset: dataset.clone(),
+                samples: args.samples,
+                texts: acc.texts,
+                tokens: acc.count,
+                precision,
+                max_len,
+                batch_tokens,
+                source: "collected".into(),
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+            };
+            cache::save(path, &acc.sums[l], acc.count, &meta)?;
+            tracing::info!("layer {l}: {} tokens → {}", acc.count, path.display());
+            reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: acc.count, cached: false });
+        }
+        let _ = std::fs::remove_file(&partial);
+        texts_used = acc.texts;
+        tokens = acc.count;
+    }
+    reports.sort_by_key(|r| r.layer);
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        model: identity.model.clone(),
+        dataset,
+        note,
+        samples: args.samples,
+        texts: texts_used,
+        tokens,
+        seconds,
+        tokens_per_second: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
+        resumed_from_chunk: resumed_from,
+        layers: reports,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        for r in &summary.layers {
+            writeln!(out, "{:<40} {:>12} tokens  {}{}", r.module, r.tokens, r.file.display(), if r.cached { "  (cached)" } else { "" })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Facts read off a reference file name such as
+/// `data/stats/gpt2-xl/wikipedia_stats/transformer.h.17.mlp.c_proj_float32_mom2_100000.npz`.
+#[derive(Debug, Default, PartialEq)]
+struct NpzName {
+    layer: Option<usize>,
+    dataset: Option<String>,
+    precision: Option<Precision>,
+    samples: Option<usize>,
+}
+
+fn parse_npz_name(path: &Path) -> NpzName {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parts: Vec<&str> = name.split('.').collect();
+    let layer = parts.windows(2).find_map(|w| (w[0].ends_with('h') || w[0].ends_with("layers")).then(|| w[1].parse().ok()).flatten());
+    let precision = if name.contains("float64") {
+        Some(Precision::F64)
+    } else if name.contains("float32") {
+        Some(Precision::F32)
+    } else {
+        None
+    };
+    let samples = name.strip_suffix(".npz").and_then(|s| s.rsplit('_').next()).and_then(|s| s.parse().ok());
+    let dataset = path
+        .parent()
+        .and_then(|p| p.file_name())
+        .and_then(|d| d.to_string_lossy().strip_suffix("_stats").map(str::to_string));
+    NpzName { layer, dataset, precision, samples }
+}
+
+fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let guessed = parse_npz_name(&args.file);
+    let arrays = npz::read_npz(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let mom2 = arrays.get("mom2.mom2").with_context(|| {
+        format!("{} has no `mom2.mom2` array: not a reference second-moment file", args.file.display())
+    })?;
+    let count = arrays
+        .get("mom2.count")
+        .and_then(|a| a.scalar_f64())
+        .with_context(|| format!("{} has no numeric `mom2.count`", args.file.display()))?;
+    let layer = args.layer.or(guessed.layer).with_context(|| {
+        format!("cannot tell the layer from the file name {}; pass --layer", args.file.display())
+    })?;
+    let opts = HubOptions { revision: args.model.revision.clone(), offline: args.model.offline, cache_dir: None, progress: logging::show_progress(global) };
+    let files = resolve_model(&args.model.id(), &opts).with_context(|| format!("cannot find model `{}`", args.model.id()))?;
+    let cfg = ModelConfig::from_file(&files.config)?;
+    let module = mlp_down(&cfg, layer)?;
+    let d = module.in_dim;
+    if mom2.shape != [d, d] {
+        bail!(
+            "{}: `mom2.mom2` is {:?} but layer {layer} of this model has {d}-wide keys ({}): the file belongs to another model",
+            args.file.display(),
+            mom2.shape,
+            module.name
+        );
+    }
+    let (sum, precision) = match &mom2.data {
+        npz::NpyData::F32(v) => (candle_core::Tensor::from_slice(v, (d, d), &candle_core::Device::Cpu)?, Precision::F32),
+        npz::NpyData::F64(v) => (candle_core::Tensor::from_slice(v, (d, d), &candle_core::Device::Cpu)?, Precision::F64),
+        _ => bail!("{}: `mom2.mom2` must be a float32 or float64 array", args.file.display()),
+    };
+    let samples = args
+        .samples
+        .or_else(|| arrays.get("sample_size").and_then(|a| a.scalar_f64()).map(|x| x as usize))
+        .or(guessed.samples)
+        .unwrap_or(0);
+    let dataset = args.dataset.clone().or(guessed.dataset).unwrap_or_else(|| "imported".into());
+    let identity = ModelIdentity::of(&files)?;
+    let meta = StatsMeta {
+        format: 1,
+        identity: identity.clone(),
+        module: module.name.clone(),
+        layer,
+        d_ff: d,
+        dataset: dataset.clone(),
+        samples,
+        texts: samples as u64,
+        tokens: count as u64,
+        precision,
+        max_len: cfg.n_ctx,
+        batch_tokens: 0,
+        source: format!("imported from {}", args.file.display()),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let path = cache::stats_path(&args.dir.dir(), &identity, &dataset, &module.name, precision, samples);
+    cache::save(&path, &sum, count as u64, &meta)?;
+    let report = LayerReport { layer, module: module.name, file: path, tokens: count as u64, cached: false };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        writeln!(out, "{:<40} {:>12} tokens  {}", report.module, report.tokens, report.file.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_file_names_are_understood() {
+        let p = Path::new("data/stats/gpt2-xl/wikipedia_stats/transformer.h.17.mlp.c_proj_float32_mom2_100000.npz");
+        assert_eq!(
+            parse_npz_name(p),
+            NpzName { layer: Some(17), dataset: Some("wikipedia".into()), precision: Some(Precision::F32), samples: Some(100000) }
+        );
+        let p = Path::new("gpt_neox.layers.5.mlp.dense_4h_to_h_float64_mom2_1000.npz");
+        assert_eq!(parse_npz_name(p).layer, Some(5));
+        assert_eq!(parse_npz_name(p).precision, Some(Precision::F64));
+    }
+}

@@ -1,0 +1,307 @@
+//! Text corpora for statistics: the embedded WikiText-2 sample, local files (.txt, .jsonl,
+//! .parquet), and Hub datasets (parquet files through the Hugging Face cache).
+//!
+//! Sampling follows the reference: a seed-1 Python shuffle of the corpus' row indices, the
+//! first N kept, in that order.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::RowAccessor;
+
+use crate::error::{Error, Result};
+use crate::stats::pyrandom::shuffled_indices;
+
+/// The WikiText-2 test split, compiled in (CC BY-SA 3.0, see `src/data/README.md`).
+pub const EMBEDDED_WIKITEXT: &str = include_str!("data/wikitext-2-raw-test.txt");
+
+/// The seed of the reference's `FixedRandomSubsetSampler`.
+pub const SAMPLE_SEED: u64 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HubDataset {
+    /// Salesforce/wikitext, wikitext-103-raw-v1, train split (parquet).
+    Wikitext,
+    /// wikimedia/wikipedia, 20231101.en, train split (parquet).
+    Wikipedia,
+}
+
+impl HubDataset {
+    pub fn repo(self) -> &'static str {
+        match self {
+            HubDataset::Wikitext => "Salesforce/wikitext",
+            HubDataset::Wikipedia => "wikimedia/wikipedia",
+        }
+    }
+    /// Folder of the train parquet files inside the repo.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            HubDataset::Wikitext => "wikitext-103-raw-v1/train-",
+            HubDataset::Wikipedia => "20231101.en/train-",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Corpus {
+    Embedded,
+    Files(Vec<PathBuf>),
+    Hub(HubDataset),
+}
+
+impl Corpus {
+    /// A short stable name for cache paths and metadata.
+    pub fn id(&self) -> String {
+        match self {
+            Corpus::Embedded => "wikitext-2-test-embedded".into(),
+            Corpus::Hub(HubDataset::Wikitext) => "wikitext-103-raw-v1".into(),
+            Corpus::Hub(HubDataset::Wikipedia) => "wikipedia-20231101.en".into(),
+            Corpus::Files(files) => {
+                let stem = files
+                    .first()
+                    .and_then(|f| f.file_stem())
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut h = crate::checkpoint::Fnv64::new();
+                for f in files {
+                    h.write(f.to_string_lossy().as_bytes());
+                    if let Ok(m) = std::fs::metadata(f) {
+                        h.write(&m.len().to_le_bytes());
+                    }
+                }
+                format!("files-{}-{:08x}", sanitize(&stem), h.finish() as u32)
+            }
+        }
+    }
+}
+
+/// Keeps `[A-Za-z0-9._-]`, maps the rest to `_`, so names are safe and readable.
+pub fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
+}
+
+/// Sampled texts in sample order, and how many rows the corpus had.
+pub struct Sample {
+    pub texts: Vec<String>,
+    pub corpus_rows: usize,
+}
+
+/// Row `i` of every source, addressable for sampling.
+trait Rows {
+    fn len(&self) -> usize;
+    /// Texts at the sorted indices `wanted`, returned in the same order.
+    fn fetch(&self, wanted: &[usize]) -> Result<Vec<String>>;
+}
+
+struct InMemory(Vec<String>);
+
+impl Rows for InMemory {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn fetch(&self, wanted: &[usize]) -> Result<Vec<String>> {
+        Ok(wanted.iter().map(|&i| self.0[i].clone()).collect())
+    }
+}
+
+/// Draws `n` texts as the reference does and returns them in sample order.
+fn sample_rows(rows: &dyn Rows, n: usize) -> Result<Sample> {
+    let total = rows.len();
+    let order: Vec<usize> = shuffled_indices(total, SAMPLE_SEED).into_iter().take(n).collect();
+    let mut sorted = order.clone();
+    sorted.sort_unstable();
+    let texts_sorted = rows.fetch(&sorted)?;
+    let mut texts = Vec::with_capacity(order.len());
+    for i in &order {
+        let pos = sorted.binary_search(i).expect("sampled index present");
+        texts.push(texts_sorted[pos].clone());
+    }
+    Ok(Sample { texts, corpus_rows: total })
+}
+
+/// Lines of a text file (without line ends), one text per line.
+fn txt_lines(text: &str) -> Vec<String> {
+    text.lines().map(str::to_string).collect()
+}
+
+pub fn sample(corpus: &Corpus, n: usize, hub: &crate::hub::HubOptions) -> Result<Sample> {
+    match corpus {
+        Corpus::Embedded => sample_rows(&InMemory(txt_lines(EMBEDDED_WIKITEXT)), n),
+        Corpus::Files(files) => {
+            // Parquet files are read lazily (only the sampled rows); text formats are small.
+            if files.iter().all(|f| is_parquet(f)) {
+                return sample_rows(&ParquetRows::open(files.clone())?, n);
+            }
+            let mut all = Vec::new();
+            for f in files {
+                all.extend(read_texts(f)?);
+            }
+            sample_rows(&InMemory(all), n)
+        }
+        Corpus::Hub(ds) => {
+            let files = crate::hub::dataset_files(ds.repo(), ds.prefix(), ".parquet", hub)?;
+            sample_rows(&ParquetRows::open(files)?, n)
+        }
+    }
+}
+
+fn is_parquet(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
+/// Every text of one local file: `.txt` (a text per line), `.jsonl` (`text` field), `.parquet` (`text` column).
+pub fn read_texts(path: &Path) -> Result<Vec<String>> {
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "parquet" => {
+            let rows = ParquetRows::open(vec![path.to_path_buf()])?;
+            let all: Vec<usize> = (0..rows.len()).collect();
+            rows.fetch(&all)
+        }
+        "jsonl" | "json" => {
+            let f = File::open(path).map_err(|e| Error::io(path, e))?;
+            let mut out = Vec::new();
+            for (i, line) in BufReader::new(f).lines().enumerate() {
+                let line = line.map_err(|e| Error::io(path, e))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
+                    Error::Input(format!("{} line {}: not valid JSON ({e}); expected one {{\"text\": ...}} object per line", path.display(), i + 1))
+                })?;
+                let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
+                    Error::Input(format!("{} line {}: no string field `text`", path.display(), i + 1))
+                })?;
+                out.push(text.to_string());
+            }
+            Ok(out)
+        }
+        "txt" | "raw" | "" => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            Ok(txt_lines(&text))
+        }
+        other => Err(Error::Input(format!(
+            "{}: unsupported text file type `.{other}`; use .txt (one text per line), .jsonl (a `text` field per line) or .parquet (a `text` column)",
+            path.display()
+        ))),
+    }
+}
+
+/// Parquet files read through their row-group index, so sampling touches only the row groups
+/// that hold sampled rows.
+struct ParquetRows {
+    files: Vec<PathBuf>,
+    /// (file, row group, first global row, rows)
+    groups: Vec<(usize, usize, usize, usize)>,
+    total: usize,
+}
+
+impl ParquetRows {
+    fn open(files: Vec<PathBuf>) -> Result<Self> {
+        let mut groups = Vec::new();
+        let mut total = 0;
+        for (fi, path) in files.iter().enumerate() {
+            let reader = open_parquet(path)?;
+            text_column(&reader, path)?;
+            for (gi, rg) in reader.metadata().row_groups().iter().enumerate() {
+                let n = rg.num_rows() as usize;
+                groups.push((fi, gi, total, n));
+                total += n;
+            }
+        }
+        Ok(Self { files, groups, total })
+    }
+}
+
+fn open_parquet(path: &Path) -> Result<SerializedFileReader<File>> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    SerializedFileReader::new(f).map_err(|e| Error::Input(format!("{}: not a readable parquet file: {e}", path.display())))
+}
+
+/// The projection onto the `text` column.
+fn text_column(reader: &SerializedFileReader<File>, path: &Path) -> Result<parquet::schema::types::Type> {
+    let schema = reader.metadata().file_metadata().schema();
+    let field = schema.get_fields().iter().find(|f| f.name() == "text").ok_or_else(|| {
+        Error::Input(format!("{}: parquet file has no `text` column", path.display()))
+    })?;
+    parquet::schema::types::Type::group_type_builder(schema.name())
+        .with_fields(vec![field.clone()])
+        .build()
+        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))
+}
+
+impl Rows for ParquetRows {
+    fn len(&self) -> usize {
+        self.total
+    }
+
+    fn fetch(&self, wanted: &[usize]) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut w = 0;
+        let mut open: Option<(usize, SerializedFileReader<File>, parquet::schema::types::Type)> = None;
+        for &(fi, gi, first, n) in &self.groups {
+            if w >= wanted.len() {
+                break;
+            }
+            if wanted[w] >= first + n {
+                continue;
+            }
+            if open.as_ref().map(|o| o.0) != Some(fi) {
+                let reader = open_parquet(&self.files[fi])?;
+                let proj = text_column(&reader, &self.files[fi])?;
+                open = Some((fi, reader, proj));
+            }
+            let (_, reader, proj) = open.as_ref().unwrap();
+            let path = &self.files[fi];
+            let bad = |e: parquet::errors::ParquetError| Error::Input(format!("{}: {e}", path.display()));
+            let rg = reader.get_row_group(gi).map_err(bad)?;
+            let rows = rg.get_row_iter(Some(proj.clone())).map_err(bad)?;
+            for (j, row) in rows.enumerate() {
+                if w >= wanted.len() || wanted[w] >= first + n {
+                    break;
+                }
+                if first + j == wanted[w] {
+                    let row = row.map_err(bad)?;
+                    let text = row.get_string(0).map_err(bad)?.clone();
+                    // Duplicate sampled indices cannot happen (a permutation), but be safe.
+                    while w < wanted.len() && wanted[w] == first + j {
+                        out.push(text.clone());
+                        w += 1;
+                    }
+                }
+            }
+        }
+        if out.len() != wanted.len() {
+            return Err(Error::Input(format!(
+                "parquet files hold fewer rows than their metadata says ({} of {} read)",
+                out.len(),
+                wanted.len()
+            )));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampling_keeps_shuffle_order() {
+        let rows = InMemory((0..10).map(|i| format!("t{i}")).collect());
+        let s = sample_rows(&rows, 4).unwrap();
+        let order = shuffled_indices(10, 1);
+        let want: Vec<String> = order[..4].iter().map(|i| format!("t{i}")).collect();
+        assert_eq!(s.texts, want);
+        assert_eq!(s.corpus_rows, 10);
+        assert_eq!(sample_rows(&rows, 100).unwrap().texts.len(), 10);
+    }
+
+    #[test]
+    fn embedded_sample_is_wikitext() {
+        assert!(EMBEDDED_WIKITEXT.contains("Robert Boulter"));
+        assert!(txt_lines(EMBEDDED_WIKITEXT).len() > 2800);
+    }
+}

@@ -1,0 +1,237 @@
+//! The statistics cache: one safetensors file per (model, layer, dataset, samples, precision),
+//! holding the uncentred sum `mom2.sum` (`[d_ff, d_ff]`), the token count `mom2.count`, and
+//! JSON metadata under the `edit.stats` key. Consumers use C = sum / count.
+//!
+//! Layout: `<stats-dir>/<model>/<dataset>/<module>_<precision>_<samples>.safetensors`, e.g.
+//! `~/.cache/edit/stats/gpt2-xl/wikitext-103-raw-v1/transformer.h.17.mlp.c_proj_float32_100000.safetensors`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::collect::Accumulator;
+use super::Precision;
+use crate::error::{Error, Result};
+use crate::hub::{ModelFiles, ModelOrigin};
+use crate::models::EditableModule;
+
+pub const META_KEY: &str = "edit.stats";
+
+/// What a statistics file must match to be used with a model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    /// Hub id or local directory.
+    pub model: String,
+    /// Hub revision and resolved commit, when from the Hub.
+    pub revision: Option<String>,
+    /// `checkpoint::fingerprint` of the weight files.
+    pub weights_fingerprint: String,
+}
+
+impl ModelIdentity {
+    pub fn of(files: &ModelFiles) -> Result<Self> {
+        let (model, revision) = match &files.origin {
+            ModelOrigin::Local { path } => (path.display().to_string(), None),
+            ModelOrigin::Hub { repo, revision, commit } => {
+                (repo.clone(), Some(match commit { Some(c) => format!("{revision}@{c}"), None => revision.clone() }))
+            }
+        };
+        Ok(Self { model, revision, weights_fingerprint: crate::checkpoint::fingerprint(&files.weights)? })
+    }
+
+    /// Directory name for this model under the stats dir: the Hub id with `/` → `_` (as the
+    /// reference names it), or the local directory's name.
+    pub fn slug(&self) -> String {
+        let base = match Path::new(&self.model).file_name() {
+            Some(name) if Path::new(&self.model).is_dir() => name.to_string_lossy().into_owned(),
+            _ => self.model.replace('/', "_"),
+        };
+        crate::data::sanitize(&base)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatsMeta {
+    pub format: u32,
+    pub identity: ModelIdentity,
+    pub module: String,
+    pub layer: usize,
+    pub d_ff: usize,
+    pub dataset: String,
+    /// Texts requested (`--samples`).
+    pub samples: usize,
+    /// Non-empty texts actually used.
+    pub texts: u64,
+    pub tokens: u64,
+    pub precision: Precision,
+    pub max_len: usize,
+    pub batch_tokens: usize,
+    /// `collected` or `imported from <file>`.
+    pub source: String,
+    pub tool_version: String,
+}
+
+pub struct Moments {
+    pub sum: Tensor,
+    pub count: u64,
+    pub meta: StatsMeta,
+}
+
+impl Moments {
+    /// C = Σ k kᵀ / count, in the stored precision.
+    pub fn second_moment(&self) -> Result<Tensor> {
+        Ok((&self.sum / self.count as f64)?)
+    }
+
+    /// Refuses statistics of another model or another layer width.
+    pub fn check(&self, identity: &ModelIdentity, module: &EditableModule) -> Result<()> {
+        let m = &self.meta;
+        if m.d_ff != module.in_dim || self.sum.dims() != [module.in_dim, module.in_dim] {
+            return Err(Error::Input(format!(
+                "statistics for `{}` are {}x{} but `{}` has {}-wide keys: they belong to a different model; recompute them with `edit stats`",
+                m.module, m.d_ff, m.d_ff, module.name, module.in_dim
+            )));
+        }
+        if m.module != module.name {
+            return Err(Error::Input(format!(
+                "statistics file is for module `{}`, not `{}`",
+                m.module, module.name
+            )));
+        }
+        if m.identity.weights_fingerprint != identity.weights_fingerprint {
+            return Err(Error::Input(format!(
+                "statistics were computed on model {} (weights {}), not on {} (weights {}): recompute them with `edit stats --model {}`",
+                m.identity.model, m.identity.weights_fingerprint, identity.model, identity.weights_fingerprint, identity.model
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The default stats directory: `$EDIT_STATS_DIR`, else `$XDG_CACHE_HOME/edit/stats`, else `~/.cache/edit/stats`.
+pub fn default_stats_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("EDIT_STATS_DIR") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".cache"));
+    base.join("edit").join("stats")
+}
+
+pub fn stats_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str, module: &str, precision: Precision, samples: usize) -> PathBuf {
+    stats_dir
+        .join(identity.slug())
+        .join(crate::data::sanitize(dataset))
+        .join(format!("{module}_{}_{samples}.safetensors", precision.reference_name()))
+}
+
+/// Where an interrupted job keeps its progress.
+pub fn partial_path(final_dir: &Path, layers: &[usize], precision: Precision, samples: usize) -> PathBuf {
+    let layers: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+    final_dir.join(format!(".partial_layers-{}_{}_{samples}.safetensors", layers.join("-"), precision.reference_name()))
+}
+
+/// Writes `tensors` + metadata to a temporary file beside `path`, then renames it into place.
+fn write_atomic(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
+    let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    safetensors::serialize_to_file(data, Some(metadata), &tmp)
+        .map_err(|e| Error::Input(format!("cannot write {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    Ok(())
+}
+
+pub fn save(path: &Path, sum: &Tensor, count: u64, meta: &StatsMeta) -> Result<()> {
+    let count = Tensor::new(&[count as i64], &Device::Cpu)?;
+    let mut md = HashMap::new();
+    md.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("metadata serialises"));
+    write_atomic(path, &[("mom2.sum".into(), sum.to_device(&Device::Cpu)?), ("mom2.count".into(), count)], md)
+}
+
+fn read_meta(path: &Path) -> Result<(candle_core::safetensors::MmapedSafetensors, Option<String>)> {
+    let bad = |reason: String| Error::BadSafetensors { path: path.to_path_buf(), reason };
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let meta = header.metadata().as_ref().and_then(|m| m.get(META_KEY).cloned());
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| bad(e.to_string()))?;
+    Ok((st, meta))
+}
+
+pub fn load(path: &Path) -> Result<Moments> {
+    let (st, meta) = read_meta(path)?;
+    let meta = meta.ok_or_else(|| Error::BadSafetensors {
+        path: path.to_path_buf(),
+        reason: format!("no `{META_KEY}` metadata: not a statistics file written by edit"),
+    })?;
+    let meta: StatsMeta = serde_json::from_str(&meta).map_err(|e| Error::BadSafetensors {
+        path: path.to_path_buf(),
+        reason: format!("unreadable `{META_KEY}` metadata: {e}"),
+    })?;
+    let sum = st.load("mom2.sum", &Device::Cpu)?;
+    let count = st.load("mom2.count", &Device::Cpu)?.to_dtype(DType::I64)?.to_vec1::<i64>()?[0] as u64;
+    Ok(Moments { sum, count, meta })
+}
+
+/// Job parameters a partial file must match to be resumed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobKey {
+    pub identity: ModelIdentity,
+    pub dataset: String,
+    pub samples: usize,
+    pub layers: Vec<usize>,
+    pub precision: Precision,
+    pub max_len: usize,
+    pub batch_tokens: usize,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PartialMeta {
+    key: JobKey,
+    count: u64,
+    texts: u64,
+    next_chunk: usize,
+}
+
+pub fn save_partial(path: &Path, key: &JobKey, acc: &Accumulator) -> Result<()> {
+    let tensors: Vec<(String, Tensor)> = acc
+        .sums
+        .iter()
+        .map(|(l, t)| Ok((format!("sum.{l}"), t.to_device(&Device::Cpu)?)))
+        .collect::<Result<_>>()?;
+    let meta = PartialMeta { key: key.clone(), count: acc.count, texts: acc.texts, next_chunk: acc.next_chunk };
+    let mut md = HashMap::new();
+    md.insert(META_KEY.to_string(), serde_json::to_string(&meta).expect("metadata serialises"));
+    write_atomic(path, &tensors, md)
+}
+
+/// The saved progress of an identical job, if any. A partial file of a different job is
+/// reported and ignored (it will be overwritten).
+pub fn load_partial(path: &Path, key: &JobKey, device: &Device) -> Result<Option<Accumulator>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let (st, meta) = read_meta(path)?;
+    let Some(meta) = meta.and_then(|m| serde_json::from_str::<PartialMeta>(&m).ok()) else {
+        tracing::warn!("ignoring unreadable partial statistics {}", path.display());
+        return Ok(None);
+    };
+    if &meta.key != key {
+        tracing::warn!("ignoring partial statistics {} of a different job (settings changed); starting over", path.display());
+        return Ok(None);
+    }
+    let mut sums = BTreeMap::new();
+    for &l in &key.layers {
+        sums.insert(l, st.load(&format!("sum.{l}"), device)?);
+    }
+    Ok(Some(Accumulator { sums, count: meta.count, texts: meta.texts, next_chunk: meta.next_chunk }))
+}

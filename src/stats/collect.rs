@@ -1,0 +1,153 @@
+//! Accumulating Σ k kᵀ and the token count for several layers in one forward pass.
+//!
+//! Batching follows the reference (`length_collation`): texts are taken in sample order in
+//! chunks of 100, each chunk sorted by length (longest first) and packed greedily into
+//! sub-batches with `width × rows ≤ batch_tokens`. Because that order is deterministic and
+//! checkpoints are taken between chunks, a resumed job adds exactly the same numbers in
+//! exactly the same order as an uninterrupted one.
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+
+use super::Precision;
+use crate::error::{Error, Result};
+use crate::models::{Batch, CausalLm, TraceSpec};
+use crate::tokenizer::Tokenizer;
+
+/// Texts per chunk, as the reference's DataLoader batch.
+pub const CHUNK_TEXTS: usize = 100;
+
+#[derive(Clone, Debug)]
+pub struct CollectPlan {
+    pub layers: Vec<usize>,
+    pub precision: Precision,
+    /// Upper bound on `width × rows` of one forward batch.
+    pub batch_tokens: usize,
+    /// Texts are truncated to this many tokens (the model's context, or less).
+    pub max_len: usize,
+    pub pad_id: u32,
+}
+
+/// Running sums; also the checkpoint state.
+#[derive(Clone, Debug)]
+pub struct Accumulator {
+    pub sums: BTreeMap<usize, Tensor>,
+    /// Tokens accumulated (the same for every layer).
+    pub count: u64,
+    /// Non-empty texts consumed.
+    pub texts: u64,
+    /// Chunks fully processed; resuming starts at this chunk.
+    pub next_chunk: usize,
+}
+
+impl Accumulator {
+    pub fn new(layers: &[usize], d_ff: usize, precision: Precision, device: &Device) -> Result<Self> {
+        let mut sums = BTreeMap::new();
+        for &l in layers {
+            sums.insert(l, Tensor::zeros((d_ff, d_ff), precision.dtype(), device)?);
+        }
+        Ok(Self { sums, count: 0, texts: 0, next_chunk: 0 })
+    }
+}
+
+/// What the driver of a collection hears about and decides.
+pub trait Observer {
+    /// After each chunk; `Ok(true)` asks for a checkpoint to be written now.
+    fn chunk_done(&mut self, acc: &Accumulator, texts_seen: usize) -> Result<bool>;
+    fn checkpoint(&mut self, acc: &Accumulator) -> Result<()>;
+}
+
+/// Tokenizes, truncates and drops empty texts (the reference drops them in collation).
+fn encode_chunk(tok: &Tokenizer, texts: &[String], max_len: usize) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::with_capacity(texts.len());
+    for t in texts {
+        let mut ids = tok.encode(t)?;
+        ids.truncate(max_len);
+        if !ids.is_empty() {
+            out.push(ids);
+        }
+    }
+    // Stable sort: equal lengths keep sample order, so batches are reproducible.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    Ok(out)
+}
+
+/// Greedy packing of length-sorted sequences into sub-batches with width × rows ≤ budget.
+pub fn pack(sorted: &[Vec<u32>], batch_tokens: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < sorted.len() {
+        let width = sorted[start].len();
+        let mut end = start + 1;
+        while end < sorted.len() && width * (end - start + 1) <= batch_tokens {
+            end += 1;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+/// Runs the collection from `acc.next_chunk` to the end of `texts`.
+pub fn collect(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    texts: &[String],
+    plan: &CollectPlan,
+    mut acc: Accumulator,
+    observer: &mut dyn Observer,
+) -> Result<Accumulator> {
+    let deepest = *plan.layers.iter().max().ok_or_else(|| Error::Input("no layers to collect".into()))?;
+    let spec = TraceSpec { keys: plan.layers.iter().copied().collect(), stop_after: Some(deepest), ..TraceSpec::default() };
+    let n_chunks = texts.len().div_ceil(CHUNK_TEXTS);
+    for c in acc.next_chunk..n_chunks {
+        let chunk = &texts[c * CHUNK_TEXTS..((c + 1) * CHUNK_TEXTS).min(texts.len())];
+        let seqs = encode_chunk(tok, chunk, plan.max_len)?;
+        for range in pack(&seqs, plan.batch_tokens.max(plan.max_len)) {
+            let batch = Batch::from_sequences(&seqs[range], plan.pad_id, model.device())?;
+            let trace = model.forward(&batch, &spec, &[])?;
+            let real = real_token_index(&batch)?;
+            for (&l, sum) in acc.sums.iter_mut() {
+                let keys = &trace.keys[&l];
+                let (b, t, f) = keys.dims3()?;
+                let k = keys.reshape((b * t, f))?.index_select(&real, 0)?.to_dtype(plan.precision.dtype())?;
+                *sum = (&*sum + k.t()?.matmul(&k)?)?;
+            }
+            acc.count += batch.n_tokens() as u64;
+        }
+        acc.texts += seqs.len() as u64;
+        acc.next_chunk = c + 1;
+        let seen = ((c + 1) * CHUNK_TEXTS).min(texts.len());
+        if observer.chunk_done(&acc, seen)? {
+            observer.checkpoint(&acc)?;
+        }
+    }
+    Ok(acc)
+}
+
+/// Flat `[b·t]` indices of the real (non-padding) tokens.
+fn real_token_index(batch: &Batch) -> Result<Tensor> {
+    let t = batch.seq_len();
+    let idx: Vec<u32> = batch
+        .lengths()
+        .iter()
+        .enumerate()
+        .flat_map(|(r, &n)| (0..n).map(move |p| (r * t + p) as u32))
+        .collect();
+    let n = idx.len();
+    Ok(Tensor::from_vec(idx, n, batch.device())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packing_respects_the_token_budget() {
+        let seqs: Vec<Vec<u32>> = [5, 4, 4, 3, 1, 1].iter().map(|&n| vec![0; n]).collect();
+        assert_eq!(pack(&seqs, 10), vec![0..2, 2..4, 4..6]);
+        assert_eq!(pack(&seqs, 5), vec![0..1, 1..2, 2..3, 3..4, 4..6]);
+        assert_eq!(pack(&seqs, 100), vec![0..6]);
+    }
+}

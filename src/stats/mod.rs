@@ -1,0 +1,82 @@
+//! Second-moment statistics of MLP keys, C = E[k kᵀ] over a text corpus: collection (all
+//! requested layers in one forward pass, resumable), the on-disk cache, and import of the
+//! reference's `.npz` files.
+
+pub mod cache;
+pub mod collect;
+pub mod npz;
+pub mod pyrandom;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    F32,
+    F64,
+}
+
+impl Precision {
+    pub fn dtype(self) -> candle_core::DType {
+        match self {
+            Precision::F32 => candle_core::DType::F32,
+            Precision::F64 => candle_core::DType::F64,
+        }
+    }
+    /// The reference's name (`float32` in `..._float32_mom2_100000.npz`).
+    pub fn reference_name(self) -> &'static str {
+        match self {
+            Precision::F32 => "float32",
+            Precision::F64 => "float64",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(Precision::F32),
+            "f64" | "float64" | "fp64" | "double" => Ok(Precision::F64),
+            _ => Err(Error::Input(format!("unknown precision `{s}`: use f32 (the reference) or f64"))),
+        }
+    }
+}
+
+/// Parses a layer list: `17`, `3-8`, `3,5,7`, `1-3,9`. Sorted, deduplicated.
+pub fn parse_layers(spec: &str) -> Result<Vec<usize>> {
+    let bad = || Error::Input(format!("invalid layer list `{spec}`: use e.g. `17`, `3-8` or `3,5,7`"));
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if out.is_empty() {
+        return Err(bad());
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_lists() {
+        assert_eq!(parse_layers("17").unwrap(), vec![17]);
+        assert_eq!(parse_layers("3-8").unwrap(), vec![3, 4, 5, 6, 7, 8]);
+        assert_eq!(parse_layers("7,3,5,3").unwrap(), vec![3, 5, 7]);
+        assert_eq!(parse_layers("1-2, 9").unwrap(), vec![1, 2, 9]);
+        assert!(parse_layers("8-3").is_err());
+        assert!(parse_layers("x").is_err());
+        assert!(parse_layers("").is_err());
+    }
+}

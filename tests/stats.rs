@@ -1,0 +1,299 @@
+//! `edit stats` end to end: golden second moments, one pass = many single-layer passes,
+//! resume = uninterrupted, corpus formats, cache checks, npz import.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{DType, Tensor};
+use common::{fixture_dir, golden, max_abs_diff, rel_diff};
+use edit::stats::cache;
+
+fn edit() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edit"));
+    c.env_remove("HF_HUB_OFFLINE").env_remove("RUST_LOG").env("HF_HOME", "/nonexistent-hf-home").env("HF_HUB_CACHE", "/nonexistent-hf-cache");
+    c
+}
+
+fn ok(cmd: &mut Command) -> serde_json::Value {
+    let out: Output = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// The first `n` lines of WikiText-2 test (the embedded corpus), as a .txt corpus file.
+fn wikitext_lines(dir: &Path, n: usize) -> (PathBuf, Vec<String>) {
+    let all = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/data/wikitext-2-raw-test.txt")).unwrap();
+    let lines: Vec<String> = all.lines().filter(|l| !l.is_empty()).take(n).map(str::to_string).collect();
+    let p = dir.join(format!("wiki{n}.txt"));
+    std::fs::write(&p, lines.join("\n")).unwrap();
+    (p, lines)
+}
+
+fn stats_cmd(model: &str, layers: &str, text: &Path, samples: usize, stats_dir: &Path, precision: &str) -> Command {
+    let mut c = edit();
+    c.args(["stats", "--json", "--layers", layers, "--precision", precision, "--samples", &samples.to_string(), "--model"])
+        .arg(fixture_dir(model))
+        .arg("--text")
+        .arg(text)
+        .arg("--stats-dir")
+        .arg(stats_dir);
+    c
+}
+
+fn layer_file(summary: &serde_json::Value, layer: usize) -> PathBuf {
+    let l = summary["layers"].as_array().unwrap().iter().find(|l| l["layer"] == layer).unwrap();
+    PathBuf::from(l["file"].as_str().unwrap())
+}
+
+#[test]
+fn second_moments_match_golden_for_all_families() {
+    for name in ["tiny-gpt2", "tiny-gptj", "tiny-neox"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (text, _) = wikitext_lines(tmp.path(), 64);
+        let summary = ok(&mut stats_cmd(name, "1,2", &text, 64, &tmp.path().join("stats"), "f64"));
+        let g = golden(name);
+        let want_count = g.tensor("mom2_count").to_dtype(DType::F64).unwrap().to_vec1::<f64>().unwrap()[0] as u64;
+        for layer in [1, 2] {
+            let m = cache::load(&layer_file(&summary, layer)).unwrap();
+            assert_eq!(m.count, want_count, "{name} token count");
+            let rel = rel_diff(&m.sum, &g.tensor(&format!("mom2_sum.{layer}")));
+            assert!(rel <= 1e-4, "{name} layer {layer}: relative error {rel}");
+            assert_eq!(m.meta.layer, layer);
+            assert_eq!(m.meta.texts, 64);
+        }
+        // f32 accumulation (the reference's) agrees to float rounding.
+        let s32 = ok(&mut stats_cmd(name, "2", &text, 64, &tmp.path().join("stats32"), "f32"));
+        let m = cache::load(&layer_file(&s32, 2)).unwrap();
+        assert_eq!(m.sum.dtype(), DType::F32);
+        assert!(rel_diff(&m.sum, &g.tensor("mom2_sum.2")) <= 1e-4);
+    }
+}
+
+#[test]
+fn one_pass_over_many_layers_equals_single_layer_passes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (text, _) = wikitext_lines(tmp.path(), 150);
+    let multi = ok(&mut stats_cmd("tiny-neox", "0-3", &text, 150, &tmp.path().join("multi"), "f32"));
+    for layer in 0..4 {
+        let single = ok(&mut stats_cmd("tiny-neox", &layer.to_string(), &text, 150, &tmp.path().join(format!("single{layer}")), "f32"));
+        let a = cache::load(&layer_file(&multi, layer)).unwrap();
+        let b = cache::load(&layer_file(&single, layer)).unwrap();
+        assert_eq!(a.count, b.count);
+        assert_eq!(max_abs_diff(&a.sum, &b.sum), 0.0, "layer {layer}");
+    }
+}
+
+#[test]
+fn interrupted_job_resumes_to_identical_sums() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (text, _) = wikitext_lines(tmp.path(), 320); // 4 chunks of 100 texts
+    let whole = ok(&mut stats_cmd("tiny-gpt2", "1,3", &text, 320, &tmp.path().join("whole"), "f32"));
+    let dir = tmp.path().join("resumed");
+    let out = stats_cmd("tiny-gpt2", "1,3", &text, 320, &dir, "f32").args(["--abort-after-chunks", "2"]).output().unwrap();
+    assert!(!out.status.success(), "the interrupted run must fail");
+    let partials: Vec<_> = walk(&dir).into_iter().filter(|p| p.to_string_lossy().contains(".partial")).collect();
+    assert_eq!(partials.len(), 1, "a checkpoint is left behind");
+    assert!(walk(&dir).iter().all(|p| !p.to_string_lossy().ends_with("_320.safetensors") || p.to_string_lossy().contains(".partial")), "no final file from an interrupted run");
+    let resumed = ok(&mut stats_cmd("tiny-gpt2", "1,3", &text, 320, &dir, "f32"));
+    assert_eq!(resumed["resumed_from_chunk"], 2);
+    for layer in [1, 3] {
+        let a = cache::load(&layer_file(&whole, layer)).unwrap();
+        let b = cache::load(&layer_file(&resumed, layer)).unwrap();
+        assert_eq!(a.count, b.count);
+        assert_eq!(max_abs_diff(&a.sum, &b.sum), 0.0, "layer {layer} must be bit-identical");
+    }
+    assert!(walk(&dir).iter().all(|p| !p.to_string_lossy().contains(".partial")), "checkpoint removed when done");
+    // A third run finds everything cached.
+    let again = ok(&mut stats_cmd("tiny-gpt2", "1,3", &text, 320, &dir, "f32"));
+    assert!(again["layers"].as_array().unwrap().iter().all(|l| l["cached"] == true));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn write_parquet(path: &Path, texts: &[String]) {
+    use parquet::data_type::{ByteArray, ByteArrayType};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use std::sync::Arc;
+    let schema = Arc::new(parquet::schema::parser::parse_message_type("message schema { REQUIRED BYTE_ARRAY text (UTF8); }").unwrap());
+    let props = Arc::new(WriterProperties::builder().set_compression(parquet::basic::Compression::SNAPPY).set_max_row_group_row_count(Some(40)).build());
+    let mut w = SerializedFileWriter::new(std::fs::File::create(path).unwrap(), schema, props).unwrap();
+    for chunk in texts.chunks(40) {
+        let mut rg = w.next_row_group().unwrap();
+        while let Some(mut col) = rg.next_column().unwrap() {
+            let vals: Vec<ByteArray> = chunk.iter().map(|t| ByteArray::from(t.as_str())).collect();
+            col.typed::<ByteArrayType>().write_batch(&vals, None, None).unwrap();
+            col.close().unwrap();
+        }
+        rg.close().unwrap();
+    }
+    w.close().unwrap();
+}
+
+#[test]
+fn parquet_and_jsonl_corpora_equal_the_text_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (text, lines) = wikitext_lines(tmp.path(), 130);
+    let pq = tmp.path().join("corpus.parquet");
+    write_parquet(&pq, &lines);
+    let jl = tmp.path().join("corpus.jsonl");
+    std::fs::write(&jl, lines.iter().map(|t| serde_json::json!({"text": t, "id": 1}).to_string()).collect::<Vec<_>>().join("\n")).unwrap();
+    // Sample fewer than all so the shuffle matters: same seed, same rows, same order.
+    let base = ok(&mut stats_cmd("tiny-gpt2", "2", &text, 90, &tmp.path().join("a"), "f32"));
+    let a = cache::load(&layer_file(&base, 2)).unwrap();
+    for (f, d) in [(&pq, "b"), (&jl, "c")] {
+        let s = ok(&mut stats_cmd("tiny-gpt2", "2", f, 90, &tmp.path().join(d), "f32"));
+        let b = cache::load(&layer_file(&s, 2)).unwrap();
+        assert_eq!(a.count, b.count, "{}", f.display());
+        assert_eq!(max_abs_diff(&a.sum, &b.sum), 0.0, "{}", f.display());
+    }
+}
+
+#[test]
+fn embedded_corpus_is_the_default_and_says_it_is_small() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = edit()
+        .args(["stats", "--json", "--layers", "0", "--samples", "20", "--model"])
+        .arg(fixture_dir("tiny-gpt2"))
+        .arg("--stats-dir")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["note"].as_str().unwrap().contains("small sample"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("small sample"));
+    assert_eq!(v["dataset"], "wikitext-2-test-embedded");
+    assert!(v["tokens"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn statistics_of_another_model_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (text, _) = wikitext_lines(tmp.path(), 10);
+    let s = ok(&mut stats_cmd("tiny-gpt2", "1", &text, 10, tmp.path(), "f32"));
+    let m = cache::load(&layer_file(&s, 1)).unwrap();
+    let gptj = edit::hub::resolve_model(fixture_dir("tiny-gptj").to_str().unwrap(), &Default::default()).unwrap();
+    let cfg = edit::ModelConfig::from_file(&gptj.config).unwrap();
+    let identity = cache::ModelIdentity::of(&gptj).unwrap();
+    // Same widths (both tiny models have 128-wide keys), different weights.
+    let module = edit::models::modules::mlp_down(&cfg, 1).unwrap();
+    let mut m2 = cache::load(&layer_file(&s, 1)).unwrap();
+    m2.meta.module = module.name.clone();
+    let err = m2.check(&identity, &module).unwrap_err().to_string();
+    assert!(err.contains("recompute") && err.contains("weights"), "{err}");
+    // And a width mismatch is named as such.
+    let mut wide = module.clone();
+    wide.in_dim = 256;
+    let err = m.check(&identity, &wide).unwrap_err().to_string();
+    assert!(err.contains("256"), "{err}");
+    // The right model passes, and C = sum / count.
+    let own = edit::hub::resolve_model(fixture_dir("tiny-gpt2").to_str().unwrap(), &Default::default()).unwrap();
+    let own_cfg = edit::ModelConfig::from_file(&own.config).unwrap();
+    m.check(&cache::ModelIdentity::of(&own).unwrap(), &edit::models::modules::mlp_down(&own_cfg, 1).unwrap()).unwrap();
+    let c = m.second_moment().unwrap();
+    let back = (c * m.count as f64).unwrap();
+    assert!(rel_diff(&back, &m.sum) < 1e-6);
+}
+
+#[test]
+fn reference_npz_import() {
+    use edit::stats::npz::{write_npz, NpyArray, NpyData};
+    let tmp = tempfile::tempdir().unwrap();
+    let g = golden("tiny-gptj");
+    let sum: Vec<f32> = g.tensor("mom2_sum.2").to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+    let dir = tmp.path().join("EleutherAI_gpt-j-tiny").join("wikipedia_stats");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("transformer.h.2.mlp.fc_out_float32_mom2_100000.npz");
+    let mom2 = NpyArray { shape: vec![128, 128], data: NpyData::F32(sum.clone()) };
+    let count = NpyArray { shape: vec![], data: NpyData::I64(vec![4321]) };
+    let size = NpyArray { shape: vec![], data: NpyData::I64(vec![100000]) };
+    let ctor = NpyArray { shape: vec![], data: NpyData::Str(vec!["util.runningstats.SecondMoment()".into()]) };
+    write_npz(&file, &[("mom2.mom2", &mom2), ("mom2.count", &count), ("sample_size", &size), ("mom2.constructor", &ctor)]).unwrap();
+    let stats_dir = tmp.path().join("stats");
+    let v = ok(edit().args(["stats", "import", "--json"]).arg(&file).arg("--model").arg(fixture_dir("tiny-gptj")).arg("--stats-dir").arg(&stats_dir));
+    assert_eq!(v["layer"], 2);
+    let m = cache::load(Path::new(v["file"].as_str().unwrap())).unwrap();
+    assert_eq!(m.count, 4321);
+    assert_eq!(m.meta.dataset, "wikipedia");
+    assert_eq!(m.meta.samples, 100000);
+    assert_eq!(m.sum.flatten_all().unwrap().to_vec1::<f32>().unwrap(), sum);
+    // The imported file is found by a later `edit stats` with matching settings.
+    assert!(v["file"].as_str().unwrap().ends_with("transformer.h.2.mlp.fc_out_float32_100000.safetensors"));
+
+    // Wrong width: refused with a message naming the shapes.
+    let small = NpyArray { shape: vec![4, 4], data: NpyData::F32(vec![0.0; 16]) };
+    let bad = tmp.path().join("transformer.h.1.mlp.fc_out_float32_mom2_10.npz");
+    write_npz(&bad, &[("mom2.mom2", &small), ("mom2.count", &count)]).unwrap();
+    let out = edit().args(["stats", "import"]).arg(&bad).arg("--model").arg(fixture_dir("tiny-gptj")).arg("--stats-dir").arg(&stats_dir).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("128-wide"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = Tensor::zeros(1, DType::F32, &candle_core::Device::Cpu);
+}
+
+#[test]
+fn bad_layer_and_missing_corpus_fail_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = edit().args(["stats", "--layers", "9", "--model"]).arg(fixture_dir("tiny-gpt2")).arg("--stats-dir").arg(tmp.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("layer 9 does not exist"));
+    let out = edit().args(["stats", "--layers", "1", "--text", "/no/such.txt", "--model"]).arg(fixture_dir("tiny-gpt2")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such.txt"));
+}
+
+#[test]
+fn hub_dataset_from_offline_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, lines) = wikitext_lines(tmp.path(), 120);
+    let commit = "fedcba9876543210fedcba9876543210fedcba98";
+    let repo = tmp.path().join("hub").join("datasets--Salesforce--wikitext");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let snap = repo.join("snapshots").join(commit).join("wikitext-103-raw-v1");
+    std::fs::create_dir_all(&snap).unwrap();
+    write_parquet(&snap.join("train-00000-of-00002.parquet"), &lines[..70]);
+    // Only one of two shards: refused, because the sample would silently change.
+    let run = |stats: &str| {
+        edit()
+            .env("HF_HUB_CACHE", tmp.path().join("hub"))
+            .args(["stats", "--json", "--offline", "--dataset", "wikitext", "--layers", "1", "--samples", "50", "--model"])
+            .arg(fixture_dir("tiny-gpt2"))
+            .arg("--stats-dir")
+            .arg(tmp.path().join(stats))
+            .output()
+            .unwrap()
+    };
+    let out = run("s1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only 1 of 2") && err.contains("huggingface-cli download --repo-type dataset Salesforce/wikitext"), "{err}");
+    write_parquet(&snap.join("train-00001-of-00002.parquet"), &lines[70..]);
+    let out = run("s2");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dataset"], "wikitext-103-raw-v1");
+    // Same rows as the .txt corpus of the same lines: same sample, same sums.
+    let txt = tmp.path().join("all.txt");
+    std::fs::write(&txt, lines.join("\n")).unwrap();
+    let t = ok(&mut stats_cmd("tiny-gpt2", "1", &txt, 50, &tmp.path().join("s3"), "f32"));
+    let a = cache::load(&layer_file(&v, 1)).unwrap();
+    let b = cache::load(&layer_file(&t, 1)).unwrap();
+    assert_eq!(a.count, b.count);
+    assert_eq!(max_abs_diff(&a.sum, &b.sum), 0.0);
+}
