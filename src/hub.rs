@@ -212,14 +212,7 @@ struct ApiFetch {
 
 impl ApiFetch {
     fn new(id: &str, revision: &str, cache_dir: &Path, progress: bool) -> Result<Self> {
-        let mut builder = ApiBuilder::from_cache(Cache::new(cache_dir.to_path_buf())).with_progress(progress);
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            builder = builder.with_endpoint(endpoint);
-        }
-        if let Ok(token) = std::env::var("HF_TOKEN") {
-            builder = builder.with_token(Some(token));
-        }
-        let api = builder.build().map_err(|e| Error::Hub(format!("cannot set up the Hugging Face client: {e}")))?;
+        let api = hub_api(cache_dir, progress)?;
         let repo = api.repo(Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string()));
         let info = repo.info().map_err(|e| {
             Error::Hub(format!(
@@ -256,6 +249,18 @@ impl Fetch for ApiFetch {
     fn commit(&self) -> Option<String> {
         Some(self.commit.clone())
     }
+}
+
+/// The online client: our cache location, `HF_ENDPOINT` and `HF_TOKEN` honoured.
+fn hub_api(cache_dir: &Path, progress: bool) -> Result<hf_hub::api::sync::Api> {
+    let mut builder = ApiBuilder::from_cache(Cache::new(cache_dir.to_path_buf())).with_progress(progress);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        builder = builder.with_token(Some(token));
+    }
+    builder.build().map_err(|e| Error::Hub(format!("cannot set up the Hugging Face client: {e}")))
 }
 
 fn hub_model(id: &str, revision: &str, f: &dyn Fetch) -> Result<ModelFiles> {
@@ -346,14 +351,7 @@ pub fn dataset_files(repo_id: &str, prefix: &str, suffix: &str, opts: &HubOption
         }
         return Ok(files);
     }
-    let mut builder = ApiBuilder::from_cache(Cache::new(cache_dir.clone())).with_progress(opts.progress);
-    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-        builder = builder.with_endpoint(endpoint);
-    }
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        builder = builder.with_token(Some(token));
-    }
-    let api = builder.build().map_err(|e| Error::Hub(format!("cannot set up the Hugging Face client: {e}")))?;
+    let api = hub_api(&cache_dir, opts.progress)?;
     let repo = api.repo(Repo::with_revision(repo_id.to_string(), RepoType::Dataset, revision.clone()));
     let info = repo.info().map_err(|e| {
         Error::Hub(format!(

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::layers::{self, LayerNorm, Linear, Orientation};
-use super::{BlockLinears, Batch, CausalLm, ForwardCtx, Intervention, ModuleKind, Site, Trace, TraceSpec};
+use super::{Batch, CausalLm, ForwardCtx, Intervention, Site, Trace, TraceSpec};
 use crate::checkpoint::WeightBuilder;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -80,26 +80,7 @@ impl Gpt2 {
     }
 }
 
-impl BlockLinears for Block {
-    fn linear(&self, kind: ModuleKind) -> Option<&Linear> {
-        match kind {
-            ModuleKind::AttnQkv => Some(&self.c_attn),
-            ModuleKind::AttnOut => Some(&self.attn_proj),
-            ModuleKind::MlpUp => Some(&self.c_fc),
-            ModuleKind::MlpDown => Some(&self.c_proj),
-            _ => None,
-        }
-    }
-    fn linear_mut(&mut self, kind: ModuleKind) -> Option<&mut Linear> {
-        match kind {
-            ModuleKind::AttnQkv => Some(&mut self.c_attn),
-            ModuleKind::AttnOut => Some(&mut self.attn_proj),
-            ModuleKind::MlpUp => Some(&mut self.c_fc),
-            ModuleKind::MlpDown => Some(&mut self.c_proj),
-            _ => None,
-        }
-    }
-}
+super::block_linears!(Block { AttnQkv => c_attn, AttnOut => attn_proj, MlpUp => c_fc, MlpDown => c_proj });
 
 impl CausalLm for Gpt2 {
     fn config(&self) -> &ModelConfig {

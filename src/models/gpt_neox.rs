@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use super::gpt2::layer_norm;
 use super::gptj::linear;
 use super::layers::{self, LayerNorm, Linear, Orientation};
-use super::{BlockLinears, Batch, CausalLm, ForwardCtx, Intervention, ModuleKind, Site, Trace, TraceSpec};
+use super::{Batch, CausalLm, ForwardCtx, Intervention, Site, Trace, TraceSpec};
 use crate::checkpoint::WeightBuilder;
 use crate::config::{ModelConfig, Rotary};
 use crate::error::Result;
@@ -83,26 +83,7 @@ impl GptNeoX {
     }
 }
 
-impl BlockLinears for Block {
-    fn linear(&self, kind: ModuleKind) -> Option<&Linear> {
-        match kind {
-            ModuleKind::AttnQkv => Some(&self.query_key_value),
-            ModuleKind::AttnOut => Some(&self.dense),
-            ModuleKind::MlpUp => Some(&self.dense_h_to_4h),
-            ModuleKind::MlpDown => Some(&self.dense_4h_to_h),
-            _ => None,
-        }
-    }
-    fn linear_mut(&mut self, kind: ModuleKind) -> Option<&mut Linear> {
-        match kind {
-            ModuleKind::AttnQkv => Some(&mut self.query_key_value),
-            ModuleKind::AttnOut => Some(&mut self.dense),
-            ModuleKind::MlpUp => Some(&mut self.dense_h_to_4h),
-            ModuleKind::MlpDown => Some(&mut self.dense_4h_to_h),
-            _ => None,
-        }
-    }
-}
+super::block_linears!(Block { AttnQkv => query_key_value, AttnOut => dense, MlpUp => dense_h_to_4h, MlpDown => dense_4h_to_h });
 
 impl CausalLm for GptNeoX {
     fn config(&self) -> &ModelConfig {

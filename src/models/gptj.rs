@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::gpt2::layer_norm;
 use super::layers::{self, LayerNorm, Linear, Orientation};
-use super::{BlockLinears, Batch, CausalLm, ForwardCtx, Intervention, ModuleKind, Site, Trace, TraceSpec};
+use super::{Batch, CausalLm, ForwardCtx, Intervention, Site, Trace, TraceSpec};
 use crate::checkpoint::WeightBuilder;
 use crate::config::{ModelConfig, Rotary};
 use crate::error::Result;
@@ -82,30 +82,7 @@ impl GptJ {
     }
 }
 
-impl BlockLinears for Block {
-    fn linear(&self, kind: ModuleKind) -> Option<&Linear> {
-        match kind {
-            ModuleKind::AttnQ => Some(&self.q_proj),
-            ModuleKind::AttnK => Some(&self.k_proj),
-            ModuleKind::AttnV => Some(&self.v_proj),
-            ModuleKind::AttnOut => Some(&self.out_proj),
-            ModuleKind::MlpUp => Some(&self.fc_in),
-            ModuleKind::MlpDown => Some(&self.fc_out),
-            ModuleKind::AttnQkv => None,
-        }
-    }
-    fn linear_mut(&mut self, kind: ModuleKind) -> Option<&mut Linear> {
-        match kind {
-            ModuleKind::AttnQ => Some(&mut self.q_proj),
-            ModuleKind::AttnK => Some(&mut self.k_proj),
-            ModuleKind::AttnV => Some(&mut self.v_proj),
-            ModuleKind::AttnOut => Some(&mut self.out_proj),
-            ModuleKind::MlpUp => Some(&mut self.fc_in),
-            ModuleKind::MlpDown => Some(&mut self.fc_out),
-            ModuleKind::AttnQkv => None,
-        }
-    }
-}
+super::block_linears!(Block { AttnQ => q_proj, AttnK => k_proj, AttnV => v_proj, AttnOut => out_proj, MlpUp => fc_in, MlpDown => fc_out });
 
 impl CausalLm for GptJ {
     fn config(&self) -> &ModelConfig {

@@ -202,6 +202,29 @@ pub(crate) fn head_logits(
     Ok(Some(head.forward(&normed)?))
 }
 
+/// Implements [`BlockLinears`] from a `Kind => field` table.
+macro_rules! block_linears {
+    ($block:ty { $($kind:ident => $field:ident),* $(,)? }) => {
+        impl $crate::models::BlockLinears for $block {
+            fn linear(&self, kind: $crate::models::ModuleKind) -> Option<&$crate::models::layers::Linear> {
+                match kind {
+                    $($crate::models::ModuleKind::$kind => Some(&self.$field),)*
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+            fn linear_mut(&mut self, kind: $crate::models::ModuleKind) -> Option<&mut $crate::models::layers::Linear> {
+                match kind {
+                    $($crate::models::ModuleKind::$kind => Some(&mut self.$field),)*
+                    #[allow(unreachable_patterns)]
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+pub(crate) use block_linears;
+
 /// Blocks expose their linear modules by kind so that weight access by name is shared.
 pub(crate) trait BlockLinears {
     fn linear(&self, kind: ModuleKind) -> Option<&layers::Linear>;
