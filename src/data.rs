@@ -112,12 +112,12 @@ fn sample_rows(rows: &dyn Rows, n: usize) -> Result<Sample> {
     let order: Vec<usize> = shuffled_indices(total, SAMPLE_SEED).into_iter().take(n).collect();
     let mut sorted = order.clone();
     sorted.sort_unstable();
-    let texts_sorted = rows.fetch(&sorted)?;
-    let mut texts = Vec::with_capacity(order.len());
-    for i in &order {
-        let pos = sorted.binary_search(i).expect("sampled index present");
-        texts.push(texts_sorted[pos].clone());
-    }
+    // A permutation's prefix has no repeated index, so each fetched text moves out exactly once.
+    let mut fetched: Vec<Option<String>> = rows.fetch(&sorted)?.into_iter().map(Some).collect();
+    let texts = order
+        .iter()
+        .map(|i| fetched[sorted.binary_search(i).expect("sampled index present")].take().expect("each index once"))
+        .collect();
     Ok(Sample { texts, corpus_rows: total })
 }
 

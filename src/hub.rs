@@ -188,18 +188,20 @@ impl Fetch for CacheFetch {
 }
 
 impl CacheFetch {
-    fn repo_dir(&self) -> PathBuf {
-        self.cache.path().join(Repo::new(self.repo.clone(), RepoType::Model).folder_name())
-    }
-
     fn snapshot_dir(&self) -> Option<PathBuf> {
-        let dir = self.repo_dir();
-        let commit = std::fs::read_to_string(dir.join("refs").join(&self.revision))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| self.revision.clone());
-        let snap = dir.join("snapshots").join(commit);
-        snap.is_dir().then_some(snap)
+        cached_snapshot(self.cache.path(), &self.repo, RepoType::Model, &self.revision)
     }
+}
+
+/// The cache snapshot a revision points to: `refs/<revision>` names the commit, and a
+/// commit hash given as the revision has no ref file but names its snapshot directly.
+fn cached_snapshot(cache_dir: &Path, repo_id: &str, kind: RepoType, revision: &str) -> Option<PathBuf> {
+    let dir = cache_dir.join(Repo::new(repo_id.to_string(), kind).folder_name());
+    let commit = std::fs::read_to_string(dir.join("refs").join(revision))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| revision.to_string());
+    let snap = dir.join("snapshots").join(commit);
+    snap.is_dir().then_some(snap)
 }
 
 struct ApiFetch {
@@ -307,20 +309,17 @@ pub fn dataset_files(repo_id: &str, prefix: &str, suffix: &str, opts: &HubOption
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
     let offline = opts.offline || HubOptions::offline_from_env();
-    let repo_dir = cache_dir.join(Repo::new(repo_id.to_string(), RepoType::Dataset).folder_name());
     let how = format!(
         "`huggingface-cli download --repo-type dataset {repo_id} --include '{prefix}*{suffix}'`"
     );
     if offline {
-        let commit = std::fs::read_to_string(repo_dir.join("refs").join(&revision))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| revision.clone());
-        let snap = repo_dir.join("snapshots").join(&commit);
+        let snap = cached_snapshot(&cache_dir, repo_id, RepoType::Dataset, &revision);
         let (dir, stem) = match prefix.rsplit_once('/') {
-            Some((d, s)) => (snap.join(d), s.to_string()),
-            None => (snap.clone(), prefix.to_string()),
+            Some((d, s)) => (snap.map(|p| p.join(d)), s.to_string()),
+            None => (snap, prefix.to_string()),
         };
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        let mut files: Vec<PathBuf> = dir
+            .and_then(|dir| std::fs::read_dir(dir).ok())
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .map(|e| e.path())

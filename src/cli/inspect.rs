@@ -4,15 +4,14 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Args;
 use edit::checkpoint::Checkpoint;
-use edit::hub::{resolve_model, HubOptions, ModelOrigin};
+use edit::hub::ModelOrigin;
 use edit::models::modules::{editable_modules, EditableModule};
 use edit::ModelConfig;
 use serde::Serialize;
 
-use super::{logging, GlobalArgs, ModelArgs};
+use super::{GlobalArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
@@ -55,13 +54,7 @@ struct ModuleReport {
 
 pub fn run(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     edit::device::parse_dtype(&args.model.dtype)?;
-    let opts = HubOptions {
-        revision: args.model.revision.clone(),
-        offline: args.model.offline,
-        cache_dir: None,
-        progress: logging::show_progress(global),
-    };
-    let files = resolve_model(&args.model.id(), &opts).with_context(|| format!("cannot find model `{}`", args.model.id()))?;
+    let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let ckpt = Checkpoint::open_files(files.weights.clone())?;
     let modules: Vec<ModuleReport> = editable_modules(&cfg)

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use edit::hub::{resolve_model, HubOptions};
+use edit::hub::{resolve_model, HubOptions, ModelFiles};
 use edit::LoadedModel;
 
 /// Edit facts stored inside causal language models (GPT-2, GPT-J, GPT-NeoX/Pythia).
@@ -72,16 +72,21 @@ impl ModelArgs {
         self.model.as_deref().unwrap_or_default()
     }
 
-    pub fn load(&self, global: &GlobalArgs) -> anyhow::Result<LoadedModel> {
-        let dtype = edit::device::parse_dtype(&self.dtype)?;
-        let device = edit::device::parse_device(&self.device)?;
+    /// Finds the model's files (local directory or Hub cache) without loading weights.
+    pub fn resolve(&self, global: &GlobalArgs) -> anyhow::Result<ModelFiles> {
         let opts = HubOptions {
             revision: self.revision.clone(),
             offline: self.offline,
             cache_dir: None,
             progress: logging::show_progress(global),
         };
-        let files = resolve_model(self.id(), &opts).with_context(|| format!("cannot find model `{}`", self.id()))?;
+        resolve_model(self.id(), &opts).with_context(|| format!("cannot find model `{}`", self.id()))
+    }
+
+    pub fn load(&self, global: &GlobalArgs) -> anyhow::Result<LoadedModel> {
+        let dtype = edit::device::parse_dtype(&self.dtype)?;
+        let device = edit::device::parse_device(&self.device)?;
+        let files = self.resolve(global)?;
         tracing::info!("loading {} ({} weight file(s))", self.id(), files.weights.len());
         let started = std::time::Instant::now();
         let model = edit::load_model(files, dtype, &device).with_context(|| format!("cannot load model `{}`", self.id()))?;

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use edit::data::{Corpus, HubDataset};
-use edit::hub::{resolve_model, HubOptions};
+use edit::hub::HubOptions;
 use edit::models::modules::mlp_down;
 use edit::stats::cache::{self, JobKey, ModelIdentity, StatsMeta};
 use edit::stats::collect::{self, Accumulator, CollectPlan, Observer};
@@ -163,21 +163,26 @@ struct Driver {
     abort_after: Option<usize>,
 }
 
+impl Driver {
+    fn aborting(&self) -> bool {
+        self.abort_after.is_some_and(|n| self.chunks_this_run >= n)
+    }
+}
+
 impl Observer for Driver {
     fn chunk_done(&mut self, acc: &Accumulator, texts_seen: usize) -> edit::Result<bool> {
         self.chunks_this_run += 1;
         self.bar.set_position(texts_seen as u64);
         let rate = (acc.count - self.base_tokens) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         self.bar.set_message(format!("{} tokens, {rate:.0} tok/s", acc.count));
-        let abort = self.abort_after.is_some_and(|n| self.chunks_this_run >= n);
-        Ok(abort || self.last_checkpoint.elapsed() >= self.every)
+        Ok(self.aborting() || self.last_checkpoint.elapsed() >= self.every)
     }
 
     fn checkpoint(&mut self, acc: &Accumulator) -> edit::Result<()> {
         cache::save_partial(&self.partial, &self.key, acc)?;
         self.last_checkpoint = Instant::now();
         tracing::debug!("checkpoint at chunk {} written to {}", acc.next_chunk, self.partial.display());
-        if self.abort_after.is_some_and(|n| self.chunks_this_run >= n) {
+        if self.aborting() {
             return Err(edit::Error::Input(format!("aborted after {} chunks (--abort-after-chunks)", self.chunks_this_run)));
         }
         Ok(())
@@ -224,15 +229,17 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
     let mut reports = Vec::new();
     let mut todo = Vec::new();
     for (l, module, path) in &targets {
-        let usable = !args.force
-            && path.is_file()
-            && cache::load(path).is_ok_and(|m| m.check(&identity, &mlp_down(&cfg, *l).unwrap()).is_ok());
-        if usable {
-            let m = cache::load(path)?;
-            tracing::info!("layer {l}: cached at {}", path.display());
-            reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: m.count, cached: true });
+        let cached = if args.force || !path.is_file() {
+            None
         } else {
-            todo.push(*l);
+            cache::load(path).ok().filter(|m| m.check(&identity, &mlp_down(&cfg, *l).unwrap()).is_ok())
+        };
+        match cached {
+            Some(m) => {
+                tracing::info!("layer {l}: cached at {}", path.display());
+                reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: m.count, cached: true });
+            }
+            None => todo.push(*l),
         }
     }
 
@@ -393,8 +400,7 @@ fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let layer = args.layer.or(guessed.layer).with_context(|| {
         format!("cannot tell the layer from the file name {}; pass --layer", args.file.display())
     })?;
-    let opts = HubOptions { revision: args.model.revision.clone(), offline: args.model.offline, cache_dir: None, progress: logging::show_progress(global) };
-    let files = resolve_model(&args.model.id(), &opts).with_context(|| format!("cannot find model `{}`", args.model.id()))?;
+    let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let module = mlp_down(&cfg, layer)?;
     let d = module.in_dim;

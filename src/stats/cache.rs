@@ -158,22 +158,40 @@ pub fn save(path: &Path, sum: &Tensor, count: u64, meta: &StatsMeta) -> Result<(
     write_atomic(path, &[("mom2.sum".into(), sum.to_device(&Device::Cpu)?), ("mom2.count".into(), count)], md)
 }
 
-fn read_meta(path: &Path) -> Result<(candle_core::safetensors::MmapedSafetensors, Option<String>)> {
-    let bad = |reason: String| Error::BadSafetensors { path: path.to_path_buf(), reason };
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-    let meta = header.metadata().as_ref().and_then(|m| m.get(META_KEY).cloned());
-    let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.map_err(|e| bad(e.to_string()))?;
-    Ok((st, meta))
+/// A statistics or partial file, mapped once: its `edit.stats` metadata and its tensors.
+struct StatsFile {
+    path: PathBuf,
+    mmap: memmap2::Mmap,
+    meta: Option<String>,
+}
+
+impl StatsFile {
+    fn open(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // Safety: read-only mapping of a file we only ever replace by rename, never rewrite.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+        let meta = header.metadata().as_ref().and_then(|m| m.get(META_KEY).cloned());
+        Ok(Self { path: path.to_path_buf(), mmap, meta })
+    }
+
+    fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
+        use candle_core::safetensors::Load;
+        let bad = |reason: String| Error::BadSafetensors { path: self.path.clone(), reason };
+        let st = safetensors::SafeTensors::deserialize(&self.mmap).map_err(|e| bad(e.to_string()))?;
+        let view = st.tensor(name).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+        Ok(view.load(device)?)
+    }
 }
 
 pub fn load(path: &Path) -> Result<Moments> {
-    let (st, meta) = read_meta(path)?;
-    let meta = meta.ok_or_else(|| Error::BadSafetensors {
+    let st = StatsFile::open(path)?;
+    let meta = st.meta.as_deref().ok_or_else(|| Error::BadSafetensors {
         path: path.to_path_buf(),
         reason: format!("no `{META_KEY}` metadata: not a statistics file written by edit"),
     })?;
-    let meta: StatsMeta = serde_json::from_str(&meta).map_err(|e| Error::BadSafetensors {
+    let meta: StatsMeta = serde_json::from_str(meta).map_err(|e| Error::BadSafetensors {
         path: path.to_path_buf(),
         reason: format!("unreadable `{META_KEY}` metadata: {e}"),
     })?;
@@ -220,8 +238,8 @@ pub fn load_partial(path: &Path, key: &JobKey, device: &Device) -> Result<Option
     if !path.is_file() {
         return Ok(None);
     }
-    let (st, meta) = read_meta(path)?;
-    let Some(meta) = meta.and_then(|m| serde_json::from_str::<PartialMeta>(&m).ok()) else {
+    let st = StatsFile::open(path)?;
+    let Some(meta) = st.meta.as_deref().and_then(|m| serde_json::from_str::<PartialMeta>(m).ok()) else {
         tracing::warn!("ignoring unreadable partial statistics {}", path.display());
         return Ok(None);
     };

@@ -665,6 +665,11 @@ impl LitParser<'_> {
 // ---------------------------------------------------------------------------------------
 // .npy encoding
 
+/// numpy sizes a unicode (`<U`) array by its longest string, and never below 1.
+fn unicode_width(v: &[String]) -> usize {
+    v.iter().map(|s| s.chars().count()).max().unwrap_or(0).max(1)
+}
+
 /// Builds the NPY header for `array` and returns it with the payload size in bytes.
 fn npy_header(array: &NpyArray) -> Result<(Vec<u8>, u64), String> {
     let count = array
@@ -677,13 +682,7 @@ fn npy_header(array: &NpyArray) -> Result<(Vec<u8>, u64), String> {
         NpyData::F64(v) => ("<f8".to_string(), v.len(), 8),
         NpyData::I64(v) => ("<i8".to_string(), v.len(), 8),
         NpyData::Str(v) => {
-            // numpy sizes a unicode array by its longest string, and never below 1.
-            let chars = v
-                .iter()
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(1);
+            let chars = unicode_width(v);
             (format!("<U{chars}"), v.len(), chars * 4)
         }
         NpyData::Unsupported(descr) => {
@@ -760,12 +759,7 @@ fn write_npy_data<W: Write>(w: &mut W, data: &NpyData) -> io::Result<()> {
         NpyData::F64(v) => chunked(w, v, f64::to_le_bytes),
         NpyData::I64(v) => chunked(w, v, i64::to_le_bytes),
         NpyData::Str(v) => {
-            let chars = v
-                .iter()
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(1);
+            let chars = unicode_width(v);
             let mut buf = Vec::with_capacity(chars * 4);
             for s in v {
                 buf.clear();
