@@ -151,7 +151,7 @@ impl ModelConfig {
         if self.n_layer == 0 || self.d_model == 0 || self.n_head == 0 || self.vocab_size == 0 {
             return Err(bad("layer count, width, head count and vocabulary size must be positive".into()));
         }
-        if self.d_model % self.n_head != 0 {
+        if !self.d_model.is_multiple_of(self.n_head) {
             return Err(bad(format!(
                 "hidden size {} is not divisible by the head count {}",
                 self.d_model, self.n_head

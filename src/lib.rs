@@ -7,10 +7,13 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod editing;
 pub mod error;
+pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod models;
+pub mod patch;
 pub mod stats;
 pub mod tokenizer;
 

@@ -93,7 +93,7 @@ fn padded_batch_equals_each_prompt_alone() {
         let spec = all_layers_spec(n_layer, false);
         let together = lm.model.forward(&batch, &spec, &[]).unwrap();
         for (r, p) in g.prompts().iter().enumerate() {
-            let alone = Batch::from_sequences(&[p.input_ids.clone()], 0, &Device::Cpu).unwrap();
+            let alone = Batch::from_sequences(std::slice::from_ref(&p.input_ids), 0, &Device::Cpu).unwrap();
             let single = lm.model.forward(&alone, &spec, &[]).unwrap();
             let n = p.input_ids.len();
             for l in 0..n_layer {

@@ -1,5 +1,7 @@
 //! Command-line surface: clap definitions ("low args"), validated into plans by each command.
 
+pub mod apply;
+pub mod delta;
 pub mod inspect;
 pub mod logging;
 pub mod predict;
@@ -42,7 +44,21 @@ pub enum Command {
     /// Describe a model: family, sizes, dtype, rotary settings, and the modules an edit can target.
     Inspect(inspect::InspectArgs),
     /// Collect (or import) the second-moment statistics of MLP keys that ROME and MEMIT need.
-    Stats(stats::StatsArgs),
+    Stats(Box<stats::StatsArgs>),
+    /// Compute a ROME or MEMIT edit and write the patched model (--out) and/or its delta (--delta-out).
+    Apply(Box<apply::ApplyArgs>),
+    /// Write a copy of a model with a saved delta added to its weights (W + ΔW).
+    ///
+    /// The output is a complete Hugging Face model directory (same files, shards, tensor names
+    /// and dtypes; only the edited weights differ) that transformers and edit load unchanged.
+    /// The input model is never modified. Warns when the delta was computed on other weights.
+    #[command(name = "apply-delta")]
+    ApplyDelta(delta::DeltaArgs),
+    /// Write a copy of a patched model with a saved delta subtracted (W − ΔW), undoing apply-delta.
+    ///
+    /// --model is the model previously patched with the delta; the output matches the original
+    /// weights to float rounding. The input model is never modified.
+    Revert(delta::DeltaArgs),
 }
 
 /// How to find and load a model; shared by every command that reads one.
@@ -99,7 +115,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Predict(args) => predict::run(args, &cli.global),
         Command::Inspect(args) => inspect::run(args, &cli.global),
-        Command::Stats(args) => stats::run(args, &cli.global),
+        Command::Stats(args) => stats::run(*args, &cli.global),
+        Command::Apply(args) => apply::run(*args, &cli.global),
+        Command::ApplyDelta(args) => delta::apply(args, &cli.global),
+        Command::Revert(args) => delta::revert(args, &cli.global),
     }
 }
 

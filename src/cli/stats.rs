@@ -13,7 +13,7 @@ use edit::models::modules::mlp_down;
 use edit::stats::cache::{self, JobKey, ModelIdentity, StatsMeta};
 use edit::stats::collect::{self, Accumulator, CollectPlan, Observer};
 use edit::stats::{npz, parse_layers, Precision};
-use edit::ModelConfig;
+use edit::{LoadedModel, ModelConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -43,6 +43,8 @@ pub enum DatasetArg {
     Wikitext,
     /// wikimedia/wikipedia, 20231101.en train (parquet, ~11 GB), the closest to the reference corpus.
     Wikipedia,
+    /// The WikiText-2 test split embedded in the binary (small; what `edit stats` uses by default).
+    Embedded,
 }
 
 #[derive(Args, Debug)]
@@ -122,12 +124,12 @@ pub struct ImportArgs {
 }
 
 #[derive(Serialize)]
-struct LayerReport {
-    layer: usize,
-    module: String,
-    file: PathBuf,
-    tokens: u64,
-    cached: bool,
+pub struct LayerReport {
+    pub layer: usize,
+    pub module: String,
+    pub file: PathBuf,
+    pub tokens: u64,
+    pub cached: bool,
 }
 
 #[derive(Serialize)]
@@ -204,134 +206,25 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
     let corpus = match (args.dataset, args.text.is_empty()) {
         (Some(DatasetArg::Wikitext), _) => Corpus::Hub(HubDataset::Wikitext),
         (Some(DatasetArg::Wikipedia), _) => Corpus::Hub(HubDataset::Wikipedia),
+        (Some(DatasetArg::Embedded), _) => Corpus::Embedded,
         (None, false) => Corpus::Files(args.text.clone()),
         (None, true) => Corpus::Embedded,
     };
     let lm = args.model.load(global)?;
-    let cfg = lm.config().clone();
-    if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layer) {
-        bail!("layer {bad} does not exist: the model has {} layers (0-{})", cfg.n_layer, cfg.n_layer - 1);
-    }
-    let identity = ModelIdentity::of(&lm.files)?;
-    let dataset = corpus.id();
-    let stats_dir = args.dir.dir();
-    let batch_tokens = args.batch_tokens.unwrap_or(3 * cfg.n_ctx);
-    let max_len = args.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(batch_tokens).max(1);
-
-    let targets: Vec<(usize, String, PathBuf)> = layers
-        .iter()
-        .map(|&l| {
-            let module = mlp_down(&cfg, l)?.name;
-            let path = cache::stats_path(&stats_dir, &identity, &dataset, &module, precision, args.samples);
-            Ok((l, module, path))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let mut reports = Vec::new();
-    let mut todo = Vec::new();
-    for (l, module, path) in &targets {
-        let cached = if args.force || !path.is_file() {
-            None
-        } else {
-            cache::load(path).ok().filter(|m| m.check(&identity, &mlp_down(&cfg, *l).unwrap()).is_ok())
-        };
-        match cached {
-            Some(m) => {
-                tracing::info!("layer {l}: cached at {}", path.display());
-                reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: m.count, cached: true });
-            }
-            None => todo.push(*l),
-        }
-    }
-
-    let mut note = None;
+    let plan = StatsPlan {
+        corpus,
+        samples: args.samples,
+        precision,
+        batch_tokens: args.batch_tokens,
+        max_len: args.max_len,
+        stats_dir: args.dir.dir(),
+        checkpoint_secs: args.checkpoint_secs,
+        force: args.force,
+        abort_after_chunks: args.abort_after_chunks,
+        offline: args.model.offline,
+    };
     let started = Instant::now();
-    let (mut texts_used, mut tokens, mut resumed_from) = (0, 0, 0);
-    if !todo.is_empty() {
-        let hub = HubOptions { revision: None, offline: args.model.offline, cache_dir: None, progress: logging::show_progress(global) };
-        let sample = edit::data::sample(&corpus, args.samples, &hub).context("cannot read the statistics corpus")?;
-        if matches!(corpus, Corpus::Embedded) {
-            let msg = format!(
-                "using the embedded WikiText-2 test split ({} texts): a small sample, fine for trying things out; \
-                 the reference uses 100,000 Wikipedia articles (--dataset wikipedia, or --dataset wikitext / --text FILE)",
-                sample.corpus_rows
-            );
-            tracing::warn!("{msg}");
-            note = Some(msg);
-        }
-        tracing::info!("{} texts sampled from {} ({} rows); layers {:?}; batch tokens {batch_tokens}, max length {max_len}", sample.texts.len(), dataset, sample.corpus_rows, todo);
-        let key = JobKey {
-            identity: identity.clone(),
-            dataset: dataset.clone(),
-            samples: args.samples,
-            layers: todo.clone(),
-            precision,
-            max_len,
-            batch_tokens,
-        };
-        let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
-        let partial = cache::partial_path(&final_dir, &todo, precision, args.samples);
-        let device = lm.model.device().clone();
-        let acc = match cache::load_partial(&partial, &key, &device)? {
-            Some(acc) => {
-                tracing::info!("resuming from {} ({} tokens, chunk {})", partial.display(), acc.count, acc.next_chunk);
-                acc
-            }
-            None => Accumulator::new(&todo, cfg.d_ff, precision, &device)?,
-        };
-        resumed_from = acc.next_chunk;
-        let bar = if logging::show_progress(global) {
-            let b = ProgressBar::new(sample.texts.len() as u64);
-            b.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts, {msg}, ETA {eta}")
-                    .expect("valid template"),
-            );
-            b.set_position((acc.next_chunk * collect::CHUNK_TEXTS).min(sample.texts.len()) as u64);
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        let mut driver = Driver {
-            bar,
-            started: Instant::now(),
-            last_checkpoint: Instant::now(),
-            every: std::time::Duration::from_secs(args.checkpoint_secs),
-            partial: partial.clone(),
-            key,
-            base_tokens: acc.count,
-            chunks_this_run: 0,
-            abort_after: args.abort_after_chunks,
-        };
-        let plan = CollectPlan { layers: todo.clone(), precision, batch_tokens, max_len, pad_id: lm.pad_id() };
-        let acc = collect::collect(&*lm.model, lm.tokenizer()?, &sample.texts, &plan, acc, &mut driver)?;
-        driver.bar.finish_and_clear();
-        if acc.count == 0 {
-            bail!("the corpus produced no tokens: every sampled text was empty");
-        }
-        for (l, module, path) in targets.iter().filter(|t| todo.contains(&t.0)) {
-            let meta = StatsMeta {
-                format: 1,
-                identity: identity.clone(),
-                module: module.clone(),
-                layer: *l,
-                d_ff: cfg.d_ff,
-                dataset: dataset.clone(),
-                samples: args.samples,
-                texts: acc.texts,
-                tokens: acc.count,
-                precision,
-                max_len,
-                batch_tokens,
-                source: "collected".into(),
-                tool_version: env!("CARGO_PKG_VERSION").into(),
-            };
-            cache::save(path, &acc.sums[l], acc.count, &meta)?;
-            tracing::info!("layer {l}: {} tokens → {}", acc.count, path.display());
-            reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: acc.count, cached: false });
-        }
-        let _ = std::fs::remove_file(&partial);
-        texts_used = acc.texts;
-        tokens = acc.count;
-    }
+    let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity } = ensure_stats(&lm, &layers, &plan, global)?;
     reports.sort_by_key(|r| r.layer);
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
@@ -356,6 +249,160 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where statistics come from and where they are cached; shared by `edit stats` and `edit apply`.
+pub struct StatsPlan {
+    pub corpus: Corpus,
+    pub samples: usize,
+    pub precision: Precision,
+    pub batch_tokens: Option<usize>,
+    pub max_len: Option<usize>,
+    pub stats_dir: PathBuf,
+    pub checkpoint_secs: u64,
+    pub force: bool,
+    pub abort_after_chunks: Option<usize>,
+    pub offline: bool,
+}
+
+pub struct Ensured {
+    pub reports: Vec<LayerReport>,
+    pub note: Option<String>,
+    pub texts: u64,
+    pub tokens: u64,
+    pub resumed_from: usize,
+    pub dataset: String,
+    pub identity: ModelIdentity,
+}
+
+/// Makes sure the statistics of `layers` are in the cache: layers already there are reused,
+/// the others are collected in one pass (resuming an interrupted job).
+pub fn ensure_stats(lm: &LoadedModel, layers: &[usize], plan: &StatsPlan, global: &GlobalArgs) -> anyhow::Result<Ensured> {
+    let cfg = lm.config().clone();
+    if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layer) {
+        bail!("layer {bad} does not exist: the model has {} layers (0-{})", cfg.n_layer, cfg.n_layer - 1);
+    }
+    let precision = plan.precision;
+    let identity = ModelIdentity::of(&lm.files)?;
+    let dataset = plan.corpus.id();
+    let stats_dir = plan.stats_dir.clone();
+    let batch_tokens = plan.batch_tokens.unwrap_or(3 * cfg.n_ctx);
+    let max_len = plan.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(batch_tokens).max(1);
+
+    let targets: Vec<(usize, String, PathBuf)> = layers
+        .iter()
+        .map(|&l| {
+            let module = mlp_down(&cfg, l)?.name;
+            let path = cache::stats_path(&stats_dir, &identity, &dataset, &module, precision, plan.samples);
+            Ok((l, module, path))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut reports = Vec::new();
+    let mut todo = Vec::new();
+    for (l, module, path) in &targets {
+        let cached = if plan.force || !path.is_file() {
+            None
+        } else {
+            cache::load(path).ok().filter(|m| m.check(&identity, &mlp_down(&cfg, *l).unwrap()).is_ok())
+        };
+        match cached {
+            Some(m) => {
+                tracing::info!("layer {l}: cached at {}", path.display());
+                reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: m.count, cached: true });
+            }
+            None => todo.push(*l),
+        }
+    }
+
+    let mut note = None;
+    let (mut texts_used, mut tokens, mut resumed_from) = (0, 0, 0);
+    if !todo.is_empty() {
+        let hub = HubOptions { revision: None, offline: plan.offline, cache_dir: None, progress: logging::show_progress(global) };
+        let sample = edit::data::sample(&plan.corpus, plan.samples, &hub).context("cannot read the statistics corpus")?;
+        if matches!(plan.corpus, Corpus::Embedded) {
+            let msg = format!(
+                "using the embedded WikiText-2 test split ({} texts): a small sample, fine for trying things out; \
+                 the reference uses 100,000 Wikipedia articles (--dataset wikipedia, or --dataset wikitext / --text FILE)",
+                sample.corpus_rows
+            );
+            tracing::warn!("{msg}");
+            note = Some(msg);
+        }
+        tracing::info!("{} texts sampled from {} ({} rows); layers {:?}; batch tokens {batch_tokens}, max length {max_len}", sample.texts.len(), dataset, sample.corpus_rows, todo);
+        let key = JobKey {
+            identity: identity.clone(),
+            dataset: dataset.clone(),
+            samples: plan.samples,
+            layers: todo.clone(),
+            precision,
+            max_len,
+            batch_tokens,
+        };
+        let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
+        let partial = cache::partial_path(&final_dir, &todo, precision, plan.samples);
+        let device = lm.model.device().clone();
+        let acc = match cache::load_partial(&partial, &key, &device)? {
+            Some(acc) => {
+                tracing::info!("resuming from {} ({} tokens, chunk {})", partial.display(), acc.count, acc.next_chunk);
+                acc
+            }
+            None => Accumulator::new(&todo, cfg.d_ff, precision, &device)?,
+        };
+        resumed_from = acc.next_chunk;
+        let bar = if logging::show_progress(global) {
+            let b = ProgressBar::new(sample.texts.len() as u64);
+            b.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts, {msg}, ETA {eta}")
+                    .expect("valid template"),
+            );
+            b.set_position((acc.next_chunk * collect::CHUNK_TEXTS).min(sample.texts.len()) as u64);
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let mut driver = Driver {
+            bar,
+            started: Instant::now(),
+            last_checkpoint: Instant::now(),
+            every: std::time::Duration::from_secs(plan.checkpoint_secs),
+            partial: partial.clone(),
+            key,
+            base_tokens: acc.count,
+            chunks_this_run: 0,
+            abort_after: plan.abort_after_chunks,
+        };
+        let cplan = CollectPlan { layers: todo.clone(), precision, batch_tokens, max_len, pad_id: lm.pad_id() };
+        let acc = collect::collect(&*lm.model, lm.tokenizer()?, &sample.texts, &cplan, acc, &mut driver)?;
+        driver.bar.finish_and_clear();
+        if acc.count == 0 {
+            bail!("the corpus produced no tokens: every sampled text was empty");
+        }
+        for (l, module, path) in targets.iter().filter(|t| todo.contains(&t.0)) {
+            let meta = StatsMeta {
+                format: 1,
+                identity: identity.clone(),
+                module: module.clone(),
+                layer: *l,
+                d_ff: cfg.d_ff,
+                dataset: dataset.clone(),
+                samples: plan.samples,
+                texts: acc.texts,
+                tokens: acc.count,
+                precision,
+                max_len,
+                batch_tokens,
+                source: "collected".into(),
+                tool_version: env!("CARGO_PKG_VERSION").into(),
+            };
+            cache::save(path, &acc.sums[l], acc.count, &meta)?;
+            tracing::info!("layer {l}: {} tokens → {}", acc.count, path.display());
+            reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: acc.count, cached: false });
+        }
+        let _ = std::fs::remove_file(&partial);
+        texts_used = acc.texts;
+        tokens = acc.count;
+    }
+    Ok(Ensured { reports, note, texts: texts_used, tokens, resumed_from, dataset, identity })
 }
 
 /// Facts read off a reference file name such as

@@ -34,7 +34,7 @@ impl Batch {
     /// Builds a batch from ids and a 0/1 attention mask (both `[b, t]`, row-major), checking
     /// that the mask is right padding.
     pub fn from_ids_and_mask(ids: &[u32], mask: &[u8], batch: usize, device: &Device) -> Result<Self> {
-        if batch == 0 || ids.len() != mask.len() || ids.len() % batch != 0 {
+        if batch == 0 || ids.len() != mask.len() || !ids.len().is_multiple_of(batch) {
             return Err(Error::Input("ids and attention mask must both be [batch, seq]".into()));
         }
         let t = ids.len() / batch;

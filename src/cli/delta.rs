@@ -1,0 +1,160 @@
+//! `edit apply-delta` / `edit revert`: write a copy of a model with a saved delta added to
+//! (or subtracted from) its weights, as a Hugging Face directory transformers loads unchanged.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use edit::hub::{HubOptions, ModelFiles, ModelOrigin};
+use edit::patch::{self, DeltaMeta, WriteReport};
+use edit::stats::cache::ModelIdentity;
+use edit::ModelConfig;
+use serde::Serialize;
+
+use super::{logging, GlobalArgs, ModelArgs};
+
+#[derive(Args, Debug)]
+pub struct DeltaArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The delta file (safetensors with `edit.delta` metadata) saved by an edit.
+    #[arg(value_name = "DELTA.safetensors")]
+    pub delta: PathBuf,
+    /// Directory to write the patched model to (created; never the input model's directory).
+    #[arg(short, long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Replace --out if it exists and is not empty (only once the new model is complete).
+    #[arg(long)]
+    pub force: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Apply,
+    Revert,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    operation: Direction,
+    model: &'a str,
+    delta: &'a PathBuf,
+    method: &'a str,
+    requests: usize,
+    #[serde(flatten)]
+    report: &'a WriteReport,
+}
+
+pub fn apply(args: DeltaArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    run(args, global, Direction::Apply)
+}
+
+pub fn revert(args: DeltaArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    run(args, global, Direction::Revert)
+}
+
+pub fn run(args: DeltaArgs, global: &GlobalArgs, direction: Direction) -> anyhow::Result<ExitCode> {
+    let files = args.model.resolve(global)?;
+    let cfg = ModelConfig::from_file(&files.config)?;
+    let (deltas, meta) = patch::load_delta(&args.delta, &cfg)?;
+    if direction == Direction::Apply {
+        warn_if_other_base(&files, &meta)?;
+    }
+    if let ModelOrigin::Hub { repo, revision, .. } = &files.origin {
+        fetch_hub_extras(&files, repo, revision, &args.model, global);
+    }
+    let (sign, verb) = match direction {
+        Direction::Apply => (1.0, "applied"),
+        Direction::Revert => (-1.0, "reverted"),
+    };
+    let report = patch::write_model_dir(&files, &cfg, &deltas, sign, &args.out, args.force)
+        .with_context(|| format!("cannot write the patched model to {}", args.out.display()))?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let summary = Summary {
+            operation: direction,
+            model: args.model.id(),
+            delta: &args.delta,
+            method: &meta.method,
+            requests: meta.request_count(),
+            report: &report,
+        };
+        serde_json::to_writer(&mut out, &summary)?;
+        writeln!(out)?;
+    } else {
+        let n = meta.request_count();
+        writeln!(
+            out,
+            "{verb} {} ({}, {n} request{}) to {}: wrote {} ({} tensor(s) changed in {} weight file(s), {} file(s) copied)",
+            args.delta.display(),
+            meta.method,
+            if n == 1 { "" } else { "s" },
+            args.model.id(),
+            report.out.display(),
+            report.tensors_changed.len(),
+            report.files_written.len(),
+            report.files_copied.len()
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A delta computed on other weights still applies if the shapes fit, but rarely does what
+/// was intended: say so.
+fn warn_if_other_base(files: &ModelFiles, meta: &DeltaMeta) -> anyhow::Result<()> {
+    let here = ModelIdentity::of(files)?;
+    if here.weights_fingerprint != meta.base_model.weights_fingerprint {
+        tracing::warn!(
+            "the delta was computed on {} (weights {}), but {} has weights {}: applying it anyway; \
+             the edit may not behave as it did on its base model",
+            meta.base_model.model,
+            meta.base_model.weights_fingerprint,
+            here.model,
+            here.weights_fingerprint
+        );
+    }
+    Ok(())
+}
+
+/// The Hub cache holds only the files `edit` needed to run the model; fetch the small
+/// companions transformers also reads (best effort) so the written directory is complete.
+fn fetch_hub_extras(files: &ModelFiles, repo: &str, revision: &str, model: &ModelArgs, global: &GlobalArgs) {
+    const EXTRAS: [&str; 6] = [
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "generation_config.json",
+        "added_tokens.json",
+        "vocab.json",
+        "merges.txt",
+    ];
+    let missing: Vec<&str> = EXTRAS.iter().copied().filter(|f| !files.dir().join(f).exists()).collect();
+    if missing.is_empty() {
+        return;
+    }
+    if model.offline || HubOptions::offline_from_env() {
+        tracing::info!("offline: not fetching {} of {repo}; the output has only the cached files", missing.join(", "));
+        return;
+    }
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(edit::hub::default_cache_dir()))
+        .with_progress(logging::show_progress(global));
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        builder = builder.with_token(Some(token));
+    }
+    let Ok(api) = builder.build() else { return };
+    let repo_api = api.repo(hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string()));
+    for f in missing {
+        match repo_api.get(f) {
+            Ok(_) => tracing::info!("fetched {f} of {repo}"),
+            Err(e) => tracing::debug!("{repo} has no {f} (or it cannot be fetched): {e}"),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Dense linear algebra in f64 on the CPU (faer): the Cholesky factor of a layer's second
+//! moment C, ROME's C⁻¹k, and MEMIT's (λC + KKᵀ)⁻¹K by a direct solve or by the push-through
+//! identity over a cached factor of C.
+
+use candle_core::{DType, Device, Tensor};
+use faer::linalg::solvers::{Llt, Solve};
+use faer::{Mat, Side};
+
+use crate::error::{Error, Result};
+
+/// Copies a 2-d tensor (any float dtype, any device) into an f64 matrix.
+pub fn to_mat(t: &Tensor) -> Result<Mat<f64>> {
+    let (r, c) = t.dims2()?;
+    let v: Vec<f64> = t.to_dtype(DType::F64)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
+    Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
+}
+
+/// Copies an f64 matrix into a CPU tensor of `dtype`.
+pub fn to_tensor(m: &Mat<f64>, dtype: DType) -> Result<Tensor> {
+    let (r, c) = (m.nrows(), m.ncols());
+    let mut v = Vec::with_capacity(r * c);
+    for i in 0..r {
+        for j in 0..c {
+            v.push(m[(i, j)]);
+        }
+    }
+    Ok(Tensor::from_vec(v, (r, c), &Device::Cpu)?.to_dtype(dtype)?)
+}
+
+/// A symmetric positive-definite matrix with its Cholesky factor, factored once and reused
+/// for every solve (ROME requests and MEMIT batches on the same layer).
+pub struct SpdFactor {
+    llt: Llt<f64>,
+}
+
+impl SpdFactor {
+    /// Factors `a`; `what` names the matrix in the error when it is not positive definite.
+    pub fn new(a: &Mat<f64>, what: &str) -> Result<Self> {
+        let llt = a.llt(Side::Lower).map_err(|e| {
+            Error::Input(format!(
+                "{what} is not positive definite ({e:?}): the statistics cover too few tokens for this layer's {}-wide keys; \
+                 collect them over more text (`edit stats --samples`)",
+                a.nrows()
+            ))
+        })?;
+        Ok(Self { llt })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.llt.L().nrows()
+    }
+
+    /// A⁻¹ B.
+    pub fn solve(&self, b: &Mat<f64>) -> Mat<f64> {
+        let mut x = b.clone();
+        self.llt.solve_in_place(&mut x);
+        x
+    }
+}
+
+/// MEMIT's `solve(λC + K Kᵀ, K)` with a fresh LU factorisation of the d×d system, as the
+/// reference does (`k` is `[d_ff, n]`).
+pub fn memit_solve_direct(c: &Mat<f64>, lambda: f64, k: &Mat<f64>) -> Mat<f64> {
+    let a = Mat::from_fn(c.nrows(), c.ncols(), |i, j| lambda * c[(i, j)]) + k * k.transpose();
+    let lu = a.partial_piv_lu();
+    let mut x = k.clone();
+    lu.solve_in_place(&mut x);
+    x
+}
+
+/// The same solve through the push-through identity
+/// `(λC + KKᵀ)⁻¹K = (λC)⁻¹K (I + Kᵀ(λC)⁻¹K)⁻¹`: triangular solves against the cached factor of C
+/// plus an n×n system, instead of a new d×d factorisation per batch.
+pub fn memit_solve_push_through(c_factor: &SpdFactor, lambda: f64, k: &Mat<f64>) -> Result<Mat<f64>> {
+    let n = k.ncols();
+    let a = c_factor.solve(k) * faer::Scale(1.0 / lambda);
+    let m = Mat::<f64>::identity(n, n) + k.transpose() * &a;
+    // M is symmetric positive definite in exact arithmetic; symmetrise against rounding.
+    let m = Mat::from_fn(n, n, |i, j| 0.5 * (m[(i, j)] + m[(j, i)]));
+    let m_factor = SpdFactor::new(&m, "I + Kᵀ(λC)⁻¹K")?;
+    // X = A M⁻¹  ⇔  Xᵀ = M⁻¹ Aᵀ (M symmetric).
+    let xt = m_factor.solve(&a.transpose().to_owned());
+    Ok(xt.transpose().to_owned())
+}
+
+/// A layer's second moment C = E[k kᵀ] (normalised by the token count, as the reference uses
+/// it) in f64, with its Cholesky factor computed on first use and then kept.
+pub struct LayerStats {
+    pub c: Mat<f64>,
+    factor: Option<SpdFactor>,
+    what: String,
+}
+
+impl LayerStats {
+    pub fn from_moments(m: &crate::stats::cache::Moments) -> Result<Self> {
+        Ok(Self { c: to_mat(&m.second_moment()?)?, factor: None, what: format!("the second moment of `{}`", m.meta.module) })
+    }
+
+    pub fn from_matrix(c: Mat<f64>, what: &str) -> Self {
+        Self { c, factor: None, what: what.to_string() }
+    }
+
+    pub fn factor(&mut self) -> Result<&SpdFactor> {
+        if self.factor.is_none() {
+            let started = std::time::Instant::now();
+            self.factor = Some(SpdFactor::new(&self.c, &self.what)?);
+            tracing::debug!("factored {} ({}x{}) in {:.2?}", self.what, self.c.nrows(), self.c.ncols(), started.elapsed());
+        }
+        Ok(self.factor.as_ref().expect("just set"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spd(n: usize) -> Mat<f64> {
+        let b = Mat::from_fn(n, n + 3, |i, j| (((i * 7 + j * 13) % 11) as f64 - 5.0) / 7.0 + if i == j { 1.0 } else { 0.0 });
+        &b * b.transpose() + Mat::<f64>::identity(n, n) * faer::Scale(0.1)
+    }
+
+    #[test]
+    fn cholesky_solve_inverts() {
+        let a = spd(12);
+        let f = SpdFactor::new(&a, "test").unwrap();
+        let b = Mat::from_fn(12, 2, |i, j| (i + 2 * j) as f64);
+        let x = f.solve(&b);
+        let r = &a * &x - &b;
+        assert!(r.norm_l2() < 1e-9 * b.norm_l2());
+    }
+
+    #[test]
+    fn push_through_matches_direct() {
+        let c = spd(20);
+        let k = Mat::from_fn(20, 4, |i, j| ((i * 3 + j * 5) % 7) as f64 - 3.0);
+        let direct = memit_solve_direct(&c, 3.0, &k);
+        let f = SpdFactor::new(&c, "C").unwrap();
+        let pt = memit_solve_push_through(&f, 3.0, &k).unwrap();
+        assert!((&direct - &pt).norm_l2() < 1e-12 * direct.norm_l2());
+    }
+
+    #[test]
+    fn singular_matrix_is_refused_with_a_fix() {
+        let a = Mat::<f64>::zeros(3, 3);
+        let err = SpdFactor::new(&a, "C").err().unwrap().to_string();
+        assert!(err.contains("edit stats"), "{err}");
+    }
+}

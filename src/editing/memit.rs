@@ -1,0 +1,221 @@
+//! MEMIT (reference spec §2): many edits at once, spread over several MLP layers.
+//!
+//! 1. For each request, z = the block output at the last edited layer that makes the target
+//!    likely (optimised on the unedited model; requests in batches of `z_batch_size`).
+//! 2. For each layer l in ascending order, on the model as edited so far: keys K at the
+//!    subject's last token (½ bare prompt, ½ the mean over the sampled contexts), the current
+//!    block output h at the last layer, R = (Z − h) / (layers left), and
+//!    ΔW_l = R Kᵀ (λC + KKᵀ)⁻¹ in f64, applied at once so later layers see it.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::Device;
+use faer::Mat;
+use serde::Serialize;
+
+use super::hparams::{Hparams, Solver};
+use super::linalg::{memit_solve_direct, memit_solve_push_through, to_mat, to_tensor, LayerStats};
+use super::optimize::{optimize_targets, LossPoint, OptimizedTarget};
+use super::reprs::{at_subject_last, Wanted};
+use super::requests::Request;
+use super::templates::ContextTemplates;
+use super::{optimize_params, Deltas, ModelRestorer};
+use crate::error::{Error, Result};
+use crate::models::modules::mlp_down;
+use crate::models::{CausalLm, Site};
+use crate::tokenizer::Tokenizer;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemitRequestReport {
+    pub index: usize,
+    pub case_id: Option<serde_json::Value>,
+    pub subject: String,
+    pub target_new: String,
+    /// ‖z₀‖: the block output before the edit.
+    pub init_norm: f64,
+    pub delta_norm: f64,
+    pub steps: usize,
+    pub losses: Vec<LossPoint>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MemitLayerReport {
+    pub layer: usize,
+    pub module: String,
+    /// Mean ‖k‖ over the requests.
+    pub key_norm: f64,
+    /// Mean ‖z − h‖ over the requests before this layer's update.
+    pub residual_norm: f64,
+    pub update_norm: f64,
+    pub weight_norm: f64,
+    pub seconds: f64,
+}
+
+pub struct MemitOutcome {
+    pub deltas: Deltas,
+    pub requests: Vec<MemitRequestReport>,
+    pub layers: Vec<MemitLayerReport>,
+    pub z_seconds: f64,
+}
+
+fn vec_norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+}
+
+/// The z vectors of all requests, `batch` requests optimised together (1 = one by one, as the
+/// reference).
+pub fn compute_zs(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    requests: &[Request],
+    hp: &Hparams,
+    templates: &ContextTemplates,
+    batch: usize,
+    pad_id: u32,
+) -> Result<Vec<OptimizedTarget>> {
+    let z_layer = *hp.layers.last().ok_or_else(|| Error::Input("MEMIT needs at least one layer".into()))?;
+    let params = optimize_params(hp, Site::BlockOut, z_layer);
+    let flat = templates.flat();
+    let refs: Vec<&Request> = requests.iter().collect();
+    let mut out = Vec::with_capacity(requests.len());
+    for chunk in refs.chunks(batch.max(1)) {
+        out.extend(optimize_targets(model, tok, chunk, &flat, &params, pad_id)?);
+        tracing::debug!("z vectors: {}/{}", out.len(), requests.len());
+    }
+    for (r, z) in requests.iter().zip(&out) {
+        if z.target.iter().any(|x| !x.is_finite()) {
+            return Err(Error::Input(format!(
+                "request {} ({:?} → {:?}): its target vector is not finite; refusing to write the edit",
+                r.index, r.subject, r.target_new
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// MEMIT keys: per request, the mean over each template group, then over the groups.
+fn memit_keys(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    requests: &[Request],
+    templates: &ContextTemplates,
+    layer: usize,
+    pad_id: u32,
+) -> Result<Mat<f64>> {
+    let mut items = Vec::new();
+    for r in requests {
+        for g in &templates.groups {
+            for t in g {
+                items.push((t.replacen("{}", &r.prompt, 1), r.subject.clone()));
+            }
+        }
+    }
+    let wanted = Wanted { keys: Some(layer), ..Wanted::default() };
+    let keys = to_mat(&at_subject_last(model, tok, &items, &wanted, pad_id)?.keys.expect("keys"))?;
+    let d_ff = keys.ncols();
+    let groups: Vec<usize> = templates.groups.iter().map(Vec::len).filter(|&n| n > 0).collect();
+    let per_request: usize = groups.iter().sum();
+    // K is [d_ff, n] as in the reference's solve.
+    let mut k = Mat::<f64>::zeros(d_ff, requests.len());
+    for j in 0..requests.len() {
+        let mut row = j * per_request;
+        for &n in &groups {
+            let w = 1.0 / (n as f64 * groups.len() as f64);
+            for _ in 0..n {
+                for f in 0..d_ff {
+                    k[(f, j)] += w * keys[(row, f)];
+                }
+                row += 1;
+            }
+        }
+    }
+    Ok(k)
+}
+
+/// Computes MEMIT's updates for all `requests` at once; the model is left unchanged.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_memit(
+    model: &mut dyn CausalLm,
+    tok: &Tokenizer,
+    requests: &[Request],
+    hp: &Hparams,
+    stats: &mut BTreeMap<usize, LayerStats>,
+    templates: &ContextTemplates,
+    pad_id: u32,
+) -> Result<MemitOutcome> {
+    let lambda = hp.mom2_update_weight.ok_or_else(|| Error::Input("MEMIT needs `mom2_update_weight`".into()))?;
+    let z_layer = *hp.layers.last().ok_or_else(|| Error::Input("MEMIT needs at least one layer".into()))?;
+    let names: Vec<String> =
+        hp.layers.iter().map(|&l| Ok(mlp_down(model.config(), l)?.name)).collect::<Result<_>>()?;
+    let started = Instant::now();
+    let zs = compute_zs(&*model, tok, requests, hp, templates, hp.z_batch_size, pad_id)?;
+    let z_seconds = started.elapsed().as_secs_f64();
+    let d = model.config().d_model;
+    let n = requests.len();
+    let z_mat = Mat::from_fn(d, n, |i, j| f64::from(zs[j].target[i]));
+    let bare: Vec<(String, String)> = requests.iter().map(|r| (r.prompt.clone(), r.subject.clone())).collect();
+
+    let mut restorer = ModelRestorer::new(&*model, &names)?;
+    let result = (|| {
+        let mut deltas = Deltas::new();
+        let mut layer_reports = Vec::new();
+        for (i, (&layer, name)) in hp.layers.iter().zip(&names).enumerate() {
+            let t0 = Instant::now();
+            let k = memit_keys(&*model, tok, requests, templates, layer, pad_id)?;
+            let wanted = Wanted { block_out: Some(z_layer), ..Wanted::default() };
+            let cur = to_mat(&at_subject_last(&*model, tok, &bare, &wanted, pad_id)?.block_out.expect("block out"))?;
+            // targets [d, n] = Z − h, spread over the layers left (this one included).
+            let left = (hp.layers.len() - i) as f64;
+            let resid = Mat::from_fn(d, n, |a, j| (z_mat[(a, j)] - cur[(j, a)]) / left);
+            let st = stats
+                .get_mut(&layer)
+                .ok_or_else(|| Error::Input(format!("no second-moment statistics loaded for layer {layer}")))?;
+            let adj_k = match hp.solver {
+                Solver::PushThrough => memit_solve_push_through(st.factor()?, lambda, &k)?,
+                Solver::Direct => memit_solve_direct(&st.c, lambda, &k),
+            };
+            let upd = &resid * adj_k.transpose(); // [d, d_ff] = [out, in]
+            let upd_norm = upd.norm_l2();
+            if !upd_norm.is_finite() {
+                return Err(Error::Input(format!(
+                    "layer {layer}: the MEMIT update is not finite; refusing to write it (check the statistics and `mom2_update_weight`)"
+                )));
+            }
+            let upd_t = to_tensor(&upd, candle_core::DType::F32)?;
+            restorer.set_from_original(model, name, &upd_t)?;
+            let key_norm = (0..n).map(|j| (0..k.nrows()).map(|f| k[(f, j)] * k[(f, j)]).sum::<f64>().sqrt()).sum::<f64>() / n as f64;
+            let residual_norm =
+                (0..n).map(|j| (0..d).map(|a| (resid[(a, j)] * left).powi(2)).sum::<f64>().sqrt()).sum::<f64>() / n as f64;
+            layer_reports.push(MemitLayerReport {
+                layer,
+                module: name.clone(),
+                key_norm,
+                residual_norm,
+                update_norm: upd_norm,
+                weight_norm: restorer.original_norm(name)?,
+                seconds: t0.elapsed().as_secs_f64(),
+            });
+            tracing::info!("layer {layer}: mean ‖z − h‖ {residual_norm:.3}, ‖ΔW‖ {upd_norm:.3}");
+            deltas.insert(name.clone(), upd_t.to_device(&Device::Cpu)?);
+        }
+        Ok((deltas, layer_reports))
+    })();
+    restorer.restore(model)?;
+    let (deltas, layers) = result?;
+    let reports = requests
+        .iter()
+        .zip(zs)
+        .map(|(r, z)| MemitRequestReport {
+            index: r.index,
+            case_id: r.case_id.clone(),
+            subject: r.subject.clone(),
+            target_new: r.target_new.clone(),
+            init_norm: vec_norm(&z.init),
+            delta_norm: vec_norm(&z.delta),
+            steps: z.steps,
+            losses: z.losses,
+        })
+        .collect();
+    Ok(MemitOutcome { deltas, requests: reports, layers, z_seconds })
+}

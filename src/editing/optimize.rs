@@ -1,0 +1,325 @@
+//! The target-vector optimisation shared by ROME (`compute_v`: δ at the MLP output) and MEMIT
+//! (`compute_z`: δ at the block output of the last edited layer), reference spec §1.5 / §2.3.
+//!
+//! Several requests are optimised together: their prompts share one right-padded batch and
+//! each request owns one row of δ. Every request's loss depends only on its own rows and its
+//! own δ, so the gradient of the summed loss w.r.t. δ_j is exactly ∇loss_j, and Adam (being
+//! element-wise) takes the same steps as it would alone. Each request keeps the reference's own
+//! stopping rules (loss < 5e-2, or the last iteration, which only evaluates); a stopped request
+//! leaves the batch.
+
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
+use serde::Serialize;
+
+use super::positions::subject_last_index;
+use super::requests::Request;
+use crate::error::{Error, Result};
+use crate::models::{Batch, CausalLm, Intervention, Logits, Site, TraceSpec};
+use crate::tokenizer::Tokenizer;
+
+/// The reference's early-stopping threshold on the total loss.
+const STOP_LOSS: f64 = 5e-2;
+
+/// PyTorch `Adam` defaults.
+const BETA1: f64 = 0.9;
+const BETA2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+#[derive(Clone, Debug)]
+pub struct OptimizeParams {
+    pub site: Site,
+    pub layer: usize,
+    pub steps: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub clamp_norm_factor: f64,
+    pub kl_factor: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LossPoint {
+    pub nll: f64,
+    pub kl: f64,
+    pub weight_decay: f64,
+    pub total: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct OptimizedTarget {
+    /// The site's output at the subject's last token of the first template's prompt, δ = 0.
+    pub init: Vec<f32>,
+    pub delta: Vec<f32>,
+    /// init + δ: ROME's v*, MEMIT's z.
+    pub target: Vec<f32>,
+    pub losses: Vec<LossPoint>,
+    /// Adam steps taken.
+    pub steps: usize,
+}
+
+/// One request's tokenized rows: the rewriting prompts (one per template, each ending in the
+/// target minus its last token) and the KL prompt `"{} is a"`.
+struct Prepared {
+    rows: Vec<Vec<u32>>,
+    lookup: Vec<usize>,
+    target: Vec<u32>,
+    n_rewrite: usize,
+}
+
+fn prepare(tok: &Tokenizer, req: &Request, templates: &[String]) -> Result<Prepared> {
+    let target = tok.encode(&req.target_new_spaced())?;
+    if target.is_empty() {
+        return Err(Error::Input(format!("request {}: target {:?} has no tokens", req.index, req.target_new)));
+    }
+    let target_prefix = tok.decode(&target[..target.len() - 1])?;
+    let mut rows = Vec::with_capacity(templates.len() + 1);
+    let mut lookup = Vec::with_capacity(templates.len() + 1);
+    let rewriting = templates.iter().map(|ctx| ctx.replacen("{}", &req.prompt, 1) + &target_prefix);
+    for (i, tmpl) in rewriting.chain(std::iter::once("{} is a".to_string())).enumerate() {
+        let ids = tok.encode(&tmpl.replacen("{}", &req.subject, 1))?;
+        let idx = subject_last_index(tok, &tmpl, &req.subject)?;
+        if idx >= ids.len() || (i < templates.len() && ids.len() < target.len()) {
+            return Err(Error::Input(format!(
+                "request {}: the subject {:?} cannot be located in {:?}",
+                req.index, req.subject, tmpl
+            )));
+        }
+        rows.push(ids);
+        lookup.push(idx);
+    }
+    Ok(Prepared { rows, lookup, target, n_rewrite: templates.len() })
+}
+
+struct State {
+    prep: Prepared,
+    delta: Vec<f32>,
+    m: Vec<f64>,
+    v: Vec<f64>,
+    init: Option<Vec<f32>>,
+    kl_init: Option<Tensor>,
+    losses: Vec<LossPoint>,
+    steps: usize,
+    done: bool,
+}
+
+fn norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+}
+
+/// Log-softmax over the last dimension from primitive ops, so gradients flow (candle's fused
+/// softmax kernels drop them).
+pub(crate) fn log_softmax(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let lse = shifted.exp()?.sum_keepdim(1)?.log()?;
+    Ok(shifted.broadcast_sub(&lse)?)
+}
+
+/// Optimises one δ per request at `params.site` of `params.layer`, all requests in one batch.
+/// `templates` are the flat context templates; the first one's row gives the initial vector.
+pub fn optimize_targets(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    requests: &[&Request],
+    templates: &[String],
+    params: &OptimizeParams,
+    pad_id: u32,
+) -> Result<Vec<OptimizedTarget>> {
+    if templates.is_empty() {
+        return Err(Error::Input("no context templates: at least \"{}\" is needed".into()));
+    }
+    let d = model.config().d_model;
+    let dev = model.device().clone();
+    let mut states: Vec<State> = requests
+        .iter()
+        .map(|r| {
+            Ok(State {
+                prep: prepare(tok, r, templates)?,
+                delta: vec![0.0; d],
+                m: vec![0.0; d],
+                v: vec![0.0; d],
+                init: None,
+                kl_init: None,
+                losses: Vec::new(),
+                steps: 0,
+                done: false,
+            })
+        })
+        .collect::<Result<_>>()?;
+
+    for it in 0..params.steps {
+        let active: Vec<usize> = (0..states.len()).filter(|&j| !states[j].done).collect();
+        if active.is_empty() {
+            break;
+        }
+        // Rows of the active requests, in order; where each request's rows start.
+        let mut seqs = Vec::new();
+        let mut row_owner = Vec::new();
+        let mut first_row = Vec::new();
+        for (a, &j) in active.iter().enumerate() {
+            first_row.push(seqs.len());
+            for row in &states[j].prep.rows {
+                seqs.push(row.clone());
+                row_owner.push(a as u32);
+            }
+        }
+        let batch = Batch::from_sequences(&seqs, pad_id, &dev)?;
+        let mut positions = Vec::new();
+        for (a, &j) in active.iter().enumerate() {
+            for (i, &p) in states[j].prep.lookup.iter().enumerate() {
+                positions.push((first_row[a] + i, p));
+            }
+        }
+        // NLL positions (row, pos) with their target token and weight, then the KL positions.
+        let mut nll_pos = Vec::new();
+        let mut nll_tok = Vec::new();
+        let mut owner_of_nll = Vec::new();
+        for (a, &j) in active.iter().enumerate() {
+            let p = &states[j].prep;
+            for r in 0..p.n_rewrite {
+                let len = p.rows[r].len();
+                let start = len - p.target.len();
+                for (k, &t) in p.target.iter().enumerate() {
+                    // The logit at `start + k` predicts target token k.
+                    nll_pos.push((first_row[a] + r, start + k));
+                    nll_tok.push(t);
+                    owner_of_nll.push(a);
+                }
+            }
+        }
+        let kl_pos: Vec<(usize, usize)> = active
+            .iter()
+            .enumerate()
+            .map(|(a, &j)| (first_row[a] + states[j].prep.n_rewrite, *states[j].prep.lookup.last().expect("kl row")))
+            .collect();
+        let mut all_pos = nll_pos.clone();
+        all_pos.extend_from_slice(&kl_pos);
+
+        let init_delta: Vec<f32> = active.iter().flat_map(|&j| states[j].delta.iter().copied()).collect();
+        let var = Var::from_tensor(&Tensor::from_vec(init_delta, (active.len(), d), &dev)?)?;
+        // One δ row per batch row (its request's), then one per intervention position.
+        let owners = Tensor::from_vec(row_owner, seqs.len(), &dev)?;
+        let per_row = var.as_tensor().index_select(&owners, 0)?;
+        let per_position = select_rows_for_positions(&per_row, &positions)?;
+        let iv = Intervention {
+            layer: params.layer,
+            site: params.site,
+            positions: positions.clone(),
+            deltas: per_position.to_dtype(model.dtype())?,
+        };
+        let mut spec = TraceSpec::logits(Logits::At(all_pos));
+        if it == 0 {
+            match params.site {
+                Site::MlpOut => spec.mlp_out.insert(params.layer),
+                Site::BlockOut => spec.block_out.insert(params.layer),
+            };
+        }
+        let trace = model.forward(&batch, &spec, &[iv])?;
+        let logits = trace.logits.expect("logits requested").to_dtype(DType::F32)?;
+        let lp = log_softmax(&logits)?;
+        let n_nll = nll_pos.len();
+        let lp_nll = lp.narrow(0, 0, n_nll)?;
+        let lp_kl = lp.narrow(0, n_nll, kl_pos.len())?;
+
+        if it == 0 {
+            let site_out = match params.site {
+                Site::MlpOut => &trace.mlp_out[&params.layer],
+                Site::BlockOut => &trace.block_out[&params.layer],
+            };
+            for (a, &j) in active.iter().enumerate() {
+                let p0 = states[j].prep.lookup[0];
+                let v: Vec<f32> = site_out.i((first_row[a], p0))?.to_dtype(DType::F32)?.to_vec1()?;
+                states[j].init = Some(v);
+                states[j].kl_init = Some(lp_kl.i(a)?.detach());
+            }
+        }
+
+        // Per-request NLL: −Σ log p(target) / (|target| · #templates), as a weight matrix.
+        let mut wmat = vec![0f32; active.len() * n_nll];
+        for (q, &a) in owner_of_nll.iter().enumerate() {
+            let p = &states[active[a]].prep;
+            wmat[a * n_nll + q] = 1.0 / (p.target.len() as f32 * p.n_rewrite as f32);
+        }
+        let wmat = Tensor::from_vec(wmat, (active.len(), n_nll), &dev)?;
+        let idx = Tensor::from_vec(nll_tok, (n_nll, 1), &dev)?;
+        let picked = lp_nll.gather(&idx, 1)?; // [n_nll, 1]
+        let nll = wmat.matmul(&picked)?.squeeze(1)?.neg()?; // [n_active]
+        let kl_init = Tensor::stack(&active.iter().map(|&j| states[j].kl_init.clone().expect("set at it 0")).collect::<Vec<_>>(), 0)?;
+        let kl = (lp_kl.exp()? * (&lp_kl - &kl_init)?)?.sum(1)?.affine(params.kl_factor, 0.0)?; // [n_active]
+
+        let nll_v: Vec<f32> = nll.to_vec1()?;
+        let kl_v: Vec<f32> = kl.to_vec1()?;
+        let mut keep_going = vec![0f32; active.len()];
+        for (a, &j) in active.iter().enumerate() {
+            let s = &mut states[j];
+            let init_norm = norm(s.init.as_ref().expect("set at it 0"));
+            let wd = params.weight_decay * norm(&s.delta) / (init_norm * init_norm);
+            let total = f64::from(nll_v[a]) + f64::from(kl_v[a]) + wd;
+            if !total.is_finite() {
+                return Err(Error::Input(format!(
+                    "request {} ({:?}): the loss became {total} at step {it}; the edit cannot be computed",
+                    requests[j].index, requests[j].subject
+                )));
+            }
+            s.losses.push(LossPoint { nll: f64::from(nll_v[a]), kl: f64::from(kl_v[a]), weight_decay: wd, total });
+            if total < STOP_LOSS || it + 1 == params.steps {
+                s.done = true;
+            } else {
+                keep_going[a] = 1.0;
+            }
+        }
+        if keep_going.iter().all(|&k| k == 0.0) {
+            continue;
+        }
+        let mask = Tensor::from_vec(keep_going.clone(), active.len(), &dev)?;
+        let loss = ((nll + kl)? * mask)?.sum_all()?;
+        let grads = loss.backward()?;
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| Error::Input("no gradient reached δ".into()))?
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()?;
+        for (a, &j) in active.iter().enumerate() {
+            if keep_going[a] == 0.0 {
+                continue;
+            }
+            let s = &mut states[j];
+            let init_norm = norm(s.init.as_ref().expect("set"));
+            // d/dδ of wd·‖δ‖/‖v₀‖² (zero at δ = 0, as PyTorch's norm gradient).
+            let dn = norm(&s.delta);
+            let wd_scale = if dn > 0.0 { params.weight_decay / (init_norm * init_norm) / dn } else { 0.0 };
+            s.steps += 1;
+            let t = s.steps as i32;
+            let bc1 = 1.0 - BETA1.powi(t);
+            let bc2 = 1.0 - BETA2.powi(t);
+            for (i, &gi) in g[a].iter().enumerate() {
+                let gi = f64::from(gi) + wd_scale * f64::from(s.delta[i]);
+                s.m[i] = BETA1 * s.m[i] + (1.0 - BETA1) * gi;
+                s.v[i] = BETA2 * s.v[i] + (1.0 - BETA2) * gi * gi;
+                let denom = (s.v[i].sqrt() / bc2.sqrt()) + EPS;
+                s.delta[i] -= (params.lr / bc1 * s.m[i] / denom) as f32;
+            }
+            let max_norm = params.clamp_norm_factor * init_norm;
+            let dn = norm(&s.delta);
+            if dn > max_norm {
+                let f = (max_norm / dn) as f32;
+                s.delta.iter_mut().for_each(|x| *x *= f);
+            }
+        }
+    }
+    Ok(states
+        .into_iter()
+        .map(|s| {
+            let init = s.init.unwrap_or_default();
+            let target = init.iter().zip(&s.delta).map(|(a, b)| a + b).collect();
+            OptimizedTarget { init, delta: s.delta, target, losses: s.losses, steps: s.steps }
+        })
+        .collect())
+}
+
+/// `per_row[r]` for every (r, _) in `positions`.
+fn select_rows_for_positions(per_row: &Tensor, positions: &[(usize, usize)]) -> Result<Tensor> {
+    let idx: Vec<u32> = positions.iter().map(|&(r, _)| r as u32).collect();
+    let n = idx.len();
+    Ok(per_row.index_select(&Tensor::from_vec(idx, n, per_row.device())?, 0)?)
+}

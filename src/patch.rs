@@ -1,0 +1,643 @@
+//! Writing edits out: patched Hugging Face model directories and portable delta files.
+//!
+//! [`write_model_dir`] copies a model directory and adds `sign · ΔW` to the edited weights,
+//! keeping every file name, shard, tensor name and dtype, so that transformers (or `edit`) loads
+//! the result unchanged. Shards without edits and all non-weight files are copied byte for byte;
+//! shards with edits are re-serialised with their unchanged tensors' bytes copied verbatim.
+//! Everything is written into a temporary sibling directory and renamed into place at the end,
+//! and the input model is never modified.
+//!
+//! [`save_delta`] / [`load_delta`] store [`Deltas`] as a safetensors file, one f32 tensor per
+//! edited weight named `<module>.weight` in the checkpoint's stored layout (so `W + Δ` works on
+//! the checkpoint tensor directly), with the edit's provenance as JSON under `edit.delta`.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Component, Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::config::ModelConfig;
+use crate::editing::Deltas;
+use crate::error::{Error, Result};
+use crate::hub::ModelFiles;
+use crate::models::modules::{self, EditableModule};
+use crate::stats::cache::ModelIdentity;
+
+/// Metadata key holding the JSON [`DeltaMeta`] of a delta file.
+pub const DELTA_META_KEY: &str = "edit.delta";
+/// Metadata key naming the orientation of a delta file's tensors (always `stored`).
+pub const DELTA_LAYOUT_KEY: &str = "edit.layout";
+const STORED_LAYOUT: &str = "stored";
+
+/// What a patched model directory received.
+#[derive(Clone, Debug, Serialize)]
+pub struct WriteReport {
+    /// The output directory.
+    pub out: PathBuf,
+    /// Weight files re-serialised with edited tensors (paths relative to `out`).
+    pub files_written: Vec<String>,
+    /// Files copied byte for byte: non-weight files, untouched shards, the shard index.
+    pub files_copied: Vec<String>,
+    /// Files of the input directory left out: weights in other formats (`pytorch_model*.bin`,
+    /// `tf_model*.h5`, ...) or stray safetensors models beside the ones read, which would still
+    /// hold the unedited weights.
+    pub files_skipped: Vec<String>,
+    /// Checkpoint keys of the tensors that changed.
+    pub tensors_changed: Vec<String>,
+}
+
+/// Provenance of a delta file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeltaMeta {
+    /// `rome`, `memit`, ...
+    pub method: String,
+    /// The edit requests (usually an array of request objects).
+    pub requests: serde_json::Value,
+    /// The method's hyperparameters.
+    pub config: serde_json::Value,
+    pub seed: Option<u64>,
+    /// The model the delta was computed on.
+    pub base_model: ModelIdentity,
+    pub tool_version: String,
+}
+
+impl DeltaMeta {
+    /// Number of edit requests: the array's length, 1 for a single object, 0 for null.
+    pub fn request_count(&self) -> usize {
+        match &self.requests {
+            serde_json::Value::Array(a) => a.len(),
+            serde_json::Value::Null => 0,
+            _ => 1,
+        }
+    }
+}
+
+/// One validated delta: its module and the delta in `[out, in]` orientation, f32, on the CPU.
+struct CheckedDelta {
+    module: EditableModule,
+    delta: Tensor,
+}
+
+/// Checks every delta against the model: known module (each at most once), `[out, in]` shape,
+/// finite values. Returns them keyed by the canonical module name.
+fn check_deltas(cfg: &ModelConfig, deltas: &Deltas) -> Result<BTreeMap<String, CheckedDelta>> {
+    let mut checked = BTreeMap::new();
+    for (name, delta) in deltas {
+        let module = modules::find(cfg, name).map_err(|e| {
+            Error::Input(format!(
+                "the delta for `{name}` cannot be applied: {e}; deltas must come from a model of the same architecture and size"
+            ))
+        })?;
+        let want = [module.out_dim, module.in_dim];
+        if delta.dims() != want {
+            return Err(Error::Input(format!(
+                "the delta for `{}` has shape {:?}, but the module's weight is [out, in] = {want:?}; \
+                 the delta belongs to a model of a different size (or is transposed)",
+                module.name,
+                delta.dims()
+            )));
+        }
+        let delta = delta.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
+        if !all_finite(&delta)? {
+            return Err(Error::Input(format!(
+                "the delta for `{}` contains NaN or infinite values; the edit diverged: recompute it \
+                 (e.g. with a smaller learning rate or more regularisation)",
+                module.name
+            )));
+        }
+        if checked.contains_key(&module.name) {
+            return Err(Error::Input(format!(
+                "two deltas name module `{}` (`{name}` and another spelling of it); merge them into one",
+                module.name
+            )));
+        }
+        checked.insert(module.name.clone(), CheckedDelta { module, delta });
+    }
+    Ok(checked)
+}
+
+/// `0 · x` is 0 for finite x and NaN otherwise, so the sum is NaN iff any value is not finite.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let t = match t.dtype() {
+        DType::F64 => t.clone(),
+        _ => t.to_dtype(DType::F32)?,
+    };
+    let s = t.affine(0.0, 0.0)?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+    Ok(s.is_finite())
+}
+
+/// Absolute, lexically normalised, with the longest existing prefix canonicalised (symlinks
+/// resolved), so that paths that do not exist yet can be compared with ones that do.
+fn normalize(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut lexical = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            other => lexical.push(other),
+        }
+    }
+    let mut existing = lexical.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut c) = existing.canonicalize() {
+            for part in rest.iter().rev() {
+                c.push(part);
+            }
+            return c;
+        }
+        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return lexical,
+        }
+    }
+}
+
+/// What is at `out` before writing.
+#[derive(Debug, PartialEq)]
+enum OutState {
+    Absent,
+    EmptyDir,
+    Replace,
+}
+
+/// Checks, before any work, that `out` may receive a patched copy of the model: not the input
+/// model's directory (or inside it), and not an existing non-empty directory unless `overwrite`.
+pub fn check_out_dir(files: &ModelFiles, out: &Path, overwrite: bool) -> Result<()> {
+    check_out(files, out, overwrite).map(|_| ())
+}
+
+fn check_out(files: &ModelFiles, out: &Path, overwrite: bool) -> Result<OutState> {
+    let out_n = normalize(out);
+    let in_dir = normalize(files.dir());
+    if out_n.file_name().is_none() {
+        return Err(Error::Input(format!("--out {} is not a usable directory name; choose another --out", out.display())));
+    }
+    if out_n.starts_with(&in_dir) {
+        return Err(Error::Input(format!(
+            "--out {} is the input model directory {} (or inside it); the input model is never modified: choose another --out",
+            out.display(),
+            files.dir().display()
+        )));
+    }
+    let mut inputs: Vec<&Path> = vec![files.dir(), &files.config];
+    inputs.extend(files.weights.iter().map(PathBuf::as_path));
+    inputs.extend(files.index.iter().map(PathBuf::as_path));
+    for p in inputs {
+        if normalize(p).starts_with(&out_n) {
+            return Err(Error::Input(format!(
+                "--out {} contains the input model ({}); writing there would destroy it: choose another --out",
+                out.display(),
+                p.display()
+            )));
+        }
+    }
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(OutState::Absent),
+        Err(e) => return Err(Error::io(out, e)),
+    };
+    if !meta.is_dir() {
+        return Err(Error::Input(format!(
+            "--out {} exists and is not a directory; choose another --out",
+            out.display()
+        )));
+    }
+    let empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
+    if empty {
+        Ok(OutState::EmptyDir)
+    } else if overwrite {
+        Ok(OutState::Replace)
+    } else {
+        Err(Error::Input(format!(
+            "--out {} already exists and is not empty; choose another --out or pass --force to replace it",
+            out.display()
+        )))
+    }
+}
+
+/// `<out>.<tag>-<pid>` beside `out`.
+fn sibling(out: &Path, tag: &str) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+    out.with_file_name(format!("{name}.{tag}-{}", std::process::id()))
+}
+
+/// Removes a directory on drop unless disarmed: a failed write leaves nothing behind.
+struct TempDirGuard {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for TempDirGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A file's name relative to the model directory (shard names may hold subfolders).
+fn rel_name(dir: &Path, file: &Path) -> String {
+    file.strip_prefix(dir)
+        .ok()
+        .filter(|r| !r.as_os_str().is_empty())
+        .map(|r| r.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}
+
+/// Weights in formats `edit` does not rewrite: copying them would ship the unedited model.
+fn is_foreign_weight_file(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("pytorch_model")
+        || lower.starts_with("tf_model")
+        || lower.starts_with("flax_model")
+        || lower.starts_with("model.ckpt")
+        || lower.ends_with(".bin")
+        || lower.ends_with(".h5")
+        || lower.ends_with(".msgpack")
+        || lower.ends_with(".onnx")
+        || lower.ends_with(".gguf")
+        || lower.ends_with(".pt")
+        || lower.ends_with(".pth")
+        // A stray single-file or sharded safetensors model beside the one we read: transformers
+        // might pick it over ours.
+        || (lower.starts_with("model") && (lower.ends_with(".safetensors") || lower.ends_with(".safetensors.index.json")))
+}
+
+fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    std::fs::copy(from, to).map_err(|e| Error::io(from, e))?;
+    Ok(())
+}
+
+/// A tensor of a rewritten shard: the original bytes, or a new tensor.
+enum OutTensor<'a> {
+    Raw(safetensors::tensor::TensorView<'a>),
+    New(Tensor),
+}
+
+impl safetensors::View for OutTensor<'_> {
+    fn dtype(&self) -> safetensors::Dtype {
+        match self {
+            OutTensor::Raw(v) => v.dtype(),
+            OutTensor::New(t) => safetensors::View::dtype(t),
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            OutTensor::Raw(v) => v.shape(),
+            OutTensor::New(t) => t.dims(),
+        }
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            OutTensor::Raw(v) => Cow::Borrowed(v.data()),
+            OutTensor::New(t) => safetensors::View::data(t),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            OutTensor::Raw(v) => v.data().len(),
+            OutTensor::New(t) => safetensors::View::data_len(t),
+        }
+    }
+}
+
+fn map_file(path: &Path) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Safety: read-only mapping; like every mmap-based loader we rely on nobody truncating
+    // the file while we run.
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))
+}
+
+/// `stored + sign · delta_stored`, computed in f32 (f64 for f64 weights), cast back to the
+/// stored dtype.
+fn patched(stored: &Tensor, delta_stored: &Tensor, sign: f64) -> Result<Tensor> {
+    let work = if stored.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let w = stored.to_dtype(work)?;
+    let d = delta_stored.to_dtype(work)?;
+    let d = if sign == 1.0 { d } else { d.affine(sign, 0.0)? };
+    Ok((w + d)?.to_dtype(stored.dtype())?)
+}
+
+/// Re-serialises one shard with the given tensors replaced, keeping its `__metadata__`.
+fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign: f64) -> Result<()> {
+    use candle_core::safetensors::Load;
+    let bad = |reason: String| Error::BadSafetensors { path: src.to_path_buf(), reason };
+    let mmap = map_file(src)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+    let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| bad(e.to_string()))?;
+    let mut out: Vec<(String, OutTensor)> = Vec::with_capacity(st.len());
+    for (name, view) in st.tensors() {
+        match edits.get(&name) {
+            Some(delta_stored) => {
+                let stored = view.load(&Device::Cpu).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+                let new = patched(&stored, delta_stored, sign)?;
+                if !all_finite(&new)? {
+                    return Err(Error::Input(format!(
+                        "adding the delta to `{name}` of {} gives values that are not finite in {:?} \
+                         (overflow); the delta is too large for this model's storage dtype",
+                        src.display(),
+                        view.dtype()
+                    )));
+                }
+                out.push((name, OutTensor::New(new)));
+            }
+            None => out.push((name, OutTensor::Raw(view))),
+        }
+    }
+    if let Some(parent) = dst.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    safetensors::serialize_to_file(out, header.metadata().clone(), dst)
+        .map_err(|e| Error::Input(format!("cannot write {}: {e}", dst.display())))?;
+    Ok(())
+}
+
+/// Writes a complete model directory at `out`: the input model's files with
+/// `W_new = W + sign · ΔW` for every delta (`sign` 1 applies, -1 reverts).
+///
+/// Refuses (with [`Error::Input`]) deltas for modules the model lacks, of the wrong shape or
+/// not finite; an `out` that is (or is inside, or contains) the input model; and an existing,
+/// non-empty `out` unless `overwrite`. Nothing is left half-written on failure.
+pub fn write_model_dir(
+    files: &ModelFiles,
+    cfg: &ModelConfig,
+    deltas: &Deltas,
+    sign: f64,
+    out: &Path,
+    overwrite: bool,
+) -> Result<WriteReport> {
+    if !sign.is_finite() {
+        return Err(Error::Input(format!("sign {sign} is not finite")));
+    }
+    let checked = check_deltas(cfg, deltas)?;
+    let state = check_out(files, out, overwrite)?;
+
+    // Find each edited tensor: per weight file, checkpoint key → delta in the stored layout.
+    let ckpt = Checkpoint::open_files(files.weights.clone())?;
+    let mut edits: BTreeMap<usize, BTreeMap<String, Tensor>> = BTreeMap::new();
+    let mut tensors_changed = Vec::new();
+    for c in checked.values() {
+        let name = format!("{}.weight", c.module.name);
+        let key = ckpt.resolve(&name, cfg.family.prefix()).ok_or_else(|| Error::MissingTensor {
+            name: name.clone(),
+            files: files.weights.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
+        })?;
+        let info = &ckpt.tensors()[key];
+        if info.shape != c.module.stored_shape() {
+            return Err(Error::ShapeMismatch {
+                name,
+                file: files.weights[info.file].display().to_string(),
+                expected: c.module.stored_shape().to_vec(),
+                found: info.shape.clone(),
+            });
+        }
+        use safetensors::Dtype as S;
+        if !matches!(info.dtype, S::F32 | S::F16 | S::BF16 | S::F64) {
+            return Err(Error::UnsupportedDtype {
+                name,
+                file: files.weights[info.file].display().to_string(),
+                dtype: format!("{:?}", info.dtype),
+            });
+        }
+        edits.entry(info.file).or_default().insert(key.to_string(), c.module.from_out_in(&c.delta)?);
+        tensors_changed.push(key.to_string());
+    }
+    drop(ckpt);
+    tensors_changed.sort();
+
+    let tmp = sibling(out, "tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let mut guard = TempDirGuard { path: tmp.clone(), armed: true };
+
+    let dir = files.dir();
+    let weight_names: Vec<String> = files.weights.iter().map(|w| rel_name(dir, w)).collect();
+    let index_name = files.index.as_ref().map(|i| rel_name(dir, i));
+    let mut files_written = Vec::new();
+    let mut files_copied = Vec::new();
+    let mut files_skipped = Vec::new();
+
+    // Non-weight files: regular files (symlinks followed), no folders, no hidden files.
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| Error::io(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    let reserved: BTreeSet<&str> = weight_names.iter().map(String::as_str).chain(index_name.as_deref()).collect();
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || reserved.contains(name.as_str()) {
+            continue;
+        }
+        let path = e.path();
+        if !std::fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
+            continue;
+        }
+        if is_foreign_weight_file(&name) {
+            tracing::warn!("not copying {name}: it holds weights in a format edit does not rewrite, so they would stay unedited");
+            files_skipped.push(name);
+            continue;
+        }
+        copy_file(&path, &tmp.join(&name))?;
+        files_copied.push(name);
+    }
+
+    // Weight files: edited shards rewritten, the others copied.
+    for (i, (src, name)) in files.weights.iter().zip(&weight_names).enumerate() {
+        let dst = tmp.join(name);
+        match edits.get(&i) {
+            Some(e) => {
+                tracing::info!("writing {name} ({} edited tensor(s))", e.len());
+                rewrite_shard(src, &dst, e, sign)?;
+                files_written.push(name.clone());
+            }
+            None => {
+                copy_file(src, &dst)?;
+                files_copied.push(name.clone());
+            }
+        }
+    }
+    if let (Some(index), Some(name)) = (&files.index, &index_name) {
+        copy_file(index, &tmp.join(name))?;
+        files_copied.push(name.clone());
+    }
+
+    // Into place; an existing output is removed only once the new one is complete.
+    match state {
+        OutState::Absent => {}
+        OutState::EmptyDir => std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?,
+        OutState::Replace => {
+            let old = sibling(out, "old");
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            }
+            std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
+            if let Err(e) = std::fs::rename(&tmp, out) {
+                let _ = std::fs::rename(&old, out);
+                return Err(Error::io(out, e));
+            }
+            guard.armed = false;
+            if let Err(e) = std::fs::remove_dir_all(&old) {
+                tracing::warn!("could not remove the replaced directory {}: {e}", old.display());
+            }
+            return Ok(WriteReport { out: out.to_path_buf(), files_written, files_copied, files_skipped, tensors_changed });
+        }
+    }
+    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    guard.armed = false;
+    Ok(WriteReport { out: out.to_path_buf(), files_written, files_copied, files_skipped, tensors_changed })
+}
+
+/// Saves `deltas` (`[out, in]`) as a delta file: one f32 tensor `<module>.weight` per edited
+/// weight in the checkpoint's stored layout, `meta` as JSON under `edit.delta`, and
+/// `edit.layout = "stored"`. Written to a temporary file and renamed into place.
+pub fn save_delta(path: &Path, cfg: &ModelConfig, deltas: &Deltas, meta: &DeltaMeta) -> Result<()> {
+    let checked = check_deltas(cfg, deltas)?;
+    let mut tensors = Vec::with_capacity(checked.len());
+    for c in checked.values() {
+        tensors.push((format!("{}.weight", c.module.name), c.module.from_out_in(&c.delta)?.contiguous()?));
+    }
+    let mut md = HashMap::new();
+    md.insert(
+        DELTA_META_KEY.to_string(),
+        serde_json::to_string(meta).map_err(|e| Error::Input(format!("cannot serialise the delta metadata: {e}")))?,
+    );
+    md.insert(DELTA_LAYOUT_KEY.to_string(), STORED_LAYOUT.to_string());
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| Error::Input(format!("{} is not a file path; name the delta file, e.g. delta.safetensors", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    if let Err(e) = safetensors::serialize_to_file(data, Some(md), &tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(Error::Input(format!("cannot write {}: {e}", tmp.display())));
+    }
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })?;
+    Ok(())
+}
+
+/// Reads a delta file written by [`save_delta`], returning the deltas in `[out, in]`
+/// orientation keyed by module name, checked against `cfg`.
+pub fn load_delta(path: &Path, cfg: &ModelConfig) -> Result<(Deltas, DeltaMeta)> {
+    use candle_core::safetensors::Load;
+    let shown = path.display();
+    let not_delta = |why: String| {
+        Error::Input(format!(
+            "{shown} is not a delta file written by edit ({why}); pass a delta saved by `edit` (e.g. by an edit run that saves its delta)"
+        ))
+    };
+    let mmap = map_file(path)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
+        .map_err(|e| not_delta(format!("not a readable safetensors file: {e}")))?;
+    let md = header.metadata().as_ref();
+    let meta = md
+        .and_then(|m| m.get(DELTA_META_KEY))
+        .ok_or_else(|| not_delta(format!("it has no `{DELTA_META_KEY}` metadata")))?;
+    let meta: DeltaMeta = serde_json::from_str(meta)
+        .map_err(|e| not_delta(format!("its `{DELTA_META_KEY}` metadata is unreadable: {e}")))?;
+    match md.and_then(|m| m.get(DELTA_LAYOUT_KEY)).map(String::as_str) {
+        Some(STORED_LAYOUT) => {}
+        other => {
+            return Err(Error::Input(format!(
+                "{shown}: unknown delta layout {other:?} (expected `{STORED_LAYOUT}` under `{DELTA_LAYOUT_KEY}`); \
+                 the file was written by an incompatible version of edit: recompute the delta"
+            )))
+        }
+    }
+    let st = safetensors::SafeTensors::deserialize(&mmap)
+        .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let mut deltas = Deltas::new();
+    for (name, view) in st.tensors() {
+        let module = modules::find(cfg, &name).map_err(|e| {
+            Error::Input(format!(
+                "{shown}: delta tensor `{name}` does not fit this model ({e}); the delta was computed on another model \
+                 (base model {}): pass that model with --model",
+                meta.base_model.model
+            ))
+        })?;
+        if view.shape() != module.stored_shape() {
+            return Err(Error::Input(format!(
+                "{shown}: delta tensor `{name}` has shape {:?}, but this model stores `{}` as {:?}; the delta belongs to \
+                 a model of a different size (base model {}): pass that model with --model",
+                view.shape(),
+                module.name,
+                module.stored_shape(),
+                meta.base_model.model
+            )));
+        }
+        let stored = view
+            .load(&Device::Cpu)
+            .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: format!("tensor `{name}`: {e}") })?
+            .to_dtype(DType::F32)?;
+        if deltas.insert(module.name.clone(), module.to_out_in(&stored)?).is_some() {
+            return Err(Error::Input(format!("{shown}: module `{}` appears twice; the file is corrupt", module.name)));
+        }
+    }
+    Ok((deltas, meta))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_handles_missing_paths() {
+        let tmp = std::env::temp_dir();
+        let a = normalize(&tmp.join("no-such-dir-edit-patch").join("x").join("..").join("y"));
+        assert!(a.ends_with("no-such-dir-edit-patch/y"), "{}", a.display());
+        assert!(a.starts_with(tmp.canonicalize().unwrap()));
+    }
+
+    #[test]
+    fn foreign_weights_are_recognised() {
+        assert!(is_foreign_weight_file("pytorch_model.bin"));
+        assert!(is_foreign_weight_file("pytorch_model.bin.index.json"));
+        assert!(is_foreign_weight_file("tf_model.h5"));
+        assert!(is_foreign_weight_file("model-00001-of-00002.safetensors"));
+        assert!(!is_foreign_weight_file("tokenizer.json"));
+        assert!(!is_foreign_weight_file("generation_config.json"));
+    }
+
+    #[test]
+    fn finiteness() {
+        let t = Tensor::new(&[1f32, -2.0, 3.5], &Device::Cpu).unwrap();
+        assert!(all_finite(&t).unwrap());
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let t = Tensor::new(&[1f32, bad], &Device::Cpu).unwrap();
+            assert!(!all_finite(&t).unwrap());
+        }
+    }
+
+    #[test]
+    fn patch_keeps_dtype_and_applies_sign() {
+        let w = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap().to_dtype(DType::BF16).unwrap();
+        let d = Tensor::new(&[[0.5f32, 0.0], [0.0, -1.0]], &Device::Cpu).unwrap();
+        let p = patched(&w, &d, -1.0).unwrap();
+        assert_eq!(p.dtype(), DType::BF16);
+        let v: Vec<Vec<f32>> = p.to_dtype(DType::F32).unwrap().to_vec2().unwrap();
+        assert_eq!(v, vec![vec![0.5, 2.0], vec![3.0, 5.0]]);
+    }
+}

@@ -1,0 +1,197 @@
+//! ROME and MEMIT through the library on the tiny fixtures: edits take, unrelated prompts stay,
+//! batched z = serial z, push-through solve = direct solve.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, IndexOp, Tensor};
+use common::{fixture, fixture_dir};
+use edit::editing::hparams::{self, Hparams, Method, Solver};
+use edit::editing::linalg::LayerStats;
+use edit::editing::memit::{apply_memit, compute_zs};
+use edit::editing::requests::{parse_requests, Request};
+use edit::editing::rome::apply_rome;
+use edit::editing::templates::{self, ContextTemplates};
+use edit::editing::{apply_deltas, Deltas};
+use edit::models::{Batch, Logits, TraceSpec};
+use edit::stats::collect::{collect, Accumulator, CollectPlan, Observer};
+use edit::stats::Precision;
+use edit::LoadedModel;
+
+struct Quiet;
+impl Observer for Quiet {
+    fn chunk_done(&mut self, _: &Accumulator, _: usize) -> edit::Result<bool> {
+        Ok(false)
+    }
+    fn checkpoint(&mut self, _: &Accumulator) -> edit::Result<()> {
+        Ok(())
+    }
+}
+
+/// Second moments of `layers` over `texts`, as `edit stats` computes them.
+pub fn stats_over(lm: &LoadedModel, layers: &[usize], texts: &[String], max_len: usize) -> BTreeMap<usize, LayerStats> {
+    let cfg = lm.config();
+    let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 3 * cfg.n_ctx, max_len, pad_id: lm.pad_id() };
+    let acc = Accumulator::new(layers, cfg.d_ff, Precision::F32, lm.model.device()).unwrap();
+    let acc = collect(&*lm.model, lm.tokenizer().unwrap(), texts, &plan, acc, &mut Quiet).unwrap();
+    acc.sums
+        .iter()
+        .map(|(&l, s)| {
+            let c = (s / acc.count as f64).unwrap();
+            (l, LayerStats::from_matrix(edit::editing::linalg::to_mat(&c).unwrap(), "C"))
+        })
+        .collect()
+}
+
+fn wikitext(n: usize) -> Vec<String> {
+    edit::data::EMBEDDED_WIKITEXT.lines().filter(|l| !l.trim().is_empty()).take(n).map(str::to_string).collect()
+}
+
+fn hp_for(lm: &LoadedModel, method: Method, sets: &[&str]) -> Hparams {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    let r = hparams::resolve(method, lm.config(), "tiny", None, &sets).unwrap();
+    r.hparams.validate(method, lm.config()).unwrap();
+    r.hparams
+}
+
+/// Log-probabilities of the next token after each prompt.
+fn next_token_logprobs(lm: &LoadedModel, prompts: &[String]) -> Vec<Vec<f32>> {
+    let tok = lm.tokenizer().unwrap();
+    let seqs: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p).unwrap()).collect();
+    let batch = Batch::from_sequences(&seqs, lm.pad_id(), lm.model.device()).unwrap();
+    let logits = lm.model.forward(&batch, &TraceSpec::logits(Logits::Last), &[]).unwrap().logits.unwrap();
+    let lp = candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32).unwrap(), 1).unwrap();
+    lp.to_vec2().unwrap()
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0
+}
+
+fn kl(p_log: &[f32], q_log: &[f32]) -> f64 {
+    p_log.iter().zip(q_log).map(|(&p, &q)| f64::from(p).exp() * f64::from(p - q)).sum()
+}
+
+fn first_target_token(lm: &LoadedModel, r: &Request) -> usize {
+    lm.tokenizer().unwrap().encode(&r.target_new_spaced()).unwrap()[0] as usize
+}
+
+/// Requests about made-up subjects with single-token-start targets.
+fn requests(n: usize) -> Vec<Request> {
+    let subjects = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Eve Black", "Frank Green", "Grace Hall", "Henry King", "Irene Lake", "Jack Moore"];
+    let targets = ["London", "Paris", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "Dublin", "Oslo", "Athens"];
+    let items: Vec<serde_json::Value> = (0..n)
+        .map(|i| serde_json::json!({"prompt": "{} was born in the city of", "subject": subjects[i], "target_new": {"str": targets[i]}}))
+        .collect();
+    parse_requests(&serde_json::Value::Array(items).to_string(), "test").unwrap()
+}
+
+const UNRELATED: [&str; 4] = ["The weather today is", "My favourite food is", "In 1990 the company", "She opened the door and"];
+
+fn fixed_templates(method: Method) -> ContextTemplates {
+    let rest = vec!["The story begins. {}".to_string(), "I think that. {}".to_string(), "Yesterday it rained. {}".to_string()];
+    match method {
+        Method::Rome => ContextTemplates { groups: vec![vec!["{}".into()], rest] },
+        Method::Memit => ContextTemplates { groups: vec![vec!["{}".into()], rest] },
+    }
+}
+
+#[test]
+fn rome_makes_the_new_target_the_argmax_and_spares_unrelated_prompts() {
+    for name in ["tiny-gpt2", "tiny-gptj", "tiny-neox"] {
+        let mut lm = fixture(name);
+        let hp = hp_for(&lm, Method::Rome, &["v_num_grad_steps=40", "clamp_norm_factor=10"]);
+        let layer = hp.layers[0];
+        let mut stats = stats_over(&lm, &[layer], &wikitext(300), lm.config().n_ctx);
+        let reqs = requests(1);
+        let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir(name).join("tokenizer.json")).unwrap();
+        let templates = templates::rome_templates(&*lm.model, &tok, &[(5, 3), (10, 3)], lm.config().eos_token_id.unwrap_or(0), 0).unwrap();
+        assert_eq!(templates.len(), 7);
+        let unrelated: Vec<String> = UNRELATED.iter().map(|s| s.to_string()).collect();
+        let before = next_token_logprobs(&lm, &unrelated);
+        let pad = lm.pad_id();
+        let out = apply_rome(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap();
+        // The method leaves the model as it found it.
+        assert_eq!(next_token_logprobs(&lm, &unrelated), before, "{name}: model changed by apply_rome");
+        apply_deltas(&mut *lm.model, &out.deltas, 1.0).unwrap();
+        let after_prompt = next_token_logprobs(&lm, &[reqs[0].filled_prompt()]);
+        assert_eq!(argmax(&after_prompt[0]), first_target_token(&lm, &reqs[0]), "{name}: edit did not take: {:?}", out.reports[0].losses);
+        let after = next_token_logprobs(&lm, &unrelated);
+        for (b, a) in before.iter().zip(&after) {
+            let d = kl(a, b);
+            assert!(d < 0.05, "{name}: unrelated prompt moved by KL {d}");
+        }
+    }
+}
+
+#[test]
+fn memit_edits_a_batch_of_ten() {
+    let mut lm = fixture("tiny-gpt2");
+    let hp = hp_for(&lm, Method::Memit, &["layers=[1,2]", "mom2_update_weight=1", "clamp_norm_factor=10", "v_num_grad_steps=40"]);
+    let mut stats = stats_over(&lm, &hp.layers, &wikitext(300), lm.config().n_ctx);
+    let reqs = requests(10);
+    let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir("tiny-gpt2").join("tokenizer.json")).unwrap();
+    let templates = fixed_templates(Method::Memit);
+    let unrelated: Vec<String> = UNRELATED.iter().map(|s| s.to_string()).collect();
+    let before = next_token_logprobs(&lm, &unrelated);
+    let pad = lm.pad_id();
+    let out = apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap();
+    assert_eq!(out.deltas.len(), 2);
+    apply_deltas(&mut *lm.model, &out.deltas, 1.0).unwrap();
+    let prompts: Vec<String> = reqs.iter().map(Request::filled_prompt).collect();
+    let after = next_token_logprobs(&lm, &prompts);
+    for (r, lp) in reqs.iter().zip(&after) {
+        assert_eq!(argmax(lp), first_target_token(&lm, r), "{} not edited", r.subject);
+    }
+    for (b, a) in before.iter().zip(&next_token_logprobs(&lm, &unrelated)) {
+        let d = kl(a, b);
+        assert!(d < 0.05, "unrelated prompt moved by KL {d}");
+    }
+}
+
+#[test]
+fn batched_z_equals_serial_z() {
+    let lm = fixture("tiny-gptj");
+    let hp = hp_for(&lm, Method::Memit, &["v_num_grad_steps=12"]);
+    let reqs = requests(5);
+    let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir("tiny-gptj").join("tokenizer.json")).unwrap();
+    let templates = fixed_templates(Method::Memit);
+    let pad = lm.pad_id();
+    let serial = compute_zs(&*lm.model, &tok, &reqs, &hp, &templates, 1, pad).unwrap();
+    let batched = compute_zs(&*lm.model, &tok, &reqs, &hp, &templates, 5, pad).unwrap();
+    for (s, b) in serial.iter().zip(&batched) {
+        assert_eq!(s.steps, b.steps);
+        let scale = s.target.iter().map(|x| x.abs()).fold(0f32, f32::max);
+        let diff = s.target.iter().zip(&b.target).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(diff <= 1e-4 * scale.max(1.0), "batched z differs by {diff}");
+        assert!((s.losses.last().unwrap().total - b.losses.last().unwrap().total).abs() < 1e-4);
+    }
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let d = (a - b).unwrap().to_dtype(DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+    let n = b.to_dtype(DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt();
+    d / n
+}
+
+#[test]
+fn push_through_solve_equals_direct_solve() {
+    let mut lm = fixture("tiny-neox");
+    let reqs = requests(6);
+    let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir("tiny-neox").join("tokenizer.json")).unwrap();
+    let templates = fixed_templates(Method::Memit);
+    let pad = lm.pad_id();
+    let mut results: Vec<Deltas> = Vec::new();
+    for solver in ["push_through", "direct"] {
+        let hp = hp_for(&lm, Method::Memit, &["layers=[0,1]", "mom2_update_weight=2", "v_num_grad_steps=5", &format!("solver=\"{solver}\"")]);
+        assert_eq!(hp.solver, if solver == "direct" { Solver::Direct } else { Solver::PushThrough });
+        let mut stats = stats_over(&lm, &hp.layers, &wikitext(300), lm.config().n_ctx);
+        results.push(apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap().deltas);
+    }
+    for (name, d) in &results[0] {
+        let r = rel(d, &results[1][name]);
+        assert!(r < 1e-6, "{name}: push-through vs direct rel diff {r}");
+    }
+    let _ = results[0].values().next().unwrap().i(0).unwrap();
+}
