@@ -14,6 +14,7 @@ use edit::editing::requests::{parse_requests, Request};
 use edit::editing::rome::apply_rome;
 use edit::editing::templates::{self, ContextTemplates};
 use edit::editing::{apply_deltas, Deltas};
+use edit::eval::score_pairs;
 use edit::models::{Batch, Logits, TraceSpec};
 use edit::stats::collect::{collect, Accumulator, CollectPlan, Observer};
 use edit::stats::Precision;
@@ -32,7 +33,7 @@ impl Observer for Quiet {
 /// Second moments of `layers` over `texts`, as `edit stats` computes them.
 pub fn stats_over(lm: &LoadedModel, layers: &[usize], texts: &[String], max_len: usize) -> BTreeMap<usize, LayerStats> {
     let cfg = lm.config();
-    let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 3 * cfg.n_ctx, max_len, pad_id: lm.pad_id() };
+    let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len, pad_id: lm.pad_id() };
     let acc = Accumulator::new(layers, cfg.d_ff, Precision::F32, lm.model.device()).unwrap();
     let acc = collect(&*lm.model, lm.tokenizer().unwrap(), texts, &plan, acc, &mut Quiet).unwrap();
     acc.sums
@@ -77,7 +78,7 @@ fn first_target_token(lm: &LoadedModel, r: &Request) -> usize {
     lm.tokenizer().unwrap().encode(&r.target_new_spaced()).unwrap()[0] as usize
 }
 
-/// Requests about made-up subjects with single-token-start targets.
+/// Requests about made-up subjects (for the random-weight fixtures, which know nothing) with single-token-start targets.
 fn requests(n: usize) -> Vec<Request> {
     let subjects = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Eve Black", "Frank Green", "Grace Hall", "Henry King", "Irene Lake", "Jack Moore"];
     let targets = ["London", "Paris", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "Dublin", "Oslo", "Athens"];
@@ -97,54 +98,92 @@ fn fixed_templates(method: Method) -> ContextTemplates {
     }
 }
 
+fn fact_model() -> (LoadedModel, edit::tokenizer::Tokenizer) {
+    let lm = fixture("fact-gpt2");
+    let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir("fact-gpt2").join("tokenizer.json")).unwrap();
+    (lm, tok)
+}
+
+fn fact_cases(n: usize) -> Vec<Request> {
+    let mut all = edit::editing::requests::read_requests(&fixture_dir("fact-gpt2").join("cases.json")).unwrap();
+    all.truncate(n);
+    all
+}
+
+fn fact_hparams(lm: &LoadedModel, method: Method, file: &str) -> Hparams {
+    let path = fixture_dir("fact-gpt2").join("hparams").join(file);
+    hparams::resolve(method, lm.config(), "fact-gpt2", Some(&path), &[]).unwrap().hparams
+}
+
+/// The first `n` texts of the fixture's statistics corpus (WikiText-2 paragraphs).
+fn fact_corpus(n: usize) -> Vec<String> {
+    let mut t = edit::data::read_texts(&fixture_dir("fact-gpt2").join("stats-corpus.txt")).unwrap();
+    t.truncate(n);
+    t
+}
+
+/// Prompts about other things: WikiText openings and facts of subjects no request touches.
+fn unrelated() -> Vec<String> {
+    vec![
+        "Robert Boulter is an English film".into(),
+        "The game began development in".into(),
+        "In the second half of the season".into(),
+        "The album was released on".into(),
+    ]
+}
+
 #[test]
 fn rome_makes_the_new_target_the_argmax_and_spares_unrelated_prompts() {
-    for name in ["tiny-gpt2", "tiny-gptj", "tiny-neox"] {
-        let mut lm = fixture(name);
-        let hp = hp_for(&lm, Method::Rome, &["v_num_grad_steps=40", "clamp_norm_factor=10"]);
-        let layer = hp.layers[0];
-        let mut stats = stats_over(&lm, &[layer], &wikitext(300), lm.config().n_ctx);
-        let reqs = requests(1);
-        let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir(name).join("tokenizer.json")).unwrap();
-        let templates = templates::rome_templates(&*lm.model, &tok, &[(5, 3), (10, 3)], lm.config().eos_token_id.unwrap_or(0), 0).unwrap();
-        assert_eq!(templates.len(), 7);
-        let unrelated: Vec<String> = UNRELATED.iter().map(|s| s.to_string()).collect();
-        let before = next_token_logprobs(&lm, &unrelated);
-        let pad = lm.pad_id();
-        let out = apply_rome(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap();
-        // The method leaves the model as it found it.
-        assert_eq!(next_token_logprobs(&lm, &unrelated), before, "{name}: model changed by apply_rome");
-        apply_deltas(&mut *lm.model, &out.deltas, 1.0).unwrap();
-        let after_prompt = next_token_logprobs(&lm, &[reqs[0].filled_prompt()]);
-        assert_eq!(argmax(&after_prompt[0]), first_target_token(&lm, &reqs[0]), "{name}: edit did not take: {:?}", out.reports[0].losses);
-        let after = next_token_logprobs(&lm, &unrelated);
-        for (b, a) in before.iter().zip(&after) {
-            let d = kl(a, b);
-            assert!(d < 0.05, "{name}: unrelated prompt moved by KL {d}");
-        }
+    let (mut lm, tok) = fact_model();
+    let hp = fact_hparams(&lm, Method::Rome, "ROME.json");
+    let mut stats = stats_over(&lm, &hp.layers, &fact_corpus(3000), 128);
+    let eos = tok.token_id("<|endoftext|>").or(lm.config().eos_token_id).unwrap_or(0);
+    let templates = templates::rome_templates(&*lm.model, &tok, &[(5, 10), (10, 10)], eos, 0).unwrap();
+    assert_eq!(templates.len(), 21);
+    let reqs = fact_cases(3);
+    let before = next_token_logprobs(&lm, &unrelated());
+    let pad = lm.pad_id();
+    // Three requests, applied one after another as the reference does.
+    let out = apply_rome(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap();
+    assert_eq!(next_token_logprobs(&lm, &unrelated()), before, "apply_rome must leave the model as it found it");
+    assert_eq!(out.reports.len(), 3);
+    apply_deltas(&mut *lm.model, &out.deltas, 1.0).unwrap();
+    let prompts: Vec<String> = reqs.iter().map(Request::filled_prompt).collect();
+    for (r, lp) in reqs.iter().zip(next_token_logprobs(&lm, &prompts)) {
+        assert_eq!(argmax(&lp), first_target_token(&lm, r), "{}: edit did not take", r.subject);
+    }
+    for (b, a) in before.iter().zip(&next_token_logprobs(&lm, &unrelated())) {
+        let d = kl(a, b);
+        assert!(d < 0.05, "unrelated prompt moved by KL {d}");
     }
 }
 
 #[test]
 fn memit_edits_a_batch_of_ten() {
-    let mut lm = fixture("tiny-gpt2");
-    let hp = hp_for(&lm, Method::Memit, &["layers=[1,2]", "mom2_update_weight=1", "clamp_norm_factor=10", "v_num_grad_steps=40"]);
-    let mut stats = stats_over(&lm, &hp.layers, &wikitext(300), lm.config().n_ctx);
-    let reqs = requests(10);
-    let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir("tiny-gpt2").join("tokenizer.json")).unwrap();
-    let templates = fixed_templates(Method::Memit);
-    let unrelated: Vec<String> = UNRELATED.iter().map(|s| s.to_string()).collect();
-    let before = next_token_logprobs(&lm, &unrelated);
+    let (mut lm, tok) = fact_model();
+    let hp = fact_hparams(&lm, Method::Memit, "MEMIT_tuned.json");
+    let mut stats = stats_over(&lm, &hp.layers, &fact_corpus(3000), 128);
+    let templates = templates::memit_templates(&*lm.model, &tok, 0).unwrap();
+    let reqs = fact_cases(10);
+    let before = next_token_logprobs(&lm, &unrelated());
     let pad = lm.pad_id();
     let out = apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap();
-    assert_eq!(out.deltas.len(), 2);
+    assert_eq!(out.deltas.len(), hp.layers.len());
+    assert_eq!(next_token_logprobs(&lm, &unrelated()), before, "apply_memit must leave the model as it found it");
     apply_deltas(&mut *lm.model, &out.deltas, 1.0).unwrap();
     let prompts: Vec<String> = reqs.iter().map(Request::filled_prompt).collect();
-    let after = next_token_logprobs(&lm, &prompts);
-    for (r, lp) in reqs.iter().zip(&after) {
-        assert_eq!(argmax(lp), first_target_token(&lm, r), "{} not edited", r.subject);
+    // Every edit succeeds as CounterFact scores it (the new object is now more likely than the
+    // true one); the reference itself reaches 79 % of that on batches of 100, so the stricter
+    // "new object is the top-1 token" must hold for at least 8 of the 10.
+    let lps = next_token_logprobs(&lm, &prompts);
+    let mut top1 = 0;
+    for (r, lp) in reqs.iter().zip(&lps) {
+        let p = score_pairs(&*lm.model, &tok, &[r.filled_prompt()], &r.target_new, r.target_true.as_deref().unwrap(), pad).unwrap();
+        assert!(p[0].new < p[0].true_, "{}: new object {:?} not more likely than the true one", r.subject, r.target_new);
+        top1 += usize::from(argmax(lp) == first_target_token(&lm, r));
     }
-    for (b, a) in before.iter().zip(&next_token_logprobs(&lm, &unrelated)) {
+    assert!(top1 >= 8, "only {top1} of 10 edits made the new object the top-1 token");
+    for (b, a) in before.iter().zip(&next_token_logprobs(&lm, &unrelated())) {
         let d = kl(a, b);
         assert!(d < 0.05, "unrelated prompt moved by KL {d}");
     }

@@ -310,14 +310,16 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         base_model: ModelIdentity::of(&lm.files)?,
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    if let Some(path) = &args.delta_out {
-        patch::save_delta(path, &cfg, &deltas, &meta).with_context(|| format!("cannot write {}", path.display()))?;
-        tracing::info!("delta written to {}", path.display());
-    }
+    // The model directory first: a --delta-out inside --out must not be taken for an existing
+    // --out (nor be deleted when --force replaces it).
     if let Some(dir) = &args.out {
         patch::write_model_dir(&lm.files, &cfg, &deltas, 1.0, dir, args.force)
             .with_context(|| format!("cannot write the patched model to {}", dir.display()))?;
         tracing::info!("patched model written to {}", dir.display());
+    }
+    if let Some(path) = &args.delta_out {
+        patch::save_delta(path, &cfg, &deltas, &meta).with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!("delta written to {}", path.display());
     }
     let summary = Summary {
         summary: true,
