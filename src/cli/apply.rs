@@ -153,6 +153,11 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if args.out.is_none() && args.delta_out.is_none() {
         bail!("nothing to write: pass --out DIR (a patched model) and/or --delta-out FILE.safetensors (the weight delta)");
     }
+    if let (Some(o), Some(d)) = (&args.out, &args.delta_out) {
+        if o == d {
+            bail!("--out and --delta-out are the same path {}: the model directory and the delta file need different paths", o.display());
+        }
+    }
     if let Some(d) = &args.delta_out {
         if d.exists() && !args.force {
             bail!("{} already exists: choose another --delta-out or pass --force", d.display());

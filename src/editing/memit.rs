@@ -77,12 +77,24 @@ pub fn compute_zs(
     let z_layer = *hp.layers.last().ok_or_else(|| Error::Input("MEMIT needs at least one layer".into()))?;
     let params = optimize_params(hp, Site::BlockOut, z_layer);
     let flat = templates.flat();
-    let refs: Vec<&Request> = requests.iter().collect();
-    let mut out = Vec::with_capacity(requests.len());
-    for chunk in refs.chunks(batch.max(1)) {
-        out.extend(optimize_targets(model, tok, chunk, &flat, &params, pad_id)?);
-        tracing::debug!("z vectors: {}/{}", out.len(), requests.len());
+    // Requests of similar length share a batch, so little compute goes to padding.
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    let lens: Vec<usize> = requests
+        .iter()
+        .map(|r| Ok(tok.encode(&r.filled_prompt())?.len() + tok.encode(&r.target_new_spaced())?.len()))
+        .collect::<Result<_>>()?;
+    order.sort_by_key(|&i| lens[i]);
+    let mut slots: Vec<Option<OptimizedTarget>> = (0..requests.len()).map(|_| None).collect();
+    let mut done = 0;
+    for chunk in order.chunks(batch.max(1)) {
+        let refs: Vec<&Request> = chunk.iter().map(|&i| &requests[i]).collect();
+        for (&i, z) in chunk.iter().zip(optimize_targets(model, tok, &refs, &flat, &params, pad_id)?) {
+            slots[i] = Some(z);
+        }
+        done += chunk.len();
+        tracing::debug!("z vectors: {done}/{}", requests.len());
     }
+    let out: Vec<OptimizedTarget> = slots.into_iter().map(|z| z.expect("every request optimised")).collect();
     for (r, z) in requests.iter().zip(&out) {
         if z.target.iter().any(|x| !x.is_finite()) {
             return Err(Error::Input(format!(
