@@ -9,22 +9,12 @@ mod common;
 use std::time::Instant;
 
 use common::*;
-use edit::stats::collect::{collect, Accumulator, CollectPlan, Observer};
+use edit::stats::collect::{collect, Accumulator, CollectPlan, NoProgress};
 use edit::stats::Precision;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-struct Quiet;
-
-impl Observer for Quiet {
-    fn chunk_done(&mut self, _: &Accumulator, _: usize) -> edit::Result<bool> {
-        Ok(false)
-    }
-    fn checkpoint(&mut self, _: &Accumulator) -> edit::Result<()> {
-        Ok(())
-    }
-}
 
 fn main() {
     let n_texts: usize = std::env::var("EDIT_BENCH_TEXTS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
@@ -38,7 +28,7 @@ fn main() {
     let run = |layers: Vec<usize>| {
         let acc = Accumulator::new(&layers, cfg.d_ff, Precision::F32, &candle_core::Device::Cpu).unwrap();
         let t = Instant::now();
-        let acc = collect(&*model, &tok, &texts, &plan(layers), acc, &mut Quiet).unwrap();
+        let acc = collect(&*model, &tok, &texts, &plan(layers), acc, &mut NoProgress).unwrap();
         (t.elapsed().as_secs_f64(), acc.count)
     };
     println!("random GPT-2-medium-shaped model (24 layers, d_model 1024, d_ff 4096), {} texts truncated to {max_len} tokens, f32 sums, {} threads", texts.len(), candle_core::utils::get_num_threads());

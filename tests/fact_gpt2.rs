@@ -22,19 +22,10 @@ use edit::editing::rome::apply_rome;
 use edit::editing::templates;
 use edit::editing::apply_deltas;
 use edit::eval::{case_success, score_pairs, CaseSuccess};
-use edit::stats::collect::{collect, Accumulator, CollectPlan, Observer};
+use edit::stats::collect::{collect, Accumulator, CollectPlan, NoProgress};
 use edit::stats::Precision;
 use edit::LoadedModel;
 
-struct Quiet;
-impl Observer for Quiet {
-    fn chunk_done(&mut self, _: &Accumulator, _: usize) -> edit::Result<bool> {
-        Ok(false)
-    }
-    fn checkpoint(&mut self, _: &Accumulator) -> edit::Result<()> {
-        Ok(())
-    }
-}
 
 fn dir() -> PathBuf {
     fixture_dir("fact-gpt2")
@@ -53,7 +44,7 @@ fn stats(layers: &[usize]) -> BTreeMap<usize, LayerStats> {
         let layers = [0, 1, 2];
         let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len: 128, pad_id: lm.pad_id() };
         let acc = Accumulator::new(&layers, cfg.d_ff, Precision::F32, lm.model.device()).unwrap();
-        let acc = collect(&*lm.model, lm.tokenizer().unwrap(), &texts, &plan, acc, &mut Quiet).unwrap();
+        let acc = collect(&*lm.model, lm.tokenizer().unwrap(), &texts, &plan, acc, &mut NoProgress).unwrap();
         eprintln!("statistics of layers {layers:?}: {} tokens in {:.1?}", acc.count, t0.elapsed());
         acc.sums.iter().map(|(&l, s)| (l, to_mat(&(s / acc.count as f64).unwrap()).unwrap())).collect()
     });

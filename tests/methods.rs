@@ -16,26 +16,17 @@ use edit::editing::templates::{self, ContextTemplates};
 use edit::editing::{apply_deltas, Deltas};
 use edit::eval::score_pairs;
 use edit::models::{Batch, Logits, TraceSpec};
-use edit::stats::collect::{collect, Accumulator, CollectPlan, Observer};
+use edit::stats::collect::{collect, Accumulator, CollectPlan, NoProgress};
 use edit::stats::Precision;
 use edit::LoadedModel;
 
-struct Quiet;
-impl Observer for Quiet {
-    fn chunk_done(&mut self, _: &Accumulator, _: usize) -> edit::Result<bool> {
-        Ok(false)
-    }
-    fn checkpoint(&mut self, _: &Accumulator) -> edit::Result<()> {
-        Ok(())
-    }
-}
 
 /// Second moments of `layers` over `texts`, as `edit stats` computes them.
 pub fn stats_over(lm: &LoadedModel, layers: &[usize], texts: &[String], max_len: usize) -> BTreeMap<usize, LayerStats> {
     let cfg = lm.config();
     let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len, pad_id: lm.pad_id() };
     let acc = Accumulator::new(layers, cfg.d_ff, Precision::F32, lm.model.device()).unwrap();
-    let acc = collect(&*lm.model, lm.tokenizer().unwrap(), texts, &plan, acc, &mut Quiet).unwrap();
+    let acc = collect(&*lm.model, lm.tokenizer().unwrap(), texts, &plan, acc, &mut NoProgress).unwrap();
     acc.sums
         .iter()
         .map(|(&l, s)| {
@@ -88,7 +79,6 @@ fn requests(n: usize) -> Vec<Request> {
     parse_requests(&serde_json::Value::Array(items).to_string(), "test").unwrap()
 }
 
-const UNRELATED: [&str; 4] = ["The weather today is", "My favourite food is", "In 1990 the company", "She opened the door and"];
 
 fn fixed_templates(method: Method) -> ContextTemplates {
     let rest = vec!["The story begins. {}".to_string(), "I think that. {}".to_string(), "Yesterday it rained. {}".to_string()];

@@ -343,7 +343,8 @@ fn selection_by_hub_id() {
     assert_eq!(r.hparams.v_loss_layer, 43);
     let r = resolve(Method::Memit, &gpt2(12, 768), "gpt2", None, &[]).unwrap();
     assert_eq!(r.source, "configs/memit/gpt2.json (starting point, not reference)");
-    assert_eq!(r.hparams.z_batch_size, 32);
+    assert_eq!(r.hparams.z_batch_size, 0);
+    assert_eq!(r.hparams.z_batch(&candle_core::Device::Cpu), 1);
     assert_eq!(r.hparams.solver, Solver::PushThrough);
     // A name that does not fit the model's shape is not trusted.
     let r = resolve(Method::Rome, &tiny(), "gpt2-xl", None, &[]).unwrap();

@@ -96,8 +96,9 @@ fn default_true() -> bool {
     true
 }
 
+/// 0 = automatic: see [`Hparams::z_batch`].
 fn default_z_batch_size() -> usize {
-    32
+    0
 }
 
 /// ROME / MEMIT hyperparameters, field for field the reference's hparams JSON (plus the fields
@@ -141,7 +142,8 @@ pub struct Hparams {
     /// Ours (EasyEdit's name): false = the r-ROME fix (the averaged key in both places).
     #[serde(default = "default_true")]
     pub original_implementation: bool,
-    /// Ours, MEMIT: how many requests' target vectors are optimised together (1 = serial).
+    /// Ours, MEMIT: how many requests' target vectors are optimised together (1 = serial, as
+    /// the reference; 0 = automatic, see [`Hparams::z_batch`]).
     #[serde(default = "default_z_batch_size")]
     pub z_batch_size: usize,
     /// Ours, MEMIT: how the update is solved.
@@ -199,6 +201,16 @@ fn expected(field: &str) -> &'static str {
 
 impl Hparams {
     /// The module this config rewrites at `layer` (`rewrite_module_tmp` with the layer filled in).
+    /// The z batch size to use on `device`: `z_batch_size`, or when 0, one request at a time on
+    /// the CPU (measured: batching only adds padding there, `benches/README.md`) and 32 on a GPU.
+    pub fn z_batch(&self, device: &candle_core::Device) -> usize {
+        match self.z_batch_size {
+            0 if device.is_cpu() => 1,
+            0 => 32,
+            n => n,
+        }
+    }
+
     pub fn module_for(&self, cfg: &ModelConfig, layer: usize) -> Result<EditableModule> {
         let name = self.rewrite_module_tmp.replace("{}", &layer.to_string());
         let m = find(cfg, &name)?;
@@ -355,9 +367,6 @@ impl Hparams {
                     "`mom2_update_weight` is {w}; it must be a finite number greater than 0"
                 )),
                 _ => {}
-            }
-            if self.z_batch_size == 0 {
-                problems.push("`z_batch_size` must be at least 1 (1 = one request at a time, as the reference)".into());
             }
         }
         if self.mom2_n_samples == 0 {

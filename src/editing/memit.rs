@@ -161,7 +161,7 @@ pub fn apply_memit(
     let names: Vec<String> =
         hp.layers.iter().map(|&l| Ok(mlp_down(model.config(), l)?.name)).collect::<Result<_>>()?;
     let started = Instant::now();
-    let zs = compute_zs(&*model, tok, requests, hp, templates, hp.z_batch_size, pad_id)?;
+    let zs = compute_zs(&*model, tok, requests, hp, templates, hp.z_batch(model.device()), pad_id)?;
     let z_seconds = started.elapsed().as_secs_f64();
     let d = model.config().d_model;
     let n = requests.len();

@@ -58,6 +58,18 @@ pub trait Observer {
     fn checkpoint(&mut self, acc: &Accumulator) -> Result<()>;
 }
 
+/// An observer that never checkpoints: for in-memory collections (tests, benchmarks, library use).
+pub struct NoProgress;
+
+impl Observer for NoProgress {
+    fn chunk_done(&mut self, _: &Accumulator, _: usize) -> Result<bool> {
+        Ok(false)
+    }
+    fn checkpoint(&mut self, _: &Accumulator) -> Result<()> {
+        Ok(())
+    }
+}
+
 /// Tokenizes, truncates and drops empty texts (the reference drops them in collation).
 fn encode_chunk(tok: &Tokenizer, texts: &[String], max_len: usize) -> Result<Vec<Vec<u32>>> {
     let mut out = Vec::with_capacity(texts.len());
