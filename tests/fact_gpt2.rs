@@ -141,5 +141,8 @@ fn memit_tuned_meets_the_reference_scores_on_a_batch_of_100() {
     let scores: Vec<CaseSuccess> = reqs.iter().map(|r| score(&lm, r)).collect();
     let (es, ps, ns) = summary(&scores);
     eprintln!("MEMIT (tuned) on a batch of {}: ES {es:.1} PS {ps:.1} NS {ns:.1} (reference, batch of 100: 79.2 / 74.3 / 57.0)", scores.len());
-    assert!(es >= 70.0 && ps >= 65.0 && ns >= 45.0, "MEMIT ES {es} PS {ps} NS {ns}");
+    // The bar is the reference's at a batch of 100; other sizes (EDIT_FACT_CASES) only report.
+    if reqs.len() == 100 {
+        assert!(es >= 70.0 && ps >= 65.0 && ns >= 45.0, "MEMIT ES {es} PS {ps} NS {ns}");
+    }
 }
