@@ -14,7 +14,7 @@ use edit::editing::memit::{apply_memit, compute_zs};
 use edit::editing::requests::{read_requests, Request};
 use edit::editing::rome::apply_rome;
 use edit::editing::templates;
-use edit::stats::collect::{collect, Accumulator, CollectPlan, NoProgress};
+use edit::stats::collect::{collect_in_memory, CollectPlan};
 use edit::stats::Precision;
 use edit::LoadedModel;
 use faer::Mat;
@@ -28,9 +28,8 @@ fn stats(lm: &LoadedModel, layers: &[usize]) -> BTreeMap<usize, Mat<f64>> {
     let texts = edit::data::read_texts(&dir().join("stats-corpus.txt")).unwrap();
     let cfg = lm.config();
     let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len: 128, pad_id: lm.pad_id() };
-    let acc = Accumulator::new(layers, cfg.d_ff, Precision::F32, lm.model.device()).unwrap();
-    let acc = collect(&*lm.model, lm.tokenizer().unwrap(), &texts, &plan, acc, &mut NoProgress).unwrap();
-    acc.sums.iter().map(|(&l, s)| (l, to_mat(&(s / acc.count as f64).unwrap()).unwrap())).collect()
+    let acc = collect_in_memory(&*lm.model, lm.tokenizer().unwrap(), &texts, &plan).unwrap();
+    acc.second_moments().unwrap().iter().map(|(&l, c)| (l, to_mat(c).unwrap())).collect()
 }
 
 fn layer_stats(c: &BTreeMap<usize, Mat<f64>>, layers: &[usize]) -> BTreeMap<usize, LayerStats> {

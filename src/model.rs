@@ -23,18 +23,21 @@ impl LoadedModel {
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
-        self.tokenizer.as_ref().ok_or_else(|| {
-            Error::Tokenizer(format!(
-                "{} has no tokenizer.json (nor vocab.json + merges.txt); copy the tokenizer files of the base model next to config.json",
-                self.files.dir().display()
-            ))
-        })
+        self.tokenizer.as_ref().ok_or_else(|| no_tokenizer(&self.files))
     }
 
     /// The token used to right-pad batches: the reference sets `pad_token = eos_token`.
     pub fn pad_id(&self) -> u32 {
         self.config().eos_token_id.unwrap_or(0)
     }
+}
+
+/// The error for a model directory without tokenizer files.
+pub fn no_tokenizer(files: &ModelFiles) -> Error {
+    Error::Tokenizer(format!(
+        "{} has no tokenizer.json (nor vocab.json + merges.txt); copy the tokenizer files of the base model next to config.json",
+        files.dir().display()
+    ))
 }
 
 /// Builds the family's model from already-opened weights.
@@ -54,10 +57,15 @@ pub fn load_model(files: ModelFiles, dtype: DType, device: &Device) -> Result<Lo
     let storage_dtype = ckpt.storage_dtype().map(|d| format!("{d:?}").to_ascii_lowercase());
     let source = WeightSource::Checkpoint(ckpt);
     let model = build_model(&cfg, &source, dtype, device)?;
-    let tokenizer = match &files.tokenizer {
+    let tokenizer = load_tokenizer(&files)?;
+    Ok(LoadedModel { model, tokenizer, files, storage_dtype })
+}
+
+/// The model's tokenizer, if its directory has one (cheap: no weights are read).
+pub fn load_tokenizer(files: &ModelFiles) -> Result<Option<Tokenizer>> {
+    Ok(match &files.tokenizer {
         Some(TokenizerFiles::Json(p)) => Some(Tokenizer::from_file(p)?),
         Some(TokenizerFiles::VocabMerges { vocab, merges }) => Some(Tokenizer::from_vocab_merges(vocab, merges)?),
         None => None,
-    };
-    Ok(LoadedModel { model, tokenizer, files, storage_dtype })
+    })
 }

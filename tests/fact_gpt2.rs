@@ -22,7 +22,7 @@ use edit::editing::rome::apply_rome;
 use edit::editing::templates;
 use edit::editing::apply_deltas;
 use edit::eval::{case_success, score_pairs, CaseSuccess};
-use edit::stats::collect::{collect, Accumulator, CollectPlan, NoProgress};
+use edit::stats::collect::{collect_in_memory, CollectPlan};
 use edit::stats::Precision;
 use edit::LoadedModel;
 
@@ -43,10 +43,9 @@ fn stats(layers: &[usize]) -> BTreeMap<usize, LayerStats> {
         let cfg = lm.config();
         let layers = [0, 1, 2];
         let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len: 128, pad_id: lm.pad_id() };
-        let acc = Accumulator::new(&layers, cfg.d_ff, Precision::F32, lm.model.device()).unwrap();
-        let acc = collect(&*lm.model, lm.tokenizer().unwrap(), &texts, &plan, acc, &mut NoProgress).unwrap();
+        let acc = collect_in_memory(&*lm.model, lm.tokenizer().unwrap(), &texts, &plan).unwrap();
         eprintln!("statistics of layers {layers:?}: {} tokens in {:.1?}", acc.count, t0.elapsed());
-        acc.sums.iter().map(|(&l, s)| (l, to_mat(&(s / acc.count as f64).unwrap()).unwrap())).collect()
+        acc.second_moments().unwrap().iter().map(|(&l, c)| (l, to_mat(c).unwrap())).collect()
     });
     layers.iter().map(|l| (*l, LayerStats::from_matrix(all[l].clone(), "C"))).collect()
 }

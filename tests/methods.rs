@@ -16,7 +16,7 @@ use edit::editing::templates::{self, ContextTemplates};
 use edit::editing::{apply_deltas, Deltas};
 use edit::eval::score_pairs;
 use edit::models::{Batch, Logits, TraceSpec};
-use edit::stats::collect::{collect, Accumulator, CollectPlan, NoProgress};
+use edit::stats::collect::{collect_in_memory, CollectPlan};
 use edit::stats::Precision;
 use edit::LoadedModel;
 
@@ -25,15 +25,9 @@ use edit::LoadedModel;
 pub fn stats_over(lm: &LoadedModel, layers: &[usize], texts: &[String], max_len: usize) -> BTreeMap<usize, LayerStats> {
     let cfg = lm.config();
     let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len, pad_id: lm.pad_id() };
-    let acc = Accumulator::new(layers, cfg.d_ff, Precision::F32, lm.model.device()).unwrap();
-    let acc = collect(&*lm.model, lm.tokenizer().unwrap(), texts, &plan, acc, &mut NoProgress).unwrap();
-    acc.sums
-        .iter()
-        .map(|(&l, s)| {
-            let c = (s / acc.count as f64).unwrap();
-            (l, LayerStats::from_matrix(edit::editing::linalg::to_mat(&c).unwrap(), "C"))
-        })
-        .collect()
+    let acc = collect_in_memory(&*lm.model, lm.tokenizer().unwrap(), texts, &plan).unwrap();
+    let moments = acc.second_moments().unwrap();
+    moments.iter().map(|(&l, c)| (l, LayerStats::from_matrix(edit::editing::linalg::to_mat(c).unwrap(), "C"))).collect()
 }
 
 fn wikitext(n: usize) -> Vec<String> {

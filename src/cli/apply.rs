@@ -23,7 +23,7 @@ use edit::tokenizer::Tokenizer;
 use edit::ModelConfig;
 use serde::Serialize;
 
-use super::stats::{ensure_stats, DatasetArg, StatsDirArg, StatsPlan};
+use super::stats::{chosen_corpus, ensure_stats, DatasetArg, StatsDirArg, StatsPlan};
 use super::{GlobalArgs, ModelArgs};
 
 /// Compute a ROME or MEMIT edit of the facts in REQUESTS and write the patched model (--out)
@@ -118,33 +118,17 @@ struct ModuleSummary {
 }
 
 fn corpus_for(args: &StatsSourceArgs, mom2_dataset: &str) -> anyhow::Result<Corpus> {
-    Ok(match (args.dataset, args.text.is_empty()) {
-        (Some(DatasetArg::Wikitext), _) => Corpus::Hub(HubDataset::Wikitext),
-        (Some(DatasetArg::Wikipedia), _) => Corpus::Hub(HubDataset::Wikipedia),
-        (Some(DatasetArg::Embedded), _) => Corpus::Embedded,
-        (None, false) => Corpus::Files(args.text.clone()),
-        (None, true) => match mom2_dataset {
-            "wikipedia" => Corpus::Hub(HubDataset::Wikipedia),
-            d if d.starts_with("wikitext") => Corpus::Hub(HubDataset::Wikitext),
-            other => bail!(
-                "the config's mom2_dataset `{other}` is not a dataset edit can fetch; \
-                 pass --text FILE (the corpus the statistics were computed on), --dataset, or --set mom2_dataset=wikipedia"
-            ),
-        },
+    if let Some(c) = chosen_corpus(args.dataset, &args.text) {
+        return Ok(c);
+    }
+    Ok(match mom2_dataset {
+        "wikipedia" => Corpus::Hub(HubDataset::Wikipedia),
+        d if d.starts_with("wikitext") => Corpus::Hub(HubDataset::Wikitext),
+        other => bail!(
+            "the config's mom2_dataset `{other}` is not a dataset edit can fetch; \
+             pass --text FILE (the corpus the statistics were computed on), --dataset, or --set mom2_dataset=wikipedia"
+        ),
     })
-}
-
-fn load_tokenizer(files: &edit::hub::ModelFiles) -> anyhow::Result<Tokenizer> {
-    use edit::hub::TokenizerFiles;
-    Ok(match &files.tokenizer {
-        Some(TokenizerFiles::Json(p)) => Tokenizer::from_file(p)?,
-        Some(TokenizerFiles::VocabMerges { vocab, merges }) => Tokenizer::from_vocab_merges(vocab, merges)?,
-        None => bail!("{} has no tokenizer.json (nor vocab.json + merges.txt)", files.dir().display()),
-    })
-}
-
-fn norm(t: &candle_core::Tensor) -> anyhow::Result<f64> {
-    Ok(t.to_dtype(candle_core::DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
 }
 
 pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
@@ -170,7 +154,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if let Some(out) = &args.out {
         patch::check_out_dir(&files, out, args.force)?;
     }
-    let tok = load_tokenizer(&files)?;
+    let tok: Tokenizer = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
     requests::validate(&reqs, &tok, cfg.n_ctx)?;
     let resolved = hparams::resolve(method, &cfg, args.model.id(), args.config.as_deref(), &args.sets)?;
     let hp = resolved.hparams.clone();
@@ -201,29 +185,12 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             force: false,
             abort_after_chunks: None,
             offline: args.model.offline,
+            announce_computing: true,
         };
-        let identity = ModelIdentity::of(&lm.files)?;
-        let missing: Vec<usize> = hp
-            .layers
-            .iter()
-            .copied()
-            .filter(|&l| {
-                let module = edit::models::modules::mlp_down(&cfg, l).map(|m| m.name).unwrap_or_default();
-                !cache::stats_path(&plan.stats_dir, &identity, &plan.corpus.id(), &module, precision, plan.samples).is_file()
-            })
-            .collect();
-        if !missing.is_empty() {
-            tracing::warn!(
-                "no cached statistics for layer(s) {missing:?} ({} texts of {}, {}); computing them now (same as `edit stats`)",
-                plan.samples,
-                plan.corpus.id(),
-                precision.reference_name()
-            );
-        }
         let ensured = ensure_stats(&lm, &hp.layers, &plan, global)?;
         for r in &ensured.reports {
             let m = cache::load(&r.file)?;
-            m.check(&identity, &edit::models::modules::mlp_down(&cfg, r.layer)?)?;
+            m.check(&ensured.identity, &edit::models::modules::mlp_down(&cfg, r.layer)?)?;
             stats.insert(r.layer, LayerStats::from_moments(&m)?);
         }
     }
@@ -269,7 +236,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             let mods = outcome
                 .deltas
                 .iter()
-                .map(|(m, d)| Ok(ModuleSummary { module: m.clone(), update_norm: norm(d)?, weight_norm: outcome.reports.first().map(|r| r.weight_norm).unwrap_or(0.0) }))
+                .map(|(m, d)| Ok(ModuleSummary { module: m.clone(), update_norm: edit::editing::frobenius_norm(d)?, weight_norm: outcome.reports.first().map(|r| r.weight_norm).unwrap_or(0.0) }))
                 .collect::<anyhow::Result<_>>()?;
             (outcome.deltas, mods)
         }

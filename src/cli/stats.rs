@@ -47,6 +47,17 @@ pub enum DatasetArg {
     Embedded,
 }
 
+/// The corpus named by `--dataset` or `--text`, if either was given.
+pub fn chosen_corpus(dataset: Option<DatasetArg>, text: &[PathBuf]) -> Option<Corpus> {
+    match dataset {
+        Some(DatasetArg::Wikitext) => Some(Corpus::Hub(HubDataset::Wikitext)),
+        Some(DatasetArg::Wikipedia) => Some(Corpus::Hub(HubDataset::Wikipedia)),
+        Some(DatasetArg::Embedded) => Some(Corpus::Embedded),
+        None if !text.is_empty() => Some(Corpus::Files(text.to_vec())),
+        None => None,
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct StatsDirArg {
     /// Statistics cache directory [default: $EDIT_STATS_DIR, else ~/.cache/edit/stats].
@@ -203,13 +214,7 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
             bail!("--text {}: no such file", f.display());
         }
     }
-    let corpus = match (args.dataset, args.text.is_empty()) {
-        (Some(DatasetArg::Wikitext), _) => Corpus::Hub(HubDataset::Wikitext),
-        (Some(DatasetArg::Wikipedia), _) => Corpus::Hub(HubDataset::Wikipedia),
-        (Some(DatasetArg::Embedded), _) => Corpus::Embedded,
-        (None, false) => Corpus::Files(args.text.clone()),
-        (None, true) => Corpus::Embedded,
-    };
+    let corpus = chosen_corpus(args.dataset, &args.text).unwrap_or(Corpus::Embedded);
     let lm = args.model.load(global)?;
     let plan = StatsPlan {
         corpus,
@@ -222,6 +227,7 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         force: args.force,
         abort_after_chunks: args.abort_after_chunks,
         offline: args.model.offline,
+        announce_computing: false,
     };
     let started = Instant::now();
     let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity } = ensure_stats(&lm, &layers, &plan, global)?;
@@ -263,6 +269,8 @@ pub struct StatsPlan {
     pub force: bool,
     pub abort_after_chunks: Option<usize>,
     pub offline: bool,
+    /// Warn before computing missing layers (when statistics are a side job, as in `edit apply`).
+    pub announce_computing: bool,
 }
 
 pub struct Ensured {
@@ -300,15 +308,16 @@ pub fn ensure_stats(lm: &LoadedModel, layers: &[usize], plan: &StatsPlan, global
     let mut reports = Vec::new();
     let mut todo = Vec::new();
     for (l, module, path) in &targets {
+        // The metadata and the sum's shape decide; the sum itself is not read here.
         let cached = if plan.force || !path.is_file() {
             None
         } else {
-            cache::load(path).ok().filter(|m| m.check(&identity, &mlp_down(&cfg, *l).unwrap()).is_ok())
+            cache::load_meta(path).ok().filter(|(meta, dims)| meta.check(dims, &identity, &mlp_down(&cfg, *l).unwrap()).is_ok())
         };
         match cached {
-            Some(m) => {
+            Some((meta, _)) => {
                 tracing::info!("layer {l}: cached at {}", path.display());
-                reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: m.count, cached: true });
+                reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: meta.tokens, cached: true });
             }
             None => todo.push(*l),
         }
@@ -317,6 +326,13 @@ pub fn ensure_stats(lm: &LoadedModel, layers: &[usize], plan: &StatsPlan, global
     let mut note = None;
     let (mut texts_used, mut tokens, mut resumed_from) = (0, 0, 0);
     if !todo.is_empty() {
+        if plan.announce_computing {
+            tracing::warn!(
+                "no cached statistics for layer(s) {todo:?} ({} texts of {dataset}, {}); computing them now (same as `edit stats`)",
+                plan.samples,
+                precision.reference_name()
+            );
+        }
         let hub = HubOptions { revision: None, offline: plan.offline, cache_dir: None, progress: logging::show_progress(global) };
         let sample = edit::data::sample(&plan.corpus, plan.samples, &hub).context("cannot read the statistics corpus")?;
         if matches!(plan.corpus, Corpus::Embedded) {

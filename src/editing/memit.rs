@@ -20,7 +20,7 @@ use super::optimize::{optimize_targets, LossPoint, OptimizedTarget};
 use super::reprs::{at_subject_last, Wanted};
 use super::requests::Request;
 use super::templates::ContextTemplates;
-use super::{optimize_params, Deltas, ModelRestorer};
+use super::{optimize_params, vec_norm, Deltas, ModelRestorer};
 use crate::error::{Error, Result};
 use crate::models::modules::mlp_down;
 use crate::models::{CausalLm, Site};
@@ -57,10 +57,6 @@ pub struct MemitOutcome {
     pub requests: Vec<MemitRequestReport>,
     pub layers: Vec<MemitLayerReport>,
     pub z_seconds: f64,
-}
-
-fn vec_norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
 }
 
 /// The z vectors of all requests, `batch` requests optimised together (1 = one by one, as the

@@ -40,14 +40,29 @@ pub(crate) fn optimize_params(hp: &Hparams, site: Site, layer: usize) -> Optimiz
     }
 }
 
+/// ‖v‖₂ accumulated in f64.
+pub(crate) fn vec_norm(v: &[f32]) -> f64 {
+    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
+}
+
+/// ‖t‖_F of a tensor of any float dtype, accumulated in f64.
+pub fn frobenius_norm(t: &Tensor) -> Result<f64> {
+    Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
+}
+
+/// Sets module `name` to `base + upd` (`upd` is `[out, in]`), computed in f32.
+fn set_sum(model: &mut dyn CausalLm, name: &str, base: &Tensor, upd: &Tensor) -> Result<()> {
+    let m = find(model.config(), name)?;
+    let d = m.from_out_in(upd)?.to_device(base.device())?;
+    let new = (base.to_dtype(DType::F32)? + d.to_dtype(DType::F32)?)?;
+    model.set_weight(&m.name, new)
+}
+
 /// Adds `sign · Δ` to the model's weights in memory (e.g. to score an edit without writing it).
 pub fn apply_deltas(model: &mut dyn CausalLm, deltas: &Deltas, sign: f64) -> Result<()> {
     for (name, delta) in deltas {
-        let m = find(model.config(), name)?;
-        let w = model.weight(&m.name)?;
-        let d = m.from_out_in(&delta.affine(sign, 0.0)?)?.to_device(w.device())?;
-        let new = (w.to_dtype(DType::F32)? + d.to_dtype(DType::F32)?)?;
-        model.set_weight(&m.name, new)?;
+        let w = model.weight(name)?;
+        set_sum(model, name, &w, &delta.affine(sign, 0.0)?)?;
     }
     Ok(())
 }
@@ -67,33 +82,20 @@ impl ModelRestorer {
         Ok(Self { originals })
     }
 
-    /// ‖W‖_F of the weight as it is now.
-    pub fn current_norm(&self, model: &dyn CausalLm, name: &str) -> Result<f64> {
-        Ok(model.weight(name)?.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
-    }
-
     /// ‖W‖_F of the original weight.
     pub fn original_norm(&self, name: &str) -> Result<f64> {
-        Ok(self.originals[name].to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
+        frobenius_norm(&self.originals[name])
     }
 
     /// W ← W + upd (`upd` is `[out, in]`).
     pub fn add(&mut self, model: &mut dyn CausalLm, name: &str, upd: &Tensor) -> Result<()> {
         let w = model.weight(name)?;
-        self.set(model, name, &w, upd)
+        set_sum(model, name, &w, upd)
     }
 
     /// W ← W_original + upd (`upd` is `[out, in]`).
     pub fn set_from_original(&mut self, model: &mut dyn CausalLm, name: &str, upd: &Tensor) -> Result<()> {
-        let w = self.originals[name].clone();
-        self.set(model, name, &w, upd)
-    }
-
-    fn set(&self, model: &mut dyn CausalLm, name: &str, base: &Tensor, upd: &Tensor) -> Result<()> {
-        let m = find(model.config(), name)?;
-        let d = m.from_out_in(upd)?.to_device(base.device())?;
-        let new = (base.to_dtype(DType::F32)? + d.to_dtype(DType::F32)?)?;
-        model.set_weight(name, new)
+        set_sum(model, name, &self.originals[name], upd)
     }
 
     pub fn restore(self, model: &mut dyn CausalLm) -> Result<()> {

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::positions::subject_last_index;
 use super::requests::Request;
+use super::vec_norm;
 use crate::error::{Error, Result};
 use crate::models::{Batch, CausalLm, Intervention, Logits, Site, TraceSpec};
 use crate::tokenizer::Tokenizer;
@@ -99,10 +100,6 @@ struct State {
     losses: Vec<LossPoint>,
     steps: usize,
     done: bool,
-}
-
-fn norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
 }
 
 /// Log-softmax over the last dimension from primitive ops, so gradients flow (candle's fused
@@ -196,10 +193,10 @@ pub fn optimize_targets(
 
         let init_delta: Vec<f32> = active.iter().flat_map(|&j| states[j].delta.iter().copied()).collect();
         let var = Var::from_tensor(&Tensor::from_vec(init_delta, (active.len(), d), &dev)?)?;
-        // One δ row per batch row (its request's), then one per intervention position.
-        let owners = Tensor::from_vec(row_owner, seqs.len(), &dev)?;
-        let per_row = var.as_tensor().index_select(&owners, 0)?;
-        let per_position = select_rows_for_positions(&per_row, &positions)?;
+        // One δ row per intervention position: its row's request's.
+        let owners: Vec<u32> = positions.iter().map(|&(r, _)| row_owner[r]).collect();
+        let owners = Tensor::from_vec(owners, positions.len(), &dev)?;
+        let per_position = var.as_tensor().index_select(&owners, 0)?;
         let iv = Intervention {
             layer: params.layer,
             site: params.site,
@@ -251,8 +248,8 @@ pub fn optimize_targets(
         let mut keep_going = vec![0f32; active.len()];
         for (a, &j) in active.iter().enumerate() {
             let s = &mut states[j];
-            let init_norm = norm(s.init.as_ref().expect("set at it 0"));
-            let wd = params.weight_decay * norm(&s.delta) / (init_norm * init_norm);
+            let init_norm = vec_norm(s.init.as_ref().expect("set at it 0"));
+            let wd = params.weight_decay * vec_norm(&s.delta) / (init_norm * init_norm);
             let total = f64::from(nll_v[a]) + f64::from(kl_v[a]) + wd;
             if !total.is_finite() {
                 return Err(Error::Input(format!(
@@ -284,9 +281,9 @@ pub fn optimize_targets(
                 continue;
             }
             let s = &mut states[j];
-            let init_norm = norm(s.init.as_ref().expect("set"));
+            let init_norm = vec_norm(s.init.as_ref().expect("set"));
             // d/dδ of wd·‖δ‖/‖v₀‖² (zero at δ = 0, as PyTorch's norm gradient).
-            let dn = norm(&s.delta);
+            let dn = vec_norm(&s.delta);
             let wd_scale = if dn > 0.0 { params.weight_decay / (init_norm * init_norm) / dn } else { 0.0 };
             s.steps += 1;
             let t = s.steps as i32;
@@ -300,7 +297,7 @@ pub fn optimize_targets(
                 s.delta[i] -= (params.lr / bc1 * s.m[i] / denom) as f32;
             }
             let max_norm = params.clamp_norm_factor * init_norm;
-            let dn = norm(&s.delta);
+            let dn = vec_norm(&s.delta);
             if dn > max_norm {
                 let f = (max_norm / dn) as f32;
                 s.delta.iter_mut().for_each(|x| *x *= f);
@@ -315,11 +312,4 @@ pub fn optimize_targets(
             OptimizedTarget { init, delta: s.delta, target, losses: s.losses, steps: s.steps }
         })
         .collect())
-}
-
-/// `per_row[r]` for every (r, _) in `positions`.
-fn select_rows_for_positions(per_row: &Tensor, positions: &[(usize, usize)]) -> Result<Tensor> {
-    let idx: Vec<u32> = positions.iter().map(|&(r, _)| r as u32).collect();
-    let n = idx.len();
-    Ok(per_row.index_select(&Tensor::from_vec(idx, n, per_row.device())?, 0)?)
 }

@@ -18,7 +18,7 @@ use super::optimize::{optimize_targets, LossPoint};
 use super::reprs::{at_subject_last, Wanted};
 use super::requests::Request;
 use super::templates::ContextTemplates;
-use super::{optimize_params, Deltas, ModelRestorer};
+use super::{frobenius_norm, optimize_params, vec_norm, Deltas, ModelRestorer};
 use crate::error::{Error, Result};
 use crate::models::modules::mlp_down;
 use crate::models::{CausalLm, Site};
@@ -51,10 +51,6 @@ pub struct RomeReport {
 pub struct RomeOutcome {
     pub deltas: Deltas,
     pub reports: Vec<RomeReport>,
-}
-
-fn vec_norm(v: &[f32]) -> f64 {
-    v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt()
 }
 
 /// Computes ROME's updates for `requests` (sequentially: each sees the earlier edits) and
@@ -126,7 +122,7 @@ pub fn apply_rome(
             let v_t = Tensor::from_vec(right.clone(), (module.out_dim, 1), &Device::Cpu)?;
             let u_t = Tensor::from_vec(u32s, (1, module.in_dim), &Device::Cpu)?;
             let upd = v_t.matmul(&u_t)?;
-            let weight_norm = restorer.current_norm(&*model, &module.name)?;
+            let weight_norm = frobenius_norm(&model.weight(&module.name)?)?;
             restorer.add(model, &module.name, &upd)?;
             total = (total + &upd)?;
             reports.push(RomeReport {

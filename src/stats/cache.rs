@@ -87,8 +87,15 @@ impl Moments {
 
     /// Refuses statistics of another model or another layer width.
     pub fn check(&self, identity: &ModelIdentity, module: &EditableModule) -> Result<()> {
-        let m = &self.meta;
-        if m.d_ff != module.in_dim || self.sum.dims() != [module.in_dim, module.in_dim] {
+        self.meta.check(self.sum.dims(), identity, module)
+    }
+}
+
+impl StatsMeta {
+    /// Refuses statistics (whose sum has shape `sum_dims`) of another model or layer width.
+    pub fn check(&self, sum_dims: &[usize], identity: &ModelIdentity, module: &EditableModule) -> Result<()> {
+        let m = self;
+        if m.d_ff != module.in_dim || sum_dims != [module.in_dim, module.in_dim] {
             return Err(Error::Input(format!(
                 "statistics for `{}` are {}x{} but `{}` has {}-wide keys: they belong to a different model; recompute them with `edit stats`",
                 m.module, m.d_ff, m.d_ff, module.name, module.in_dim
@@ -176,6 +183,17 @@ impl StatsFile {
         Ok(Self { path: path.to_path_buf(), mmap, meta })
     }
 
+    fn stats_meta(&self) -> Result<StatsMeta> {
+        let meta = self.meta.as_deref().ok_or_else(|| Error::BadSafetensors {
+            path: self.path.clone(),
+            reason: format!("no `{META_KEY}` metadata: not a statistics file written by edit"),
+        })?;
+        serde_json::from_str(meta).map_err(|e| Error::BadSafetensors {
+            path: self.path.clone(),
+            reason: format!("unreadable `{META_KEY}` metadata: {e}"),
+        })
+    }
+
     fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
         use candle_core::safetensors::Load;
         let bad = |reason: String| Error::BadSafetensors { path: self.path.clone(), reason };
@@ -185,16 +203,21 @@ impl StatsFile {
     }
 }
 
+/// A statistics file's metadata and the shape of its sum, without reading the sum.
+pub fn load_meta(path: &Path) -> Result<(StatsMeta, Vec<usize>)> {
+    let st = StatsFile::open(path)?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&st.mmap)
+        .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let dims = header.info("mom2.sum").map(|i| i.shape.clone()).ok_or_else(|| Error::BadSafetensors {
+        path: path.to_path_buf(),
+        reason: "no `mom2.sum` tensor: not a statistics file written by edit".into(),
+    })?;
+    Ok((st.stats_meta()?, dims))
+}
+
 pub fn load(path: &Path) -> Result<Moments> {
     let st = StatsFile::open(path)?;
-    let meta = st.meta.as_deref().ok_or_else(|| Error::BadSafetensors {
-        path: path.to_path_buf(),
-        reason: format!("no `{META_KEY}` metadata: not a statistics file written by edit"),
-    })?;
-    let meta: StatsMeta = serde_json::from_str(meta).map_err(|e| Error::BadSafetensors {
-        path: path.to_path_buf(),
-        reason: format!("unreadable `{META_KEY}` metadata: {e}"),
-    })?;
+    let meta = st.stats_meta()?;
     let sum = st.load("mom2.sum", &Device::Cpu)?;
     let count = st.load("mom2.count", &Device::Cpu)?.to_dtype(DType::I64)?.to_vec1::<i64>()?[0] as u64;
     Ok(Moments { sum, count, meta })

@@ -49,6 +49,11 @@ impl Accumulator {
         }
         Ok(Self { sums, count: 0, texts: 0, next_chunk: 0 })
     }
+
+    /// C = Σ k kᵀ / count per layer, in the accumulation precision.
+    pub fn second_moments(&self) -> Result<BTreeMap<usize, Tensor>> {
+        self.sums.iter().map(|(&l, s)| Ok((l, (s / self.count as f64)?))).collect()
+    }
 }
 
 /// What the driver of a collection hears about and decides.
@@ -136,6 +141,12 @@ pub fn collect(
         }
     }
     Ok(acc)
+}
+
+/// One uninterrupted collection over `texts` in memory, with no cache and no checkpoints.
+pub fn collect_in_memory(model: &dyn CausalLm, tok: &Tokenizer, texts: &[String], plan: &CollectPlan) -> Result<Accumulator> {
+    let acc = Accumulator::new(&plan.layers, model.config().d_ff, plan.precision, model.device())?;
+    collect(model, tok, texts, plan, acc, &mut NoProgress)
 }
 
 /// Flat `[b·t]` indices of the real (non-padding) tokens.
