@@ -47,32 +47,104 @@ impl HubDataset {
 #[derive(Clone, Debug)]
 pub enum Corpus {
     Embedded,
-    Files(Vec<PathBuf>),
+    /// Local files, identified by the SHA-256 of their bytes (in order), not by their paths:
+    /// the same file reached by two paths is one corpus, an edited file another.
+    Files { paths: Vec<PathBuf>, digest: String },
     Hub(HubDataset),
 }
 
 impl Corpus {
+    /// A corpus of local files; their digests are remembered in `memo_dir` by path, size and
+    /// modification time, so a large corpus is hashed once.
+    pub fn from_files(paths: Vec<PathBuf>, memo_dir: &Path) -> Result<Self> {
+        use sha2::Digest;
+        let mut memo = DigestMemo::open(memo_dir);
+        let mut h = sha2::Sha256::new();
+        for p in &paths {
+            h.update(memo.digest(p)?.as_bytes());
+        }
+        memo.save();
+        let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        Ok(Corpus::Files { paths, digest })
+    }
+
     /// A short stable name for cache paths and metadata.
     pub fn id(&self) -> String {
         match self {
             Corpus::Embedded => "wikitext-2-test-embedded".into(),
             Corpus::Hub(HubDataset::Wikitext) => "wikitext-103-raw-v1".into(),
             Corpus::Hub(HubDataset::Wikipedia) => "wikipedia-20231101.en".into(),
-            Corpus::Files(files) => {
-                let stem = files
-                    .first()
-                    .and_then(|f| f.file_stem())
-                    .map(|s| s.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let mut h = crate::checkpoint::Fnv64::new();
-                for f in files {
-                    h.write(f.to_string_lossy().as_bytes());
-                    if let Ok(m) = std::fs::metadata(f) {
-                        h.write(&m.len().to_le_bytes());
-                    }
-                }
-                format!("files-{}-{:08x}", sanitize(&stem), h.finish() as u32)
+            Corpus::Files { digest, .. } => format!("files-{}", &digest[..16]),
+        }
+    }
+
+    /// What a person reads: the dataset, or the files' names.
+    pub fn describe(&self) -> String {
+        match self {
+            Corpus::Embedded => "the embedded WikiText-2 test split".into(),
+            Corpus::Hub(ds) => format!("{} ({})", ds.repo(), self.id()),
+            Corpus::Files { paths, .. } => paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+        }
+    }
+}
+
+/// SHA-256 digests of corpus files, remembered in `<dir>/corpus-digests.json` by canonical
+/// path, size and modification time.
+struct DigestMemo {
+    path: PathBuf,
+    entries: std::collections::BTreeMap<String, (u64, u128, String)>,
+    dirty: bool,
+}
+
+impl DigestMemo {
+    fn open(dir: &Path) -> Self {
+        let path = dir.join("corpus-digests.json");
+        let entries = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        Self { path, entries, dirty: false }
+    }
+
+    fn digest(&mut self, file: &Path) -> Result<String> {
+        use sha2::Digest;
+        use std::io::Read;
+        let canon = file.canonicalize().map_err(|e| Error::io(file, e))?;
+        let meta = std::fs::metadata(&canon).map_err(|e| Error::io(file, e))?;
+        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
+        let key = canon.to_string_lossy().into_owned();
+        if let Some((len, m, d)) = self.entries.get(&key) {
+            if *len == meta.len() && *m == mtime && mtime != 0 {
+                return Ok(d.clone());
             }
+        }
+        let mut f = File::open(&canon).map_err(|e| Error::io(file, e))?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| Error::io(file, e))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        let d: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        self.entries.insert(key, (meta.len(), mtime, d.clone()));
+        self.dirty = true;
+        Ok(d)
+    }
+
+    /// Best effort: a memo that cannot be written only costs a re-hash next time.
+    fn save(&self) {
+        if !self.dirty {
+            return;
+        }
+        let write = || -> std::io::Result<()> {
+            let dir = crate::fsutil::parent_dir(&self.path);
+            std::fs::create_dir_all(dir)?;
+            let tmp = crate::fsutil::sibling(&self.path, "tmp");
+            std::fs::write(&tmp, serde_json::to_string(&self.entries).unwrap_or_default())?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        if let Err(e) = write() {
+            tracing::debug!("cannot remember corpus digests in {}: {e}", self.path.display());
         }
     }
 }
@@ -129,7 +201,7 @@ fn txt_lines(text: &str) -> Vec<String> {
 pub fn sample(corpus: &Corpus, n: usize, hub: &crate::hub::HubOptions) -> Result<Sample> {
     match corpus {
         Corpus::Embedded => sample_rows(&InMemory(txt_lines(EMBEDDED_WIKITEXT)), n),
-        Corpus::Files(files) => {
+        Corpus::Files { paths: files, .. } => {
             // Parquet files are read lazily (only the sampled rows); text formats are small.
             if files.iter().all(|f| is_parquet(f)) {
                 return sample_rows(&ParquetRows::open(files.clone())?, n);

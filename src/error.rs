@@ -34,6 +34,10 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// The user asked the job to stop (Ctrl-C, SIGTERM); its progress was saved.
+    #[error("{0}")]
+    Interrupted(String),
+
     #[error("i/o error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 

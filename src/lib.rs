@@ -10,6 +10,7 @@ pub mod device;
 pub mod editing;
 pub mod error;
 pub mod eval;
+pub mod fsutil;
 pub mod hub;
 pub mod model;
 pub mod models;

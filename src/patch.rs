@@ -47,6 +47,9 @@ pub struct WriteReport {
     pub files_skipped: Vec<String>,
     /// Checkpoint keys of the tensors that changed.
     pub tensors_changed: Vec<String>,
+    /// Where the directory is staged until its transaction commits.
+    #[serde(skip)]
+    pub staged: PathBuf,
 }
 
 /// Provenance of a delta file.
@@ -225,26 +228,6 @@ fn check_out(files: &ModelFiles, out: &Path, overwrite: bool) -> Result<OutState
     }
 }
 
-/// `<out>.<tag>-<pid>` beside `out`.
-fn sibling(out: &Path, tag: &str) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    out.with_file_name(format!("{name}.{tag}-{}", std::process::id()))
-}
-
-/// Removes a directory on drop unless disarmed: a failed write leaves nothing behind.
-struct TempDirGuard {
-    path: PathBuf,
-    armed: bool,
-}
-
-impl Drop for TempDirGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// A file's name relative to the model directory (shard names may hold subfolders).
 fn rel_name(dir: &Path, file: &Path) -> String {
     file.strip_prefix(dir)
@@ -271,6 +254,57 @@ fn is_foreign_weight_file(name: &str) -> bool {
         // A stray single-file or sharded safetensors model beside the one we read: transformers
         // might pick it over ours.
         || (lower.starts_with("model") && (lower.ends_with(".safetensors") || lower.ends_with(".safetensors.index.json")))
+}
+
+/// Metadata key of a rewritten shard listing the ids of the deltas applied to it, oldest first,
+/// so that `revert` can tell whether a model really holds a delta.
+pub const APPLIED_KEY: &str = "edit.applied";
+
+/// A delta's identity: SHA-256 of its module names and `[out, in]` f32 values (the first 16
+/// hex digits). The same in memory and after a round trip through a delta file.
+pub fn delta_id(deltas: &Deltas) -> Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (name, d) in deltas {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        let v = d.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        h.update((v.len() as u64).to_le_bytes());
+        for x in v {
+            h.update(x.to_le_bytes());
+        }
+    }
+    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+}
+
+/// The delta ids recorded in the shards that hold `deltas`' weights: per shard, its list
+/// (empty for weights not written by edit).
+pub fn applied_ids(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas) -> Result<Vec<(PathBuf, Vec<String>)>> {
+    let ckpt = Checkpoint::open_files(files.weights.clone())?;
+    let mut shards = BTreeSet::new();
+    for name in deltas.keys() {
+        let module = modules::find(cfg, name)?;
+        let key = format!("{}.weight", module.name);
+        if let Some(k) = ckpt.resolve(&key, cfg.family.prefix()) {
+            shards.insert(ckpt.tensors()[k].file);
+        }
+    }
+    drop(ckpt);
+    let mut out = Vec::new();
+    for i in shards {
+        let path = &files.weights[i];
+        let mmap = map_file(path)?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| Error::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
+        let ids = header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(APPLIED_KEY))
+            .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
+            .unwrap_or_default();
+        out.push((path.clone(), ids));
+    }
+    Ok(out)
 }
 
 fn copy_file(from: &Path, to: &Path) -> Result<()> {
@@ -332,7 +366,7 @@ fn patched(stored: &Tensor, delta_stored: &Tensor, sign: f64) -> Result<Tensor> 
 }
 
 /// Re-serialises one shard with the given tensors replaced, keeping its `__metadata__`.
-fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign: f64) -> Result<()> {
+fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign: f64, id: &str) -> Result<()> {
     use candle_core::safetensors::Load;
     let bad = |reason: String| Error::BadSafetensors { path: src.to_path_buf(), reason };
     let mmap = map_file(src)?;
@@ -360,9 +394,22 @@ fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign:
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    safetensors::serialize_to_file(out, header.metadata().clone(), dst)
+    let mut metadata = header.metadata().clone().unwrap_or_default();
+    let mut applied: Vec<String> = metadata.get(APPLIED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default();
+    if sign > 0.0 {
+        applied.push(id.to_string());
+    } else if let Some(i) = applied.iter().rposition(|a| a == id) {
+        applied.remove(i);
+    }
+    if applied.is_empty() {
+        metadata.remove(APPLIED_KEY);
+    } else {
+        metadata.insert(APPLIED_KEY.to_string(), serde_json::to_string(&applied).expect("ids serialise"));
+    }
+    let metadata = if metadata.is_empty() { None } else { Some(metadata) };
+    safetensors::serialize_to_file(out, metadata, dst)
         .map_err(|e| Error::Input(format!("cannot write {}: {e}", dst.display())))?;
-    Ok(())
+    crate::fsutil::default_permissions(dst)
 }
 
 /// Writes a complete model directory at `out`: the input model's files with
@@ -379,11 +426,30 @@ pub fn write_model_dir(
     out: &Path,
     overwrite: bool,
 ) -> Result<WriteReport> {
+    let mut outputs = crate::fsutil::Outputs::new();
+    let report = stage_model_dir(files, cfg, deltas, sign, out, overwrite, &mut outputs)?;
+    outputs.commit()?;
+    Ok(report)
+}
+
+/// [`write_model_dir`] into a temporary of `outputs`: the directory appears at `out` only when
+/// the caller commits `outputs` (with its other outputs). Returns the temporary's path too, so
+/// that a file meant to live inside `out` can be staged there.
+pub fn stage_model_dir(
+    files: &ModelFiles,
+    cfg: &ModelConfig,
+    deltas: &Deltas,
+    sign: f64,
+    out: &Path,
+    overwrite: bool,
+    outputs: &mut crate::fsutil::Outputs,
+) -> Result<WriteReport> {
     if !sign.is_finite() {
         return Err(Error::Input(format!("sign {sign} is not finite")));
     }
     let checked = check_deltas(cfg, deltas)?;
-    let state = check_out(files, out, overwrite)?;
+    check_out(files, out, overwrite)?;
+    let id = delta_id(deltas)?;
 
     // Find each edited tensor: per weight file, checkpoint key → delta in the stored layout.
     let ckpt = Checkpoint::open_files(files.weights.clone())?;
@@ -418,12 +484,8 @@ pub fn write_model_dir(
     drop(ckpt);
     tensors_changed.sort();
 
-    let tmp = sibling(out, "tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    }
+    let tmp = outputs.stage(out)?;
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut guard = TempDirGuard { path: tmp.clone(), armed: true };
 
     let dir = files.dir();
     let weight_names: Vec<String> = files.weights.iter().map(|w| rel_name(dir, w)).collect();
@@ -463,7 +525,7 @@ pub fn write_model_dir(
         match edits.get(&i) {
             Some(e) => {
                 tracing::info!("writing {name} ({} edited tensor(s))", e.len());
-                rewrite_shard(src, &dst, e, sign)?;
+                rewrite_shard(src, &dst, e, sign, &id)?;
                 files_written.push(name.clone());
             }
             None => {
@@ -477,36 +539,24 @@ pub fn write_model_dir(
         files_copied.push(name.clone());
     }
 
-    // Into place; an existing output is removed only once the new one is complete.
-    match state {
-        OutState::Absent => {}
-        OutState::EmptyDir => std::fs::remove_dir(out).map_err(|e| Error::io(out, e))?,
-        OutState::Replace => {
-            let old = sibling(out, "old");
-            if old.exists() {
-                std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
-            }
-            std::fs::rename(out, &old).map_err(|e| Error::io(out, e))?;
-            if let Err(e) = std::fs::rename(&tmp, out) {
-                let _ = std::fs::rename(&old, out);
-                return Err(Error::io(out, e));
-            }
-            guard.armed = false;
-            if let Err(e) = std::fs::remove_dir_all(&old) {
-                tracing::warn!("could not remove the replaced directory {}: {e}", old.display());
-            }
-            return Ok(WriteReport { out: out.to_path_buf(), files_written, files_copied, files_skipped, tensors_changed });
-        }
-    }
-    std::fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
-    guard.armed = false;
-    Ok(WriteReport { out: out.to_path_buf(), files_written, files_copied, files_skipped, tensors_changed })
+    Ok(WriteReport { out: out.to_path_buf(), staged: tmp, files_written, files_copied, files_skipped, tensors_changed })
 }
 
 /// Saves `deltas` (`[out, in]`) as a delta file: one f32 tensor `<module>.weight` per edited
 /// weight in the checkpoint's stored layout, `meta` as JSON under `edit.delta`, and
 /// `edit.layout = "stored"`. Written to a temporary file and renamed into place.
 pub fn save_delta(path: &Path, cfg: &ModelConfig, deltas: &Deltas, meta: &DeltaMeta) -> Result<()> {
+    let mut outputs = crate::fsutil::Outputs::new();
+    let tmp = outputs.stage(path)?;
+    write_delta_file(&tmp, cfg, deltas, meta)?;
+    outputs.commit()
+}
+
+/// Writes the delta file itself at `path` (callers stage it through an [`crate::fsutil::Outputs`]).
+pub fn write_delta_file(path: &Path, cfg: &ModelConfig, deltas: &Deltas, meta: &DeltaMeta) -> Result<()> {
+    if path.file_name().is_none() {
+        return Err(Error::Input(format!("{} is not a file path; name the delta file, e.g. delta.safetensors", path.display())));
+    }
     let checked = check_deltas(cfg, deltas)?;
     let mut tensors = Vec::with_capacity(checked.len());
     for c in checked.values() {
@@ -518,25 +568,10 @@ pub fn save_delta(path: &Path, cfg: &ModelConfig, deltas: &Deltas, meta: &DeltaM
         serde_json::to_string(meta).map_err(|e| Error::Input(format!("cannot serialise the delta metadata: {e}")))?,
     );
     md.insert(DELTA_LAYOUT_KEY.to_string(), STORED_LAYOUT.to_string());
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| Error::Input(format!("{} is not a file path; name the delta file, e.g. delta.safetensors", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
-    let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    if let Err(e) = safetensors::serialize_to_file(data, Some(md), &tmp) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::Input(format!("cannot write {}: {e}", tmp.display())));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })?;
-    Ok(())
+    crate::fsutil::write_safetensors(path, &tensors, Some(md))
 }
 
 /// Reads a delta file written by [`save_delta`], returning the deltas in `[out, in]`

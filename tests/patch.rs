@@ -187,9 +187,12 @@ fn written_model_changes_only_the_edited_weights() {
             assert_eq!(written[*u], before[*u]);
         }
         assert!(written.contains_key("config.json") && written.contains_key("tokenizer.json"));
-        // Rewritten shards keep their `__metadata__`.
+        // Rewritten shards keep their `__metadata__`, and record the delta they now hold.
+        let id = edit::patch::delta_id(&deltas).unwrap();
         for w in &report.files_written {
-            assert_eq!(file_metadata(&out.join(w)), file_metadata(&input.join(w)), "{w} metadata");
+            let mut md = file_metadata(&out.join(w)).unwrap_or_default();
+            assert_eq!(md.remove(edit::patch::APPLIED_KEY), Some(format!("[\"{id}\"]")), "{w} records the delta");
+            assert_eq!(Some(md).filter(|m| !m.is_empty()), file_metadata(&input.join(w)), "{w} metadata");
         }
 
         // Tensor by tensor: same names, dtypes and shapes; edited = W + Δ, others bit-identical.

@@ -8,41 +8,57 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use edit::data::{Corpus, HubDataset};
-use edit::editing::hparams::{self, Method};
+use edit::editing::hparams::{self, Hparams, Method};
 use edit::editing::linalg::LayerStats;
 use edit::editing::memit::apply_memit;
 use edit::editing::requests::{self, Request};
 use edit::editing::rome::apply_rome;
 use edit::editing::templates::{self, ContextTemplates};
+use edit::editing::verify::{check_edits, EditCheck};
 use edit::editing::Deltas;
+use edit::fsutil::Outputs;
+use edit::hub::ModelFiles;
 use edit::patch::{self, DeltaMeta};
 use edit::stats::cache::{self, ModelIdentity};
+use edit::stats::resolve::{self, CachedSet};
 use edit::stats::Precision;
 use edit::tokenizer::Tokenizer;
 use edit::ModelConfig;
 use serde::Serialize;
 
-use super::stats::{chosen_corpus, ensure_stats, DatasetArg, StatsDirArg, StatsPlan};
-use super::{GlobalArgs, ModelArgs};
+use super::stats::{check_corpus_available, chosen_corpus, collect_missing, lookup, DatasetArg, Ensured, StatsDirArg, StatsPlan};
+use super::{ComputeArgs, GlobalArgs, ModelArgs};
+
+/// Exit status when `--require-success` finds an edit that did not take.
+pub const EXIT_EDIT_FAILED: u8 = 3;
 
 /// Compute a ROME or MEMIT edit of the facts in REQUESTS and write the patched model (--out)
 /// and/or the weight delta (--delta-out).
 ///
 /// Hyperparameters come from the shipped config for the model (the reference values where they
 /// exist; `-v` prints which), or --config FILE (the reference's hparams JSON format), with
-/// --set key=value overrides. Second-moment statistics come from the `edit stats` cache and are
-/// computed first when missing.
+/// --set key=value overrides. Second-moment statistics come from the `edit stats` cache (any
+/// corpus cached for this model; --dataset/--text choose one) and are computed first when none
+/// are cached.
+///
+/// Each request is checked after the edit: its loss must have fallen and the new target must
+/// be the top prediction at the edit prompt. A request that fails is reported (a warning, and
+/// `check` in --json); with --require-success the exit code is 3 and nothing is written.
 #[derive(Args, Debug)]
 pub struct ApplyArgs {
     /// Edit requests: a JSON list (or JSONL) of {"prompt": "{} plays the sport of", "subject":
-    /// "LeBron James", "target_new": {"str": "football"}}, or CounterFact records.
+    /// "LeBron James", "target_new": {"str": "football"}}, or CounterFact records; `-` reads
+    /// them from standard input.
     #[arg(value_name = "REQUESTS")]
     pub requests: PathBuf,
+    /// The editing method: rome (one rank-one update per fact, applied in turn) or memit (one
+    /// batch update spread over several layers).
     #[arg(long, value_parser = ["rome", "memit"])]
     pub method: String,
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// Write the patched model directory here (config, tokenizer and all weights; same names,
     /// dtypes and sharding as the input).
     #[arg(short, long, value_name = "DIR")]
@@ -68,6 +84,9 @@ pub struct ApplyArgs {
     /// Print one JSON object per request and a summary line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Fail (exit code 3, nothing written) when any edit did not take.
+    #[arg(long)]
+    pub require_success: bool,
     #[command(flatten)]
     pub stats: StatsSourceArgs,
 }
@@ -75,16 +94,17 @@ pub struct ApplyArgs {
 /// Where missing statistics are computed from (as `edit stats`) and where they are cached.
 #[derive(Args, Debug)]
 pub struct StatsSourceArgs {
-    /// Texts sampled for statistics [default: the config's `mom2_n_samples`].
+    /// Texts sampled for statistics [default: any cached; else the config's `mom2_n_samples`].
     #[arg(long)]
     pub samples: Option<usize>,
-    /// Local corpus files for statistics (.txt, .jsonl, .parquet).
-    #[arg(long, num_args = 1.., value_name = "FILE", conflicts_with = "dataset")]
+    /// A local corpus file for statistics (.txt, .jsonl, .parquet); repeat for several.
+    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
     pub text: Vec<PathBuf>,
-    /// Hub dataset for statistics [default: from the config's `mom2_dataset`].
+    /// Statistics corpus [default: whatever is cached for this model, preferring the config's
+    /// `mom2_dataset`; else that corpus].
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetArg>,
-    /// Statistics precision [default: the config's `mom2_dtype`].
+    /// Statistics precision [default: any cached, preferring the config's `mom2_dtype`].
     #[arg(long, value_parser = ["f32", "f64"])]
     pub precision: Option<String>,
     #[arg(long, hide = true)]
@@ -105,9 +125,20 @@ struct Summary<'a> {
     seed: u64,
     templates: &'a ContextTemplates,
     modules: Vec<ModuleSummary>,
+    /// Requests whose edit did not take (indices).
+    failed: Vec<usize>,
+    statistics: Option<StatsUsed>,
     out: Option<&'a PathBuf>,
     delta_out: Option<&'a PathBuf>,
     seconds: f64,
+}
+
+/// One request's report with its check.
+#[derive(Serialize)]
+struct Reported<'a, R: Serialize> {
+    #[serde(flatten)]
+    report: &'a R,
+    check: &'a EditCheck,
 }
 
 #[derive(Serialize)]
@@ -117,23 +148,141 @@ struct ModuleSummary {
     weight_norm: f64,
 }
 
-fn corpus_for(args: &StatsSourceArgs, mom2_dataset: &str) -> anyhow::Result<Corpus> {
-    if let Some(c) = chosen_corpus(args.dataset, &args.text) {
-        return Ok(c);
+/// Which statistics an edit used.
+#[derive(Clone, Serialize)]
+struct StatsUsed {
+    dataset: String,
+    samples: usize,
+    precision: Precision,
+    files: BTreeMap<usize, PathBuf>,
+}
+
+/// Where the statistics of an edit will come from, decided before any weights are read.
+enum StatsSource {
+    Cached(CachedSet),
+    Compute(StatsPlan),
+}
+
+fn precision_of(hp: &Hparams) -> Precision {
+    match hp.mom2_dtype.as_str() {
+        "float64" => Precision::F64,
+        _ => Precision::F32,
     }
-    Ok(match mom2_dataset {
-        "wikipedia" => Corpus::Hub(HubDataset::Wikipedia),
-        d if d.starts_with("wikitext") => Corpus::Hub(HubDataset::Wikitext),
-        other => bail!(
-            "the config's mom2_dataset `{other}` is not a dataset edit can fetch; \
-             pass --text FILE (the corpus the statistics were computed on), --dataset, or --set mom2_dataset=wikipedia"
+}
+
+/// Chooses cached statistics (see `edit::stats::resolve` for the order) or the corpus to
+/// compute them on; fails here, before loading, when neither is possible.
+fn decide_stats(args: &ApplyArgs, hp: &Hparams, files: &ModelFiles, cfg: &ModelConfig, global: &GlobalArgs) -> anyhow::Result<StatsSource> {
+    let st = &args.stats;
+    let stats_dir = st.dir.dir();
+    let explicit = chosen_corpus(st.dataset, &st.text, &stats_dir)?;
+    let explicit_precision = st.precision.as_deref().map(Precision::parse).transpose()?;
+    let config_corpus = resolve::config_corpus(&hp.mom2_dataset);
+    let identity = ModelIdentity::of(files)?;
+    let found = resolve::scan(&stats_dir, &identity, cfg, &hp.layers)?;
+    let explicit_id = explicit.as_ref().map(|c| c.id());
+    let config_id = config_corpus.as_ref().map(|c| c.id());
+    let wanted = resolve::Wanted {
+        dataset: explicit_id.as_deref(),
+        samples: st.samples,
+        precision: explicit_precision,
+        config_dataset: config_id.as_deref(),
+        config_samples: hp.mom2_n_samples,
+        config_precision: precision_of(hp),
+    };
+    if let Some(set) = resolve::choose(resolve::complete_sets(&found, &hp.layers), &wanted) {
+        tracing::info!(
+            "statistics for layer(s) {:?}: cached, {} ({} samples, {} tokens, {}) in {}",
+            hp.layers,
+            set.dataset,
+            set.samples,
+            set.tokens(),
+            set.precision.reference_name(),
+            stats_dir.display()
+        );
+        if explicit.is_none() && config_id.as_deref() != Some(set.dataset.as_str()) {
+            tracing::warn!(
+                "the config names statistics of `{}` ({} samples), but the cached ones are of {} ({} samples): using those. \
+                 Pass --dataset or --text to choose a corpus (missing statistics are then computed)",
+                hp.mom2_dataset,
+                hp.mom2_n_samples,
+                set.dataset,
+                set.samples
+            );
+        }
+        return Ok(StatsSource::Cached(set));
+    }
+    let corpus = match explicit.or(config_corpus) {
+        Some(c) => c,
+        None => bail!(
+            "no statistics of this model are cached for layer(s) {:?} (in {}), and the config's mom2_dataset `{}` is not a corpus \
+             edit can fetch. Compute them first, e.g. `edit stats --model {} --layers {}` (the embedded WikiText-2 sample, \
+             offline), or pass --dataset embedded|wikitext|wikipedia or --text FILE",
+            hp.layers,
+            stats_dir.display(),
+            hp.mom2_dataset,
+            args.model.id(),
+            hp.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")
         ),
-    })
+    };
+    check_corpus_available(&corpus, args.model.offline, global)?;
+    Ok(StatsSource::Compute(StatsPlan {
+        corpus,
+        samples: st.samples.unwrap_or(hp.mom2_n_samples),
+        precision: explicit_precision.unwrap_or(precision_of(hp)),
+        batch_tokens: st.batch_tokens,
+        max_len: st.max_len,
+        stats_dir,
+        checkpoint_secs: 60,
+        force: false,
+        abort_after_chunks: None,
+        offline: args.model.offline,
+        announce_computing: true,
+    }))
+}
+
+/// The statistics files of every edited layer: the cached set, or computed now.
+fn stats_files(source: StatsSource, lm: &edit::LoadedModel, layers: &[usize], global: &GlobalArgs) -> anyhow::Result<StatsUsed> {
+    match source {
+        StatsSource::Cached(set) => Ok(StatsUsed {
+            dataset: set.dataset.clone(),
+            samples: set.samples,
+            precision: set.precision,
+            files: set.layers.iter().map(|(&l, f)| (l, f.path.clone())).collect(),
+        }),
+        StatsSource::Compute(plan) => {
+            let identity = ModelIdentity::of(&lm.files)?;
+            let (cached, todo) = lookup(&plan, &identity, lm.config(), layers)?;
+            let mut ensured = Ensured { reports: cached, dataset: plan.corpus.id(), identity, ..Default::default() };
+            if !todo.is_empty() {
+                collect_missing(lm, &todo, &plan, global, &mut ensured)?;
+            }
+            ensured.reports.sort_by_key(|r| r.layer);
+            Ok(StatsUsed {
+                dataset: ensured.dataset,
+                samples: plan.samples,
+                precision: plan.precision,
+                files: ensured.reports.into_iter().map(|r| (r.layer, r.file)).collect(),
+            })
+        }
+    }
+}
+
+/// Reads requests from a file, or from standard input for `-`.
+fn read_requests(path: &std::path::Path) -> anyhow::Result<Vec<Request>> {
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text).context("cannot read requests from standard input")?;
+        return Ok(requests::parse_requests(&text, "standard input")?);
+    }
+    requests::read_requests(path).with_context(|| format!("cannot read requests from {}", path.display()))
 }
 
 pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let method: Method = args.method.parse()?;
+    // Everything cheap is checked before any weights are read: outputs, requests, config,
+    // statistics.
     if args.out.is_none() && args.delta_out.is_none() {
         bail!("nothing to write: pass --out DIR (a patched model) and/or --delta-out FILE.safetensors (the weight delta)");
     }
@@ -142,17 +291,23 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             bail!("--out and --delta-out are the same path {}: the model directory and the delta file need different paths", o.display());
         }
     }
+    let delta_in_out = match (&args.out, &args.delta_out) {
+        (Some(o), Some(d)) => d.strip_prefix(o).ok().filter(|r| !r.as_os_str().is_empty()).map(|r| r.to_path_buf()),
+        _ => None,
+    };
     if let Some(d) = &args.delta_out {
-        if d.exists() && !args.force {
-            bail!("{} already exists: choose another --delta-out or pass --force", d.display());
+        // A delta inside --out lands with the directory; --out's own check covers it.
+        if delta_in_out.is_none() {
+            edit::fsutil::check_file_target(d, args.force, "--delta-out")?;
         }
     }
-    // Everything cheap is checked before any weights are read.
-    let reqs = requests::read_requests(&args.requests).with_context(|| format!("cannot read requests from {}", args.requests.display()))?;
+    args.compute.parse()?;
+    let reqs = read_requests(&args.requests)?;
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     if let Some(out) = &args.out {
         patch::check_out_dir(&files, out, args.force)?;
+        edit::fsutil::check_writable_ancestor(edit::fsutil::parent_dir(out), "--out", out)?;
     }
     let tok: Tokenizer = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
     requests::validate(&reqs, &tok, cfg.n_ctx)?;
@@ -162,37 +317,24 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or(hp.seed);
     tracing::info!("{} config: {}", method.name(), resolved.source);
     tracing::debug!("config: {}", serde_json::to_string(&resolved.json).unwrap_or_default());
-
-    let mut lm = args.model.load(global)?;
-    let pad_id = lm.pad_id();
-
     // Statistics for every edited layer (ROME without mom2_adjustment needs none).
     let needs_stats = method == Method::Memit || hp.mom2_adjustment;
+    let stats_source = if needs_stats { Some(decide_stats(&args, &hp, &files, &cfg, global)?) } else { None };
+
+    let mut lm = args.model.load_files(files, &args.compute)?;
+    let pad_id = lm.pad_id();
+
     let mut stats: BTreeMap<usize, LayerStats> = BTreeMap::new();
-    if needs_stats {
-        let precision = Precision::parse(args.stats.precision.as_deref().unwrap_or(match hp.mom2_dtype.as_str() {
-            "float64" => "f64",
-            _ => "f32",
-        }))?;
-        let plan = StatsPlan {
-            corpus: corpus_for(&args.stats, &hp.mom2_dataset)?,
-            samples: args.stats.samples.unwrap_or(hp.mom2_n_samples),
-            precision,
-            batch_tokens: args.stats.batch_tokens,
-            max_len: args.stats.max_len,
-            stats_dir: args.stats.dir.dir(),
-            checkpoint_secs: 60,
-            force: false,
-            abort_after_chunks: None,
-            offline: args.model.offline,
-            announce_computing: true,
-        };
-        let ensured = ensure_stats(&lm, &hp.layers, &plan, global)?;
-        for r in &ensured.reports {
-            let m = cache::load(&r.file)?;
-            m.check(&ensured.identity, &edit::models::modules::mlp_down(&cfg, r.layer)?)?;
-            stats.insert(r.layer, LayerStats::from_moments(&m)?);
+    let mut stats_used = None;
+    if let Some(source) = stats_source {
+        let used = stats_files(source, &lm, &hp.layers, global)?;
+        let identity = ModelIdentity::of(&lm.files)?;
+        for (&layer, file) in &used.files {
+            let m = cache::load(file)?;
+            m.check(&identity, &edit::models::modules::mlp_down(&cfg, layer)?)?;
+            stats.insert(layer, LayerStats::from_moments(&m)?);
         }
+        stats_used = Some(used);
     }
 
     let templates = match &hp.context_templates {
@@ -208,7 +350,11 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     };
     tracing::debug!("context templates: {:?}", templates.flat());
 
-    let mut out = std::io::stdout().lock();
+    let first_last = |l: &[edit::editing::optimize::LossPoint]| {
+        (l.first().map(|p| p.total).unwrap_or(f64::NAN), l.last().map(|p| p.total).unwrap_or(f64::NAN))
+    };
+    let mut lines: Vec<String> = Vec::new();
+    let mut checks: Vec<EditCheck>;
     let (deltas, modules): (Deltas, Vec<ModuleSummary>) = match method {
         Method::Rome => {
             let outcome = apply_rome(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad_id)?;
@@ -221,17 +367,16 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            if args.json {
-                for r in &outcome.reports {
-                    serde_json::to_writer(&mut out, r)?;
-                    writeln!(out)?;
-                }
-            } else {
-                for r in &outcome.reports {
-                    let last = r.losses.last().map(|l| l.total).unwrap_or(f64::NAN);
-                    writeln!(out, "{:>4}  {} → {}: loss {:.3} → {:.3} in {} steps, ‖ΔW‖ {:.3}, {:.2}s",
-                        r.index, r.subject, r.target_new.trim(), r.losses.first().map(|l| l.total).unwrap_or(f64::NAN), last, r.steps, r.update_norm, r.seconds)?;
-                }
+            let losses: Vec<(f64, f64)> = outcome.reports.iter().map(|r| first_last(&r.losses)).collect();
+            checks = check_edits(&mut *lm.model, &tok, &reqs, &outcome.deltas, &losses, pad_id)?;
+            for (r, c) in outcome.reports.iter().zip(&checks) {
+                lines.push(if args.json {
+                    serde_json::to_string(&Reported { report: r, check: c })?
+                } else {
+                    let (l0, l1) = first_last(&r.losses);
+                    format!("{:>4}  {} → {}: loss {l0:.3} → {l1:.3} in {} steps, ‖ΔW‖ {:.3}, {:.2}s{}",
+                        r.index, r.subject, r.target_new.trim(), r.steps, r.update_norm, r.seconds, if c.took { "" } else { "  (did not take)" })
+                });
             }
             let mods = outcome
                 .deltas
@@ -253,17 +398,16 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            if args.json {
-                for r in &outcome.requests {
-                    serde_json::to_writer(&mut out, r)?;
-                    writeln!(out)?;
-                }
-            } else {
-                for r in &outcome.requests {
-                    writeln!(out, "{:>4}  {} → {}: loss {:.3} → {:.3} in {} steps, ‖δ‖ {:.3}",
-                        r.index, r.subject, r.target_new.trim(), r.losses.first().map(|l| l.total).unwrap_or(f64::NAN),
-                        r.losses.last().map(|l| l.total).unwrap_or(f64::NAN), r.steps, r.delta_norm)?;
-                }
+            let losses: Vec<(f64, f64)> = outcome.requests.iter().map(|r| first_last(&r.losses)).collect();
+            checks = check_edits(&mut *lm.model, &tok, &reqs, &outcome.deltas, &losses, pad_id)?;
+            for (r, c) in outcome.requests.iter().zip(&checks) {
+                lines.push(if args.json {
+                    serde_json::to_string(&Reported { report: r, check: c })?
+                } else {
+                    let (l0, l1) = first_last(&r.losses);
+                    format!("{:>4}  {} → {}: loss {l0:.3} → {l1:.3} in {} steps, ‖δ‖ {:.3}{}",
+                        r.index, r.subject, r.target_new.trim(), r.steps, r.delta_norm, if c.took { "" } else { "  (did not take)" })
+                });
             }
             let mods = outcome
                 .layers
@@ -273,25 +417,15 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             (outcome.deltas, mods)
         }
     };
-
-    let meta = DeltaMeta {
-        method: method.name().to_string(),
-        requests: serde_json::Value::Array(reqs.iter().map(Request::to_reference_json).collect()),
-        config: resolved.json.clone(),
-        seed: Some(seed),
-        base_model: ModelIdentity::of(&lm.files)?,
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    // The model directory first: a --delta-out inside --out must not be taken for an existing
-    // --out (nor be deleted when --force replaces it).
-    if let Some(dir) = &args.out {
-        patch::write_model_dir(&lm.files, &cfg, &deltas, 1.0, dir, args.force)
-            .with_context(|| format!("cannot write the patched model to {}", dir.display()))?;
-        tracing::info!("patched model written to {}", dir.display());
+    checks.truncate(reqs.len());
+    let failed: Vec<usize> = reqs.iter().zip(&checks).filter(|(_, c)| !c.took).map(|(r, _)| r.index).collect();
+    for (r, c) in reqs.iter().zip(&checks).filter(|(_, c)| !c.took) {
+        tracing::warn!("request {} ({:?} → {:?}) did not take: {}", r.index, r.subject, r.target_new, c.problems.join("; "));
     }
-    if let Some(path) = &args.delta_out {
-        patch::save_delta(path, &cfg, &deltas, &meta).with_context(|| format!("cannot write {}", path.display()))?;
-        tracing::info!("delta written to {}", path.display());
+    let refused = args.require_success && !failed.is_empty();
+
+    if !refused {
+        write_outputs(&args, &lm, &cfg, &deltas, &reqs, &resolved, method, seed, delta_in_out.as_deref())?;
     }
     let summary = Summary {
         summary: true,
@@ -302,10 +436,16 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         seed,
         templates: &templates,
         modules,
-        out: args.out.as_ref(),
-        delta_out: args.delta_out.as_ref(),
+        failed: failed.clone(),
+        statistics: stats_used,
+        out: if refused { None } else { args.out.as_ref() },
+        delta_out: if refused { None } else { args.delta_out.as_ref() },
         seconds: started.elapsed().as_secs_f64(),
     };
+    let mut out = std::io::stdout().lock();
+    for l in &lines {
+        writeln!(out, "{l}")?;
+    }
     if args.json {
         serde_json::to_writer(&mut out, &summary)?;
         writeln!(out)?;
@@ -313,7 +453,63 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         for m in &summary.modules {
             writeln!(out, "{}: ‖ΔW‖ {:.4} (‖W‖ {:.4})", m.module, m.update_norm, m.weight_norm)?;
         }
-        writeln!(out, "{} request(s) edited with {} in {:.1}s", summary.requests, summary.method, summary.seconds)?;
+        let took = summary.requests - failed.len();
+        writeln!(out, "{} request(s) edited with {} in {:.1}s; {took} took, {} did not", summary.requests, summary.method, summary.seconds, failed.len())?;
+    }
+    if refused {
+        out.flush()?;
+        tracing::error!(
+            "{} of {} edit(s) did not take (request(s) {failed:?}) and --require-success is set: nothing was written",
+            failed.len(),
+            reqs.len()
+        );
+        return Ok(ExitCode::from(EXIT_EDIT_FAILED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the patched model and/or the delta, all or nothing: both are staged as temporaries
+/// and renamed into place together.
+#[allow(clippy::too_many_arguments)]
+fn write_outputs(
+    args: &ApplyArgs,
+    lm: &edit::LoadedModel,
+    cfg: &ModelConfig,
+    deltas: &Deltas,
+    reqs: &[Request],
+    resolved: &hparams::ResolvedHparams,
+    method: Method,
+    seed: u64,
+    delta_in_out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let meta = DeltaMeta {
+        method: method.name().to_string(),
+        requests: serde_json::Value::Array(reqs.iter().map(Request::to_reference_json).collect()),
+        config: resolved.json.clone(),
+        seed: Some(seed),
+        base_model: ModelIdentity::of(&lm.files)?,
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let mut outputs = Outputs::new();
+    let mut staged_dir = None;
+    if let Some(dir) = &args.out {
+        let report = patch::stage_model_dir(&lm.files, cfg, deltas, 1.0, dir, args.force, &mut outputs)
+            .with_context(|| format!("cannot write the patched model to {}", dir.display()))?;
+        staged_dir = Some(report.staged);
+    }
+    if let Some(path) = &args.delta_out {
+        let tmp = match (delta_in_out, &staged_dir) {
+            (Some(rel), Some(staged)) => staged.join(rel),
+            _ => outputs.stage(path)?,
+        };
+        patch::write_delta_file(&tmp, cfg, deltas, &meta).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    outputs.commit().context("cannot move the outputs into place")?;
+    if let Some(dir) = &args.out {
+        tracing::info!("patched model written to {}", dir.display());
+    }
+    if let Some(path) = &args.delta_out {
+        tracing::info!("delta written to {}", path.display());
+    }
+    Ok(())
 }

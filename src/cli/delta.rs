@@ -25,7 +25,8 @@ pub struct DeltaArgs {
     /// Directory to write the patched model to (created; never the input model's directory).
     #[arg(short, long, value_name = "DIR")]
     pub out: PathBuf,
-    /// Replace --out if it exists and is not empty (only once the new model is complete).
+    /// Replace --out if it exists and is not empty (only once the new model is complete); for
+    /// revert, also subtract a delta the model has no record of holding (with a warning).
     #[arg(long)]
     pub force: bool,
     /// Print one JSON object on stdout.
@@ -63,8 +64,10 @@ pub fn run(args: DeltaArgs, global: &GlobalArgs, direction: Direction) -> anyhow
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let (deltas, meta) = patch::load_delta(&args.delta, &cfg)?;
-    if direction == Direction::Apply {
-        warn_if_other_base(&files, &meta)?;
+    patch::check_out_dir(&files, &args.out, args.force)?;
+    match direction {
+        Direction::Apply => warn_if_other_base(&files, &meta)?,
+        Direction::Revert => check_holds_delta(&files, &cfg, &deltas, &args)?,
     }
     if let ModelOrigin::Hub { repo, revision, .. } = &files.origin {
         fetch_hub_extras(&files, repo, revision, &args.model, global);
@@ -120,6 +123,37 @@ fn warn_if_other_base(files: &ModelFiles, meta: &DeltaMeta) -> anyhow::Result<()
         );
     }
     Ok(())
+}
+
+/// Reverting a delta the model never received would subtract an edit that is not there. The
+/// weight files `edit` writes record the deltas they hold (`edit.applied`); refuse without it.
+fn check_holds_delta(files: &ModelFiles, cfg: &ModelConfig, deltas: &edit::editing::Deltas, args: &DeltaArgs) -> anyhow::Result<()> {
+    let id = patch::delta_id(deltas)?;
+    let shards = patch::applied_ids(files, cfg, deltas)?;
+    let lacking: Vec<String> = shards
+        .iter()
+        .filter(|(_, ids)| !ids.contains(&id))
+        .map(|(p, ids)| {
+            let held = if ids.is_empty() { "no edits recorded".to_string() } else { format!("holds {}", ids.join(", ")) };
+            format!("{} ({held})", p.display())
+        })
+        .collect();
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    let msg = format!(
+        "{} does not hold the delta {} (id {id}): {}. Reverting would subtract an edit that was never added; pass the model \
+         the delta was applied to (written by `edit apply --out` or `edit apply-delta`), or --force to subtract it anyway",
+        args.model.id(),
+        args.delta.display(),
+        lacking.join("; ")
+    );
+    if args.force {
+        tracing::warn!("{msg}; --force: reverting anyway");
+        Ok(())
+    } else {
+        anyhow::bail!(msg)
+    }
 }
 
 /// The Hub cache holds only the files `edit` needed to run the model; fetch the small

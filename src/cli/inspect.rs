@@ -35,7 +35,6 @@ struct Report<'a> {
     vocab_size: usize,
     context: usize,
     storage_dtype: Option<String>,
-    compute_dtype: &'a str,
     activation: edit::config::Activation,
     rotary: Option<edit::config::Rotary>,
     parallel_residual: bool,
@@ -53,7 +52,6 @@ struct ModuleReport {
 }
 
 pub fn run(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    edit::device::parse_dtype(&args.model.dtype)?;
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let ckpt = Checkpoint::open_files(files.weights.clone())?;
@@ -90,7 +88,6 @@ pub fn run(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         vocab_size: cfg.vocab_size,
         context: cfg.n_ctx,
         storage_dtype: ckpt.storage_dtype().map(|d| format!("{d:?}").to_ascii_lowercase()),
-        compute_dtype: &args.model.dtype,
         activation: cfg.activation,
         rotary: cfg.rotary,
         parallel_residual: cfg.parallel_residual,
@@ -124,17 +121,26 @@ fn print_text(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     writeln!(out, "vocab          {}", r.vocab_size)?;
     writeln!(out, "context        {}", r.context)?;
     writeln!(out, "parameters     {}", r.parameters)?;
-    writeln!(out, "dtype          stored {}, compute {}", r.storage_dtype.as_deref().unwrap_or("?"), r.compute_dtype)?;
-    writeln!(out, "activation     {:?}", r.activation)?;
+    writeln!(out, "dtype          {} (stored)", r.storage_dtype.as_deref().unwrap_or("?"))?;
+    writeln!(out, "activation     {}", word(&r.activation))?;
     match &r.rotary {
-        Some(rot) => writeln!(out, "rotary         {} of {} dims per head, base {}, {:?}", rot.dims, r.head_dim, rot.base, rot.style)?,
+        Some(rot) => writeln!(out, "rotary         {} of {} dims per head, base {}, {:?}", rot.dims, r.head_dim, rot.base, word(&rot.style))?,
         None => writeln!(out, "rotary         none (learned positions)")?,
     }
     writeln!(out, "residual       {}", if r.parallel_residual { "parallel" } else { "sequential" })?;
     writeln!(out, "tied head      {}", r.tied_embeddings)?;
     writeln!(out, "\neditable modules (stored shape, layout):")?;
     for m in &r.editable_modules {
-        writeln!(out, "  {:<48} {:?} {:?}", m.module.name, m.stored_shape, m.module.layout)?;
+        writeln!(out, "  {:<48} {:?} {}", m.module.name, m.stored_shape, word(&m.module.layout))?;
     }
     Ok(())
+}
+
+/// The JSON spelling of an enum value (`gelu_tanh`, `in_out`), so text and JSON share one vocabulary.
+fn word(v: &impl Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".into(),
+    }
 }

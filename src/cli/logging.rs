@@ -7,15 +7,18 @@ use tracing_subscriber::EnvFilter;
 use super::GlobalArgs;
 
 pub fn init(global: &GlobalArgs) {
+    // -v/-vv raise edit's own level only: the tokenizers crate alone logs every character at
+    // trace level. Dependencies' logs are reachable through RUST_LOG.
     let default = if global.quiet {
-        "error"
+        "error".to_string()
     } else {
-        match global.verbose {
+        let own = match global.verbose {
             0 if std::io::stderr().is_terminal() => "info",
             0 => "warn",
             1 => "debug",
             _ => "trace",
-        }
+        };
+        format!("warn,edit={own}")
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod delta;
 pub mod inspect;
+pub mod interrupt;
 pub mod logging;
 pub mod predict;
 pub mod stats;
@@ -29,11 +30,12 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct GlobalArgs {
-    /// More log output on stderr (-v debug, -vv trace). RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    /// More of edit's own log output on stderr (-v debug, -vv trace); dependencies' logs only
+    /// through RUST_LOG, which overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Global options")]
     pub verbose: u8,
     /// Only errors on stderr, no progress bars.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", help_heading = "Global options")]
     pub quiet: bool,
 }
 
@@ -61,7 +63,7 @@ pub enum Command {
     Revert(delta::DeltaArgs),
 }
 
-/// How to find and load a model; shared by every command that reads one.
+/// How to find a model; shared by every command that reads one.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Local model directory, or a Hugging Face Hub id (gpt2, gpt2-xl, EleutherAI/gpt-j-6B,
@@ -75,6 +77,11 @@ pub struct ModelArgs {
     /// Use only the local Hugging Face cache (also: HF_HUB_OFFLINE=1).
     #[arg(long)]
     pub offline: bool,
+}
+
+/// Where and in what precision a model runs; only on commands that run one.
+#[derive(Args, Debug, Clone)]
+pub struct ComputeArgs {
     /// Compute dtype. The reference computes in f32.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
     pub dtype: String,
@@ -83,26 +90,35 @@ pub struct ModelArgs {
     pub device: String,
 }
 
+impl ComputeArgs {
+    /// Checks dtype and device before any work, so a typo fails before weights are read.
+    pub fn parse(&self) -> anyhow::Result<(candle_core::DType, candle_core::Device)> {
+        Ok((edit::device::parse_dtype(&self.dtype)?, edit::device::parse_device(&self.device)?))
+    }
+}
+
 impl ModelArgs {
     pub fn id(&self) -> &str {
         self.model.as_deref().unwrap_or_default()
     }
 
-    /// Finds the model's files (local directory or Hub cache) without loading weights.
-    pub fn resolve(&self, global: &GlobalArgs) -> anyhow::Result<ModelFiles> {
-        let opts = HubOptions {
-            revision: self.revision.clone(),
-            offline: self.offline,
-            cache_dir: None,
-            progress: logging::show_progress(global),
-        };
-        resolve_model(self.id(), &opts).with_context(|| format!("cannot find model `{}`", self.id()))
+    pub fn hub_options(&self, global: &GlobalArgs) -> HubOptions {
+        HubOptions { revision: self.revision.clone(), offline: self.offline, cache_dir: None, progress: logging::show_progress(global) }
     }
 
-    pub fn load(&self, global: &GlobalArgs) -> anyhow::Result<LoadedModel> {
-        let dtype = edit::device::parse_dtype(&self.dtype)?;
-        let device = edit::device::parse_device(&self.device)?;
+    /// Finds the model's files (local directory or Hub cache) without loading weights.
+    pub fn resolve(&self, global: &GlobalArgs) -> anyhow::Result<ModelFiles> {
+        resolve_model(self.id(), &self.hub_options(global)).with_context(|| format!("cannot find model `{}`", self.id()))
+    }
+
+    pub fn load(&self, compute: &ComputeArgs, global: &GlobalArgs) -> anyhow::Result<LoadedModel> {
         let files = self.resolve(global)?;
+        self.load_files(files, compute)
+    }
+
+    /// Loads already-resolved files (commands that check everything cheap first resolve early).
+    pub fn load_files(&self, files: ModelFiles, compute: &ComputeArgs) -> anyhow::Result<LoadedModel> {
+        let (dtype, device) = compute.parse()?;
         tracing::info!("loading {} ({} weight file(s))", self.id(), files.weights.len());
         let started = std::time::Instant::now();
         let model = edit::load_model(files, dtype, &device).with_context(|| format!("cannot load model `{}`", self.id()))?;
@@ -127,4 +143,36 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
         e.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// The error and its causes, each said once: a cause whose text the message before it already
+/// contains (a wrapped error that prints its source) is left out.
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        let text = text.trim();
+        if text.is_empty() || out.contains(text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = anyhow::Error::new(edit::Error::io("/x/requests.json", io)).context("cannot read requests from /x/requests.json");
+        let s = error_chain(&e);
+        assert_eq!(s.matches("No such file").count(), 1, "{s}");
+        assert!(s.starts_with("cannot read requests from /x/requests.json: "), "{s}");
+    }
 }

@@ -8,12 +8,14 @@ use clap::Args;
 use edit::{Batch, Logits, TraceSpec};
 use serde::Serialize;
 
-use super::{GlobalArgs, ModelArgs};
+use super::{ComputeArgs, GlobalArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct PredictArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
     /// How many candidates to show per prompt.
     #[arg(short = 'k', long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub top_k: u32,
@@ -43,7 +45,7 @@ struct Prediction<'a> {
 }
 
 pub fn run(args: PredictArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let lm = args.model.load(global)?;
+    let lm = args.model.load(&args.compute, global)?;
     let tok = lm.tokenizer()?;
     let n_ctx = lm.config().n_ctx;
     // Validate every prompt before running any of them.

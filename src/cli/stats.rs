@@ -12,12 +12,12 @@ use edit::hub::HubOptions;
 use edit::models::modules::mlp_down;
 use edit::stats::cache::{self, JobKey, ModelIdentity, StatsMeta};
 use edit::stats::collect::{self, Accumulator, CollectPlan, Observer};
-use edit::stats::{npz, parse_layers, Precision};
+use edit::stats::{npz, parse_layers, resolve, Precision};
 use edit::{LoadedModel, ModelConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use super::{logging, GlobalArgs, ModelArgs};
+use super::{interrupt, logging, ComputeArgs, GlobalArgs, ModelArgs};
 
 /// Collect the second moment C = E[k kᵀ] of MLP down-projection inputs (the ROME/MEMIT
 /// keys) over a text corpus, for many layers in one pass; results are cached per layer and an
@@ -47,15 +47,38 @@ pub enum DatasetArg {
     Embedded,
 }
 
-/// The corpus named by `--dataset` or `--text`, if either was given.
-pub fn chosen_corpus(dataset: Option<DatasetArg>, text: &[PathBuf]) -> Option<Corpus> {
-    match dataset {
+/// The corpus named by `--dataset` or `--text`, if either was given. Files must exist; their
+/// content digests are remembered under `stats_dir`.
+pub fn chosen_corpus(dataset: Option<DatasetArg>, text: &[PathBuf], stats_dir: &Path) -> anyhow::Result<Option<Corpus>> {
+    Ok(match dataset {
         Some(DatasetArg::Wikitext) => Some(Corpus::Hub(HubDataset::Wikitext)),
         Some(DatasetArg::Wikipedia) => Some(Corpus::Hub(HubDataset::Wikipedia)),
         Some(DatasetArg::Embedded) => Some(Corpus::Embedded),
-        None if !text.is_empty() => Some(Corpus::Files(text.to_vec())),
+        None if !text.is_empty() => {
+            for f in text {
+                if !f.is_file() {
+                    bail!("--text {}: no such file", f.display());
+                }
+            }
+            Some(Corpus::from_files(text.to_vec(), stats_dir)?)
+        }
         None => None,
+    })
+}
+
+/// Makes sure a Hub corpus is at hand (in the cache, or fetched) before any weights are read.
+pub fn check_corpus_available(corpus: &Corpus, offline: bool, global: &GlobalArgs) -> anyhow::Result<()> {
+    if let Corpus::Hub(ds) = corpus {
+        let hub = HubOptions { revision: None, offline, cache_dir: None, progress: logging::show_progress(global) };
+        edit::hub::dataset_files(ds.repo(), ds.prefix(), ".parquet", &hub).with_context(|| {
+            format!(
+                "the statistics corpus {} is not available; without network, `--dataset embedded` uses the small \
+                 WikiText-2 sample built into edit, and `--text FILE` a local corpus",
+                ds.repo()
+            )
+        })?;
     }
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -75,15 +98,18 @@ impl StatsDirArg {
 pub struct CollectArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Layers whose MLP keys to collect: `17`, `3-8`, `3,5,7`. All in one forward pass.
-    #[arg(short, long, required = true)]
-    pub layers: Option<String>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+    /// Layers whose MLP keys to collect: `17`, `3-8`, `3,5,7` (`3, 5, 7` too). All in one
+    /// forward pass.
+    #[arg(short, long, required = true, num_args = 1.., value_name = "LAYERS")]
+    pub layers: Vec<String>,
     /// Number of texts sampled (seed-1 shuffle of the corpus, as the reference). Reference: 100000.
     #[arg(long, default_value_t = 100_000)]
     pub samples: usize,
-    /// Local corpus files instead of the embedded sample: .txt (a text per line), .jsonl
-    /// (`text` field), .parquet (`text` column).
-    #[arg(long, num_args = 1.., value_name = "FILE", conflicts_with = "dataset")]
+    /// A local corpus file instead of the embedded sample: .txt (a text per line), .jsonl
+    /// (`text` field), .parquet (`text` column). Repeat for several files.
+    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
     pub text: Vec<PathBuf>,
     /// A Hub dataset instead of the embedded WikiText-2 sample.
     #[arg(long, value_enum)]
@@ -130,6 +156,7 @@ pub struct ImportArgs {
     pub samples: Option<usize>,
     #[command(flatten)]
     pub dir: StatsDirArg,
+    /// Print one JSON object on stdout: {layer, module, file, tokens, cached}.
     #[arg(long)]
     pub json: bool,
 }
@@ -174,6 +201,7 @@ struct Driver {
     base_tokens: u64,
     chunks_this_run: usize,
     abort_after: Option<usize>,
+    total_texts: usize,
 }
 
 impl Driver {
@@ -188,7 +216,7 @@ impl Observer for Driver {
         self.bar.set_position(texts_seen as u64);
         let rate = (acc.count - self.base_tokens) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
         self.bar.set_message(format!("{} tokens, {rate:.0} tok/s", acc.count));
-        Ok(self.aborting() || self.last_checkpoint.elapsed() >= self.every)
+        Ok(self.aborting() || interrupt::requested() || self.last_checkpoint.elapsed() >= self.every)
     }
 
     fn checkpoint(&mut self, acc: &Accumulator) -> edit::Result<()> {
@@ -198,31 +226,40 @@ impl Observer for Driver {
         if self.aborting() {
             return Err(edit::Error::Input(format!("aborted after {} chunks (--abort-after-chunks)", self.chunks_this_run)));
         }
+        if interrupt::requested() {
+            self.bar.finish_and_clear();
+            return Err(edit::Error::Interrupted(format!(
+                "interrupted after {} of {} texts; progress saved to {}: run the same command again to resume",
+                (acc.next_chunk * collect::CHUNK_TEXTS).min(self.total_texts),
+                self.total_texts,
+                self.partial.display()
+            )));
+        }
         Ok(())
     }
 }
 
 fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     // Validate everything cheap before loading anything.
-    let layers = parse_layers(args.layers.as_deref().unwrap_or_default())?;
+    let layers = parse_layers(&args.layers.join(" "))?;
     let precision = Precision::parse(&args.precision)?;
     if args.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    for f in &args.text {
-        if !f.is_file() {
-            bail!("--text {}: no such file", f.display());
-        }
-    }
-    let corpus = chosen_corpus(args.dataset, &args.text).unwrap_or(Corpus::Embedded);
-    let lm = args.model.load(global)?;
+    args.compute.parse()?;
+    let stats_dir = args.dir.dir();
+    let corpus = chosen_corpus(args.dataset, &args.text, &stats_dir)?.unwrap_or(Corpus::Embedded);
+    let files = args.model.resolve(global)?;
+    let cfg = ModelConfig::from_file(&files.config)?;
+    check_layers(&cfg, &layers)?;
+    let identity = ModelIdentity::of(&files)?;
     let plan = StatsPlan {
         corpus,
         samples: args.samples,
         precision,
         batch_tokens: args.batch_tokens,
         max_len: args.max_len,
-        stats_dir: args.dir.dir(),
+        stats_dir,
         checkpoint_secs: args.checkpoint_secs,
         force: args.force,
         abort_after_chunks: args.abort_after_chunks,
@@ -230,7 +267,14 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         announce_computing: false,
     };
     let started = Instant::now();
-    let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity } = ensure_stats(&lm, &layers, &plan, global)?;
+    let (cached, todo) = if plan.force { (Vec::new(), layers.clone()) } else { lookup(&plan, &identity, &cfg, &layers)? };
+    let mut ensured = Ensured { reports: cached, dataset: plan.corpus.id(), identity, ..Default::default() };
+    if !todo.is_empty() {
+        check_corpus_available(&plan.corpus, plan.offline, global)?;
+        let lm = args.model.load_files(files, &args.compute)?;
+        collect_missing(&lm, &todo, &plan, global, &mut ensured)?;
+    }
+    let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity } = ensured;
     reports.sort_by_key(|r| r.layer);
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
@@ -257,6 +301,13 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn check_layers(cfg: &ModelConfig, layers: &[usize]) -> anyhow::Result<()> {
+    if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layer) {
+        bail!("layer {bad} does not exist: the model has {} layers (0-{})", cfg.n_layer, cfg.n_layer - 1);
+    }
+    Ok(())
+}
+
 /// Where statistics come from and where they are cached; shared by `edit stats` and `edit apply`.
 pub struct StatsPlan {
     pub corpus: Corpus,
@@ -273,6 +324,7 @@ pub struct StatsPlan {
     pub announce_computing: bool,
 }
 
+#[derive(Default)]
 pub struct Ensured {
     pub reports: Vec<LayerReport>,
     pub note: Option<String>,
@@ -283,142 +335,159 @@ pub struct Ensured {
     pub identity: ModelIdentity,
 }
 
-/// Makes sure the statistics of `layers` are in the cache: layers already there are reused,
-/// the others are collected in one pass (resuming an interrupted job).
-pub fn ensure_stats(lm: &LoadedModel, layers: &[usize], plan: &StatsPlan, global: &GlobalArgs) -> anyhow::Result<Ensured> {
-    let cfg = lm.config().clone();
-    if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layer) {
-        bail!("layer {bad} does not exist: the model has {} layers (0-{})", cfg.n_layer, cfg.n_layer - 1);
-    }
-    let precision = plan.precision;
-    let identity = ModelIdentity::of(&lm.files)?;
+/// The layers of `layers` already cached for the plan's corpus, sample count and precision
+/// (reported), and those still to compute. Reads file headers only.
+pub fn lookup(plan: &StatsPlan, identity: &ModelIdentity, cfg: &ModelConfig, layers: &[usize]) -> anyhow::Result<(Vec<LayerReport>, Vec<usize>)> {
     let dataset = plan.corpus.id();
-    let stats_dir = plan.stats_dir.clone();
+    let found = resolve::scan(&plan.stats_dir, identity, cfg, layers)?;
+    let mut reports = Vec::new();
+    let mut todo = Vec::new();
+    for &l in layers {
+        let hit = found
+            .iter()
+            .filter(|f| f.layer == l && f.meta.dataset == dataset && f.meta.precision == plan.precision && resolve::answers(&f.meta, plan.samples))
+            .max_by_key(|f| f.meta.samples);
+        match hit {
+            Some(f) => {
+                tracing::info!("layer {l}: cached at {}", f.path.display());
+                reports.push(LayerReport { layer: l, module: f.meta.module.clone(), file: f.path.clone(), tokens: f.meta.tokens, cached: true });
+            }
+            None => todo.push(l),
+        }
+    }
+    Ok((reports, todo))
+}
+
+/// Collects the statistics of `todo` in one pass (resuming an interrupted job) and files them.
+pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, global: &GlobalArgs, ensured: &mut Ensured) -> anyhow::Result<()> {
+    let cfg = lm.config().clone();
+    let precision = plan.precision;
+    let identity = ensured.identity.clone();
+    let dataset = plan.corpus.id();
     let batch_tokens = plan.batch_tokens.unwrap_or(3 * cfg.n_ctx);
     let max_len = plan.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(batch_tokens).max(1);
-
-    let targets: Vec<(usize, String, PathBuf)> = layers
+    if plan.announce_computing {
+        tracing::warn!(
+            "no cached statistics for layer(s) {todo:?} ({} texts of {}, {}); computing them now (same as `edit stats`)",
+            plan.samples,
+            plan.corpus.describe(),
+            precision.reference_name()
+        );
+    }
+    let hub = HubOptions { revision: None, offline: plan.offline, cache_dir: None, progress: logging::show_progress(global) };
+    let sample = edit::data::sample(&plan.corpus, plan.samples, &hub).context("cannot read the statistics corpus")?;
+    // The sample of n ≥ rows texts is the whole corpus whatever n is: file it under what was used.
+    let samples = sample.texts.len();
+    if samples < plan.samples {
+        tracing::warn!(
+            "--samples {} is more than {} holds ({} texts): all {samples} are used, and the statistics are filed as {samples} samples",
+            plan.samples,
+            plan.corpus.describe(),
+            sample.corpus_rows
+        );
+    }
+    if matches!(plan.corpus, Corpus::Embedded) {
+        let msg = format!(
+            "using the embedded WikiText-2 test split ({} texts): a small sample, fine for trying things out; \
+             the reference uses 100,000 Wikipedia articles (--dataset wikipedia, or --dataset wikitext / --text FILE)",
+            sample.corpus_rows
+        );
+        tracing::warn!("{msg}");
+        ensured.note = Some(msg);
+    }
+    tracing::info!("{samples} texts sampled from {} ({} rows); layers {todo:?}; batch tokens {batch_tokens}, max length {max_len}", plan.corpus.describe(), sample.corpus_rows);
+    let key = JobKey {
+        identity: identity.clone(),
+        dataset: dataset.clone(),
+        samples,
+        layers: todo.to_vec(),
+        precision,
+        max_len,
+        batch_tokens,
+    };
+    let targets: Vec<(usize, String, PathBuf)> = todo
         .iter()
         .map(|&l| {
             let module = mlp_down(&cfg, l)?.name;
-            let path = cache::stats_path(&stats_dir, &identity, &dataset, &module, precision, plan.samples);
+            let path = cache::stats_path(&plan.stats_dir, &identity, &dataset, &module, precision, samples);
             Ok((l, module, path))
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut reports = Vec::new();
-    let mut todo = Vec::new();
-    for (l, module, path) in &targets {
-        // The metadata and the sum's shape decide; the sum itself is not read here.
-        let cached = if plan.force || !path.is_file() {
-            None
-        } else {
-            cache::load_meta(path).ok().filter(|(meta, dims)| meta.check(dims, &identity, &mlp_down(&cfg, *l).unwrap()).is_ok())
-        };
-        match cached {
-            Some((meta, _)) => {
-                tracing::info!("layer {l}: cached at {}", path.display());
-                reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: meta.tokens, cached: true });
-            }
-            None => todo.push(*l),
-        }
-    }
-
-    let mut note = None;
-    let (mut texts_used, mut tokens, mut resumed_from) = (0, 0, 0);
-    if !todo.is_empty() {
-        if plan.announce_computing {
+    let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
+    let partial = cache::partial_path(&final_dir, todo, precision, samples);
+    let device = lm.model.device().clone();
+    let acc = match cache::load_partial(&partial, &key, &device)? {
+        Some(acc) => {
+            // Said at warn level: a user who interrupted a job wants to see that it resumed.
             tracing::warn!(
-                "no cached statistics for layer(s) {todo:?} ({} texts of {dataset}, {}); computing them now (same as `edit stats`)",
-                plan.samples,
-                precision.reference_name()
+                "resuming an interrupted job from {} ({} of {samples} texts done, {} tokens)",
+                partial.display(),
+                (acc.next_chunk * collect::CHUNK_TEXTS).min(samples),
+                acc.count
             );
+            acc
         }
-        let hub = HubOptions { revision: None, offline: plan.offline, cache_dir: None, progress: logging::show_progress(global) };
-        let sample = edit::data::sample(&plan.corpus, plan.samples, &hub).context("cannot read the statistics corpus")?;
-        if matches!(plan.corpus, Corpus::Embedded) {
-            let msg = format!(
-                "using the embedded WikiText-2 test split ({} texts): a small sample, fine for trying things out; \
-                 the reference uses 100,000 Wikipedia articles (--dataset wikipedia, or --dataset wikitext / --text FILE)",
-                sample.corpus_rows
-            );
-            tracing::warn!("{msg}");
-            note = Some(msg);
-        }
-        tracing::info!("{} texts sampled from {} ({} rows); layers {:?}; batch tokens {batch_tokens}, max length {max_len}", sample.texts.len(), dataset, sample.corpus_rows, todo);
-        let key = JobKey {
+        None => Accumulator::new(todo, cfg.d_ff, precision, &device)?,
+    };
+    ensured.resumed_from = acc.next_chunk;
+    let bar = if logging::show_progress(global) {
+        let b = ProgressBar::new(sample.texts.len() as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts, {msg}, ETA {eta}")
+                .expect("valid template"),
+        );
+        b.set_position((acc.next_chunk * collect::CHUNK_TEXTS).min(sample.texts.len()) as u64);
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut driver = Driver {
+        bar,
+        started: Instant::now(),
+        last_checkpoint: Instant::now(),
+        every: std::time::Duration::from_secs(plan.checkpoint_secs),
+        partial: partial.clone(),
+        key,
+        base_tokens: acc.count,
+        chunks_this_run: 0,
+        abort_after: plan.abort_after_chunks,
+        total_texts: sample.texts.len(),
+    };
+    let cplan = CollectPlan { layers: todo.to_vec(), precision, batch_tokens, max_len, pad_id: lm.pad_id() };
+    let acc = {
+        let _collecting = interrupt::Collecting::start();
+        collect::collect(&*lm.model, lm.tokenizer()?, &sample.texts, &cplan, acc, &mut driver)?
+    };
+    driver.bar.finish_and_clear();
+    if acc.count == 0 {
+        bail!("the corpus produced no tokens: every sampled text was empty");
+    }
+    for (l, module, path) in &targets {
+        let meta = StatsMeta {
+            format: 1,
             identity: identity.clone(),
+            module: module.clone(),
+            layer: *l,
+            d_ff: cfg.d_ff,
             dataset: dataset.clone(),
-            samples: plan.samples,
-            layers: todo.clone(),
+            samples,
+            corpus_rows: Some(sample.corpus_rows),
+            texts: acc.texts,
+            tokens: acc.count,
             precision,
             max_len,
             batch_tokens,
+            source: format!("collected from {}", plan.corpus.describe()),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
         };
-        let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
-        let partial = cache::partial_path(&final_dir, &todo, precision, plan.samples);
-        let device = lm.model.device().clone();
-        let acc = match cache::load_partial(&partial, &key, &device)? {
-            Some(acc) => {
-                tracing::info!("resuming from {} ({} tokens, chunk {})", partial.display(), acc.count, acc.next_chunk);
-                acc
-            }
-            None => Accumulator::new(&todo, cfg.d_ff, precision, &device)?,
-        };
-        resumed_from = acc.next_chunk;
-        let bar = if logging::show_progress(global) {
-            let b = ProgressBar::new(sample.texts.len() as u64);
-            b.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts, {msg}, ETA {eta}")
-                    .expect("valid template"),
-            );
-            b.set_position((acc.next_chunk * collect::CHUNK_TEXTS).min(sample.texts.len()) as u64);
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        let mut driver = Driver {
-            bar,
-            started: Instant::now(),
-            last_checkpoint: Instant::now(),
-            every: std::time::Duration::from_secs(plan.checkpoint_secs),
-            partial: partial.clone(),
-            key,
-            base_tokens: acc.count,
-            chunks_this_run: 0,
-            abort_after: plan.abort_after_chunks,
-        };
-        let cplan = CollectPlan { layers: todo.clone(), precision, batch_tokens, max_len, pad_id: lm.pad_id() };
-        let acc = collect::collect(&*lm.model, lm.tokenizer()?, &sample.texts, &cplan, acc, &mut driver)?;
-        driver.bar.finish_and_clear();
-        if acc.count == 0 {
-            bail!("the corpus produced no tokens: every sampled text was empty");
-        }
-        for (l, module, path) in targets.iter().filter(|t| todo.contains(&t.0)) {
-            let meta = StatsMeta {
-                format: 1,
-                identity: identity.clone(),
-                module: module.clone(),
-                layer: *l,
-                d_ff: cfg.d_ff,
-                dataset: dataset.clone(),
-                samples: plan.samples,
-                texts: acc.texts,
-                tokens: acc.count,
-                precision,
-                max_len,
-                batch_tokens,
-                source: "collected".into(),
-                tool_version: env!("CARGO_PKG_VERSION").into(),
-            };
-            cache::save(path, &acc.sums[l], acc.count, &meta)?;
-            tracing::info!("layer {l}: {} tokens → {}", acc.count, path.display());
-            reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: acc.count, cached: false });
-        }
-        let _ = std::fs::remove_file(&partial);
-        texts_used = acc.texts;
-        tokens = acc.count;
+        cache::save(path, &acc.sums[l], acc.count, &meta)?;
+        tracing::info!("layer {l}: {} tokens → {}", acc.count, path.display());
+        ensured.reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: acc.count, cached: false });
     }
-    Ok(Ensured { reports, note, texts: texts_used, tokens, resumed_from, dataset, identity })
+    let _ = std::fs::remove_file(&partial);
+    ensured.texts = acc.texts;
+    ensured.tokens = acc.count;
+    Ok(())
 }
 
 /// Facts read off a reference file name such as
@@ -495,6 +564,7 @@ fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         d_ff: d,
         dataset: dataset.clone(),
         samples,
+        corpus_rows: None,
         texts: samples as u64,
         tokens: count as u64,
         precision,

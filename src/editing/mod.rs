@@ -13,6 +13,7 @@ pub mod reprs;
 pub mod requests;
 pub mod rome;
 pub mod templates;
+pub mod verify;
 
 use std::collections::BTreeMap;
 

@@ -20,7 +20,7 @@ use crate::models::EditableModule;
 pub const META_KEY: &str = "edit.stats";
 
 /// What a statistics file must match to be used with a model.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelIdentity {
     /// Hub id or local directory.
     pub model: String,
@@ -60,8 +60,11 @@ pub struct StatsMeta {
     pub layer: usize,
     pub d_ff: usize,
     pub dataset: String,
-    /// Texts requested (`--samples`).
+    /// Texts sampled: `--samples`, or the corpus's row count when it has fewer rows.
     pub samples: usize,
+    /// Rows of the whole corpus (absent in files of edit 0.1.0 before this field).
+    #[serde(default)]
+    pub corpus_rows: Option<usize>,
     /// Non-empty texts actually used.
     pub texts: u64,
     pub tokens: u64,
@@ -142,20 +145,11 @@ pub fn partial_path(final_dir: &Path, layers: &[usize], precision: Precision, sa
     final_dir.join(format!(".partial_layers-{}_{}_{samples}.safetensors", layers.join("-"), precision.reference_name()))
 }
 
-/// Writes `tensors` + metadata to a temporary file beside `path`, then renames it into place.
+/// Writes `tensors` + metadata atomically (a temporary beside `path`, renamed into place).
 fn write_atomic(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    safetensors::serialize_to_file(data, Some(metadata), &tmp)
-        .map_err(|e| Error::Input(format!("cannot write {}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    Ok(())
+    crate::fsutil::write_safetensors(path, tensors, Some(metadata))
 }
 
 pub fn save(path: &Path, sum: &Tensor, count: u64, meta: &StatsMeta) -> Result<()> {

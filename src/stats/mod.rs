@@ -6,6 +6,7 @@ pub mod cache;
 pub mod collect;
 pub mod npz;
 pub mod pyrandom;
+pub mod resolve;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,24 +42,43 @@ impl Precision {
     }
 }
 
-/// Parses a layer list: `17`, `3-8`, `3,5,7`, `1-3,9`. Sorted, deduplicated.
+/// Parses a layer list: `17`, `3-8`, `3,5,7`, `1-3,9` (spaces after commas allowed). Sorted,
+/// deduplicated. Every malformed part is named with the reason.
 pub fn parse_layers(spec: &str) -> Result<Vec<usize>> {
-    let bad = || Error::Input(format!("invalid layer list `{spec}`: use e.g. `17`, `3-8` or `3,5,7`"));
+    let bad = |why: String| Error::Input(format!("invalid layer list `{spec}`: {why}; write e.g. `17`, `3-8` or `3,5,7`"));
+    let number = |s: &str| -> Result<usize> {
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad(format!("`{s}` is not a layer number")));
+        }
+        s.parse().map_err(|_| bad(format!("`{s}` is too large")))
+    };
+    if spec.trim().is_empty() {
+        return Err(bad("it is empty".into()));
+    }
     let mut out = Vec::new();
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for raw in spec.split(',') {
+        let part = raw.trim();
+        if part.is_empty() {
+            return Err(bad("an empty item between commas".into()));
+        }
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b): (usize, usize) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+                if a != a.trim_end() || b != b.trim_start() {
+                    return Err(bad(format!("`{part}` has spaces inside the range (write `{}-{}`)", a.trim(), b.trim())));
+                }
+                let (a, b) = (number(a)?, number(b)?);
                 if a > b {
-                    return Err(bad());
+                    return Err(bad(format!("the range `{part}` runs backwards (write `{b}-{a}`)")));
                 }
                 out.extend(a..=b);
             }
-            None => out.push(part.parse().map_err(|_| bad())?),
+            None => {
+                if part.contains(char::is_whitespace) {
+                    return Err(bad(format!("`{part}` holds a space; separate layers with commas")));
+                }
+                out.push(number(part)?)
+            }
         }
-    }
-    if out.is_empty() {
-        return Err(bad());
     }
     out.sort_unstable();
     out.dedup();
@@ -75,8 +95,13 @@ mod tests {
         assert_eq!(parse_layers("3-8").unwrap(), vec![3, 4, 5, 6, 7, 8]);
         assert_eq!(parse_layers("7,3,5,3").unwrap(), vec![3, 5, 7]);
         assert_eq!(parse_layers("1-2, 9").unwrap(), vec![1, 2, 9]);
-        assert!(parse_layers("8-3").is_err());
+        assert!(parse_layers("8-3").unwrap_err().to_string().contains("backwards (write `3-8`)"));
         assert!(parse_layers("x").is_err());
         assert!(parse_layers("").is_err());
+        assert!(parse_layers("1 - 2").unwrap_err().to_string().contains("spaces inside the range"));
+        assert!(parse_layers("1,,2").unwrap_err().to_string().contains("empty item"));
+        assert!(parse_layers("1,").unwrap_err().to_string().contains("empty item"));
+        assert!(parse_layers("1 2").unwrap_err().to_string().contains("commas"));
+        assert!(parse_layers("-1").is_err());
     }
 }

@@ -94,3 +94,21 @@ pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let den: f32 = b.sqr().unwrap().sum_all().unwrap().sqrt().unwrap().to_scalar().unwrap();
     num / den
 }
+
+/// The `edit` binary with an environment that never leaks a developer's settings into a test
+/// and never reaches the network.
+pub fn edit_bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_edit"));
+    c.env_remove("HF_HUB_OFFLINE")
+        .env_remove("RUST_LOG")
+        .env_remove("EDIT_STATS_DIR")
+        .env("HF_HOME", "/nonexistent-hf-home")
+        .env("HF_HUB_CACHE", "/nonexistent-hf-cache");
+    c
+}
+
+/// Output of a finished command: (exit code, stdout, stderr).
+pub fn outcome(cmd: &mut std::process::Command) -> (Option<i32>, String, String) {
+    let o = cmd.output().expect("the edit binary runs");
+    (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}

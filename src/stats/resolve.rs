@@ -1,0 +1,155 @@
+//! Finding cached statistics for a model without loading it: every file under the stats
+//! directory whose metadata names this model's weights and one of the wanted layers, grouped by
+//! corpus, sample count and precision, and a documented choice among complete groups.
+//!
+//! Preference when the caller names no corpus (`edit apply` without `--text`/`--dataset`):
+//! 1. the corpus the config names (`mom2_dataset`), at its `mom2_n_samples` if cached, else the
+//!    largest sample of it;
+//! 2. otherwise Wikipedia, then WikiText-103, then local files or imported statistics, then the
+//!    embedded WikiText-2 sample, the larger sample first within each;
+//!
+//! Within one corpus, the config's precision comes before the other.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use super::cache::{self, ModelIdentity, StatsMeta};
+use super::Precision;
+use crate::config::ModelConfig;
+use crate::data::{Corpus, HubDataset};
+use crate::error::Result;
+use crate::models::modules::mlp_down;
+
+/// One cached statistics file that fits the model.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub layer: usize,
+    pub path: PathBuf,
+    pub meta: StatsMeta,
+}
+
+/// Statistics of every wanted layer from one corpus, sample and precision.
+#[derive(Clone, Debug)]
+pub struct CachedSet {
+    pub dataset: String,
+    pub samples: usize,
+    pub precision: Precision,
+    pub layers: BTreeMap<usize, Found>,
+}
+
+impl CachedSet {
+    pub fn tokens(&self) -> u64 {
+        self.layers.values().map(|f| f.meta.tokens).min().unwrap_or(0)
+    }
+}
+
+/// Whether statistics filed under `meta` answer a request for `requested` texts: the same
+/// number, or the whole corpus when it has fewer rows than requested (the sample is the same).
+pub fn answers(meta: &StatsMeta, requested: usize) -> bool {
+    meta.samples == requested || meta.corpus_rows.is_some_and(|rows| meta.samples >= rows && requested >= rows)
+}
+
+/// Every statistics file under `stats_dir` (`<model>/<dataset>/<module>_...`) computed on these
+/// weights for one of `layers`. Any model folder counts: the same weights may have been reached
+/// through another path or name.
+pub fn scan(stats_dir: &Path, identity: &ModelIdentity, cfg: &ModelConfig, layers: &[usize]) -> Result<Vec<Found>> {
+    let modules = layers.iter().map(|&l| Ok((l, mlp_down(cfg, l)?))).collect::<Result<Vec<_>>>()?;
+    let mut found = Vec::new();
+    let dirs = |p: &Path| -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
+            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    for model_dir in dirs(stats_dir) {
+        for dataset_dir in dirs(&model_dir) {
+            let Ok(rd) = std::fs::read_dir(&dataset_dir) else { continue };
+            let mut files: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            files.sort();
+            for path in files {
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                if name.starts_with('.') || !name.ends_with(".safetensors") {
+                    continue;
+                }
+                for (layer, module) in &modules {
+                    if !name.starts_with(&format!("{}_", module.name)) {
+                        continue;
+                    }
+                    match cache::load_meta(&path) {
+                        Ok((meta, dims)) if meta.check(&dims, identity, module).is_ok() => {
+                            found.push(Found { layer: *layer, path: path.clone(), meta });
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!("skipping {}: {e}", path.display()),
+                    }
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Groups `found` by (corpus, samples, precision), keeping the groups that cover every layer.
+pub fn complete_sets(found: &[Found], layers: &[usize]) -> Vec<CachedSet> {
+    let mut groups: BTreeMap<(String, usize, &'static str), CachedSet> = BTreeMap::new();
+    for f in found {
+        let key = (f.meta.dataset.clone(), f.meta.samples, f.meta.precision.reference_name());
+        let set = groups.entry(key).or_insert_with(|| CachedSet {
+            dataset: f.meta.dataset.clone(),
+            samples: f.meta.samples,
+            precision: f.meta.precision,
+            layers: BTreeMap::new(),
+        });
+        set.layers.entry(f.layer).or_insert_with(|| f.clone());
+    }
+    groups.into_values().filter(|s| layers.iter().all(|l| s.layers.contains_key(l))).collect()
+}
+
+/// The corpus a reference config's `mom2_dataset` names, when edit can fetch it. The reference
+/// knows exactly two: `wikipedia` and `wikitext` (wikitext-103-raw-v1).
+pub fn config_corpus(mom2_dataset: &str) -> Option<Corpus> {
+    match mom2_dataset {
+        "wikipedia" => Some(Corpus::Hub(HubDataset::Wikipedia)),
+        "wikitext" | "wikitext-103" | "wikitext-103-raw-v1" => Some(Corpus::Hub(HubDataset::Wikitext)),
+        _ => None,
+    }
+}
+
+fn corpus_rank(dataset: &str) -> u8 {
+    match dataset {
+        "wikipedia-20231101.en" | "wikipedia" => 4,
+        "wikitext-103-raw-v1" | "wikitext" => 3,
+        "wikitext-2-test-embedded" => 1,
+        _ => 2,
+    }
+}
+
+/// What the caller asked for; `None` means "any".
+pub struct Wanted<'a> {
+    /// The corpus named on the command line (`--text`/`--dataset`).
+    pub dataset: Option<&'a str>,
+    pub samples: Option<usize>,
+    pub precision: Option<Precision>,
+    /// The config's corpus id (when it names one edit knows), samples and precision: preferred.
+    pub config_dataset: Option<&'a str>,
+    pub config_samples: usize,
+    pub config_precision: Precision,
+}
+
+/// The best complete set for `wanted`, by the preference order of this module's docs.
+pub fn choose(sets: Vec<CachedSet>, wanted: &Wanted) -> Option<CachedSet> {
+    sets.into_iter()
+        .filter(|s| wanted.dataset.is_none_or(|d| s.dataset == d))
+        .filter(|s| wanted.precision.is_none_or(|p| s.precision == p))
+        .filter(|s| wanted.samples.is_none_or(|n| s.layers.values().all(|f| answers(&f.meta, n))))
+        .max_by_key(|s| {
+            (
+                Some(s.dataset.as_str()) == wanted.config_dataset,
+                corpus_rank(&s.dataset),
+                s.samples == wanted.config_samples,
+                s.precision == wanted.config_precision,
+                s.samples,
+            )
+        })
+}
