@@ -217,6 +217,26 @@ impl Default for Fnv64 {
     }
 }
 
+/// Metadata key of weight files written by `edit`: the fingerprint of the weights they were
+/// first edited from.
+pub const EDIT_BASE_KEY: &str = "edit.base";
+
+/// The `edit.base` recorded in any of the weight files' safetensors metadata.
+pub fn edit_base(files: &[PathBuf]) -> Result<Option<String>> {
+    for path in files {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // Safety: read-only mapping of the header; like every mmap-based loader we rely on
+        // nobody truncating the file while we run.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
+            .map_err(|e| Error::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
+        if let Some(b) = header.metadata().as_ref().and_then(|m| m.get(EDIT_BASE_KEY)) {
+            return Ok(Some(b.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// Identifies a set of weights cheaply: every file's size and safetensors header (names,
 /// dtypes, shapes, offsets) plus a sample of its data bytes at 64 evenly spaced points.
 /// Two different checkpoints of the same architecture differ in their data samples.

@@ -366,7 +366,7 @@ fn patched(stored: &Tensor, delta_stored: &Tensor, sign: f64) -> Result<Tensor> 
 }
 
 /// Re-serialises one shard with the given tensors replaced, keeping its `__metadata__`.
-fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign: f64, id: &str) -> Result<()> {
+fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign: f64, id: &str, base: &str) -> Result<()> {
     use candle_core::safetensors::Load;
     let bad = |reason: String| Error::BadSafetensors { path: src.to_path_buf(), reason };
     let mmap = map_file(src)?;
@@ -395,6 +395,7 @@ fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign:
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     let mut metadata = header.metadata().clone().unwrap_or_default();
+    metadata.entry(crate::checkpoint::EDIT_BASE_KEY.to_string()).or_insert_with(|| base.to_string());
     let mut applied: Vec<String> = metadata.get(APPLIED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default();
     if sign > 0.0 {
         applied.push(id.to_string());
@@ -450,6 +451,7 @@ pub fn stage_model_dir(
     let checked = check_deltas(cfg, deltas)?;
     check_out(files, out, overwrite)?;
     let id = delta_id(deltas)?;
+    let base = ModelIdentity::of(files)?.root_fingerprint().to_string();
 
     // Find each edited tensor: per weight file, checkpoint key → delta in the stored layout.
     let ckpt = Checkpoint::open_files(files.weights.clone())?;
@@ -525,7 +527,7 @@ pub fn stage_model_dir(
         match edits.get(&i) {
             Some(e) => {
                 tracing::info!("writing {name} ({} edited tensor(s))", e.len());
-                rewrite_shard(src, &dst, e, sign, &id)?;
+                rewrite_shard(src, &dst, e, sign, &id, &base)?;
                 files_written.push(name.clone());
             }
             None => {

@@ -107,6 +107,14 @@ fn stats_then_apply_with_no_extra_flags_uses_the_cached_statistics() {
         assert!(!err.contains("computing"), "{err}");
         assert!(out_dir.join("model.safetensors").is_file());
     }
+    // An edited model keeps using the statistics of the model it was edited from.
+    let (_, err) = ok(edit_env(&stats)
+        .args(["-v", "apply", "--method", "rome", "--model"])
+        .arg(tmp.path().join("edited-rome"))
+        .arg(&req)
+        .arg("--delta-out")
+        .arg(tmp.path().join("second.safetensors")));
+    assert!(err.contains("the model this one was edited from") && !err.contains("computing"), "{err}");
     let after: Vec<_> = files.iter().map(|f| std::fs::metadata(f).unwrap().modified().unwrap()).collect();
     assert_eq!(before, after, "the cached statistics are read, not rewritten");
     assert_eq!(stats_files(&stats).len(), 6, "nothing recomputed");

@@ -200,6 +200,13 @@ fn decide_stats(args: &ApplyArgs, hp: &Hparams, files: &ModelFiles, cfg: &ModelC
             set.precision.reference_name(),
             stats_dir.display()
         );
+        if let Some(f) = set.layers.values().find(|f| f.meta.identity.weights_fingerprint != identity.weights_fingerprint) {
+            tracing::info!(
+                "the statistics were computed on {} (weights {}), the model this one was edited from",
+                f.meta.identity.model,
+                f.meta.identity.weights_fingerprint
+            );
+        }
         if explicit.is_none() && config_id.as_deref() != Some(set.dataset.as_str()) {
             tracing::warn!(
                 "the config names statistics of `{}` ({} samples), but the cached ones are of {} ({} samples): using those. \

@@ -28,6 +28,10 @@ pub struct ModelIdentity {
     pub revision: Option<String>,
     /// `checkpoint::fingerprint` of the weight files.
     pub weights_fingerprint: String,
+    /// For a model written by `edit` (apply, apply-delta, revert): the fingerprint of the
+    /// weights it was first edited from, whose statistics still describe it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_fingerprint: Option<String>,
 }
 
 impl ModelIdentity {
@@ -38,7 +42,20 @@ impl ModelIdentity {
                 (repo.clone(), Some(match commit { Some(c) => format!("{revision}@{c}"), None => revision.clone() }))
             }
         };
-        Ok(Self { model, revision, weights_fingerprint: crate::checkpoint::fingerprint(&files.weights)? })
+        let base_fingerprint = crate::checkpoint::edit_base(&files.weights)?;
+        Ok(Self { model, revision, weights_fingerprint: crate::checkpoint::fingerprint(&files.weights)?, base_fingerprint })
+    }
+
+    /// The fingerprint an edited copy of this model records as its base.
+    pub fn root_fingerprint(&self) -> &str {
+        self.base_fingerprint.as_deref().unwrap_or(&self.weights_fingerprint)
+    }
+
+    /// Whether statistics computed on `other` describe this model: the same weights, or the
+    /// base this model was edited from (the reference, too, keeps using the original model's
+    /// statistics across edits).
+    pub fn stats_fit(&self, other: &ModelIdentity) -> bool {
+        other.weights_fingerprint == self.weights_fingerprint || Some(&other.weights_fingerprint) == self.base_fingerprint.as_ref()
     }
 
     /// Directory name for this model under the stats dir: the Hub id with `/` → `_` (as the
@@ -110,7 +127,7 @@ impl StatsMeta {
                 m.module, module.name
             )));
         }
-        if m.identity.weights_fingerprint != identity.weights_fingerprint {
+        if !identity.stats_fit(&m.identity) {
             return Err(Error::Input(format!(
                 "statistics were computed on model {} (weights {}), not on {} (weights {}): recompute them with `edit stats --model {}`",
                 m.identity.model, m.identity.weights_fingerprint, identity.model, identity.weights_fingerprint, identity.model
