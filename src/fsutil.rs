@@ -3,7 +3,7 @@
 //! together by an [`Outputs`] transaction, so a failure anywhere leaves no output behind.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
 use candle_core::Tensor;
@@ -49,6 +49,39 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Op
     let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     safetensors::serialize_to_file(data, metadata, path).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
     default_permissions(path)
+}
+
+/// Absolute, lexically normalised, with the longest existing prefix canonicalised (symlinks
+/// resolved), so that paths that do not exist yet can be compared with ones that do.
+pub fn normalize(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut lexical = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                lexical.pop();
+            }
+            other => lexical.push(other),
+        }
+    }
+    let mut existing = lexical.clone();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(mut c) = existing.canonicalize() {
+            for part in rest.iter().rev() {
+                c.push(part);
+            }
+            return c;
+        }
+        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return lexical,
+        }
+    }
 }
 
 /// `<dir>/.<name>.<tag>-<pid>`: a hidden sibling of `target` for its temporary or backup.

@@ -131,6 +131,37 @@ fn stats_then_apply_with_no_extra_flags_uses_the_cached_statistics() {
     let summary: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(summary["statistics"]["dataset"], "wikitext-2-test-embedded");
     assert_eq!(summary["statistics"]["samples"], 400);
+
+    // A cached corpus chosen by its name in the cache; an unknown one lists what is there.
+    ok(edit_env(&stats)
+        .args(["apply", "--method", "rome", "--stats-corpus", "wikitext-2-test-embedded", "--model"])
+        .arg(fact())
+        .arg(&req)
+        .arg("--delta-out")
+        .arg(tmp.path().join("d2.safetensors")));
+    fails(
+        edit_env(&stats).args(["apply", "--method", "rome", "--stats-corpus", "wikipedia", "--model"]).arg(fact()).arg(&req).arg("--delta-out").arg(tmp.path().join("d3.safetensors")),
+        &["no cached statistics of corpus `wikipedia`", "wikitext-2-test-embedded (400 samples, float32)"],
+    );
+    assert!(!tmp.path().join("d3.safetensors").exists());
+}
+
+#[test]
+fn a_delta_inside_the_output_directory_spelled_another_way_lands_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let req = requests(tmp.path(), 1);
+    let out = tmp.path().join("patched");
+    let delta = tmp.path().join(".").join("patched").join("sub").join("..").join("delta.safetensors");
+    ok(edit_bin()
+        .args(["apply", "--method", "rome", "--model"])
+        .arg(fact())
+        .arg(&req)
+        .args(["--set", "mom2_adjustment=false", "--set", "v_num_grad_steps=3", "--out"])
+        .arg(&out)
+        .arg("--delta-out")
+        .arg(&delta));
+    assert!(out.join("delta.safetensors").is_file() && out.join("model.safetensors").is_file());
+    assert_eq!(entries(tmp.path()), ["patched", "requests.json"], "no temporaries left beside it");
 }
 
 #[test]

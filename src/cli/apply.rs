@@ -104,6 +104,10 @@ pub struct StatsSourceArgs {
     /// `mom2_dataset`; else that corpus].
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetArg>,
+    /// Use the cached statistics of this corpus, by its name in the cache (`wikipedia` for
+    /// imported reference files, `wikitext-2-test-embedded`, `files-<digest>`, ...).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["dataset", "text"])]
+    pub stats_corpus: Option<String>,
     /// Statistics precision [default: any cached, preferring the config's `mom2_dtype`].
     #[arg(long, value_parser = ["f32", "f64"])]
     pub precision: Option<String>,
@@ -180,17 +184,39 @@ fn decide_stats(args: &ApplyArgs, hp: &Hparams, files: &ModelFiles, cfg: &ModelC
     let config_corpus = resolve::config_corpus(&hp.mom2_dataset);
     let identity = ModelIdentity::of(files)?;
     let found = resolve::scan(&stats_dir, &identity, cfg, &hp.layers)?;
-    let explicit_id = explicit.as_ref().map(|c| c.id());
+    let explicit_id = explicit.as_ref().map(|c| c.id()).or_else(|| st.stats_corpus.clone());
     let config_id = config_corpus.as_ref().map(|c| c.id());
+    let config_names: Vec<String> = config_id.iter().cloned().chain([hp.mom2_dataset.clone()]).collect();
     let wanted = resolve::Wanted {
         dataset: explicit_id.as_deref(),
         samples: st.samples,
         precision: explicit_precision,
-        config_dataset: config_id.as_deref(),
+        config_datasets: &config_names,
         config_samples: hp.mom2_n_samples,
         config_precision: precision_of(hp),
     };
-    if let Some(set) = resolve::choose(resolve::complete_sets(&found, &hp.layers), &wanted) {
+    let sets = resolve::complete_sets(&found, &hp.layers);
+    let cached_names = || {
+        let mut v: Vec<String> = sets.iter().map(|s| format!("{} ({} samples, {})", s.dataset, s.samples, s.precision.reference_name())).collect();
+        v.dedup();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    if let Some(name) = &st.stats_corpus {
+        if resolve::choose(sets.clone(), &wanted).is_none() {
+            bail!(
+                "no cached statistics of corpus `{name}` cover layer(s) {:?} of this model (with the --samples/--precision given) in {}; \
+                 cached for these layers: {}",
+                hp.layers,
+                stats_dir.display(),
+                cached_names()
+            );
+        }
+    }
+    if let Some(set) = resolve::choose(sets.clone(), &wanted) {
         tracing::info!(
             "statistics for layer(s) {:?}: cached, {} ({} samples, {} tokens, {}) in {}",
             hp.layers,
@@ -207,7 +233,7 @@ fn decide_stats(args: &ApplyArgs, hp: &Hparams, files: &ModelFiles, cfg: &ModelC
                 f.meta.identity.weights_fingerprint
             );
         }
-        if explicit.is_none() && config_id.as_deref() != Some(set.dataset.as_str()) {
+        if explicit_id.is_none() && !config_names.contains(&set.dataset) {
             tracing::warn!(
                 "the config names statistics of `{}` ({} samples), but the cached ones are of {} ({} samples): using those. \
                  Pass --dataset or --text to choose a corpus (missing statistics are then computed)",
@@ -222,11 +248,12 @@ fn decide_stats(args: &ApplyArgs, hp: &Hparams, files: &ModelFiles, cfg: &ModelC
     let corpus = match explicit.or(config_corpus) {
         Some(c) => c,
         None => bail!(
-            "no statistics of this model are cached for layer(s) {:?} (in {}), and the config's mom2_dataset `{}` is not a corpus \
-             edit can fetch. Compute them first, e.g. `edit stats --model {} --layers {}` (the embedded WikiText-2 sample, \
-             offline), or pass --dataset embedded|wikitext|wikipedia or --text FILE",
+            "no statistics of this model are cached for layer(s) {:?} (in {}; complete sets cached: {}), and the config's \
+             mom2_dataset `{}` is not a corpus edit can fetch. Compute them first, e.g. `edit stats --model {} --layers {}` \
+             (the embedded WikiText-2 sample, offline), or pass --dataset embedded|wikitext|wikipedia or --text FILE",
             hp.layers,
             stats_dir.display(),
+            cached_names(),
             hp.mom2_dataset,
             args.model.id(),
             hp.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")
@@ -265,9 +292,14 @@ fn stats_files(source: StatsSource, lm: &edit::LoadedModel, layers: &[usize], gl
                 collect_missing(lm, &todo, &plan, global, &mut ensured)?;
             }
             ensured.reports.sort_by_key(|r| r.layer);
+            // The texts actually used (fewer than asked when the corpus is smaller).
+            let samples = match ensured.reports.first() {
+                Some(r) => cache::load_meta(&r.file)?.0.samples,
+                None => plan.samples,
+            };
             Ok(StatsUsed {
                 dataset: ensured.dataset,
-                samples: plan.samples,
+                samples,
                 precision: plan.precision,
                 files: ensured.reports.into_iter().map(|r| (r.layer, r.file)).collect(),
             })
@@ -294,12 +326,15 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         bail!("nothing to write: pass --out DIR (a patched model) and/or --delta-out FILE.safetensors (the weight delta)");
     }
     if let (Some(o), Some(d)) = (&args.out, &args.delta_out) {
-        if o == d {
+        if edit::fsutil::normalize(o) == edit::fsutil::normalize(d) {
             bail!("--out and --delta-out are the same path {}: the model directory and the delta file need different paths", o.display());
         }
     }
     let delta_in_out = match (&args.out, &args.delta_out) {
-        (Some(o), Some(d)) => d.strip_prefix(o).ok().filter(|r| !r.as_os_str().is_empty()).map(|r| r.to_path_buf()),
+        (Some(o), Some(d)) => {
+            let (o, d) = (edit::fsutil::normalize(o), edit::fsutil::normalize(d));
+            d.strip_prefix(&o).ok().filter(|r| !r.as_os_str().is_empty()).map(|r| r.to_path_buf())
+        }
         _ => None,
     };
     if let Some(d) = &args.delta_out {
@@ -360,7 +395,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let first_last = |l: &[edit::editing::optimize::LossPoint]| {
         (l.first().map(|p| p.total).unwrap_or(f64::NAN), l.last().map(|p| p.total).unwrap_or(f64::NAN))
     };
-    let mut lines: Vec<String> = Vec::new();
+    let lines: Vec<String>;
     let mut checks: Vec<EditCheck>;
     let (deltas, modules): (Deltas, Vec<ModuleSummary>) = match method {
         Method::Rome => {
@@ -376,15 +411,11 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             }
             let losses: Vec<(f64, f64)> = outcome.reports.iter().map(|r| first_last(&r.losses)).collect();
             checks = check_edits(&mut *lm.model, &tok, &reqs, &outcome.deltas, &losses, pad_id)?;
-            for (r, c) in outcome.reports.iter().zip(&checks) {
-                lines.push(if args.json {
-                    serde_json::to_string(&Reported { report: r, check: c })?
-                } else {
-                    let (l0, l1) = first_last(&r.losses);
-                    format!("{:>4}  {} → {}: loss {l0:.3} → {l1:.3} in {} steps, ‖ΔW‖ {:.3}, {:.2}s{}",
-                        r.index, r.subject, r.target_new.trim(), r.steps, r.update_norm, r.seconds, if c.took { "" } else { "  (did not take)" })
-                });
-            }
+            lines = report_lines(&outcome.reports, &checks, args.json, |r| {
+                let (l0, l1) = first_last(&r.losses);
+                format!("{:>4}  {} → {}: loss {l0:.3} → {l1:.3} in {} steps, ‖ΔW‖ {:.3}, {:.2}s",
+                    r.index, r.subject, r.target_new.trim(), r.steps, r.update_norm, r.seconds)
+            })?;
             let mods = outcome
                 .deltas
                 .iter()
@@ -407,15 +438,11 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             }
             let losses: Vec<(f64, f64)> = outcome.requests.iter().map(|r| first_last(&r.losses)).collect();
             checks = check_edits(&mut *lm.model, &tok, &reqs, &outcome.deltas, &losses, pad_id)?;
-            for (r, c) in outcome.requests.iter().zip(&checks) {
-                lines.push(if args.json {
-                    serde_json::to_string(&Reported { report: r, check: c })?
-                } else {
-                    let (l0, l1) = first_last(&r.losses);
-                    format!("{:>4}  {} → {}: loss {l0:.3} → {l1:.3} in {} steps, ‖δ‖ {:.3}{}",
-                        r.index, r.subject, r.target_new.trim(), r.steps, r.delta_norm, if c.took { "" } else { "  (did not take)" })
-                });
-            }
+            lines = report_lines(&outcome.requests, &checks, args.json, |r| {
+                let (l0, l1) = first_last(&r.losses);
+                format!("{:>4}  {} → {}: loss {l0:.3} → {l1:.3} in {} steps, ‖δ‖ {:.3}",
+                    r.index, r.subject, r.target_new.trim(), r.steps, r.delta_norm)
+            })?;
             let mods = outcome
                 .layers
                 .iter()
@@ -473,6 +500,22 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_EDIT_FAILED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One stdout line per request: its report and check as JSON, or `text` with a mark when the
+/// edit did not take.
+fn report_lines<R: Serialize>(reports: &[R], checks: &[EditCheck], json: bool, text: impl Fn(&R) -> String) -> anyhow::Result<Vec<String>> {
+    reports
+        .iter()
+        .zip(checks)
+        .map(|(report, check)| {
+            Ok(if json {
+                serde_json::to_string(&Reported { report, check })?
+            } else {
+                format!("{}{}", text(report), if check.took { "" } else { "  (did not take)" })
+            })
+        })
+        .collect()
 }
 
 /// Writes the patched model and/or the delta, all or nothing: both are staged as temporaries

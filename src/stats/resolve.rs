@@ -131,8 +131,10 @@ pub struct Wanted<'a> {
     pub dataset: Option<&'a str>,
     pub samples: Option<usize>,
     pub precision: Option<Precision>,
-    /// The config's corpus id (when it names one edit knows), samples and precision: preferred.
-    pub config_dataset: Option<&'a str>,
+    /// The names the config's corpus goes by in the cache: its id when edit knows it (e.g.
+    /// `wikipedia-20231101.en`) and the config's own name (`wikipedia`, as statistics imported
+    /// from the reference's `wikipedia_stats` folder are filed). Preferred.
+    pub config_datasets: &'a [String],
     pub config_samples: usize,
     pub config_precision: Precision,
 }
@@ -145,7 +147,7 @@ pub fn choose(sets: Vec<CachedSet>, wanted: &Wanted) -> Option<CachedSet> {
         .filter(|s| wanted.samples.is_none_or(|n| s.layers.values().all(|f| answers(&f.meta, n))))
         .max_by_key(|s| {
             (
-                Some(s.dataset.as_str()) == wanted.config_dataset,
+                wanted.config_datasets.contains(&s.dataset),
                 corpus_rank(&s.dataset),
                 s.samples == wanted.config_samples,
                 s.precision == wanted.config_precision,

@@ -5,18 +5,18 @@
 //! the result unchanged. Shards without edits and all non-weight files are copied byte for byte;
 //! shards with edits are re-serialised with their unchanged tensors' bytes copied verbatim.
 //! Everything is written into a temporary sibling directory and renamed into place at the end,
-//! and the input model is never modified.
+//! and the input model is never modified. Rewritten shards record in their metadata the ids of
+//! the deltas they hold (`edit.applied`, for `revert`) and the fingerprint of the weights the
+//! model was first edited from (`edit.base`, whose statistics still serve it).
 //!
-//! [`save_delta`] / [`load_delta`] store [`Deltas`] as a safetensors file, one f32 tensor per
-//! edited weight named `<module>.weight` in the checkpoint's stored layout (so `W + Δ` works on
-//! the checkpoint tensor directly), with the edit's provenance as JSON under `edit.delta`.
+//! [`save_delta`] / [`load_delta`] (in `delta.rs`) store [`Deltas`] as delta files.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Component, Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
@@ -26,11 +26,8 @@ use crate::hub::ModelFiles;
 use crate::models::modules::{self, EditableModule};
 use crate::stats::cache::ModelIdentity;
 
-/// Metadata key holding the JSON [`DeltaMeta`] of a delta file.
-pub const DELTA_META_KEY: &str = "edit.delta";
-/// Metadata key naming the orientation of a delta file's tensors (always `stored`).
-pub const DELTA_LAYOUT_KEY: &str = "edit.layout";
-const STORED_LAYOUT: &str = "stored";
+mod delta;
+pub use delta::{delta_id, load_delta, save_delta, write_delta_file, DeltaMeta, DELTA_LAYOUT_KEY, DELTA_META_KEY};
 
 /// What a patched model directory received.
 #[derive(Clone, Debug, Serialize)]
@@ -50,32 +47,6 @@ pub struct WriteReport {
     /// Where the directory is staged until its transaction commits.
     #[serde(skip)]
     pub staged: PathBuf,
-}
-
-/// Provenance of a delta file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeltaMeta {
-    /// `rome`, `memit`, ...
-    pub method: String,
-    /// The edit requests (usually an array of request objects).
-    pub requests: serde_json::Value,
-    /// The method's hyperparameters.
-    pub config: serde_json::Value,
-    pub seed: Option<u64>,
-    /// The model the delta was computed on.
-    pub base_model: ModelIdentity,
-    pub tool_version: String,
-}
-
-impl DeltaMeta {
-    /// Number of edit requests: the array's length, 1 for a single object, 0 for null.
-    pub fn request_count(&self) -> usize {
-        match &self.requests {
-            serde_json::Value::Array(a) => a.len(),
-            serde_json::Value::Null => 0,
-            _ => 1,
-        }
-    }
 }
 
 /// One validated delta: its module and the delta in `[out, in]` orientation, f32, on the CPU.
@@ -132,39 +103,6 @@ fn all_finite(t: &Tensor) -> Result<bool> {
     Ok(s.is_finite())
 }
 
-/// Absolute, lexically normalised, with the longest existing prefix canonicalised (symlinks
-/// resolved), so that paths that do not exist yet can be compared with ones that do.
-fn normalize(p: &Path) -> PathBuf {
-    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    let mut lexical = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                lexical.pop();
-            }
-            other => lexical.push(other),
-        }
-    }
-    let mut existing = lexical.clone();
-    let mut rest = Vec::new();
-    loop {
-        if let Ok(mut c) = existing.canonicalize() {
-            for part in rest.iter().rev() {
-                c.push(part);
-            }
-            return c;
-        }
-        match (existing.file_name().map(|n| n.to_os_string()), existing.parent()) {
-            (Some(name), Some(parent)) => {
-                rest.push(name);
-                existing = parent.to_path_buf();
-            }
-            _ => return lexical,
-        }
-    }
-}
-
 /// What is at `out` before writing.
 #[derive(Debug, PartialEq)]
 enum OutState {
@@ -180,8 +118,8 @@ pub fn check_out_dir(files: &ModelFiles, out: &Path, overwrite: bool) -> Result<
 }
 
 fn check_out(files: &ModelFiles, out: &Path, overwrite: bool) -> Result<OutState> {
-    let out_n = normalize(out);
-    let in_dir = normalize(files.dir());
+    let out_n = crate::fsutil::normalize(out);
+    let in_dir = crate::fsutil::normalize(files.dir());
     if out_n.file_name().is_none() {
         return Err(Error::Input(format!("--out {} is not a usable directory name; choose another --out", out.display())));
     }
@@ -196,7 +134,7 @@ fn check_out(files: &ModelFiles, out: &Path, overwrite: bool) -> Result<OutState
     inputs.extend(files.weights.iter().map(PathBuf::as_path));
     inputs.extend(files.index.iter().map(PathBuf::as_path));
     for p in inputs {
-        if normalize(p).starts_with(&out_n) {
+        if crate::fsutil::normalize(p).starts_with(&out_n) {
             return Err(Error::Input(format!(
                 "--out {} contains the input model ({}); writing there would destroy it: choose another --out",
                 out.display(),
@@ -259,23 +197,6 @@ fn is_foreign_weight_file(name: &str) -> bool {
 /// Metadata key of a rewritten shard listing the ids of the deltas applied to it, oldest first,
 /// so that `revert` can tell whether a model really holds a delta.
 pub const APPLIED_KEY: &str = "edit.applied";
-
-/// A delta's identity: SHA-256 of its module names and `[out, in]` f32 values (the first 16
-/// hex digits). The same in memory and after a round trip through a delta file.
-pub fn delta_id(deltas: &Deltas) -> Result<String> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for (name, d) in deltas {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        let v = d.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        h.update((v.len() as u64).to_le_bytes());
-        for x in v {
-            h.update(x.to_le_bytes());
-        }
-    }
-    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
-}
 
 /// The delta ids recorded in the shards that hold `deltas`' weights: per shard, its list
 /// (empty for weights not written by edit).
@@ -544,98 +465,6 @@ pub fn stage_model_dir(
     Ok(WriteReport { out: out.to_path_buf(), staged: tmp, files_written, files_copied, files_skipped, tensors_changed })
 }
 
-/// Saves `deltas` (`[out, in]`) as a delta file: one f32 tensor `<module>.weight` per edited
-/// weight in the checkpoint's stored layout, `meta` as JSON under `edit.delta`, and
-/// `edit.layout = "stored"`. Written to a temporary file and renamed into place.
-pub fn save_delta(path: &Path, cfg: &ModelConfig, deltas: &Deltas, meta: &DeltaMeta) -> Result<()> {
-    let mut outputs = crate::fsutil::Outputs::new();
-    let tmp = outputs.stage(path)?;
-    write_delta_file(&tmp, cfg, deltas, meta)?;
-    outputs.commit()
-}
-
-/// Writes the delta file itself at `path` (callers stage it through an [`crate::fsutil::Outputs`]).
-pub fn write_delta_file(path: &Path, cfg: &ModelConfig, deltas: &Deltas, meta: &DeltaMeta) -> Result<()> {
-    if path.file_name().is_none() {
-        return Err(Error::Input(format!("{} is not a file path; name the delta file, e.g. delta.safetensors", path.display())));
-    }
-    let checked = check_deltas(cfg, deltas)?;
-    let mut tensors = Vec::with_capacity(checked.len());
-    for c in checked.values() {
-        tensors.push((format!("{}.weight", c.module.name), c.module.from_out_in(&c.delta)?.contiguous()?));
-    }
-    let mut md = HashMap::new();
-    md.insert(
-        DELTA_META_KEY.to_string(),
-        serde_json::to_string(meta).map_err(|e| Error::Input(format!("cannot serialise the delta metadata: {e}")))?,
-    );
-    md.insert(DELTA_LAYOUT_KEY.to_string(), STORED_LAYOUT.to_string());
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    crate::fsutil::write_safetensors(path, &tensors, Some(md))
-}
-
-/// Reads a delta file written by [`save_delta`], returning the deltas in `[out, in]`
-/// orientation keyed by module name, checked against `cfg`.
-pub fn load_delta(path: &Path, cfg: &ModelConfig) -> Result<(Deltas, DeltaMeta)> {
-    use candle_core::safetensors::Load;
-    let shown = path.display();
-    let not_delta = |why: String| {
-        Error::Input(format!(
-            "{shown} is not a delta file written by edit ({why}); pass a delta saved by `edit` (e.g. by an edit run that saves its delta)"
-        ))
-    };
-    let mmap = map_file(path)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
-        .map_err(|e| not_delta(format!("not a readable safetensors file: {e}")))?;
-    let md = header.metadata().as_ref();
-    let meta = md
-        .and_then(|m| m.get(DELTA_META_KEY))
-        .ok_or_else(|| not_delta(format!("it has no `{DELTA_META_KEY}` metadata")))?;
-    let meta: DeltaMeta = serde_json::from_str(meta)
-        .map_err(|e| not_delta(format!("its `{DELTA_META_KEY}` metadata is unreadable: {e}")))?;
-    match md.and_then(|m| m.get(DELTA_LAYOUT_KEY)).map(String::as_str) {
-        Some(STORED_LAYOUT) => {}
-        other => {
-            return Err(Error::Input(format!(
-                "{shown}: unknown delta layout {other:?} (expected `{STORED_LAYOUT}` under `{DELTA_LAYOUT_KEY}`); \
-                 the file was written by an incompatible version of edit: recompute the delta"
-            )))
-        }
-    }
-    let st = safetensors::SafeTensors::deserialize(&mmap)
-        .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-    let mut deltas = Deltas::new();
-    for (name, view) in st.tensors() {
-        let module = modules::find(cfg, &name).map_err(|e| {
-            Error::Input(format!(
-                "{shown}: delta tensor `{name}` does not fit this model ({e}); the delta was computed on another model \
-                 (base model {}): pass that model with --model",
-                meta.base_model.model
-            ))
-        })?;
-        if view.shape() != module.stored_shape() {
-            return Err(Error::Input(format!(
-                "{shown}: delta tensor `{name}` has shape {:?}, but this model stores `{}` as {:?}; the delta belongs to \
-                 a model of a different size (base model {}): pass that model with --model",
-                view.shape(),
-                module.name,
-                module.stored_shape(),
-                meta.base_model.model
-            )));
-        }
-        let stored = view
-            .load(&Device::Cpu)
-            .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: format!("tensor `{name}`: {e}") })?
-            .to_dtype(DType::F32)?;
-        if deltas.insert(module.name.clone(), module.to_out_in(&stored)?).is_some() {
-            return Err(Error::Input(format!("{shown}: module `{}` appears twice; the file is corrupt", module.name)));
-        }
-    }
-    Ok((deltas, meta))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -643,7 +472,7 @@ mod tests {
     #[test]
     fn normalize_handles_missing_paths() {
         let tmp = std::env::temp_dir();
-        let a = normalize(&tmp.join("no-such-dir-edit-patch").join("x").join("..").join("y"));
+        let a = crate::fsutil::normalize(&tmp.join("no-such-dir-edit-patch").join("x").join("..").join("y"));
         assert!(a.ends_with("no-such-dir-edit-patch/y"), "{}", a.display());
         assert!(a.starts_with(tmp.canonicalize().unwrap()));
     }
