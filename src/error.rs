@@ -34,6 +34,11 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// A computation failed on valid input: a matrix not positive definite, NaN/Inf, an
+    /// update that diverged. An evaluation loop records it and goes on.
+    #[error("{0}")]
+    Numerical(String),
+
     /// The user asked the job to stop (Ctrl-C, SIGTERM); its progress was saved.
     #[error("{0}")]
     Interrupted(String),

@@ -218,3 +218,28 @@ fn push_through_solve_equals_direct_solve() {
     }
     let _ = results[0].values().next().unwrap().i(0).unwrap();
 }
+
+#[test]
+fn run_edit_drives_every_method_and_refuses_oversized_updates_as_numerical() {
+    use edit::editing::method::{method_impl, run_edit};
+    let (mut lm, tok) = fact_model();
+    let reqs = fact_cases(2);
+    let pad = lm.pad_id();
+    for (method, file) in [(Method::Rome, "ROME.json"), (Method::Memit, "MEMIT_tuned.json")] {
+        let mut hp = fact_hparams(&lm, method, file);
+        hp.v_num_grad_steps = 3;
+        let m = method_impl(method);
+        assert_eq!(m.method(), method);
+        assert!(m.needs_stats(&hp), "{method}: both reference configs adjust by C");
+        let mut stats = stats_over(&lm, &hp.layers, &fact_corpus(500), 128);
+        let err = run_edit(&*m, &mut *lm.model, &tok, &reqs, &hp, &mut stats, 0, pad, 1e-9).err().expect("a tiny ratio refuses");
+        assert!(matches!(err, edit::Error::Numerical(_)), "{method}: {err}");
+        assert!(err.to_string().contains("--max-update-ratio"), "{err}");
+        let run = run_edit(&*m, &mut *lm.model, &tok, &reqs, &hp, &mut stats, 0, pad, 10.0).unwrap();
+        assert_eq!(run.outcome.requests.len(), 2);
+        assert_eq!(run.checks.len(), 2);
+        assert!(run.outcome.requests.iter().all(|r| r.report.is_object() && !r.line.is_empty()));
+        assert_eq!(run.outcome.modules.len(), run.outcome.deltas.len(), "{method}");
+        assert!(!run.templates.flat().is_empty());
+    }
+}

@@ -8,12 +8,11 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use edit::data::{Corpus, HubDataset};
-use edit::hub::HubOptions;
 use edit::models::modules::mlp_down;
-use edit::stats::cache::{self, JobKey, ModelIdentity, StatsMeta};
-use edit::stats::collect::{self, Accumulator, CollectPlan, Observer};
-use edit::stats::{npz, parse_layers, resolve, Precision};
-use edit::{LoadedModel, ModelConfig};
+use edit::stats::cache::{self, ModelIdentity, StatsMeta};
+use edit::stats::ensure::{check_corpus_available, check_layers, collect_missing, lookup, Ensured, LayerReport, Progress, StatsPlan};
+use edit::stats::{npz, parse_layers, Precision};
+use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
@@ -64,21 +63,6 @@ pub fn chosen_corpus(dataset: Option<DatasetArg>, text: &[PathBuf], stats_dir: &
         }
         None => None,
     })
-}
-
-/// Makes sure a Hub corpus is at hand (in the cache, or fetched) before any weights are read.
-pub fn check_corpus_available(corpus: &Corpus, offline: bool, global: &GlobalArgs) -> anyhow::Result<()> {
-    if let Corpus::Hub(ds) = corpus {
-        let hub = HubOptions { revision: None, offline, cache_dir: None, progress: logging::show_progress(global) };
-        edit::hub::dataset_files(ds.repo(), ds.prefix(), ".parquet", &hub).with_context(|| {
-            format!(
-                "the statistics corpus {} is not available; without network, `--dataset embedded` uses the small \
-                 WikiText-2 sample built into edit, and `--text FILE` a local corpus",
-                ds.repo()
-            )
-        })?;
-    }
-    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -162,15 +146,6 @@ pub struct ImportArgs {
 }
 
 #[derive(Serialize)]
-pub struct LayerReport {
-    pub layer: usize,
-    pub module: String,
-    pub file: PathBuf,
-    pub tokens: u64,
-    pub cached: bool,
-}
-
-#[derive(Serialize)]
 struct Summary {
     model: String,
     dataset: String,
@@ -184,58 +159,52 @@ struct Summary {
     layers: Vec<LayerReport>,
 }
 
+/// `edit stats`'s progress: a bar on an interactive stderr, and Ctrl-C asking for a checkpoint.
+pub struct BarProgress {
+    bar: ProgressBar,
+    visible: bool,
+    collecting: Option<interrupt::Collecting>,
+}
+
+impl BarProgress {
+    pub fn new(global: &GlobalArgs) -> Self {
+        Self { bar: ProgressBar::hidden(), visible: logging::show_progress(global), collecting: None }
+    }
+}
+
+impl Progress for BarProgress {
+    fn visible(&self) -> bool {
+        self.visible
+    }
+    fn start(&mut self, total: usize, done: usize) {
+        // From here on a signal asks for a checkpoint instead of ending the process.
+        self.collecting = Some(interrupt::Collecting::start());
+        if self.visible {
+            self.bar = ProgressBar::new(total as u64);
+            self.bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts, {msg}, ETA {eta}")
+                    .expect("valid template"),
+            );
+            self.bar.set_position(done as u64);
+        }
+    }
+    fn advance(&mut self, texts_seen: usize, tokens: u64, rate: f64) {
+        self.bar.set_position(texts_seen as u64);
+        self.bar.set_message(format!("{tokens} tokens, {rate:.0} tok/s"));
+    }
+    fn finish(&mut self) {
+        self.bar.finish_and_clear();
+        self.collecting = None;
+    }
+    fn stop_requested(&self) -> bool {
+        interrupt::requested()
+    }
+}
+
 pub fn run(args: StatsArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(StatsAction::Import(a)) => import(a, global),
         None => collect_cmd(args.collect, global),
-    }
-}
-
-struct Driver {
-    bar: ProgressBar,
-    started: Instant,
-    last_checkpoint: Instant,
-    every: std::time::Duration,
-    partial: PathBuf,
-    key: JobKey,
-    base_tokens: u64,
-    chunks_this_run: usize,
-    abort_after: Option<usize>,
-    total_texts: usize,
-}
-
-impl Driver {
-    fn aborting(&self) -> bool {
-        self.abort_after.is_some_and(|n| self.chunks_this_run >= n)
-    }
-}
-
-impl Observer for Driver {
-    fn chunk_done(&mut self, acc: &Accumulator, texts_seen: usize) -> edit::Result<bool> {
-        self.chunks_this_run += 1;
-        self.bar.set_position(texts_seen as u64);
-        let rate = (acc.count - self.base_tokens) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_message(format!("{} tokens, {rate:.0} tok/s", acc.count));
-        Ok(self.aborting() || interrupt::requested() || self.last_checkpoint.elapsed() >= self.every)
-    }
-
-    fn checkpoint(&mut self, acc: &Accumulator) -> edit::Result<()> {
-        cache::save_partial(&self.partial, &self.key, acc)?;
-        self.last_checkpoint = Instant::now();
-        tracing::debug!("checkpoint at chunk {} written to {}", acc.next_chunk, self.partial.display());
-        if self.aborting() {
-            return Err(edit::Error::Input(format!("aborted after {} chunks (--abort-after-chunks)", self.chunks_this_run)));
-        }
-        if interrupt::requested() {
-            self.bar.finish_and_clear();
-            return Err(edit::Error::Interrupted(format!(
-                "interrupted after {} of {} texts; progress saved to {}: run the same command again to resume",
-                (acc.next_chunk * collect::CHUNK_TEXTS).min(self.total_texts),
-                self.total_texts,
-                self.partial.display()
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -270,9 +239,9 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
     let (cached, todo) = if plan.force { (Vec::new(), layers.clone()) } else { lookup(&plan, &identity, &cfg, &layers)? };
     let mut ensured = Ensured { reports: cached, dataset: plan.corpus.id(), identity, ..Default::default() };
     if !todo.is_empty() {
-        check_corpus_available(&plan.corpus, plan.offline, global)?;
+        check_corpus_available(&plan.corpus, plan.offline, logging::show_progress(global))?;
         let lm = args.model.load_files(files, &args.compute)?;
-        collect_missing(&lm, &todo, &plan, global, &mut ensured)?;
+        collect_missing(&lm, &todo, &plan, &mut BarProgress::new(global), &mut ensured)?;
     }
     let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity } = ensured;
     reports.sort_by_key(|r| r.layer);
@@ -299,195 +268,6 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-pub fn check_layers(cfg: &ModelConfig, layers: &[usize]) -> anyhow::Result<()> {
-    if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layer) {
-        bail!("layer {bad} does not exist: the model has {} layers (0-{})", cfg.n_layer, cfg.n_layer - 1);
-    }
-    Ok(())
-}
-
-/// Where statistics come from and where they are cached; shared by `edit stats` and `edit apply`.
-pub struct StatsPlan {
-    pub corpus: Corpus,
-    pub samples: usize,
-    pub precision: Precision,
-    pub batch_tokens: Option<usize>,
-    pub max_len: Option<usize>,
-    pub stats_dir: PathBuf,
-    pub checkpoint_secs: u64,
-    pub force: bool,
-    pub abort_after_chunks: Option<usize>,
-    pub offline: bool,
-    /// Warn before computing missing layers (when statistics are a side job, as in `edit apply`).
-    pub announce_computing: bool,
-}
-
-#[derive(Default)]
-pub struct Ensured {
-    pub reports: Vec<LayerReport>,
-    pub note: Option<String>,
-    pub texts: u64,
-    pub tokens: u64,
-    pub resumed_from: usize,
-    pub dataset: String,
-    pub identity: ModelIdentity,
-}
-
-/// The layers of `layers` already cached for the plan's corpus, sample count and precision
-/// (reported), and those still to compute. Reads file headers only.
-pub fn lookup(plan: &StatsPlan, identity: &ModelIdentity, cfg: &ModelConfig, layers: &[usize]) -> anyhow::Result<(Vec<LayerReport>, Vec<usize>)> {
-    let dataset = plan.corpus.id();
-    let found = resolve::scan(&plan.stats_dir, identity, cfg, layers)?;
-    let mut reports = Vec::new();
-    let mut todo = Vec::new();
-    for &l in layers {
-        let hit = found
-            .iter()
-            .filter(|f| f.layer == l && f.meta.dataset == dataset && f.meta.precision == plan.precision && resolve::answers(&f.meta, plan.samples))
-            .max_by_key(|f| f.meta.samples);
-        match hit {
-            Some(f) => {
-                tracing::info!("layer {l}: cached at {}", f.path.display());
-                reports.push(LayerReport { layer: l, module: f.meta.module.clone(), file: f.path.clone(), tokens: f.meta.tokens, cached: true });
-            }
-            None => todo.push(l),
-        }
-    }
-    Ok((reports, todo))
-}
-
-/// Collects the statistics of `todo` in one pass (resuming an interrupted job) and files them.
-pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, global: &GlobalArgs, ensured: &mut Ensured) -> anyhow::Result<()> {
-    let cfg = lm.config().clone();
-    let precision = plan.precision;
-    let identity = ensured.identity.clone();
-    let dataset = plan.corpus.id();
-    let batch_tokens = plan.batch_tokens.unwrap_or(3 * cfg.n_ctx);
-    let max_len = plan.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(batch_tokens).max(1);
-    if plan.announce_computing {
-        tracing::warn!(
-            "no cached statistics for layer(s) {todo:?} ({} texts of {}, {}); computing them now (same as `edit stats`)",
-            plan.samples,
-            plan.corpus.describe(),
-            precision.reference_name()
-        );
-    }
-    let hub = HubOptions { revision: None, offline: plan.offline, cache_dir: None, progress: logging::show_progress(global) };
-    let sample = edit::data::sample(&plan.corpus, plan.samples, &hub).context("cannot read the statistics corpus")?;
-    // The sample of n ≥ rows texts is the whole corpus whatever n is: file it under what was used.
-    let samples = sample.texts.len();
-    if samples < plan.samples {
-        tracing::warn!(
-            "--samples {} is more than {} holds ({} texts): all {samples} are used, and the statistics are filed as {samples} samples",
-            plan.samples,
-            plan.corpus.describe(),
-            sample.corpus_rows
-        );
-    }
-    if matches!(plan.corpus, Corpus::Embedded) {
-        let msg = format!(
-            "using the embedded WikiText-2 test split ({} texts): a small sample, fine for trying things out; \
-             the reference uses 100,000 Wikipedia articles (--dataset wikipedia, or --dataset wikitext / --text FILE)",
-            sample.corpus_rows
-        );
-        tracing::warn!("{msg}");
-        ensured.note = Some(msg);
-    }
-    tracing::info!("{samples} texts sampled from {} ({} rows); layers {todo:?}; batch tokens {batch_tokens}, max length {max_len}", plan.corpus.describe(), sample.corpus_rows);
-    let key = JobKey {
-        identity: identity.clone(),
-        dataset: dataset.clone(),
-        samples,
-        layers: todo.to_vec(),
-        precision,
-        max_len,
-        batch_tokens,
-    };
-    let targets: Vec<(usize, String, PathBuf)> = todo
-        .iter()
-        .map(|&l| {
-            let module = mlp_down(&cfg, l)?.name;
-            let path = cache::stats_path(&plan.stats_dir, &identity, &dataset, &module, precision, samples);
-            Ok((l, module, path))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
-    let partial = cache::partial_path(&final_dir, todo, precision, samples);
-    let device = lm.model.device().clone();
-    let acc = match cache::load_partial(&partial, &key, &device)? {
-        Some(acc) => {
-            // Said at warn level: a user who interrupted a job wants to see that it resumed.
-            tracing::warn!(
-                "resuming an interrupted job from {} ({} of {samples} texts done, {} tokens)",
-                partial.display(),
-                (acc.next_chunk * collect::CHUNK_TEXTS).min(samples),
-                acc.count
-            );
-            acc
-        }
-        None => Accumulator::new(todo, cfg.d_ff, precision, &device)?,
-    };
-    ensured.resumed_from = acc.next_chunk;
-    let bar = if logging::show_progress(global) {
-        let b = ProgressBar::new(sample.texts.len() as u64);
-        b.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts, {msg}, ETA {eta}")
-                .expect("valid template"),
-        );
-        b.set_position((acc.next_chunk * collect::CHUNK_TEXTS).min(sample.texts.len()) as u64);
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut driver = Driver {
-        bar,
-        started: Instant::now(),
-        last_checkpoint: Instant::now(),
-        every: std::time::Duration::from_secs(plan.checkpoint_secs),
-        partial: partial.clone(),
-        key,
-        base_tokens: acc.count,
-        chunks_this_run: 0,
-        abort_after: plan.abort_after_chunks,
-        total_texts: sample.texts.len(),
-    };
-    let cplan = CollectPlan { layers: todo.to_vec(), precision, batch_tokens, max_len, pad_id: lm.pad_id() };
-    let acc = {
-        let _collecting = interrupt::Collecting::start();
-        collect::collect(&*lm.model, lm.tokenizer()?, &sample.texts, &cplan, acc, &mut driver)?
-    };
-    driver.bar.finish_and_clear();
-    if acc.count == 0 {
-        bail!("the corpus produced no tokens: every sampled text was empty");
-    }
-    for (l, module, path) in &targets {
-        let meta = StatsMeta {
-            format: 1,
-            identity: identity.clone(),
-            module: module.clone(),
-            layer: *l,
-            d_ff: cfg.d_ff,
-            dataset: dataset.clone(),
-            samples,
-            corpus_rows: Some(sample.corpus_rows),
-            texts: acc.texts,
-            tokens: acc.count,
-            precision,
-            max_len,
-            batch_tokens,
-            source: format!("collected from {}", plan.corpus.describe()),
-            tool_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        cache::save(path, &acc.sums[l], acc.count, &meta)?;
-        tracing::info!("layer {l}: {} tokens → {}", acc.count, path.display());
-        ensured.reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: acc.count, cached: false });
-    }
-    let _ = std::fs::remove_file(&partial);
-    ensured.texts = acc.texts;
-    ensured.tokens = acc.count;
-    Ok(())
 }
 
 /// Facts read off a reference file name such as

@@ -37,7 +37,7 @@ impl SpdFactor {
     /// Factors `a`; `what` names the matrix in the error when it is not positive definite.
     pub fn new(a: &Mat<f64>, what: &str) -> Result<Self> {
         let llt = a.llt(Side::Lower).map_err(|e| {
-            Error::Input(format!(
+            Error::Numerical(format!(
                 "{what} is not positive definite ({e:?}): the statistics cover too few tokens for this layer's {}-wide keys; \
                  collect them over more text (`edit stats --samples`)",
                 a.nrows()

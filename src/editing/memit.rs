@@ -93,7 +93,7 @@ pub fn compute_zs(
     let out: Vec<OptimizedTarget> = slots.into_iter().map(|z| z.expect("every request optimised")).collect();
     for (r, z) in requests.iter().zip(&out) {
         if z.target.iter().any(|x| !x.is_finite()) {
-            return Err(Error::Input(format!(
+            return Err(Error::Numerical(format!(
                 "request {} ({:?} → {:?}): its target vector is not finite; refusing to write the edit",
                 r.index, r.subject, r.target_new
             )));
@@ -186,7 +186,7 @@ pub fn apply_memit(
             let upd = &resid * adj_k.transpose(); // [d, d_ff] = [out, in]
             let upd_norm = upd.norm_l2();
             if !upd_norm.is_finite() {
-                return Err(Error::Input(format!(
+                return Err(Error::Numerical(format!(
                     "layer {layer}: the MEMIT update is not finite; refusing to write it (check the statistics and `mom2_update_weight`)"
                 )));
             }
@@ -226,4 +226,67 @@ pub fn apply_memit(
         })
         .collect();
     Ok(MemitOutcome { deltas, requests: reports, layers, z_seconds })
+}
+
+/// MEMIT behind the common method interface.
+pub struct Memit;
+
+impl super::method::EditMethod for Memit {
+    fn method(&self) -> super::hparams::Method {
+        super::hparams::Method::Memit
+    }
+
+    fn needs_stats(&self, _hp: &Hparams) -> bool {
+        true
+    }
+
+    fn sample_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, _hp: &Hparams, seed: u64) -> Result<ContextTemplates> {
+        super::templates::memit_templates(model, tok, seed)
+    }
+
+    fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {
+        use super::method::{report_json, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
+        let out = apply_memit(model, inputs.tok, inputs.requests, inputs.hparams, inputs.stats, inputs.templates, inputs.pad_id)?;
+        let worst = out
+            .requests
+            .iter()
+            .max_by(|a, b| a.delta_norm.total_cmp(&b.delta_norm))
+            .map(|w| format!("{} ({:?} → {:?})", w.index, w.subject, w.target_new))
+            .unwrap_or_default();
+        let sizes = out
+            .layers
+            .iter()
+            .map(|l| UpdateSize {
+                what: format!("layer {} ({})", l.layer, l.module),
+                update_norm: l.update_norm,
+                weight_norm: l.weight_norm,
+                detail: String::new(),
+                hint: format!("The request with the largest target shift is {worst}; raise mom2_update_weight or the limit"),
+            })
+            .collect();
+        let requests = out
+            .requests
+            .iter()
+            .map(|r| RequestOutcome {
+                index: r.index,
+                subject: r.subject.clone(),
+                target_new: r.target_new.clone(),
+                losses: r.losses.clone(),
+                line: format!(
+                    "{:>4}  {} → {}: loss {:.3} → {:.3} in {} steps, ‖δ‖ {:.3}",
+                    r.index,
+                    r.subject,
+                    r.target_new.trim(),
+                    r.losses.first().map(|l| l.total).unwrap_or(f64::NAN),
+                    r.losses.last().map(|l| l.total).unwrap_or(f64::NAN),
+                    r.steps,
+                    r.delta_norm
+                ),
+                report: report_json(r),
+            })
+            .collect();
+        let modules =
+            out.layers.iter().map(|l| ModuleUpdate { module: l.module.clone(), update_norm: l.update_norm, weight_norm: l.weight_norm }).collect();
+        Ok(EditOutcome { deltas: out.deltas, requests, modules, sizes })
+    }
 }

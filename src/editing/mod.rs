@@ -2,11 +2,14 @@
 //! context templates, subject positions, the target-vector optimisation and the linear algebra.
 //!
 //! A method is a function from (model, tokenizer, statistics, requests, hyperparameters) to
-//! weight deltas; the model is left as it was found. Loading, saving and the CLI stay outside.
+//! weight deltas; the model is left as it was found. Every method implements
+//! [`method::EditMethod`], and [`method::run_edit`] drives any of them. Loading, saving and the
+//! CLI stay outside.
 
 pub mod hparams;
 pub mod linalg;
 pub mod memit;
+pub mod method;
 pub mod optimize;
 pub mod positions;
 pub mod reprs;

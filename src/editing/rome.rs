@@ -113,7 +113,7 @@ pub fn apply_rome(
             let right: Vec<f32> =
                 opt.target.iter().zip(&cur_out).map(|(&t, &o)| ((f64::from(t) - f64::from(o)) / denom) as f32).collect();
             if !denom.is_finite() || right.iter().any(|x| !x.is_finite()) {
-                return Err(Error::Input(format!(
+                return Err(Error::Numerical(format!(
                     "request {} ({:?} → {:?}): the update is not finite (u·k = {denom:e}); refusing to write it",
                     req.index, req.subject, req.target_new
                 )));
@@ -159,4 +159,69 @@ pub fn apply_rome(
     })();
     restorer.restore(model)?;
     result
+}
+
+/// ROME behind the common method interface.
+pub struct Rome;
+
+impl super::method::EditMethod for Rome {
+    fn method(&self) -> super::hparams::Method {
+        super::hparams::Method::Rome
+    }
+
+    fn needs_stats(&self, hp: &Hparams) -> bool {
+        hp.mom2_adjustment
+    }
+
+    fn sample_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, hp: &Hparams, seed: u64) -> Result<ContextTemplates> {
+        let eos = tok.token_id("<|endoftext|>").or(model.config().eos_token_id).unwrap_or(0);
+        let params = hp.context_template_length_params.clone().unwrap_or_default();
+        super::templates::rome_templates(model, tok, &params, eos, seed)
+    }
+
+    fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {
+        use super::method::{report_json, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
+        let out = apply_rome(model, inputs.tok, inputs.requests, inputs.hparams, inputs.stats, inputs.templates, inputs.pad_id)?;
+        let what = |r: &RomeReport| format!("request {} ({:?} → {:?})", r.index, r.subject, r.target_new);
+        let sizes = out
+            .reports
+            .iter()
+            .map(|r| UpdateSize {
+                what: what(r),
+                update_norm: r.update_norm,
+                weight_norm: r.weight_norm,
+                detail: format!("u·k = {:.3e}", r.division_factor),
+                hint: "Try --set original_implementation=false (r-ROME) or raise the limit".into(),
+            })
+            .collect();
+        let requests = out
+            .reports
+            .iter()
+            .map(|r| RequestOutcome {
+                index: r.index,
+                subject: r.subject.clone(),
+                target_new: r.target_new.clone(),
+                losses: r.losses.clone(),
+                line: format!(
+                    "{:>4}  {} → {}: loss {:.3} → {:.3} in {} steps, ‖ΔW‖ {:.3}, {:.2}s",
+                    r.index,
+                    r.subject,
+                    r.target_new.trim(),
+                    r.losses.first().map(|l| l.total).unwrap_or(f64::NAN),
+                    r.losses.last().map(|l| l.total).unwrap_or(f64::NAN),
+                    r.steps,
+                    r.update_norm,
+                    r.seconds
+                ),
+                report: report_json(r),
+            })
+            .collect();
+        let weight_norm = out.reports.first().map(|r| r.weight_norm).unwrap_or(0.0);
+        let modules = out
+            .deltas
+            .iter()
+            .map(|(m, d)| Ok(ModuleUpdate { module: m.clone(), update_norm: frobenius_norm(d)?, weight_norm }))
+            .collect::<Result<_>>()?;
+        Ok(EditOutcome { deltas: out.deltas, requests, modules, sizes })
+    }
 }

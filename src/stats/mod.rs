@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod collect;
+pub mod ensure;
 pub mod npz;
 pub mod pyrandom;
 pub mod resolve;

@@ -1,0 +1,464 @@
+//! Making sure statistics are at hand: found in the cache for a model's weights, or collected
+//! in one pass (resuming an interrupted job) and filed. Shared by `edit stats` and the edit
+//! pipeline; the caller supplies a [`Progress`] (a progress bar, an interrupt flag).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::cache::{self, JobKey, ModelIdentity, StatsMeta};
+use super::collect::{self, Accumulator, CollectPlan, Observer};
+use super::resolve::{self, CachedSet};
+use super::Precision;
+use crate::config::ModelConfig;
+use crate::data::Corpus;
+use crate::editing::hparams::Hparams;
+use crate::error::{Error, Result};
+use crate::hub::{HubOptions, ModelFiles};
+use crate::model::LoadedModel;
+use crate::models::modules::mlp_down;
+
+/// What a long collection reports to, and asks of, its caller.
+pub trait Progress {
+    /// Whether progress is shown (Hub downloads show theirs then).
+    fn visible(&self) -> bool {
+        false
+    }
+    /// A collection of `total` texts starts, `done` of them already done (a resumed job).
+    fn start(&mut self, _total: usize, _done: usize) {}
+    fn advance(&mut self, _texts_seen: usize, _tokens: u64, _tokens_per_second: f64) {}
+    fn finish(&mut self) {}
+    /// The user asked to stop: checkpoint and return [`Error::Interrupted`].
+    fn stop_requested(&self) -> bool {
+        false
+    }
+}
+
+/// No progress shown, never interrupted.
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+/// Makes sure a Hub corpus is at hand (in the cache, or fetched) before any weights are read.
+pub fn check_corpus_available(corpus: &Corpus, offline: bool, hub_progress: bool) -> Result<()> {
+    if let Corpus::Hub(ds) = corpus {
+        let hub = HubOptions { revision: None, offline, cache_dir: None, progress: hub_progress };
+        crate::hub::dataset_files(ds.repo(), ds.prefix(), ".parquet", &hub).map_err(|e| {
+            Error::Input(format!(
+                "the statistics corpus {} is not available: {e}; without network, `--dataset embedded` uses the small \
+                 WikiText-2 sample built into edit, and `--text FILE` a local corpus",
+                ds.repo()
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// One layer's statistics file and whether it was already cached.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerReport {
+    pub layer: usize,
+    pub module: String,
+    pub file: PathBuf,
+    pub tokens: u64,
+    pub cached: bool,
+}
+
+pub fn check_layers(cfg: &ModelConfig, layers: &[usize]) -> Result<()> {
+    if let Some(&bad) = layers.iter().find(|&&l| l >= cfg.n_layer) {
+        return Err(Error::Input(format!("layer {bad} does not exist: the model has {} layers (0-{})", cfg.n_layer, cfg.n_layer - 1)));
+    }
+    Ok(())
+}
+
+/// Where statistics come from and where they are cached; shared by `edit stats` and `edit apply`.
+pub struct StatsPlan {
+    pub corpus: Corpus,
+    pub samples: usize,
+    pub precision: Precision,
+    pub batch_tokens: Option<usize>,
+    pub max_len: Option<usize>,
+    pub stats_dir: PathBuf,
+    pub checkpoint_secs: u64,
+    pub force: bool,
+    pub abort_after_chunks: Option<usize>,
+    pub offline: bool,
+    /// Warn before computing missing layers (when statistics are a side job, as in `edit apply`).
+    pub announce_computing: bool,
+}
+
+#[derive(Default)]
+pub struct Ensured {
+    pub reports: Vec<LayerReport>,
+    pub note: Option<String>,
+    pub texts: u64,
+    pub tokens: u64,
+    pub resumed_from: usize,
+    pub dataset: String,
+    pub identity: ModelIdentity,
+}
+
+/// The layers of `layers` already cached for the plan's corpus, sample count and precision
+/// (reported), and those still to compute. Reads file headers only.
+pub fn lookup(plan: &StatsPlan, identity: &ModelIdentity, cfg: &ModelConfig, layers: &[usize]) -> Result<(Vec<LayerReport>, Vec<usize>)> {
+    let dataset = plan.corpus.id();
+    let found = resolve::scan(&plan.stats_dir, identity, cfg, layers)?;
+    let mut reports = Vec::new();
+    let mut todo = Vec::new();
+    for &l in layers {
+        let hit = found
+            .iter()
+            .filter(|f| f.layer == l && f.meta.dataset == dataset && f.meta.precision == plan.precision && resolve::answers(&f.meta, plan.samples))
+            .max_by_key(|f| f.meta.samples);
+        match hit {
+            Some(f) => {
+                tracing::info!("layer {l}: cached at {}", f.path.display());
+                reports.push(LayerReport { layer: l, module: f.meta.module.clone(), file: f.path.clone(), tokens: f.meta.tokens, cached: true });
+            }
+            None => todo.push(l),
+        }
+    }
+    Ok((reports, todo))
+}
+
+/// Collects the statistics of `todo` in one pass (resuming an interrupted job) and files them.
+pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progress: &mut dyn Progress, ensured: &mut Ensured) -> Result<()> {
+    let cfg = lm.config().clone();
+    let precision = plan.precision;
+    let identity = ensured.identity.clone();
+    let dataset = plan.corpus.id();
+    let batch_tokens = plan.batch_tokens.unwrap_or(3 * cfg.n_ctx);
+    let max_len = plan.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(batch_tokens).max(1);
+    if plan.announce_computing {
+        tracing::warn!(
+            "no cached statistics for layer(s) {todo:?} ({} texts of {}, {}); computing them now (same as `edit stats`)",
+            plan.samples,
+            plan.corpus.describe(),
+            precision.reference_name()
+        );
+    }
+    let hub = HubOptions { revision: None, offline: plan.offline, cache_dir: None, progress: progress.visible() };
+    let sample = crate::data::sample(&plan.corpus, plan.samples, &hub)?;
+    // The sample of n ≥ rows texts is the whole corpus whatever n is: file it under what was used.
+    let samples = sample.texts.len();
+    if samples < plan.samples {
+        tracing::warn!(
+            "--samples {} is more than {} holds ({} texts): all {samples} are used, and the statistics are filed as {samples} samples",
+            plan.samples,
+            plan.corpus.describe(),
+            sample.corpus_rows
+        );
+    }
+    if matches!(plan.corpus, Corpus::Embedded) {
+        let msg = format!(
+            "using the embedded WikiText-2 test split ({} texts): a small sample, fine for trying things out; \
+             the reference uses 100,000 Wikipedia articles (--dataset wikipedia, or --dataset wikitext / --text FILE)",
+            sample.corpus_rows
+        );
+        tracing::warn!("{msg}");
+        ensured.note = Some(msg);
+    }
+    tracing::info!("{samples} texts sampled from {} ({} rows); layers {todo:?}; batch tokens {batch_tokens}, max length {max_len}", plan.corpus.describe(), sample.corpus_rows);
+    let key = JobKey {
+        identity: identity.clone(),
+        dataset: dataset.clone(),
+        samples,
+        layers: todo.to_vec(),
+        precision,
+        max_len,
+        batch_tokens,
+    };
+    let targets: Vec<(usize, String, PathBuf)> = todo
+        .iter()
+        .map(|&l| {
+            let module = mlp_down(&cfg, l)?.name;
+            let path = cache::stats_path(&plan.stats_dir, &identity, &dataset, &module, precision, samples);
+            Ok((l, module, path))
+        })
+        .collect::<Result<_>>()?;
+    let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
+    let partial = cache::partial_path(&final_dir, todo, precision, samples);
+    let device = lm.model.device().clone();
+    let acc = match cache::load_partial(&partial, &key, &device)? {
+        Some(acc) => {
+            // Said at warn level: a user who interrupted a job wants to see that it resumed.
+            tracing::warn!(
+                "resuming an interrupted job from {} ({} of {samples} texts done, {} tokens)",
+                partial.display(),
+                (acc.next_chunk * collect::CHUNK_TEXTS).min(samples),
+                acc.count
+            );
+            acc
+        }
+        None => Accumulator::new(todo, cfg.d_ff, precision, &device)?,
+    };
+    ensured.resumed_from = acc.next_chunk;
+    progress.start(sample.texts.len(), (acc.next_chunk * collect::CHUNK_TEXTS).min(sample.texts.len()));
+    let mut driver = Driver {
+        progress,
+        started: Instant::now(),
+        last_checkpoint: Instant::now(),
+        every: std::time::Duration::from_secs(plan.checkpoint_secs),
+        partial: partial.clone(),
+        key,
+        base_tokens: acc.count,
+        chunks_this_run: 0,
+        abort_after: plan.abort_after_chunks,
+        total_texts: sample.texts.len(),
+    };
+    let cplan = CollectPlan { layers: todo.to_vec(), precision, batch_tokens, max_len, pad_id: lm.pad_id() };
+    let acc = collect::collect(&*lm.model, lm.tokenizer()?, &sample.texts, &cplan, acc, &mut driver);
+    driver.progress.finish();
+    let acc = acc?;
+    if acc.count == 0 {
+        return Err(Error::Input("the corpus produced no tokens: every sampled text was empty".into()));
+    }
+    for (l, module, path) in &targets {
+        let meta = StatsMeta {
+            format: 1,
+            identity: identity.clone(),
+            module: module.clone(),
+            layer: *l,
+            d_ff: cfg.d_ff,
+            dataset: dataset.clone(),
+            samples,
+            corpus_rows: Some(sample.corpus_rows),
+            texts: acc.texts,
+            tokens: acc.count,
+            precision,
+            max_len,
+            batch_tokens,
+            source: format!("collected from {}", plan.corpus.describe()),
+            tool_version: env!("CARGO_PKG_VERSION").into(),
+        };
+        cache::save(path, &acc.sums[l], acc.count, &meta)?;
+        tracing::info!("layer {l}: {} tokens → {}", acc.count, path.display());
+        ensured.reports.push(LayerReport { layer: *l, module: module.clone(), file: path.clone(), tokens: acc.count, cached: false });
+    }
+    let _ = std::fs::remove_file(&partial);
+    ensured.texts = acc.texts;
+    ensured.tokens = acc.count;
+    Ok(())
+}
+
+struct Driver<'p> {
+    progress: &'p mut dyn Progress,
+    started: Instant,
+    last_checkpoint: Instant,
+    every: std::time::Duration,
+    partial: PathBuf,
+    key: JobKey,
+    base_tokens: u64,
+    chunks_this_run: usize,
+    abort_after: Option<usize>,
+    total_texts: usize,
+}
+
+impl Driver<'_> {
+    fn aborting(&self) -> bool {
+        self.abort_after.is_some_and(|n| self.chunks_this_run >= n)
+    }
+}
+
+impl Observer for Driver<'_> {
+    fn chunk_done(&mut self, acc: &Accumulator, texts_seen: usize) -> Result<bool> {
+        self.chunks_this_run += 1;
+        let rate = (acc.count - self.base_tokens) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        self.progress.advance(texts_seen, acc.count, rate);
+        Ok(self.aborting() || self.progress.stop_requested() || self.last_checkpoint.elapsed() >= self.every)
+    }
+
+    fn checkpoint(&mut self, acc: &Accumulator) -> Result<()> {
+        cache::save_partial(&self.partial, &self.key, acc)?;
+        self.last_checkpoint = Instant::now();
+        tracing::debug!("checkpoint at chunk {} written to {}", acc.next_chunk, self.partial.display());
+        if self.aborting() {
+            return Err(Error::Input(format!("aborted after {} chunks (--abort-after-chunks)", self.chunks_this_run)));
+        }
+        if self.progress.stop_requested() {
+            self.progress.finish();
+            return Err(Error::Interrupted(format!(
+                "interrupted after {} of {} texts; progress saved to {}: run the same command again to resume",
+                (acc.next_chunk * collect::CHUNK_TEXTS).min(self.total_texts),
+                self.total_texts,
+                self.partial.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Which statistics an edit used.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatsUsed {
+    pub dataset: String,
+    pub samples: usize,
+    pub precision: Precision,
+    pub files: BTreeMap<usize, PathBuf>,
+}
+
+/// Where the statistics of an edit will come from, decided before any weights are read.
+pub enum StatsSource {
+    Cached(CachedSet),
+    Compute(StatsPlan),
+}
+
+/// The precision a config's `mom2_dtype` names.
+pub fn precision_of(hp: &Hparams) -> Precision {
+    match hp.mom2_dtype.as_str() {
+        "float64" => Precision::F64,
+        _ => Precision::F32,
+    }
+}
+
+/// What the caller of an edit says about its statistics (`edit apply`'s options); `None`
+/// leaves the choice to the cache and the config.
+pub struct StatsWanted {
+    /// A corpus given explicitly (`--text` / `--dataset`).
+    pub corpus: Option<Corpus>,
+    /// A cached corpus by its name in the cache (`--stats-corpus`).
+    pub cached_corpus: Option<String>,
+    pub samples: Option<usize>,
+    pub precision: Option<Precision>,
+    pub batch_tokens: Option<usize>,
+    pub max_len: Option<usize>,
+    pub stats_dir: PathBuf,
+    pub offline: bool,
+    /// Shown in messages (`edit stats --model <this>`).
+    pub model_id: String,
+}
+
+/// Chooses cached statistics (see [`super::resolve`] for the order) or the corpus to compute
+/// them on; fails here, before any weights are read, when neither is possible.
+pub fn decide(st: StatsWanted, hp: &Hparams, files: &ModelFiles, cfg: &ModelConfig, hub_progress: bool) -> Result<StatsSource> {
+    let stats_dir = st.stats_dir.clone();
+    let explicit = st.corpus.clone();
+    let explicit_precision = st.precision;
+    let config_corpus = resolve::config_corpus(&hp.mom2_dataset);
+    let identity = ModelIdentity::of(files)?;
+    let found = resolve::scan(&stats_dir, &identity, cfg, &hp.layers)?;
+    let explicit_id = explicit.as_ref().map(|c| c.id()).or_else(|| st.cached_corpus.clone());
+    let config_id = config_corpus.as_ref().map(|c| c.id());
+    let config_names: Vec<String> = config_id.iter().cloned().chain([hp.mom2_dataset.clone()]).collect();
+    let wanted = resolve::Wanted {
+        dataset: explicit_id.as_deref(),
+        samples: st.samples,
+        precision: explicit_precision,
+        config_datasets: &config_names,
+        config_samples: hp.mom2_n_samples,
+        config_precision: precision_of(hp),
+    };
+    let sets = resolve::complete_sets(&found, &hp.layers);
+    let cached_names = || {
+        let mut v: Vec<String> = sets.iter().map(|s| format!("{} ({} samples, {})", s.dataset, s.samples, s.precision.reference_name())).collect();
+        v.dedup();
+        if v.is_empty() {
+            "none".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    if let Some(name) = &st.cached_corpus {
+        if resolve::choose(sets.clone(), &wanted).is_none() {
+            return Err(Error::Input(format!(
+                "no cached statistics of corpus `{name}` cover layer(s) {:?} of this model (with the --samples/--precision given) in {}; \
+                 cached for these layers: {}",
+                hp.layers,
+                stats_dir.display(),
+                cached_names()
+            )));
+        }
+    }
+    if let Some(set) = resolve::choose(sets.clone(), &wanted) {
+        tracing::info!(
+            "statistics for layer(s) {:?}: cached, {} ({} samples, {} tokens, {}) in {}",
+            hp.layers,
+            set.dataset,
+            set.samples,
+            set.tokens(),
+            set.precision.reference_name(),
+            stats_dir.display()
+        );
+        if let Some(f) = set.layers.values().find(|f| f.meta.identity.weights_fingerprint != identity.weights_fingerprint) {
+            tracing::info!(
+                "the statistics were computed on {} (weights {}), the model this one was edited from",
+                f.meta.identity.model,
+                f.meta.identity.weights_fingerprint
+            );
+        }
+        if explicit_id.is_none() && !config_names.contains(&set.dataset) {
+            tracing::warn!(
+                "the config names statistics of `{}` ({} samples), but the cached ones are of {} ({} samples): using those. \
+                 Pass --dataset or --text to choose a corpus (missing statistics are then computed)",
+                hp.mom2_dataset,
+                hp.mom2_n_samples,
+                set.dataset,
+                set.samples
+            );
+        }
+        return Ok(StatsSource::Cached(set));
+    }
+    let corpus = match explicit.or(config_corpus) {
+        Some(c) => c,
+        None => return Err(Error::Input(format!(
+            "no statistics of this model are cached for layer(s) {:?} (in {}; complete sets cached: {}), and the config's \
+             mom2_dataset `{}` is not a corpus edit can fetch. Compute them first, e.g. `edit stats --model {} --layers {}` \
+             (the embedded WikiText-2 sample, offline), or pass --dataset embedded|wikitext|wikipedia or --text FILE",
+            hp.layers,
+            stats_dir.display(),
+            cached_names(),
+            hp.mom2_dataset,
+            st.model_id,
+            hp.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")
+        ))),
+    };
+    check_corpus_available(&corpus, st.offline, hub_progress)?;
+    Ok(StatsSource::Compute(StatsPlan {
+        corpus,
+        samples: st.samples.unwrap_or(hp.mom2_n_samples),
+        precision: explicit_precision.unwrap_or(precision_of(hp)),
+        batch_tokens: st.batch_tokens,
+        max_len: st.max_len,
+        stats_dir,
+        checkpoint_secs: 60,
+        force: false,
+        abort_after_chunks: None,
+        offline: st.offline,
+        announce_computing: true,
+    }))
+}
+
+/// The statistics files of every edited layer: the cached set, or computed now.
+pub fn stats_files(source: StatsSource, lm: &LoadedModel, layers: &[usize], progress: &mut dyn Progress) -> Result<StatsUsed> {
+    match source {
+        StatsSource::Cached(set) => Ok(StatsUsed {
+            dataset: set.dataset.clone(),
+            samples: set.samples,
+            precision: set.precision,
+            files: set.layers.iter().map(|(&l, f)| (l, f.path.clone())).collect(),
+        }),
+        StatsSource::Compute(plan) => {
+            let identity = ModelIdentity::of(&lm.files)?;
+            let (cached, todo) = lookup(&plan, &identity, lm.config(), layers)?;
+            let mut ensured = Ensured { reports: cached, dataset: plan.corpus.id(), identity, ..Default::default() };
+            if !todo.is_empty() {
+                collect_missing(lm, &todo, &plan, progress, &mut ensured)?;
+            }
+            ensured.reports.sort_by_key(|r| r.layer);
+            // The texts actually used (fewer than asked when the corpus is smaller).
+            let samples = match ensured.reports.first() {
+                Some(r) => cache::load_meta(&r.file)?.0.samples,
+                None => plan.samples,
+            };
+            Ok(StatsUsed {
+                dataset: ensured.dataset,
+                samples,
+                precision: plan.precision,
+                files: ensured.reports.into_iter().map(|r| (r.layer, r.file)).collect(),
+            })
+        }
+    }
+}
+
