@@ -11,7 +11,7 @@ use edit::data::{Corpus, HubDataset};
 use edit::models::modules::mlp_down;
 use edit::stats::cache::{self, ModelIdentity, StatsMeta};
 use edit::stats::ensure::{check_corpus_available, check_layers, collect_missing, lookup, Ensured, LayerReport, Progress, StatsPlan};
-use edit::stats::{npz, parse_layers, Precision};
+use edit::stats::{parse_layers, Precision};
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -299,41 +299,77 @@ fn parse_npz_name(path: &Path) -> NpzName {
     NpzName { layer, dataset, precision, samples }
 }
 
+/// The arrays an `.npz` file holds (`mom2.mom2.npy` → `mom2.mom2`).
+fn npz_members(path: &Path) -> anyhow::Result<Vec<String>> {
+    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let zip = zip::ZipArchive::new(f).with_context(|| format!("{} is not a readable .npz (zip) file", path.display()))?;
+    let mut names = Vec::new();
+    for n in zip.file_names() {
+        let n = n.with_context(|| format!("{}: unreadable member name", path.display()))?;
+        names.push(n.strip_suffix(".npy").unwrap_or(&n).to_string());
+    }
+    Ok(names)
+}
+
+/// One array of an `.npz` file, read by candle's npy reader (the reference's files also hold a
+/// `mom2.constructor` string, which is never read).
+fn npz_array(path: &Path, name: &str) -> anyhow::Result<candle_core::Tensor> {
+    let mut v = candle_core::Tensor::read_npz_by_name(path, &[name]).map_err(|e| {
+        let hint = if e.to_string().contains("fortran") {
+            "; the array is stored in Fortran order: save it with np.ascontiguousarray first"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{}: cannot read array `{name}`: {e}{hint}", path.display())
+    })?;
+    Ok(v.remove(0))
+}
+
+fn npz_scalar(path: &Path, name: &str) -> anyhow::Result<f64> {
+    let t = npz_array(path, name)?;
+    if t.elem_count() != 1 {
+        bail!("{}: `{name}` should be a single number, but has shape {:?}", path.display(), t.dims());
+    }
+    Ok(t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0])
+}
+
 fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let guessed = parse_npz_name(&args.file);
-    let arrays = npz::read_npz(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-    let mom2 = arrays.get("mom2.mom2").with_context(|| {
-        format!("{} has no `mom2.mom2` array: not a reference second-moment file", args.file.display())
-    })?;
-    let count = arrays
-        .get("mom2.count")
-        .and_then(|a| a.scalar_f64())
-        .with_context(|| format!("{} has no numeric `mom2.count`", args.file.display()))?;
+    let members = npz_members(&args.file)?;
+    let shown = args.file.display();
+    if !members.iter().any(|m| m == "mom2.mom2") {
+        bail!("{shown} has no `mom2.mom2` array (it holds {}): not a reference second-moment file", members.join(", "));
+    }
+    if !members.iter().any(|m| m == "mom2.count") {
+        bail!("{shown} has no `mom2.count` array: not a reference second-moment file");
+    }
+    let mom2 = npz_array(&args.file, "mom2.mom2")?;
+    let count = npz_scalar(&args.file, "mom2.count")?;
     let layer = args.layer.or(guessed.layer).with_context(|| {
-        format!("cannot tell the layer from the file name {}; pass --layer", args.file.display())
+        format!("cannot tell the layer from the file name {shown}; pass --layer")
     })?;
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let module = mlp_down(&cfg, layer)?;
     let d = module.in_dim;
-    if mom2.shape != [d, d] {
+    if mom2.dims() != [d, d] {
         bail!(
-            "{}: `mom2.mom2` is {:?} but layer {layer} of this model has {d}-wide keys ({}): the file belongs to another model",
-            args.file.display(),
-            mom2.shape,
+            "{shown}: `mom2.mom2` is {:?} but layer {layer} of this model has {d}-wide keys ({}): the file belongs to another model",
+            mom2.dims(),
             module.name
         );
     }
-    let (sum, precision) = match &mom2.data {
-        npz::NpyData::F32(v) => (candle_core::Tensor::from_slice(v, (d, d), &candle_core::Device::Cpu)?, Precision::F32),
-        npz::NpyData::F64(v) => (candle_core::Tensor::from_slice(v, (d, d), &candle_core::Device::Cpu)?, Precision::F64),
-        _ => bail!("{}: `mom2.mom2` must be a float32 or float64 array", args.file.display()),
+    let precision = match mom2.dtype() {
+        candle_core::DType::F32 => Precision::F32,
+        candle_core::DType::F64 => Precision::F64,
+        other => bail!("{shown}: `mom2.mom2` is {other:?}; it must be a float32 or float64 array"),
     };
-    let samples = args
-        .samples
-        .or_else(|| arrays.get("sample_size").and_then(|a| a.scalar_f64()).map(|x| x as usize))
-        .or(guessed.samples)
-        .unwrap_or(0);
+    let sum = mom2;
+    let samples = match args.samples {
+        Some(n) => n,
+        None if members.iter().any(|m| m == "sample_size") => npz_scalar(&args.file, "sample_size")? as usize,
+        None => guessed.samples.unwrap_or(0),
+    };
     let dataset = args.dataset.clone().or(guessed.dataset).unwrap_or_else(|| "imported".into());
     let identity = ModelIdentity::of(&files)?;
     let meta = StatsMeta {

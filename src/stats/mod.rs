@@ -5,7 +5,6 @@
 pub mod cache;
 pub mod collect;
 pub mod ensure;
-pub mod npz;
 pub mod pyrandom;
 pub mod resolve;
 
