@@ -206,3 +206,57 @@ fn half_precision_compute_stays_close() {
         }
     }
 }
+
+/// MEND's view of a linear module through the general hook points: its input x (recorded at
+/// `LinearIn`) and the gradient of the loss w.r.t. its output y (a zero `Var` added at
+/// `LinearOut`). For the MLP down-projection y is the MLP output, so ∂L/∂y at the subject's
+/// last token must equal transformers' gradient there, and x must equal the golden keys.
+#[test]
+fn linear_hook_points_give_inputs_and_output_gradients_as_transformers() {
+    use edit::models::{ForwardOpts, HookPoint, Hooks, ModuleKind};
+    struct Capture {
+        layer: usize,
+        x: Option<Tensor>,
+        dy: Var,
+    }
+    impl Hooks for Capture {
+        fn wants(&self, p: HookPoint) -> bool {
+            matches!(p, HookPoint::LinearIn(l, ModuleKind::MlpDown) | HookPoint::LinearOut(l, ModuleKind::MlpDown) if l == self.layer)
+        }
+        fn at(&mut self, p: HookPoint, h: Tensor) -> edit::Result<Tensor> {
+            Ok(match p {
+                HookPoint::LinearIn(..) => {
+                    self.x = Some(h.clone());
+                    h
+                }
+                _ => (h + self.dy.as_tensor())?,
+            })
+        }
+    }
+    for name in FAMILIES {
+        let lm = fixture(name);
+        let g = golden(name);
+        let info = g.gradient("grad_mlp_out.1");
+        let p0 = &g.prompts()[0];
+        let target = lm.tokenizer().unwrap().encode(&p0.target).unwrap();
+        let mut ids = p0.input_ids.clone();
+        ids.extend_from_slice(&target[..target.len() - 1]);
+        let batch = Batch::from_sequences(std::slice::from_ref(&ids), 0, &Device::Cpu).unwrap();
+        let d = lm.config().d_model;
+        let mut hooks = Capture { layer: info.layer, x: None, dy: Var::zeros((1, ids.len(), d), DType::F32, &Device::Cpu).unwrap() };
+        let opts = ForwardOpts { logits: Logits::All, differentiable: true, ..ForwardOpts::default() };
+        let logits = lm.model.forward_hooked(&batch, &opts, &mut hooks).unwrap().unwrap();
+        let logp = candle_nn::ops::log_softmax(&logits.get(0).unwrap(), 1).unwrap();
+        let n_prompt = p0.input_ids.len();
+        let terms: Vec<Tensor> = target.iter().enumerate().map(|(j, &t)| logp.get(n_prompt - 1 + j).unwrap().get(t as usize).unwrap()).collect();
+        let loss = (Tensor::stack(&terms, 0).unwrap().mean_all().unwrap() * -1.0).unwrap();
+        let grads = loss.backward().unwrap();
+        let dy = grads.get(hooks.dy.as_tensor()).expect("the gradient reaches the linear output");
+        let rel = rel_diff(&dy.get(0).unwrap().get(info.position).unwrap(), &g.tensor("grad_mlp_out.1"));
+        assert!(rel <= 1e-3, "{name}: ∂L/∂y relative error {rel}");
+        // The prompt is a prefix: its keys are the golden ones (causal attention).
+        let x = hooks.x.expect("the input was recorded").get(0).unwrap().narrow(0, 0, n_prompt).unwrap();
+        let want = g.tensor(&format!("key.{}", info.layer)).get(0).unwrap().narrow(0, 0, n_prompt).unwrap();
+        assert!(max_abs_diff(&x, &want) <= 1e-4, "{name}: x differs from the golden key");
+    }
+}

@@ -267,22 +267,9 @@ impl super::method::EditMethod for Memit {
         let requests = out
             .requests
             .iter()
-            .map(|r| RequestOutcome {
-                index: r.index,
-                subject: r.subject.clone(),
-                target_new: r.target_new.clone(),
-                losses: r.losses.clone(),
-                line: format!(
-                    "{:>4}  {} → {}: loss {:.3} → {:.3} in {} steps, ‖δ‖ {:.3}",
-                    r.index,
-                    r.subject,
-                    r.target_new.trim(),
-                    r.losses.first().map(|l| l.total).unwrap_or(f64::NAN),
-                    r.losses.last().map(|l| l.total).unwrap_or(f64::NAN),
-                    r.steps,
-                    r.delta_norm
-                ),
-                report: report_json(r),
+            .map(|r| {
+                let tail = format!("‖δ‖ {:.3}", r.delta_norm);
+                RequestOutcome::new(r.index, &r.subject, &r.target_new, &r.losses, r.steps, tail, report_json(r))
             })
             .collect();
         let modules =

@@ -44,6 +44,20 @@ pub struct RequestOutcome {
 }
 
 impl RequestOutcome {
+    /// An outcome whose line reads `index  subject → target: loss a → b in n steps, <tail>`.
+    pub fn new(index: usize, subject: &str, target_new: &str, losses: &[LossPoint], steps: usize, tail: String, report: Value) -> Self {
+        let first = losses.first().map(|l| l.total).unwrap_or(f64::NAN);
+        let last = losses.last().map(|l| l.total).unwrap_or(f64::NAN);
+        Self {
+            index,
+            subject: subject.to_string(),
+            target_new: target_new.to_string(),
+            losses: losses.to_vec(),
+            line: format!("{index:>4}  {subject} → {}: loss {first:.3} → {last:.3} in {steps} steps, {tail}", target_new.trim()),
+            report,
+        }
+    }
+
     pub fn first_last_loss(&self) -> (f64, f64) {
         (self.losses.first().map(|p| p.total).unwrap_or(f64::NAN), self.losses.last().map(|p| p.total).unwrap_or(f64::NAN))
     }

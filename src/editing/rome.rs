@@ -197,23 +197,9 @@ impl super::method::EditMethod for Rome {
         let requests = out
             .reports
             .iter()
-            .map(|r| RequestOutcome {
-                index: r.index,
-                subject: r.subject.clone(),
-                target_new: r.target_new.clone(),
-                losses: r.losses.clone(),
-                line: format!(
-                    "{:>4}  {} → {}: loss {:.3} → {:.3} in {} steps, ‖ΔW‖ {:.3}, {:.2}s",
-                    r.index,
-                    r.subject,
-                    r.target_new.trim(),
-                    r.losses.first().map(|l| l.total).unwrap_or(f64::NAN),
-                    r.losses.last().map(|l| l.total).unwrap_or(f64::NAN),
-                    r.steps,
-                    r.update_norm,
-                    r.seconds
-                ),
-                report: report_json(r),
+            .map(|r| {
+                let tail = format!("‖ΔW‖ {:.3}, {:.2}s", r.update_norm, r.seconds);
+                RequestOutcome::new(r.index, &r.subject, &r.target_new, &r.losses, r.steps, tail, report_json(r))
             })
             .collect();
         let weight_norm = out.reports.first().map(|r| r.weight_norm).unwrap_or(0.0);

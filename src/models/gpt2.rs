@@ -3,7 +3,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::layers::{self, LayerNorm, Linear, Orientation};
-use super::{Batch, CausalLm, ForwardCtx, Intervention, Site, Trace, TraceSpec};
+use super::hooks::{self, HookPoint, Hooks};
+use super::{Batch, CausalLm, ForwardCtx, ForwardOpts, ModuleKind};
 use crate::checkpoint::WeightBuilder;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -65,9 +66,9 @@ impl Gpt2 {
         Ok(Self { cfg: cfg.clone(), device: wte.device().clone(), dtype: wte.dtype(), wte, wpe, blocks, ln_f, head })
     }
 
-    fn attn(&self, blk: &Block, layer: usize, x: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+    fn attn(&self, blk: &Block, layer: usize, x: &Tensor, ctx: &ForwardCtx, hk: &mut dyn Hooks) -> Result<Tensor> {
         let d = self.cfg.d_model;
-        let qkv = blk.c_attn.forward(x)?;
+        let qkv = hooks::linear(hk, layer, ModuleKind::AttnQkv, &blk.c_attn, x)?;
         let q = layers::split_heads(&qkv.narrow(2, 0, d)?, self.cfg.n_head)?;
         let k = layers::split_heads(&qkv.narrow(2, d, d)?, self.cfg.n_head)?;
         let v = layers::split_heads(&qkv.narrow(2, 2 * d, d)?, self.cfg.n_head)?;
@@ -76,7 +77,7 @@ impl Gpt2 {
             scale /= (layer + 1) as f64;
         }
         let a = layers::attention(&q, &k, &v, &ctx.attn_bias, scale, ctx.grad)?;
-        blk.attn_proj.forward(&a)
+        hooks::linear(hk, layer, ModuleKind::AttnOut, &blk.attn_proj, &a)
     }
 }
 
@@ -93,28 +94,26 @@ impl CausalLm for Gpt2 {
         self.dtype
     }
 
-    fn forward(&self, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Trace> {
-        let ctx = ForwardCtx::new(&self.cfg, batch, spec, interventions)?;
+    fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
+        let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
         let t = batch.seq_len();
         let pos = Tensor::arange(0u32, t as u32, &self.device)?;
-        let mut h = layers::embed(&self.wte, batch.input_ids())?.broadcast_add(&self.wpe.index_select(&pos, 0)?)?;
-        let mut trace = Trace::default();
+        let tokens = hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.wte, batch.input_ids())?)?;
+        let mut h = tokens.broadcast_add(&self.wpe.index_select(&pos, 0)?)?;
         for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1) {
-            let a = self.attn(blk, l, &blk.ln_1.forward(&h, ctx.grad)?, &ctx)?;
+            let a = self.attn(blk, l, &blk.ln_1.forward(&h, ctx.grad)?, &ctx, hk)?;
             h = (h + a)?;
-            let key = layers::activation(&blk.c_fc.forward(&blk.ln_2.forward(&h, ctx.grad)?)?, self.cfg.activation)?;
-            super::record(&mut trace.keys, &spec.keys, l, &key);
-            let m = blk.c_proj.forward(&key)?;
-            let m = super::intervene(m, l, Site::MlpOut, interventions)?;
-            super::record(&mut trace.mlp_out, &spec.mlp_out, l, &m);
+            let up = hooks::linear(hk, l, ModuleKind::MlpUp, &blk.c_fc, &blk.ln_2.forward(&h, ctx.grad)?)?;
+            let key = layers::activation(&up, self.cfg.activation)?;
+            let m = hooks::linear(hk, l, ModuleKind::MlpDown, &blk.c_proj, &key)?;
+            let m = hooks::hook(hk, HookPoint::MlpOut(l), m)?;
             h = (h + m)?;
-            h = super::intervene(h, l, Site::BlockOut, interventions)?;
-            super::record(&mut trace.block_out, &spec.block_out, l, &h);
+            h = hooks::hook(hk, HookPoint::BlockOut(l), h)?;
         }
-        if ctx.last_layer + 1 == self.cfg.n_layer {
-            trace.logits = super::head_logits(&h, batch, &spec.logits, &self.ln_f, &self.head, ctx.grad)?;
+        if ctx.last_layer + 1 < self.cfg.n_layer {
+            return Ok(None);
         }
-        Ok(trace)
+        super::head_logits(&h, batch, &opts.logits, &self.ln_f, &self.head, ctx.grad)
     }
 
     fn weight(&self, module: &str) -> Result<Tensor> {

@@ -6,7 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use super::gpt2::layer_norm;
 use super::gptj::linear;
 use super::layers::{self, LayerNorm, Linear, Orientation};
-use super::{Batch, CausalLm, ForwardCtx, Intervention, Site, Trace, TraceSpec};
+use super::hooks::{self, HookPoint, Hooks};
+use super::{Batch, CausalLm, ForwardCtx, ForwardOpts, ModuleKind};
 use crate::checkpoint::WeightBuilder;
 use crate::config::{ModelConfig, Rotary};
 use crate::error::Result;
@@ -69,17 +70,18 @@ impl GptNeoX {
         })
     }
 
-    fn attn(&self, blk: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+    #[allow(clippy::too_many_arguments)]
+    fn attn(&self, blk: &Block, l: usize, x: &Tensor, cos: &Tensor, sin: &Tensor, ctx: &ForwardCtx, hk: &mut dyn Hooks) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, hd) = (self.cfg.n_head, self.cfg.head_dim());
         // The fused projection is laid out per head as [q | k | v].
-        let qkv = blk.query_key_value.forward(x)?.reshape((b, t, nh, 3 * hd))?.transpose(1, 2)?;
+        let qkv = hooks::linear(hk, l, ModuleKind::AttnQkv, &blk.query_key_value, x)?.reshape((b, t, nh, 3 * hd))?.transpose(1, 2)?;
         let q = layers::apply_rotary(&qkv.narrow(3, 0, hd)?, &self.rotary, cos, sin, ctx.grad)?;
         let k = layers::apply_rotary(&qkv.narrow(3, hd, hd)?, &self.rotary, cos, sin, ctx.grad)?;
         let v = qkv.narrow(3, 2 * hd, hd)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let a = layers::attention(&q, &k, &v, &ctx.attn_bias, scale, ctx.grad)?;
-        blk.dense.forward(&a)
+        hooks::linear(hk, l, ModuleKind::AttnOut, &blk.dense, &a)
     }
 }
 
@@ -96,13 +98,12 @@ impl CausalLm for GptNeoX {
         self.dtype
     }
 
-    fn forward(&self, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Trace> {
-        let ctx = ForwardCtx::new(&self.cfg, batch, spec, interventions)?;
+    fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
+        let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
         let (cos, sin) = layers::rotary_tables(&self.rotary, batch.seq_len(), self.dtype, &self.device)?;
-        let mut h = layers::embed(&self.embed_in, batch.input_ids())?;
-        let mut trace = Trace::default();
+        let mut h = hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.embed_in, batch.input_ids())?)?;
         for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1) {
-            let a = self.attn(blk, &blk.input_layernorm.forward(&h, ctx.grad)?, &cos, &sin, &ctx)?;
+            let a = self.attn(blk, l, &blk.input_layernorm.forward(&h, ctx.grad)?, &cos, &sin, &ctx, hk)?;
             // Parallel: the MLP reads the block input; sequential: it reads input + attention.
             let (mlp_in, residual) = if self.cfg.parallel_residual {
                 (h.clone(), (a + &h)?)
@@ -110,21 +111,18 @@ impl CausalLm for GptNeoX {
                 let ha = (a + &h)?;
                 (ha.clone(), ha)
             };
-            let up = blk.dense_h_to_4h.forward(&blk.post_attention_layernorm.forward(&mlp_in, ctx.grad)?)?;
+            let x = blk.post_attention_layernorm.forward(&mlp_in, ctx.grad)?;
+            let up = hooks::linear(hk, l, ModuleKind::MlpUp, &blk.dense_h_to_4h, &x)?;
             let key = layers::activation(&up, self.cfg.activation)?;
-            super::record(&mut trace.keys, &spec.keys, l, &key);
-            let m = blk.dense_4h_to_h.forward(&key)?;
-            let m = super::intervene(m, l, Site::MlpOut, interventions)?;
-            super::record(&mut trace.mlp_out, &spec.mlp_out, l, &m);
+            let m = hooks::linear(hk, l, ModuleKind::MlpDown, &blk.dense_4h_to_h, &key)?;
+            let m = hooks::hook(hk, HookPoint::MlpOut(l), m)?;
             h = (m + residual)?;
-            h = super::intervene(h, l, Site::BlockOut, interventions)?;
-            super::record(&mut trace.block_out, &spec.block_out, l, &h);
+            h = hooks::hook(hk, HookPoint::BlockOut(l), h)?;
         }
-        if ctx.last_layer + 1 == self.cfg.n_layer {
-            trace.logits =
-                super::head_logits(&h, batch, &spec.logits, &self.final_layer_norm, &self.head, ctx.grad)?;
+        if ctx.last_layer + 1 < self.cfg.n_layer {
+            return Ok(None);
         }
-        Ok(trace)
+        super::head_logits(&h, batch, &opts.logits, &self.final_layer_norm, &self.head, ctx.grad)
     }
 
     fn weight(&self, module: &str) -> Result<Tensor> {

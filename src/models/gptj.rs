@@ -5,7 +5,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::gpt2::layer_norm;
 use super::layers::{self, LayerNorm, Linear, Orientation};
-use super::{Batch, CausalLm, ForwardCtx, Intervention, Site, Trace, TraceSpec};
+use super::hooks::{self, HookPoint, Hooks};
+use super::{Batch, CausalLm, ForwardCtx, ForwardOpts, ModuleKind};
 use crate::checkpoint::WeightBuilder;
 use crate::config::{ModelConfig, Rotary};
 use crate::error::Result;
@@ -69,16 +70,17 @@ impl GptJ {
         Ok(Self { cfg: cfg.clone(), rotary, device: wte.device().clone(), dtype: wte.dtype(), wte, blocks, ln_f, head })
     }
 
-    fn attn(&self, blk: &Block, x: &Tensor, cos: &Tensor, sin: &Tensor, ctx: &ForwardCtx) -> Result<Tensor> {
+    #[allow(clippy::too_many_arguments)]
+    fn attn(&self, blk: &Block, l: usize, x: &Tensor, cos: &Tensor, sin: &Tensor, ctx: &ForwardCtx, hk: &mut dyn Hooks) -> Result<Tensor> {
         let nh = self.cfg.n_head;
-        let q = layers::split_heads(&blk.q_proj.forward(x)?, nh)?;
-        let k = layers::split_heads(&blk.k_proj.forward(x)?, nh)?;
-        let v = layers::split_heads(&blk.v_proj.forward(x)?, nh)?;
+        let q = layers::split_heads(&hooks::linear(hk, l, ModuleKind::AttnQ, &blk.q_proj, x)?, nh)?;
+        let k = layers::split_heads(&hooks::linear(hk, l, ModuleKind::AttnK, &blk.k_proj, x)?, nh)?;
+        let v = layers::split_heads(&hooks::linear(hk, l, ModuleKind::AttnV, &blk.v_proj, x)?, nh)?;
         let q = layers::apply_rotary(&q, &self.rotary, cos, sin, ctx.grad)?;
         let k = layers::apply_rotary(&k, &self.rotary, cos, sin, ctx.grad)?;
         let scale = 1.0 / (self.cfg.head_dim() as f64).sqrt();
         let a = layers::attention(&q, &k, &v, &ctx.attn_bias, scale, ctx.grad)?;
-        blk.out_proj.forward(&a)
+        hooks::linear(hk, l, ModuleKind::AttnOut, &blk.out_proj, &a)
     }
 }
 
@@ -95,27 +97,25 @@ impl CausalLm for GptJ {
         self.dtype
     }
 
-    fn forward(&self, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Trace> {
-        let ctx = ForwardCtx::new(&self.cfg, batch, spec, interventions)?;
+    fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
+        let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
         let (cos, sin) = layers::rotary_tables(&self.rotary, batch.seq_len(), self.dtype, &self.device)?;
-        let mut h = layers::embed(&self.wte, batch.input_ids())?;
-        let mut trace = Trace::default();
+        let mut h = hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.wte, batch.input_ids())?)?;
         for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1) {
+            // Parallel residual: attention and MLP both read the same normed block input.
             let x = blk.ln_1.forward(&h, ctx.grad)?;
-            let a = self.attn(blk, &x, &cos, &sin, &ctx)?;
-            let key = layers::activation(&blk.fc_in.forward(&x)?, self.cfg.activation)?;
-            super::record(&mut trace.keys, &spec.keys, l, &key);
-            let m = blk.fc_out.forward(&key)?;
-            let m = super::intervene(m, l, Site::MlpOut, interventions)?;
-            super::record(&mut trace.mlp_out, &spec.mlp_out, l, &m);
+            let a = self.attn(blk, l, &x, &cos, &sin, &ctx, hk)?;
+            let up = hooks::linear(hk, l, ModuleKind::MlpUp, &blk.fc_in, &x)?;
+            let key = layers::activation(&up, self.cfg.activation)?;
+            let m = hooks::linear(hk, l, ModuleKind::MlpDown, &blk.fc_out, &key)?;
+            let m = hooks::hook(hk, HookPoint::MlpOut(l), m)?;
             h = ((a + m)? + h)?;
-            h = super::intervene(h, l, Site::BlockOut, interventions)?;
-            super::record(&mut trace.block_out, &spec.block_out, l, &h);
+            h = hooks::hook(hk, HookPoint::BlockOut(l), h)?;
         }
-        if ctx.last_layer + 1 == self.cfg.n_layer {
-            trace.logits = super::head_logits(&h, batch, &spec.logits, &self.ln_f, &self.head, ctx.grad)?;
+        if ctx.last_layer + 1 < self.cfg.n_layer {
+            return Ok(None);
         }
-        Ok(trace)
+        super::head_logits(&h, batch, &opts.logits, &self.ln_f, &self.head, ctx.grad)
     }
 
     fn weight(&self, module: &str) -> Result<Tensor> {

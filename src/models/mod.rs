@@ -4,6 +4,7 @@
 
 mod batch;
 pub mod gpt2;
+pub mod hooks;
 pub mod gptj;
 pub mod gpt_neox;
 pub mod layers;
@@ -14,6 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use candle_core::{DType, Device, Tensor};
 
 pub use batch::Batch;
+pub use hooks::{ForwardOpts, HookPoint, Hooks, NoHooks};
 pub use modules::{EditableModule, ModuleKind, WeightLayout};
 
 use crate::config::ModelConfig;
@@ -103,8 +105,24 @@ pub trait CausalLm: Send + Sync {
     fn device(&self) -> &Device;
     fn dtype(&self) -> DType;
 
-    /// One forward pass over a right-padded batch.
-    fn forward(&self, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Trace>;
+    /// One forward pass over a right-padded batch, calling `hooks` at every [`HookPoint`];
+    /// returns the logits `opts` asks for. The one forward each family implements.
+    fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hooks: &mut dyn Hooks) -> Result<Option<Tensor>>;
+
+    /// One forward pass recording `spec`'s trace, with `interventions` added.
+    fn forward(&self, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Trace> {
+        check_trace_request(self.config(), batch, spec, interventions)?;
+        let opts = ForwardOpts {
+            logits: spec.logits.clone(),
+            stop_after: spec.stop_after,
+            differentiable: spec.differentiable || !interventions.is_empty(),
+        };
+        let mut hooks = hooks::TraceHooks { spec, interventions, trace: Trace::default() };
+        let logits = self.forward_hooked(batch, &opts, &mut hooks)?;
+        let mut trace = hooks.trace;
+        trace.logits = logits;
+        Ok(trace)
+    }
 
     /// The stored weight of a linear module (as in the checkpoint: see [`EditableModule::layout`]).
     fn weight(&self, module: &str) -> Result<Tensor>;
@@ -113,8 +131,25 @@ pub trait CausalLm: Send + Sync {
     fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()>;
 }
 
+/// Refuses interventions and trace points outside the model.
+fn check_trace_request(cfg: &ModelConfig, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<()> {
+    let n_layer = cfg.n_layer;
+    for iv in interventions {
+        if iv.layer >= n_layer {
+            return Err(crate::Error::Input(format!("intervention at layer {} but the model has {n_layer} layers", iv.layer)));
+        }
+        batch.check_positions(&iv.positions)?;
+    }
+    for l in spec.keys.iter().chain(&spec.mlp_out).chain(&spec.block_out) {
+        if *l >= n_layer {
+            return Err(crate::Error::Input(format!("trace requested at layer {l} but the model has {n_layer} layers")));
+        }
+    }
+    Ok(())
+}
+
 /// Computes the per-forward inputs every family shares: the additive attention bias
-/// (causal + key padding) and the flags derived from the spec.
+/// (causal + key padding) and the flags derived from the options.
 pub(crate) struct ForwardCtx {
     pub grad: bool,
     pub attn_bias: Tensor,
@@ -122,24 +157,7 @@ pub(crate) struct ForwardCtx {
 }
 
 impl ForwardCtx {
-    pub fn new(cfg: &ModelConfig, batch: &Batch, spec: &TraceSpec, interventions: &[Intervention]) -> Result<Self> {
-        let n_layer = cfg.n_layer;
-        for iv in interventions {
-            if iv.layer >= n_layer {
-                return Err(crate::Error::Input(format!(
-                    "intervention at layer {} but the model has {n_layer} layers",
-                    iv.layer
-                )));
-            }
-            batch.check_positions(&iv.positions)?;
-        }
-        for l in spec.keys.iter().chain(&spec.mlp_out).chain(&spec.block_out) {
-            if *l >= n_layer {
-                return Err(crate::Error::Input(format!(
-                    "trace requested at layer {l} but the model has {n_layer} layers"
-                )));
-            }
-        }
+    pub fn new(cfg: &ModelConfig, batch: &Batch, opts: &ForwardOpts) -> Result<Self> {
         if batch.seq_len() > cfg.n_ctx {
             return Err(crate::Error::Input(format!(
                 "sequence of {} tokens exceeds the model's context of {}",
@@ -147,15 +165,11 @@ impl ForwardCtx {
                 cfg.n_ctx
             )));
         }
-        let last_layer = match spec.stop_after {
-            Some(l) => l.min(n_layer - 1),
-            None => n_layer - 1,
+        let last_layer = match opts.stop_after {
+            Some(l) => l.min(cfg.n_layer - 1),
+            None => cfg.n_layer - 1,
         };
-        Ok(Self {
-            grad: spec.differentiable || !interventions.is_empty(),
-            attn_bias: batch.attention_bias()?,
-            last_layer,
-        })
+        Ok(Self { grad: opts.differentiable, attn_bias: batch.attention_bias()?, last_layer })
     }
 }
 
@@ -166,13 +180,6 @@ pub(crate) fn intervene(h: Tensor, layer: usize, site: Site, interventions: &[In
         h = layers::add_at_positions(&h, &iv.positions, &iv.deltas)?;
     }
     Ok(h)
-}
-
-/// Records `h` into `map` when `layer` was asked for.
-pub(crate) fn record(map: &mut BTreeMap<usize, Tensor>, wanted: &BTreeSet<usize>, layer: usize, h: &Tensor) {
-    if wanted.contains(&layer) {
-        map.insert(layer, h.clone());
-    }
 }
 
 /// Final norm + vocabulary projection for the requested positions.

@@ -12,7 +12,7 @@ pub use super::layers::Orientation as WeightLayout;
 use crate::config::{Family, ModelConfig};
 use crate::error::{Error, Result};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModuleKind {
     /// Fused query/key/value projection (GPT-2 `c_attn`, NeoX `query_key_value`).
