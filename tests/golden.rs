@@ -260,3 +260,42 @@ fn linear_hook_points_give_inputs_and_output_gradients_as_transformers() {
         assert!(max_abs_diff(&x, &want) <= 1e-4, "{name}: x differs from the golden key");
     }
 }
+
+/// Every parameter the model exposes by name is the checkpoint tensor of that name (the
+/// reference's `named_parameters()` names, read back from the files), and every checkpoint
+/// tensor is exposed once; replacing one by name changes the forward pass.
+#[test]
+fn parameters_are_named_and_valued_as_in_the_checkpoint() {
+    use std::collections::{BTreeSet, HashMap};
+    for name in FAMILIES.iter().chain(&["fact-gpt2"]) {
+        let mut lm = fixture(name);
+        let cfg = lm.config().clone();
+        let mut stored: HashMap<String, Tensor> = HashMap::new();
+        for f in &lm.files.weights {
+            stored.extend(candle_core::safetensors::load(f, &Device::Cpu).unwrap());
+        }
+        let ckpt = edit::checkpoint::Checkpoint::open_files(lm.files.weights.clone()).unwrap();
+        let mut seen = BTreeSet::new();
+        let all = lm.model.parameters_matching("").unwrap();
+        for (n, t) in &all {
+            let key = ckpt.resolve(n, cfg.family.prefix()).unwrap_or_else(|| panic!("{name}: `{n}` is not in the checkpoint")).to_string();
+            let want = stored[&key].to_dtype(DType::F32).unwrap();
+            assert_eq!(max_abs_diff(t, &want), 0.0, "{name}: `{n}` differs from the checkpoint");
+            assert!(seen.insert(key), "{name}: `{n}` listed twice");
+        }
+        assert_eq!(seen.len(), stored.len(), "{name}: every checkpoint tensor is a parameter");
+        // The reference's selection rule: a module's weight and bias.
+        let down = edit::models::modules::mlp_down(&cfg, 1).unwrap().name;
+        let picked: Vec<String> = lm.model.parameters_matching(&down).unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(picked, [format!("{down}.weight"), format!("{down}.bias")], "{name}");
+        // Setting a bias by name reaches the forward pass.
+        let bias = format!("{down}.bias");
+        let before = lm.model.forward(&Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap(), &TraceSpec::logits(Logits::Last), &[]).unwrap().logits.unwrap();
+        let b = all.iter().find(|(n, _)| *n == bias).unwrap().1.clone();
+        // (A constant shift would vanish in the next LayerNorm: scale it instead.)
+        lm.model.set_parameter(&bias, &b.affine(3.0, 0.0).unwrap()).unwrap();
+        let after = lm.model.forward(&Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap(), &TraceSpec::logits(Logits::Last), &[]).unwrap().logits.unwrap();
+        assert!(max_abs_diff(&before, &after) > 1e-3, "{name}: the new bias is used");
+        assert!(lm.model.set_parameter("transformer.h.0.nope", &before).is_err());
+    }
+}

@@ -7,6 +7,7 @@
 //! CLI stay outside.
 
 pub mod hparams;
+pub mod ft_loss;
 pub mod linalg;
 pub mod memit;
 pub mod method;

@@ -123,4 +123,19 @@ impl CausalLm for Gpt2 {
     fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
         super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
     }
+
+    fn visit_parameters(&mut self, f: &mut super::ParamVisitor) -> Result<()> {
+        super::visit_embedding("transformer.wte.weight", &mut self.wte, &mut self.head, "lm_head", f)?;
+        f("transformer.wpe.weight", &mut self.wpe)?;
+        for (l, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("transformer.h.{l}");
+            b.ln_1.visit(&format!("{p}.ln_1"), f)?;
+            b.c_attn.visit(&format!("{p}.attn.c_attn"), f)?;
+            b.attn_proj.visit(&format!("{p}.attn.c_proj"), f)?;
+            b.ln_2.visit(&format!("{p}.ln_2"), f)?;
+            b.c_fc.visit(&format!("{p}.mlp.c_fc"), f)?;
+            b.c_proj.visit(&format!("{p}.mlp.c_proj"), f)?;
+        }
+        self.ln_f.visit("transformer.ln_f", f)
+    }
 }

@@ -132,4 +132,18 @@ impl CausalLm for GptNeoX {
     fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
         super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
     }
+
+    fn visit_parameters(&mut self, f: &mut super::ParamVisitor) -> Result<()> {
+        super::visit_embedding("gpt_neox.embed_in.weight", &mut self.embed_in, &mut self.head, "embed_out", f)?;
+        for (l, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("gpt_neox.layers.{l}");
+            b.input_layernorm.visit(&format!("{p}.input_layernorm"), f)?;
+            b.post_attention_layernorm.visit(&format!("{p}.post_attention_layernorm"), f)?;
+            b.query_key_value.visit(&format!("{p}.attention.query_key_value"), f)?;
+            b.dense.visit(&format!("{p}.attention.dense"), f)?;
+            b.dense_h_to_4h.visit(&format!("{p}.mlp.dense_h_to_4h"), f)?;
+            b.dense_4h_to_h.visit(&format!("{p}.mlp.dense_4h_to_h"), f)?;
+        }
+        self.final_layer_norm.visit("gpt_neox.final_layer_norm", f)
+    }
 }

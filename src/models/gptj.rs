@@ -125,4 +125,19 @@ impl CausalLm for GptJ {
     fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
         super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
     }
+
+    fn visit_parameters(&mut self, f: &mut super::ParamVisitor) -> Result<()> {
+        super::visit_embedding("transformer.wte.weight", &mut self.wte, &mut self.head, "lm_head", f)?;
+        for (l, b) in self.blocks.iter_mut().enumerate() {
+            let p = format!("transformer.h.{l}");
+            b.ln_1.visit(&format!("{p}.ln_1"), f)?;
+            b.q_proj.visit(&format!("{p}.attn.q_proj"), f)?;
+            b.k_proj.visit(&format!("{p}.attn.k_proj"), f)?;
+            b.v_proj.visit(&format!("{p}.attn.v_proj"), f)?;
+            b.out_proj.visit(&format!("{p}.attn.out_proj"), f)?;
+            b.fc_in.visit(&format!("{p}.mlp.fc_in"), f)?;
+            b.fc_out.visit(&format!("{p}.mlp.fc_out"), f)?;
+        }
+        self.ln_f.visit("transformer.ln_f", f)
+    }
 }

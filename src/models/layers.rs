@@ -79,6 +79,15 @@ impl Linear {
         Self { weight, bias, orientation }
     }
 
+    /// Visits `name.weight` and, when there is one, `name.bias`.
+    pub(crate) fn visit(&mut self, name: &str, f: &mut super::ParamVisitor) -> Result<()> {
+        f(&format!("{name}.weight"), &mut self.weight)?;
+        match &mut self.bias {
+            Some(b) => f(&format!("{name}.bias"), b),
+            None => Ok(()),
+        }
+    }
+
     pub fn in_dim(&self) -> usize {
         let d = self.weight.dims();
         match self.orientation {
@@ -135,6 +144,12 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// Visits `name.weight` and `name.bias`.
+    pub(crate) fn visit(&mut self, name: &str, f: &mut super::ParamVisitor) -> Result<()> {
+        f(&format!("{name}.weight"), &mut self.weight)?;
+        f(&format!("{name}.bias"), &mut self.bias)
+    }
+
     pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
         if grad {
             Ok(candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?)

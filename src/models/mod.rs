@@ -129,6 +129,59 @@ pub trait CausalLm: Send + Sync {
 
     /// Replaces the stored weight of a linear module (same shape and layout as [`Self::weight`]).
     fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()>;
+
+    /// Visits every parameter, as the reference's `named_parameters()` lists them (checkpoint
+    /// names with the family prefix, e.g. `transformer.h.0.mlp.c_proj.bias`; stored layout; a
+    /// tied output head is not listed separately). The visitor may replace a tensor (same shape).
+    fn visit_parameters(&mut self, f: &mut ParamVisitor) -> Result<()>;
+
+    /// The parameters whose name contains `pattern` (the reference fine-tuning's selection rule:
+    /// `transformer.h.0.mlp.c_proj` gives its weight and bias, `transformer.h.3` the whole block).
+    fn parameters_matching(&mut self, pattern: &str) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        self.visit_parameters(&mut |name, t| {
+            if name.contains(pattern) {
+                out.push((name.to_string(), t.clone()));
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Replaces one parameter by name (same shape; converted to the model's dtype and device).
+    fn set_parameter(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        let mut found = false;
+        self.visit_parameters(&mut |n, t| {
+            if n == name {
+                if t.dims() != value.dims() {
+                    return Err(crate::Error::Input(format!("new value for `{name}` has shape {:?}, expected {:?}", value.dims(), t.dims())));
+                }
+                *t = value.to_dtype(t.dtype())?.to_device(t.device())?;
+                found = true;
+            }
+            Ok(())
+        })?;
+        if found {
+            Ok(())
+        } else {
+            Err(crate::Error::Input(format!("`{name}` is not a parameter of this model")))
+        }
+    }
+}
+
+/// What [`CausalLm::visit_parameters`] calls for each parameter.
+pub type ParamVisitor<'a> = dyn FnMut(&str, &mut Tensor) -> Result<()> + 'a;
+
+/// Visits the token embedding `name`, then re-ties `head` to it when the head shares it.
+pub(crate) fn visit_embedding(name: &str, wte: &mut Tensor, head: &mut layers::Linear, head_name: &str, f: &mut ParamVisitor) -> Result<()> {
+    let tied = head.weight.id() == wte.id();
+    f(name, wte)?;
+    if tied {
+        head.weight = wte.clone();
+        Ok(())
+    } else {
+        head.visit(head_name, f)
+    }
 }
 
 /// Refuses interventions and trace points outside the model.
