@@ -657,3 +657,72 @@ fn help_describes_the_commands() {
         assert!(s.contains("--out") && s.contains("--force") && s.contains("--model") && s.contains("DELTA"), "{s}");
     }
 }
+
+// ---- biases and norms (what fine-tuning changes) -------------------------------------------
+
+/// Deltas of a bias and a LayerNorm weight, by checkpoint name, beside a linear weight: written
+/// into the model directory (the checkpoint's key spellings found), through delta files, and
+/// reverted; applied in memory they change exactly those parameters.
+#[test]
+fn bias_and_norm_deltas_are_written_saved_and_reverted() {
+    let extra: [(&str, [&str; 2]); 3] = [
+        ("tiny-gpt2", ["transformer.h.1.mlp.c_proj.bias", "transformer.h.1.ln_2.weight"]),
+        ("tiny-gptj", ["transformer.h.1.mlp.fc_out.bias", "transformer.h.1.ln_1.weight"]),
+        ("tiny-neox", ["gpt_neox.layers.1.mlp.dense_4h_to_h.bias", "gpt_neox.layers.1.post_attention_layernorm.weight"]),
+    ];
+    for (fixture, names) in extra {
+        let input = fixture_dir(fixture);
+        let files = model_files(&input);
+        let cfg = config(&files);
+        let down = edit::models::modules::mlp_down(&cfg, 1).unwrap();
+        let mut deltas = deltas_for(&cfg, &[&down.name], 0.05);
+        let mut rng = Lcg(99);
+        for n in names {
+            let v: Vec<f32> = (0..cfg.d_model).map(|_| rng.next_f32() * 0.05).collect();
+            deltas.insert(n.to_string(), Tensor::from_vec(v, cfg.d_model, &Device::Cpu).unwrap());
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("patched");
+        let report = write_model_dir(&files, &cfg, &deltas, 1.0, &out, false).unwrap();
+        assert_eq!(report.tensors_changed.len(), 3, "{fixture}: {:?}", report.tensors_changed);
+        let out_files = model_files(&out);
+        let ckpt = Checkpoint::open_files(files.weights.clone()).unwrap();
+        // f16 storage (tiny-neox) rounds the sums.
+        let tol = if fixture == "tiny-neox" { 2e-3 } else { 1e-6 };
+        for n in names {
+            let key = ckpt.resolve(n, cfg.family.prefix()).unwrap();
+            let base = load_tensor(&files, key).to_dtype(DType::F32).unwrap();
+            let got = load_tensor(&out_files, key).to_dtype(DType::F32).unwrap();
+            let want = (base + &deltas[n]).unwrap();
+            assert!(max_abs_diff(&got, &want) <= tol, "{fixture}: {n} = base + delta");
+        }
+        // A delta file keeps them under their names; reverting the written model restores them.
+        let delta_file = tmp.path().join("delta.safetensors");
+        save_delta(&delta_file, &cfg, &deltas, &meta_for(&files)).unwrap();
+        let (back, _) = load_delta(&delta_file, &cfg).unwrap();
+        assert_eq!(back.keys().collect::<Vec<_>>(), deltas.keys().collect::<Vec<_>>());
+        for (k, d) in &deltas {
+            assert_eq!(max_abs_diff(&back[k], d), 0.0, "{fixture}: {k} round trip");
+        }
+        let reverted = tmp.path().join("reverted");
+        write_model_dir(&out_files, &cfg, &back, -1.0, &reverted, false).unwrap();
+        for n in names {
+            let key = ckpt.resolve(n, cfg.family.prefix()).unwrap();
+            let base = load_tensor(&files, key).to_dtype(DType::F32).unwrap();
+            let got = load_tensor(&model_files(&reverted), key).to_dtype(DType::F32).unwrap();
+            assert!(max_abs_diff(&got, &base) <= 2.0 * tol + 1e-6, "{fixture}: {n} reverted");
+        }
+        // In memory.
+        let mut lm = edit::load_model(model_files(&input), DType::F32, &Device::Cpu).unwrap();
+        let before = lm.model.parameter(names[0]).unwrap();
+        edit::editing::apply_deltas(&mut *lm.model, &deltas, 1.0).unwrap();
+        let after = lm.model.parameter(names[0]).unwrap();
+        assert!(max_abs_diff(&after, &(before + &deltas[names[0]]).unwrap()) <= 1e-6, "{fixture}: in memory");
+        // A parameter the model does not have is refused, naming it.
+        let mut bad = deltas.clone();
+        bad.insert("transformer.h.1.nope.bias".into(), Tensor::zeros(cfg.d_model, DType::F32, &Device::Cpu).unwrap());
+        let err = write_model_dir(&files, &cfg, &bad, 1.0, &tmp.path().join("bad"), false).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+        assert!(!tmp.path().join("bad").exists());
+    }
+}

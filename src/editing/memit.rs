@@ -164,7 +164,7 @@ pub fn apply_memit(
     let z_mat = Mat::from_fn(d, n, |i, j| f64::from(zs[j].target[i]));
     let bare: Vec<(String, String)> = requests.iter().map(|r| (r.prompt.clone(), r.subject.clone())).collect();
 
-    let mut restorer = ModelRestorer::new(&*model, &names)?;
+    let mut restorer = ModelRestorer::new(&mut *model, &names)?;
     let result = (|| {
         let mut deltas = Deltas::new();
         let mut layer_reports = Vec::new();

@@ -7,6 +7,7 @@
 //! CLI stay outside.
 
 pub mod hparams;
+pub mod ft;
 pub mod ft_loss;
 pub mod linalg;
 pub mod memit;
@@ -29,9 +30,49 @@ use crate::models::{CausalLm, Site};
 use hparams::Hparams;
 use optimize::OptimizeParams;
 
-/// Weight changes keyed by the reference's module name (`transformer.h.17.mlp.c_proj`), each
-/// `[out, in]`, f32, on the CPU.
+/// Weight changes, f32, on the CPU. A key naming a linear module (`transformer.h.17.mlp.c_proj`)
+/// holds the change of its weight as `[out, in]`; a key naming any other parameter by its
+/// checkpoint name (`transformer.h.0.mlp.c_proj.bias`, `transformer.h.3.ln_1.weight`, as the
+/// fine-tuning methods change them) holds that tensor's change in its stored shape.
 pub type Deltas = BTreeMap<String, Tensor>;
+
+/// What a [`Deltas`] key changes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeltaTarget {
+    /// A linear module's weight (delta `[out, in]`).
+    Module(crate::models::EditableModule),
+    /// Any other parameter, by its checkpoint name with the family prefix (delta as stored).
+    Tensor(String),
+}
+
+/// Classifies a delta key: a name shaped like a linear module's is that module (which must
+/// exist); another parameter of this model is that tensor; anything else is refused.
+pub fn delta_target(cfg: &crate::config::ModelConfig, key: &str) -> Result<DeltaTarget> {
+    use crate::models::modules::{is_linear_name, parameter_name};
+    if is_linear_name(cfg, key) {
+        return Ok(DeltaTarget::Module(find(cfg, key)?));
+    }
+    match parameter_name(cfg, key) {
+        Some(name) => Ok(DeltaTarget::Tensor(name)),
+        // Not a parameter either: the module error names the expected spelling.
+        None => Err(find(cfg, key).err().unwrap_or_else(|| crate::Error::Input(format!("`{key}` is not a parameter of this model")))),
+    }
+}
+
+/// The current value of what `key` names: a module's stored weight, or a parameter.
+fn current(model: &mut dyn CausalLm, key: &str) -> Result<Tensor> {
+    match delta_target(model.config(), key)? {
+        DeltaTarget::Module(m) => model.weight(&m.name),
+        DeltaTarget::Tensor(name) => model.parameter(&name),
+    }
+}
+
+fn set_current(model: &mut dyn CausalLm, key: &str, value: Tensor) -> Result<()> {
+    match delta_target(model.config(), key)? {
+        DeltaTarget::Module(m) => model.set_weight(&m.name, value),
+        DeltaTarget::Tensor(name) => model.set_parameter(&name, &value),
+    }
+}
 
 pub(crate) fn optimize_params(hp: &Hparams, site: Site, layer: usize) -> OptimizeParams {
     OptimizeParams {
@@ -55,19 +96,22 @@ pub fn frobenius_norm(t: &Tensor) -> Result<f64> {
     Ok(t.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt())
 }
 
-/// Sets module `name` to `base + upd` (`upd` is `[out, in]`), computed in f32.
-fn set_sum(model: &mut dyn CausalLm, name: &str, base: &Tensor, upd: &Tensor) -> Result<()> {
-    let m = find(model.config(), name)?;
-    let d = m.from_out_in(upd)?.to_device(base.device())?;
+/// Sets what `key` names to `base + upd` (`upd` as [`Deltas`] holds it), computed in f32.
+fn set_sum(model: &mut dyn CausalLm, key: &str, base: &Tensor, upd: &Tensor) -> Result<()> {
+    let d = match delta_target(model.config(), key)? {
+        DeltaTarget::Module(m) => m.from_out_in(upd)?,
+        DeltaTarget::Tensor(_) => upd.clone(),
+    };
+    let d = d.to_device(base.device())?;
     let new = (base.to_dtype(DType::F32)? + d.to_dtype(DType::F32)?)?;
-    model.set_weight(&m.name, new)
+    set_current(model, key, new)
 }
 
 /// Adds `sign · Δ` to the model's weights in memory (e.g. to score an edit without writing it).
 pub fn apply_deltas(model: &mut dyn CausalLm, deltas: &Deltas, sign: f64) -> Result<()> {
-    for (name, delta) in deltas {
-        let w = model.weight(name)?;
-        set_sum(model, name, &w, &delta.affine(sign, 0.0)?)?;
+    for (key, delta) in deltas {
+        let w = current(model, key)?;
+        set_sum(model, key, &w, &delta.affine(sign, 0.0)?)?;
     }
     Ok(())
 }
@@ -79,10 +123,10 @@ pub(crate) struct ModelRestorer {
 }
 
 impl ModelRestorer {
-    pub fn new(model: &dyn CausalLm, names: &[String]) -> Result<Self> {
+    pub fn new(model: &mut dyn CausalLm, names: &[String]) -> Result<Self> {
         let mut originals = BTreeMap::new();
         for n in names {
-            originals.insert(n.clone(), model.weight(n)?);
+            originals.insert(n.clone(), current(model, n)?);
         }
         Ok(Self { originals })
     }
@@ -92,9 +136,9 @@ impl ModelRestorer {
         frobenius_norm(&self.originals[name])
     }
 
-    /// W ← W + upd (`upd` is `[out, in]`).
+    /// W ← W + upd (`upd` as [`Deltas`] holds it).
     pub fn add(&mut self, model: &mut dyn CausalLm, name: &str, upd: &Tensor) -> Result<()> {
-        let w = model.weight(name)?;
+        let w = current(model, name)?;
         set_sum(model, name, &w, upd)
     }
 
@@ -105,7 +149,7 @@ impl ModelRestorer {
 
     pub fn restore(self, model: &mut dyn CausalLm) -> Result<()> {
         for (n, w) in self.originals {
-            model.set_weight(&n, w)?;
+            set_current(model, &n, w)?;
         }
         Ok(())
     }

@@ -66,7 +66,7 @@ pub fn apply_rome(
 ) -> Result<RomeOutcome> {
     let layer = *hp.layers.first().ok_or_else(|| Error::Input("ROME needs one layer in `layers`".into()))?;
     let module = mlp_down(model.config(), layer)?;
-    let mut restorer = ModelRestorer::new(&*model, std::slice::from_ref(&module.name))?;
+    let mut restorer = ModelRestorer::new(&mut *model, std::slice::from_ref(&module.name))?;
     let result = (|| {
         let flat = templates.flat();
         let mut total = Tensor::zeros((module.out_dim, module.in_dim), DType::F32, &Device::Cpu)?;

@@ -38,7 +38,7 @@ pub fn check_edits(
     pad_id: u32,
 ) -> Result<Vec<EditCheck>> {
     let names: Vec<String> = deltas.keys().cloned().collect();
-    let mut restorer = ModelRestorer::new(&*model, &names)?;
+    let mut restorer = ModelRestorer::new(&mut *model, &names)?;
     let result = (|| {
         for (name, d) in deltas {
             restorer.set_from_original(model, name, d)?;

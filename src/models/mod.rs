@@ -148,6 +148,18 @@ pub trait CausalLm: Send + Sync {
         Ok(out)
     }
 
+    /// One parameter by name.
+    fn parameter(&mut self, name: &str) -> Result<Tensor> {
+        let mut found = None;
+        self.visit_parameters(&mut |n, t| {
+            if n == name {
+                found = Some(t.clone());
+            }
+            Ok(())
+        })?;
+        found.ok_or_else(|| crate::Error::Input(format!("`{name}` is not a parameter of this model")))
+    }
+
     /// Replaces one parameter by name (same shape; converted to the model's dtype and device).
     fn set_parameter(&mut self, name: &str, value: &Tensor) -> Result<()> {
         let mut found = false;

@@ -149,6 +149,62 @@ pub fn editable_modules(cfg: &ModelConfig) -> Vec<EditableModule> {
         .collect()
 }
 
+/// Whether `name` (with or without the family prefix and `.weight`) has the shape of a linear
+/// module's name — `<blocks>.<n>.<linear suffix>` — whatever its layer number; biases, norms and
+/// embeddings do not.
+pub fn is_linear_name(cfg: &ModelConfig, name: &str) -> bool {
+    let bare = name.strip_suffix(".weight").unwrap_or(name);
+    let full = if bare.starts_with(cfg.family.prefix()) { bare.to_string() } else { format!("{}{bare}", cfg.family.prefix()) };
+    full.strip_prefix(layers_name(cfg.family))
+        .and_then(|r| r.strip_prefix('.'))
+        .and_then(|r| r.split_once('.'))
+        .is_some_and(|(layer, suffix)| layer.parse::<usize>().is_ok() && suffixes(cfg.family).iter().any(|(s, _)| *s == suffix))
+}
+
+/// The parameters of one block and outside the blocks, by family (`weight`/`bias` leaves), as
+/// the checkpoints name them.
+fn parameter_leaves(family: Family) -> (&'static [&'static str], &'static [&'static str]) {
+    match family {
+        Family::Gpt2 => (
+            &[
+                "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
+                "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias",
+            ],
+            &["transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"],
+        ),
+        Family::GptJ => (
+            &[
+                "ln_1.weight", "ln_1.bias", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.out_proj.weight",
+                "mlp.fc_in.weight", "mlp.fc_in.bias", "mlp.fc_out.weight", "mlp.fc_out.bias",
+            ],
+            &["transformer.wte.weight", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight", "lm_head.bias"],
+        ),
+        Family::GptNeoX => (
+            &[
+                "input_layernorm.weight", "input_layernorm.bias", "post_attention_layernorm.weight", "post_attention_layernorm.bias",
+                "attention.query_key_value.weight", "attention.query_key_value.bias", "attention.dense.weight", "attention.dense.bias",
+                "mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias", "mlp.dense_4h_to_h.weight", "mlp.dense_4h_to_h.bias",
+            ],
+            &["gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", "embed_out.weight"],
+        ),
+    }
+}
+
+/// The checkpoint name (with the family prefix) of a parameter of this model, if `name` is one:
+/// `transformer.h.0.mlp.c_proj.bias`, `h.3.ln_1.weight`, `gpt_neox.final_layer_norm.bias`, ...
+pub fn parameter_name(cfg: &ModelConfig, name: &str) -> Option<String> {
+    let prefix = cfg.family.prefix();
+    let (block, top) = parameter_leaves(cfg.family);
+    let full = if name.starts_with(prefix) || top.contains(&name) { name.to_string() } else { format!("{prefix}{name}") };
+    if top.contains(&full.as_str()) {
+        return Some(full);
+    }
+    let rest = full.strip_prefix(layers_name(cfg.family))?.strip_prefix('.')?;
+    let (layer, leaf) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    (layer < cfg.n_layer && block.contains(&leaf)).then_some(full)
+}
+
 /// Parses a module name (with or without the family prefix, with or without `.weight`),
 /// e.g. `transformer.h.17.mlp.c_proj` or `h.17.mlp.c_proj.weight`.
 pub fn find(cfg: &ModelConfig, name: &str) -> Result<EditableModule> {

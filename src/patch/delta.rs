@@ -1,6 +1,7 @@
-//! Delta files: [`Deltas`] stored as safetensors, one f32 tensor per edited weight named
-//! `<module>.weight` in the checkpoint's stored layout (so `W + Δ` works on the checkpoint
-//! tensor directly), with the edit's provenance as JSON under `edit.delta`; and a delta's id.
+//! Delta files: [`Deltas`] stored as safetensors, one f32 tensor per changed checkpoint tensor,
+//! under its checkpoint name (`<module>.weight`, `<module>.bias`, `<block>.ln_1.weight`) and in
+//! its stored layout (so `W + Δ` works on the checkpoint tensor directly), with the edit's
+//! provenance as JSON under `edit.delta`; and a delta's id.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -82,7 +83,7 @@ pub fn write_delta_file(path: &Path, cfg: &ModelConfig, deltas: &Deltas, meta: &
     let checked = check_deltas(cfg, deltas)?;
     let mut tensors = Vec::with_capacity(checked.len());
     for c in checked.values() {
-        tensors.push((format!("{}.weight", c.module.name), c.module.from_out_in(&c.delta)?.contiguous()?));
+        tensors.push((c.tensor.clone(), c.stored()?.contiguous()?));
     }
     let mut md = HashMap::new();
     md.insert(
@@ -96,8 +97,9 @@ pub fn write_delta_file(path: &Path, cfg: &ModelConfig, deltas: &Deltas, meta: &
     crate::fsutil::write_safetensors(path, &tensors, Some(md))
 }
 
-/// Reads a delta file written by [`save_delta`], returning the deltas in `[out, in]`
-/// orientation keyed by module name, checked against `cfg`.
+/// Reads a delta file written by [`save_delta`], returning [`Deltas`] checked against `cfg`:
+/// linear weights as `[out, in]` under their module names, other parameters as stored under
+/// their tensor names.
 pub fn load_delta(path: &Path, cfg: &ModelConfig) -> Result<(Deltas, DeltaMeta)> {
     use candle_core::safetensors::Load;
     let shown = path.display();
@@ -128,6 +130,18 @@ pub fn load_delta(path: &Path, cfg: &ModelConfig) -> Result<(Deltas, DeltaMeta)>
         .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
     let mut deltas = Deltas::new();
     for (name, view) in st.tensors() {
+        let stored = view
+            .load(&Device::Cpu)
+            .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: format!("tensor `{name}`: {e}") })?
+            .to_dtype(DType::F32)?;
+        if let Some(param) = modules::parameter_name(cfg, &name).filter(|_| !modules::is_linear_name(cfg, &name)) {
+            // Another parameter (a bias, a norm): kept as stored; its shape is checked against
+            // the checkpoint when the delta is applied.
+            if deltas.insert(param, stored).is_some() {
+                return Err(Error::Input(format!("{shown}: `{name}` appears twice; the file is corrupt")));
+            }
+            continue;
+        }
         let module = modules::find(cfg, &name).map_err(|e| {
             Error::Input(format!(
                 "{shown}: delta tensor `{name}` does not fit this model ({e}); the delta was computed on another model \
@@ -145,10 +159,6 @@ pub fn load_delta(path: &Path, cfg: &ModelConfig) -> Result<(Deltas, DeltaMeta)>
                 meta.base_model.model
             )));
         }
-        let stored = view
-            .load(&Device::Cpu)
-            .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: format!("tensor `{name}`: {e}") })?
-            .to_dtype(DType::F32)?;
         if deltas.insert(module.name.clone(), module.to_out_in(&stored)?).is_some() {
             return Err(Error::Input(format!("{shown}: module `{}` appears twice; the file is corrupt", module.name)));
         }

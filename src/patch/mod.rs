@@ -23,7 +23,7 @@ use crate::config::ModelConfig;
 use crate::editing::Deltas;
 use crate::error::{Error, Result};
 use crate::hub::ModelFiles;
-use crate::models::modules::{self, EditableModule};
+use crate::models::modules::EditableModule;
 use crate::stats::cache::ModelIdentity;
 
 mod delta;
@@ -49,46 +49,65 @@ pub struct WriteReport {
     pub staged: PathBuf,
 }
 
-/// One validated delta: its module and the delta in `[out, in]` orientation, f32, on the CPU.
+/// One validated delta, f32, on the CPU: a linear module's weight change (`[out, in]`), or
+/// another parameter's (as stored).
 struct CheckedDelta {
-    module: EditableModule,
+    module: Option<EditableModule>,
+    /// The checkpoint tensor it changes, with the family prefix (`transformer.h.0.mlp.c_proj.weight`).
+    tensor: String,
     delta: Tensor,
 }
 
-/// Checks every delta against the model: known module (each at most once), `[out, in]` shape,
-/// finite values. Returns them keyed by the canonical module name.
+impl CheckedDelta {
+    /// The delta in the checkpoint tensor's stored layout.
+    fn stored(&self) -> Result<Tensor> {
+        match &self.module {
+            Some(m) => m.from_out_in(&self.delta),
+            None => Ok(self.delta.clone()),
+        }
+    }
+}
+
+/// Checks every delta against the model: a known linear module with an `[out, in]` delta, or
+/// another parameter name (its shape is checked against the checkpoint when written); finite
+/// values; each tensor at most once. Returns them keyed by the checkpoint tensor name.
 fn check_deltas(cfg: &ModelConfig, deltas: &Deltas) -> Result<BTreeMap<String, CheckedDelta>> {
     let mut checked = BTreeMap::new();
     for (name, delta) in deltas {
-        let module = modules::find(cfg, name).map_err(|e| {
+        let target = crate::editing::delta_target(cfg, name).map_err(|e| {
             Error::Input(format!(
                 "the delta for `{name}` cannot be applied: {e}; deltas must come from a model of the same architecture and size"
             ))
         })?;
-        let want = [module.out_dim, module.in_dim];
-        if delta.dims() != want {
-            return Err(Error::Input(format!(
-                "the delta for `{}` has shape {:?}, but the module's weight is [out, in] = {want:?}; \
-                 the delta belongs to a model of a different size (or is transposed)",
-                module.name,
-                delta.dims()
-            )));
-        }
+        let (module, tensor) = match target {
+            crate::editing::DeltaTarget::Module(module) => {
+                let want = [module.out_dim, module.in_dim];
+                if delta.dims() != want {
+                    return Err(Error::Input(format!(
+                        "the delta for `{}` has shape {:?}, but the module's weight is [out, in] = {want:?}; \
+                         the delta belongs to a model of a different size (or is transposed)",
+                        module.name,
+                        delta.dims()
+                    )));
+                }
+                let tensor = format!("{}.weight", module.name);
+                (Some(module), tensor)
+            }
+            crate::editing::DeltaTarget::Tensor(t) => (None, t),
+        };
         let delta = delta.to_device(&Device::Cpu)?.to_dtype(DType::F32)?;
         if !all_finite(&delta)? {
             return Err(Error::Input(format!(
-                "the delta for `{}` contains NaN or infinite values; the edit diverged: recompute it \
-                 (e.g. with a smaller learning rate or more regularisation)",
-                module.name
+                "the delta for `{tensor}` contains NaN or infinite values; the edit diverged: recompute it \
+                 (e.g. with a smaller learning rate or more regularisation)"
             )));
         }
-        if checked.contains_key(&module.name) {
+        if checked.contains_key(&tensor) {
             return Err(Error::Input(format!(
-                "two deltas name module `{}` (`{name}` and another spelling of it); merge them into one",
-                module.name
+                "two deltas name `{tensor}` (`{name}` and another spelling of it); merge them into one"
             )));
         }
-        checked.insert(module.name.clone(), CheckedDelta { module, delta });
+        checked.insert(tensor.clone(), CheckedDelta { module, tensor, delta });
     }
     Ok(checked)
 }
@@ -203,10 +222,8 @@ pub const APPLIED_KEY: &str = "edit.applied";
 pub fn applied_ids(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas) -> Result<Vec<(PathBuf, Vec<String>)>> {
     let ckpt = Checkpoint::open_files(files.weights.clone())?;
     let mut shards = BTreeSet::new();
-    for name in deltas.keys() {
-        let module = modules::find(cfg, name)?;
-        let key = format!("{}.weight", module.name);
-        if let Some(k) = ckpt.resolve(&key, cfg.family.prefix()) {
+    for c in check_deltas(cfg, deltas)?.values() {
+        if let Some(k) = ckpt.resolve(&c.tensor, cfg.family.prefix()) {
             shards.insert(ckpt.tensors()[k].file);
         }
     }
@@ -379,17 +396,18 @@ pub fn stage_model_dir(
     let mut edits: BTreeMap<usize, BTreeMap<String, Tensor>> = BTreeMap::new();
     let mut tensors_changed = Vec::new();
     for c in checked.values() {
-        let name = format!("{}.weight", c.module.name);
+        let name = c.tensor.clone();
         let key = ckpt.resolve(&name, cfg.family.prefix()).ok_or_else(|| Error::MissingTensor {
             name: name.clone(),
             files: files.weights.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
         })?;
         let info = &ckpt.tensors()[key];
-        if info.shape != c.module.stored_shape() {
+        let stored = c.stored()?;
+        if info.shape != stored.dims() {
             return Err(Error::ShapeMismatch {
                 name,
                 file: files.weights[info.file].display().to_string(),
-                expected: c.module.stored_shape().to_vec(),
+                expected: stored.dims().to_vec(),
                 found: info.shape.clone(),
             });
         }
@@ -401,7 +419,7 @@ pub fn stage_model_dir(
                 dtype: format!("{:?}", info.dtype),
             });
         }
-        edits.entry(info.file).or_default().insert(key.to_string(), c.module.from_out_in(&c.delta)?);
+        edits.entry(info.file).or_default().insert(key.to_string(), stored);
         tensors_changed.push(key.to_string());
     }
     drop(ckpt);
