@@ -221,20 +221,30 @@ impl Default for Fnv64 {
 /// first edited from.
 pub const EDIT_BASE_KEY: &str = "edit.base";
 
+/// A safetensors file's `__metadata__` (empty when it has none), read from its header only.
+pub fn file_metadata(path: &std::path::Path) -> Result<HashMap<String, String>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Safety: read-only mapping of the header; like every mmap-based loader we rely on nobody
+    // truncating the file while we run.
+    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
+        .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    Ok(header.metadata().clone().unwrap_or_default())
+}
+
 /// The `edit.base` recorded in any of the weight files' safetensors metadata.
 pub fn edit_base(files: &[PathBuf]) -> Result<Option<String>> {
     for path in files {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        // Safety: read-only mapping of the header; like every mmap-based loader we rely on
-        // nobody truncating the file while we run.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| Error::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
-        if let Some(b) = header.metadata().as_ref().and_then(|m| m.get(EDIT_BASE_KEY)) {
-            return Ok(Some(b.clone()));
+        if let Some(b) = file_metadata(path)?.remove(EDIT_BASE_KEY) {
+            return Ok(Some(b));
         }
     }
     Ok(None)
+}
+
+/// Lower-case hex of `bytes` (digests in names and metadata).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Identifies a set of weights cheaply: every file's size and safetensors header (names,

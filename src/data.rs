@@ -64,7 +64,7 @@ impl Corpus {
             h.update(memo.digest(p)?.as_bytes());
         }
         memo.save();
-        let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let digest = crate::checkpoint::hex(&h.finalize());
         Ok(Corpus::Files { paths, digest })
     }
 
@@ -125,7 +125,7 @@ impl DigestMemo {
             }
             h.update(&buf[..n]);
         }
-        let d: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        let d = crate::checkpoint::hex(&h.finalize());
         self.entries.insert(key, (meta.len(), mtime, d.clone()));
         self.dirty = true;
         Ok(d)

@@ -178,6 +178,8 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         patch::check_out_dir(&files, out, args.force)?;
         edit::fsutil::check_writable_ancestor(edit::fsutil::parent_dir(out), "--out", out)?;
     }
+    // The weights' identity, read once: it picks the statistics, checks them and goes into the delta.
+    let identity = ModelIdentity::of(&files)?;
     let tok: Tokenizer = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
     requests::validate(&reqs, &tok, cfg.n_ctx)?;
     let resolved = hparams::resolve(method, &cfg, args.model.id(), args.config.as_deref(), &args.sets)?;
@@ -203,7 +205,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             offline: args.model.offline,
             model_id: args.model.id().to_string(),
         };
-        Some(ensure::decide(wanted, &hp, &files, &cfg, logging::show_progress(global))?)
+        Some(ensure::decide(wanted, &hp, &identity, &cfg, logging::show_progress(global))?)
     } else {
         None
     };
@@ -214,8 +216,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let mut stats: BTreeMap<usize, LayerStats> = BTreeMap::new();
     let mut stats_used = None;
     if let Some(source) = stats_source {
-        let used = ensure::stats_files(source, &lm, &hp.layers, &mut BarProgress::new(global))?;
-        let identity = ModelIdentity::of(&lm.files)?;
+        let used = ensure::stats_files(source, &lm, &identity, &hp.layers, &mut BarProgress::new(global))?;
         for (&layer, file) in &used.files {
             let m = cache::load(file)?;
             m.check(&identity, &edit::models::modules::mlp_down(&cfg, layer)?)?;
@@ -250,7 +251,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let refused = args.require_success && !failed.is_empty();
 
     if !refused {
-        write_outputs(&args, &lm, &cfg, deltas, &reqs, &resolved, method, seed, delta_in_out.as_deref())?;
+        write_outputs(&args, &lm, &cfg, deltas, &reqs, &resolved, method, seed, &identity, delta_in_out.as_deref())?;
     }
     let summary = Summary {
         summary: true,
@@ -305,6 +306,7 @@ fn write_outputs(
     resolved: &hparams::ResolvedHparams,
     method: Method,
     seed: u64,
+    identity: &ModelIdentity,
     delta_in_out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let meta = DeltaMeta {
@@ -312,7 +314,7 @@ fn write_outputs(
         requests: serde_json::Value::Array(reqs.iter().map(Request::to_reference_json).collect()),
         config: resolved.json.clone(),
         seed: Some(seed),
-        base_model: ModelIdentity::of(&lm.files)?,
+        base_model: identity.clone(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let mut outputs = Outputs::new();

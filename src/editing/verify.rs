@@ -43,7 +43,7 @@ pub fn check_edits(
         for (name, d) in deltas {
             restorer.set_from_original(model, name, d)?;
         }
-        let seqs: Vec<Vec<u32>> = requests.iter().map(|r| tok.encode(&r.prompt.replacen("{}", &r.subject, 1))).collect::<Result<_>>()?;
+        let seqs: Vec<Vec<u32>> = requests.iter().map(|r| tok.encode(&r.filled_prompt())).collect::<Result<_>>()?;
         let batch = Batch::from_sequences(&seqs, pad_id, model.device())?;
         let logits = model.forward(&batch, &TraceSpec::logits(Logits::Last), &[])?.logits.expect("logits");
         let lp: Vec<Vec<f32>> = super::optimize::log_softmax(&logits.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?.to_vec2()?;

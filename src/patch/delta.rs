@@ -62,7 +62,7 @@ pub fn delta_id(deltas: &Deltas) -> Result<String> {
             h.update(x.to_le_bytes());
         }
     }
-    Ok(h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect())
+    Ok(crate::checkpoint::hex(&h.finalize()[..8]))
 }
 
 /// Saves `deltas` (`[out, in]`) as a delta file: one f32 tensor `<module>.weight` per edited

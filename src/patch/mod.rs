@@ -222,8 +222,13 @@ pub const APPLIED_KEY: &str = "edit.applied";
 pub fn applied_ids(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas) -> Result<Vec<(PathBuf, Vec<String>)>> {
     let ckpt = Checkpoint::open_files(files.weights.clone())?;
     let mut shards = BTreeSet::new();
-    for c in check_deltas(cfg, deltas)?.values() {
-        if let Some(k) = ckpt.resolve(&c.tensor, cfg.family.prefix()) {
+    // Only the names matter here: where each changed tensor lives.
+    for key in deltas.keys() {
+        let tensor = match crate::editing::delta_target(cfg, key)? {
+            crate::editing::DeltaTarget::Module(m) => format!("{}.weight", m.name),
+            crate::editing::DeltaTarget::Tensor(t) => t,
+        };
+        if let Some(k) = ckpt.resolve(&tensor, cfg.family.prefix()) {
             shards.insert(ckpt.tensors()[k].file);
         }
     }
@@ -231,13 +236,8 @@ pub fn applied_ids(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas) -> Re
     let mut out = Vec::new();
     for i in shards {
         let path = &files.weights[i];
-        let mmap = map_file(path)?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| Error::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
-        let ids = header
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(APPLIED_KEY))
+        let ids = crate::checkpoint::file_metadata(path)?
+            .get(APPLIED_KEY)
             .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
             .unwrap_or_default();
         out.push((path.clone(), ids));

@@ -16,7 +16,7 @@ use crate::config::ModelConfig;
 use crate::data::Corpus;
 use crate::editing::hparams::Hparams;
 use crate::error::{Error, Result};
-use crate::hub::{HubOptions, ModelFiles};
+use crate::hub::HubOptions;
 use crate::model::LoadedModel;
 use crate::models::modules::mlp_down;
 
@@ -332,13 +332,12 @@ pub struct StatsWanted {
 
 /// Chooses cached statistics (see [`super::resolve`] for the order) or the corpus to compute
 /// them on; fails here, before any weights are read, when neither is possible.
-pub fn decide(st: StatsWanted, hp: &Hparams, files: &ModelFiles, cfg: &ModelConfig, hub_progress: bool) -> Result<StatsSource> {
+pub fn decide(st: StatsWanted, hp: &Hparams, identity: &ModelIdentity, cfg: &ModelConfig, hub_progress: bool) -> Result<StatsSource> {
     let stats_dir = st.stats_dir.clone();
     let explicit = st.corpus.clone();
     let explicit_precision = st.precision;
     let config_corpus = resolve::config_corpus(&hp.mom2_dataset);
-    let identity = ModelIdentity::of(files)?;
-    let found = resolve::scan(&stats_dir, &identity, cfg, &hp.layers)?;
+    let found = resolve::scan(&stats_dir, identity, cfg, &hp.layers)?;
     let explicit_id = explicit.as_ref().map(|c| c.id()).or_else(|| st.cached_corpus.clone());
     let config_id = config_corpus.as_ref().map(|c| c.id());
     let config_names: Vec<String> = config_id.iter().cloned().chain([hp.mom2_dataset.clone()]).collect();
@@ -351,17 +350,18 @@ pub fn decide(st: StatsWanted, hp: &Hparams, files: &ModelFiles, cfg: &ModelConf
         config_precision: precision_of(hp),
     };
     let sets = resolve::complete_sets(&found, &hp.layers);
+    // The sets are distinct (corpus, samples, precision) groups: each is named once.
     let cached_names = || {
-        let mut v: Vec<String> = sets.iter().map(|s| format!("{} ({} samples, {})", s.dataset, s.samples, s.precision.reference_name())).collect();
-        v.dedup();
+        let v: Vec<String> = sets.iter().map(|s| format!("{} ({} samples, {})", s.dataset, s.samples, s.precision.reference_name())).collect();
         if v.is_empty() {
             "none".to_string()
         } else {
             v.join(", ")
         }
     };
+    let chosen = resolve::choose(&sets, &wanted);
     if let Some(name) = &st.cached_corpus {
-        if resolve::choose(sets.clone(), &wanted).is_none() {
+        if chosen.is_none() {
             return Err(Error::Input(format!(
                 "no cached statistics of corpus `{name}` cover layer(s) {:?} of this model (with the --samples/--precision given) in {}; \
                  cached for these layers: {}",
@@ -371,7 +371,7 @@ pub fn decide(st: StatsWanted, hp: &Hparams, files: &ModelFiles, cfg: &ModelConf
             )));
         }
     }
-    if let Some(set) = resolve::choose(sets.clone(), &wanted) {
+    if let Some(set) = chosen {
         tracing::info!(
             "statistics for layer(s) {:?}: cached, {} ({} samples, {} tokens, {}) in {}",
             hp.layers,
@@ -398,7 +398,7 @@ pub fn decide(st: StatsWanted, hp: &Hparams, files: &ModelFiles, cfg: &ModelConf
                 set.samples
             );
         }
-        return Ok(StatsSource::Cached(set));
+        return Ok(StatsSource::Cached(set.clone()));
     }
     let corpus = match explicit.or(config_corpus) {
         Some(c) => c,
@@ -431,7 +431,8 @@ pub fn decide(st: StatsWanted, hp: &Hparams, files: &ModelFiles, cfg: &ModelConf
 }
 
 /// The statistics files of every edited layer: the cached set, or computed now.
-pub fn stats_files(source: StatsSource, lm: &LoadedModel, layers: &[usize], progress: &mut dyn Progress) -> Result<StatsUsed> {
+/// `identity` is the loaded model's (as [`decide`] was given it).
+pub fn stats_files(source: StatsSource, lm: &LoadedModel, identity: &ModelIdentity, layers: &[usize], progress: &mut dyn Progress) -> Result<StatsUsed> {
     match source {
         StatsSource::Cached(set) => Ok(StatsUsed {
             dataset: set.dataset.clone(),
@@ -440,9 +441,8 @@ pub fn stats_files(source: StatsSource, lm: &LoadedModel, layers: &[usize], prog
             files: set.layers.iter().map(|(&l, f)| (l, f.path.clone())).collect(),
         }),
         StatsSource::Compute(plan) => {
-            let identity = ModelIdentity::of(&lm.files)?;
-            let (cached, todo) = lookup(&plan, &identity, lm.config(), layers)?;
-            let mut ensured = Ensured { reports: cached, dataset: plan.corpus.id(), identity, ..Default::default() };
+            let (cached, todo) = lookup(&plan, identity, lm.config(), layers)?;
+            let mut ensured = Ensured { reports: cached, dataset: plan.corpus.id(), identity: identity.clone(), ..Default::default() };
             if !todo.is_empty() {
                 collect_missing(lm, &todo, &plan, progress, &mut ensured)?;
             }

@@ -140,8 +140,8 @@ pub struct Wanted<'a> {
 }
 
 /// The best complete set for `wanted`, by the preference order of this module's docs.
-pub fn choose(sets: Vec<CachedSet>, wanted: &Wanted) -> Option<CachedSet> {
-    sets.into_iter()
+pub fn choose<'s>(sets: &'s [CachedSet], wanted: &Wanted) -> Option<&'s CachedSet> {
+    sets.iter()
         .filter(|s| wanted.dataset.is_none_or(|d| s.dataset == d))
         .filter(|s| wanted.precision.is_none_or(|p| s.precision == p))
         .filter(|s| wanted.samples.is_none_or(|n| s.layers.values().all(|f| answers(&f.meta, n))))
