@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use edit::editing::hparams::{self, Hparams, Method};
+use edit::editing::hparams::{self, MemitHparams, MethodConfig, RomeHparams};
 use edit::editing::linalg::{memit_solve_direct, memit_solve_push_through, to_mat, LayerStats, SpdFactor};
 use edit::editing::memit::{apply_memit, compute_zs};
 use edit::editing::requests::{read_requests, Request};
@@ -36,8 +36,8 @@ fn layer_stats(c: &BTreeMap<usize, Mat<f64>>, layers: &[usize]) -> BTreeMap<usiz
     layers.iter().map(|l| (*l, LayerStats::from_matrix(c[l].clone(), "C"))).collect()
 }
 
-fn hp(lm: &LoadedModel, method: Method, file: &str) -> Hparams {
-    hparams::resolve(method, lm.config(), "fact-gpt2", Some(&dir().join("hparams").join(file)), &[]).unwrap().hparams
+fn hp<H: MethodConfig>(lm: &LoadedModel, file: &str) -> H {
+    hparams::resolve::<H>(lm.config(), "fact-gpt2", Some(&dir().join("hparams").join(file)), &[]).unwrap().hparams
 }
 
 fn main() {
@@ -51,7 +51,7 @@ fn main() {
     println!("|---|---|");
 
     // ROME: mean over 5 single edits (templates sampled once, as the reference caches them).
-    let rome = hp(&lm, Method::Rome, "ROME.json");
+    let rome: RomeHparams = hp(&lm, "ROME.json");
     let eos = tok.token_id("<|endoftext|>").unwrap_or(0);
     let t = Instant::now();
     let rt = templates::rome_templates(&*lm.model, &tok, &[(5, 10), (10, 10)], eos, 0).unwrap();
@@ -64,7 +64,7 @@ fn main() {
     println!("| ROME: one edit (mean of 5; reference code on this model: 2.22 s) | {:.2} s |", t.elapsed().as_secs_f64() / 5.0);
 
     // MEMIT: 1 / 10 / 100 edits with the default settings (z one request at a time on the CPU), push-through solve.
-    let memit = hp(&lm, Method::Memit, "MEMIT_tuned.json");
+    let memit: MemitHparams = hp(&lm, "MEMIT_tuned.json");
     let mt = templates::memit_templates(&*lm.model, &tok, 0).unwrap();
     for n in [1, 10, 100] {
         let mut st = layer_stats(&c, &memit.layers);

@@ -43,6 +43,10 @@ pub enum Error {
     #[error("{0}")]
     Interrupted(String),
 
+    /// A bug in edit: an invariant that should hold did not.
+    #[error("internal error (a bug in edit; please report it): {0}")]
+    Internal(String),
+
     #[error("i/o error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 
@@ -52,7 +56,33 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// What kind of failure an [`Error`] is, for callers that handle them differently (an
+/// evaluation loop records a numerical failure and goes on; bad input stops everything).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The user's input (files, config, requests, options) is wrong; the message says how.
+    BadInput,
+    /// A computation failed on valid input (not positive definite, NaN/Inf, diverged).
+    Numerical,
+    /// Stopped on request.
+    Interrupted,
+    /// The file system or the network failed.
+    Io,
+    /// A bug, or a tensor-library failure with no better explanation.
+    Internal,
+}
+
 impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Numerical(_) => ErrorKind::Numerical,
+            Error::Interrupted(_) => ErrorKind::Interrupted,
+            Error::Io { .. } | Error::Hub(_) => ErrorKind::Io,
+            Error::Internal(_) | Error::Candle(_) => ErrorKind::Internal,
+            _ => ErrorKind::BadInput,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }
     }

@@ -431,7 +431,7 @@ fn set_overrides_and_bad_keys() {
     let delta = tmp.path().join("delta.safetensors");
     fails(
         rome(&req, &tmp.path().join("stats")).args(["--set", "v_num_grad_stepz=3", "--delta-out"]).arg(&delta),
-        &["v_num_grad_stepz", "unknown hyperparameter", "v_num_grad_steps"],
+        &["v_num_grad_stepz", "unknown rome hyperparameter", "v_num_grad_steps"],
     );
     // A value of the wrong type names the field too.
     fails(

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use faer::Mat;
 
 use common::fixture_dir;
-use edit::editing::hparams::{self, Method};
+use edit::editing::hparams::{self, MemitHparams, RomeHparams};
 use edit::editing::linalg::{to_mat, LayerStats};
 use edit::editing::memit::apply_memit;
 use edit::editing::requests::{read_requests, Request};
@@ -92,9 +92,8 @@ fn unedited_model_scores_as_the_reference_says() {
 #[test]
 fn rome_meets_the_reference_scores() {
     let mut lm = load();
-    let r = hparams::resolve(Method::Rome, lm.config(), "fact-gpt2", Some(&dir().join("hparams/ROME.json")), &[]).unwrap();
+    let r = hparams::resolve::<RomeHparams>(lm.config(), "fact-gpt2", Some(&dir().join("hparams/ROME.json")), &[]).unwrap();
     let hp = r.hparams;
-    hp.validate(Method::Rome, lm.config()).unwrap();
     let mut st = stats(&hp.layers);
     let tok = edit::tokenizer::Tokenizer::from_file(&dir().join("tokenizer.json")).unwrap();
     let eos = tok.token_id("<|endoftext|>").or(lm.config().eos_token_id).unwrap_or(0);
@@ -124,9 +123,8 @@ fn rome_meets_the_reference_scores() {
 #[test]
 fn memit_tuned_meets_the_reference_scores_on_a_batch_of_100() {
     let mut lm = load();
-    let r = hparams::resolve(Method::Memit, lm.config(), "fact-gpt2", Some(&dir().join("hparams/MEMIT_tuned.json")), &[]).unwrap();
+    let r = hparams::resolve::<MemitHparams>(lm.config(), "fact-gpt2", Some(&dir().join("hparams/MEMIT_tuned.json")), &[]).unwrap();
     let hp = r.hparams;
-    hp.validate(Method::Memit, lm.config()).unwrap();
     let mut st = stats(&hp.layers);
     let tok = edit::tokenizer::Tokenizer::from_file(&dir().join("tokenizer.json")).unwrap();
     let tmpl = templates::memit_templates(&*lm.model, &tok, 0).unwrap();

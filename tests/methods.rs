@@ -1,5 +1,5 @@
 //! ROME and MEMIT through the library on the tiny fixtures: edits take, unrelated prompts stay,
-//! batched z = serial z, push-through solve = direct solve.
+//! batched z = serial z, push-through solve = direct solve; every method through `run_edit`.
 
 mod common;
 
@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, IndexOp, Tensor};
 use common::{fixture, fixture_dir};
-use edit::editing::hparams::{self, Hparams, Method, Solver};
+use edit::editing::hparams::{self, MemitHparams, Method, MethodConfig, RomeHparams, Solver};
 use edit::editing::linalg::LayerStats;
 use edit::editing::memit::{apply_memit, compute_zs};
 use edit::editing::requests::{parse_requests, Request};
@@ -34,11 +34,9 @@ fn wikitext(n: usize) -> Vec<String> {
     edit::data::EMBEDDED_WIKITEXT.lines().filter(|l| !l.trim().is_empty()).take(n).map(str::to_string).collect()
 }
 
-fn hp_for(lm: &LoadedModel, method: Method, sets: &[&str]) -> Hparams {
+fn hp_for<H: MethodConfig>(lm: &LoadedModel, sets: &[&str]) -> H {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
-    let r = hparams::resolve(method, lm.config(), "tiny", None, &sets).unwrap();
-    r.hparams.validate(method, lm.config()).unwrap();
-    r.hparams
+    hparams::resolve::<H>(lm.config(), "tiny", None, &sets).unwrap().hparams
 }
 
 /// Log-probabilities of the next token after each prompt.
@@ -74,12 +72,9 @@ fn requests(n: usize) -> Vec<Request> {
 }
 
 
-fn fixed_templates(method: Method) -> ContextTemplates {
+fn fixed_templates() -> ContextTemplates {
     let rest = vec!["The story begins. {}".to_string(), "I think that. {}".to_string(), "Yesterday it rained. {}".to_string()];
-    match method {
-        Method::Rome => ContextTemplates { groups: vec![vec!["{}".into()], rest] },
-        Method::Memit => ContextTemplates { groups: vec![vec!["{}".into()], rest] },
-    }
+    ContextTemplates { groups: vec![vec!["{}".into()], rest] }
 }
 
 fn fact_model() -> (LoadedModel, edit::tokenizer::Tokenizer) {
@@ -94,9 +89,9 @@ fn fact_cases(n: usize) -> Vec<Request> {
     all
 }
 
-fn fact_hparams(lm: &LoadedModel, method: Method, file: &str) -> Hparams {
+fn fact_hparams<H: MethodConfig>(lm: &LoadedModel, file: &str) -> H {
     let path = fixture_dir("fact-gpt2").join("hparams").join(file);
-    hparams::resolve(method, lm.config(), "fact-gpt2", Some(&path), &[]).unwrap().hparams
+    hparams::resolve::<H>(lm.config(), "fact-gpt2", Some(&path), &[]).unwrap().hparams
 }
 
 /// The first `n` texts of the fixture's statistics corpus (WikiText-2 paragraphs).
@@ -119,7 +114,7 @@ fn unrelated() -> Vec<String> {
 #[test]
 fn rome_makes_the_new_target_the_argmax_and_spares_unrelated_prompts() {
     let (mut lm, tok) = fact_model();
-    let hp = fact_hparams(&lm, Method::Rome, "ROME.json");
+    let hp: RomeHparams = fact_hparams(&lm, "ROME.json");
     let mut stats = stats_over(&lm, &hp.layers, &fact_corpus(3000), 128);
     let eos = tok.token_id("<|endoftext|>").or(lm.config().eos_token_id).unwrap_or(0);
     let templates = templates::rome_templates(&*lm.model, &tok, &[(5, 10), (10, 10)], eos, 0).unwrap();
@@ -145,7 +140,7 @@ fn rome_makes_the_new_target_the_argmax_and_spares_unrelated_prompts() {
 #[test]
 fn memit_edits_a_batch_of_ten() {
     let (mut lm, tok) = fact_model();
-    let hp = fact_hparams(&lm, Method::Memit, "MEMIT_tuned.json");
+    let hp: MemitHparams = fact_hparams(&lm, "MEMIT_tuned.json");
     let mut stats = stats_over(&lm, &hp.layers, &fact_corpus(3000), 128);
     let templates = templates::memit_templates(&*lm.model, &tok, 0).unwrap();
     let reqs = fact_cases(10);
@@ -176,10 +171,10 @@ fn memit_edits_a_batch_of_ten() {
 #[test]
 fn batched_z_equals_serial_z() {
     let lm = fixture("tiny-gptj");
-    let hp = hp_for(&lm, Method::Memit, &["v_num_grad_steps=12"]);
+    let hp: MemitHparams = hp_for(&lm, &["v_num_grad_steps=12"]);
     let reqs = requests(5);
     let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir("tiny-gptj").join("tokenizer.json")).unwrap();
-    let templates = fixed_templates(Method::Memit);
+    let templates = fixed_templates();
     let pad = lm.pad_id();
     let serial = compute_zs(&*lm.model, &tok, &reqs, &hp, &templates, 1, pad).unwrap();
     let batched = compute_zs(&*lm.model, &tok, &reqs, &hp, &templates, 5, pad).unwrap();
@@ -203,11 +198,11 @@ fn push_through_solve_equals_direct_solve() {
     let mut lm = fixture("tiny-neox");
     let reqs = requests(6);
     let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir("tiny-neox").join("tokenizer.json")).unwrap();
-    let templates = fixed_templates(Method::Memit);
+    let templates = fixed_templates();
     let pad = lm.pad_id();
     let mut results: Vec<Deltas> = Vec::new();
     for solver in ["push_through", "direct"] {
-        let hp = hp_for(&lm, Method::Memit, &["layers=[0,1]", "mom2_update_weight=2", "v_num_grad_steps=5", &format!("solver=\"{solver}\"")]);
+        let hp: MemitHparams = hp_for(&lm, &["layers=[0,1]", "mom2_update_weight=2", "v_num_grad_steps=5", &format!("solver=\"{solver}\"")]);
         assert_eq!(hp.solver, if solver == "direct" { Solver::Direct } else { Solver::PushThrough });
         let mut stats = stats_over(&lm, &hp.layers, &wikitext(300), lm.config().n_ctx);
         results.push(apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap().deltas);
@@ -221,25 +216,44 @@ fn push_through_solve_equals_direct_solve() {
 
 #[test]
 fn run_edit_drives_every_method_and_refuses_oversized_updates_as_numerical() {
-    use edit::editing::method::{method_impl, run_edit};
+    use edit::editing::method::{prepare, run_edit};
     let (mut lm, tok) = fact_model();
     let reqs = fact_cases(2);
     let pad = lm.pad_id();
-    for (method, file) in [(Method::Rome, "ROME.json"), (Method::Memit, "MEMIT_tuned.json")] {
-        let mut hp = fact_hparams(&lm, method, file);
-        hp.v_num_grad_steps = 3;
-        let m = method_impl(method);
+    let cases = [
+        (Method::Rome, "ROME.json", "v_num_grad_steps=3"),
+        (Method::Memit, "MEMIT_tuned.json", "v_num_grad_steps=3"),
+        (Method::Ft, "FT_constr_eps5e-3.json", "num_steps=3"),
+    ];
+    for (method, file, steps) in cases {
+        let path = fixture_dir("fact-gpt2").join("hparams").join(file);
+        let p = prepare(method, lm.config(), "fact-gpt2", Some(&path), &[steps.to_string()]).unwrap();
+        let m = &*p.method;
         assert_eq!(m.method(), method);
-        assert!(m.needs_stats(&hp), "{method}: both reference configs adjust by C");
-        let mut stats = stats_over(&lm, &hp.layers, &fact_corpus(500), 128);
-        let err = run_edit(&*m, &mut *lm.model, &tok, &reqs, &hp, &mut stats, 0, pad, 1e-9).err().expect("a tiny ratio refuses");
+        assert!(p.source.ends_with("with --set v_num_grad_steps") || p.source.ends_with("with --set num_steps"), "{}", p.source);
+        let need = m.stats_need();
+        // Both reference configs adjust by C; fine-tuning reads no statistics.
+        assert_eq!(need.is_some(), method != Method::Ft, "{method}");
+        let mut stats = match &need {
+            Some(n) => stats_over(&lm, &n.layers, &fact_corpus(500), 128),
+            None => BTreeMap::new(),
+        };
+        let err = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, pad, 1e-9).err().expect("a tiny ratio refuses");
         assert!(matches!(err, edit::Error::Numerical(_)), "{method}: {err}");
+        assert_eq!(err.kind(), edit::error::ErrorKind::Numerical);
         assert!(err.to_string().contains("--max-update-ratio"), "{err}");
-        let run = run_edit(&*m, &mut *lm.model, &tok, &reqs, &hp, &mut stats, 0, pad, 10.0).unwrap();
+        let run = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, pad, 10.0).unwrap();
         assert_eq!(run.outcome.requests.len(), 2);
         assert_eq!(run.checks.len(), 2);
         assert!(run.outcome.requests.iter().all(|r| r.report.is_object() && !r.line.is_empty()));
         assert_eq!(run.outcome.modules.len(), run.outcome.deltas.len(), "{method}");
-        assert!(!run.templates.flat().is_empty());
+        assert_eq!(run.templates.is_some(), method != Method::Ft, "{method}");
+        if method == Method::Ft {
+            // The weight and bias of the tuned module: the weight by module name as [out, in].
+            let keys: Vec<&String> = run.outcome.deltas.keys().collect();
+            assert_eq!(keys, ["transformer.h.0.mlp.c_proj", "transformer.h.0.mlp.c_proj.bias"]);
+            let cfg = lm.config();
+            assert_eq!(run.outcome.deltas["transformer.h.0.mlp.c_proj"].dims(), [cfg.d_model, cfg.d_ff]);
+        }
     }
 }

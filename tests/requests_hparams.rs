@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edit::editing::hparams::{self, resolve, ContextTemplates, Hparams, Method, Solver, SHIPPED};
+use edit::editing::hparams::{self, resolve, ContextTemplates, FtHparams, MemitHparams, Method, MethodConfig, RomeHparams, Solver, SHIPPED};
 use edit::editing::positions::{check_locatable, subject_last_index};
 use edit::editing::requests::{parse_requests, read_requests, validate, Request};
 use edit::tokenizer::Tokenizer;
@@ -290,9 +290,25 @@ fn models() -> Vec<(&'static str, ModelConfig)> {
     ]
 }
 
+/// A shipped file parses as its method, validates on its model, and is what `resolve` picks for
+/// that model by size alone (the defaults) or by name (all).
+fn check_shipped<H: MethodConfig>(s: &hparams::Shipped, cfg: &edit::ModelConfig) {
+    let h: H = serde_json::from_str(s.text).unwrap();
+    h.validate(cfg).unwrap_or_else(|e| panic!("{}: {e}", s.path));
+    if s.default {
+        // Selected by size alone (a local directory with an unrelated name).
+        let r = resolve::<H>(cfg, "/models/local-copy", None, &[]).unwrap();
+        assert_eq!(r.source, s.describe());
+        assert_eq!(r.hparams, h);
+    }
+    let r = resolve::<H>(cfg, "x", Some(std::path::Path::new(s.name())), &[]).unwrap();
+    assert_eq!(r.source, s.describe());
+    assert_eq!(r.hparams, h);
+}
+
 #[test]
 fn every_shipped_config_loads_and_validates_for_its_model() {
-    assert_eq!(SHIPPED.len(), 12);
+    assert_eq!(SHIPPED.len(), 24);
     for s in SHIPPED {
         let (_, cfg) = models().into_iter().find(|(name, _)| *name == s.model).unwrap();
         assert_eq!(
@@ -301,12 +317,11 @@ fn every_shipped_config_loads_and_validates_for_its_model() {
             "{}",
             s.path
         );
-        let h: Hparams = serde_json::from_str(s.text).unwrap();
-        h.validate(s.method, &cfg).unwrap_or_else(|e| panic!("{}: {e}", s.path));
-        // Selected by size alone (a local directory with an unrelated name).
-        let r = resolve(s.method, &cfg, "/models/local-copy", None, &[]).unwrap();
-        assert_eq!(r.source, s.describe());
-        assert_eq!(r.hparams, h);
+        match s.method {
+            Method::Rome => check_shipped::<RomeHparams>(s, &cfg),
+            Method::Memit => check_shipped::<MemitHparams>(s, &cfg),
+            Method::Ft => check_shipped::<FtHparams>(s, &cfg),
+        }
         // The file on disk is the one compiled in.
         let on_disk = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(s.path)).unwrap();
         assert_eq!(on_disk, s.text);
@@ -322,39 +337,39 @@ fn selection_by_hub_id() {
         "GPT2-XL",
         "/data/models/gpt2-xl/",
     ] {
-        let r = resolve(Method::Memit, &xl, id, None, &[]).unwrap();
+        let r = resolve::<MemitHparams>( &xl, id, None, &[]).unwrap();
         assert_eq!(r.source, "configs/memit/gpt2-xl.json (reference)", "{id}");
         assert_eq!(r.hparams.layers, vec![13, 14, 15, 16, 17]);
-        assert_eq!(r.hparams.mom2_update_weight, Some(20000.0));
+        assert_eq!(r.hparams.mom2_update_weight, 20000.0);
         assert_eq!(r.json["layers"], json!([13, 14, 15, 16, 17]));
         assert_eq!(r.json["mom2_update_weight"], json!(20000.0));
     }
-    let r = resolve(Method::Rome, &gptj(), "EleutherAI/gpt-j-6B", None, &[]).unwrap();
+    let r = resolve::<RomeHparams>( &gptj(), "EleutherAI/gpt-j-6B", None, &[]).unwrap();
     assert_eq!(r.source, "configs/rome/EleutherAI_gpt-j-6B.json (reference)");
     assert_eq!(r.hparams.layers, vec![5]);
     assert!(r.hparams.original_implementation);
     assert!(r.json.get("z_batch_size").is_none());
-    let r = resolve(Method::Memit, &neox20b(), "EleutherAI/gpt-neox-20b", None, &[]).unwrap();
+    let r = resolve::<MemitHparams>( &neox20b(), "EleutherAI/gpt-neox-20b", None, &[]).unwrap();
     assert_eq!(
         r.source,
         "configs/memit/EleutherAI_gpt-neox-20b.json (starting point, not reference)"
     );
     assert_eq!(r.hparams.layers, (5..=13).collect::<Vec<_>>());
     assert_eq!(r.hparams.v_loss_layer, 43);
-    let r = resolve(Method::Memit, &gpt2(12, 768), "gpt2", None, &[]).unwrap();
+    let r = resolve::<MemitHparams>( &gpt2(12, 768), "gpt2", None, &[]).unwrap();
     assert_eq!(r.source, "configs/memit/gpt2.json (starting point, not reference)");
     assert_eq!(r.hparams.z_batch_size, 0);
     assert_eq!(r.hparams.z_batch(&candle_core::Device::Cpu), 1);
     assert_eq!(r.hparams.solver, Solver::PushThrough);
     // A name that does not fit the model's shape is not trusted.
-    let r = resolve(Method::Rome, &tiny(), "gpt2-xl", None, &[]).unwrap();
+    let r = resolve::<RomeHparams>( &tiny(), "gpt2-xl", None, &[]).unwrap();
     assert!(r.source.starts_with("generic"), "{}", r.source);
 }
 
 #[test]
 fn generic_fallback_for_the_tiny_fixture() {
     let cfg = tiny();
-    let r = resolve(Method::Rome, &cfg, "tests/fixtures/tiny-gpt2", None, &[]).unwrap();
+    let r = resolve::<RomeHparams>( &cfg, "tests/fixtures/tiny-gpt2", None, &[]).unwrap();
     assert_eq!(r.source, "generic starting point for a 4-layer gpt2 model");
     assert_eq!(r.hparams.layers, vec![1]);
     assert_eq!(r.hparams.v_loss_layer, 3);
@@ -364,12 +379,12 @@ fn generic_fallback_for_the_tiny_fixture() {
         r.hparams.module_for(&cfg, 1).unwrap().name,
         "transformer.h.1.mlp.c_proj"
     );
-    let r = resolve(Method::Memit, &cfg, "tests/fixtures/tiny-gpt2", None, &[]).unwrap();
+    let r = resolve::<MemitHparams>( &cfg, "tests/fixtures/tiny-gpt2", None, &[]).unwrap();
     assert_eq!(r.hparams.layers, vec![0, 1]);
-    assert_eq!(r.hparams.mom2_update_weight, Some(15000.0));
+    assert_eq!(r.hparams.mom2_update_weight, 15000.0);
     // Families get their own module names.
     let neox = cfg_neox_small();
-    let r = resolve(Method::Memit, &neox, "EleutherAI/pythia-160m", None, &[]).unwrap();
+    let r = resolve::<MemitHparams>( &neox, "EleutherAI/pythia-160m", None, &[]).unwrap();
     assert_eq!(r.hparams.rewrite_module_tmp, "gpt_neox.layers.{}.mlp.dense_4h_to_h");
     assert_eq!(r.hparams.lm_head_module, "embed_out");
     assert_eq!(r.hparams.layers, vec![1, 2, 3]);
@@ -398,7 +413,7 @@ fn set_overrides_merge_in_order() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let r = resolve(Method::Memit, &cfg, "gpt2-xl", None, &sets).unwrap();
+    let r = resolve::<MemitHparams>( &cfg, "gpt2-xl", None, &sets).unwrap();
     assert_eq!(r.hparams.layers, vec![15, 16, 17]);
     assert_eq!(r.hparams.v_lr, 0.2);
     assert_eq!(r.hparams.solver, Solver::Direct);
@@ -413,18 +428,14 @@ fn set_overrides_merge_in_order() {
     );
 
     let set = |s: &str| vec![s.to_string()];
-    let r = resolve(
-        Method::Rome,
-        &cfg,
+    let r = resolve::<RomeHparams>(&cfg,
         "gpt2-xl",
         None,
         &set("rome.original_implementation=false"),
     )
     .unwrap();
     assert!(!r.hparams.original_implementation);
-    let r = resolve(
-        Method::Rome,
-        &cfg,
+    let r = resolve::<RomeHparams>(&cfg,
         "gpt2-xl",
         None,
         &set(r#"context_templates=["{}", "Yes. {}"]"#),
@@ -434,20 +445,25 @@ fn set_overrides_merge_in_order() {
         r.hparams.context_templates,
         Some(ContextTemplates::Flat(vec!["{}".into(), "Yes. {}".into()]))
     );
-    let r = resolve(
-        Method::Memit,
-        &cfg,
+    let r = resolve::<MemitHparams>(&cfg,
         "gpt2-xl",
         None,
         &set(r#"context_templates=[["{}"], ["A. {}", "B. {}"]]"#),
     )
     .unwrap();
-    assert_eq!(r.hparams.context_templates.unwrap().groups().len(), 2);
+    assert_eq!(r.hparams.context_templates.as_ref().unwrap().groups().len(), 2);
 
-    let err = |s: &str, m: Method| resolve(m, &cfg, "gpt2-xl", None, &set(s)).unwrap_err().to_string();
+    fn error<H: MethodConfig>(cfg: &edit::ModelConfig, set: &str) -> String {
+        resolve::<H>(cfg, "gpt2-xl", None, &[set.to_string()]).unwrap_err().to_string()
+    }
+    let err = |s: &str, m: Method| match m {
+        Method::Rome => error::<RomeHparams>(&cfg, s),
+        Method::Memit => error::<MemitHparams>(&cfg, s),
+        Method::Ft => error::<FtHparams>(&cfg, s),
+    };
     let e = err("no_such_field=1", Method::Rome);
     assert!(
-        e.contains("unknown hyperparameter `no_such_field`") && e.contains("v_num_grad_steps"),
+        e.contains("unknown rome hyperparameter `no_such_field`") && e.contains("v_num_grad_steps"),
         "{e}"
     );
     let e = err("rome.v_lr=1", Method::Memit);
@@ -495,14 +511,14 @@ fn reference_file_with_easyedit_fields_is_accepted() {
     }
     v["mom2_adjustment"] = json!(false);
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    let r = resolve(Method::Rome, &gpt2(48, 1600), "whatever", Some(&path), &[]).unwrap();
+    let r = resolve::<RomeHparams>( &gpt2(48, 1600), "whatever", Some(&path), &[]).unwrap();
     assert_eq!(r.source, path.display().to_string());
     assert!(!r.hparams.mom2_adjustment);
     assert_eq!(r.hparams.layers, vec![17]);
     assert!(r.json.get("alg_name").is_none());
     // The resolved JSON is itself a valid config.
     std::fs::write(&path, r.json.to_string()).unwrap();
-    let again = resolve(Method::Rome, &gpt2(48, 1600), "x", Some(&path), &[]).unwrap();
+    let again = resolve::<RomeHparams>( &gpt2(48, 1600), "x", Some(&path), &[]).unwrap();
     assert_eq!(again.hparams, r.hparams);
 }
 
@@ -511,7 +527,7 @@ fn config_file_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.json");
     std::fs::write(&path, "alg_name: ROME\nlayers: [17]\n").unwrap();
-    let e = resolve(Method::Rome, &gpt2(48, 1600), "x", Some(&path), &[])
+    let e = resolve::<RomeHparams>( &gpt2(48, 1600), "x", Some(&path), &[])
         .unwrap_err()
         .to_string();
     assert!(
@@ -521,14 +537,14 @@ fn config_file_errors() {
     let mut v: Value = serde_json::from_str(include_str!("../configs/rome/gpt2-xl.json")).unwrap();
     v.as_object_mut().unwrap().remove("v_lr");
     std::fs::write(&path, v.to_string()).unwrap();
-    let e = resolve(Method::Rome, &gpt2(48, 1600), "x", Some(&path), &[])
+    let e = resolve::<RomeHparams>( &gpt2(48, 1600), "x", Some(&path), &[])
         .unwrap_err()
         .to_string();
     assert!(e.contains("missing field `v_lr`"), "{e}");
     // A ROME config used for MEMIT.
     let rome = dir.path().join("rome.json");
     std::fs::write(&rome, include_str!("../configs/rome/gpt2-xl.json")).unwrap();
-    let e = resolve(Method::Memit, &gpt2(48, 1600), "x", Some(&rome), &[])
+    let e = resolve::<MemitHparams>( &gpt2(48, 1600), "x", Some(&rome), &[])
         .unwrap_err()
         .to_string();
     assert!(
@@ -542,7 +558,7 @@ fn gptj_config_is_rejected_on_a_gpt2_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gptj.json");
     std::fs::write(&path, include_str!("../configs/memit/EleutherAI_gpt-j-6B.json")).unwrap();
-    let e = resolve(Method::Memit, &gpt2(48, 1600), "gpt2-xl", Some(&path), &[])
+    let e = resolve::<MemitHparams>( &gpt2(48, 1600), "gpt2-xl", Some(&path), &[])
         .unwrap_err()
         .to_string();
     assert!(e.contains("gptj.json"), "{e}");
@@ -554,14 +570,14 @@ fn gptj_config_is_rejected_on_a_gpt2_model() {
     assert!(e.contains("`v_loss_layer` is 27") && e.contains("must be 47"), "{e}");
     // A NeoX config on GPT-2 names every template at fault.
     std::fs::write(&path, include_str!("../configs/rome/EleutherAI_gpt-neox-20b.json")).unwrap();
-    let e = resolve(Method::Rome, &gpt2(48, 1600), "gpt2-xl", Some(&path), &[])
+    let e = resolve::<RomeHparams>( &gpt2(48, 1600), "gpt2-xl", Some(&path), &[])
         .unwrap_err()
         .to_string();
     for field in ["rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp"] {
         assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
     }
     // module_for refuses a template that names another module.
-    let mut h = resolve(Method::Rome, &gpt2(48, 1600), "gpt2-xl", None, &[])
+    let mut h = resolve::<RomeHparams>( &gpt2(48, 1600), "gpt2-xl", None, &[])
         .unwrap()
         .hparams;
     h.rewrite_module_tmp = "transformer.h.{}.mlp.c_fc".into();
@@ -575,7 +591,8 @@ fn method_parsing() {
     assert_eq!("Memit".parse::<Method>().unwrap(), Method::Memit);
     assert!("mend".parse::<Method>().is_err());
     assert_eq!(Method::Memit.to_string(), "memit");
-    assert!(hparams::FIELDS.contains(&"context_template_length_params"));
+    assert!(RomeHparams::fields().contains(&"context_template_length_params"));
+    assert!(!MemitHparams::fields().contains(&"context_template_length_params"));
 }
 
 #[test]

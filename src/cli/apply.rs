@@ -1,4 +1,4 @@
-//! `edit apply`: compute a ROME or MEMIT edit and write the patched model and/or the delta.
+//! `edit apply`: compute an edit (ROME, MEMIT, FT) and write the patched model and/or the delta.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -8,15 +8,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use edit::editing::hparams::{self, Method};
+use edit::editing::hparams::Method;
 use edit::editing::linalg::LayerStats;
+use edit::editing::method::{prepare, run_edit, ModuleUpdate, PreparedMethod};
 use edit::editing::requests::{self, Request};
-use edit::editing::method::{method_impl, run_edit, ModuleUpdate};
 use edit::editing::templates::ContextTemplates;
 use edit::editing::Deltas;
 use edit::fsutil::Outputs;
 use edit::patch::{self, DeltaMeta};
-use edit::stats::cache::{self, ModelIdentity};
+use edit::stats::cache::ModelIdentity;
 use edit::stats::ensure::{self, StatsUsed, StatsWanted};
 use edit::stats::Precision;
 use edit::tokenizer::Tokenizer;
@@ -29,14 +29,14 @@ use super::{logging, ComputeArgs, GlobalArgs, ModelArgs};
 /// Exit status when `--require-success` finds an edit that did not take.
 pub const EXIT_EDIT_FAILED: u8 = 3;
 
-/// Compute a ROME or MEMIT edit of the facts in REQUESTS and write the patched model (--out)
-/// and/or the weight delta (--delta-out).
+/// Compute an edit of the facts in REQUESTS (ROME, MEMIT or fine-tuning) and write the patched
+/// model (--out) and/or the weight delta (--delta-out).
 ///
 /// Hyperparameters come from the shipped config for the model (the reference values where they
-/// exist; `-v` prints which), or --config FILE (the reference's hparams JSON format), with
-/// --set key=value overrides. Second-moment statistics come from the `edit stats` cache (any
-/// corpus cached for this model; --dataset/--text choose one) and are computed first when none
-/// are cached.
+/// exist; `-v` prints which), or --config FILE (the reference's hparams JSON format) or the name
+/// of a shipped config (`--config ft/gpt2-xl_attn`), with --set key=value overrides. ROME and
+/// MEMIT read second-moment statistics from the `edit stats` cache (any corpus cached for this
+/// model; --dataset/--text choose one), computed first when none are cached; FT needs none.
 ///
 /// Each request is checked after the edit: its loss must have fallen and the new target must
 /// be the top prediction at the edit prompt. A request that fails is reported (a warning, and
@@ -48,9 +48,10 @@ pub struct ApplyArgs {
     /// them from standard input.
     #[arg(value_name = "REQUESTS")]
     pub requests: PathBuf,
-    /// The editing method: rome (one rank-one update per fact, applied in turn) or memit (one
-    /// batch update spread over several layers).
-    #[arg(long, value_parser = ["rome", "memit"])]
+    /// The editing method: rome (one rank-one update per fact, applied in turn), memit (one
+    /// batch update spread over several layers) or ft (fine-tuning: FT-L, FT, FT-W, FT-M by
+    /// config; all requests in one run).
+    #[arg(long, value_parser = ["rome", "memit", "ft"])]
     pub method: String,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -66,8 +67,9 @@ pub struct ApplyArgs {
     /// Replace --out / --delta-out if they exist.
     #[arg(long)]
     pub force: bool,
-    /// Hyperparameter file (reference hparams JSON format) instead of the shipped one.
-    #[arg(long, value_name = "FILE")]
+    /// Hyperparameter file (reference hparams JSON format), or a shipped config by name
+    /// (`ft/gpt2-xl_unconstr`; see configs/README.md), instead of the model's default.
+    #[arg(long, value_name = "FILE|NAME")]
     pub config: Option<PathBuf>,
     /// Override one hyperparameter, e.g. --set v_lr=0.1 --set layers=[3,4] --set rome.original_implementation=false.
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -124,7 +126,8 @@ struct Summary<'a> {
     config_source: &'a str,
     requests: usize,
     seed: u64,
-    templates: &'a ContextTemplates,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    templates: Option<&'a ContextTemplates>,
     modules: &'a [ModuleUpdate],
     /// Requests whose edit did not take (indices).
     failed: Vec<usize>,
@@ -182,16 +185,13 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let identity = ModelIdentity::of(&files)?;
     let tok: Tokenizer = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
     requests::validate(&reqs, &tok, cfg.n_ctx)?;
-    let resolved = hparams::resolve(method, &cfg, args.model.id(), args.config.as_deref(), &args.sets)?;
-    let hp = resolved.hparams.clone();
-    hp.validate(method, &cfg)?;
-    let seed = args.seed.unwrap_or(hp.seed);
-    tracing::info!("{} config: {}", method.name(), resolved.source);
-    tracing::debug!("config: {}", serde_json::to_string(&resolved.json).unwrap_or_default());
-    // Statistics for every edited layer (ROME without mom2_adjustment needs none).
-    let method_impl = method_impl(method);
-    let needs_stats = method_impl.needs_stats(&hp);
-    let stats_source = if needs_stats {
+    let prepared = prepare(method, &cfg, args.model.id(), args.config.as_deref(), &args.sets)?;
+    let seed = args.seed.unwrap_or(prepared.method.default_seed());
+    tracing::info!("{} config: {}", method.name(), prepared.source);
+    tracing::debug!("config: {}", serde_json::to_string(&prepared.json).unwrap_or_default());
+    // Statistics for every edited layer, when the method reads them.
+    let stats_need = prepared.method.stats_need();
+    let stats_source = if let Some(need) = &stats_need {
         let st = &args.stats;
         let stats_dir = st.dir.dir();
         let wanted = StatsWanted {
@@ -205,7 +205,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             offline: args.model.offline,
             model_id: args.model.id().to_string(),
         };
-        Some(ensure::decide(wanted, &hp, &identity, &cfg, logging::show_progress(global))?)
+        Some(ensure::decide(wanted, need, &identity, &cfg, logging::show_progress(global))?)
     } else {
         None
     };
@@ -215,17 +215,13 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
     let mut stats: BTreeMap<usize, LayerStats> = BTreeMap::new();
     let mut stats_used = None;
-    if let Some(source) = stats_source {
-        let used = ensure::stats_files(source, &lm, &identity, &hp.layers, &mut BarProgress::new(global))?;
-        for (&layer, file) in &used.files {
-            let m = cache::load(file)?;
-            m.check(&identity, &edit::models::modules::mlp_down(&cfg, layer)?)?;
-            stats.insert(layer, LayerStats::from_moments(&m)?);
-        }
+    if let (Some(source), Some(need)) = (stats_source, &stats_need) {
+        let (loaded, used) = ensure::load_stats(source, &lm, &identity, &need.layers, &mut BarProgress::new(global))?;
+        stats = loaded;
         stats_used = Some(used);
     }
 
-    let run = run_edit(&*method_impl, &mut *lm.model, &tok, &reqs, &hp, &mut stats, seed, pad_id, args.max_update_ratio)?;
+    let run = run_edit(&*prepared.method, &mut *lm.model, &tok, &reqs, &mut stats, seed, pad_id, args.max_update_ratio)?;
     let lines: Vec<String> = run
         .outcome
         .requests
@@ -251,16 +247,16 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let refused = args.require_success && !failed.is_empty();
 
     if !refused {
-        write_outputs(&args, &lm, &cfg, deltas, &reqs, &resolved, method, seed, &identity, delta_in_out.as_deref())?;
+        write_outputs(&args, &lm, &cfg, deltas, &reqs, &prepared, method, seed, &identity, delta_in_out.as_deref())?;
     }
     let summary = Summary {
         summary: true,
         method: method.name(),
         model: args.model.id(),
-        config_source: &resolved.source,
+        config_source: &prepared.source,
         requests: reqs.len(),
         seed,
-        templates: &run.templates,
+        templates: run.templates.as_ref(),
         modules: &run.outcome.modules,
         failed: failed.clone(),
         statistics: stats_used,
@@ -303,7 +299,7 @@ fn write_outputs(
     cfg: &ModelConfig,
     deltas: &Deltas,
     reqs: &[Request],
-    resolved: &hparams::ResolvedHparams,
+    prepared: &PreparedMethod,
     method: Method,
     seed: u64,
     identity: &ModelIdentity,
@@ -312,7 +308,7 @@ fn write_outputs(
     let meta = DeltaMeta {
         method: method.name().to_string(),
         requests: serde_json::Value::Array(reqs.iter().map(Request::to_reference_json).collect()),
-        config: resolved.json.clone(),
+        config: prepared.json.clone(),
         seed: Some(seed),
         base_model: identity.clone(),
         tool_version: env!("CARGO_PKG_VERSION").to_string(),

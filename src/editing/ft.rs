@@ -56,6 +56,8 @@ pub struct EpochLoss {
 pub struct FtOutcome {
     pub deltas: BTreeMap<String, Tensor>,
     pub epochs: Vec<EpochLoss>,
+    /// Per chunk of `batch_size` requests, its loss at each epoch (before that epoch's step).
+    pub chunk_losses: Vec<Vec<f64>>,
     /// Adam steps taken (chunks whose loss was at least 1e-2).
     pub steps: usize,
 }
@@ -115,15 +117,20 @@ pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request]
         let targets: Vec<String> = requests.iter().map(Request::target_new_spaced).collect();
         let unk = tok.token_id("<|endoftext|>");
         let mut epochs = Vec::new();
+        let mut chunk_losses: Vec<Vec<f64>> = vec![Vec::new(); texts.len().div_ceil(params.batch_size)];
         let mut t = 0usize;
         for epoch in 0..params.num_steps {
             let (mut sum, mut count) = (0.0, 0usize);
-            for (txt, tgt) in texts.chunks(params.batch_size).zip(targets.chunks(params.batch_size)) {
+            for (c, (txt, tgt)) in texts.chunks(params.batch_size).zip(targets.chunks(params.batch_size)).enumerate() {
                 let loss = ft_loss(&*model, tok, txt, tgt, params.objective, pad_id, unk)?;
                 let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
                 if !value.is_finite() {
-                    return Err(Error::Numerical(format!("the fine-tuning loss became {value} at epoch {epoch}; refusing the edit")));
+                    return Err(Error::Numerical(format!(
+                        "the fine-tuning loss became {value} at epoch {epoch}; refusing the edit (nothing was written). Lower `lr`, or \
+                         set `norm_constraint` (FT-L)"
+                    )));
                 }
+                chunk_losses[c].push(value);
                 sum += value * txt.len() as f64;
                 count += txt.len();
                 if value >= STOP_LOSS {
@@ -161,10 +168,119 @@ pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request]
         for (((n, _), var), w0) in originals.iter().zip(&vars).zip(&w0) {
             deltas.insert(n.clone(), (var.as_tensor() - w0)?.to_dtype(DType::F32)?);
         }
-        Ok(FtOutcome { deltas, epochs, steps: t })
+        Ok(FtOutcome { deltas, epochs, chunk_losses, steps: t })
     })();
     for (n, t) in &originals {
         model.set_parameter(n, t)?;
     }
     result
+}
+
+/// The fine-tuning methods behind the common interface, with their config: all requests are one
+/// fine-tuning run (how FT-W edits 10,000 facts at once).
+pub struct Ft {
+    pub hp: crate::editing::hparams::FtHparams,
+}
+
+/// One request's report: the loss of its chunk, epoch by epoch.
+#[derive(Serialize)]
+struct FtReport<'a> {
+    index: usize,
+    subject: &'a str,
+    target_new: &'a str,
+    chunk: usize,
+    losses: &'a [f64],
+    epochs: usize,
+    steps: usize,
+    weight_decay: f64,
+}
+
+/// A tuned parameter's delta under its [`super::Deltas`] key: a linear module's weight by the
+/// module's name as `[out, in]`, anything else by its checkpoint name as stored.
+fn delta_entry(cfg: &crate::config::ModelConfig, name: &str, delta: Tensor) -> Result<(String, Tensor)> {
+    use crate::models::modules::{find, is_linear_name};
+    if name.ends_with(".weight") && is_linear_name(cfg, name) {
+        let m = find(cfg, name)?;
+        let d = m.to_out_in(&delta)?;
+        return Ok((m.name, d));
+    }
+    Ok((name.to_string(), delta))
+}
+
+impl super::method::EditMethod for Ft {
+    fn method(&self) -> super::hparams::Method {
+        super::hparams::Method::Ft
+    }
+
+    fn stats_need(&self) -> Option<crate::stats::ensure::StatsNeed> {
+        None
+    }
+
+    fn context_templates(&self, _: &dyn CausalLm, _: &Tokenizer, _: u64) -> Result<Option<super::templates::ContextTemplates>> {
+        Ok(None)
+    }
+
+    fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {
+        use super::method::{report_json, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
+        use super::optimize::LossPoint;
+        let n = inputs.requests.len();
+        let params = self.hp.params(n);
+        if let Some((a, b)) = self.hp.wd_power_law {
+            if self.hp.wd_power_law_tuple_check {
+                tracing::info!("weight decay {} (wd_power_law [{a}, {b}] ignored: the reference's tuple check)", params.weight_decay);
+            } else {
+                tracing::info!("weight decay {:.4e} = {n}^{a} · e^{b} for {n} edit(s) (wd_power_law)", params.weight_decay);
+            }
+        }
+        let out = fine_tune(model, inputs.tok, inputs.requests, &params, inputs.pad_id)?;
+        let cfg = model.config().clone();
+        let mut deltas = super::Deltas::new();
+        let mut modules = Vec::new();
+        for (name, d) in out.deltas {
+            let weight_norm = super::frobenius_norm(&model.parameter(&name)?)?;
+            let update_norm = super::frobenius_norm(&d)?;
+            let (key, value) = delta_entry(&cfg, &name, d)?;
+            modules.push(ModuleUpdate { module: key.clone(), update_norm, weight_norm });
+            deltas.insert(key, value);
+        }
+        modules.sort_by(|a, b| a.module.cmp(&b.module));
+        let total = |f: fn(&ModuleUpdate) -> f64| modules.iter().map(|m| f(m).powi(2)).sum::<f64>().sqrt();
+        let sizes = vec![UpdateSize {
+            what: format!("the {} tuned tensor(s) together", modules.len()),
+            update_norm: total(|m| m.update_norm),
+            weight_norm: total(|m| m.weight_norm),
+            detail: String::new(),
+            hint: "Lower `lr` or `num_steps`, or set `norm_constraint` (FT-L), or raise the limit".into(),
+        }];
+        let requests = inputs
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let chunk = i / params.batch_size;
+                let losses = &out.chunk_losses[chunk];
+                let points: Vec<LossPoint> = losses.iter().map(|&l| LossPoint { nll: l, kl: 0.0, weight_decay: 0.0, total: l }).collect();
+                let report = FtReport {
+                    index: r.index,
+                    subject: &r.subject,
+                    target_new: &r.target_new,
+                    chunk,
+                    losses,
+                    epochs: out.epochs.len(),
+                    steps: out.steps,
+                    weight_decay: params.weight_decay,
+                };
+                // The loss is its chunk's (the requests are tuned together), and the steps the run's.
+                let together = inputs.requests[chunk * params.batch_size..].len().min(params.batch_size);
+                let tail = match (out.chunk_losses.len(), together) {
+                    (1, 1) => "one run".to_string(),
+                    (1, k) => format!("one run of {k} requests (their mean loss)"),
+                    (c, 1) => format!("chunk {chunk} of {c}"),
+                    (c, k) => format!("chunk {chunk} of {c} ({k} requests, their mean loss)"),
+                };
+                RequestOutcome::new(r.index, &r.subject, &r.target_new, &points, out.steps, tail, report_json(&report))
+            })
+            .collect();
+        Ok(EditOutcome { deltas, requests, modules, sizes })
+    }
 }

@@ -14,7 +14,7 @@ use candle_core::Device;
 use faer::Mat;
 use serde::Serialize;
 
-use super::hparams::{Hparams, Solver};
+use super::hparams::{Common, MemitHparams, Solver};
 use super::linalg::{memit_solve_direct, memit_solve_push_through, to_mat, to_tensor, LayerStats};
 use super::optimize::{optimize_targets, LossPoint, OptimizedTarget};
 use super::reprs::{at_subject_last, Wanted};
@@ -65,7 +65,7 @@ pub fn compute_zs(
     model: &dyn CausalLm,
     tok: &Tokenizer,
     requests: &[Request],
-    hp: &Hparams,
+    hp: &Common,
     templates: &ContextTemplates,
     batch: usize,
     pad_id: u32,
@@ -147,12 +147,12 @@ pub fn apply_memit(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
     requests: &[Request],
-    hp: &Hparams,
+    hp: &MemitHparams,
     stats: &mut BTreeMap<usize, LayerStats>,
     templates: &ContextTemplates,
     pad_id: u32,
 ) -> Result<MemitOutcome> {
-    let lambda = hp.mom2_update_weight.ok_or_else(|| Error::Input("MEMIT needs `mom2_update_weight`".into()))?;
+    let lambda = hp.mom2_update_weight;
     let z_layer = *hp.layers.last().ok_or_else(|| Error::Input("MEMIT needs at least one layer".into()))?;
     let names: Vec<String> =
         hp.layers.iter().map(|&l| Ok(mlp_down(model.config(), l)?.name)).collect::<Result<_>>()?;
@@ -228,25 +228,35 @@ pub fn apply_memit(
     Ok(MemitOutcome { deltas, requests: reports, layers, z_seconds })
 }
 
-/// MEMIT behind the common method interface.
-pub struct Memit;
+/// MEMIT behind the common method interface, with its config.
+pub struct Memit {
+    pub hp: MemitHparams,
+}
 
 impl super::method::EditMethod for Memit {
     fn method(&self) -> super::hparams::Method {
         super::hparams::Method::Memit
     }
 
-    fn needs_stats(&self, _hp: &Hparams) -> bool {
-        true
+    fn stats_need(&self) -> Option<crate::stats::ensure::StatsNeed> {
+        Some(self.hp.stats_need())
     }
 
-    fn sample_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, _hp: &Hparams, seed: u64) -> Result<ContextTemplates> {
-        super::templates::memit_templates(model, tok, seed)
+    fn default_seed(&self) -> u64 {
+        self.hp.seed
+    }
+
+    fn context_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Result<Option<ContextTemplates>> {
+        if let Some(t) = &self.hp.context_templates {
+            return Ok(Some(super::templates::from_config(t, super::hparams::Method::Memit)));
+        }
+        super::templates::memit_templates(model, tok, seed).map(Some)
     }
 
     fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {
         use super::method::{report_json, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
-        let out = apply_memit(model, inputs.tok, inputs.requests, inputs.hparams, inputs.stats, inputs.templates, inputs.pad_id)?;
+        let templates = inputs.templates()?;
+        let out = apply_memit(model, inputs.tok, inputs.requests, &self.hp, inputs.stats, templates, inputs.pad_id)?;
         let worst = out
             .requests
             .iter()

@@ -1,32 +1,42 @@
-//! One interface for every editing method, and the edit pipeline that drives it: context
-//! templates → the method → the update-size guard → the did-it-take check. `edit apply` (and
-//! the evaluation loop to come) call [`run_edit`] and never branch on the method.
+//! One interface for every editing method, and the edit pipeline that drives it: the config
+//! ([`prepare`]) → statistics (`stats::ensure`, when [`EditMethod::stats_need`] asks) → context
+//! templates → the method → the update-size guard → the did-it-take check ([`run_edit`]).
+//! `edit apply` (and the evaluation loop to come) call these and never branch on the method.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::hparams::{Hparams, Method};
+use super::hparams::{self, FtHparams, MemitHparams, Method, MethodConfig, ResolvedHparams, RomeHparams};
 use super::linalg::LayerStats;
 use super::optimize::LossPoint;
 use super::requests::Request;
-use super::templates::{self, ContextTemplates};
+use super::templates::ContextTemplates;
 use super::verify::{check_edits, EditCheck};
 use super::Deltas;
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::models::CausalLm;
+use crate::stats::ensure::StatsNeed;
 use crate::tokenizer::Tokenizer;
 
-/// What a method reads besides the model.
+/// What a method reads besides the model and its own config.
 pub struct EditInputs<'a> {
     pub tok: &'a Tokenizer,
     pub requests: &'a [Request],
-    pub hparams: &'a Hparams,
     /// Second-moment statistics of the edited layers (empty when the method needs none).
     pub stats: &'a mut BTreeMap<usize, LayerStats>,
-    pub templates: &'a ContextTemplates,
+    /// The context templates, for methods that use them.
+    pub templates: Option<&'a ContextTemplates>,
     pub pad_id: u32,
+}
+
+impl<'a> EditInputs<'a> {
+    /// The templates, which this method needs.
+    pub fn templates(&self) -> Result<&'a ContextTemplates> {
+        self.templates.ok_or_else(|| Error::Internal("the method needs context templates, but none were given".into()))
+    }
 }
 
 /// One request's result, in the terms every method shares.
@@ -92,26 +102,46 @@ pub struct EditOutcome {
     pub sizes: Vec<UpdateSize>,
 }
 
-/// An editing method: ROME, MEMIT, and those to come, driven the same way.
+/// An editing method with its config: ROME, MEMIT, FT, and those to come, driven the same way.
 pub trait EditMethod {
     fn method(&self) -> Method;
 
-    /// Whether the method reads second-moment statistics of `hp.layers`.
-    fn needs_stats(&self, hp: &Hparams) -> bool;
+    /// The second-moment statistics the method reads, if any.
+    fn stats_need(&self) -> Option<StatsNeed>;
 
-    /// The context templates the method samples from the model (the config may fix them).
-    fn sample_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, hp: &Hparams, seed: u64) -> Result<ContextTemplates>;
+    /// The config's seed (for the context templates), used when the caller gives none.
+    fn default_seed(&self) -> u64 {
+        0
+    }
+
+    /// The context templates the method uses (the config's, or sampled from the model with
+    /// `seed`); `None` for methods that use none.
+    fn context_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Result<Option<ContextTemplates>>;
 
     /// Computes the edit of `inputs.requests`; the model is left as it was found.
     fn edit(&self, model: &mut dyn CausalLm, inputs: EditInputs) -> Result<EditOutcome>;
 }
 
-/// The implementation of `method`.
-pub fn method_impl(method: Method) -> Box<dyn EditMethod> {
-    match method {
-        Method::Rome => Box::new(super::rome::Rome),
-        Method::Memit => Box::new(super::memit::Memit),
+/// A method ready to run, with the config it runs with.
+pub struct PreparedMethod {
+    pub method: Box<dyn EditMethod>,
+    /// The final config as JSON (what delta files record).
+    pub json: Value,
+    /// Where the config came from (see [`hparams::ResolvedHparams::source`]).
+    pub source: String,
+}
+
+/// Resolves `method`'s config for this model (`--config` file or shipped name, `--set`
+/// overrides; see [`hparams::resolve`]) and pairs it with the method's implementation.
+pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, config: Option<&std::path::Path>, sets: &[String]) -> Result<PreparedMethod> {
+    fn with<H: MethodConfig, M: EditMethod + 'static>(r: ResolvedHparams<H>, make: impl FnOnce(H) -> M) -> PreparedMethod {
+        PreparedMethod { method: Box::new(make(r.hparams)), json: r.json, source: r.source }
     }
+    Ok(match method {
+        Method::Rome => with(hparams::resolve::<RomeHparams>(cfg, model_id, config, sets)?, |hp| super::rome::Rome { hp }),
+        Method::Memit => with(hparams::resolve::<MemitHparams>(cfg, model_id, config, sets)?, |hp| super::memit::Memit { hp }),
+        Method::Ft => with(hparams::resolve::<FtHparams>(cfg, model_id, config, sets)?, |hp| super::ft::Ft { hp }),
+    })
 }
 
 /// An edit and what was learned about it.
@@ -119,7 +149,8 @@ pub struct EditRun {
     pub outcome: EditOutcome,
     /// One per request, in request order.
     pub checks: Vec<EditCheck>,
-    pub templates: ContextTemplates,
+    /// The context templates used (none for methods without them).
+    pub templates: Option<ContextTemplates>,
 }
 
 impl EditRun {
@@ -138,18 +169,16 @@ pub fn run_edit(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
     requests: &[Request],
-    hp: &Hparams,
     stats: &mut BTreeMap<usize, LayerStats>,
     seed: u64,
     pad_id: u32,
     max_update_ratio: f64,
 ) -> Result<EditRun> {
-    let templates = match &hp.context_templates {
-        Some(t) => templates::from_config(t, method.method()),
-        None => method.sample_templates(&*model, tok, hp, seed)?,
-    };
-    tracing::debug!("context templates: {:?}", templates.flat());
-    let outcome = method.edit(model, EditInputs { tok, requests, hparams: hp, stats, templates: &templates, pad_id })?;
+    let templates = method.context_templates(&*model, tok, seed)?;
+    if let Some(t) = &templates {
+        tracing::debug!("context templates: {:?}", t.flat());
+    }
+    let outcome = method.edit(model, EditInputs { tok, requests, stats, templates: templates.as_ref(), pad_id })?;
     for s in &outcome.sizes {
         // A NaN norm is refused too.
         let within = s.update_norm.is_finite() && s.update_norm <= max_update_ratio * s.weight_norm;

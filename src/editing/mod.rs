@@ -1,4 +1,4 @@
-//! Knowledge-editing methods (ROME, MEMIT) and what they share: requests, hyperparameters,
+//! Knowledge-editing methods (ROME, MEMIT, the fine-tuning baselines) and what they share: requests, hyperparameters,
 //! context templates, subject positions, the target-vector optimisation and the linear algebra.
 //!
 //! A method is a function from (model, tokenizer, statistics, requests, hyperparameters) to
@@ -27,7 +27,7 @@ use candle_core::{DType, Tensor};
 use crate::error::Result;
 use crate::models::modules::find;
 use crate::models::{CausalLm, Site};
-use hparams::Hparams;
+use hparams::Common;
 use optimize::OptimizeParams;
 
 /// Weight changes, f32, on the CPU. A key naming a linear module (`transformer.h.17.mlp.c_proj`)
@@ -74,7 +74,7 @@ fn set_current(model: &mut dyn CausalLm, key: &str, value: Tensor) -> Result<()>
     }
 }
 
-pub(crate) fn optimize_params(hp: &Hparams, site: Site, layer: usize) -> OptimizeParams {
+pub(crate) fn optimize_params(hp: &Common, site: Site, layer: usize) -> OptimizeParams {
     OptimizeParams {
         site,
         layer,

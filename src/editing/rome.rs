@@ -12,7 +12,7 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use super::hparams::Hparams;
+use super::hparams::RomeHparams;
 use super::linalg::{to_mat, LayerStats};
 use super::optimize::{optimize_targets, LossPoint};
 use super::reprs::{at_subject_last, Wanted};
@@ -59,7 +59,7 @@ pub fn apply_rome(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
     requests: &[Request],
-    hp: &Hparams,
+    hp: &RomeHparams,
     stats: &mut BTreeMap<usize, LayerStats>,
     templates: &ContextTemplates,
     pad_id: u32,
@@ -161,27 +161,37 @@ pub fn apply_rome(
     result
 }
 
-/// ROME behind the common method interface.
-pub struct Rome;
+/// ROME behind the common method interface, with its config.
+pub struct Rome {
+    pub hp: RomeHparams,
+}
 
 impl super::method::EditMethod for Rome {
     fn method(&self) -> super::hparams::Method {
         super::hparams::Method::Rome
     }
 
-    fn needs_stats(&self, hp: &Hparams) -> bool {
-        hp.mom2_adjustment
+    fn stats_need(&self) -> Option<crate::stats::ensure::StatsNeed> {
+        self.hp.mom2_adjustment.then(|| self.hp.stats_need())
     }
 
-    fn sample_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, hp: &Hparams, seed: u64) -> Result<ContextTemplates> {
+    fn default_seed(&self) -> u64 {
+        self.hp.seed
+    }
+
+    fn context_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Result<Option<ContextTemplates>> {
+        if let Some(t) = &self.hp.context_templates {
+            return Ok(Some(super::templates::from_config(t, super::hparams::Method::Rome)));
+        }
         let eos = tok.token_id("<|endoftext|>").or(model.config().eos_token_id).unwrap_or(0);
-        let params = hp.context_template_length_params.clone().unwrap_or_default();
-        super::templates::rome_templates(model, tok, &params, eos, seed)
+        let params = self.hp.context_template_length_params.clone().unwrap_or_default();
+        super::templates::rome_templates(model, tok, &params, eos, seed).map(Some)
     }
 
     fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {
         use super::method::{report_json, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
-        let out = apply_rome(model, inputs.tok, inputs.requests, inputs.hparams, inputs.stats, inputs.templates, inputs.pad_id)?;
+        let templates = inputs.templates()?;
+        let out = apply_rome(model, inputs.tok, inputs.requests, &self.hp, inputs.stats, templates, inputs.pad_id)?;
         let what = |r: &RomeReport| format!("request {} ({:?} → {:?})", r.index, r.subject, r.target_new);
         let sizes = out
             .reports

@@ -190,6 +190,15 @@ fn parameter_leaves(family: Family) -> (&'static [&'static str], &'static [&'sta
     }
 }
 
+/// Every parameter of a model of this config, by checkpoint name: the embeddings, each block's
+/// in block order, the final norm and the head (a tied head too: it is a name a delta may use).
+pub fn parameter_names(cfg: &ModelConfig) -> Vec<String> {
+    let (block, top) = parameter_leaves(cfg.family);
+    let blocks = layers_name(cfg.family);
+    let per_block = (0..cfg.n_layer).flat_map(|l| block.iter().map(move |leaf| format!("{blocks}.{l}.{leaf}")));
+    top.iter().map(|t| t.to_string()).chain(per_block).collect()
+}
+
 /// The checkpoint name (with the family prefix) of a parameter of this model, if `name` is one:
 /// `transformer.h.0.mlp.c_proj.bias`, `h.3.ln_1.weight`, `gpt_neox.final_layer_norm.bias`, ...
 pub fn parameter_name(cfg: &ModelConfig, name: &str) -> Option<String> {

@@ -14,7 +14,6 @@ use super::resolve::{self, CachedSet};
 use super::Precision;
 use crate::config::ModelConfig;
 use crate::data::Corpus;
-use crate::editing::hparams::Hparams;
 use crate::error::{Error, Result};
 use crate::hub::HubOptions;
 use crate::model::LoadedModel;
@@ -305,12 +304,14 @@ pub enum StatsSource {
     Compute(StatsPlan),
 }
 
-/// The precision a config's `mom2_dtype` names.
-pub fn precision_of(hp: &Hparams) -> Precision {
-    match hp.mom2_dtype.as_str() {
-        "float64" => Precision::F64,
-        _ => Precision::F32,
-    }
+/// The statistics a method asks for: the config's `mom2_*` fields at its layers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StatsNeed {
+    pub layers: Vec<usize>,
+    /// The config's `mom2_dataset` (`wikipedia`, `wikitext`, or a name edit cannot fetch).
+    pub dataset: String,
+    pub samples: usize,
+    pub precision: Precision,
 }
 
 /// What the caller of an edit says about its statistics (`edit apply`'s options); `None`
@@ -332,22 +333,22 @@ pub struct StatsWanted {
 
 /// Chooses cached statistics (see [`super::resolve`] for the order) or the corpus to compute
 /// them on; fails here, before any weights are read, when neither is possible.
-pub fn decide(st: StatsWanted, hp: &Hparams, identity: &ModelIdentity, cfg: &ModelConfig, hub_progress: bool) -> Result<StatsSource> {
+pub fn decide(st: StatsWanted, hp: &StatsNeed, identity: &ModelIdentity, cfg: &ModelConfig, hub_progress: bool) -> Result<StatsSource> {
     let stats_dir = st.stats_dir.clone();
     let explicit = st.corpus.clone();
     let explicit_precision = st.precision;
-    let config_corpus = resolve::config_corpus(&hp.mom2_dataset);
+    let config_corpus = resolve::config_corpus(&hp.dataset);
     let found = resolve::scan(&stats_dir, identity, cfg, &hp.layers)?;
     let explicit_id = explicit.as_ref().map(|c| c.id()).or_else(|| st.cached_corpus.clone());
     let config_id = config_corpus.as_ref().map(|c| c.id());
-    let config_names: Vec<String> = config_id.iter().cloned().chain([hp.mom2_dataset.clone()]).collect();
+    let config_names: Vec<String> = config_id.iter().cloned().chain([hp.dataset.clone()]).collect();
     let wanted = resolve::Wanted {
         dataset: explicit_id.as_deref(),
         samples: st.samples,
         precision: explicit_precision,
         config_datasets: &config_names,
-        config_samples: hp.mom2_n_samples,
-        config_precision: precision_of(hp),
+        config_samples: hp.samples,
+        config_precision: hp.precision,
     };
     let sets = resolve::complete_sets(&found, &hp.layers);
     // The sets are distinct (corpus, samples, precision) groups: each is named once.
@@ -392,8 +393,8 @@ pub fn decide(st: StatsWanted, hp: &Hparams, identity: &ModelIdentity, cfg: &Mod
             tracing::warn!(
                 "the config names statistics of `{}` ({} samples), but the cached ones are of {} ({} samples): using those. \
                  Pass --dataset or --text to choose a corpus (missing statistics are then computed)",
-                hp.mom2_dataset,
-                hp.mom2_n_samples,
+                hp.dataset,
+                hp.samples,
                 set.dataset,
                 set.samples
             );
@@ -409,7 +410,7 @@ pub fn decide(st: StatsWanted, hp: &Hparams, identity: &ModelIdentity, cfg: &Mod
             hp.layers,
             stats_dir.display(),
             cached_names(),
-            hp.mom2_dataset,
+            hp.dataset,
             st.model_id,
             hp.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")
         ))),
@@ -417,8 +418,8 @@ pub fn decide(st: StatsWanted, hp: &Hparams, identity: &ModelIdentity, cfg: &Mod
     check_corpus_available(&corpus, st.offline, hub_progress)?;
     Ok(StatsSource::Compute(StatsPlan {
         corpus,
-        samples: st.samples.unwrap_or(hp.mom2_n_samples),
-        precision: explicit_precision.unwrap_or(precision_of(hp)),
+        samples: st.samples.unwrap_or(hp.samples),
+        precision: explicit_precision.unwrap_or(hp.precision),
         batch_tokens: st.batch_tokens,
         max_len: st.max_len,
         stats_dir,
@@ -460,5 +461,24 @@ pub fn stats_files(source: StatsSource, lm: &LoadedModel, identity: &ModelIdenti
             })
         }
     }
+}
+
+/// The statistics of every edited layer, ready for a method: [`stats_files`], each file read
+/// and checked against this model's weights and module.
+pub fn load_stats(
+    source: StatsSource,
+    lm: &LoadedModel,
+    identity: &ModelIdentity,
+    layers: &[usize],
+    progress: &mut dyn Progress,
+) -> Result<(BTreeMap<usize, crate::editing::linalg::LayerStats>, StatsUsed)> {
+    let used = stats_files(source, lm, identity, layers, progress)?;
+    let mut stats = BTreeMap::new();
+    for (&layer, file) in &used.files {
+        let m = cache::load(file)?;
+        m.check(identity, &mlp_down(lm.config(), layer)?)?;
+        stats.insert(layer, crate::editing::linalg::LayerStats::from_moments(&m)?);
+    }
+    Ok((stats, used))
 }
 
