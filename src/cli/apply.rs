@@ -1,6 +1,5 @@
 //! `edit apply`: compute an edit (ROME, MEMIT, FT) and write the patched model and/or the delta.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,15 +8,15 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use edit::editing::hparams::Method;
-use edit::editing::linalg::LayerStats;
-use edit::editing::method::{prepare, run_edit, ModuleUpdate, PreparedMethod};
+use edit::editing::method::{prepare, ModuleUpdate, PreparedMethod};
+use edit::editing::pipeline::EditPlan;
 use edit::editing::requests::{self, Request};
 use edit::editing::templates::ContextTemplates;
 use edit::editing::Deltas;
 use edit::fsutil::Outputs;
 use edit::patch::{self, DeltaMeta};
 use edit::stats::cache::ModelIdentity;
-use edit::stats::ensure::{self, StatsUsed, StatsWanted};
+use edit::stats::ensure::{StatsUsed, StatsWanted};
 use edit::stats::Precision;
 use edit::tokenizer::Tokenizer;
 use edit::ModelConfig;
@@ -189,12 +188,11 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let seed = args.seed.unwrap_or(prepared.method.default_seed());
     tracing::info!("{} config: {}", method.name(), prepared.source);
     tracing::debug!("config: {}", serde_json::to_string(&prepared.json).unwrap_or_default());
-    // Statistics for every edited layer, when the method reads them.
-    let stats_need = prepared.method.stats_need();
-    let stats_source = if let Some(need) = &stats_need {
+    // Where the statistics come from, when the method reads them: decided before any weights are read.
+    let wanted = if prepared.method.stats_need().is_some() {
         let st = &args.stats;
         let stats_dir = st.dir.dir();
-        let wanted = StatsWanted {
+        Some(StatsWanted {
             corpus: chosen_corpus(st.dataset, &st.text, &stats_dir)?,
             cached_corpus: st.stats_corpus.clone(),
             samples: st.samples,
@@ -204,24 +202,17 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             stats_dir,
             offline: args.model.offline,
             model_id: args.model.id().to_string(),
-        };
-        Some(ensure::decide(wanted, need, &identity, &cfg, logging::show_progress(global))?)
+        })
     } else {
         None
     };
+    let plan = EditPlan::new(prepared, wanted, &identity, &cfg, logging::show_progress(global))?;
 
     let mut lm = args.model.load_files(files, &args.compute)?;
     let pad_id = lm.pad_id();
-
-    let mut stats: BTreeMap<usize, LayerStats> = BTreeMap::new();
-    let mut stats_used = None;
-    if let (Some(source), Some(need)) = (stats_source, &stats_need) {
-        let (loaded, used) = ensure::load_stats(source, &lm, &identity, &need.layers, &mut BarProgress::new(global))?;
-        stats = loaded;
-        stats_used = Some(used);
-    }
-
-    let run = run_edit(&*prepared.method, &mut *lm.model, &tok, &reqs, &mut stats, seed, pad_id, args.max_update_ratio)?;
+    let mut editor = plan.load(&lm, &identity, &mut BarProgress::new(global))?;
+    let run = editor.run(&mut *lm.model, &tok, &reqs, seed, pad_id, args.max_update_ratio)?;
+    let prepared = &editor.prepared;
     let lines: Vec<String> = run
         .outcome
         .requests
@@ -247,7 +238,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let refused = args.require_success && !failed.is_empty();
 
     if !refused {
-        write_outputs(&args, &lm, &cfg, deltas, &reqs, &prepared, method, seed, &identity, delta_in_out.as_deref())?;
+        write_outputs(&args, &lm, &cfg, deltas, &reqs, prepared, method, seed, &identity, delta_in_out.as_deref())?;
     }
     let summary = Summary {
         summary: true,
@@ -259,7 +250,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         templates: run.templates.as_ref(),
         modules: &run.outcome.modules,
         failed: failed.clone(),
-        statistics: stats_used,
+        statistics: editor.stats_used.clone(),
         out: if refused { None } else { args.out.as_ref() },
         delta_out: if refused { None } else { args.delta_out.as_ref() },
         seconds: started.elapsed().as_secs_f64(),

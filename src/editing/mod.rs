@@ -13,6 +13,7 @@ pub mod linalg;
 pub mod memit;
 pub mod method;
 pub mod optimize;
+pub mod pipeline;
 pub mod positions;
 pub mod reprs;
 pub mod requests;
