@@ -85,6 +85,10 @@ pub struct ApplyArgs {
     /// Fail (exit code 3, nothing written) when any edit did not take.
     #[arg(long)]
     pub require_success: bool,
+    /// Statistics corpus [default: whatever is cached for this model, preferring the config's
+    /// `mom2_dataset`; else that corpus].
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetArg>,
     #[command(flatten)]
     pub stats: StatsSourceArgs,
 }
@@ -96,15 +100,11 @@ pub struct StatsSourceArgs {
     #[arg(long)]
     pub samples: Option<usize>,
     /// A local corpus file for statistics (.txt, .jsonl, .parquet); repeat for several.
-    #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
+    #[arg(long, value_name = "FILE")]
     pub text: Vec<PathBuf>,
-    /// Statistics corpus [default: whatever is cached for this model, preferring the config's
-    /// `mom2_dataset`; else that corpus].
-    #[arg(long, value_enum)]
-    pub dataset: Option<DatasetArg>,
     /// Use the cached statistics of this corpus, by its name in the cache (`wikipedia` for
     /// imported reference files, `wikitext-2-test-embedded`, `files-<digest>`, ...).
-    #[arg(long, value_name = "NAME", conflicts_with_all = ["dataset", "text"])]
+    #[arg(long, value_name = "NAME", conflicts_with = "text")]
     pub stats_corpus: Option<String>,
     /// Statistics precision [default: any cached, preferring the config's `mom2_dtype`].
     #[arg(long, value_parser = ["f32", "f64"])]
@@ -115,6 +115,31 @@ pub struct StatsSourceArgs {
     pub max_len: Option<usize>,
     #[command(flatten)]
     pub dir: StatsDirArg,
+}
+
+impl StatsSourceArgs {
+    /// What the caller asks of the statistics; `dataset` is the statistics corpus option
+    /// (`--dataset` here, `--stats-dataset` in `edit eval`, where `--dataset` is the evaluation data).
+    pub fn wanted(&self, dataset: Option<DatasetArg>, dataset_flag: &str, model: &ModelArgs) -> anyhow::Result<StatsWanted> {
+        if dataset.is_some() && !self.text.is_empty() {
+            bail!("{dataset_flag} and --text both name a statistics corpus; give one");
+        }
+        if dataset.is_some() && self.stats_corpus.is_some() {
+            bail!("{dataset_flag} and --stats-corpus both name a statistics corpus; give one");
+        }
+        let stats_dir = self.dir.dir();
+        Ok(StatsWanted {
+            corpus: chosen_corpus(dataset, &self.text, &stats_dir)?,
+            cached_corpus: self.stats_corpus.clone(),
+            samples: self.samples,
+            precision: self.precision.as_deref().map(Precision::parse).transpose()?,
+            batch_tokens: self.batch_tokens,
+            max_len: self.max_len,
+            stats_dir,
+            offline: model.offline,
+            model_id: model.id().to_string(),
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -189,22 +214,9 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     tracing::info!("{} config: {}", method.name(), prepared.source);
     tracing::debug!("config: {}", serde_json::to_string(&prepared.json).unwrap_or_default());
     // Where the statistics come from, when the method reads them: decided before any weights are read.
-    let wanted = if prepared.method.stats_need().is_some() {
-        let st = &args.stats;
-        let stats_dir = st.dir.dir();
-        Some(StatsWanted {
-            corpus: chosen_corpus(st.dataset, &st.text, &stats_dir)?,
-            cached_corpus: st.stats_corpus.clone(),
-            samples: st.samples,
-            precision: st.precision.as_deref().map(Precision::parse).transpose()?,
-            batch_tokens: st.batch_tokens,
-            max_len: st.max_len,
-            stats_dir,
-            offline: args.model.offline,
-            model_id: args.model.id().to_string(),
-        })
-    } else {
-        None
+    let wanted = match prepared.method.stats_need() {
+        Some(_) => Some(args.stats.wanted(args.dataset, "--dataset", &args.model)?),
+        None => None,
     };
     let plan = EditPlan::new(prepared, wanted, &identity, &cfg, logging::show_progress(global))?;
 

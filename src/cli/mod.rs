@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod delta;
+pub mod eval;
 pub mod inspect;
 pub mod interrupt;
 pub mod logging;
@@ -47,8 +48,10 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Collect (or import) the second-moment statistics of MLP keys that ROME and MEMIT need.
     Stats(Box<stats::StatsArgs>),
-    /// Compute a ROME or MEMIT edit and write the patched model (--out) and/or its delta (--delta-out).
+    /// Compute an edit (ROME, MEMIT, FT) and write the patched model (--out) and/or its delta (--delta-out).
     Apply(Box<apply::ApplyArgs>),
+    /// Edit the records of a dataset chunk by chunk and score them as the reference evaluators do.
+    Eval(Box<eval::EvalArgs>),
     /// Write a copy of a model with a saved delta added to its weights (W + ΔW).
     ///
     /// The output is a complete Hugging Face model directory (same files, shards, tensor names
@@ -133,6 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Inspect(args) => inspect::run(args, &cli.global),
         Command::Stats(args) => stats::run(*args, &cli.global),
         Command::Apply(args) => apply::run(*args, &cli.global),
+        Command::Eval(args) => eval::run(*args, &cli.global),
         Command::ApplyDelta(args) => delta::apply(args, &cli.global),
         Command::Revert(args) => delta::revert(args, &cli.global),
     }

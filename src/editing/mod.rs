@@ -117,6 +117,37 @@ pub fn apply_deltas(model: &mut dyn CausalLm, deltas: &Deltas, sign: f64) -> Res
     Ok(())
 }
 
+/// Edits applied to a model in memory, with the original value of every tensor they changed,
+/// so that the model can be put back exactly (an evaluation applies and restores many edits).
+#[derive(Default)]
+pub struct Snapshot {
+    originals: BTreeMap<String, Tensor>,
+}
+
+impl Snapshot {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// W ← W + Δ for every delta, keeping each tensor's value from before its first change.
+    pub fn apply(&mut self, model: &mut dyn CausalLm, deltas: &Deltas) -> Result<()> {
+        for (key, delta) in deltas {
+            let w = current(model, key)?;
+            self.originals.entry(key.clone()).or_insert_with(|| w.clone());
+            set_sum(model, key, &w, delta)?;
+        }
+        Ok(())
+    }
+
+    /// Puts every changed tensor back to its original value; the snapshot is then empty.
+    pub fn restore(&mut self, model: &mut dyn CausalLm) -> Result<()> {
+        for (n, w) in std::mem::take(&mut self.originals) {
+            set_current(model, &n, w)?;
+        }
+        Ok(())
+    }
+}
+
 /// Keeps the original weights a method touches, so the model can be put back exactly as it
 /// was (tensors are reference-counted: keeping them costs no copy).
 pub(crate) struct ModelRestorer {

@@ -1,5 +1,14 @@
-//! CounterFact probability tests (reference spec §6.2): per prompt, the per-token average NLL
-//! of the new and of the true target, and the success rates built on them.
+//! Evaluation (reference spec §6): datasets ([`records`]), the per-record tests ([`probes`],
+//! batched by [`score`]), the protocol over chunks of edits ([`run`]) with its output directory
+//! ([`rundir`]), and the reference's summary ([`summary`]). [`score_pairs`] and
+//! [`case_success`] are the single-record CounterFact tests the method tests use.
+
+pub mod probes;
+pub mod records;
+pub mod run;
+pub mod rundir;
+pub mod score;
+pub mod summary;
 
 use candle_core::{DType, Device};
 use serde::Serialize;

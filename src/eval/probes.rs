@@ -1,0 +1,173 @@
+//! The per-record tests of the reference evaluators, batched over many records:
+//! - CounterFact (spec §6.2, `eval_utils_counterfact.py`): after each rewrite / paraphrase /
+//!   neighbourhood prompt, the per-token average NLL of `" " + target_new` and of
+//!   `" " + target_true` (read from `"{prompt} {target}"` tokenized as one text), and whether the
+//!   target that should win (new; true for neighbourhood prompts) is the argmax at every token;
+//! - zsRE (spec §6.4, `eval_utils_zsre.py`): per target token, teacher-forced top-1 accuracy
+//!   after `prompt + decode(target[:i])`; neighbourhood prompts against the gold NQ answer.
+
+use serde::{Deserialize, Serialize};
+
+use super::records::EvalRecord;
+use super::score::{score_items, Item, Read};
+use crate::error::Result;
+use crate::models::CausalLm;
+use crate::tokenizer::Tokenizer;
+
+/// NLLs of both targets after one prompt (the reference's key names).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbPair {
+    pub target_new: f64,
+    pub target_true: f64,
+}
+
+/// One record's scores on one model state (`pre` or `post` of the per-case file).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CaseScores {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_prompts_probs: Option<Vec<ProbPair>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paraphrase_prompts_probs: Option<Vec<ProbPair>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub neighborhood_prompts_probs: Option<Vec<ProbPair>>,
+    pub rewrite_prompts_correct: Vec<bool>,
+    pub paraphrase_prompts_correct: Vec<bool>,
+    pub neighborhood_prompts_correct: Vec<bool>,
+}
+
+/// Where one record's items sit in the flat list, and how to read them back.
+enum Plan {
+    /// Per prompt of the three groups, how its reads are laid out.
+    CounterFact { groups: [usize; 3], layouts: Vec<Layout> },
+    Zsre { groups: [usize; 3] },
+}
+
+/// One CounterFact prompt's items: either one text "{P} {new}" carrying the new target's reads
+/// and the true target's first read (the same position, when both texts share the prefix's
+/// tokens, as they do unless the tokenizer merges across the space), then a second text for the
+/// true target's later tokens if it has any; or two separate texts, as the reference scores them.
+#[derive(Clone, Copy)]
+enum Layout {
+    Shared { n_new: usize, n_true: usize },
+    Separate,
+}
+
+fn counterfact_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<Plan> {
+    let req = &r.request;
+    let new = req.target_new.trim_start().to_string();
+    let true_ = req.target_true.as_deref().unwrap_or_default().trim_start().to_string();
+    let cands = [tok.encode(&format!(" {new}"))?, tok.encode(&format!(" {true_}"))?];
+    let groups = [vec![req.filled_prompt()], req.paraphrase_prompts.clone(), req.neighborhood_prompts.clone()];
+    let mut layouts = Vec::new();
+    for prefix in groups.iter().flatten() {
+        let prefix_len = tok.encode(prefix)?.len();
+        let texts = [tok.encode(&format!("{prefix} {new}"))?, tok.encode(&format!("{prefix} {true_}"))?];
+        // The reference reads position prefix_len + j - 1 of the joint tokenization.
+        let reads = |ids: &[u32], cand: &[u32], from: usize| -> Vec<(usize, u32)> {
+            cand.iter().enumerate().skip(from).map(|(j, &t)| ((prefix_len + j).saturating_sub(1).min(ids.len() - 1), t)).collect()
+        };
+        let shared = prefix_len >= 1
+            && texts.iter().all(|t| t.len() >= prefix_len)
+            && texts[0][..prefix_len] == texts[1][..prefix_len]
+            && !cands[1].is_empty();
+        if shared {
+            let mut first = reads(&texts[0], &cands[0], 0);
+            first.push((prefix_len - 1, cands[1][0]));
+            items.push(Item { ids: texts[0].clone(), reads: first });
+            if cands[1].len() > 1 {
+                items.push(Item { reads: reads(&texts[1], &cands[1], 1), ids: texts[1].clone() });
+            }
+            layouts.push(Layout::Shared { n_new: cands[0].len(), n_true: cands[1].len() });
+        } else {
+            for (ids, cand) in texts.iter().zip(&cands) {
+                items.push(Item { reads: reads(ids, cand, 0), ids: ids.clone() });
+            }
+            layouts.push(Layout::Separate);
+        }
+    }
+    Ok(Plan::CounterFact { groups: [1, groups[1].len(), groups[2].len()], layouts })
+}
+
+fn zsre_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<Plan> {
+    let req = &r.request;
+    let target = tok.encode(&format!(" {}", req.target_new))?;
+    let mut push = |text: String, expected: &str| -> Result<()> {
+        let ids = tok.encode(&text)?;
+        // The reference re-tokenizes the decoded token and keeps its first id.
+        let want = tok.encode(expected)?.first().copied().unwrap_or(0);
+        items.push(Item { reads: vec![(ids.len().saturating_sub(1), want)], ids });
+        Ok(())
+    };
+    let prompts = [vec![req.filled_prompt()], req.paraphrase_prompts.clone()];
+    for p in prompts.iter().flatten() {
+        for i in 0..target.len() {
+            push(format!("{p}{}", tok.decode(&target[..i])?), &tok.decode(&target[i..i + 1])?)?;
+        }
+    }
+    for (p, t) in &r.zsre_neighborhood {
+        push(p.clone(), t)?;
+    }
+    Ok(Plan::Zsre { groups: [target.len(), prompts[1].len() * target.len(), r.zsre_neighborhood.len()] })
+}
+
+/// Scores every record on the model as it is, in forwards of at most `batch` texts.
+pub fn score_records(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], zsre: bool, pad_id: u32, batch: usize) -> Result<Vec<CaseScores>> {
+    let mut items = Vec::new();
+    let mut plans = Vec::with_capacity(records.len());
+    for r in records {
+        plans.push(if zsre { zsre_items(tok, r, &mut items)? } else { counterfact_items(tok, r, &mut items)? });
+    }
+    let reads = score_items(model, &items, pad_id, batch)?;
+    let mut it = reads.into_iter();
+    let mut out = Vec::with_capacity(records.len());
+    for plan in plans {
+        out.push(match plan {
+            Plan::CounterFact { groups, layouts } => {
+                let mut s = CaseScores::default();
+                let mut layout = layouts.into_iter();
+                for (g, &n) in groups.iter().enumerate() {
+                    let mut probs = Vec::with_capacity(n);
+                    let mut correct = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        let (a, b) = match layout.next().expect("one layout per prompt") {
+                            Layout::Shared { n_new, n_true } => {
+                                let mut first = it.next().expect("one read list per item");
+                                let mut b = first.split_off(n_new);
+                                if n_true > 1 {
+                                    b.extend(it.next().expect("one read list per item"));
+                                }
+                                (first, b)
+                            }
+                            Layout::Separate => (it.next().expect("one read list per item"), it.next().expect("one read list per item")),
+                        };
+                        probs.push(ProbPair { target_new: mean_nll(&a), target_true: mean_nll(&b) });
+                        // New should win after rewrite and paraphrase prompts, true after neighbourhood ones.
+                        correct.push(if g == 2 { all_top(&b) } else { all_top(&a) });
+                    }
+                    match g {
+                        0 => (s.rewrite_prompts_probs, s.rewrite_prompts_correct) = (Some(probs), correct),
+                        1 => (s.paraphrase_prompts_probs, s.paraphrase_prompts_correct) = (Some(probs), correct),
+                        _ => (s.neighborhood_prompts_probs, s.neighborhood_prompts_correct) = (Some(probs), correct),
+                    }
+                }
+                s
+            }
+            Plan::Zsre { groups } => {
+                let mut take = |n: usize| -> Vec<bool> { (0..n).map(|_| it.next().expect("one read per item")[0].top).collect() };
+                let rewrite_prompts_correct = take(groups[0]);
+                let paraphrase_prompts_correct = take(groups[1]);
+                let neighborhood_prompts_correct = take(groups[2]);
+                CaseScores { rewrite_prompts_correct, paraphrase_prompts_correct, neighborhood_prompts_correct, ..Default::default() }
+            }
+        });
+    }
+    Ok(out)
+}
+
+fn mean_nll(reads: &[Read]) -> f64 {
+    reads.iter().map(|r| r.nll).sum::<f64>() / reads.len().max(1) as f64
+}
+
+fn all_top(reads: &[Read]) -> bool {
+    reads.iter().all(|r| r.top)
+}

@@ -1,0 +1,198 @@
+//! Evaluation datasets: CounterFact (full and multi-CounterFact records, and the simplified
+//! layout), zsRE (`zsre_mend_eval.json`), and plain request files with optional paraphrase /
+//! neighbourhood prompts; each record becomes a request plus the tests it is scored by.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::editing::requests::{parse_requests, Request};
+use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
+
+/// The layout a dataset file was read in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DatasetFormat {
+    /// CounterFact / multi-CounterFact records (`requested_rewrite`, `paraphrase_prompts`, ...).
+    CounterFact,
+    /// The simplified CounterFact layout (`prompt` filled in, `ground_truth`, `rephrase_prompt`,
+    /// `locality_prompt`).
+    CounterFactSimplified,
+    /// zsRE in the `zsre_mend_eval.json` layout (`src`, `answers`, `rephrase`, `loc`, `loc_ans`).
+    Zsre,
+    /// Request objects, with optional `paraphrase_prompts` / `neighborhood_prompts`.
+    Requests,
+}
+
+impl DatasetFormat {
+    pub fn describe(self) -> &'static str {
+        match self {
+            DatasetFormat::CounterFact => "CounterFact records",
+            DatasetFormat::CounterFactSimplified => "simplified CounterFact records",
+            DatasetFormat::Zsre => "zsRE records (zsre_mend_eval.json layout)",
+            DatasetFormat::Requests => "request objects",
+        }
+    }
+
+    /// zsRE is scored by token accuracy; everything else by the CounterFact probability tests.
+    pub fn is_zsre(self) -> bool {
+        self == DatasetFormat::Zsre
+    }
+}
+
+/// Which zsRE field becomes `target_new`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ZsreTarget {
+    /// `answers[0]`, as the reference's `MENDQADataset`.
+    #[default]
+    Answer,
+    /// `alt`, as EasyEdit.
+    Alt,
+}
+
+/// One record to edit and score.
+#[derive(Clone, Debug)]
+pub struct EvalRecord {
+    pub case_id: u64,
+    /// The edit (with its paraphrase and, for CounterFact, neighbourhood prompts).
+    pub request: Request,
+    /// The reference's `requested_rewrite` object (as in the file for CounterFact records).
+    pub requested_rewrite: Value,
+    /// zsRE: the neighbourhood prompts with the gold next token of the NQ answer.
+    pub zsre_neighborhood: Vec<(String, String)>,
+}
+
+/// A dataset: its layout and records.
+pub struct Dataset {
+    pub format: DatasetFormat,
+    pub records: Vec<EvalRecord>,
+}
+
+/// Reads a dataset file, detecting its layout from the first record.
+pub fn read_dataset(path: &Path, tok: &Tokenizer, zsre_target: ZsreTarget) -> Result<Dataset> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse_dataset(&text, &path.display().to_string(), tok, zsre_target)
+}
+
+fn detect(first: &Value) -> DatasetFormat {
+    let has = |k: &str| first.get(k).is_some();
+    if has("requested_rewrite") {
+        DatasetFormat::CounterFact
+    } else if has("src") && has("answers") && has("loc") {
+        DatasetFormat::Zsre
+    } else if has("ground_truth") && has("rephrase_prompt") {
+        DatasetFormat::CounterFactSimplified
+    } else {
+        DatasetFormat::Requests
+    }
+}
+
+/// Parses a dataset (JSON list, one object, or JSON Lines); `source` names it in messages.
+pub fn parse_dataset(text: &str, source: &str, tok: &Tokenizer, zsre_target: ZsreTarget) -> Result<Dataset> {
+    let values: Vec<Value> = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Array(v)) => v,
+        Ok(v @ Value::Object(_)) => vec![v],
+        _ => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .map(|(i, l)| serde_json::from_str(l).map_err(|e| Error::Input(format!("{source}: record {i} is not valid JSON ({e})"))))
+            .collect::<Result<_>>()?,
+    };
+    let Some(first) = values.first() else {
+        return Err(Error::Input(format!("{source} holds no records")));
+    };
+    let format = detect(first);
+    let records = if format == DatasetFormat::Zsre {
+        zsre_records(&values, source, tok, zsre_target)?
+    } else {
+        let requests = parse_requests(&Value::Array(values.clone()).to_string(), source)?;
+        requests
+            .into_iter()
+            .zip(&values)
+            .map(|(r, v)| {
+                let case_id = r.case_id.as_ref().and_then(Value::as_u64).unwrap_or(r.index as u64);
+                let requested_rewrite = match v.get("requested_rewrite") {
+                    Some(rr) => rr.clone(),
+                    None => {
+                        let mut j = r.to_reference_json();
+                        j.as_object_mut().map(|m| m.remove("case_id"));
+                        j
+                    }
+                };
+                EvalRecord { case_id, request: r, requested_rewrite, zsre_neighborhood: Vec::new() }
+            })
+            .collect()
+    };
+    let mut problems = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &records {
+        if !seen.insert(r.case_id) {
+            problems.push(format!("record {}: case_id {} appears twice", r.request.index, r.case_id));
+        }
+        if !format.is_zsre() && r.request.target_true.is_none() {
+            problems.push(format!(
+                "record {}: no target_true; the CounterFact tests compare target_new with target_true",
+                r.request.index
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Input(format!("{source}: {} bad record(s):\n{}", problems.len(), problems.join("\n"))));
+    }
+    Ok(Dataset { format, records })
+}
+
+/// zsRE records as the reference's `MENDQADataset` maps them.
+fn zsre_records(values: &[Value], source: &str, tok: &Tokenizer, target: ZsreTarget) -> Result<Vec<EvalRecord>> {
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let (Some(subject), Some(src), Some(rephrase), Some(loc), Some(loc_ans)) = (s("subject"), s("src"), s("rephrase"), s("loc"), s("loc_ans")) else {
+            problems.push(format!("record {i}: a zsRE record needs the strings subject, src, rephrase, loc and loc_ans"));
+            continue;
+        };
+        let new = match target {
+            ZsreTarget::Answer => v.get("answers").and_then(|a| a.get(0)).and_then(Value::as_str).map(str::to_string),
+            ZsreTarget::Alt => s("alt"),
+        };
+        let Some(new) = new else {
+            let field = if target == ZsreTarget::Answer { "answers[0]" } else { "alt" };
+            problems.push(format!("record {i}: no {field} (the new target)"));
+            continue;
+        };
+        if !loc.contains("nq question: ") {
+            problems.push(format!("record {i}: `loc` does not contain \"nq question: \" (the reference requires it)"));
+            continue;
+        }
+        if !src.contains(&subject) {
+            problems.push(format!("record {i}: the subject {subject:?} does not occur in src {src:?}"));
+            continue;
+        }
+        let ans = tok.encode(&format!(" {loc_ans}"))?;
+        let mut neighborhood = Vec::with_capacity(ans.len());
+        for k in 0..ans.len() {
+            neighborhood.push((format!("{loc}?{}", tok.decode(&ans[..k])?), tok.decode(&ans[k..k + 1])?));
+        }
+        let prompt = src.replace(&subject, "{}");
+        let request = Request {
+            index: i,
+            case_id: Some(json!(i)),
+            prompt: prompt.clone(),
+            subject: subject.clone(),
+            target_new: new.clone(),
+            target_true: Some("<|endoftext|>".into()),
+            paraphrase_prompts: vec![rephrase],
+            neighborhood_prompts: Vec::new(),
+        };
+        let requested_rewrite = json!({"prompt": prompt, "subject": subject, "target_new": {"str": new}, "target_true": {"str": "<|endoftext|>"}});
+        out.push(EvalRecord { case_id: i as u64, request, requested_rewrite, zsre_neighborhood: neighborhood });
+    }
+    if !problems.is_empty() {
+        return Err(Error::Input(format!("{source}: {} bad zsRE record(s):\n{}", problems.len(), problems.join("\n"))));
+    }
+    Ok(out)
+}

@@ -1,0 +1,227 @@
+//! The evaluation protocol (the reference's `experiments/evaluate.py`, with the ROME
+//! evaluator's `pre` scores): the records in chunks of `num_edits`, each chunk one edit; every
+//! record of the chunk scored on the edited model; the weights restored — or, sequentially,
+//! kept, so edits accumulate chunk after chunk, and at the end every edit re-scored (`final`).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde_json::{json, Map, Value};
+
+use super::probes::{score_records, CaseScores};
+use super::records::{Dataset, EvalRecord};
+use super::rundir::{RunDir, FINAL_FILE};
+use super::summary::{summarize, CaseResult};
+use crate::editing::pipeline::Editor;
+use crate::editing::requests::Request;
+use crate::editing::{Deltas, Snapshot};
+use crate::error::{Error, ErrorKind, Result};
+use crate::models::CausalLm;
+use crate::patch::{load_delta, write_delta_file, DeltaMeta};
+use crate::stats::cache::ModelIdentity;
+use crate::tokenizer::Tokenizer;
+
+/// How to run an evaluation.
+pub struct EvalPlan<'a> {
+    pub dataset: &'a Dataset,
+    /// Edits per chunk, one pass per value (a scaling curve).
+    pub num_edits: Vec<usize>,
+    pub sequential: bool,
+    pub seed: u64,
+    pub max_update_ratio: f64,
+    /// Texts per scoring forward.
+    pub batch: usize,
+    /// The weights evaluated (recorded in the deltas a sequential run keeps).
+    pub identity: &'a ModelIdentity,
+}
+
+/// What an evaluation reports as it goes.
+pub trait EvalProgress {
+    fn start(&mut self, _label: &str, _total: usize, _done: usize) {}
+    fn advance(&mut self, _n: usize) {}
+    fn finish(&mut self) {}
+}
+
+/// No progress shown.
+pub struct Silent;
+impl EvalProgress for Silent {}
+
+/// One `num_edits` value's results.
+pub struct NumEditsRun {
+    pub num_edits: usize,
+    /// Every record's result, in dataset order.
+    pub cases: Vec<CaseResult>,
+    /// Sequential runs: every record re-scored after the last chunk.
+    pub finals: Vec<(u64, CaseScores)>,
+    /// The reference summary of these cases (plus `num_edits`, `num_failed`).
+    pub summary: Map<String, Value>,
+}
+
+/// Scores `records` on the model as it is, a group at a time, reporting progress.
+fn score_all(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], zsre: bool, pad: u32, batch: usize, progress: &mut dyn EvalProgress) -> Result<Vec<CaseScores>> {
+    let mut out = Vec::with_capacity(records.len());
+    for group in records.chunks(64) {
+        out.extend(score_records(model, tok, group, zsre, pad, batch)?);
+        progress.advance(group.len());
+    }
+    Ok(out)
+}
+
+/// Runs the protocol. `editor` is `None` for `--method none` (the model scored as it is: `post`
+/// is then the same as `pre`). With `dir`, every record is written as soon as it is scored and
+/// records already there are skipped (a resumed run).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &mut dyn CausalLm,
+    tok: &Tokenizer,
+    pad_id: u32,
+    mut editor: Option<&mut Editor>,
+    plan: &EvalPlan,
+    mut dir: Option<&mut RunDir>,
+    progress: &mut dyn EvalProgress,
+) -> Result<Vec<NumEditsRun>> {
+    let zsre = plan.dataset.format.is_zsre();
+    let records = &plan.dataset.records;
+    let is_done = |dir: &Option<&mut RunDir>, n: usize, id: u64| dir.as_ref().is_some_and(|d| d.is_done(n, id));
+
+    // Pre-edit scores, once per record still to score, on the unedited model.
+    let pending: Vec<&EvalRecord> = records.iter().filter(|r| plan.num_edits.iter().any(|&n| !is_done(&dir, n, r.case_id))).collect();
+    progress.start("pre-edit scores", pending.len(), 0);
+    let pre_scores = score_all(&*model, tok, &pending, zsre, pad_id, plan.batch, progress)?;
+    progress.finish();
+    let pre: HashMap<u64, CaseScores> = pending.iter().map(|r| r.case_id).zip(pre_scores).collect();
+
+    let mut runs = Vec::new();
+    for &n in &plan.num_edits {
+        if n == 0 {
+            return Err(Error::Input("--num-edits must be at least 1".into()));
+        }
+        let mut snapshot = Snapshot::new();
+        let mut fresh: HashMap<u64, CaseResult> = HashMap::new();
+        let already = records.iter().filter(|r| is_done(&dir, n, r.case_id)).count();
+        progress.start(&format!("{n} edit(s) per chunk"), records.len(), already);
+        for (k, chunk) in records.chunks(n).enumerate() {
+            let todo: Vec<&EvalRecord> = chunk.iter().filter(|r| !is_done(&dir, n, r.case_id)).collect();
+            let delta_path = dir.as_ref().map(|d| d.delta_path(n, k));
+            let kept = plan.sequential && delta_path.as_ref().is_some_and(|p| p.exists());
+            if todo.is_empty() && !plan.sequential {
+                continue;
+            }
+            // The chunk's edit: none, the kept delta of a sequential run being resumed, or computed now.
+            let (deltas, time, error): (Deltas, f64, Option<String>) = match editor.as_deref_mut() {
+                None => (Deltas::new(), 0.0, None),
+                Some(_) if kept => {
+                    let path = delta_path.as_ref().expect("kept implies a path");
+                    let (d, _) = load_delta(path, model.config())?;
+                    let time = std::fs::read_to_string(path.with_extension("json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v["time"].as_f64()).unwrap_or(0.0);
+                    (d, time, None)
+                }
+                Some(_) if todo.is_empty() => {
+                    // Resuming a sequential run past a chunk whose edit failed: nothing to apply.
+                    let failed = dir.as_ref().is_some_and(|d| d.done.iter().any(|c| c.num_edits == n && chunk.iter().any(|r| r.case_id == c.case_id) && c.error.is_some()));
+                    if !failed {
+                        return Err(Error::Input(format!(
+                            "cannot resume this sequential run: the edit of chunk {k} ({n} edits per chunk) is missing from {}; pass --force to start over",
+                            dir.as_ref().map(|d| d.dir.display().to_string()).unwrap_or_default()
+                        )));
+                    }
+                    continue;
+                }
+                Some(ed) => {
+                    let requests: Vec<Request> = chunk.iter().map(|r| r.request.clone()).collect();
+                    let t0 = Instant::now();
+                    match ed.run(model, tok, &requests, plan.seed, pad_id, plan.max_update_ratio) {
+                        Ok(run) => {
+                            let time = t0.elapsed().as_secs_f64();
+                            if plan.sequential {
+                                if let Some(path) = delta_path.as_ref() {
+                                    save_chunk_delta(path, model, ed, &requests, &run.outcome.deltas, plan, time)?;
+                                }
+                            }
+                            (run.outcome.deltas, time, None)
+                        }
+                        Err(e) if e.kind() == ErrorKind::Numerical => {
+                            let ids: Vec<u64> = chunk.iter().map(|r| r.case_id).collect();
+                            tracing::warn!("the edit of chunk {k} (case_id {ids:?}) failed and is recorded: {e}");
+                            (Deltas::new(), t0.elapsed().as_secs_f64(), Some(e.to_string()))
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            snapshot.apply(model, &deltas)?;
+            let post: Vec<Option<CaseScores>> = if error.is_some() {
+                vec![None; todo.len()]
+            } else if editor.is_none() {
+                todo.iter().map(|r| pre.get(&r.case_id).cloned()).collect()
+            } else {
+                score_records(&*model, tok, &todo, zsre, pad_id, plan.batch)?.into_iter().map(Some).collect()
+            };
+            let grouped: Vec<u64> = chunk.iter().map(|r| r.case_id).collect();
+            for (r, post) in todo.iter().zip(post) {
+                let c = CaseResult {
+                    case_id: r.case_id,
+                    requested_rewrite: r.requested_rewrite.clone(),
+                    num_edits: n,
+                    grouped_case_ids: grouped.clone(),
+                    time,
+                    pre: pre.get(&r.case_id).cloned(),
+                    post,
+                    error: error.clone(),
+                };
+                if let Some(d) = dir.as_deref_mut() {
+                    d.append(&c)?;
+                }
+                fresh.insert(r.case_id, c);
+            }
+            progress.advance(todo.len());
+            if !plan.sequential {
+                snapshot.restore(model)?;
+            }
+        }
+        progress.finish();
+        let cases: Vec<CaseResult> = records
+            .iter()
+            .filter_map(|r| {
+                fresh.remove(&r.case_id).or_else(|| dir.as_ref().and_then(|d| d.done.iter().find(|c| c.num_edits == n && c.case_id == r.case_id).cloned()))
+            })
+            .collect();
+        // Retention: every edit of a sequential run scored again on the final model.
+        let mut finals = Vec::new();
+        if plan.sequential && editor.is_some() {
+            let edited: Vec<&EvalRecord> = records.iter().filter(|r| cases.iter().any(|c| c.case_id == r.case_id && c.error.is_none())).collect();
+            progress.start("re-scoring every edit on the final model", edited.len(), 0);
+            let scores = score_all(&*model, tok, &edited, zsre, pad_id, plan.batch, progress)?;
+            progress.finish();
+            finals = edited.iter().map(|r| r.case_id).zip(scores).collect();
+            if let Some(d) = dir.as_ref() {
+                let lines: Vec<Value> = finals.iter().map(|(id, s)| json!({"case_id": id, "num_edits": n, "final": s})).collect();
+                d.write_lines(&format!("{n}-edits-{FINAL_FILE}"), &lines)?;
+            }
+        }
+        snapshot.restore(model)?;
+        let final_of: HashMap<u64, &CaseScores> = finals.iter().map(|(id, s)| (*id, s)).collect();
+        let mut summary = summarize(cases.iter().map(|c| (c, final_of.get(&c.case_id).copied())));
+        summary.insert("num_edits".into(), json!(n));
+        summary.insert("num_failed".into(), json!(cases.iter().filter(|c| c.error.is_some()).count()));
+        runs.push(NumEditsRun { num_edits: n, cases, finals, summary });
+    }
+    Ok(runs)
+}
+
+/// Keeps a sequential run's chunk delta (and its edit time) for a resume.
+#[allow(clippy::too_many_arguments)]
+fn save_chunk_delta(path: &std::path::Path, model: &dyn CausalLm, ed: &Editor, requests: &[Request], deltas: &Deltas, plan: &EvalPlan, time: f64) -> Result<()> {
+    let meta = DeltaMeta {
+        method: ed.prepared.method.method().name().to_string(),
+        requests: Value::Array(requests.iter().map(Request::to_reference_json).collect()),
+        config: ed.prepared.json.clone(),
+        seed: Some(plan.seed),
+        base_model: plan.identity.clone(),
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let tmp = path.with_extension("tmp.safetensors");
+    write_delta_file(&tmp, model.config(), deltas, &meta)?;
+    std::fs::write(path.with_extension("json"), json!({ "time": time }).to_string()).map_err(|e| Error::io(path, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}

@@ -1,0 +1,185 @@
+//! Per-case results and their summary, with the reference's keys and conventions
+//! (`experiments/summarize.py`): per case the mean over its prompts, then the mean and the
+//! (population) standard deviation over cases, ×100 and rounded to 2 decimals (not `time`), and
+//! `*_score` = the harmonic mean of the rewrite, paraphrase and neighbourhood success means.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::probes::{CaseScores, ProbPair};
+
+/// One line of `cases.jsonl`: the reference's per-case layout, plus `error` for a record whose
+/// edit failed (then `post` is absent).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub case_id: u64,
+    pub requested_rewrite: Value,
+    pub num_edits: usize,
+    pub grouped_case_ids: Vec<u64>,
+    /// Seconds the chunk's edit took.
+    pub time: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre: Option<CaseScores>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post: Option<CaseScores>,
+    /// Why the edit of this record's chunk failed (a numerical failure), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+fn std(v: &[f64]) -> f64 {
+    let m = mean(v);
+    (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+}
+
+fn indicator(b: bool) -> f64 {
+    if b {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// One case's per-prompt means, under the summary's key names (`{prefix}_rewrite_success`, ...).
+fn case_means(prefix: &str, s: &CaseScores, out: &mut Vec<(String, f64)>) {
+    let probs: [(&str, &Option<Vec<ProbPair>>, bool); 3] = [
+        ("rewrite", &s.rewrite_prompts_probs, true),
+        ("paraphrase", &s.paraphrase_prompts_probs, true),
+        ("neighborhood", &s.neighborhood_prompts_probs, false),
+    ];
+    for (name, p, new_wins) in probs {
+        let Some(p) = p.as_ref().filter(|p| !p.is_empty()) else { continue };
+        let success: Vec<f64> =
+            p.iter().map(|x| indicator(if new_wins { x.target_true > x.target_new } else { x.target_true < x.target_new })).collect();
+        let diff: Vec<f64> = p
+            .iter()
+            .map(|x| {
+                let (n, t) = ((-x.target_new).exp(), (-x.target_true).exp());
+                if new_wins {
+                    n - t
+                } else {
+                    t - n
+                }
+            })
+            .collect();
+        out.push((format!("{prefix}_{name}_success"), mean(&success)));
+        out.push((format!("{prefix}_{name}_diff"), mean(&diff)));
+    }
+    for (name, c) in [
+        ("rewrite", &s.rewrite_prompts_correct),
+        ("paraphrase", &s.paraphrase_prompts_correct),
+        ("neighborhood", &s.neighborhood_prompts_correct),
+    ] {
+        if !c.is_empty() {
+            let v: Vec<f64> = c.iter().map(|&b| indicator(b)).collect();
+            out.push((format!("{prefix}_{name}_acc"), mean(&v)));
+        }
+    }
+}
+
+/// numpy's `around(x, 2)`: round half to even.
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round_ties_even() / 100.0
+}
+
+/// The harmonic mean of positive values; 0 when any is 0 (scipy's `hmean`).
+fn hmean(v: &[f64]) -> f64 {
+    if v.iter().any(|&x| x <= 0.0) {
+        return 0.0;
+    }
+    v.len() as f64 / v.iter().map(|x| 1.0 / x).sum::<f64>()
+}
+
+/// The summary of `cases` (those with scores for a prefix count for it): every metric as
+/// `[mean, std]`, ×100 and rounded except `time`; `{prefix}_score` as `[hmean, null]`; and
+/// `num_cases`. `extra` adds states beyond `pre`/`post` (e.g. `final` scores after a sequential run).
+pub fn summarize<'a>(cases: impl IntoIterator<Item = (&'a CaseResult, Option<&'a CaseScores>)>) -> Map<String, Value> {
+    let mut sums: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut push = |k: String, v: f64| match sums.iter_mut().find(|(n, _)| *n == k) {
+        Some((_, list)) => list.push(v),
+        None => sums.push((k, vec![v])),
+    };
+    let mut num_cases = 0usize;
+    for (c, extra) in cases {
+        num_cases += 1;
+        push("time".into(), c.time);
+        let mut means = Vec::new();
+        for (prefix, s) in [("pre", c.pre.as_ref()), ("post", c.post.as_ref()), ("final", extra)] {
+            if let Some(s) = s {
+                case_means(prefix, s, &mut means);
+            }
+        }
+        for (k, v) in means {
+            push(k, v);
+        }
+    }
+    let mut out = Map::new();
+    for (k, v) in &sums {
+        let (m, s) = (mean(v), std(v));
+        let value = if k == "time" { json!([m, s]) } else { json!([round2(m * 100.0), round2(s * 100.0)]) };
+        out.insert(k.clone(), value);
+    }
+    for prefix in ["pre", "post", "final"] {
+        let keys = ["rewrite", "paraphrase", "neighborhood"].map(|n| format!("{prefix}_{n}_success"));
+        let means: Option<Vec<f64>> = keys.iter().map(|k| out.get(k).and_then(|v| v[0].as_f64())).collect();
+        if let Some(m) = means {
+            out.insert(format!("{prefix}_score"), json!([hmean(&m), null]));
+        }
+    }
+    out.insert("num_cases".into(), json!(num_cases));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(time: f64, post: CaseScores) -> CaseResult {
+        CaseResult { case_id: 0, requested_rewrite: json!({}), num_edits: 1, grouped_case_ids: vec![0], time, pre: None, post: Some(post), error: None }
+    }
+
+    #[test]
+    fn the_reference_conventions_by_hand() {
+        let p = |n: f64, t: f64| ProbPair { target_new: n, target_true: t };
+        // Case A: rewrite won (1.0 < 2.0), paraphrases 1 of 2, neighbourhood kept 2 of 2.
+        let a = CaseScores {
+            rewrite_prompts_probs: Some(vec![p(1.0, 2.0)]),
+            paraphrase_prompts_probs: Some(vec![p(1.0, 2.0), p(3.0, 2.0)]),
+            neighborhood_prompts_probs: Some(vec![p(5.0, 1.0), p(4.0, 1.0)]),
+            rewrite_prompts_correct: vec![true],
+            paraphrase_prompts_correct: vec![true, false],
+            neighborhood_prompts_correct: vec![false, false],
+        };
+        // Case B: nothing worked.
+        let b = CaseScores {
+            rewrite_prompts_probs: Some(vec![p(3.0, 1.0)]),
+            paraphrase_prompts_probs: Some(vec![p(3.0, 1.0), p(3.0, 1.0)]),
+            neighborhood_prompts_probs: Some(vec![p(1.0, 3.0), p(1.0, 3.0)]),
+            rewrite_prompts_correct: vec![false],
+            paraphrase_prompts_correct: vec![false, false],
+            neighborhood_prompts_correct: vec![false, false],
+        };
+        let (ca, cb) = (case(1.0, a), case(3.0, b));
+        let s = summarize([(&ca, None), (&cb, None)]);
+        // ES: per case 1 and 0 → mean 50, std 50. PS: 0.5 and 0 → 25 ± 25. NS: 1 and 0 → 50 ± 50.
+        assert_eq!(s["post_rewrite_success"], json!([50.0, 50.0]));
+        assert_eq!(s["post_paraphrase_success"], json!([25.0, 25.0]));
+        assert_eq!(s["post_neighborhood_success"], json!([50.0, 50.0]));
+        // EM: case A e^-1 - e^-2 = 0.232544..., case B e^-3 - e^-1 = -0.318092... → mean -4.28, std 27.53.
+        let (ea, eb) = ((-1f64).exp() - (-2f64).exp(), (-3f64).exp() - (-1f64).exp());
+        assert_eq!(s["post_rewrite_diff"], json!([round2((ea + eb) / 2.0 * 100.0), round2((ea - eb).abs() / 2.0 * 100.0)]));
+        assert_eq!(s["post_rewrite_diff"][0], json!(-4.28));
+        // Score = hmean(50, 25, 50) = 3 / (1/50 + 1/25 + 1/50) = 37.5.
+        assert_eq!(s["post_score"], json!([37.5, null]));
+        assert_eq!(s["post_rewrite_acc"], json!([50.0, 50.0]));
+        assert_eq!(s["post_neighborhood_acc"], json!([0.0, 0.0]));
+        assert_eq!(s["time"], json!([2.0, 1.0]));
+        assert_eq!(s["num_cases"], json!(2));
+        assert!(s.get("pre_rewrite_success").is_none());
+        assert_eq!(round2(0.125 * 100.0 / 100.0), 0.12, "half to even, as numpy");
+    }
+}
