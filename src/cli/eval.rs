@@ -11,7 +11,6 @@ use clap::Args;
 use edit::editing::hparams::Method;
 use edit::editing::method::prepare;
 use edit::editing::pipeline::EditPlan;
-use edit::editing::requests::{self, Request};
 use edit::eval::records::{read_dataset, ZsreTarget};
 use edit::eval::run::{evaluate, EvalPlan, EvalProgress, NumEditsRun};
 use edit::eval::rundir::{RunDir, SUMMARY_FILE};
@@ -143,10 +142,7 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         dataset.records.truncate(n);
     }
     tracing::info!("{}: {} {}", args.dataset.display(), dataset.records.len(), dataset.format.describe());
-    let reqs: Vec<Request> = dataset.records.iter().map(|r| r.request.clone()).collect();
-    if method.is_some() {
-        requests::validate(&reqs, &tok, cfg.n_ctx).with_context(|| format!("bad records in {}", args.dataset.display()))?;
-    }
+    dataset.check(&tok, cfg.n_ctx, method.is_some(), &args.dataset.display().to_string())?;
 
     // The method, its config and its statistics, all before any weights are read.
     let plan = match method {

@@ -126,7 +126,7 @@ pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request]
                 let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
                 if !value.is_finite() {
                     return Err(Error::Numerical(format!(
-                        "the fine-tuning loss became {value} at epoch {epoch}; refusing the edit (nothing was written). Lower `lr`, or \
+                        "the fine-tuning loss became {value} at epoch {epoch}; refusing the edit. Lower `lr`, or \
                          set `norm_constraint` (FT-L)"
                     )));
                 }

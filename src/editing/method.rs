@@ -184,8 +184,7 @@ pub fn run_edit(
         let within = s.update_norm.is_finite() && s.update_norm <= max_update_ratio * s.weight_norm;
         if !within {
             return Err(Error::Numerical(format!(
-                "{}: the update's norm {:.3e} is {:.0}x the weight's ({:.3e}{}), beyond --max-update-ratio {max_update_ratio}; \
-                 nothing was written. {}",
+                "{}: the update's norm {:.3e} is {:.0}x the weight's ({:.3e}{}), beyond --max-update-ratio {max_update_ratio}. {}",
                 s.what,
                 s.update_norm,
                 s.update_norm / s.weight_norm,

@@ -126,23 +126,35 @@ pub fn parse_dataset(text: &str, source: &str, tok: &Tokenizer, zsre_target: Zsr
             })
             .collect()
     };
-    let mut problems = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for r in &records {
-        if !seen.insert(r.case_id) {
-            problems.push(format!("record {}: case_id {} appears twice", r.request.index, r.case_id));
-        }
-        if !format.is_zsre() && r.request.target_true.is_none() {
-            problems.push(format!(
-                "record {}: no target_true; the CounterFact tests compare target_new with target_true",
-                r.request.index
-            ));
-        }
-    }
-    if !problems.is_empty() {
-        return Err(Error::Input(format!("{source}: {} bad record(s):\n{}", problems.len(), problems.join("\n"))));
-    }
     Ok(Dataset { format, records })
+}
+
+impl Dataset {
+    /// Every bad record, listed at once before any work: duplicate case ids, a CounterFact record
+    /// without `target_true`, and, when the records are to be edited, every problem the edit
+    /// requests have (`requests::validate`).
+    pub fn check(&self, tok: &Tokenizer, n_ctx: usize, editing: bool, source: &str) -> Result<()> {
+        let mut problems = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for r in &self.records {
+            if !seen.insert(r.case_id) {
+                problems.push(format!("record {}: case_id {} appears twice", r.request.index, r.case_id));
+            }
+            if !self.format.is_zsre() && r.request.target_true.is_none() {
+                problems.push(format!("record {}: no target_true; the CounterFact tests compare target_new with target_true", r.request.index));
+            }
+        }
+        if editing {
+            let requests: Vec<Request> = self.records.iter().map(|r| r.request.clone()).collect();
+            if let Err(e) = crate::editing::requests::validate(&requests, tok, n_ctx) {
+                problems.push(e.to_string());
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Input(format!("{source}: bad records; nothing was done:\n{}", problems.join("\n"))))
+    }
 }
 
 /// zsRE records as the reference's `MENDQADataset` maps them.

@@ -57,10 +57,13 @@ pub struct NumEditsRun {
     pub summary: Map<String, Value>,
 }
 
+/// Records scored together (in forwards of `batch` texts).
+const SCORE_GROUP: usize = 64;
+
 /// Scores `records` on the model as it is, a group at a time, reporting progress.
 fn score_all(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], zsre: bool, pad: u32, batch: usize, progress: &mut dyn EvalProgress) -> Result<Vec<CaseScores>> {
     let mut out = Vec::with_capacity(records.len());
-    for group in records.chunks(64) {
+    for group in records.chunks(SCORE_GROUP) {
         out.extend(score_records(model, tok, group, zsre, pad, batch)?);
         progress.advance(group.len());
     }
@@ -84,12 +87,22 @@ pub fn evaluate(
     let records = &plan.dataset.records;
     let is_done = |dir: &Option<&mut RunDir>, n: usize, id: u64| dir.as_ref().is_some_and(|d| d.is_done(n, id));
 
-    // Pre-edit scores, once per record still to score, on the unedited model.
-    let pending: Vec<&EvalRecord> = records.iter().filter(|r| plan.num_edits.iter().any(|&n| !is_done(&dir, n, r.case_id))).collect();
-    progress.start("pre-edit scores", pending.len(), 0);
-    let pre_scores = score_all(&*model, tok, &pending, zsre, pad_id, plan.batch, progress)?;
+    // Pre-edit scores, once per record still to score, on the unedited model. Records are
+    // always scored in the same groups (a resumed run scores a whole group again), so that a
+    // score never depends on which other records shared its forward: a resumed run writes the
+    // same numbers as an uninterrupted one.
+    let pending = |r: &EvalRecord| plan.num_edits.iter().any(|&n| !is_done(&dir, n, r.case_id));
+    let groups: Vec<Vec<&EvalRecord>> = records.chunks(SCORE_GROUP).filter(|g| g.iter().any(pending)).map(|g| g.iter().collect()).collect();
+    progress.start("pre-edit scores", groups.iter().map(Vec::len).sum(), 0);
+    let mut pre: HashMap<u64, CaseScores> = HashMap::new();
+    for g in &groups {
+        for (r, s) in g.iter().zip(score_all(&*model, tok, g, zsre, pad_id, plan.batch, progress)?) {
+            if pending(r) {
+                pre.insert(r.case_id, s);
+            }
+        }
+    }
     progress.finish();
-    let pre: HashMap<u64, CaseScores> = pending.iter().map(|r| r.case_id).zip(pre_scores).collect();
 
     let mut runs = Vec::new();
     for &n in &plan.num_edits {
@@ -141,8 +154,12 @@ pub fn evaluate(
                             (run.outcome.deltas, time, None)
                         }
                         Err(e) if e.kind() == ErrorKind::Numerical => {
-                            let ids: Vec<u64> = chunk.iter().map(|r| r.case_id).collect();
-                            tracing::warn!("the edit of chunk {k} (case_id {ids:?}) failed and is recorded: {e}");
+                            let ids = match chunk {
+                                [one] => format!("case_id {}", one.case_id),
+                                [first, .., last] => format!("case_id {} to {}, {} records", first.case_id, last.case_id, chunk.len()),
+                                [] => String::new(),
+                            };
+                            tracing::warn!("the edit of chunk {k} ({ids}) failed and is recorded as such: {e}");
                             (Deltas::new(), t0.elapsed().as_secs_f64(), Some(e.to_string()))
                         }
                         Err(e) => return Err(e),
@@ -155,7 +172,10 @@ pub fn evaluate(
             } else if editor.is_none() {
                 todo.iter().map(|r| pre.get(&r.case_id).cloned()).collect()
             } else {
-                score_records(&*model, tok, &todo, zsre, pad_id, plan.batch)?.into_iter().map(Some).collect()
+                // The whole chunk, as in an uninterrupted run (see the pre-edit scores).
+                let all: Vec<&EvalRecord> = chunk.iter().collect();
+                let scores = score_all(&*model, tok, &all, zsre, pad_id, plan.batch, &mut Silent)?;
+                all.iter().zip(scores).filter(|(r, _)| todo.iter().any(|t| t.case_id == r.case_id)).map(|(_, s)| Some(s)).collect()
             };
             let grouped: Vec<u64> = chunk.iter().map(|r| r.case_id).collect();
             for (r, post) in todo.iter().zip(post) {

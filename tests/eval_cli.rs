@@ -1,0 +1,281 @@
+//! `edit eval` end to end through the real binary on `tests/fixtures/fact-gpt2`, against the
+//! reference evaluator's per-prompt NLLs on the same model (`reference-percase.json`, from the
+//! shared fixture), a hand-computed zsRE case, and its own invariants: a sequential run really
+//! accumulates (its chunk-2 scores are those of the model with chunks 1 and 2 applied by
+//! `edit apply-delta`), a resumed run writes what an uninterrupted one does, a failed edit is
+//! recorded and the run goes on, bad records stop it before any work.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{edit_bin, fixture_dir, outcome};
+use serde_json::Value;
+
+fn model_dir() -> PathBuf {
+    fixture_dir("fact-gpt2")
+}
+
+fn cases() -> PathBuf {
+    model_dir().join("cases.json")
+}
+
+fn eval(method: &str, dataset: &Path) -> std::process::Command {
+    let mut c = edit_bin();
+    c.arg("eval").args(["--method", method, "--model"]).arg(model_dir()).arg("--dataset").arg(dataset);
+    c
+}
+
+fn ok(cmd: &mut std::process::Command) -> String {
+    let (code, stdout, stderr) = outcome(cmd);
+    assert_eq!(code, Some(0), "{stderr}");
+    stdout
+}
+
+fn lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn reference(run: &str) -> serde_json::Map<String, Value> {
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(model_dir().join("reference-percase.json")).unwrap()).unwrap();
+    v["runs"][run].as_object().unwrap().clone()
+}
+
+/// ES / PS / NS in %, counted straight from per-prompt [nll_new, nll_true] pairs.
+fn rates(cases: &serde_json::Map<String, Value>) -> [f64; 3] {
+    let rate = |key: &str, new_wins: bool| {
+        let per_case = cases.values().map(|c| {
+            let p = c[key].as_array().unwrap();
+            p.iter().filter(|x| (x[1].as_f64() > x[0].as_f64()) == new_wins).count() as f64 / p.len() as f64
+        });
+        per_case.sum::<f64>() / cases.len() as f64 * 100.0
+    };
+    [rate("rewrite", true), rate("paraphrase", true), rate("neighborhood", false)]
+}
+
+const GROUPS: [(&str, &str); 3] =
+    [("rewrite", "rewrite_prompts_probs"), ("paraphrase", "paraphrase_prompts_probs"), ("neighborhood", "neighborhood_prompts_probs")];
+
+#[test]
+fn method_none_reproduces_the_reference_nlls_and_rates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("none");
+    let stdout = ok(eval("none", &cases()).args(["--limit", "100", "--json", "--out"]).arg(&out));
+    let reference = reference("NONE");
+    let mut worst = 0f64;
+    let written = lines(&out.join("cases.jsonl"));
+    assert_eq!(written.len(), 100);
+    for c in &written {
+        let want = &reference[&c["case_id"].to_string()];
+        for (group, key) in GROUPS {
+            let (ours, theirs) = (c["pre"][key].as_array().unwrap(), want[group].as_array().unwrap());
+            assert_eq!(ours.len(), theirs.len(), "case {} {group}", c["case_id"]);
+            for (o, t) in ours.iter().zip(theirs) {
+                worst = worst.max((o["target_new"].as_f64().unwrap() - t[0].as_f64().unwrap()).abs());
+                worst = worst.max((o["target_true"].as_f64().unwrap() - t[1].as_f64().unwrap()).abs());
+            }
+        }
+        assert_eq!(c["pre"], c["post"], "--method none: post is the model as it is");
+        assert_eq!(c["num_edits"], 1);
+    }
+    assert!(worst <= 1e-4, "NLLs differ from the reference evaluator's by up to {worst}");
+    // The summary's rates are the reference's, counted from its own NLLs.
+    let first100: serde_json::Map<String, Value> = reference.into_iter().filter(|(k, _)| k.parse::<u64>().unwrap() < 100).collect();
+    let want = rates(&first100);
+    let summary: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(summary.len(), 1);
+    let s = &summary[0];
+    for (key, w) in ["post_rewrite_success", "post_paraphrase_success", "post_neighborhood_success"].iter().zip(want) {
+        assert!((s[key][0].as_f64().unwrap() - w).abs() < 0.006, "{key}: {} vs {w}", s[key]);
+    }
+    assert_eq!(s["num_cases"], 100);
+    assert_eq!(s["method"], "none");
+    let on_disk: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(on_disk[0]["post_rewrite_success"], s["post_rewrite_success"]);
+}
+
+#[test]
+fn memit_tuned_on_a_batch_of_100_scores_as_the_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stats = tmp.path().join("stats");
+    // The reference's statistics: every text of the corpus.
+    ok(edit_bin()
+        .args(["stats", "--model"])
+        .arg(model_dir())
+        .args(["--layers", "0-2", "--samples", "100000", "--text"])
+        .arg(model_dir().join("stats-corpus.txt"))
+        .arg("--stats-dir")
+        .arg(&stats));
+    let stdout = ok(eval("memit", &cases())
+        .arg("--config")
+        .arg(model_dir().join("hparams/MEMIT_tuned.json"))
+        .args(["--num-edits", "100", "--limit", "100", "--max-update-ratio", "100", "--json", "--stats-dir"])
+        .arg(&stats));
+    let s: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+    let want = rates(&reference("MEMITt_100"));
+    let got = ["post_rewrite_success", "post_paraphrase_success", "post_neighborhood_success"].map(|k| s[0][k][0].as_f64().unwrap());
+    eprintln!("MEMIT_tuned, one batch of 100: ES/PS/NS {got:?}, the reference's {want:?}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= 3.0, "{got:?} vs the reference's {want:?}");
+    }
+    assert_eq!(s[0]["num_failed"], 0);
+    assert!(s[0]["pre_rewrite_success"][0].as_f64().unwrap() < 1.0, "pre is the unedited model");
+}
+
+#[test]
+fn zsre_token_accuracy_by_hand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture_dir("zsre").join("zsre-5.json");
+    let out = tmp.path().join("z");
+    let stdout = ok(eval("none", &data).arg("--out").arg(&out));
+    assert!(stdout.contains("Efficacy") && stdout.contains("Specificity"), "{stdout}");
+    let written = lines(&out.join("cases.jsonl"));
+    assert_eq!(written.len(), 5);
+    // Record 0 by hand: src "What is the product made by UniFirst?", target " uniform".
+    let lm = common::fixture("fact-gpt2");
+    let tok = lm.tokenizer().unwrap();
+    let target = tok.encode(" uniform").unwrap();
+    let argmax_after = |text: &str| -> u32 {
+        let ids = tok.encode(text).unwrap();
+        let b = edit::Batch::from_sequences(&[ids], lm.pad_id(), lm.model.device()).unwrap();
+        let l = lm.model.forward(&b, &edit::TraceSpec::logits(edit::Logits::Last), &[]).unwrap().logits.unwrap();
+        l.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0]
+    };
+    let mut want = Vec::new();
+    for i in 0..target.len() {
+        let text = format!("What is the product made by UniFirst?{}", tok.decode(&target[..i]).unwrap());
+        want.push(Value::Bool(argmax_after(&text) == target[i]));
+    }
+    let c = &written[0];
+    assert_eq!(c["requested_rewrite"]["target_new"]["str"], "uniform");
+    assert_eq!(c["requested_rewrite"]["prompt"], "What is the product made by {}?");
+    assert_eq!(c["post"]["rewrite_prompts_correct"], Value::Array(want));
+    assert!(c["post"].get("rewrite_prompts_probs").is_none(), "zsRE has no probability tests");
+    // The neighbourhood prompt is scored against the NQ answer's tokens, one per token.
+    let ans = tok.encode(" Walter Sobchak").unwrap();
+    assert_eq!(c["post"]["neighborhood_prompts_correct"].as_array().unwrap().len(), ans.len());
+    let loc = "nq question: john goodman's character in the big lebowski?";
+    let first = argmax_after(loc) == tok.encode(&tok.decode(&ans[..1]).unwrap()).unwrap()[0];
+    assert_eq!(c["post"]["neighborhood_prompts_correct"][0], first);
+    // EasyEdit's mapping takes `alt` as the new target.
+    let alt = tmp.path().join("alt");
+    ok(eval("none", &data).args(["--zsre-target", "alt", "--out"]).arg(&alt));
+    assert_eq!(lines(&alt.join("cases.jsonl"))[0]["requested_rewrite"]["target_new"]["str"], "unmanned aircraft");
+}
+
+/// The records' per-prompt NLLs, by case id (the `time` of a record is not compared).
+fn nlls(c: &Value, state: &str) -> Vec<f64> {
+    GROUPS.iter().flat_map(|(_, k)| c[state][k].as_array().unwrap().iter().flat_map(|p| [p["target_new"].as_f64().unwrap(), p["target_true"].as_f64().unwrap()])).collect()
+}
+
+fn without_time(v: &[Value]) -> Vec<Value> {
+    v.iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c.as_object_mut().unwrap().remove("time");
+            c
+        })
+        .collect()
+}
+
+#[test]
+fn sequential_runs_accumulate_and_resume_to_the_same_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ft = model_dir().join("hparams/FT_constr_eps5e-3.json");
+    let run = |out: &Path| -> String {
+        ok(eval("ft", &cases()).arg("--config").arg(&ft).args(["--set", "num_steps=5", "--num-edits", "2", "--limit", "6", "--sequential", "--out"]).arg(out))
+    };
+    let out = tmp.path().join("seq");
+    let table = run(&out);
+    assert!(table.contains("final"), "{table}");
+    let all = lines(&out.join("cases.jsonl"));
+    assert_eq!(all.len(), 6);
+    let deltas: Vec<PathBuf> = (0..3).map(|k| out.join(format!("deltas/2-edits-chunk-{k:05}.safetensors"))).collect();
+    assert!(deltas.iter().all(|d| d.is_file()));
+
+    // The model after chunk 2 (records 2, 3) is the base with chunks 1 and 2 applied.
+    let m1 = tmp.path().join("m1");
+    let m2 = tmp.path().join("m2");
+    ok(edit_bin().arg("apply-delta").arg("--model").arg(model_dir()).arg(&deltas[0]).arg("--out").arg(&m1));
+    ok(edit_bin().arg("apply-delta").arg("--model").arg(&m1).arg(&deltas[1]).arg("--out").arg(&m2));
+    let records: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(cases()).unwrap()).unwrap();
+    let chunk2 = tmp.path().join("chunk2.json");
+    std::fs::write(&chunk2, serde_json::to_string(&records[2..4]).unwrap()).unwrap();
+    let by_hand = tmp.path().join("by-hand");
+    let mut cmd = edit_bin();
+    ok(cmd.arg("eval").args(["--method", "none", "--model"]).arg(&m2).arg("--dataset").arg(&chunk2).arg("--out").arg(&by_hand));
+    for (seq, hand) in all[2..4].iter().zip(lines(&by_hand.join("cases.jsonl"))) {
+        assert_eq!(seq["case_id"], hand["case_id"]);
+        for (a, b) in nlls(seq, "post").iter().zip(nlls(&hand, "post")) {
+            assert!((a - b).abs() <= 1e-4, "case {}: {a} vs {b}", seq["case_id"]);
+        }
+        assert_ne!(nlls(seq, "post"), nlls(seq, "pre"), "the edits changed the model");
+    }
+    // Chunk 1's records are scored again on the final model (retention).
+    let finals = lines(&out.join("2-edits-final.jsonl"));
+    assert_eq!(finals.len(), 6);
+    assert_ne!(finals[0]["final"], all[0]["post"]);
+
+    // Killed after 3 records, mid-way through writing the 4th: a rerun continues to the same files.
+    let resumed = tmp.path().join("resumed");
+    std::fs::create_dir_all(&resumed).unwrap();
+    std::fs::copy(out.join("run.json"), resumed.join("run.json")).unwrap();
+    let text = std::fs::read_to_string(out.join("cases.jsonl")).unwrap();
+    let kept: Vec<&str> = text.lines().take(3).collect();
+    std::fs::write(resumed.join("cases.jsonl"), format!("{}\n{{\"case_id\": 3, \"requ", kept.join("\n"))).unwrap();
+    std::fs::create_dir_all(resumed.join("deltas")).unwrap();
+    for k in 0..2 {
+        for ext in ["safetensors", "json"] {
+            let name = format!("deltas/2-edits-chunk-{k:05}.{ext}");
+            std::fs::copy(out.join(&name), resumed.join(&name)).unwrap();
+        }
+    }
+    run(&resumed);
+    assert_eq!(without_time(&lines(&resumed.join("cases.jsonl"))), without_time(&all));
+    assert_eq!(lines(&resumed.join("2-edits-final.jsonl")), finals);
+    let (a, b): (Value, Value) = (
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap(),
+        serde_json::from_str(&std::fs::read_to_string(resumed.join("summary.json")).unwrap()).unwrap(),
+    );
+    assert_eq!(a[0]["post_rewrite_success"], b[0]["post_rewrite_success"]);
+    assert_eq!(a[0]["final_rewrite_success"], b[0]["final_rewrite_success"]);
+
+    // Another run in the same directory is refused, naming what differs.
+    let (code, _, stderr) = outcome(eval("ft", &cases()).arg("--config").arg(&ft).args(["--num-edits", "3", "--limit", "6", "--out"]).arg(&out));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("holds another evaluation") && stderr.contains("num_edits") && stderr.contains("--force"), "{stderr}");
+}
+
+#[test]
+fn a_failed_edit_is_recorded_and_the_run_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ft = model_dir().join("hparams/FT_constr_eps5e-3.json");
+    let out = tmp.path().join("nan");
+    let stdout = ok(eval("ft", &cases()).arg("--config").arg(&ft).args(["--set", "lr=3e38", "--set", "norm_constraint=false", "--limit", "2", "--json", "--out"]).arg(&out));
+    let s: Vec<Value> = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(s[0]["num_failed"], 2);
+    assert_eq!(s[0]["num_cases"], 2);
+    for c in lines(&out.join("cases.jsonl")) {
+        assert!(c["error"].as_str().unwrap().contains("loss became NaN"), "{c}");
+        assert!(c.get("post").is_none() && c.get("pre").is_some());
+    }
+}
+
+#[test]
+fn bad_records_stop_the_run_before_any_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bad.json");
+    std::fs::write(
+        &data,
+        r#"[{"prompt": "{} plays", "subject": "A B", "target_new": "x", "target_true": "y"},
+            {"prompt": "no slot here", "subject": "C D", "target_new": "x", "target_true": "y"},
+            {"prompt": "{} speaks", "subject": "E F", "target_new": "x"}]"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let (code, _, stderr) = outcome(eval("rome", &data).arg("--out").arg(&out));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("bad.json") && stderr.contains("record 2: no target_true"), "{stderr}");
+    assert!(stderr.contains("request 1") && stderr.contains("slots"), "every bad record is listed: {stderr}");
+    assert!(!out.exists(), "nothing written");
+}
