@@ -279,3 +279,47 @@ fn bad_records_stop_the_run_before_any_work() {
     assert!(stderr.contains("request 1") && stderr.contains("slots"), "every bad record is listed: {stderr}");
     assert!(!out.exists(), "nothing written");
 }
+
+#[test]
+fn shards_merge_into_what_a_single_run_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ft = model_dir().join("hparams/FT_constr_eps5e-3.json");
+    let run = |out: &Path, shard: Option<&str>| {
+        let mut c = eval("ft", &cases());
+        c.arg("--config").arg(&ft).args(["--set", "num_steps=3", "--num-edits", "2,3", "--limit", "7", "--out"]).arg(out);
+        if let Some(s) = shard {
+            c.args(["--shard", s]);
+        }
+        ok(&mut c);
+    };
+    let single = tmp.path().join("single");
+    run(&single, None);
+    let shards: Vec<PathBuf> = (0..3).map(|i| tmp.path().join(format!("shard{i}"))).collect();
+    for (i, s) in shards.iter().enumerate() {
+        run(s, Some(&format!("{i}/3")));
+    }
+    // Shard 1 of 3 with 2 edits per chunk holds chunk 1 (records 2, 3) only.
+    let ids: Vec<u64> = lines(&shards[1].join("cases.jsonl")).iter().filter(|c| c["num_edits"] == 2).map(|c| c["case_id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [2, 3]);
+    let merged = tmp.path().join("merged");
+    let mut cmd = edit_bin();
+    cmd.args(["eval", "merge"]).args(&shards).arg("--out").arg(&merged);
+    let table = ok(&mut cmd);
+    assert!(table.contains("num_edits"), "{table}");
+    assert_eq!(without_time(&lines(&merged.join("cases.jsonl"))), without_time(&lines(&single.join("cases.jsonl"))));
+    let read = |d: &Path, f: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(d.join(f)).unwrap()).unwrap() };
+    let (a, b) = (read(&single, "summary.json"), read(&merged, "summary.json"));
+    for (x, y) in a.as_array().unwrap().iter().zip(b.as_array().unwrap()) {
+        for (k, v) in x.as_object().unwrap() {
+            if k != "time" && k != "seconds" {
+                assert_eq!(&y[k], v, "{k}");
+            }
+        }
+    }
+    assert_eq!(read(&single, "run.json"), read(&merged, "run.json"));
+    // A missing shard is named.
+    let mut cmd = edit_bin();
+    let (code, _, stderr) = outcome(cmd.args(["eval", "merge"]).args(&shards[..2]).arg("--out").arg(tmp.path().join("m2")));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("2/3") && stderr.contains("missing"), "{stderr}");
+}

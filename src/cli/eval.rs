@@ -12,12 +12,12 @@ use edit::editing::hparams::Method;
 use edit::editing::method::prepare;
 use edit::editing::pipeline::EditPlan;
 use edit::eval::records::{read_dataset, ZsreTarget};
-use edit::eval::run::{evaluate, EvalPlan, EvalProgress, NumEditsRun};
-use edit::eval::rundir::{RunDir, SUMMARY_FILE};
+use edit::eval::run::{evaluate, EvalPlan, EvalProgress};
+use edit::eval::rundir::{RunDir, ORDER_FILE, SUMMARY_FILE};
 use edit::stats::cache::ModelIdentity;
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use super::apply::StatsSourceArgs;
 use super::stats::{BarProgress, DatasetArg};
@@ -33,11 +33,44 @@ use super::{logging, ComputeArgs, GlobalArgs, ModelArgs};
 /// the model as it is. With --out DIR the per-case results (`cases.jsonl`, the reference's
 /// layout) and `summary.json` are written; rerunning the same command resumes.
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct EvalArgs {
+    #[command(subcommand)]
+    pub action: Option<EvalAction>,
+    #[command(flatten)]
+    pub run: EvalRunArgs,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EvalAction {
+    /// Combine the output directories of the shards of one evaluation (`--shard I/N` runs) into
+    /// the directory a single run would have written.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The shards' --out directories (every I of 0..N, once).
+    #[arg(required = true, value_name = "DIR")]
+    pub shards: Vec<PathBuf>,
+    /// Where to write the merged cases.jsonl and summary.json.
+    #[arg(short, long, value_name = "DIR", required = true)]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the merged summaries as JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalRunArgs {
     /// The editing method, or none (score the model as it is: the baseline, or a model written
     /// by `edit apply`).
-    #[arg(long, value_parser = ["rome", "memit", "ft", "none"])]
-    pub method: String,
+    // Options only so that `edit eval merge` can do without them; clap still requires them.
+    #[arg(long, value_parser = ["rome", "memit", "ft", "none"], required = true)]
+    pub method: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -45,8 +78,8 @@ pub struct EvalArgs {
     /// The evaluation records: CounterFact / multi-CounterFact records, the simplified
     /// CounterFact layout, zsRE (`zsre_mend_eval.json` layout), or request objects with
     /// `target_true` and optional `paraphrase_prompts` / `neighborhood_prompts`.
-    #[arg(long, value_name = "FILE")]
-    pub dataset: PathBuf,
+    #[arg(long, value_name = "FILE", required = true)]
+    pub dataset: Option<PathBuf>,
     /// Edits per chunk; several values (comma-separated) run one after another, for a scaling curve.
     #[arg(long, value_name = "N[,N...]", value_delimiter = ',', default_value = "1")]
     pub num_edits: Vec<usize>,
@@ -56,6 +89,10 @@ pub struct EvalArgs {
     /// Evaluate only the first N records.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Evaluate only every N-th chunk, starting at chunk I (0-based), for one job of an array
+    /// spread over machines; `edit eval merge` combines the shards' --out directories.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard, conflicts_with = "sequential")]
+    pub shard: Option<(usize, usize)>,
     /// zsRE: the new target is `answers[0]` (the reference) or `alt` (EasyEdit).
     #[arg(long, value_parser = ["answers", "alt"], default_value = "answers")]
     pub zsre_target: String,
@@ -119,9 +156,42 @@ fn file_digest(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(edit::checkpoint::hex(&sha2::Sha256::digest(&bytes)))
 }
 
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
+    match parsed {
+        Some((i, n)) if n >= 1 && i < n => Ok((i, n)),
+        _ => Err(format!("`{s}` is not a shard: write I/N with 0 <= I < N, e.g. 0/4")),
+    }
+}
+
 pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(EvalAction::Merge(m)) => merge(m),
+        None => run_eval(args.run, global),
+    }
+}
+
+fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
+    let summaries = edit::eval::merge::merge(&args.shards, &args.out, args.force)?;
+    tracing::info!("merged {} shard(s) into {}", args.shards.len(), args.out.display());
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &summaries)?;
+        writeln!(out)?;
+    } else {
+        let zsre = summaries.first().and_then(|s| s.get("dataset_format")).and_then(Value::as_str) == Some("zsre");
+        let sequential = summaries.first().and_then(|s| s.get("sequential")).and_then(Value::as_bool).unwrap_or(false);
+        let rows: Vec<Map<String, Value>> = summaries.iter().filter_map(|s| s.as_object().cloned()).collect();
+        write_table(&mut out, &rows, zsre, sequential)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let method: Option<Method> = match args.method.as_str() {
+    let method_name = args.method.clone().unwrap_or_default();
+    let dataset_path = args.dataset.clone().unwrap_or_default();
+    let method: Option<Method> = match method_name.as_str() {
         "none" => None,
         m => Some(m.parse()?),
     };
@@ -137,12 +207,12 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let identity = ModelIdentity::of(&files)?;
     let tok = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
     let zsre_target = if args.zsre_target == "alt" { ZsreTarget::Alt } else { ZsreTarget::Answer };
-    let mut dataset = read_dataset(&args.dataset, &tok, zsre_target).with_context(|| format!("cannot read the evaluation records in {}", args.dataset.display()))?;
+    let mut dataset = read_dataset(&dataset_path, &tok, zsre_target).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
     if let Some(n) = args.limit {
         dataset.records.truncate(n);
     }
-    tracing::info!("{}: {} {}", args.dataset.display(), dataset.records.len(), dataset.format.describe());
-    dataset.check(&tok, cfg.n_ctx, method.is_some(), &args.dataset.display().to_string())?;
+    tracing::info!("{}: {} {}", dataset_path.display(), dataset.records.len(), dataset.format.describe());
+    dataset.check(&tok, cfg.n_ctx, method.is_some(), &dataset_path.display().to_string())?;
 
     // The method, its config and its statistics, all before any weights are read.
     let plan = match method {
@@ -159,22 +229,27 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     };
     let seed = args.seed.or(plan.as_ref().map(|p| p.prepared.method.default_seed())).unwrap_or(0);
     let run_description = json!({
-        "method": args.method,
+        "method": method_name,
         "config": plan.as_ref().map(|p| p.prepared.json.clone()),
         "seed": seed,
         "model": identity,
-        "dataset": args.dataset.display().to_string(),
-        "dataset_sha256": file_digest(&args.dataset)?,
+        "dataset": dataset_path.display().to_string(),
+        "dataset_sha256": file_digest(&dataset_path)?,
         "dataset_format": dataset.format,
         "zsre_target": args.zsre_target,
         "limit": args.limit,
         "num_edits": args.num_edits,
         "sequential": args.sequential,
+        "shard": args.shard,
         "max_update_ratio": args.max_update_ratio,
         "tool_version": env!("CARGO_PKG_VERSION"),
     });
     let mut dir = match &args.out {
-        Some(out) => Some(RunDir::open(out, &run_description, args.force)?),
+        Some(out) => {
+            let d = RunDir::open(out, &run_description, args.force)?;
+            d.write_json(ORDER_FILE, &dataset.records.iter().map(|r| r.case_id).collect::<Vec<_>>())?;
+            Some(d)
+        }
         None => None,
     };
 
@@ -192,6 +267,7 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         max_update_ratio: args.max_update_ratio,
         batch: args.score_batch,
         identity: &identity,
+        shard: args.shard,
     };
     let mut bar = Bar { bar: ProgressBar::hidden(), visible: logging::show_progress(global) };
     let runs = evaluate(&mut *lm.model, &tok, pad_id, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?;
@@ -202,13 +278,13 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         .map(|r| {
             let mut s = r.summary.clone();
             for (k, v) in [
-                ("method", json!(args.method)),
+                ("method", json!(method_name)),
                 ("config_source", json!(editor.as_ref().map(|e| e.prepared.source.clone()))),
                 ("config", run_description["config"].clone()),
                 ("seed", json!(seed)),
                 ("model", json!(args.model.id())),
                 ("weights_fingerprint", json!(identity.weights_fingerprint)),
-                ("dataset", json!(args.dataset.display().to_string())),
+                ("dataset", json!(dataset_path.display().to_string())),
                 ("dataset_format", json!(dataset.format)),
                 ("sequential", json!(args.sequential)),
                 ("statistics", json!(editor.as_ref().and_then(|e| e.stats_used.clone()))),
@@ -228,15 +304,16 @@ pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_writer(&mut out, &summaries)?;
         writeln!(out)?;
     } else {
-        write_table(&mut out, &runs, dataset.format.is_zsre(), args.sequential)?;
+        let rows: Vec<Map<String, Value>> = runs.iter().map(|r| r.summary.clone()).collect();
+        write_table(&mut out, &rows, dataset.format.is_zsre(), args.sequential)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// The post-edit means: rows are num-edits values.
-fn write_table(out: &mut impl Write, runs: &[NumEditsRun], zsre: bool, sequential: bool) -> anyhow::Result<()> {
-    let get = |r: &NumEditsRun, k: &str| r.summary.get(k).and_then(|v| v[0].as_f64()).map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
-    let time = |r: &NumEditsRun| r.summary.get("time").and_then(|v| v[0].as_f64()).map(|x| format!("{x:.2}")).unwrap_or_default();
+/// The post-edit means: rows are num-edits values (summaries as `summary.json` holds them).
+fn write_table(out: &mut impl Write, rows: &[Map<String, Value>], zsre: bool, sequential: bool) -> anyhow::Result<()> {
+    let get = |r: &Map<String, Value>, k: &str| r.get(k).and_then(|v| v[0].as_f64()).map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
+    let num = |r: &Map<String, Value>, k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
     let cols: &[(&str, &str)] = if zsre {
         &[("Efficacy", "post_rewrite_acc"), ("Paraphrase", "post_paraphrase_acc"), ("Specificity", "post_neighborhood_acc")]
     } else {
@@ -248,14 +325,15 @@ fn write_table(out: &mut impl Write, runs: &[NumEditsRun], zsre: bool, sequentia
     }
     header.push_str(&format!(" {:>7} {:>9}", "failed", "edit_s"));
     writeln!(out, "{header}")?;
-    for r in runs {
-        let mut line = format!("{:>9} {:>7}", r.num_edits, r.summary.get("num_cases").and_then(Value::as_u64).unwrap_or(0));
+    for r in rows {
+        let mut line = format!("{:>9} {:>7}", num(r, "num_edits"), num(r, "num_cases"));
         for (_, key) in cols {
             line.push_str(&format!(" {:>7}", get(r, key)));
         }
-        line.push_str(&format!(" {:>7} {:>9}", r.summary.get("num_failed").and_then(Value::as_u64).unwrap_or(0), time(r)));
+        let time = r.get("time").and_then(|v| v[0].as_f64()).map(|x| format!("{x:.2}")).unwrap_or_default();
+        line.push_str(&format!(" {:>7} {:>9}", num(r, "num_failed"), time));
         writeln!(out, "{line}")?;
-        if sequential && r.summary.contains_key("final_rewrite_success") {
+        if sequential && r.contains_key("final_rewrite_success") {
             let mut line = format!("{:>9} {:>7}", "final", "");
             for (_, key) in cols {
                 line.push_str(&format!(" {:>7}", get(r, &key.replacen("post_", "final_", 1))));

@@ -3,6 +3,7 @@
 //! ([`rundir`]), and the reference's summary ([`summary`]). [`score_pairs`] and
 //! [`case_success`] are the single-record CounterFact tests the method tests use.
 
+pub mod merge;
 pub mod probes;
 pub mod records;
 pub mod run;

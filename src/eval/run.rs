@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::probes::{score_records, CaseScores};
 use super::records::{Dataset, EvalRecord};
 use super::rundir::{RunDir, FINAL_FILE};
-use super::summary::{summarize, CaseResult};
+use super::summary::{summary_of, CaseResult};
 use crate::editing::pipeline::Editor;
 use crate::editing::requests::Request;
 use crate::editing::{Deltas, Snapshot};
@@ -33,6 +33,19 @@ pub struct EvalPlan<'a> {
     pub batch: usize,
     /// The weights evaluated (recorded in the deltas a sequential run keeps).
     pub identity: &'a ModelIdentity,
+    /// `(i, n)`: evaluate only the chunks k with k mod n = i (not with `sequential`).
+    pub shard: Option<(usize, usize)>,
+}
+
+impl EvalPlan<'_> {
+    fn in_shard(&self, chunk: usize) -> bool {
+        self.shard.is_none_or(|(i, n)| chunk % n == i)
+    }
+
+    /// Whether `record` belongs to a chunk of this shard for `num_edits` edits per chunk.
+    fn record_in_shard(&self, position: usize, num_edits: usize) -> bool {
+        self.in_shard(position / num_edits)
+    }
 }
 
 /// What an evaluation reports as it goes.
@@ -91,13 +104,21 @@ pub fn evaluate(
     // always scored in the same groups (a resumed run scores a whole group again), so that a
     // score never depends on which other records shared its forward: a resumed run writes the
     // same numbers as an uninterrupted one.
-    let pending = |r: &EvalRecord| plan.num_edits.iter().any(|&n| !is_done(&dir, n, r.case_id));
-    let groups: Vec<Vec<&EvalRecord>> = records.chunks(SCORE_GROUP).filter(|g| g.iter().any(pending)).map(|g| g.iter().collect()).collect();
-    progress.start("pre-edit scores", groups.iter().map(Vec::len).sum(), 0);
+    if plan.sequential && plan.shard.is_some() {
+        return Err(Error::Input("a sequential run cannot be sharded: each chunk's edit builds on the ones before".into()));
+    }
+    let pending = |(p, r): (usize, &EvalRecord)| plan.num_edits.iter().any(|&n| n > 0 && plan.record_in_shard(p, n) && !is_done(&dir, n, r.case_id));
+    let groups: Vec<(usize, Vec<&EvalRecord>)> = records
+        .chunks(SCORE_GROUP)
+        .enumerate()
+        .filter(|(g, rs)| rs.iter().enumerate().any(|(i, r)| pending((g * SCORE_GROUP + i, r))))
+        .map(|(g, rs)| (g * SCORE_GROUP, rs.iter().collect()))
+        .collect();
+    progress.start("pre-edit scores", groups.iter().map(|(_, g)| g.len()).sum(), 0);
     let mut pre: HashMap<u64, CaseScores> = HashMap::new();
-    for g in &groups {
-        for (r, s) in g.iter().zip(score_all(&*model, tok, g, zsre, pad_id, plan.batch, progress)?) {
-            if pending(r) {
+    for (start, g) in &groups {
+        for (i, (r, s)) in g.iter().zip(score_all(&*model, tok, g, zsre, pad_id, plan.batch, progress)?).enumerate() {
+            if pending((start + i, r)) {
                 pre.insert(r.case_id, s);
             }
         }
@@ -111,9 +132,13 @@ pub fn evaluate(
         }
         let mut snapshot = Snapshot::new();
         let mut fresh: HashMap<u64, CaseResult> = HashMap::new();
-        let already = records.iter().filter(|r| is_done(&dir, n, r.case_id)).count();
-        progress.start(&format!("{n} edit(s) per chunk"), records.len(), already);
+        let mine = records.iter().enumerate().filter(|(p, _)| plan.record_in_shard(*p, n)).count();
+        let already = records.iter().enumerate().filter(|(p, r)| plan.record_in_shard(*p, n) && is_done(&dir, n, r.case_id)).count();
+        progress.start(&format!("{n} edit(s) per chunk"), mine, already);
         for (k, chunk) in records.chunks(n).enumerate() {
+            if !plan.in_shard(k) {
+                continue;
+            }
             let todo: Vec<&EvalRecord> = chunk.iter().filter(|r| !is_done(&dir, n, r.case_id)).collect();
             let delta_path = dir.as_ref().map(|d| d.delta_path(n, k));
             let kept = plan.sequential && delta_path.as_ref().is_some_and(|p| p.exists());
@@ -202,6 +227,9 @@ pub fn evaluate(
         progress.finish();
         let cases: Vec<CaseResult> = records
             .iter()
+            .enumerate()
+            .filter(|(p, _)| plan.record_in_shard(*p, n))
+            .map(|(_, r)| r)
             .filter_map(|r| {
                 fresh.remove(&r.case_id).or_else(|| dir.as_ref().and_then(|d| d.done.iter().find(|c| c.num_edits == n && c.case_id == r.case_id).cloned()))
             })
@@ -220,10 +248,7 @@ pub fn evaluate(
             }
         }
         snapshot.restore(model)?;
-        let final_of: HashMap<u64, &CaseScores> = finals.iter().map(|(id, s)| (*id, s)).collect();
-        let mut summary = summarize(cases.iter().map(|c| (c, final_of.get(&c.case_id).copied())));
-        summary.insert("num_edits".into(), json!(n));
-        summary.insert("num_failed".into(), json!(cases.iter().filter(|c| c.error.is_some()).count()));
+        let summary = summary_of(n, &cases, &finals);
         runs.push(NumEditsRun { num_edits: n, cases, finals, summary });
     }
     Ok(runs)

@@ -20,6 +20,8 @@ pub const CASES_FILE: &str = "cases.jsonl";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const FINAL_FILE: &str = "final.jsonl";
 pub const DELTAS_DIR: &str = "deltas";
+/// The evaluated records' case ids in dataset order (how `edit eval merge` orders shards' cases).
+pub const ORDER_FILE: &str = "order.json";
 
 /// An open output directory.
 pub struct RunDir {
@@ -118,7 +120,7 @@ fn differing_keys(a: &Value, b: &Value) -> Vec<String> {
 }
 
 /// Reads `cases.jsonl`, dropping (and truncating away) a partial last line.
-fn read_cases(path: &Path) -> Result<Vec<CaseResult>> {
+pub(super) fn read_cases(path: &Path) -> Result<Vec<CaseResult>> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(Vec::new()) };
     let complete = match text.rfind('\n') {
         Some(i) => &text[..=i],

@@ -134,6 +134,21 @@ pub fn summarize<'a>(cases: impl IntoIterator<Item = (&'a CaseResult, Option<&'a
     out
 }
 
+/// The summary of one `num_edits` value: [`summarize`] of its cases (with their `final` scores
+/// when a sequential run has them), plus `num_edits` and `num_failed`.
+pub fn summary_of(num_edits: usize, cases: &[CaseResult], finals: &[(u64, CaseScores)]) -> Map<String, Value> {
+    let final_of: std::collections::HashMap<u64, &CaseScores> = finals.iter().map(|(id, s)| (*id, s)).collect();
+    let mut summary = summarize(cases.iter().map(|c| (c, final_of.get(&c.case_id).copied())));
+    summary.insert("num_edits".into(), json!(num_edits));
+    summary.insert("num_failed".into(), json!(cases.iter().filter(|c| c.error.is_some()).count()));
+    summary
+}
+
+/// Whether a summary key is a metric [`summary_of`] computes (as opposed to run metadata).
+pub fn is_metric(key: &str) -> bool {
+    ["pre_", "post_", "final_"].iter().any(|p| key.starts_with(p)) || matches!(key, "time" | "num_cases" | "num_edits" | "num_failed")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
