@@ -323,3 +323,20 @@ fn shards_merge_into_what_a_single_run_writes() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("2/3") && stderr.contains("missing"), "{stderr}");
 }
+
+#[test]
+fn a_scaling_plot_is_drawn_as_svg() {
+    let tmp = tempfile::tempdir().unwrap();
+    let svg = tmp.path().join("curve.svg");
+    ok(eval("none", &cases()).args(["--limit", "12", "--num-edits", "1,4,12", "--plot"]).arg(&svg));
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"), "{}", &text[..100.min(text.len())]);
+    for label in ["ES", "PS", "NS", "Score", "edits per batch"] {
+        assert!(text.contains(&format!("\n{label}\n")), "{label} missing from the plot");
+    }
+    assert!(text.matches("<circle").count() >= 12, "3 points for each of 4 curves");
+    // Only SVG, refused before any work.
+    let (code, _, stderr) = outcome(eval("none", &cases()).args(["--plot"]).arg(tmp.path().join("curve.png")));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("only SVG"), "{stderr}");
+}

@@ -66,19 +66,8 @@ pub struct ApplyArgs {
     /// Replace --out / --delta-out if they exist.
     #[arg(long)]
     pub force: bool,
-    /// Hyperparameter file (reference hparams JSON format), or a shipped config by name
-    /// (`ft/gpt2-xl_unconstr`; see configs/README.md), instead of the model's default.
-    #[arg(long, value_name = "FILE|NAME")]
-    pub config: Option<PathBuf>,
-    /// Override one hyperparameter, e.g. --set v_lr=0.1 --set layers=[3,4] --set rome.original_implementation=false.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
-    /// Seed of the context-template sampling [default: the config's `seed`, else 0].
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Refuse an update whose Frobenius norm exceeds this multiple of the edited weight's norm.
-    #[arg(long, default_value_t = 10.0)]
-    pub max_update_ratio: f64,
+    #[command(flatten)]
+    pub method_args: MethodArgs,
     /// Print one JSON object per request and a summary line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +80,25 @@ pub struct ApplyArgs {
     pub dataset: Option<DatasetArg>,
     #[command(flatten)]
     pub stats: StatsSourceArgs,
+}
+
+/// The method's config and the options every edit takes (`edit apply`, `edit eval`).
+#[derive(Args, Debug)]
+pub struct MethodArgs {
+    /// Hyperparameter file (reference hparams JSON format), or a shipped config by name
+    /// (`ft/gpt2-xl_unconstr`; see configs/README.md), instead of the model's default.
+    #[arg(long, value_name = "FILE|NAME")]
+    pub config: Option<PathBuf>,
+    /// Override one hyperparameter, e.g. --set v_lr=0.1 --set layers=[3,4] --set rome.original_implementation=false.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Seed of the context-template sampling [default: the config's `seed`, else 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Refuse an update whose Frobenius norm exceeds this multiple of the edited weight's norm
+    /// (`edit eval` records such an edit as failed and goes on).
+    #[arg(long, default_value_t = 10.0)]
+    pub max_update_ratio: f64,
 }
 
 /// Where missing statistics are computed from (as `edit stats`) and where they are cached.
@@ -209,8 +217,8 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let identity = ModelIdentity::of(&files)?;
     let tok: Tokenizer = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
     requests::validate(&reqs, &tok, cfg.n_ctx)?;
-    let prepared = prepare(method, &cfg, args.model.id(), args.config.as_deref(), &args.sets)?;
-    let seed = args.seed.unwrap_or(prepared.method.default_seed());
+    let prepared = prepare(method, &cfg, args.model.id(), args.method_args.config.as_deref(), &args.method_args.sets)?;
+    let seed = args.method_args.seed.unwrap_or(prepared.method.default_seed());
     tracing::info!("{} config: {}", method.name(), prepared.source);
     tracing::debug!("config: {}", serde_json::to_string(&prepared.json).unwrap_or_default());
     // Where the statistics come from, when the method reads them: decided before any weights are read.
@@ -223,7 +231,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let mut lm = args.model.load_files(files, &args.compute)?;
     let pad_id = lm.pad_id();
     let mut editor = plan.load(&lm, &identity, &mut BarProgress::new(global))?;
-    let run = editor.run(&mut *lm.model, &tok, &reqs, seed, pad_id, args.max_update_ratio).context("no edit was made; nothing was written")?;
+    let run = editor.run(&mut *lm.model, &tok, &reqs, seed, pad_id, args.method_args.max_update_ratio).context("no edit was made; nothing was written")?;
     let prepared = &editor.prepared;
     let lines: Vec<String> = run
         .outcome

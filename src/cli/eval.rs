@@ -19,7 +19,7 @@ use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};
 
-use super::apply::StatsSourceArgs;
+use super::apply::{MethodArgs, StatsSourceArgs};
 use super::stats::{BarProgress, DatasetArg};
 use super::{logging, ComputeArgs, GlobalArgs, ModelArgs};
 
@@ -105,21 +105,15 @@ pub struct EvalRunArgs {
     /// Print the summaries as JSON (one array) instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Draw ES/PS/NS/Score (zsRE: the accuracies) against the number of edits to this SVG file:
+    /// over the --num-edits values, or, with --sequential, after each chunk.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// Texts per scoring forward.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub score_batch: usize,
-    /// Hyperparameter file (reference hparams JSON format), or a shipped config by name.
-    #[arg(long, value_name = "FILE|NAME")]
-    pub config: Option<PathBuf>,
-    /// Override one hyperparameter, as in `edit apply`.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
-    /// Seed of the context-template sampling [default: the config's `seed`, else 0].
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Refuse (and record as failed) an update whose norm exceeds this multiple of the weight's.
-    #[arg(long, default_value_t = 10.0)]
-    pub max_update_ratio: f64,
+    #[command(flatten)]
+    pub method_args: MethodArgs,
     /// Statistics corpus (as `edit apply --dataset`).
     #[arg(long, value_enum)]
     pub stats_dataset: Option<DatasetArg>,
@@ -198,10 +192,16 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     if args.num_edits.contains(&0) {
         bail!("--num-edits must be at least 1");
     }
-    if method.is_none() && (args.config.is_some() || !args.sets.is_empty()) {
+    if method.is_none() && (args.method_args.config.is_some() || !args.method_args.sets.is_empty()) {
         bail!("--method none edits nothing, so --config and --set do not apply");
     }
     args.compute.parse()?;
+    if let Some(p) = &args.plot {
+        if p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() != Some("svg") {
+            bail!("--plot {}: only SVG is drawn (it opens in any browser); name the file .svg and convert it if you need a bitmap (e.g. `rsvg-convert plot.svg -o plot.png`)", p.display());
+        }
+        edit::fsutil::check_writable_ancestor(edit::fsutil::parent_dir(p), "--plot", p)?;
+    }
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let identity = ModelIdentity::of(&files)?;
@@ -217,7 +217,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     // The method, its config and its statistics, all before any weights are read.
     let plan = match method {
         Some(m) => {
-            let prepared = prepare(m, &cfg, args.model.id(), args.config.as_deref(), &args.sets)?;
+            let prepared = prepare(m, &cfg, args.model.id(), args.method_args.config.as_deref(), &args.method_args.sets)?;
             tracing::info!("{m} config: {}", prepared.source);
             let wanted = match prepared.method.stats_need() {
                 Some(_) => Some(args.stats.wanted(args.stats_dataset, "--stats-dataset", &args.model)?),
@@ -227,7 +227,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         }
         None => None,
     };
-    let seed = args.seed.or(plan.as_ref().map(|p| p.prepared.method.default_seed())).unwrap_or(0);
+    let seed = args.method_args.seed.or(plan.as_ref().map(|p| p.prepared.method.default_seed())).unwrap_or(0);
     let run_description = json!({
         "method": method_name,
         "config": plan.as_ref().map(|p| p.prepared.json.clone()),
@@ -241,7 +241,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         "num_edits": args.num_edits,
         "sequential": args.sequential,
         "shard": args.shard,
-        "max_update_ratio": args.max_update_ratio,
+        "max_update_ratio": args.method_args.max_update_ratio,
         "tool_version": env!("CARGO_PKG_VERSION"),
     });
     let mut dir = match &args.out {
@@ -264,7 +264,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         num_edits: args.num_edits.clone(),
         sequential: args.sequential,
         seed,
-        max_update_ratio: args.max_update_ratio,
+        max_update_ratio: args.method_args.max_update_ratio,
         batch: args.score_batch,
         identity: &identity,
         shard: args.shard,
@@ -298,6 +298,12 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     if let Some(d) = &dir {
         d.write_json(SUMMARY_FILE, &summaries)?;
         tracing::info!("results in {}", d.dir.display());
+    }
+    if let Some(p) = &args.plot {
+        let (series, x_label) = edit::eval::plot::series(&runs, dataset.format.is_zsre(), args.sequential);
+        let name = dataset_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        edit::eval::plot::write_svg(p, &format!("{method_name} on {name} ({})", args.model.id()), x_label, &series)?;
+        tracing::info!("plot written to {}", p.display());
     }
     let mut out = std::io::stdout().lock();
     if args.json {

@@ -4,6 +4,7 @@
 //! [`case_success`] are the single-record CounterFact tests the method tests use.
 
 pub mod merge;
+pub mod plot;
 pub mod probes;
 pub mod records;
 pub mod run;

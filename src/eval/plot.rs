@@ -1,0 +1,102 @@
+//! `--plot FILE.svg`: the post-edit scores against the number of edits, drawn with plotters'
+//! SVG backend (text is left to the viewer, so no font files are needed): a scaling curve over
+//! the `--num-edits` values, or, for a sequential run, the scores of each chunk's edits right
+//! after it against the number of edits made so far.
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::run::NumEditsRun;
+use super::summary::summarize;
+use crate::error::{Error, Result};
+
+/// One curve: a name and its (x, y) points.
+pub type Series = (String, Vec<(f64, f64)>);
+
+/// The metrics drawn: CounterFact's ES/PS/NS/Score or zsRE's accuracies, as (label, summary key).
+fn metrics(zsre: bool) -> &'static [(&'static str, &'static str)] {
+    if zsre {
+        &[("Efficacy", "post_rewrite_acc"), ("Paraphrase", "post_paraphrase_acc"), ("Specificity", "post_neighborhood_acc")]
+    } else {
+        &[("ES", "post_rewrite_success"), ("PS", "post_paraphrase_success"), ("NS", "post_neighborhood_success"), ("Score", "post_score")]
+    }
+}
+
+fn value(summary: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<f64> {
+    summary.get(key).and_then(|v| v[0].as_f64())
+}
+
+/// The curves of a run, and the x axis' label.
+pub fn series(runs: &[NumEditsRun], zsre: bool, sequential: bool) -> (Vec<Series>, &'static str) {
+    let mut out: Vec<Series> = metrics(zsre).iter().map(|(l, _)| (l.to_string(), Vec::new())).collect();
+    if sequential {
+        for r in runs {
+            for (k, chunk) in r.cases.chunks(r.num_edits).enumerate() {
+                let s = summarize(chunk.iter().map(|c| (c, None)));
+                for ((_, key), (_, points)) in metrics(zsre).iter().zip(out.iter_mut()) {
+                    if let Some(y) = value(&s, key) {
+                        points.push((((k + 1) * r.num_edits) as f64, y));
+                    }
+                }
+            }
+        }
+        (out, "edits made so far (each chunk scored right after its edit)")
+    } else {
+        for r in runs {
+            for ((_, key), (_, points)) in metrics(zsre).iter().zip(out.iter_mut()) {
+                if let Some(y) = value(&r.summary, key) {
+                    points.push((r.num_edits as f64, y));
+                }
+            }
+        }
+        (out, "edits per batch")
+    }
+}
+
+/// Draws `series` (values in %) to an SVG file.
+pub fn write_svg(path: &Path, title: &str, x_label: &str, series: &[Series]) -> Result<()> {
+    if path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() != Some("svg") {
+        return Err(Error::Input(format!(
+            "--plot {}: only SVG is drawn (it opens in any browser; labels need no font files); name the file .svg, and convert \
+             it if you need a bitmap (e.g. `rsvg-convert plot.svg -o plot.png`)",
+            path.display()
+        )));
+    }
+    let xs: Vec<f64> = series.iter().flat_map(|(_, p)| p.iter().map(|&(x, _)| x)).collect();
+    if xs.is_empty() {
+        return Err(Error::Input("--plot: nothing to draw (no scored records)".into()));
+    }
+    let (lo, hi) = xs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+    let log = hi / lo.max(1.0) >= 20.0;
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut builder = ChartBuilder::on(&root);
+        let chart = builder.caption(title, ("sans-serif", 20)).margin(15).x_label_area_size(45).y_label_area_size(55);
+        let colours = [BLUE, RED, GREEN, BLACK];
+        macro_rules! body {
+            ($chart:expr) => {{
+                let mut chart = $chart;
+                chart.configure_mesh().x_desc(x_label).y_desc("%").x_label_formatter(&|x| format!("{x:.0}")).draw()?;
+                for (i, (name, points)) in series.iter().enumerate() {
+                    let colour = colours[i % colours.len()];
+                    chart.draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))?.label(name.as_str()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                    });
+                    chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))?;
+                }
+                chart.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+            }};
+        }
+        let pad = if hi > lo { (hi - lo) * 0.05 } else { 0.5 };
+        if log {
+            body!(chart.build_cartesian_2d((lo * 0.8..hi * 1.25).log_scale(), 0f64..100f64)?);
+        } else {
+            body!(chart.build_cartesian_2d((lo - pad)..(hi + pad), 0f64..100f64)?);
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| Error::io(path, std::io::Error::other(format!("cannot draw the plot: {e}"))))
+}
