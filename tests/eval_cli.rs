@@ -340,3 +340,45 @@ fn a_scaling_plot_is_drawn_as_svg() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("only SVG"), "{stderr}");
 }
+
+#[test]
+fn the_generation_test_is_seeded_and_scored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |out: &Path, seed: &str| -> Vec<Value> {
+        ok(eval("none", &cases()).args(["--limit", "4", "--generation", "--generation-interval", "2", "--seed", seed, "--out"]).arg(out));
+        lines(&out.join("cases.jsonl"))
+    };
+    let a = run(&tmp.path().join("a"), "0");
+    let b = run(&tmp.path().join("b"), "0");
+    let c = run(&tmp.path().join("c"), "1");
+    let records: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(cases()).unwrap()).unwrap();
+    let lm = common::fixture("fact-gpt2");
+    let tok = lm.tokenizer().unwrap();
+    for (i, case) in a.iter().enumerate() {
+        let post = &case["post"];
+        if i % 2 == 1 {
+            assert!(post.get("text").is_none(), "case {i}: not a multiple of the interval");
+            continue;
+        }
+        let texts = post["text"].as_array().unwrap();
+        let prompts = records[i]["generation_prompts"].as_array().unwrap();
+        assert_eq!(texts.len(), prompts.len());
+        for (t, p) in texts.iter().zip(prompts) {
+            let (t, p) = (t.as_str().unwrap(), p.as_str().unwrap());
+            assert!(t.starts_with(p), "{t:?} continues {p:?}");
+            assert!(tok.encode(t).unwrap().len() <= 101, "100 tokens in all (re-tokenizing may merge a few)");
+        }
+        let ge = post["ngram_entropy"].as_f64().unwrap();
+        assert!(ge > 1.0 && ge < 10.0, "{ge}");
+        assert_eq!(post, &b[i]["post"], "the same seed draws the same texts");
+        assert_ne!(post["text"], c[i]["post"]["text"], "another seed draws other texts");
+    }
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("a/summary.json")).unwrap()).unwrap();
+    let mean = (a[0]["post"]["ngram_entropy"].as_f64().unwrap() + a[2]["post"]["ngram_entropy"].as_f64().unwrap()) / 2.0;
+    let reported = summary[0]["post_ngram_entropy"][0].as_f64().unwrap();
+    assert!((reported - (mean * 100.0 * 100.0).round_ties_even() / 100.0).abs() < 1e-9, "×100 as the reference: {reported} vs {mean}");
+    // zsRE has no generation test.
+    let (code, _, stderr) = outcome(eval("none", &fixture_dir("zsre").join("zsre-5.json")).arg("--generation"));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("generation"), "{stderr}");
+}

@@ -11,6 +11,7 @@ use clap::Args;
 use edit::editing::hparams::Method;
 use edit::editing::method::prepare;
 use edit::editing::pipeline::EditPlan;
+use edit::eval::probes::Generation;
 use edit::eval::records::{read_dataset, ZsreTarget};
 use edit::eval::run::{evaluate, EvalPlan, EvalProgress};
 use edit::eval::rundir::{RunDir, ORDER_FILE, SUMMARY_FILE};
@@ -109,6 +110,15 @@ pub struct EvalRunArgs {
     /// over the --num-edits values, or, with --sequential, after each chunk.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+    /// Also run the generation test (CounterFact records with `generation_prompts`): a text of
+    /// 100 tokens sampled (top-5, seeded by --seed and the case id) from each prompt, scored by
+    /// its n-gram entropy (fluency, `*_ngram_entropy`).
+    #[arg(long)]
+    pub generation: bool,
+    /// Run the generation test on the records whose case_id is a multiple of N (the reference's
+    /// generation_test_interval).
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "generation")]
+    pub generation_interval: u64,
     /// Texts per scoring forward.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub score_batch: usize,
@@ -213,6 +223,14 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     }
     tracing::info!("{}: {} {}", dataset_path.display(), dataset.records.len(), dataset.format.describe());
     dataset.check(&tok, cfg.n_ctx, method.is_some(), &dataset_path.display().to_string())?;
+    if args.generation {
+        if dataset.format.is_zsre() {
+            bail!("--generation: zsRE records have no generation prompts; the generation test is CounterFact's");
+        }
+        if dataset.records.iter().all(|r| r.generation_prompts.is_empty()) {
+            bail!("--generation: no record of {} has generation_prompts (full CounterFact records have them)", dataset_path.display());
+        }
+    }
 
     // The method, its config and its statistics, all before any weights are read.
     let plan = match method {
@@ -241,6 +259,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         "num_edits": args.num_edits,
         "sequential": args.sequential,
         "shard": args.shard,
+        "generation": args.generation.then_some(args.generation_interval),
         "max_update_ratio": args.method_args.max_update_ratio,
         "tool_version": env!("CARGO_PKG_VERSION"),
     });
@@ -268,6 +287,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         batch: args.score_batch,
         identity: &identity,
         shard: args.shard,
+        generation: args.generation.then_some(Generation { seed, interval: args.generation_interval.max(1) }),
     };
     let mut bar = Bar { bar: ProgressBar::hidden(), visible: logging::show_progress(global) };
     let runs = evaluate(&mut *lm.model, &tok, pad_id, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?;
@@ -320,20 +340,23 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
 fn write_table(out: &mut impl Write, rows: &[Map<String, Value>], zsre: bool, sequential: bool) -> anyhow::Result<()> {
     let get = |r: &Map<String, Value>, k: &str| r.get(k).and_then(|v| v[0].as_f64()).map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
     let num = |r: &Map<String, Value>, k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cols: &[(&str, &str)] = if zsre {
-        &[("Efficacy", "post_rewrite_acc"), ("Paraphrase", "post_paraphrase_acc"), ("Specificity", "post_neighborhood_acc")]
+    let mut cols: Vec<(&str, &str)> = if zsre {
+        vec![("Efficacy", "post_rewrite_acc"), ("Paraphrase", "post_paraphrase_acc"), ("Specificity", "post_neighborhood_acc")]
     } else {
-        &[("ES", "post_rewrite_success"), ("PS", "post_paraphrase_success"), ("NS", "post_neighborhood_success"), ("Score", "post_score"), ("EM", "post_rewrite_diff"), ("PM", "post_paraphrase_diff"), ("NM", "post_neighborhood_diff")]
+        vec![("ES", "post_rewrite_success"), ("PS", "post_paraphrase_success"), ("NS", "post_neighborhood_success"), ("Score", "post_score"), ("EM", "post_rewrite_diff"), ("PM", "post_paraphrase_diff"), ("NM", "post_neighborhood_diff")]
     };
+    if rows.iter().any(|r| r.contains_key("post_ngram_entropy")) {
+        cols.push(("GE", "post_ngram_entropy"));
+    }
     let mut header = format!("{:>9} {:>7}", "num_edits", "cases");
-    for (name, _) in cols {
+    for (name, _) in &cols {
         header.push_str(&format!(" {name:>7}"));
     }
     header.push_str(&format!(" {:>7} {:>9}", "failed", "edit_s"));
     writeln!(out, "{header}")?;
     for r in rows {
         let mut line = format!("{:>9} {:>7}", num(r, "num_edits"), num(r, "num_cases"));
-        for (_, key) in cols {
+        for (_, key) in &cols {
             line.push_str(&format!(" {:>7}", get(r, key)));
         }
         let time = r.get("time").and_then(|v| v[0].as_f64()).map(|x| format!("{x:.2}")).unwrap_or_default();
@@ -341,7 +364,7 @@ fn write_table(out: &mut impl Write, rows: &[Map<String, Value>], zsre: bool, se
         writeln!(out, "{line}")?;
         if sequential && r.contains_key("final_rewrite_success") {
             let mut line = format!("{:>9} {:>7}", "final", "");
-            for (_, key) in cols {
+            for (_, key) in &cols {
                 line.push_str(&format!(" {:>7}", get(r, &key.replacen("post_", "final_", 1))));
             }
             writeln!(out, "{line}")?;

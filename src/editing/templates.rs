@@ -94,7 +94,7 @@ fn template_from(text: &str) -> String {
 
 /// Samples `n` continuations of `prompt` to a total of `length` tokens (prompt included) by
 /// top-5 sampling, decoded as the reference does: NFKD, blank lines joined, end-of-text removed.
-fn sample(
+pub(crate) fn sample(
     model: &dyn CausalLm,
     tok: &Tokenizer,
     prompt: &[u32],

@@ -33,6 +33,19 @@ pub struct CaseScores {
     pub rewrite_prompts_correct: Vec<bool>,
     pub paraphrase_prompts_correct: Vec<bool>,
     pub neighborhood_prompts_correct: Vec<bool>,
+    /// The generation test (`--generation`): fluency, and the texts it was measured on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ngram_entropy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<Vec<String>>,
+}
+
+/// The generation test's settings: the records whose `case_id` is a multiple of `interval` (the
+/// reference's `generation_test_interval`) get it, each seeded from `seed` and its case id.
+#[derive(Clone, Copy, Debug)]
+pub struct Generation {
+    pub seed: u64,
+    pub interval: u64,
 }
 
 /// Where one record's items sit in the flat list, and how to read them back.
@@ -110,8 +123,33 @@ fn zsre_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<
     Ok(Plan::Zsre { groups: [target.len(), prompts[1].len() * target.len(), r.zsre_neighborhood.len()] })
 }
 
-/// Scores every record on the model as it is, in forwards of at most `batch` texts.
-pub fn score_records(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], zsre: bool, pad_id: u32, batch: usize) -> Result<Vec<CaseScores>> {
+/// Scores every record on the model as it is, in forwards of at most `batch` texts, and runs
+/// the generation test where `generation` asks for it.
+pub fn score_records(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    records: &[&EvalRecord],
+    zsre: bool,
+    pad_id: u32,
+    batch: usize,
+    generation: Option<Generation>,
+) -> Result<Vec<CaseScores>> {
+    let mut out = probability_tests(model, tok, records, zsre, pad_id, batch)?;
+    if let Some(g) = generation {
+        for (r, s) in records.iter().zip(out.iter_mut()) {
+            if r.generation_prompts.is_empty() || r.case_id % g.interval.max(1) != 0 {
+                continue;
+            }
+            let seed = g.seed.wrapping_add(r.case_id.wrapping_mul(1_000));
+            let texts = super::generation::generate(model, tok, &r.generation_prompts, seed)?;
+            s.ngram_entropy = Some(super::generation::ngram_entropy(&texts));
+            s.text = Some(texts);
+        }
+    }
+    Ok(out)
+}
+
+fn probability_tests(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], zsre: bool, pad_id: u32, batch: usize) -> Result<Vec<CaseScores>> {
     let mut items = Vec::new();
     let mut plans = Vec::with_capacity(records.len());
     for r in records {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use super::probes::{score_records, CaseScores};
+use super::probes::{score_records, CaseScores, Generation};
 use super::records::{Dataset, EvalRecord};
 use super::rundir::{RunDir, FINAL_FILE};
 use super::summary::{summary_of, CaseResult};
@@ -35,6 +35,8 @@ pub struct EvalPlan<'a> {
     pub identity: &'a ModelIdentity,
     /// `(i, n)`: evaluate only the chunks k with k mod n = i (not with `sequential`).
     pub shard: Option<(usize, usize)>,
+    /// The generation test, if asked for.
+    pub generation: Option<Generation>,
 }
 
 impl EvalPlan<'_> {
@@ -74,10 +76,11 @@ pub struct NumEditsRun {
 const SCORE_GROUP: usize = 64;
 
 /// Scores `records` on the model as it is, a group at a time, reporting progress.
-fn score_all(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], zsre: bool, pad: u32, batch: usize, progress: &mut dyn EvalProgress) -> Result<Vec<CaseScores>> {
+fn score_all(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], plan: &EvalPlan, pad: u32, progress: &mut dyn EvalProgress) -> Result<Vec<CaseScores>> {
+    let zsre = plan.dataset.format.is_zsre();
     let mut out = Vec::with_capacity(records.len());
     for group in records.chunks(SCORE_GROUP) {
-        out.extend(score_records(model, tok, group, zsre, pad, batch)?);
+        out.extend(score_records(model, tok, group, zsre, pad, plan.batch, plan.generation)?);
         progress.advance(group.len());
     }
     Ok(out)
@@ -96,7 +99,6 @@ pub fn evaluate(
     mut dir: Option<&mut RunDir>,
     progress: &mut dyn EvalProgress,
 ) -> Result<Vec<NumEditsRun>> {
-    let zsre = plan.dataset.format.is_zsre();
     let records = &plan.dataset.records;
     let is_done = |dir: &Option<&mut RunDir>, n: usize, id: u64| dir.as_ref().is_some_and(|d| d.is_done(n, id));
 
@@ -117,7 +119,7 @@ pub fn evaluate(
     progress.start("pre-edit scores", groups.iter().map(|(_, g)| g.len()).sum(), 0);
     let mut pre: HashMap<u64, CaseScores> = HashMap::new();
     for (start, g) in &groups {
-        for (i, (r, s)) in g.iter().zip(score_all(&*model, tok, g, zsre, pad_id, plan.batch, progress)?).enumerate() {
+        for (i, (r, s)) in g.iter().zip(score_all(&*model, tok, g, plan, pad_id, progress)?).enumerate() {
             if pending((start + i, r)) {
                 pre.insert(r.case_id, s);
             }
@@ -199,7 +201,7 @@ pub fn evaluate(
             } else {
                 // The whole chunk, as in an uninterrupted run (see the pre-edit scores).
                 let all: Vec<&EvalRecord> = chunk.iter().collect();
-                let scores = score_all(&*model, tok, &all, zsre, pad_id, plan.batch, &mut Silent)?;
+                let scores = score_all(&*model, tok, &all, plan, pad_id, &mut Silent)?;
                 all.iter().zip(scores).filter(|(r, _)| todo.iter().any(|t| t.case_id == r.case_id)).map(|(_, s)| Some(s)).collect()
             };
             let grouped: Vec<u64> = chunk.iter().map(|r| r.case_id).collect();
@@ -239,7 +241,7 @@ pub fn evaluate(
         if plan.sequential && editor.is_some() {
             let edited: Vec<&EvalRecord> = records.iter().filter(|r| cases.iter().any(|c| c.case_id == r.case_id && c.error.is_none())).collect();
             progress.start("re-scoring every edit on the final model", edited.len(), 0);
-            let scores = score_all(&*model, tok, &edited, zsre, pad_id, plan.batch, progress)?;
+            let scores = score_all(&*model, tok, &edited, plan, pad_id, progress)?;
             progress.finish();
             finals = edited.iter().map(|r| r.case_id).zip(scores).collect();
             if let Some(d) = dir.as_ref() {

@@ -69,6 +69,9 @@ fn case_means(prefix: &str, s: &CaseScores, out: &mut Vec<(String, f64)>) {
         out.push((format!("{prefix}_{name}_success"), mean(&success)));
         out.push((format!("{prefix}_{name}_diff"), mean(&diff)));
     }
+    if let Some(h) = s.ngram_entropy {
+        out.push((format!("{prefix}_ngram_entropy"), h));
+    }
     for (name, c) in [
         ("rewrite", &s.rewrite_prompts_correct),
         ("paraphrase", &s.paraphrase_prompts_correct),
@@ -168,6 +171,7 @@ mod tests {
             rewrite_prompts_correct: vec![true],
             paraphrase_prompts_correct: vec![true, false],
             neighborhood_prompts_correct: vec![false, false],
+            ..Default::default()
         };
         // Case B: nothing worked.
         let b = CaseScores {
@@ -177,6 +181,7 @@ mod tests {
             rewrite_prompts_correct: vec![false],
             paraphrase_prompts_correct: vec![false, false],
             neighborhood_prompts_correct: vec![false, false],
+            ..Default::default()
         };
         let (ca, cb) = (case(1.0, a), case(3.0, b));
         let s = summarize([(&ca, None), (&cb, None)]);
