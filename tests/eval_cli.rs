@@ -9,6 +9,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use candle_core::IndexOp;
 use common::{edit_bin, fixture_dir, outcome};
 use serde_json::Value;
 
@@ -381,4 +382,53 @@ fn the_generation_test_is_seeded_and_scored() {
     let (code, _, stderr) = outcome(eval("none", &fixture_dir("zsre").join("zsre-5.json")).arg("--generation"));
     assert_eq!(code, Some(1));
     assert!(stderr.contains("generation"), "{stderr}");
+}
+
+#[test]
+fn consistency_and_essence_from_attribute_snippets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let snippets = tmp.path().join("attribute_snippets.json");
+    let own = "Alon Javberg speaks Finnish at home and writes in Finnish.";
+    std::fs::write(
+        &snippets,
+        serde_json::json!([{"relation_id": "P103", "target_id": "P103:Finnish", "samples": [
+            {"name": "Alon Javberg", "text": own},
+            {"name": "Vera Castreberg", "text": "Vera Castreberg grew up speaking Finnish."}
+        ]}])
+        .to_string(),
+    )
+    .unwrap();
+    let out = tmp.path().join("g");
+    let stdout = ok(eval("none", &cases()).args(["--limit", "1", "--generation", "--snippets"]).arg(&snippets).arg("--out").arg(&out));
+    assert!(stdout.contains("RS") && stdout.contains("GE"), "{stdout}");
+    let post = &lines(&out.join("cases.jsonl"))[0]["post"];
+    let rs = post["reference_score"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&rs), "{rs}");
+    assert_eq!(post["essence_text"], serde_json::json!([own]));
+    // The essence perplexity by hand: exp(-(1/N) Σ_{i≥1} log p(x_i | x_<i)) over the subject's snippet.
+    let lm = common::fixture("fact-gpt2");
+    let tok = lm.tokenizer().unwrap();
+    let ids = tok.encode(own).unwrap();
+    let b = edit::Batch::from_sequences(std::slice::from_ref(&ids), lm.pad_id(), lm.model.device()).unwrap();
+    let logits = lm.model.forward(&b, &edit::TraceSpec::logits(edit::Logits::All), &[]).unwrap().logits.unwrap();
+    let lp = candle_nn::ops::log_softmax(&logits.i(0).unwrap(), 1).unwrap().to_vec2::<f32>().unwrap();
+    let sum: f64 = (1..ids.len()).map(|i| f64::from(lp[i - 1][ids[i] as usize])).sum();
+    let want = (-sum / ids.len() as f64).exp();
+    let got = post["essence_score"].as_f64().unwrap();
+    assert!((got - want).abs() <= 1e-4 * want, "{got} vs {want}");
+    // Not ×100 in the summary, as the reference.
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert!((summary[0]["post_essence_score"][0].as_f64().unwrap() - got).abs() < 1e-9);
+    assert!((summary[0]["post_reference_score"][0].as_f64().unwrap() - (rs * 10000.0).round_ties_even() / 100.0).abs() < 1e-9);
+
+    // The reference's idf.npy / tfidf_vocab.json; a vocabulary that does not fit them is refused.
+    let tfidf = tmp.path().join("tfidf");
+    std::fs::create_dir_all(&tfidf).unwrap();
+    candle_core::Tensor::new(&[1.0f64, 2.0, 3.0], &candle_core::Device::Cpu).unwrap().write_npy(tfidf.join("idf.npy")).unwrap();
+    std::fs::write(tfidf.join("tfidf_vocab.json"), r#"{"finnish": 0, "speaks": 1, "home": 2}"#).unwrap();
+    ok(eval("none", &cases()).args(["--limit", "1", "--generation", "--snippets"]).arg(&snippets).arg("--tfidf").arg(&tfidf));
+    std::fs::write(tfidf.join("tfidf_vocab.json"), r#"{"finnish": 7}"#).unwrap();
+    let (code, _, stderr) = outcome(eval("none", &cases()).args(["--limit", "1", "--generation", "--snippets"]).arg(&snippets).arg("--tfidf").arg(&tfidf));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("do not belong together"), "{stderr}");
 }

@@ -119,6 +119,15 @@ pub struct EvalRunArgs {
     /// generation_test_interval).
     #[arg(long, value_name = "N", default_value_t = 1, requires = "generation")]
     pub generation_interval: u64,
+    /// The reference's attribute_snippets.json: adds the consistency (TF-IDF cosine of the texts
+    /// with the snippets about other subjects with target_new, `*_reference_score`) and essence
+    /// (perplexity on the subject's own snippets, `*_essence_score`) scores.
+    #[arg(long, value_name = "FILE", requires = "generation")]
+    pub snippets: Option<PathBuf>,
+    /// A directory with the reference's idf.npy and tfidf_vocab.json for the consistency score
+    /// [default: idf fitted on the snippets, as the reference does without them].
+    #[arg(long, value_name = "DIR", requires = "snippets")]
+    pub tfidf: Option<PathBuf>,
     /// Texts per scoring forward.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub score_batch: usize,
@@ -231,6 +240,12 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
             bail!("--generation: no record of {} has generation_prompts (full CounterFact records have them)", dataset_path.display());
         }
     }
+    let snippets = match &args.snippets {
+        Some(path) => Some(std::sync::Arc::new(
+            edit::eval::consistency::Snippets::read(path, args.tfidf.as_deref()).with_context(|| format!("cannot read the attribute snippets {}", path.display()))?,
+        )),
+        None => None,
+    };
 
     // The method, its config and its statistics, all before any weights are read.
     let plan = match method {
@@ -260,6 +275,8 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         "sequential": args.sequential,
         "shard": args.shard,
         "generation": args.generation.then_some(args.generation_interval),
+        "snippets": args.snippets.as_ref().map(|p| p.display().to_string()),
+        "tfidf": args.tfidf.as_ref().map(|p| p.display().to_string()),
         "max_update_ratio": args.method_args.max_update_ratio,
         "tool_version": env!("CARGO_PKG_VERSION"),
     });
@@ -287,7 +304,10 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         batch: args.score_batch,
         identity: &identity,
         shard: args.shard,
-        generation: args.generation.then_some(Generation { seed, interval: args.generation_interval.max(1) }),
+        generation: match args.generation {
+            true => Some(Generation { seed, interval: args.generation_interval.max(1), snippets: snippets.clone() }),
+            false => None,
+        },
     };
     let mut bar = Bar { bar: ProgressBar::hidden(), visible: logging::show_progress(global) };
     let runs = evaluate(&mut *lm.model, &tok, pad_id, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?;
@@ -345,8 +365,10 @@ fn write_table(out: &mut impl Write, rows: &[Map<String, Value>], zsre: bool, se
     } else {
         vec![("ES", "post_rewrite_success"), ("PS", "post_paraphrase_success"), ("NS", "post_neighborhood_success"), ("Score", "post_score"), ("EM", "post_rewrite_diff"), ("PM", "post_paraphrase_diff"), ("NM", "post_neighborhood_diff")]
     };
-    if rows.iter().any(|r| r.contains_key("post_ngram_entropy")) {
-        cols.push(("GE", "post_ngram_entropy"));
+    for (name, key) in [("GE", "post_ngram_entropy"), ("RS", "post_reference_score")] {
+        if rows.iter().any(|r| r.contains_key(key)) {
+            cols.push((name, key));
+        }
     }
     let mut header = format!("{:>9} {:>7}", "num_edits", "cases");
     for (name, _) in &cols {

@@ -3,6 +3,7 @@
 //! ([`rundir`]), and the reference's summary ([`summary`]). [`score_pairs`] and
 //! [`case_success`] are the single-record CounterFact tests the method tests use.
 
+pub mod consistency;
 pub mod generation;
 pub mod merge;
 pub mod plot;

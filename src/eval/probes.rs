@@ -38,14 +38,24 @@ pub struct CaseScores {
     pub ngram_entropy: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<Vec<String>>,
+    /// Consistency: TF-IDF cosine of the texts with the target's attribute snippets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference_score: Option<f64>,
+    /// Perplexity on the snippets about the subject itself, and those snippets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub essence_score: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub essence_text: Option<Vec<String>>,
 }
 
 /// The generation test's settings: the records whose `case_id` is a multiple of `interval` (the
-/// reference's `generation_test_interval`) get it, each seeded from `seed` and its case id.
-#[derive(Clone, Copy, Debug)]
+/// reference's `generation_test_interval`) get it, each seeded from `seed` and its case id;
+/// with `snippets`, also the consistency and essence scores.
+#[derive(Clone)]
 pub struct Generation {
     pub seed: u64,
     pub interval: u64,
+    pub snippets: Option<std::sync::Arc<super::consistency::Snippets>>,
 }
 
 /// Where one record's items sit in the flat list, and how to read them back.
@@ -132,7 +142,7 @@ pub fn score_records(
     zsre: bool,
     pad_id: u32,
     batch: usize,
-    generation: Option<Generation>,
+    generation: Option<&Generation>,
 ) -> Result<Vec<CaseScores>> {
     let mut out = probability_tests(model, tok, records, zsre, pad_id, batch)?;
     if let Some(g) = generation {
@@ -143,6 +153,22 @@ pub fn score_records(
             let seed = g.seed.wrapping_add(r.case_id.wrapping_mul(1_000));
             let texts = super::generation::generate(model, tok, &r.generation_prompts, seed)?;
             s.ngram_entropy = Some(super::generation::ngram_entropy(&texts));
+            if let Some(snips) = &g.snippets {
+                let rr = &r.requested_rewrite;
+                let (rel, target) = (rr["relation_id"].as_str().unwrap_or_default(), rr["target_new"]["id"].as_str().unwrap_or_default());
+                let about = snips.about(rel, target);
+                if about.is_empty() {
+                    tracing::warn!("case {}: no attribute snippets for ({rel:?}, {target:?}); no consistency score", r.case_id);
+                } else {
+                    let consistency: Vec<&str> = about.iter().map(|x| x.text.as_str()).collect();
+                    s.reference_score = Some(snips.similarity(&texts.join(" "), &consistency.join(" ")));
+                    let essence: Vec<String> = about.iter().filter(|x| x.name == r.request.subject).map(|x| x.text.clone()).collect();
+                    if !essence.is_empty() {
+                        s.essence_score = Some(super::consistency::perplexity(model, tok, &essence.join(" "), pad_id)?);
+                        s.essence_text = Some(essence);
+                    }
+                }
+            }
             s.text = Some(texts);
         }
     }

@@ -80,7 +80,7 @@ fn score_all(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], pla
     let zsre = plan.dataset.format.is_zsre();
     let mut out = Vec::with_capacity(records.len());
     for group in records.chunks(SCORE_GROUP) {
-        out.extend(score_records(model, tok, group, zsre, pad, plan.batch, plan.generation)?);
+        out.extend(score_records(model, tok, group, zsre, pad, plan.batch, plan.generation.as_ref())?);
         progress.advance(group.len());
     }
     Ok(out)

@@ -69,8 +69,10 @@ fn case_means(prefix: &str, s: &CaseScores, out: &mut Vec<(String, f64)>) {
         out.push((format!("{prefix}_{name}_success"), mean(&success)));
         out.push((format!("{prefix}_{name}_diff"), mean(&diff)));
     }
-    if let Some(h) = s.ngram_entropy {
-        out.push((format!("{prefix}_ngram_entropy"), h));
+    for (name, v) in [("ngram_entropy", s.ngram_entropy), ("reference_score", s.reference_score), ("essence_score", s.essence_score)] {
+        if let Some(v) = v {
+            out.push((format!("{prefix}_{name}"), v));
+        }
     }
     for (name, c) in [
         ("rewrite", &s.rewrite_prompts_correct),
@@ -123,7 +125,8 @@ pub fn summarize<'a>(cases: impl IntoIterator<Item = (&'a CaseResult, Option<&'a
     let mut out = Map::new();
     for (k, v) in &sums {
         let (m, s) = (mean(v), std(v));
-        let value = if k == "time" { json!([m, s]) } else { json!([round2(m * 100.0), round2(s * 100.0)]) };
+        // As the reference: everything ×100 and rounded but the essence perplexity and time.
+        let value = if k == "time" || k.ends_with("essence_score") { json!([m, s]) } else { json!([round2(m * 100.0), round2(s * 100.0)]) };
         out.insert(k.clone(), value);
     }
     for prefix in ["pre", "post", "final"] {
