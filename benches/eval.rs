@@ -17,7 +17,7 @@ use edit::stats::cache::ModelIdentity;
 use edit::stats::ensure::Quiet;
 
 fn plan<'a>(dataset: &'a Dataset, identity: &'a ModelIdentity) -> EvalPlan<'a> {
-    EvalPlan { dataset, num_edits: vec![1], sequential: false, seed: 0, max_update_ratio: 10.0, batch: 64, identity, shard: None, generation: None }
+    EvalPlan { dataset, num_edits: vec![1], sequential: false, seed: 0, max_update_ratio: 10.0, scoring: edit::eval::probes::ScoreOptions { batch: 64, ..Default::default() }, identity, shard: None }
 }
 
 fn main() {

@@ -432,3 +432,27 @@ fn consistency_and_essence_from_attribute_snippets() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("do not belong together"), "{stderr}");
 }
+
+#[test]
+fn attribute_prompts_are_scored_as_rs_evaluator_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("attr");
+    ok(eval("none", &cases()).args(["--limit", "2", "--attribute-prompts", "--out"]).arg(&out));
+    let records: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(cases()).unwrap()).unwrap();
+    let lm = common::fixture("fact-gpt2");
+    let tok = lm.tokenizer().unwrap();
+    for (c, r) in lines(&out.join("cases.jsonl")).iter().zip(&records) {
+        let got = c["post"]["attribute_prompts_probs"].as_array().unwrap();
+        let prompts: Vec<String> = r["attribute_prompts"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+        assert_eq!(got.len(), prompts.len());
+        // The single-record scorer the method tests use, one prompt at a time.
+        let rr = &r["requested_rewrite"];
+        let want = edit::eval::score_pairs(&*lm.model, tok, &prompts, rr["target_new"]["str"].as_str().unwrap(), rr["target_true"]["str"].as_str().unwrap(), lm.pad_id()).unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((g["target_new"].as_f64().unwrap() - w.new).abs() < 1e-4 && (g["target_true"].as_f64().unwrap() - w.true_).abs() < 1e-4);
+        }
+        assert!(c["post"].get("attribute_prompts_correct").is_none());
+    }
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(!summary.contains("attribute"), "not summarised, as the reference");
+}

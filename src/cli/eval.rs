@@ -11,7 +11,7 @@ use clap::Args;
 use edit::editing::hparams::Method;
 use edit::editing::method::prepare;
 use edit::editing::pipeline::EditPlan;
-use edit::eval::probes::Generation;
+use edit::eval::probes::{Generation, ScoreOptions};
 use edit::eval::records::{read_dataset, ZsreTarget};
 use edit::eval::run::{evaluate, EvalPlan, EvalProgress};
 use edit::eval::rundir::{RunDir, ORDER_FILE, SUMMARY_FILE};
@@ -128,6 +128,10 @@ pub struct EvalRunArgs {
     /// [default: idf fitted on the snippets, as the reference does without them].
     #[arg(long, value_name = "DIR", requires = "snippets")]
     pub tfidf: Option<PathBuf>,
+    /// Also score the records' `attribute_prompts` (as kmeng01/rome's evaluator; recorded as
+    /// `attribute_prompts_probs`, not summarised, as there).
+    #[arg(long)]
+    pub attribute_prompts: bool,
     /// Texts per scoring forward.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub score_batch: usize,
@@ -275,6 +279,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         "sequential": args.sequential,
         "shard": args.shard,
         "generation": args.generation.then_some(args.generation_interval),
+        "attribute_prompts": args.attribute_prompts,
         "snippets": args.snippets.as_ref().map(|p| p.display().to_string()),
         "tfidf": args.tfidf.as_ref().map(|p| p.display().to_string()),
         "max_update_ratio": args.method_args.max_update_ratio,
@@ -301,13 +306,17 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         sequential: args.sequential,
         seed,
         max_update_ratio: args.method_args.max_update_ratio,
-        batch: args.score_batch,
+        scoring: ScoreOptions {
+            zsre: dataset.format.is_zsre(),
+            batch: args.score_batch,
+            attribute_prompts: args.attribute_prompts,
+            generation: match args.generation {
+                true => Some(Generation { seed, interval: args.generation_interval.max(1), snippets: snippets.clone() }),
+                false => None,
+            },
+        },
         identity: &identity,
         shard: args.shard,
-        generation: match args.generation {
-            true => Some(Generation { seed, interval: args.generation_interval.max(1), snippets: snippets.clone() }),
-            false => None,
-        },
     };
     let mut bar = Bar { bar: ProgressBar::hidden(), visible: logging::show_progress(global) };
     let runs = evaluate(&mut *lm.model, &tok, pad_id, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?;

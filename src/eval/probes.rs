@@ -30,6 +30,10 @@ pub struct CaseScores {
     pub paraphrase_prompts_probs: Option<Vec<ProbPair>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub neighborhood_prompts_probs: Option<Vec<ProbPair>>,
+    /// R's attribute prompts (other subjects that have target_new), recorded as R does; not
+    /// in the summary (R's summarize does not read them either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribute_prompts_probs: Option<Vec<ProbPair>>,
     pub rewrite_prompts_correct: Vec<bool>,
     pub paraphrase_prompts_correct: Vec<bool>,
     pub neighborhood_prompts_correct: Vec<bool>,
@@ -48,6 +52,18 @@ pub struct CaseScores {
     pub essence_text: Option<Vec<String>>,
 }
 
+/// How records are scored.
+#[derive(Clone, Default)]
+pub struct ScoreOptions {
+    /// zsRE's token accuracy instead of the CounterFact probability tests.
+    pub zsre: bool,
+    /// Texts per forward.
+    pub batch: usize,
+    /// Also score R's attribute prompts.
+    pub attribute_prompts: bool,
+    pub generation: Option<Generation>,
+}
+
 /// The generation test's settings: the records whose `case_id` is a multiple of `interval` (the
 /// reference's `generation_test_interval`) get it, each seeded from `seed` and its case id;
 /// with `snippets`, also the consistency and essence scores.
@@ -61,7 +77,7 @@ pub struct Generation {
 /// Where one record's items sit in the flat list, and how to read them back.
 enum Plan {
     /// Per prompt of the three groups, how its reads are laid out.
-    CounterFact { groups: [usize; 3], layouts: Vec<Layout> },
+    CounterFact { groups: [usize; 4], layouts: Vec<Layout> },
     Zsre { groups: [usize; 3] },
 }
 
@@ -75,12 +91,13 @@ enum Layout {
     Separate,
 }
 
-fn counterfact_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<Plan> {
+fn counterfact_items(tok: &Tokenizer, r: &EvalRecord, attribute: bool, items: &mut Vec<Item>) -> Result<Plan> {
     let req = &r.request;
     let new = req.target_new.trim_start().to_string();
     let true_ = req.target_true.as_deref().unwrap_or_default().trim_start().to_string();
     let cands = [tok.encode(&format!(" {new}"))?, tok.encode(&format!(" {true_}"))?];
-    let groups = [vec![req.filled_prompt()], req.paraphrase_prompts.clone(), req.neighborhood_prompts.clone()];
+    let attribute_prompts = if attribute { r.attribute_prompts.clone() } else { Vec::new() };
+    let groups = [vec![req.filled_prompt()], req.paraphrase_prompts.clone(), req.neighborhood_prompts.clone(), attribute_prompts];
     let mut layouts = Vec::new();
     for prefix in groups.iter().flatten() {
         let prefix_len = tok.encode(prefix)?.len();
@@ -108,7 +125,7 @@ fn counterfact_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> 
             layouts.push(Layout::Separate);
         }
     }
-    Ok(Plan::CounterFact { groups: [1, groups[1].len(), groups[2].len()], layouts })
+    Ok(Plan::CounterFact { groups: [1, groups[1].len(), groups[2].len(), groups[3].len()], layouts })
 }
 
 fn zsre_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<Plan> {
@@ -135,17 +152,9 @@ fn zsre_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<
 
 /// Scores every record on the model as it is, in forwards of at most `batch` texts, and runs
 /// the generation test where `generation` asks for it.
-pub fn score_records(
-    model: &dyn CausalLm,
-    tok: &Tokenizer,
-    records: &[&EvalRecord],
-    zsre: bool,
-    pad_id: u32,
-    batch: usize,
-    generation: Option<&Generation>,
-) -> Result<Vec<CaseScores>> {
-    let mut out = probability_tests(model, tok, records, zsre, pad_id, batch)?;
-    if let Some(g) = generation {
+pub fn score_records(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], pad_id: u32, opts: &ScoreOptions) -> Result<Vec<CaseScores>> {
+    let mut out = probability_tests(model, tok, records, pad_id, opts)?;
+    if let Some(g) = &opts.generation {
         for (r, s) in records.iter().zip(out.iter_mut()) {
             if r.generation_prompts.is_empty() || r.case_id % g.interval.max(1) != 0 {
                 continue;
@@ -175,13 +184,13 @@ pub fn score_records(
     Ok(out)
 }
 
-fn probability_tests(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], zsre: bool, pad_id: u32, batch: usize) -> Result<Vec<CaseScores>> {
+fn probability_tests(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], pad_id: u32, opts: &ScoreOptions) -> Result<Vec<CaseScores>> {
     let mut items = Vec::new();
     let mut plans = Vec::with_capacity(records.len());
     for r in records {
-        plans.push(if zsre { zsre_items(tok, r, &mut items)? } else { counterfact_items(tok, r, &mut items)? });
+        plans.push(if opts.zsre { zsre_items(tok, r, &mut items)? } else { counterfact_items(tok, r, opts.attribute_prompts, &mut items)? });
     }
-    let reads = score_items(model, &items, pad_id, batch)?;
+    let reads = score_items(model, &items, pad_id, opts.batch)?;
     let mut it = reads.into_iter();
     let mut out = Vec::with_capacity(records.len());
     for plan in plans {
@@ -211,7 +220,9 @@ fn probability_tests(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalReco
                     match g {
                         0 => (s.rewrite_prompts_probs, s.rewrite_prompts_correct) = (Some(probs), correct),
                         1 => (s.paraphrase_prompts_probs, s.paraphrase_prompts_correct) = (Some(probs), correct),
-                        _ => (s.neighborhood_prompts_probs, s.neighborhood_prompts_correct) = (Some(probs), correct),
+                        2 => (s.neighborhood_prompts_probs, s.neighborhood_prompts_correct) = (Some(probs), correct),
+                        _ if n > 0 => s.attribute_prompts_probs = Some(probs),
+                        _ => {}
                     }
                 }
                 s

@@ -64,6 +64,8 @@ pub struct EvalRecord {
     pub zsre_neighborhood: Vec<(String, String)>,
     /// CounterFact: the prompts of the generation test.
     pub generation_prompts: Vec<String>,
+    /// CounterFact: prompts about other subjects that have target_new (scored by R only).
+    pub attribute_prompts: Vec<String>,
 }
 
 /// A dataset: its layout and records.
@@ -124,9 +126,11 @@ pub fn parse_dataset(text: &str, source: &str, tok: &Tokenizer, zsre_target: Zsr
                         j
                     }
                 };
-                let generation_prompts =
-                    v.get("generation_prompts").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default();
-                EvalRecord { case_id, request: r, requested_rewrite, zsre_neighborhood: Vec::new(), generation_prompts }
+                let strings = |key: &str| -> Vec<String> {
+                    v.get(key).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default()
+                };
+                let (generation_prompts, attribute_prompts) = (strings("generation_prompts"), strings("attribute_prompts"));
+                EvalRecord { case_id, request: r, requested_rewrite, zsre_neighborhood: Vec::new(), generation_prompts, attribute_prompts }
             })
             .collect()
     };
@@ -205,7 +209,7 @@ fn zsre_records(values: &[Value], source: &str, tok: &Tokenizer, target: ZsreTar
             neighborhood_prompts: Vec::new(),
         };
         let requested_rewrite = json!({"prompt": prompt, "subject": subject, "target_new": {"str": new}, "target_true": {"str": "<|endoftext|>"}});
-        out.push(EvalRecord { case_id: i as u64, request, requested_rewrite, zsre_neighborhood: neighborhood, generation_prompts: Vec::new() });
+        out.push(EvalRecord { case_id: i as u64, request, requested_rewrite, zsre_neighborhood: neighborhood, generation_prompts: Vec::new(), attribute_prompts: Vec::new() });
     }
     if !problems.is_empty() {
         return Err(Error::Input(format!("{source}: {} bad zsRE record(s):\n{}", problems.len(), problems.join("\n"))));

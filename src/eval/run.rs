@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use super::probes::{score_records, CaseScores, Generation};
+use super::probes::{score_records, CaseScores, ScoreOptions};
 use super::records::{Dataset, EvalRecord};
 use super::rundir::{RunDir, FINAL_FILE};
 use super::summary::{summary_of, CaseResult};
@@ -29,14 +29,12 @@ pub struct EvalPlan<'a> {
     pub sequential: bool,
     pub seed: u64,
     pub max_update_ratio: f64,
-    /// Texts per scoring forward.
-    pub batch: usize,
+    /// How records are scored (`zsre` is set from the dataset).
+    pub scoring: ScoreOptions,
     /// The weights evaluated (recorded in the deltas a sequential run keeps).
     pub identity: &'a ModelIdentity,
     /// `(i, n)`: evaluate only the chunks k with k mod n = i (not with `sequential`).
     pub shard: Option<(usize, usize)>,
-    /// The generation test, if asked for.
-    pub generation: Option<Generation>,
 }
 
 impl EvalPlan<'_> {
@@ -77,10 +75,10 @@ const SCORE_GROUP: usize = 64;
 
 /// Scores `records` on the model as it is, a group at a time, reporting progress.
 fn score_all(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], plan: &EvalPlan, pad: u32, progress: &mut dyn EvalProgress) -> Result<Vec<CaseScores>> {
-    let zsre = plan.dataset.format.is_zsre();
+    let opts = ScoreOptions { zsre: plan.dataset.format.is_zsre(), ..plan.scoring.clone() };
     let mut out = Vec::with_capacity(records.len());
     for group in records.chunks(SCORE_GROUP) {
-        out.extend(score_records(model, tok, group, zsre, pad, plan.batch, plan.generation.as_ref())?);
+        out.extend(score_records(model, tok, group, pad, &opts)?);
         progress.advance(group.len());
     }
     Ok(out)
