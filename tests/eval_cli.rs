@@ -336,10 +336,17 @@ fn a_scaling_plot_is_drawn_as_svg() {
         assert!(text.contains(&format!("\n{label}\n")), "{label} missing from the plot");
     }
     assert!(text.matches("<circle").count() >= 12, "3 points for each of 4 curves");
-    // Only SVG, refused before any work.
-    let (code, _, stderr) = outcome(eval("none", &cases()).args(["--plot"]).arg(tmp.path().join("curve.png")));
+    // PNG, with the labels drawn in the embedded font.
+    let png = tmp.path().join("curve.png");
+    ok(eval("none", &cases()).args(["--limit", "12", "--num-edits", "1,4,12", "--plot"]).arg(&png));
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(bytes.len() > 10_000, "a drawn picture, {} bytes", bytes.len());
+    // Another format is refused before any work.
+    let (code, _, stderr) = outcome(eval("none", &cases()).args(["--plot"]).arg(tmp.path().join("curve.jpg")));
     assert_eq!(code, Some(1));
-    assert!(stderr.contains("only SVG"), "{stderr}");
+    assert!(stderr.contains(".svg or .png"), "{stderr}");
+    assert!(!tmp.path().join("curve.jpg").exists());
 }
 
 #[test]

@@ -106,9 +106,9 @@ pub struct EvalRunArgs {
     /// Print the summaries as JSON (one array) instead of the table.
     #[arg(long)]
     pub json: bool,
-    /// Draw ES/PS/NS/Score (zsRE: the accuracies) against the number of edits to this SVG file:
-    /// over the --num-edits values, or, with --sequential, after each chunk.
-    #[arg(long, value_name = "FILE.svg")]
+    /// Draw ES/PS/NS/Score (zsRE: the accuracies) against the number of edits to this .svg or
+    /// .png file: over the --num-edits values, or, with --sequential, after each chunk.
+    #[arg(long, value_name = "FILE.svg|.png")]
     pub plot: Option<PathBuf>,
     /// Also run the generation test (CounterFact records with `generation_prompts`): a text of
     /// 100 tokens sampled (top-5, seeded by --seed and the case id) from each prompt, scored by
@@ -220,9 +220,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     }
     args.compute.parse()?;
     if let Some(p) = &args.plot {
-        if p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() != Some("svg") {
-            bail!("--plot {}: only SVG is drawn (it opens in any browser); name the file .svg and convert it if you need a bitmap (e.g. `rsvg-convert plot.svg -o plot.png`)", p.display());
-        }
+        edit::eval::plot::check_path(p)?;
         edit::fsutil::check_writable_ancestor(edit::fsutil::parent_dir(p), "--plot", p)?;
     }
     let files = args.model.resolve(global)?;
@@ -351,7 +349,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     if let Some(p) = &args.plot {
         let (series, x_label) = edit::eval::plot::series(&runs, dataset.format.is_zsre(), args.sequential);
         let name = dataset_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        edit::eval::plot::write_svg(p, &format!("{method_name} on {name} ({})", args.model.id()), x_label, &series)?;
+        edit::eval::plot::write_plot(p, &format!("{method_name} on {name} ({})", args.model.id()), x_label, &series)?;
         tracing::info!("plot written to {}", p.display());
     }
     let mut out = std::io::stdout().lock();
