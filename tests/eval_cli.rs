@@ -463,3 +463,20 @@ fn attribute_prompts_are_scored_as_rs_evaluator_does() {
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
     assert!(!summary.contains("attribute"), "not summarised, as the reference");
 }
+
+#[test]
+fn force_replaces_only_an_evaluation_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let precious = tmp.path().join("precious");
+    std::fs::create_dir_all(&precious).unwrap();
+    std::fs::write(precious.join("thesis.tex"), "years of work").unwrap();
+    let (code, _, stderr) = outcome(eval("none", &cases()).args(["--limit", "1", "--force", "--out"]).arg(&precious));
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("not an evaluation directory"), "{stderr}");
+    assert!(precious.join("thesis.tex").is_file());
+    // An evaluation directory is replaced.
+    let out = tmp.path().join("e");
+    ok(eval("none", &cases()).args(["--limit", "1", "--out"]).arg(&out));
+    ok(eval("none", &cases()).args(["--limit", "2", "--force", "--out"]).arg(&out));
+    assert_eq!(lines(&out.join("cases.jsonl")).len(), 2);
+}

@@ -44,6 +44,14 @@ impl RunDir {
     pub fn open(dir: &Path, run: &Value, force: bool) -> Result<Self> {
         let run_file = dir.join(RUN_FILE);
         if dir.exists() && force {
+            // Only an evaluation's own directory is replaced, never an arbitrary one.
+            let empty = dir.is_dir() && std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.next().is_none();
+            if !run_file.is_file() && !empty {
+                return Err(Error::Input(format!(
+                    "--out {} is not an evaluation directory (no {RUN_FILE}); --force replaces only those. Choose another directory",
+                    dir.display()
+                )));
+            }
             std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let mut done = Vec::new();
