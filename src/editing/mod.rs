@@ -10,6 +10,7 @@ pub mod hparams;
 pub mod ft;
 pub mod ft_loss;
 pub mod linalg;
+pub mod mend;
 pub mod memit;
 pub mod method;
 pub mod optimize;
