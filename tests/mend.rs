@@ -8,6 +8,7 @@ mod common;
 use candle_core::{DType, Tensor, Var};
 use common::{fixture, rel_diff};
 use edit::editing::mend::factors::{edit_batch, edit_factors};
+use edit::editing::Deltas;
 use edit::editing::mend::network::pseudo_gradient;
 use edit::editing::requests::parse_requests;
 use edit::models::modules::{module, ModuleKind};
@@ -69,4 +70,73 @@ fn factors_sum_to_the_weight_gradient() {
             assert!(zero_rows as usize >= pads, "{name}: pads carry no gradient");
         }
     }
+}
+
+/// A hypernetwork whose layers are the identity (the reference's "id" init) and whose
+/// normalisation is mean 0, std 1: its edit is a plain gradient step, lr × ∂L/∂W, for every
+/// inner weight; written to a file and read back it gives the same edit; and the executor's
+/// step-size order swaps GPT-2's c_fc and c_proj.
+#[test]
+fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
+    use edit::editing::mend::hypernet::{inner_params, write, EditSettings, Hypernetwork, MendMeta};
+    use edit::editing::mend::network::{NormMode, RunningStats};
+    use std::collections::HashMap;
+    let reqs = parse_requests(r#"[{"prompt": "{} was born in", "subject": "Alice Smith", "target_new": "London"}]"#, "test").unwrap();
+    let lm = fixture("tiny-gpt2");
+    let tok = edit::tokenizer::Tokenizer::from_file(&common::fixture_dir("tiny-gpt2").join("tokenizer.json")).unwrap();
+    let cfg = lm.config().clone();
+    let names: Vec<String> = ["transformer.h.3.mlp.c_proj.weight", "transformer.h.3.mlp.c_fc.weight", "transformer.h.2.mlp.c_proj.weight"].map(String::from).to_vec();
+    let inner = inner_params(&cfg, &names).unwrap();
+    assert_eq!(inner.iter().map(|p| p.mode).collect::<Vec<_>>(), [0, 0, 1], "modes count within a shape");
+    let meta = MendMeta { inner_params: names.clone(), rank: 8, n_hidden: 1, norm: true };
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &candle_core::Device::Cpu);
+    let unit = |d: usize| RunningStats {
+        mean: Tensor::zeros(d, DType::F32, &candle_core::Device::Cpu).unwrap(),
+        s: Tensor::ones(d, DType::F32, &candle_core::Device::Cpu).unwrap(),
+        std: Tensor::ones(d, DType::F32, &candle_core::Device::Cpu).unwrap(),
+    };
+    let mut stats = HashMap::new();
+    for p in &inner {
+        stats.insert(p.shape_key.clone(), (unit(p.module.in_dim), unit(p.module.out_dim), 10));
+    }
+    let lrs = vec![1e-2f32, 2e-2, 3e-2];
+    let mut net = Hypernetwork::build(&cfg, meta.clone(), vb, &stats, lrs.clone()).unwrap();
+    let deltas = net.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings { lr_scale: 1.0, norm: NormMode::Frozen, executor_lr_order: false }).unwrap();
+    let modules: Vec<_> = inner.iter().map(|p| p.module.clone()).collect();
+    let (_, factors) = edit_factors(&*lm.model, &tok, &reqs, &modules, lm.pad_id()).unwrap();
+    for ((p, f), lr) in inner.iter().zip(&factors).zip(&lrs) {
+        // lr × Σ x δᵀ, as [out, in].
+        let want = (pseudo_gradient(&f.x, &f.delta).unwrap().t().unwrap() * f64::from(*lr)).unwrap();
+        let rel = rel_diff(&deltas[&p.module.name], &want);
+        assert!(rel < 1e-5, "{}: {rel}", p.module.name);
+    }
+    // Through a file: the network's tensors under the reference's names, the statistics, the step sizes.
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("mend.safetensors");
+    let mut tensors: Vec<(String, Tensor)> = vm.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+    for (key, (u, v, k)) in &stats {
+        for (n, t) in [("u_mean", &u.mean), ("u_s", &u.s), ("u_std", &u.std), ("v_mean", &v.mean), ("v_s", &v.s), ("v_std", &v.std)] {
+            tensors.push((format!("mend.{key}.{n}"), t.clone()));
+        }
+        tensors.push((format!("mend.{key}.k"), Tensor::new(&[*k as f32], &candle_core::Device::Cpu).unwrap()));
+    }
+    tensors.push(("edit_lrs".into(), Tensor::new(lrs.as_slice(), &candle_core::Device::Cpu).unwrap()));
+    assert!(tensors.iter().any(|(k, _)| k == "mend.(128, 32).mlp.layers.1.mode_scale.weight"), "{:?}", tensors.iter().map(|t| &t.0).collect::<Vec<_>>());
+    write(&path, &meta, &tensors).unwrap();
+    let mut back = Hypernetwork::read(&path, &cfg, &candle_core::Device::Cpu).unwrap();
+    let again = back.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings { lr_scale: 1.0, norm: NormMode::Frozen, executor_lr_order: false }).unwrap();
+    for (k, d) in &deltas {
+        assert!(rel_diff(&again[k], d) < 1e-6, "{k}");
+    }
+    // The executor's order: the model's (c_fc before c_proj in a block, lower layers first).
+    let swapped = back.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings { lr_scale: 1.0, norm: NormMode::Frozen, executor_lr_order: true }).unwrap();
+    // Model order: h.2.c_proj (lrs[0]), h.3.c_fc (lrs[1]), h.3.c_proj (lrs[2]).
+    let ratio = |k: &str, a: &Deltas, b: &Deltas| {
+        let s = |t: &Tensor| t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        s(&a[k]) / s(&b[k])
+    };
+    assert!((ratio("transformer.h.3.mlp.c_proj", &swapped, &deltas) - 3.0).abs() < 1e-4);
+    assert!((ratio("transformer.h.3.mlp.c_fc", &swapped, &deltas) - 1.0).abs() < 1e-4);
+    assert!((ratio("transformer.h.2.mlp.c_proj", &swapped, &deltas) - 1.0 / 3.0).abs() < 1e-4);
 }
