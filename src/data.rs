@@ -104,8 +104,6 @@ impl DigestMemo {
     }
 
     fn digest(&mut self, file: &Path) -> Result<String> {
-        use sha2::Digest;
-        use std::io::Read;
         let canon = file.canonicalize().map_err(|e| Error::io(file, e))?;
         let meta = std::fs::metadata(&canon).map_err(|e| Error::io(file, e))?;
         let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
@@ -115,17 +113,7 @@ impl DigestMemo {
                 return Ok(d.clone());
             }
         }
-        let mut f = File::open(&canon).map_err(|e| Error::io(file, e))?;
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| Error::io(file, e))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let d = crate::checkpoint::hex(&h.finalize());
+        let d = file_sha256(&canon)?;
         self.entries.insert(key, (meta.len(), mtime, d.clone()));
         self.dirty = true;
         Ok(d)
@@ -354,6 +342,23 @@ impl Rows for ParquetRows {
         }
         Ok(out)
     }
+}
+
+/// The SHA-256 of a file's bytes (hex), read in 1 MiB blocks.
+pub fn file_sha256(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(crate::checkpoint::hex(&h.finalize()))
 }
 
 #[cfg(test)]

@@ -167,12 +167,6 @@ impl EvalProgress for Bar {
     }
 }
 
-fn file_digest(path: &std::path::Path) -> anyhow::Result<String> {
-    use sha2::Digest;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(edit::checkpoint::hex(&sha2::Sha256::digest(&bytes)))
-}
-
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
     match parsed {
@@ -269,7 +263,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         "seed": seed,
         "model": identity,
         "dataset": dataset_path.display().to_string(),
-        "dataset_sha256": file_digest(&dataset_path)?,
+        "dataset_sha256": edit::data::file_sha256(&dataset_path)?,
         "dataset_format": dataset.format,
         "zsre_target": args.zsre_target,
         "limit": args.limit,
@@ -367,11 +361,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
 fn write_table(out: &mut impl Write, rows: &[Map<String, Value>], zsre: bool, sequential: bool) -> anyhow::Result<()> {
     let get = |r: &Map<String, Value>, k: &str| r.get(k).and_then(|v| v[0].as_f64()).map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
     let num = |r: &Map<String, Value>, k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let mut cols: Vec<(&str, &str)> = if zsre {
-        vec![("Efficacy", "post_rewrite_acc"), ("Paraphrase", "post_paraphrase_acc"), ("Specificity", "post_neighborhood_acc")]
-    } else {
-        vec![("ES", "post_rewrite_success"), ("PS", "post_paraphrase_success"), ("NS", "post_neighborhood_success"), ("Score", "post_score"), ("EM", "post_rewrite_diff"), ("PM", "post_paraphrase_diff"), ("NM", "post_neighborhood_diff")]
-    };
+    let mut cols: Vec<(&str, &str)> = edit::eval::summary::headline_metrics(zsre).to_vec();
     for (name, key) in [("GE", "post_ngram_entropy"), ("RS", "post_reference_score")] {
         if rows.iter().any(|r| r.contains_key(key)) {
             cols.push((name, key));

@@ -127,11 +127,7 @@ pub fn parse_requests(text: &str, source: &str) -> Result<Vec<Request>> {
         )));
     }
     let requests = match serde_json::from_str::<Value>(text) {
-        Ok(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, v)| parse_one(v, i, &format!("{source}: request {i}")))
-            .collect::<Result<Vec<_>>>()?,
+        Ok(Value::Array(items)) => parse_values(&items, source)?,
         Ok(v @ Value::Object(_)) => vec![parse_one(&v, 0, &format!("{source}: request 0"))?],
         Ok(other) => {
             return Err(Error::Input(format!(
@@ -149,6 +145,11 @@ pub fn parse_requests(text: &str, source: &str) -> Result<Vec<Request>> {
         )));
     }
     Ok(requests)
+}
+
+/// Requests from JSON values already parsed, one per request (`source` names them in messages).
+pub fn parse_values(items: &[Value], source: &str) -> Result<Vec<Request>> {
+    items.iter().enumerate().map(|(i, v)| parse_one(v, i, &format!("{source}: request {i}"))).collect()
 }
 
 /// JSON Lines: one object per non-blank line.

@@ -14,11 +14,10 @@ pub mod rundir;
 pub mod score;
 pub mod summary;
 
-use candle_core::{DType, Device};
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::models::{Batch, CausalLm, Logits, TraceSpec};
+use crate::models::CausalLm;
 use crate::tokenizer::Tokenizer;
 
 /// Per-token average NLL of `target_new` and `target_true` after one prompt.
@@ -28,8 +27,9 @@ pub struct PairNll {
     pub true_: f64,
 }
 
-/// Scores both targets after every prefix: `"{prefix} {target}"` is tokenized as one text and
-/// the target's tokens (` target` tokenized alone) are read after the prefix's tokens.
+/// Scores both targets after every prefix, one text per (prefix, target) as the reference
+/// does: `"{prefix} {target}"` is tokenized as one text and the target's tokens (` target`
+/// tokenized alone) are read after the prefix's tokens.
 pub fn score_pairs(
     model: &dyn CausalLm,
     tok: &Tokenizer,
@@ -38,42 +38,19 @@ pub fn score_pairs(
     target_true: &str,
     pad_id: u32,
 ) -> Result<Vec<PairNll>> {
-    let cands = [tok.encode(&format!(" {}", target_new.trim_start()))?, tok.encode(&format!(" {}", target_true.trim_start()))?];
-    let mut seqs = Vec::new();
-    let mut positions = Vec::new();
-    let mut wanted = Vec::new();
+    let targets = [target_new.trim_start(), target_true.trim_start()];
+    let cands = [tok.encode(&format!(" {}", targets[0]))?, tok.encode(&format!(" {}", targets[1]))?];
+    let mut items = Vec::with_capacity(2 * prefixes.len());
     for p in prefixes {
         let prefix_len = tok.encode(p)?.len();
-        for (c, cand) in cands.iter().enumerate() {
-            let row = seqs.len();
-            let ids = tok.encode(&format!("{p} {}", [target_new, target_true][c].trim_start()))?;
-            for (j, &t) in cand.iter().enumerate() {
-                let pos = (prefix_len + j).saturating_sub(1).min(ids.len() - 1);
-                positions.push((row, pos));
-                wanted.push(t);
-            }
-            seqs.push(ids);
+        for (target, cand) in targets.iter().zip(&cands) {
+            let ids = tok.encode(&format!("{p} {target}"))?;
+            items.push(score::Item { reads: score::target_reads(&ids, prefix_len, cand, 0), ids });
         }
     }
-    let batch = Batch::from_sequences(&seqs, pad_id, model.device())?;
-    let logits = model.forward(&batch, &TraceSpec::logits(Logits::At(positions)), &[])?.logits.expect("logits");
-    let lp = crate::editing::optimize::log_softmax(&logits.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?;
-    let lp: Vec<Vec<f32>> = lp.to_vec2()?;
-    let mut out = Vec::with_capacity(prefixes.len());
-    let mut q = 0;
-    for _ in prefixes {
-        let mut nll = [0f64; 2];
-        for (c, cand) in cands.iter().enumerate() {
-            let mut s = 0.0;
-            for _ in cand {
-                s -= f64::from(lp[q][wanted[q] as usize]);
-                q += 1;
-            }
-            nll[c] = s / cand.len() as f64;
-        }
-        out.push(PairNll { new: nll[0], true_: nll[1] });
-    }
-    Ok(out)
+    let reads = score::score_items(model, &items, pad_id, items.len())?;
+    let nll = |r: &[score::Read]| r.iter().map(|x| x.nll).sum::<f64>() / r.len() as f64;
+    Ok(reads.chunks(2).map(|pair| PairNll { new: nll(&pair[0]), true_: nll(&pair[1]) }).collect())
 }
 
 /// One case's success rates: rewrite/paraphrase succeed when the new target is more likely than

@@ -14,13 +14,10 @@ use crate::error::{Error, Result};
 /// One curve: a name and its (x, y) points.
 pub type Series = (String, Vec<(f64, f64)>);
 
-/// The metrics drawn: CounterFact's ES/PS/NS/Score or zsRE's accuracies, as (label, summary key).
+/// The metrics drawn: the headline ones in % (ES/PS/NS/Score, or zsRE's accuracies).
 fn metrics(zsre: bool) -> &'static [(&'static str, &'static str)] {
-    if zsre {
-        &[("Efficacy", "post_rewrite_acc"), ("Paraphrase", "post_paraphrase_acc"), ("Specificity", "post_neighborhood_acc")]
-    } else {
-        &[("ES", "post_rewrite_success"), ("PS", "post_paraphrase_success"), ("NS", "post_neighborhood_success"), ("Score", "post_score")]
-    }
+    let all = super::summary::headline_metrics(zsre);
+    &all[..all.len().min(4)]
 }
 
 fn value(summary: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<f64> {

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::records::EvalRecord;
-use super::score::{score_items, Item, Read};
+use super::score::{score_items, target_reads, Item, Read};
 use crate::error::Result;
 use crate::models::CausalLm;
 use crate::tokenizer::Tokenizer;
@@ -102,25 +102,21 @@ fn counterfact_items(tok: &Tokenizer, r: &EvalRecord, attribute: bool, items: &m
     for prefix in groups.iter().flatten() {
         let prefix_len = tok.encode(prefix)?.len();
         let texts = [tok.encode(&format!("{prefix} {new}"))?, tok.encode(&format!("{prefix} {true_}"))?];
-        // The reference reads position prefix_len + j - 1 of the joint tokenization.
-        let reads = |ids: &[u32], cand: &[u32], from: usize| -> Vec<(usize, u32)> {
-            cand.iter().enumerate().skip(from).map(|(j, &t)| ((prefix_len + j).saturating_sub(1).min(ids.len() - 1), t)).collect()
-        };
         let shared = prefix_len >= 1
             && texts.iter().all(|t| t.len() >= prefix_len)
             && texts[0][..prefix_len] == texts[1][..prefix_len]
             && !cands[1].is_empty();
         if shared {
-            let mut first = reads(&texts[0], &cands[0], 0);
+            let mut first = target_reads(&texts[0], prefix_len, &cands[0], 0);
             first.push((prefix_len - 1, cands[1][0]));
             items.push(Item { ids: texts[0].clone(), reads: first });
             if cands[1].len() > 1 {
-                items.push(Item { reads: reads(&texts[1], &cands[1], 1), ids: texts[1].clone() });
+                items.push(Item { reads: target_reads(&texts[1], prefix_len, &cands[1], 1), ids: texts[1].clone() });
             }
             layouts.push(Layout::Shared { n_new: cands[0].len(), n_true: cands[1].len() });
         } else {
             for (ids, cand) in texts.iter().zip(&cands) {
-                items.push(Item { reads: reads(ids, cand, 0), ids: ids.clone() });
+                items.push(Item { reads: target_reads(ids, prefix_len, cand, 0), ids: ids.clone() });
             }
             layouts.push(Layout::Separate);
         }

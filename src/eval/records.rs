@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::editing::requests::{parse_requests, Request};
+use crate::editing::requests::{parse_values, Request};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -112,7 +112,7 @@ pub fn parse_dataset(text: &str, source: &str, tok: &Tokenizer, zsre_target: Zsr
     let records = if format == DatasetFormat::Zsre {
         zsre_records(&values, source, tok, zsre_target)?
     } else {
-        let requests = parse_requests(&Value::Array(values.clone()).to_string(), source)?;
+        let requests = parse_values(&values, source)?;
         requests
             .into_iter()
             .zip(&values)

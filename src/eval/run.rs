@@ -3,7 +3,7 @@
 //! record of the chunk scored on the edited model; the weights restored — or, sequentially,
 //! kept, so edits accumulate chunk after chunk, and at the end every edit re-scored (`final`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use serde_json::{json, Map, Value};
@@ -156,7 +156,7 @@ pub fn evaluate(
                 }
                 Some(_) if todo.is_empty() => {
                     // Resuming a sequential run past a chunk whose edit failed: nothing to apply.
-                    let failed = dir.as_ref().is_some_and(|d| d.done.iter().any(|c| c.num_edits == n && chunk.iter().any(|r| r.case_id == c.case_id) && c.error.is_some()));
+                    let failed = dir.as_ref().is_some_and(|d| chunk.iter().any(|r| d.done_case(n, r.case_id).is_some_and(|c| c.error.is_some())));
                     if !failed {
                         return Err(Error::Input(format!(
                             "cannot resume this sequential run: the edit of chunk {k} ({n} edits per chunk) is missing from {}; pass --force to start over",
@@ -200,7 +200,8 @@ pub fn evaluate(
                 // The whole chunk, as in an uninterrupted run (see the pre-edit scores).
                 let all: Vec<&EvalRecord> = chunk.iter().collect();
                 let scores = score_all(&*model, tok, &all, plan, pad_id, &mut Silent)?;
-                all.iter().zip(scores).filter(|(r, _)| todo.iter().any(|t| t.case_id == r.case_id)).map(|(_, s)| Some(s)).collect()
+                let wanted: HashSet<u64> = todo.iter().map(|t| t.case_id).collect();
+                all.iter().zip(scores).filter(|(r, _)| wanted.contains(&r.case_id)).map(|(_, s)| Some(s)).collect()
             };
             let grouped: Vec<u64> = chunk.iter().map(|r| r.case_id).collect();
             for (r, post) in todo.iter().zip(post) {
@@ -231,13 +232,14 @@ pub fn evaluate(
             .filter(|(p, _)| plan.record_in_shard(*p, n))
             .map(|(_, r)| r)
             .filter_map(|r| {
-                fresh.remove(&r.case_id).or_else(|| dir.as_ref().and_then(|d| d.done.iter().find(|c| c.num_edits == n && c.case_id == r.case_id).cloned()))
+                fresh.remove(&r.case_id).or_else(|| dir.as_ref().and_then(|d| d.done_case(n, r.case_id).cloned()))
             })
             .collect();
         // Retention: every edit of a sequential run scored again on the final model.
         let mut finals = Vec::new();
         if plan.sequential && editor.is_some() {
-            let edited: Vec<&EvalRecord> = records.iter().filter(|r| cases.iter().any(|c| c.case_id == r.case_id && c.error.is_none())).collect();
+            let ok: HashSet<u64> = cases.iter().filter(|c| c.error.is_none()).map(|c| c.case_id).collect();
+            let edited: Vec<&EvalRecord> = records.iter().filter(|r| ok.contains(&r.case_id)).collect();
             progress.start("re-scoring every edit on the final model", edited.len(), 0);
             let scores = score_all(&*model, tok, &edited, plan, pad_id, progress)?;
             progress.finish();

@@ -4,7 +4,7 @@
 //! sequential runs `final.jsonl` and `deltas/` (each chunk's edit, so a resumed run rebuilds the
 //! accumulated model without editing again).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,8 +27,11 @@ pub const ORDER_FILE: &str = "order.json";
 pub struct RunDir {
     pub dir: PathBuf,
     cases: File,
-    /// Records already scored, by (num_edits, case_id), with their results.
+    /// Records scored by an earlier run of this evaluation (a resume), as read.
     pub done: Vec<CaseResult>,
+    /// Where each of `done` is, by (num_edits, case_id).
+    done_index: HashMap<(usize, u64), usize>,
+    /// Every record scored so far, `done` and appended.
     keys: BTreeSet<(usize, u64)>,
 }
 
@@ -84,14 +87,20 @@ impl RunDir {
         let path = dir.join(CASES_FILE);
         let cases = OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         let keys = done.iter().map(|c| (c.num_edits, c.case_id)).collect();
+        let done_index = done.iter().enumerate().map(|(i, c)| ((c.num_edits, c.case_id), i)).collect();
         if !done.is_empty() {
             tracing::info!("resuming {}: {} record(s) already scored", dir.display(), done.len());
         }
-        Ok(Self { dir: dir.to_path_buf(), cases, done, keys })
+        Ok(Self { dir: dir.to_path_buf(), cases, done, done_index, keys })
     }
 
     pub fn is_done(&self, num_edits: usize, case_id: u64) -> bool {
         self.keys.contains(&(num_edits, case_id))
+    }
+
+    /// The earlier run's result for a record, if it had one.
+    pub fn done_case(&self, num_edits: usize, case_id: u64) -> Option<&CaseResult> {
+        self.done_index.get(&(num_edits, case_id)).map(|&i| &self.done[i])
     }
 
     /// Appends one scored record and flushes it to disk.

@@ -15,6 +15,13 @@ pub struct Item {
     pub reads: Vec<(usize, u32)>,
 }
 
+/// The reads of a target's tokens `cand` (from its `from`-th) in a text `ids` whose first
+/// `prefix_len` tokens are the prompt: the reference reads position `prefix_len + j − 1` of the
+/// joint tokenization for the target's token j.
+pub fn target_reads(ids: &[u32], prefix_len: usize, cand: &[u32], from: usize) -> Vec<(usize, u32)> {
+    cand.iter().enumerate().skip(from).map(|(j, &t)| ((prefix_len + j).saturating_sub(1).min(ids.len() - 1), t)).collect()
+}
+
 /// What was read for one item, per read position.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Read {

@@ -150,6 +150,25 @@ pub fn summary_of(num_edits: usize, cases: &[CaseResult], finals: &[(u64, CaseSc
     summary
 }
 
+/// The post-edit metrics people read first, as (column label, summary key): CounterFact's
+/// ES PS NS Score EM PM NM, or zsRE's three accuracies. The table prints them all; the plot
+/// draws those in %, the first four (three for zsRE).
+pub fn headline_metrics(zsre: bool) -> &'static [(&'static str, &'static str)] {
+    if zsre {
+        &[("Efficacy", "post_rewrite_acc"), ("Paraphrase", "post_paraphrase_acc"), ("Specificity", "post_neighborhood_acc")]
+    } else {
+        &[
+            ("ES", "post_rewrite_success"),
+            ("PS", "post_paraphrase_success"),
+            ("NS", "post_neighborhood_success"),
+            ("Score", "post_score"),
+            ("EM", "post_rewrite_diff"),
+            ("PM", "post_paraphrase_diff"),
+            ("NM", "post_neighborhood_diff"),
+        ]
+    }
+}
+
 /// Whether a summary key is a metric [`summary_of`] computes (as opposed to run metadata).
 pub fn is_metric(key: &str) -> bool {
     ["pre_", "post_", "final_"].iter().any(|p| key.starts_with(p)) || matches!(key, "time" | "num_cases" | "num_edits" | "num_failed")

@@ -108,13 +108,12 @@ pub struct ResolvedHparams<H> {
 /// `--set key=value` overrides in order, and validates the result against the model.
 pub fn resolve<H: MethodConfig>(cfg: &ModelConfig, model_id: &str, config: Option<&Path>, sets: &[String]) -> Result<ResolvedHparams<H>> {
     let method = H::METHOD;
-    let (value, mut source) = match config {
-        Some(path) if !path.exists() && named(method, &path.to_string_lossy()).is_some() => {
-            let s = named(method, &path.to_string_lossy()).expect("checked");
-            (serde_json::from_str(s.text).expect("shipped configs are valid JSON"), s.describe())
-        }
-        Some(path) => (read_config_file(path, method)?, path.display().to_string()),
-        None => match shipped_for(method, cfg, model_id) {
+    // A --config that is no file may name a shipped config.
+    let by_name = config.filter(|p| !p.exists()).and_then(|p| named(method, &p.to_string_lossy()));
+    let (value, mut source) = match (config, by_name) {
+        (_, Some(s)) => (serde_json::from_str(s.text).expect("shipped configs are valid JSON"), s.describe()),
+        (Some(path), None) => (read_config_file(path, method)?, path.display().to_string()),
+        (None, None) => match shipped_for(method, cfg, model_id) {
             Some(s) => (serde_json::from_str(s.text).expect("shipped configs are valid JSON"), s.describe()),
             None => (
                 H::starting_point(cfg),
