@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use edit::editing::hparams::Method;
-use edit::editing::method::prepare;
+use edit::editing::method::{prepare, MethodSource};
 use edit::editing::pipeline::EditPlan;
 use edit::eval::records::{read_dataset, Dataset, ZsreTarget};
 use edit::eval::run::{evaluate, EvalPlan, Silent};
@@ -38,7 +38,7 @@ fn main() {
     println!("| score 500 CounterFact records (`--method none`; 13,000 prompt-target pairs) | {secs:.2} s ({:.1} ms per record) |", secs * 2.0);
 
     dataset.records.truncate(20);
-    let prepared = prepare(Method::Ft, lm.config(), "fact-gpt2", Some(&dir.join("hparams/FT_constr_eps5e-3.json")), &[]).unwrap();
+    let prepared = prepare(Method::Ft, lm.config(), "fact-gpt2", MethodSource { config: Some(&dir.join("hparams/FT_constr_eps5e-3.json")), ..Default::default() }).unwrap();
     let mut editor = EditPlan::new(prepared, None, &identity, lm.config(), false).unwrap().load(&lm, &identity, &mut Quiet).unwrap();
     let t = Instant::now();
     let runs = evaluate(&mut *lm.model, &tok, pad, Some(&mut editor), &plan(&dataset, &identity), None, &mut Silent).unwrap();

@@ -79,7 +79,7 @@ fn factors_sum_to_the_weight_gradient() {
 #[test]
 fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
     use edit::editing::mend::hypernet::{inner_params, write, EditSettings, Hypernetwork, MendMeta};
-    use edit::editing::mend::network::{NormMode, RunningStats};
+    use edit::editing::mend::network::RunningStats;
     use std::collections::HashMap;
     let reqs = parse_requests(r#"[{"prompt": "{} was born in", "subject": "Alice Smith", "target_new": "London"}]"#, "test").unwrap();
     let lm = fixture("tiny-gpt2");
@@ -88,7 +88,7 @@ fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
     let names: Vec<String> = ["transformer.h.3.mlp.c_proj.weight", "transformer.h.3.mlp.c_fc.weight", "transformer.h.2.mlp.c_proj.weight"].map(String::from).to_vec();
     let inner = inner_params(&cfg, &names).unwrap();
     assert_eq!(inner.iter().map(|p| p.mode).collect::<Vec<_>>(), [0, 0, 1], "modes count within a shape");
-    let meta = MendMeta { inner_params: names.clone(), rank: 8, n_hidden: 1, norm: true };
+    let meta = MendMeta { inner_params: names.clone(), rank: 8, n_hidden: 1, norm: true, base: None, origin: String::new() };
     let vm = candle_nn::VarMap::new();
     let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &candle_core::Device::Cpu);
     let unit = |d: usize| RunningStats {
@@ -102,7 +102,7 @@ fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
     }
     let lrs = vec![1e-2f32, 2e-2, 3e-2];
     let mut net = Hypernetwork::build(&cfg, meta.clone(), vb, &stats, lrs.clone()).unwrap();
-    let deltas = net.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings { lr_scale: 1.0, norm: NormMode::Frozen, executor_lr_order: false }).unwrap();
+    let deltas = net.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings::authors(1.0)).unwrap();
     let modules: Vec<_> = inner.iter().map(|p| p.module.clone()).collect();
     let (_, factors) = edit_factors(&*lm.model, &tok, &reqs, &modules, lm.pad_id()).unwrap();
     for ((p, f), lr) in inner.iter().zip(&factors).zip(&lrs) {
@@ -125,12 +125,12 @@ fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
     assert!(tensors.iter().any(|(k, _)| k == "mend.(128, 32).mlp.layers.1.mode_scale.weight"), "{:?}", tensors.iter().map(|t| &t.0).collect::<Vec<_>>());
     write(&path, &meta, &tensors).unwrap();
     let mut back = Hypernetwork::read(&path, &cfg, &candle_core::Device::Cpu).unwrap();
-    let again = back.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings { lr_scale: 1.0, norm: NormMode::Frozen, executor_lr_order: false }).unwrap();
+    let again = back.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings::authors(1.0)).unwrap();
     for (k, d) in &deltas {
         assert!(rel_diff(&again[k], d) < 1e-6, "{k}");
     }
     // The executor's order: the model's (c_fc before c_proj in a block, lower layers first).
-    let swapped = back.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings { lr_scale: 1.0, norm: NormMode::Frozen, executor_lr_order: true }).unwrap();
+    let swapped = back.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings { executor_lr_order: true, ..EditSettings::authors(1.0) }).unwrap();
     // Model order: h.2.c_proj (lrs[0]), h.3.c_fc (lrs[1]), h.3.c_proj (lrs[2]).
     let ratio = |k: &str, a: &Deltas, b: &Deltas| {
         let s = |t: &Tensor| t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
@@ -139,4 +139,142 @@ fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
     assert!((ratio("transformer.h.3.mlp.c_proj", &swapped, &deltas) - 3.0).abs() < 1e-4);
     assert!((ratio("transformer.h.3.mlp.c_fc", &swapped, &deltas) - 1.0).abs() < 1e-4);
     assert!((ratio("transformer.h.2.mlp.c_proj", &swapped, &deltas) - 1.0 / 3.0).abs() < 1e-4);
+}
+
+/// ΔW parity with the reference code (tests/fixtures/mend, made by make_mend_goldens.py with
+/// kmeng01/memit's copy of eric-mitchell/mend): a reference-format checkpoint with random
+/// hypernetwork weights, imported from its `torch.save` file, edits as the reference does — in
+/// the MEND authors' evaluation mode, as the ROME/MEMIT executor (training-mode statistics
+/// restarted from the edit and carried to the next one, step sizes in the model's parameter
+/// order), and with the executor's chunking keeping only the last chunk's factors.
+#[test]
+fn reference_checkpoints_edit_as_the_reference_code() {
+    use edit::editing::hparams::MendHparams;
+    use edit::editing::mend::hypernet::write;
+    use edit::editing::mend::import::import_checkpoint;
+    use edit::editing::mend::Mend;
+    use edit::editing::method::{EditInputs, EditMethod};
+    let dir = common::fixture_dir("mend");
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("goldens.json")).unwrap()).unwrap();
+    let requests = |k: &str| parse_requests(&info["requests"][k].to_string(), k).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["tiny-gpt2", "tiny-gptj"] {
+        let mut lm = fixture(name);
+        let tok = edit::tokenizer::Tokenizer::from_file(&common::fixture_dir(name).join("tokenizer.json")).unwrap();
+        let cfg = lm.config().clone();
+        let pad = lm.pad_id();
+        let names: Vec<String> = serde_json::from_value(info["models"][name]["inner_params"].clone()).unwrap();
+        assert_eq!(names, edit::editing::hparams::mend::default_inner_params(&cfg), "the default inner weights are the reference's order");
+        let imported = import_checkpoint(&dir.join(format!("{name}.pt")), &cfg, &names, None).unwrap();
+        assert_eq!((imported.meta.rank, imported.meta.n_hidden), (32, 1));
+        let lrs = imported.tensors.iter().find(|(k, _)| k == "edit_lrs").unwrap().1.to_vec1::<f32>().unwrap();
+        let want_lrs: Vec<f32> = serde_json::from_value(info["models"][name]["edit_lrs"].clone()).unwrap();
+        assert_eq!(lrs, want_lrs);
+        let file = tmp.path().join(format!("{name}.safetensors"));
+        write(&file, &imported.meta, &imported.tensors).unwrap();
+        let goldens = candle_core::safetensors::load(dir.join(format!("{name}-goldens.safetensors")), &candle_core::Device::Cpu).unwrap();
+        let check = |label: &str, deltas: &Deltas| {
+            let prefix = format!("{label}.");
+            let mut n = 0;
+            for (k, want) in goldens.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+                let got = &deltas[k.strip_prefix(&prefix).unwrap()];
+                let rel = rel_diff(got, want);
+                assert!(rel <= 1e-4, "{name} {k}: relative difference {rel}");
+                n += 1;
+            }
+            assert_eq!(n, names.len(), "{name} {label}");
+        };
+        let method = |sets: &[(&str, serde_json::Value)]| {
+            let mut hp: serde_json::Value = serde_json::json!({"lr_scale": 1.0});
+            for (k, v) in sets {
+                hp[*k] = v.clone();
+            }
+            let hp: MendHparams = serde_json::from_value(hp).unwrap();
+            Mend::open(hp, Some(&file), &cfg, None).unwrap()
+        };
+        let run = |m: &Mend, lm: &mut edit::LoadedModel, reqs: &[edit::editing::requests::Request]| {
+            let mut stats = Default::default();
+            m.edit(&mut *lm.model, EditInputs { tok: &tok, requests: reqs, stats: &mut stats, templates: None, pad_id: pad }).unwrap().deltas
+        };
+        check("authors.A", &run(&method(&[]), &mut lm, &requests("A")));
+        let t = serde_json::Value::Bool(true);
+        let executor = method(&[("executor_norm", t.clone()), ("executor_lr_order", t.clone()), ("executor_last_chunk", t.clone())]);
+        let a = run(&executor, &mut lm, &requests("A"));
+        check("executor.A", &a);
+        edit::editing::apply_deltas(&mut *lm.model, &a, 1.0).unwrap();
+        check("executor.B", &run(&executor, &mut lm, &requests("B")));
+        edit::editing::apply_deltas(&mut *lm.model, &a, -1.0).unwrap();
+        if goldens.keys().any(|k| k.starts_with("chunked.")) {
+            let chunked = method(&[
+                ("executor_norm", t.clone()),
+                ("executor_lr_order", t.clone()),
+                ("executor_last_chunk", t.clone()),
+                ("max_batch_size", serde_json::json!(2)),
+            ]);
+            check("chunked.A", &run(&chunked, &mut lm, &requests("A")));
+        }
+    }
+}
+
+/// The commands a user runs: `edit mend import` of the reference checkpoint, then `edit apply
+/// --method mend --mend FILE` writes the reference's ΔW as its delta; mistakes are named.
+#[test]
+fn import_then_apply_from_the_command_line() {
+    use common::{edit_bin, outcome};
+    let dir = common::fixture_dir("mend");
+    let model = common::fixture_dir("tiny-gpt2");
+    let tmp = tempfile::tempdir().unwrap();
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("goldens.json")).unwrap()).unwrap();
+    let reqs = tmp.path().join("requests.json");
+    std::fs::write(&reqs, info["requests"]["A"].to_string()).unwrap();
+    let net = tmp.path().join("mend.safetensors");
+    let pt = dir.join("tiny-gpt2.pt");
+    let (code, out, err) = outcome(edit_bin().args(["mend", "import"]).arg(&pt).arg("-m").arg(&model).arg("-o").arg(&net).arg("--json"));
+    assert_eq!(code, Some(0), "{err}");
+    let summary: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(summary["inner_params"][0], "transformer.h.1.mlp.c_proj.weight");
+    assert_eq!(summary["transforms"], serde_json::json!(["(128, 32)", "(32, 128)"]));
+    // Again without --force: refused, the file kept.
+    let (code, _, err) = outcome(edit_bin().args(["mend", "import"]).arg(&pt).arg("-m").arg(&model).arg("-o").arg(&net));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--force"), "{err}");
+
+    let delta = tmp.path().join("delta.safetensors");
+    let (code, out, err) = outcome(
+        edit_bin().args(["apply", "--method", "mend", "--mend"]).arg(&net).arg("-m").arg(&model).arg(&reqs).arg("--delta-out").arg(&delta).arg("-q"),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().filter(|l| l.contains("one MEND edit of 3 requests")).count(), 3, "{out}");
+    let cfg = edit::ModelConfig::from_file(&model.join("config.json")).unwrap();
+    let (deltas, meta) = edit::patch::load_delta(&delta, &cfg).unwrap();
+    assert_eq!(meta.method, "mend");
+    let goldens = candle_core::safetensors::load(dir.join("tiny-gpt2-goldens.safetensors"), &candle_core::Device::Cpu).unwrap();
+    for (k, d) in &deltas {
+        let rel = rel_diff(d, &goldens[&format!("authors.A.{k}")]);
+        assert!(rel <= 1e-4, "{k}: {rel}");
+    }
+    assert_eq!(deltas.len(), 6);
+
+    // No hypernetwork; the reference checkpoint itself; --mend with another method.
+    let base = || {
+        let mut c = edit_bin();
+        c.arg("apply").arg("-m").arg(&model).arg(&reqs).arg("--delta-out").arg(tmp.path().join("x.safetensors"));
+        c
+    };
+    let (code, _, err) = outcome(base().args(["--method", "mend"]));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("pass --mend FILE"), "{err}");
+    let (code, _, err) = outcome(base().args(["--method", "mend", "--mend"]).arg(&pt));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("edit mend import"), "{err}");
+    let (code, _, err) = outcome(base().args(["--method", "rome", "--mend"]).arg(&net));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--method mend"), "{err}");
+    // A checkpoint for other shapes is refused at import.
+    let (code, _, err) = outcome(
+        edit_bin().args(["mend", "import"]).arg(&pt).arg("-m").arg(common::fixture_dir("fact-gpt2")).arg("-o").arg(tmp.path().join("y.safetensors")),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("belongs to another model"), "{err}");
+    assert!(!tmp.path().join("y.safetensors").exists());
 }

@@ -216,7 +216,7 @@ fn push_through_solve_equals_direct_solve() {
 
 #[test]
 fn run_edit_drives_every_method_and_refuses_oversized_updates_as_numerical() {
-    use edit::editing::method::{prepare, run_edit};
+    use edit::editing::method::{prepare, run_edit, MethodSource};
     let (mut lm, tok) = fact_model();
     let reqs = fact_cases(2);
     let pad = lm.pad_id();
@@ -227,7 +227,7 @@ fn run_edit_drives_every_method_and_refuses_oversized_updates_as_numerical() {
     ];
     for (method, file, steps) in cases {
         let path = fixture_dir("fact-gpt2").join("hparams").join(file);
-        let p = prepare(method, lm.config(), "fact-gpt2", Some(&path), &[steps.to_string()]).unwrap();
+        let p = prepare(method, lm.config(), "fact-gpt2", MethodSource { config: Some(&path), sets: &[steps.to_string()], ..Default::default() }).unwrap();
         let m = &*p.method;
         assert_eq!(m.method(), method);
         assert!(p.source.ends_with("with --set v_num_grad_steps") || p.source.ends_with("with --set num_steps"), "{}", p.source);

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edit::editing::hparams::{self, resolve, ContextTemplates, FtHparams, MemitHparams, Method, MethodConfig, RomeHparams, Solver, SHIPPED};
+use edit::editing::hparams::{self, resolve, ContextTemplates, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, RomeHparams, Solver, SHIPPED};
 use edit::editing::positions::{check_locatable, subject_last_index};
 use edit::editing::requests::{parse_requests, read_requests, validate, Request};
 use edit::tokenizer::Tokenizer;
@@ -308,7 +308,7 @@ fn check_shipped<H: MethodConfig>(s: &hparams::Shipped, cfg: &edit::ModelConfig)
 
 #[test]
 fn every_shipped_config_loads_and_validates_for_its_model() {
-    assert_eq!(SHIPPED.len(), 24);
+    assert_eq!(SHIPPED.len(), 31);
     for s in SHIPPED {
         let (_, cfg) = models().into_iter().find(|(name, _)| *name == s.model).unwrap();
         assert_eq!(
@@ -321,6 +321,7 @@ fn every_shipped_config_loads_and_validates_for_its_model() {
             Method::Rome => check_shipped::<RomeHparams>(s, &cfg),
             Method::Memit => check_shipped::<MemitHparams>(s, &cfg),
             Method::Ft => check_shipped::<FtHparams>(s, &cfg),
+            Method::Mend => check_shipped::<MendHparams>(s, &cfg),
         }
         // The file on disk is the one compiled in.
         let on_disk = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(s.path)).unwrap();
@@ -460,6 +461,7 @@ fn set_overrides_merge_in_order() {
         Method::Rome => error::<RomeHparams>(&cfg, s),
         Method::Memit => error::<MemitHparams>(&cfg, s),
         Method::Ft => error::<FtHparams>(&cfg, s),
+        Method::Mend => error::<MendHparams>(&cfg, s),
     };
     let e = err("no_such_field=1", Method::Rome);
     assert!(
@@ -589,7 +591,8 @@ fn gptj_config_is_rejected_on_a_gpt2_model() {
 fn method_parsing() {
     assert_eq!("rome".parse::<Method>().unwrap(), Method::Rome);
     assert_eq!("Memit".parse::<Method>().unwrap(), Method::Memit);
-    assert!("mend".parse::<Method>().is_err());
+    assert_eq!("MEND".parse::<Method>().unwrap(), Method::Mend);
+    assert!("alphaedit".parse::<Method>().is_err());
     assert_eq!(Method::Memit.to_string(), "memit");
     assert!(RomeHparams::fields().contains(&"context_template_length_params"));
     assert!(!MemitHparams::fields().contains(&"context_template_length_params"));

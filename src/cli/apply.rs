@@ -1,4 +1,4 @@
-//! `edit apply`: compute an edit (ROME, MEMIT, FT) and write the patched model and/or the delta.
+//! `edit apply`: compute an edit (ROME, MEMIT, FT, MEND) and write the patched model and/or the delta.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use edit::editing::hparams::Method;
-use edit::editing::method::{prepare, ModuleUpdate, PreparedMethod};
+use edit::editing::method::{prepare, MethodSource, ModuleUpdate, PreparedMethod};
 use edit::editing::pipeline::EditPlan;
 use edit::editing::requests::{self, Request};
 use edit::editing::templates::ContextTemplates;
@@ -48,9 +48,10 @@ pub struct ApplyArgs {
     #[arg(value_name = "REQUESTS")]
     pub requests: PathBuf,
     /// The editing method: rome (one rank-one update per fact, applied in turn), memit (one
-    /// batch update spread over several layers) or ft (fine-tuning: FT-L, FT, FT-W, FT-M by
-    /// config; all requests in one run).
-    #[arg(long, value_parser = ["rome", "memit", "ft"])]
+    /// batch update spread over several layers), ft (fine-tuning: FT-L, FT, FT-W, FT-M by
+    /// config; all requests in one run) or mend (a trained hypernetwork, --mend FILE, maps the
+    /// requests' gradient to the update; all requests one batch).
+    #[arg(long, value_parser = ["rome", "memit", "ft", "mend"])]
     pub method: String,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -95,10 +96,20 @@ pub struct MethodArgs {
     /// Seed of the context-template sampling [default: the config's `seed`, else 0].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// MEND's trained hypernetwork (written by `edit mend import` or `edit mend train`).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub mend: Option<PathBuf>,
     /// Refuse an update whose Frobenius norm exceeds this multiple of the edited weight's norm
     /// (`edit eval` records such an edit as failed and goes on).
     #[arg(long, default_value_t = 10.0)]
     pub max_update_ratio: f64,
+}
+
+impl MethodArgs {
+    /// The method's settings as the library takes them.
+    pub fn source<'a>(&'a self, identity: Option<&'a ModelIdentity>) -> MethodSource<'a> {
+        MethodSource { config: self.config.as_deref(), sets: &self.sets, hypernetwork: self.mend.as_deref(), identity }
+    }
 }
 
 /// Where missing statistics are computed from (as `edit stats`) and where they are cached.
@@ -217,7 +228,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let identity = ModelIdentity::of(&files)?;
     let tok: Tokenizer = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
     requests::validate(&reqs, &tok, cfg.n_ctx)?;
-    let prepared = prepare(method, &cfg, args.model.id(), args.method_args.config.as_deref(), &args.method_args.sets)?;
+    let prepared = prepare(method, &cfg, args.model.id(), args.method_args.source(Some(&identity)))?;
     let seed = args.method_args.seed.unwrap_or(prepared.method.default_seed());
     tracing::info!("{} config: {}", method.name(), prepared.source);
     tracing::debug!("config: {}", serde_json::to_string(&prepared.json).unwrap_or_default());

@@ -70,7 +70,7 @@ pub struct EvalRunArgs {
     /// The editing method, or none (score the model as it is: the baseline, or a model written
     /// by `edit apply`).
     // Options only so that `edit eval merge` can do without them; clap still requires them.
-    #[arg(long, value_parser = ["rome", "memit", "ft", "none"], required = true)]
+    #[arg(long, value_parser = ["rome", "memit", "ft", "mend", "none"], required = true)]
     pub method: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -246,7 +246,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     // The method, its config and its statistics, all before any weights are read.
     let plan = match method {
         Some(m) => {
-            let prepared = prepare(m, &cfg, args.model.id(), args.method_args.config.as_deref(), &args.method_args.sets)?;
+            let prepared = prepare(m, &cfg, args.model.id(), args.method_args.source(Some(&identity)))?;
             tracing::info!("{m} config: {}", prepared.source);
             let wanted = match prepared.method.stats_need() {
                 Some(_) => Some(args.stats.wanted(args.stats_dataset, "--stats-dataset", &args.model)?),

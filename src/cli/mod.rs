@@ -6,6 +6,7 @@ pub mod eval;
 pub mod inspect;
 pub mod interrupt;
 pub mod logging;
+pub mod mend;
 pub mod predict;
 pub mod stats;
 
@@ -64,6 +65,8 @@ pub enum Command {
     /// --model is the model previously patched with the delta; the output matches the original
     /// weights to float rounding. The input model is never modified.
     Revert(delta::DeltaArgs),
+    /// MEND hypernetworks: `edit mend import` converts a reference checkpoint.
+    Mend(mend::MendArgs),
 }
 
 /// How to find a model; shared by every command that reads one.
@@ -139,6 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(args) => eval::run(*args, &cli.global),
         Command::ApplyDelta(args) => delta::apply(args, &cli.global),
         Command::Revert(args) => delta::revert(args, &cli.global),
+        Command::Mend(args) => mend::run(args, &cli.global),
     }
 }
 

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::hparams::{self, FtHparams, MemitHparams, Method, MethodConfig, ResolvedHparams, RomeHparams};
+use std::path::Path;
+
+use super::hparams::{self, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, ResolvedHparams, RomeHparams};
 use super::linalg::LayerStats;
 use super::optimize::LossPoint;
 use super::requests::Request;
@@ -18,6 +20,7 @@ use super::Deltas;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::models::CausalLm;
+use crate::stats::cache::ModelIdentity;
 use crate::stats::ensure::StatsNeed;
 use crate::tokenizer::Tokenizer;
 
@@ -131,17 +134,45 @@ pub struct PreparedMethod {
     pub source: String,
 }
 
+/// Where a method's settings come from, besides the model.
+#[derive(Clone, Copy, Default)]
+pub struct MethodSource<'a> {
+    /// `--config`: a file, or the name of a shipped config.
+    pub config: Option<&'a Path>,
+    /// `--set key=value` overrides, in order.
+    pub sets: &'a [String],
+    /// MEND's hypernetwork file (`--mend`).
+    pub hypernetwork: Option<&'a Path>,
+    /// The model's identity, when known (MEND checks its hypernetwork was made for it).
+    pub identity: Option<&'a ModelIdentity>,
+}
+
 /// Resolves `method`'s config for this model (`--config` file or shipped name, `--set`
 /// overrides; see [`hparams::resolve`]) and pairs it with the method's implementation.
-pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, config: Option<&std::path::Path>, sets: &[String]) -> Result<PreparedMethod> {
-    fn with<H: MethodConfig, M: EditMethod + 'static>(r: ResolvedHparams<H>, make: impl FnOnce(H) -> M) -> PreparedMethod {
-        PreparedMethod { method: Box::new(make(r.hparams)), json: r.json, source: r.source }
+pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, src: MethodSource) -> Result<PreparedMethod> {
+    fn with<H: MethodConfig, M: EditMethod + 'static>(r: ResolvedHparams<H>, make: impl FnOnce(H) -> Result<M>) -> Result<PreparedMethod> {
+        Ok(PreparedMethod { method: Box::new(make(r.hparams)?), json: r.json, source: r.source })
     }
-    Ok(match method {
-        Method::Rome => with(hparams::resolve::<RomeHparams>(cfg, model_id, config, sets)?, |hp| super::rome::Rome { hp }),
-        Method::Memit => with(hparams::resolve::<MemitHparams>(cfg, model_id, config, sets)?, |hp| super::memit::Memit { hp }),
-        Method::Ft => with(hparams::resolve::<FtHparams>(cfg, model_id, config, sets)?, |hp| super::ft::Ft { hp }),
-    })
+    let (config, sets) = (src.config, src.sets);
+    if src.hypernetwork.is_some() && method != Method::Mend {
+        return Err(Error::Input(format!("--mend names a MEND hypernetwork, but the method is {method}; drop --mend or use --method mend")));
+    }
+    match method {
+        Method::Rome => with(hparams::resolve::<RomeHparams>(cfg, model_id, config, sets)?, |hp| Ok(super::rome::Rome { hp })),
+        Method::Memit => with(hparams::resolve::<MemitHparams>(cfg, model_id, config, sets)?, |hp| Ok(super::memit::Memit { hp })),
+        Method::Ft => with(hparams::resolve::<FtHparams>(cfg, model_id, config, sets)?, |hp| Ok(super::ft::Ft { hp })),
+        Method::Mend => {
+            let mut p = with(hparams::resolve::<MendHparams>(cfg, model_id, config, sets)?, |hp| {
+                super::mend::Mend::open(hp, src.hypernetwork, cfg, src.identity)
+            })?;
+            // What was edited with goes wherever the config is recorded (delta files, eval runs).
+            if let (Value::Object(m), Some(file)) = (&mut p.json, src.hypernetwork) {
+                let meta = super::mend::hypernet::read_meta(file)?;
+                m.insert("hypernetwork".into(), serde_json::json!({"file": file.display().to_string(), "origin": meta.origin}));
+            }
+            Ok(p)
+        }
+    }
 }
 
 /// An edit and what was learned about it.

@@ -11,6 +11,7 @@
 pub mod ft;
 pub mod locate;
 pub mod memit;
+pub mod mend;
 pub mod rome;
 mod shipped;
 
@@ -25,6 +26,7 @@ use serde_json::{json, Map, Value};
 pub use ft::FtHparams;
 pub use locate::{Common, ContextTemplates};
 pub use memit::{MemitHparams, Solver};
+pub use mend::MendHparams;
 pub use rome::RomeHparams;
 pub use shipped::{named, shipped_for, Shipped, SHIPPED};
 
@@ -39,16 +41,19 @@ pub enum Method {
     Memit,
     /// The fine-tuning baselines (FT, FT-L, FT-W, FT-M), chosen by config.
     Ft,
+    /// MEND: a trained hypernetwork maps the edit's gradient to the update.
+    Mend,
 }
 
 impl Method {
-    pub const ALL: [Method; 3] = [Method::Rome, Method::Memit, Method::Ft];
+    pub const ALL: [Method; 4] = [Method::Rome, Method::Memit, Method::Ft, Method::Mend];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::Rome => "rome",
             Method::Memit => "memit",
             Method::Ft => "ft",
+            Method::Mend => "mend",
         }
     }
 }
@@ -67,7 +72,7 @@ impl FromStr for Method {
         Method::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| Error::Input(format!("unknown editing method `{s}`; use rome, memit or ft")))
+            .ok_or_else(|| Error::Input(format!("unknown editing method `{s}`; use rome, memit, ft or mend")))
     }
 }
 

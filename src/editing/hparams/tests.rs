@@ -16,7 +16,8 @@ fn method_names() {
     assert_eq!("MEMIT".parse::<Method>().unwrap(), Method::Memit);
     assert_eq!("ft".parse::<Method>().unwrap(), Method::Ft);
     assert_eq!(Method::Rome.name(), "rome");
-    assert!("mend".parse::<Method>().unwrap_err().to_string().contains("rome, memit or ft"));
+    assert_eq!("mend".parse::<Method>().unwrap(), Method::Mend);
+    assert!("rosme".parse::<Method>().unwrap_err().to_string().contains("rome, memit, ft or mend"));
 }
 
 /// The field lists are the types' own: every field a full config serialises, and no other.
@@ -41,6 +42,11 @@ fn field_lists_match_the_types() {
     ft["wd_power_law"] = json!([-0.87, 0.15]);
     ft["wd_power_law_tuple_check"] = json!(true);
     check_fields::<FtHparams>(ft);
+    let mut mend = MendHparams::starting_point(&cfg);
+    for (k, v) in [("n_toks", json!(10)), ("model_name", json!("gpt2-xl")), ("inner_params", json!(["transformer.h.3.mlp.c_fc.weight"]))] {
+        mend[k] = v;
+    }
+    check_fields::<MendHparams>(mend);
 }
 
 #[test]
@@ -52,6 +58,11 @@ fn every_shipped_file_parses_as_its_method() {
             Method::Rome => (RomeHparams::fields(), serde_json::from_value::<RomeHparams>(v).unwrap().rewrite_module_tmp.clone()),
             Method::Memit => (MemitHparams::fields(), serde_json::from_value::<MemitHparams>(v).unwrap().rewrite_module_tmp.clone()),
             Method::Ft => (FtHparams::fields(), serde_json::from_value::<FtHparams>(v).unwrap().rewrite_module_tmp),
+            // MEND's configs name no module (the hypernetwork file does).
+            Method::Mend => {
+                serde_json::from_value::<MendHparams>(v).unwrap();
+                (MendHparams::fields(), crate::models::modules::layers_name(s.family).to_string())
+            }
         };
         assert!(keys.iter().all(|k| fields.contains(&k.as_str())), "{}: {keys:?}", s.path);
         assert!(module.starts_with(crate::models::modules::layers_name(s.family)), "{}", s.path);

@@ -81,25 +81,37 @@ pub fn edit_batch(tok: &Tokenizer, requests: &[Request]) -> Result<(Vec<Vec<u32>
     Ok((seqs, labels))
 }
 
-/// The edit loss of `requests` and every module's factors, in `modules` order.
-pub fn edit_factors(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], modules: &[EditableModule], pad_id: u32) -> Result<(f64, Vec<Factors>)> {
-    let (seqs, labels) = edit_batch(tok, requests)?;
-    let batch = Batch::from_sequences(&seqs, pad_id, model.device())?;
-    // Logits only where a label is predicted: position p - 1 for a labelled token at p.
+/// Each label's (row, predicting position) and token id, in batch order.
+fn label_positions(seqs: &[Vec<u32>], labels: &LabelRanges) -> (Vec<(usize, usize)>, Vec<u32>) {
     let mut positions = Vec::new();
     let mut wanted = Vec::new();
-    for (row, (ids, range)) in seqs.iter().zip(&labels).enumerate() {
+    for (row, (ids, range)) in seqs.iter().zip(labels).enumerate() {
         for p in range.clone() {
             positions.push((row, p - 1));
             wanted.push(ids[p]);
         }
     }
+    (positions, wanted)
+}
+
+/// Log-probabilities of the labels (`[labels]`), from logits at their predicting positions.
+fn label_logprobs(logits: &Tensor, wanted: Vec<u32>) -> Result<Tensor> {
+    let logp = crate::editing::optimize::log_softmax(&logits.to_dtype(DType::F32)?)?;
+    let n = wanted.len();
+    let idx = Tensor::from_vec(wanted, (n, 1), logp.device())?;
+    Ok(logp.gather(&idx, 1)?.squeeze(1)?)
+}
+
+/// The edit loss of `requests` and every module's factors, in `modules` order.
+pub fn edit_factors(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], modules: &[EditableModule], pad_id: u32) -> Result<(f64, Vec<Factors>)> {
+    let (seqs, labels) = edit_batch(tok, requests)?;
+    let batch = Batch::from_sequences(&seqs, pad_id, model.device())?;
+    // Logits only where a label is predicted: position p - 1 for a labelled token at p.
+    let (positions, wanted) = label_positions(&seqs, &labels);
     let mut hooks = Capture { modules, x: vec![None; modules.len()], dy: (0..modules.len()).map(|_| None).collect() };
     let opts = ForwardOpts { logits: Logits::At(positions), differentiable: true, ..ForwardOpts::default() };
     let logits = model.forward_hooked(&batch, &opts, &mut hooks)?.expect("logits were asked for");
-    let logp = crate::editing::optimize::log_softmax(&logits.to_dtype(DType::F32)?)?;
-    let idx = Tensor::from_vec(wanted, (positions_len(&labels), 1), logp.device())?;
-    let loss = (logp.gather(&idx, 1)?.mean_all()? * -1.0)?;
+    let loss = (label_logprobs(&logits, wanted)?.mean_all()? * -1.0)?;
     let value = f64::from(loss.to_scalar::<f32>()?);
     if !value.is_finite() {
         return Err(Error::Numerical(format!("the MEND edit loss is {value}")));
@@ -124,6 +136,51 @@ pub fn edit_factors(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request],
     Ok((value, out))
 }
 
-fn positions_len(labels: &[std::ops::Range<usize>]) -> usize {
-    labels.iter().map(|r| r.len()).sum()
+/// The factors of `requests` taken `chunk` requests at a time (one forward/backward each, the
+/// loss each chunk's own mean, as the executor's `max_batch_size` loop), every chunk's rows
+/// together — or, with `last_only`, only the last chunk's (the executor's hooks overwrite the
+/// factors at every backward, so that is what it edits with).
+pub fn chunked_factors(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    requests: &[Request],
+    modules: &[EditableModule],
+    pad_id: u32,
+    chunk: usize,
+    last_only: bool,
+) -> Result<Vec<Factors>> {
+    let chunks: Vec<&[Request]> = requests.chunks(chunk.max(1)).collect();
+    let used = if last_only { &chunks[chunks.len().saturating_sub(1)..] } else { &chunks[..] };
+    let mut per_chunk = Vec::with_capacity(used.len());
+    for c in used {
+        per_chunk.push(edit_factors(model, tok, c, modules, pad_id)?.1);
+    }
+    if per_chunk.len() == 1 {
+        return Ok(per_chunk.pop().expect("one chunk"));
+    }
+    (0..modules.len())
+        .map(|i| {
+            let xs: Vec<&Tensor> = per_chunk.iter().map(|f| &f[i].x).collect();
+            let ds: Vec<&Tensor> = per_chunk.iter().map(|f| &f[i].delta).collect();
+            Ok(Factors { x: Tensor::cat(&xs, 0)?, delta: Tensor::cat(&ds, 0)? })
+        })
+        .collect()
+}
+
+/// Each request's edit loss on the model as it is: the mean NLL of its labelled tokens.
+pub fn request_losses(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], pad_id: u32) -> Result<Vec<f64>> {
+    let (seqs, labels) = edit_batch(tok, requests)?;
+    let batch = Batch::from_sequences(&seqs, pad_id, model.device())?;
+    let (positions, wanted) = label_positions(&seqs, &labels);
+    let opts = ForwardOpts { logits: Logits::At(positions), ..ForwardOpts::default() };
+    let logits = model.forward_hooked(&batch, &opts, &mut crate::models::NoHooks)?.expect("logits were asked for");
+    let lp: Vec<f32> = label_logprobs(&logits, wanted)?.to_device(&candle_core::Device::Cpu)?.to_vec1()?;
+    let mut out = Vec::with_capacity(labels.len());
+    let mut at = 0;
+    for r in &labels {
+        let row = &lp[at..at + r.len()];
+        out.push(-row.iter().map(|&v| f64::from(v)).sum::<f64>() / r.len() as f64);
+        at += r.len();
+    }
+    Ok(out)
 }

@@ -12,7 +12,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::factors::edit_factors;
+use super::factors::chunked_factors;
 use super::network::{pseudo_gradient, GradientTransform, NormMode, RunningStats, TransformShape};
 use crate::config::ModelConfig;
 use crate::editing::requests::Request;
@@ -20,6 +20,7 @@ use crate::editing::Deltas;
 use crate::error::{Error, Result};
 use crate::models::modules::{find, EditableModule};
 use crate::models::CausalLm;
+use crate::stats::cache::ModelIdentity;
 use crate::tokenizer::Tokenizer;
 
 /// The metadata key of a hypernetwork file.
@@ -35,6 +36,12 @@ pub struct MendMeta {
     pub n_hidden: usize,
     /// Whether x and δ are normalised (the shipped `norm: True`).
     pub norm: bool,
+    /// The model it was trained for (or imported for), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<ModelIdentity>,
+    /// Where it came from, in words: `imported from mend-10tok-gpt2-xl.pt (sha256 …)`.
+    #[serde(default)]
+    pub origin: String,
 }
 
 /// An inner weight: its module, the key of its shape's transform, its mode there.
@@ -76,6 +83,17 @@ pub struct EditSettings {
     pub lr_scale: f64,
     pub norm: NormMode,
     pub executor_lr_order: bool,
+    /// Requests per forward/backward (the executor's `max_batch_size`, 128).
+    pub chunk: usize,
+    /// Edit with the last chunk's factors only (the executor's hooks keep no others).
+    pub last_chunk_only: bool,
+}
+
+impl EditSettings {
+    /// The MEND authors' behaviour: trained statistics, each weight its own step size.
+    pub fn authors(lr_scale: f64) -> Self {
+        Self { lr_scale, norm: NormMode::Frozen, executor_lr_order: false, chunk: 128, last_chunk_only: false }
+    }
 }
 
 /// A hypernetwork ready to edit.
@@ -111,20 +129,21 @@ impl Hypernetwork {
 
     /// Reads a hypernetwork file for a model of `cfg`.
     pub fn read(path: &Path, cfg: &ModelConfig, device: &Device) -> Result<Self> {
-        let md = crate::checkpoint::file_metadata(path)?;
-        let meta: MendMeta = md
-            .get(MEND_META_KEY)
-            .ok_or_else(|| Error::Input(format!("{} is not a MEND hypernetwork written by edit (no `{MEND_META_KEY}` metadata)", path.display())))
-            .and_then(|m| serde_json::from_str(m).map_err(|e| Error::Input(format!("{}: unreadable `{MEND_META_KEY}` ({e})", path.display()))))?;
+        let meta = read_meta(path)?;
         let tensors = candle_core::safetensors::load(path, device)?;
-        let get = |k: &str| tensors.get(k).cloned().ok_or_else(|| Error::Input(format!("{}: tensor `{k}` is missing", path.display())));
-        let edit_lrs = get("edit_lrs")?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Self::from_tensors(cfg, meta, tensors, device).map_err(|e| Error::Input(format!("{}: {e}", path.display())))
+    }
+
+    /// The network from its tensors under the reference's names.
+    pub fn from_tensors(cfg: &ModelConfig, meta: MendMeta, tensors: HashMap<String, Tensor>, device: &Device) -> Result<Self> {
+        let get = |k: &str| tensors.get(k).cloned().ok_or_else(|| Error::Input(format!("tensor `{k}` is missing")));
+        let edit_lrs = get("edit_lrs")?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let mut stats = HashMap::new();
         for p in inner_params(cfg, &meta.inner_params)? {
             if stats.contains_key(&p.shape_key) {
                 continue;
             }
-            let b = |n: &str| get(&format!("mend.{}.{n}", p.shape_key)).and_then(|t| Ok(t.to_dtype(DType::F32)?));
+            let b = |n: &str| get(&format!("mend.{}.{n}", p.shape_key)).and_then(|t| Ok(t.to_dtype(DType::F32)?.to_device(device)?));
             let k = b("k")?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(f32::NAN);
             let count = if k.is_finite() && k >= 0.0 { k as usize } else { 0 };
             let u = RunningStats { mean: b("u_mean")?, s: b("u_s")?, std: b("u_std")? };
@@ -135,14 +154,23 @@ impl Hypernetwork {
         Self::build(cfg, meta, vb, &stats, edit_lrs)
     }
 
+    /// Forgets the normalisation statistics, so that the next edit in [`NormMode::Running`]
+    /// starts them from its own rows (what the executor's freshly built, training-mode
+    /// transforms do with a checkpoint's statistics).
+    pub fn restart_norm(&mut self) {
+        for t in self.transforms.values_mut() {
+            t.count = 0;
+        }
+    }
+
     /// The edit of `requests`: ΔW per inner weight (`[out, in]`, keyed by module name) =
     /// step × lr_scale × Σ x̃ᵀ δ̃, where step is the weight's learned step size — or, with
     /// `executor_lr_order`, the executor's (it indexes them in the model's parameter order,
     /// which for GPT-2 puts `c_fc` before `c_proj` and so swaps their step sizes).
     pub fn edit(&mut self, model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], pad_id: u32, how: EditSettings) -> Result<Deltas> {
-        let EditSettings { lr_scale, norm, executor_lr_order: swapped_lrs } = how;
+        let EditSettings { lr_scale, norm, executor_lr_order: swapped_lrs, chunk, last_chunk_only } = how;
         let modules: Vec<EditableModule> = self.inner.iter().map(|p| p.module.clone()).collect();
-        let (_, factors) = edit_factors(model, tok, requests, &modules, pad_id)?;
+        let factors = chunked_factors(model, tok, requests, &modules, pad_id, chunk, last_chunk_only)?;
         let lrs = if swapped_lrs { executor_lr_order(&self.inner, &self.edit_lrs) } else { self.edit_lrs.clone() };
         let mut deltas = Deltas::new();
         for ((p, f), lr) in self.inner.iter().zip(factors).zip(lrs) {
@@ -154,6 +182,24 @@ impl Hypernetwork {
         }
         Ok(deltas)
     }
+}
+
+/// A hypernetwork file's metadata (its header only).
+pub fn read_meta(path: &Path) -> Result<MendMeta> {
+    if !path.is_file() {
+        return Err(Error::Input(format!("--mend {}: no such file", path.display())));
+    }
+    let not_ours = || {
+        let hint = if path.extension().is_some_and(|e| e == "pt" || e == "pth") {
+            format!("; a reference checkpoint must be converted first: `edit mend import {} --model MODEL --out FILE.safetensors`", path.display())
+        } else {
+            String::new()
+        };
+        Error::Input(format!("{} is not a MEND hypernetwork written by edit (no `{MEND_META_KEY}` metadata){hint}", path.display()))
+    };
+    let md = crate::checkpoint::file_metadata(path).map_err(|_| not_ours())?;
+    let m = md.get(MEND_META_KEY).ok_or_else(not_ours)?;
+    serde_json::from_str(m).map_err(|e| Error::Input(format!("{}: unreadable `{MEND_META_KEY}` ({e})", path.display())))
 }
 
 /// The step sizes as the ROME/MEMIT executor applies them: it walks the model's parameters in
