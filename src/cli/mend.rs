@@ -1,4 +1,4 @@
-//! `edit mend`: MEND hypernetworks — `import` converts a reference checkpoint.
+//! `edit mend`: MEND hypernetworks — `import` converts a reference checkpoint, `train` trains one.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::{GlobalArgs, ModelArgs};
 
-/// MEND hypernetworks: convert the reference's trained checkpoints for `edit apply --method mend`.
+/// MEND hypernetworks for `edit apply --method mend`: convert the reference's, or train one.
 #[derive(Args, Debug)]
 pub struct MendArgs {
     #[command(subcommand)]
@@ -25,6 +25,7 @@ pub struct MendArgs {
 #[derive(Subcommand, Debug)]
 pub enum MendCommand {
     Import(ImportArgs),
+    Train(Box<TrainArgs>),
 }
 
 /// Convert a reference MEND checkpoint (`torch.save` file, e.g. mend-10tok-gpt2-xl.pt) into a
@@ -58,6 +59,66 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
+/// Train a MEND hypernetwork for a model (the reference's objective and optimiser, spec §5.4).
+///
+/// Per step: an edit record (its rewrite prompt + target_new is the edit, a paraphrase the
+/// text it must carry over to) and a locality text; loss = cedit·NLL(paraphrase | edited) +
+/// cloc·KL(base ‖ edited) on the locality text; Adam on the hypernetwork and its step sizes,
+/// gradients summed over `accumulate_bs` steps and clipped. The last --val-fraction of the
+/// records and texts are held out for validation every `val_interval` steps; the best validated
+/// hypernetwork is the result. Hyperparameters: the reference's (lr 1e-6, ...; `--config`, `--set`).
+///
+/// A checkpoint (OUT.ckpt) is written every --checkpoint-every steps and on Ctrl-C; running the
+/// same command again resumes from it exactly. OUT is written atomically at the end.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub compute: super::ComputeArgs,
+    /// Edit records: CounterFact, zsRE or request objects (the layouts `edit eval` reads).
+    #[arg(long, value_name = "FILE")]
+    pub edits: PathBuf,
+    /// Locality texts (.txt one per line, .jsonl `text`, .parquet); `embedded` (the WikiText-2
+    /// test split compiled into edit); or `neighbors`: each record's own neighbourhood prompts
+    /// with its true object (CounterFact; zsRE's NQ question), as EasyEdit trains on CounterFact.
+    #[arg(long, value_name = "FILE|embedded|neighbors")]
+    pub locality: String,
+    /// Where to write the hypernetwork (safetensors).
+    #[arg(short, long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+    /// Replace --out if it exists (a checkpoint of the same run is still resumed).
+    #[arg(long)]
+    pub force: bool,
+    /// A MEND config file or shipped name.
+    #[arg(long, value_name = "FILE|NAME")]
+    pub config: Option<PathBuf>,
+    /// Override a hyperparameter, e.g. --set lr=1e-4 --set accumulate_bs=1.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+    /// Stop after this many steps [default: the config's `max_iters`].
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// The share of records and of locality texts held out for validation (the last ones).
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Write the checkpoint every this many steps [default: the config's `val_interval`].
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Seed of the initial weights and the draws [default: the config's `seed`].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// zsRE records: learn `answers[0]` (the reference) or `alt` (EasyEdit).
+    #[arg(long, default_value = "answers", value_parser = ["answers", "alt"])]
+    pub zsre_target: String,
+    /// Draw the validation curves (edit success, locality accuracy) to FILE.svg or FILE.png.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Print the run's history (every step's losses and every validation) as JSON at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Serialize)]
 struct ImportSummary<'a> {
     checkpoint: &'a std::path::Path,
@@ -72,6 +133,7 @@ struct ImportSummary<'a> {
 pub fn run(args: MendArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         MendCommand::Import(a) => import(a, global),
+        MendCommand::Train(a) => super::mend_train::train(*a, global),
     }
 }
 

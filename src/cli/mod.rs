@@ -7,6 +7,7 @@ pub mod inspect;
 pub mod interrupt;
 pub mod logging;
 pub mod mend;
+pub mod mend_train;
 pub mod predict;
 pub mod stats;
 
@@ -65,7 +66,7 @@ pub enum Command {
     /// --model is the model previously patched with the delta; the output matches the original
     /// weights to float rounding. The input model is never modified.
     Revert(delta::DeltaArgs),
-    /// MEND hypernetworks: `edit mend import` converts a reference checkpoint.
+    /// MEND hypernetworks: `edit mend import` converts a reference checkpoint, `edit mend train` trains one.
     Mend(mend::MendArgs),
 }
 

@@ -23,10 +23,6 @@ use crate::tokenizer::Tokenizer;
 
 /// The reference's loss threshold: no step below it, and an epoch below it ends the run.
 const STOP_LOSS: f64 = 1e-2;
-/// PyTorch `Adam` defaults.
-const BETA1: f64 = 0.9;
-const BETA2: f64 = 0.999;
-const EPS: f64 = 1e-8;
 
 /// What one fine-tuning run does.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -84,11 +80,6 @@ pub fn tuned_parameters(model: &mut dyn CausalLm, params: &FtParams) -> Result<V
     Ok(out)
 }
 
-struct AdamState {
-    m: Tensor,
-    v: Tensor,
-}
-
 /// Fine-tunes on `requests` (targets get their leading space) and returns the deltas; the model
 /// is left as it was found.
 pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request], params: &FtParams, pad_id: u32) -> Result<FtOutcome> {
@@ -109,10 +100,8 @@ pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request]
         for ((n, _), v) in originals.iter().zip(&vars) {
             model.set_parameter(n, v.as_tensor())?;
         }
-        let mut state: Vec<AdamState> = w0
-            .iter()
-            .map(|w| Ok(AdamState { m: w.zeros_like()?, v: w.zeros_like()? }))
-            .collect::<candle_core::Result<_>>()?;
+        let mut adam = super::adam::Adam::new(&vars.iter().map(Var::as_tensor).collect::<Vec<_>>(), params.lr, params.weight_decay)?;
+        let var_refs: Vec<&Var> = vars.iter().collect();
         let texts: Vec<String> = requests.iter().map(Request::filled_prompt).collect();
         let targets: Vec<String> = requests.iter().map(Request::target_new_spaced).collect();
         let unk = tok.token_id("<|endoftext|>");
@@ -136,18 +125,8 @@ pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request]
                 if value >= STOP_LOSS {
                     let grads = loss.backward()?;
                     t += 1;
-                    let bc1 = 1.0 - BETA1.powi(t as i32);
-                    let bc2 = 1.0 - BETA2.powi(t as i32);
-                    for (var, st) in vars.iter().zip(state.iter_mut()) {
-                        let Some(g) = grads.get(var.as_tensor()) else { continue };
-                        let w = var.as_tensor();
-                        let g = if params.weight_decay != 0.0 { (g + w.affine(params.weight_decay, 0.0)?)? } else { g.clone() };
-                        st.m = ((&st.m * BETA1)? + (&g * (1.0 - BETA1))?)?;
-                        st.v = ((&st.v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
-                        let denom = ((&st.v / bc2)?.sqrt()? + EPS)?;
-                        let step = (st.m.broadcast_div(&denom)? * (params.lr / bc1))?;
-                        var.set(&(w - step)?)?;
-                    }
+                    let g: Vec<Option<Tensor>> = vars.iter().map(|v| grads.get(v.as_tensor()).cloned()).collect();
+                    adam.step(&var_refs, &g)?;
                 }
                 if let Some(eps) = params.norm_constraint {
                     for (var, w0) in vars.iter().zip(&w0) {

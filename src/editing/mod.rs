@@ -1,4 +1,4 @@
-//! Knowledge-editing methods (ROME, MEMIT, the fine-tuning baselines) and what they share: requests, hyperparameters,
+//! Knowledge-editing methods (ROME, MEMIT, the fine-tuning baselines, MEND) and what they share: requests, hyperparameters,
 //! context templates, subject positions, the target-vector optimisation and the linear algebra.
 //!
 //! A method is a function from (model, tokenizer, statistics, requests, hyperparameters) to
@@ -6,6 +6,7 @@
 //! [`method::EditMethod`], and [`method::run_edit`] drives any of them. Loading, saving and the
 //! CLI stay outside.
 
+pub mod adam;
 pub mod hparams;
 pub mod ft;
 pub mod ft_loss;

@@ -59,6 +59,70 @@ pub struct MendHparams {
     /// the last chunk's factors (earlier chunks' requests are not edited). Default: every chunk's.
     #[serde(default)]
     pub executor_last_chunk: bool,
+    /// Training (`edit mend train`), the shipped `config/alg/mend.yaml` and `config.yaml`
+    /// defaults; see [`MendTraining`].
+    #[serde(flatten)]
+    pub train: MendTraining,
+}
+
+/// How a hypernetwork is trained (spec §5.4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MendTraining {
+    /// The outer Adam's learning rate (hypernetwork and step sizes).
+    pub lr: f64,
+    /// The step sizes' own Adam learning rate. In the reference its optimiser steps after the
+    /// outer one has cleared the gradients, so it never moves them; that is the default here
+    /// too, and `separate_lr_opt` applies it as meant.
+    pub lr_lr: f64,
+    /// Ours: the step sizes trained by their own Adam at `lr_lr` only (not by the outer one).
+    pub separate_lr_opt: bool,
+    /// The step sizes' initial value.
+    pub edit_lr: f64,
+    /// Weights of the edit loss (NLL on edit_outer) and of the locality loss (KL on loc).
+    pub cedit: f64,
+    pub cloc: f64,
+    /// Steps whose gradients are summed (each divided by it) before an optimiser step.
+    pub accumulate_bs: usize,
+    /// Gradient-norm clip at each optimiser step.
+    pub grad_clip: f64,
+    /// The low-rank layers' rank (min(rank, x_dim + delta_dim)), hidden layers, normalisation.
+    pub rank: usize,
+    pub n_hidden: usize,
+    pub norm: bool,
+    /// Validation every this many steps, over this many held-out examples.
+    pub val_interval: usize,
+    pub val_steps: usize,
+    /// Stop when the validation loss has not improved for this many steps.
+    pub early_stop_patience: usize,
+    pub max_iters: usize,
+    /// Locality texts are cut to this many tokens (and the model's context).
+    pub loc_max_tokens: usize,
+    pub seed: u64,
+}
+
+impl Default for MendTraining {
+    fn default() -> Self {
+        Self {
+            lr: 1e-6,
+            lr_lr: 1e-4,
+            separate_lr_opt: false,
+            edit_lr: 1e-4,
+            cedit: 0.1,
+            cloc: 1.0,
+            accumulate_bs: 10,
+            grad_clip: 100.0,
+            rank: 1920,
+            n_hidden: 1,
+            norm: true,
+            val_interval: 5000,
+            val_steps: 500,
+            early_stop_patience: 20000,
+            max_iters: 1_000_000,
+            loc_max_tokens: 200,
+            seed: 0,
+        }
+    }
 }
 
 const FIELDS: &[&str] = &[
@@ -73,6 +137,23 @@ const FIELDS: &[&str] = &[
     "executor_norm",
     "executor_lr_order",
     "executor_last_chunk",
+    "lr",
+    "lr_lr",
+    "separate_lr_opt",
+    "edit_lr",
+    "cedit",
+    "cloc",
+    "accumulate_bs",
+    "grad_clip",
+    "rank",
+    "n_hidden",
+    "norm",
+    "val_interval",
+    "val_steps",
+    "early_stop_patience",
+    "max_iters",
+    "loc_max_tokens",
+    "seed",
 ];
 
 /// The reference's inner weights, by analogy for every model (spec §5.1): the MLP matrices of
@@ -125,7 +206,9 @@ impl MethodConfig for MendHparams {
     fn expected(field: &str) -> &'static str {
         match field {
             "lr_scale" => "a number",
-            "n_toks" | "max_batch_size" => "a non-negative integer",
+            "n_toks" | "max_batch_size" | "accumulate_bs" | "rank" | "n_hidden" | "val_interval" | "val_steps"
+            | "early_stop_patience" | "max_iters" | "loc_max_tokens" | "seed" => "a non-negative integer",
+            "lr" | "lr_lr" | "edit_lr" | "cedit" | "cloc" | "grad_clip" => "a number",
             "inner_params" => "a list of weight names, e.g. [\"transformer.h.47.mlp.c_proj.weight\"]",
             "model_name" => "a string",
             _ => "true or false",
@@ -140,6 +223,15 @@ impl MethodConfig for MendHparams {
     fn validate(&self, cfg: &ModelConfig) -> Result<()> {
         let mut problems = Vec::new();
         check_number("lr_scale", self.lr_scale, false, &mut problems);
+        let t = &self.train;
+        for (name, v, positive) in [("lr", t.lr, true), ("lr_lr", t.lr_lr, false), ("edit_lr", t.edit_lr, false), ("cedit", t.cedit, false), ("cloc", t.cloc, false), ("grad_clip", t.grad_clip, true)] {
+            check_number(name, v, positive, &mut problems);
+        }
+        for (name, v) in [("accumulate_bs", t.accumulate_bs), ("rank", t.rank), ("val_interval", t.val_interval), ("loc_max_tokens", t.loc_max_tokens)] {
+            if v == 0 {
+                problems.push(format!("`{name}` must be at least 1"));
+            }
+        }
         if self.max_batch_size == 0 {
             problems.push("`max_batch_size` must be at least 1 (the executor's is 128)".into());
         }

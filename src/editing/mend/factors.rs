@@ -82,7 +82,7 @@ pub fn edit_batch(tok: &Tokenizer, requests: &[Request]) -> Result<(Vec<Vec<u32>
 }
 
 /// Each label's (row, predicting position) and token id, in batch order.
-fn label_positions(seqs: &[Vec<u32>], labels: &LabelRanges) -> (Vec<(usize, usize)>, Vec<u32>) {
+pub fn label_positions(seqs: &[Vec<u32>], labels: &LabelRanges) -> (Vec<(usize, usize)>, Vec<u32>) {
     let mut positions = Vec::new();
     let mut wanted = Vec::new();
     for (row, (ids, range)) in seqs.iter().zip(labels).enumerate() {
@@ -95,7 +95,7 @@ fn label_positions(seqs: &[Vec<u32>], labels: &LabelRanges) -> (Vec<(usize, usiz
 }
 
 /// Log-probabilities of the labels (`[labels]`), from logits at their predicting positions.
-fn label_logprobs(logits: &Tensor, wanted: Vec<u32>) -> Result<Tensor> {
+pub fn label_logprobs(logits: &Tensor, wanted: Vec<u32>) -> Result<Tensor> {
     let logp = crate::editing::optimize::log_softmax(&logits.to_dtype(DType::F32)?)?;
     let n = wanted.len();
     let idx = Tensor::from_vec(wanted, (n, 1), logp.device())?;
@@ -105,9 +105,14 @@ fn label_logprobs(logits: &Tensor, wanted: Vec<u32>) -> Result<Tensor> {
 /// The edit loss of `requests` and every module's factors, in `modules` order.
 pub fn edit_factors(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], modules: &[EditableModule], pad_id: u32) -> Result<(f64, Vec<Factors>)> {
     let (seqs, labels) = edit_batch(tok, requests)?;
-    let batch = Batch::from_sequences(&seqs, pad_id, model.device())?;
+    factors_of(model, &seqs, &labels, modules, pad_id)
+}
+
+/// The mean NLL of the labelled tokens of `seqs` and every module's factors, in `modules` order.
+pub fn factors_of(model: &dyn CausalLm, seqs: &[Vec<u32>], labels: &LabelRanges, modules: &[EditableModule], pad_id: u32) -> Result<(f64, Vec<Factors>)> {
+    let batch = Batch::from_sequences(seqs, pad_id, model.device())?;
     // Logits only where a label is predicted: position p - 1 for a labelled token at p.
-    let (positions, wanted) = label_positions(&seqs, &labels);
+    let (positions, wanted) = label_positions(seqs, labels);
     let mut hooks = Capture { modules, x: vec![None; modules.len()], dy: (0..modules.len()).map(|_| None).collect() };
     let opts = ForwardOpts { logits: Logits::At(positions), differentiable: true, ..ForwardOpts::default() };
     let logits = model.forward_hooked(&batch, &opts, &mut hooks)?.expect("logits were asked for");

@@ -46,7 +46,10 @@ impl LrLinear {
     pub fn forward(&self, z: &Tensor, mode: usize) -> Result<Tensor> {
         let pre = z.matmul(&self.v.t()?)?.matmul(&self.u.t()?)?.broadcast_add(&self.bias)?;
         let pre = pre.broadcast_mul(&self.mode_scale.i(mode)?)?.broadcast_add(&self.mode_shift.i(mode)?)?;
-        Ok((pre.relu()? + z)?)
+        // The reference's `clamp(min=0)`, whose gradient is 1 at 0 (a ReLU's is 0, and with the
+        // "id" init every pre-activation starts at exactly 0: nothing would ever train).
+        let open = pre.ge(0f32)?.to_dtype(pre.dtype())?;
+        Ok(((pre * open)? + z)?)
     }
 }
 
@@ -117,6 +120,13 @@ fn select_rows(t: &Tensor, keep: &[u32]) -> Result<Tensor> {
     Ok(t.index_select(&idx, 0)?)
 }
 
+/// The rows (f32) of `x` and `delta` where neither is all zero (pads, prompt positions).
+pub fn kept_rows(x: &Tensor, delta: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (x, delta) = (x.to_dtype(DType::F32)?, delta.to_dtype(DType::F32)?);
+    let keep = nonzero_rows(&x, &delta)?;
+    Ok((select_rows(&x, &keep)?, select_rows(&delta, &keep)?))
+}
+
 /// Indices of the rows of `[n, d]` tensors where neither is all zero.
 fn nonzero_rows(x: &Tensor, delta: &Tensor) -> Result<Vec<u32>> {
     let nz = |t: &Tensor| -> Result<Vec<u8>> { Ok(t.ne(0f32)?.max(D::Minus1)?.to_device(&Device::Cpu)?.to_vec1::<u8>()?) };
@@ -149,25 +159,37 @@ impl GradientTransform {
     /// inner parameter of index `mode` among those of this shape; rows where either is zero are
     /// dropped first. With [`NormMode::Running`] the statistics are updated by these rows first.
     pub fn forward(&mut self, x: &Tensor, delta: &Tensor, mode: usize, norm_mode: NormMode) -> Result<(Tensor, Tensor)> {
-        let (x, delta) = (x.to_dtype(DType::F32)?, delta.to_dtype(DType::F32)?);
-        let keep = nonzero_rows(&x, &delta)?;
-        let (x, delta) = (select_rows(&x, &keep)?, select_rows(&delta, &keep)?);
-        if norm_mode == NormMode::Running && !keep.is_empty() {
-            let (um, us) = self.u.updated(&x, self.count)?;
-            let (vm, vs) = self.v.updated(&delta, self.count)?;
-            self.count += keep.len();
+        let (x, delta) = kept_rows(x, delta)?;
+        if norm_mode == NormMode::Running && x.dim(0)? > 0 {
+            self.observe(&x, &delta)?;
             if self.count < 2 {
                 return Err(Error::Numerical(format!("MEND cannot normalise with only {} row(s) of gradient so far", self.count)));
             }
-            let k1 = (self.count - 1) as f64;
-            self.u = RunningStats { std: (&us / k1)?.sqrt()?, mean: um, s: us };
-            self.v = RunningStats { std: (&vs / k1)?.sqrt()?, mean: vm, s: vs };
         }
+        self.transform(&x, &delta, mode)
+    }
+
+    /// Adds kept rows to the running statistics (the training-mode update).
+    pub fn observe(&mut self, x: &Tensor, delta: &Tensor) -> Result<()> {
+        if x.dim(0)? == 0 {
+            return Ok(());
+        }
+        let (um, us) = self.u.updated(x, self.count)?;
+        let (vm, vs) = self.v.updated(delta, self.count)?;
+        self.count += x.dim(0)?;
+        let k1 = (self.count.max(2) - 1) as f64;
+        self.u = RunningStats { std: (&us / k1)?.sqrt()?, mean: um, s: us };
+        self.v = RunningStats { std: (&vs / k1)?.sqrt()?, mean: vm, s: vs };
+        Ok(())
+    }
+
+    /// The edited factors of kept rows with the statistics as they are.
+    pub fn transform(&self, x: &Tensor, delta: &Tensor, mode: usize) -> Result<(Tensor, Tensor)> {
         let (xn, dn) = if self.norm {
             let normed = |t: &Tensor, s: &RunningStats| -> Result<Tensor> { Ok(t.broadcast_sub(&s.mean)?.broadcast_div(&(&s.std + 1e-7)?)?) };
-            (normed(&x, &self.u)?, normed(&delta, &self.v)?)
+            (normed(x, &self.u)?, normed(delta, &self.v)?)
         } else {
-            (x, delta)
+            (x.clone(), delta.clone())
         };
         let mut z = Tensor::cat(&[&xn, &dn], 1)?;
         for layer in &self.layers {
