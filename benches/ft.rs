@@ -13,7 +13,7 @@ use std::time::Instant;
 use common::*;
 use edit::editing::ft::{fine_tune, tuned_parameters, FtParams};
 use edit::editing::ft_loss::Objective;
-use edit::editing::requests::{parse_requests, read_requests};
+use edit::editing::requests::read_requests;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -63,24 +63,10 @@ fn main() {
 
     // One FT-W step on a whole block of a GPT-2 XL-width random model.
     let n_layer: usize = std::env::var("EDIT_BENCH_FT_LAYERS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
-    let cfg = edit::config::ModelConfig::from_json(
-        &serde_json::json!({"model_type": "gpt2", "n_embd": 1600, "n_head": 25, "n_layer": n_layer, "vocab_size": 50257, "n_positions": 1024}),
-        Path::new("bench"),
-    )
-    .unwrap();
+    let cfg = xl_width_gpt2(n_layer);
     let mut model = build(&cfg, false);
     let tok = edit::tokenizer::Tokenizer::from_file(&fixture("tiny-gpt2").join("tokenizer.json")).unwrap();
-    let reqs = parse_requests(
-        &serde_json::json!([
-            {"prompt": "{} plays the sport of", "subject": "LeBron James", "target_new": "football"},
-            {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English"},
-            {"prompt": "{} was born in the city of", "subject": "Alice Smith", "target_new": "Paris"},
-            {"prompt": "The capital of {} is", "subject": "France", "target_new": "Lyon"},
-        ])
-        .to_string(),
-        "bench",
-    )
-    .unwrap();
+    let reqs = sample_requests();
     // FT-W on GPT-J tunes `transformer.h.{}`: the whole block; here block 1 of the GPT-2 model.
     let ftw = FtParams {
         layers: vec![1],

@@ -173,8 +173,16 @@ fn reference_checkpoints_edit_as_the_reference_code() {
         let file = tmp.path().join(format!("{name}.safetensors"));
         write(&file, &imported.meta, &imported.tensors).unwrap();
         let goldens = candle_core::safetensors::load(dir.join(format!("{name}-goldens.safetensors")), &candle_core::Device::Cpu).unwrap();
+        // The import holds exactly the checkpoint's tensors (`gtn.` renamed), no more.
+        let state: Vec<_> = goldens.iter().filter_map(|(k, v)| Some((k.strip_prefix("state.")?, v))).collect();
+        assert_eq!(state.len(), imported.tensors.len(), "{name}");
+        for (k, want) in state {
+            let got = &imported.tensors.iter().find(|(n, _)| n == k).unwrap_or_else(|| panic!("{name}: {k} not imported")).1;
+            assert_eq!(common::max_abs_diff(&got.flatten_all().unwrap(), &want.flatten_all().unwrap()), 0.0, "{name} {k}");
+        }
         let check = |label: &str, deltas: &Deltas| {
             let prefix = format!("{label}.");
+            assert_ne!(label, "state");
             let mut n = 0;
             for (k, want) in goldens.iter().filter(|(k, _)| k.starts_with(&prefix)) {
                 let got = &deltas[k.strip_prefix(&prefix).unwrap()];

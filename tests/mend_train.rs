@@ -113,3 +113,40 @@ fn an_interrupted_run_resumes_to_the_same_file() {
     let (code, _, err) = outcome(train_cmd(&train, &resumed).args(sets).arg("--force"));
     assert_eq!(code, Some(1), "{err}");
 }
+
+/// `edit mend sample` writes seeded self-sampled texts (the same seed, the same file), and
+/// training reads them: the edit learns each text's last `n_tokens` tokens.
+#[test]
+fn self_sampled_texts_are_seeded_and_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sample = |name: &str, seed: &str| {
+        let out = tmp.path().join(name);
+        ok(edit_bin()
+            .args(["mend", "sample", "--texts", "embedded", "-n", "12", "--n-tokens", "4", "--seed", seed, "--model"])
+            .arg(model())
+            .arg("--out")
+            .arg(&out));
+        std::fs::read_to_string(out).unwrap()
+    };
+    let a = sample("a.jsonl", "3");
+    assert_eq!(a, sample("b.jsonl", "3"));
+    assert_ne!(a, sample("c.jsonl", "4"));
+    let lines: Vec<Value> = a.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 12);
+    assert!(lines.iter().all(|l| l["n_tokens"] == 4 && !l["text"].as_str().unwrap().is_empty()));
+    let net = tmp.path().join("net.safetensors");
+    let out = ok(edit_bin()
+        .args(["mend", "train", "-q", "--locality", "embedded", "--max-steps", "6", "--json", "--model"])
+        .arg(model())
+        .arg("--edits")
+        .arg(tmp.path().join("a.jsonl"))
+        .arg("--out")
+        .arg(&net)
+        .args(["--set", "val_interval=3", "--set", "val_steps=2", "--set", "rank=8"]));
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["history"]["step"], 6);
+    // The result is a hypernetwork `edit apply` reads.
+    let meta = edit::editing::mend::hypernet::read_meta(&net).unwrap();
+    assert_eq!(meta.inner_params, edit::editing::hparams::mend::default_inner_params(&edit::ModelConfig::from_file(&model().join("config.json")).unwrap()));
+    assert!(meta.origin.starts_with("trained by edit mend train"));
+}

@@ -88,6 +88,23 @@ pub fn medium_config(family: &str, n_layer: usize) -> ModelConfig {
     ModelConfig::from_json(&v, std::path::Path::new("bench")).unwrap()
 }
 
+/// A GPT-2 config at GPT-2 XL width (d 1600, 25 heads, d_ff 6400) with `n_layer` layers.
+pub fn xl_width_gpt2(n_layer: usize) -> ModelConfig {
+    let v = serde_json::json!({"model_type": "gpt2", "n_embd": 1600, "n_head": 25, "n_layer": n_layer, "vocab_size": 50257, "n_positions": 1024});
+    ModelConfig::from_json(&v, std::path::Path::new("bench")).unwrap()
+}
+
+/// A few everyday edit requests (the GPT-2 tokenizer knows their words).
+pub fn sample_requests() -> Vec<edit::editing::requests::Request> {
+    let v = serde_json::json!([
+        {"prompt": "{} plays the sport of", "subject": "LeBron James", "target_new": "football"},
+        {"prompt": "The mother tongue of {} is", "subject": "Danielle Darrieux", "target_new": "English"},
+        {"prompt": "{} was born in the city of", "subject": "Alice Smith", "target_new": "Paris"},
+        {"prompt": "The capital of {} is", "subject": "France", "target_new": "Lyon"},
+    ]);
+    edit::editing::requests::parse_requests(&v.to_string(), "bench").unwrap()
+}
+
 /// Random weights for every tensor the family's loader asks for, with the checkpoint's names.
 pub fn random_weights(cfg: &ModelConfig, trainable: bool) -> WeightSource {
     let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);

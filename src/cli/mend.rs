@@ -26,6 +26,7 @@ pub struct MendArgs {
 pub enum MendCommand {
     Import(ImportArgs),
     Train(Box<TrainArgs>),
+    Sample(SampleArgs),
 }
 
 /// Convert a reference MEND checkpoint (`torch.save` file, e.g. mend-10tok-gpt2-xl.pt) into a
@@ -76,7 +77,8 @@ pub struct TrainArgs {
     pub model: ModelArgs,
     #[command(flatten)]
     pub compute: super::ComputeArgs,
-    /// Edit records: CounterFact, zsRE or request objects (the layouts `edit eval` reads).
+    /// Edit records: CounterFact, zsRE or request objects (the layouts `edit eval` reads), or
+    /// self-sampled texts written by `edit mend sample` (JSON Lines with `n_tokens`).
     #[arg(long, value_name = "FILE")]
     pub edits: PathBuf,
     /// Locality texts (.txt one per line, .jsonl `text`, .parquet); `embedded` (the WikiText-2
@@ -119,6 +121,40 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
+/// Write self-sampled edit texts (MEND's "gen" training data, whose download is gone): prefixes
+/// of texts continued by the model itself, for `edit mend train --edits FILE.jsonl`.
+///
+/// Each output line is {"text": prefix + continuation, "n_tokens": N}: the edit learns the last
+/// N tokens, and its equivalents are the text with up to half its other tokens cut from the left.
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub compute: super::ComputeArgs,
+    /// Texts whose prefixes are continued (.txt, .jsonl `text`, .parquet), or `embedded`.
+    #[arg(long, value_name = "FILE|embedded")]
+    pub texts: String,
+    /// Where to write the JSON Lines.
+    #[arg(short, long, value_name = "FILE.jsonl")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// How many texts to write.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub count: usize,
+    /// Tokens of each prefix (shorter texts are used whole).
+    #[arg(long, default_value_t = 32)]
+    pub prefix_tokens: usize,
+    /// Tokens sampled after each prefix (the reference's data: 10, or 1).
+    #[arg(long, default_value_t = 10)]
+    pub n_tokens: usize,
+    /// Seed of the prefixes' choice and the sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
 #[derive(Serialize)]
 struct ImportSummary<'a> {
     checkpoint: &'a std::path::Path,
@@ -134,6 +170,7 @@ pub fn run(args: MendArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         MendCommand::Import(a) => import(a, global),
         MendCommand::Train(a) => super::mend_train::train(*a, global),
+        MendCommand::Sample(a) => super::mend_train::sample(a, global),
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use edit::editing::hparams::{self, MendHparams};
-use edit::editing::mend::data::{locality_sequences, record_examples};
+use edit::editing::mend::data::{locality_sequences, record_examples, sample_texts, sampled_examples, SampledText};
 use edit::editing::mend::hypernet;
 use edit::editing::mend::train::{TrainData, Trainer, Validation};
 use edit::eval::records::{read_dataset, ZsreTarget};
@@ -17,7 +17,7 @@ use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::mend::TrainArgs;
+use super::mend::{SampleArgs, TrainArgs};
 use super::{interrupt, logging, GlobalArgs};
 
 /// `items` split into (train, held out): the last `fraction` (at least one) held out.
@@ -72,19 +72,29 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let names = hp.inner_params(&cfg);
 
     // The data, read and checked before any weights are.
-    let zsre = if args.zsre_target == "alt" { ZsreTarget::Alt } else { ZsreTarget::Answer };
-    let dataset = read_dataset(&args.edits, &tok, zsre).with_context(|| format!("cannot read the edit records in {}", args.edits.display()))?;
-    dataset.check(&tok, cfg.n_ctx, true, &args.edits.display().to_string())?;
     let neighbours = args.locality == "neighbors";
-    let examples = record_examples(&tok, &dataset.records, neighbours)?;
+    let (examples, layout) = match read_sampled(&args.edits)? {
+        Some(texts) => {
+            if neighbours {
+                bail!("--locality neighbors needs edit records with neighbourhood prompts; {} holds sampled texts: give --locality FILE or embedded", args.edits.display());
+            }
+            (sampled_examples(&tok, &texts)?, "self-sampled texts")
+        }
+        None => {
+            let zsre = if args.zsre_target == "alt" { ZsreTarget::Alt } else { ZsreTarget::Answer };
+            let dataset = read_dataset(&args.edits, &tok, zsre).with_context(|| format!("cannot read the edit records in {}", args.edits.display()))?;
+            dataset.check(&tok, cfg.n_ctx, true, &args.edits.display().to_string())?;
+            (record_examples(&tok, &dataset.records, neighbours)?, dataset.format.describe())
+        }
+    };
+    if let Some(long) = examples.iter().position(|e| e.inner.ids.len() > cfg.n_ctx) {
+        bail!("{}: edit {long} has more tokens than the model's context ({})", args.edits.display(), cfg.n_ctx);
+    }
     let (train, val) = split(examples, args.val_fraction, &args.edits.display().to_string())?;
     let (texts, loc_digest) = match args.locality.as_str() {
-        "embedded" => (edit::data::EMBEDDED_WIKITEXT.lines().map(str::to_string).collect::<Vec<_>>(), "embedded".to_string()),
         "neighbors" => (Vec::new(), "neighbors".to_string()),
-        file => {
-            let p = Path::new(file);
-            (edit::data::read_texts(p).with_context(|| format!("cannot read the locality texts {}", p.display()))?, edit::data::file_sha256(p)?)
-        }
+        "embedded" => (texts_of("embedded")?, "embedded".to_string()),
+        file => (texts_of(file)?, edit::data::file_sha256(Path::new(file))?),
     };
     let (loc_train, loc_val) = if neighbours {
         (Vec::new(), Vec::new())
@@ -93,10 +103,9 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         split(loc, args.val_fraction, &format!("--locality {}", args.locality))?
     };
     tracing::info!(
-        "{} training / {} validation records ({}), {} / {} locality texts; inner weights {}",
+        "{} training / {} validation records ({layout}), {} / {} locality texts; inner weights {}",
         train.len(),
         val.len(),
-        dataset.format.describe(),
         loc_train.len(),
         loc_val.len(),
         names.join(", ")
@@ -192,3 +201,49 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `edit mend sample`'s texts, when `path` holds them (JSON Lines whose first record has
+/// `n_tokens`); `None` for edit records.
+fn read_sampled(path: &Path) -> anyhow::Result<Option<Vec<SampledText>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).peekable();
+    let first = lines.peek().and_then(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok());
+    if first.is_none_or(|v| v.get("n_tokens").is_none()) {
+        return Ok(None);
+    }
+    let texts = lines
+        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not a sampled text {{\"text\", \"n_tokens\"}}", path.display(), i + 1)))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Some(texts))
+}
+
+/// Locality or prefix texts: a file, or the embedded WikiText-2 test split.
+fn texts_of(arg: &str) -> anyhow::Result<Vec<String>> {
+    Ok(match arg {
+        "embedded" => edit::data::EMBEDDED_WIKITEXT.lines().map(str::to_string).collect(),
+        file => edit::data::read_texts(Path::new(file)).with_context(|| format!("cannot read the texts {file}"))?,
+    })
+}
+
+pub fn sample(args: SampleArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    edit::fsutil::check_file_target(&args.out, args.force, "--out")?;
+    if args.n_tokens == 0 || args.prefix_tokens == 0 {
+        bail!("--n-tokens and --prefix-tokens must be at least 1");
+    }
+    let texts = texts_of(&args.texts)?;
+    let lm = args.model.load(&args.compute, global)?;
+    let tok = lm.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("the model has no tokenizer.json"))?;
+    let prefix = args.prefix_tokens.min(lm.config().n_ctx.saturating_sub(args.n_tokens)).max(1);
+    let sampled = sample_texts(&*lm.model, tok, &texts, args.count, prefix, args.n_tokens, args.seed)?;
+    let mut body = String::new();
+    for s in &sampled {
+        body.push_str(&serde_json::to_string(s)?);
+        body.push('\n');
+    }
+    let tmp = args.out.with_extension("tmp");
+    std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    writeln!(std::io::stdout().lock(), "wrote {}: {} texts of {} sampled tokens", args.out.display(), sampled.len(), args.n_tokens)?;
+    Ok(ExitCode::SUCCESS)
+}
+

@@ -4,8 +4,12 @@
 
 use std::ops::Range;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::eval::records::EvalRecord;
+use crate::models::CausalLm;
+use crate::stats::pyrandom::PyRandom;
 use crate::tokenizer::Tokenizer;
 
 /// Tokens labelled on `labels` (each predicted from the position before).
@@ -87,3 +91,72 @@ pub fn locality_sequences(tok: &Tokenizer, texts: &[String], max_tokens: usize) 
     }
     Ok(out)
 }
+
+/// A self-sampled edit text (MEND's "gen" data, `edit mend sample`): a text whose last
+/// `n_tokens` tokens the model itself continued it with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampledText {
+    pub text: String,
+    pub n_tokens: usize,
+}
+
+/// Continues a prefix of each of `n` texts (drawn with `seed`; blank ones skipped) by
+/// `n_tokens` tokens of the model's own top-5 sampling (as the reference's `generate_fast`).
+pub fn sample_texts(model: &dyn CausalLm, tok: &Tokenizer, texts: &[String], n: usize, prefix_tokens: usize, n_tokens: usize, seed: u64) -> Result<Vec<SampledText>> {
+    let usable: Vec<Vec<u32>> = locality_sequences(tok, texts, prefix_tokens)?;
+    if usable.is_empty() {
+        return Err(Error::Input("no non-blank texts to sample prefixes from".into()));
+    }
+    let mut rng = PyRandom::new(seed);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let prefix = &usable[rng.randbelow(usable.len() as u64) as usize];
+        let text = crate::editing::templates::sample(model, tok, prefix, 1, prefix.len() + n_tokens, &mut rng)?.remove(0);
+        out.push(SampledText { text, n_tokens });
+    }
+    Ok(out)
+}
+
+/// Examples from self-sampled texts: edit_inner the text labelled on its last `n_tokens`
+/// tokens; edit_outer the same with `t` tokens cut from the left, for every `t` the reference's
+/// `randint(0, (len − n_tokens) // 2)` can draw.
+pub fn sampled_examples(tok: &Tokenizer, texts: &[SampledText]) -> Result<Vec<EditExample>> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let ids = tok.encode(&s.text)?;
+            if s.n_tokens == 0 || ids.len() <= s.n_tokens {
+                return Err(Error::Input(format!(
+                    "sampled text {i} has {} tokens, not more than its n_tokens {}",
+                    ids.len(),
+                    s.n_tokens
+                )));
+            }
+            let at = |cut: usize| Labelled { ids: ids[cut..].to_vec(), labels: ids.len() - cut - s.n_tokens..ids.len() - cut };
+            let outer = (0..=(ids.len() - s.n_tokens) / 2).filter(|&c| ids.len() - c > s.n_tokens).map(at).collect();
+            Ok(EditExample { inner: at(0), outer, loc: Vec::new() })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampled_texts_label_their_last_tokens_and_truncate_from_the_left() {
+        let tok = Tokenizer::from_file(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-gpt2/tokenizer.json"))).unwrap();
+        let text = SampledText { text: "one two three four five six seven".into(), n_tokens: 2 };
+        let ids = tok.encode(&text.text).unwrap();
+        assert_eq!(ids.len(), 7);
+        let ex = sampled_examples(&tok, &[text]).unwrap().remove(0);
+        assert_eq!(ex.inner, Labelled { ids: ids.clone(), labels: 5..7 });
+        // randint(0, (7 - 2) // 2): cuts of 0, 1 or 2 tokens, the labels always the last two.
+        assert_eq!(ex.outer.len(), 3);
+        assert_eq!(ex.outer[2], Labelled { ids: ids[2..].to_vec(), labels: 3..5 });
+        let short = SampledText { text: "one two".into(), n_tokens: 2 };
+        assert!(sampled_examples(&tok, &[short]).is_err());
+    }
+}
+
