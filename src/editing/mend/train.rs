@@ -321,7 +321,7 @@ impl<'a> Trainer<'a> {
     /// Validation over the first `val_steps` held-out examples (evaluation mode: statistics as
     /// they are), each with its first paraphrase and a locality text in turn.
     pub fn validate(&mut self, data: &TrainData) -> Result<Validation> {
-        let n = self.hp.val_steps.min(data.val.len()).max(1).min(data.val.len());
+        let n = self.hp.val_steps.min(data.val.len());
         let mut v = Validation { step: self.history.step, ..Default::default() };
         let mut counted = 0usize;
         for (k, ex) in data.val.iter().take(n).enumerate() {
