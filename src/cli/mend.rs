@@ -60,7 +60,7 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-/// Train a MEND hypernetwork for a model (the reference's objective and optimiser, spec §5.4).
+/// Train a MEND hypernetwork for a model (the objective and optimiser of eric-mitchell/mend).
 ///
 /// Per step: an edit record (its rewrite prompt + target_new is the edit, a paraphrase the
 /// text it must carry over to) and a locality text; loss = cedit·NLL(paraphrase | edited) +
