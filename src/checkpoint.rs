@@ -1,5 +1,9 @@
-//! Safetensors checkpoints: one file or a sharded index, memory-mapped, with the key quirks of
-//! the published files (GPT-2 keys without `transformer.`, old `attn.bias` buffers).
+//! Safetensors checkpoints: one file or a sharded index, with the key quirks of the published
+//! files (GPT-2 keys without `transformer.`, old `attn.bias` buffers). Headers are read through
+//! a memory map (which touches only their pages); each tensor's bytes are read from the file
+//! straight into the tensor's own buffer. A memory-mapped load would copy every page into the
+//! tensors while keeping the mapped pages resident too: twice the weights' size, and slower
+//! (one page fault per 4 KiB).
 //!
 //! Models never see file names: they ask a [`WeightBuilder`] for tensors by their canonical
 //! (reference) name and shape, and the builder resolves, checks and converts them.
@@ -7,7 +11,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
@@ -18,17 +21,19 @@ pub struct TensorInfo {
     pub file: usize,
     pub dtype: safetensors::Dtype,
     pub shape: Vec<usize>,
+    /// Where its bytes are in the file (absolute offsets).
+    pub bytes: std::ops::Range<u64>,
 }
 
 pub struct Checkpoint {
     files: Vec<PathBuf>,
-    mmaps: Vec<MmapedSafetensors>,
+    handles: Vec<std::fs::File>,
     tensors: BTreeMap<String, TensorInfo>,
 }
 
 impl Checkpoint {
     pub fn open_files(files: Vec<PathBuf>) -> Result<Self> {
-        let mut mmaps = Vec::with_capacity(files.len());
+        let mut handles = Vec::with_capacity(files.len());
         let mut tensors = BTreeMap::new();
         for (i, path) in files.iter().enumerate() {
             if !path.is_file() {
@@ -37,21 +42,23 @@ impl Checkpoint {
                     std::io::Error::new(std::io::ErrorKind::NotFound, "weight file not found"),
                 ));
             }
-            // Safety: the file is mapped read-only; like every mmap-based loader we rely on
-            // nobody truncating it while we run.
-            let mmap = unsafe { MmapedSafetensors::new(path) }.map_err(|e| Error::BadSafetensors {
-                path: path.clone(),
-                reason: root_cause(&e),
-            })?;
-            for (name, view) in mmap.tensors() {
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+            // Safety: read-only mapping, used for the header only; like every mmap-based reader
+            // we rely on nobody truncating the file while we run.
+            let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+            let (n, header) = safetensors::SafeTensors::read_metadata(&mmap)
+                .map_err(|e| Error::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
+            let start = 8 + n as u64;
+            for (name, info) in header.tensors() {
+                let (a, b) = info.data_offsets;
                 tensors.insert(
                     name,
-                    TensorInfo { file: i, dtype: view.dtype(), shape: view.shape().to_vec() },
+                    TensorInfo { file: i, dtype: info.dtype, shape: info.shape.clone(), bytes: start + a as u64..start + b as u64 },
                 );
             }
-            mmaps.push(mmap);
+            handles.push(file);
         }
-        Ok(Self { files, mmaps, tensors })
+        Ok(Self { files, handles, tensors })
     }
 
     pub fn files(&self) -> &[PathBuf] {
@@ -87,17 +94,37 @@ impl Checkpoint {
     }
 
     fn load_raw(&self, key: &str, device: &Device) -> Result<Tensor> {
+        use safetensors::Dtype as S;
+        use std::io::{Read, Seek, SeekFrom};
         let info = &self.tensors[key];
-        self.mmaps[info.file].load(key, device).map_err(|e| Error::BadSafetensors {
-            path: self.files[info.file].clone(),
-            reason: format!("tensor `{key}`: {}", root_cause(&e)),
-        })
+        let path = &self.files[info.file];
+        let dtype = match info.dtype {
+            S::F32 => DType::F32,
+            S::F16 => DType::F16,
+            S::BF16 => DType::BF16,
+            S::F64 => DType::F64,
+            other => return Err(Error::UnsupportedDtype { name: key.to_string(), file: path.display().to_string(), dtype: format!("{other:?}") }),
+        };
+        let len = (info.bytes.end - info.bytes.start) as usize;
+        let elems: usize = info.shape.iter().product();
+        if len != elems * dtype.size_in_bytes() {
+            return Err(Error::BadSafetensors { path: path.clone(), reason: format!("tensor `{key}`: {len} bytes for {elems} {dtype:?} values") });
+        }
+        let mut f = &self.handles[info.file];
+        let mut read = |buf: &mut [u8]| f.seek(SeekFrom::Start(info.bytes.start)).and_then(|_| f.read_exact(buf)).map_err(|e| Error::io(path, e));
+        let t = if dtype == DType::F32 && cfg!(target_endian = "little") {
+            // Read straight into the tensor's buffer: no second copy.
+            let mut values = vec![0f32; elems];
+            // Safety: any byte pattern is a valid f32, and the slice covers exactly the Vec.
+            read(unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len) })?;
+            Tensor::from_vec(values, info.shape.as_slice(), &Device::Cpu)?
+        } else {
+            let mut bytes = vec![0u8; len];
+            read(&mut bytes)?;
+            Tensor::from_raw_buffer(&bytes, dtype, &info.shape, &Device::Cpu)?
+        };
+        Ok(t.to_device(device)?)
     }
-}
-
-fn root_cause(e: &candle_core::Error) -> String {
-    let s = e.to_string();
-    s.lines().next().unwrap_or("").to_string()
 }
 
 /// Where a builder takes its tensors from: a checkpoint on disk or tensors in memory
