@@ -150,29 +150,28 @@ pub struct MethodSource<'a> {
 /// Resolves `method`'s config for this model (`--config` file or shipped name, `--set`
 /// overrides; see [`hparams::resolve`]) and pairs it with the method's implementation.
 pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, src: MethodSource) -> Result<PreparedMethod> {
-    fn with<H: MethodConfig, M: EditMethod + 'static>(r: ResolvedHparams<H>, make: impl FnOnce(H) -> Result<M>) -> Result<PreparedMethod> {
-        Ok(PreparedMethod { method: Box::new(make(r.hparams)?), json: r.json, source: r.source })
+    fn with<H: MethodConfig, M: EditMethod + 'static>(r: ResolvedHparams<H>, make: impl FnOnce(H) -> M) -> PreparedMethod {
+        PreparedMethod { method: Box::new(make(r.hparams)), json: r.json, source: r.source }
     }
     let (config, sets) = (src.config, src.sets);
     if src.hypernetwork.is_some() && method != Method::Mend {
         return Err(Error::Input(format!("--mend names a MEND hypernetwork, but the method is {method}; drop --mend or use --method mend")));
     }
-    match method {
-        Method::Rome => with(hparams::resolve::<RomeHparams>(cfg, model_id, config, sets)?, |hp| Ok(super::rome::Rome { hp })),
-        Method::Memit => with(hparams::resolve::<MemitHparams>(cfg, model_id, config, sets)?, |hp| Ok(super::memit::Memit { hp })),
-        Method::Ft => with(hparams::resolve::<FtHparams>(cfg, model_id, config, sets)?, |hp| Ok(super::ft::Ft { hp })),
+    Ok(match method {
+        Method::Rome => with(hparams::resolve::<RomeHparams>(cfg, model_id, config, sets)?, |hp| super::rome::Rome { hp }),
+        Method::Memit => with(hparams::resolve::<MemitHparams>(cfg, model_id, config, sets)?, |hp| super::memit::Memit { hp }),
+        Method::Ft => with(hparams::resolve::<FtHparams>(cfg, model_id, config, sets)?, |hp| super::ft::Ft { hp }),
         Method::Mend => {
-            let mut p = with(hparams::resolve::<MendHparams>(cfg, model_id, config, sets)?, |hp| {
-                super::mend::Mend::open(hp, src.hypernetwork, cfg, src.identity)
-            })?;
+            let r = hparams::resolve::<MendHparams>(cfg, model_id, config, sets)?;
+            let mend = super::mend::Mend::open(r.hparams, src.hypernetwork, cfg, src.identity)?;
             // What was edited with goes wherever the config is recorded (delta files, eval runs).
-            if let (Value::Object(m), Some(file)) = (&mut p.json, src.hypernetwork) {
-                let meta = super::mend::hypernet::read_meta(file)?;
-                m.insert("hypernetwork".into(), serde_json::json!({"file": file.display().to_string(), "origin": meta.origin}));
+            let mut json = r.json;
+            if let Value::Object(m) = &mut json {
+                m.insert("hypernetwork".into(), serde_json::json!({"file": mend.file.display().to_string(), "origin": mend.meta.origin}));
             }
-            Ok(p)
+            PreparedMethod { method: Box::new(mend), json, source: r.source }
         }
-    }
+    })
 }
 
 /// An edit and what was learned about it.

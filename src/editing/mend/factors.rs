@@ -28,23 +28,19 @@ struct Capture<'a> {
     dy: Vec<Option<Var>>,
 }
 
-impl Capture<'_> {
-    fn index(&self, p: HookPoint) -> Option<usize> {
-        let (layer, kind) = match p {
-            HookPoint::LinearIn(l, k) | HookPoint::LinearOut(l, k) => (l, k),
-            _ => return None,
-        };
-        self.modules.iter().position(|m| m.layer == layer && m.kind == kind)
-    }
+/// Which of `modules` a linear module's input or output hook point belongs to.
+pub(super) fn module_at(modules: &[EditableModule], p: HookPoint) -> Option<usize> {
+    let (HookPoint::LinearIn(l, k) | HookPoint::LinearOut(l, k)) = p else { return None };
+    modules.iter().position(|m| m.layer == l && m.kind == k)
 }
 
 impl Hooks for Capture<'_> {
     fn wants(&self, p: HookPoint) -> bool {
-        self.index(p).is_some()
+        module_at(self.modules, p).is_some()
     }
 
     fn at(&mut self, p: HookPoint, h: Tensor) -> Result<Tensor> {
-        let i = self.index(p).expect("wanted points only");
+        let i = module_at(self.modules, p).expect("wanted points only");
         Ok(match p {
             HookPoint::LinearIn(..) => {
                 self.x[i] = Some(h.detach());

@@ -143,12 +143,8 @@ impl Hypernetwork {
             if stats.contains_key(&p.shape_key) {
                 continue;
             }
-            let b = |n: &str| get(&format!("mend.{}.{n}", p.shape_key)).and_then(|t| Ok(t.to_dtype(DType::F32)?.to_device(device)?));
-            let k = b("k")?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(f32::NAN);
-            let count = if k.is_finite() && k >= 0.0 { k as usize } else { 0 };
-            let u = RunningStats { mean: b("u_mean")?, s: b("u_s")?, std: b("u_std")? };
-            let v = RunningStats { mean: b("v_mean")?, s: b("v_s")?, std: b("v_std")? };
-            stats.insert(p.shape_key.clone(), (u, v, count));
+            let on_device = |k: &str| get(k).and_then(|t| Ok(t.to_dtype(DType::F32)?.to_device(device)?));
+            stats.insert(p.shape_key.clone(), read_stats(&p.shape_key, &on_device)?);
         }
         let vb = VarBuilder::from_tensors(tensors, DType::F32, device);
         Self::build(cfg, meta, vb, &stats, edit_lrs)
@@ -184,6 +180,28 @@ impl Hypernetwork {
     }
 }
 
+/// A transform's normalisation buffers under the reference's names (`mend.<shape>.u_mean`, ...,
+/// `mend.<shape>.k`), as its state dict holds them.
+pub fn stats_tensors(key: &str, t: &GradientTransform) -> Result<Vec<(String, Tensor)>> {
+    let mut out = Vec::with_capacity(7);
+    for (n, x) in [("u_mean", &t.u.mean), ("u_s", &t.u.s), ("u_std", &t.u.std), ("v_mean", &t.v.mean), ("v_s", &t.v.s), ("v_std", &t.v.std)] {
+        out.push((format!("mend.{key}.{n}"), x.copy()?));
+    }
+    out.push((format!("mend.{key}.k"), Tensor::new(&[t.count as f32], t.u.mean.device())?));
+    Ok(out)
+}
+
+/// The normalisation statistics of transform `key` and their row count, read by name through
+/// `get` (a `k` that is not a finite count, as in an untrained checkpoint, reads as 0 rows).
+pub fn read_stats(key: &str, get: &dyn Fn(&str) -> Result<Tensor>) -> Result<(RunningStats, RunningStats, usize)> {
+    let b = |n: &str| get(&format!("mend.{key}.{n}"));
+    let k = b("k")?.flatten_all()?.to_vec1::<f32>()?.first().copied().unwrap_or(f32::NAN);
+    let count = if k.is_finite() && k >= 0.0 { k as usize } else { 0 };
+    let u = RunningStats { mean: b("u_mean")?, s: b("u_s")?, std: b("u_std")? };
+    let v = RunningStats { mean: b("v_mean")?, s: b("v_s")?, std: b("v_std")? };
+    Ok((u, v, count))
+}
+
 /// A hypernetwork file's metadata (its header only).
 pub fn read_meta(path: &Path) -> Result<MendMeta> {
     if !path.is_file() {
@@ -216,11 +234,10 @@ fn executor_lr_order(inner: &[InnerParam], lrs: &[f32]) -> Vec<f32> {
     out
 }
 
-/// Writes `tensors` (reference names) with the metadata, through a temporary file.
+/// Writes `tensors` (reference names) with the metadata (atomically: see
+/// [`crate::fsutil::write_safetensors`]).
 pub fn write(path: &Path, meta: &MendMeta, tensors: &[(String, Tensor)]) -> Result<()> {
     let mut md = HashMap::new();
     md.insert(MEND_META_KEY.to_string(), serde_json::to_string(meta).expect("json"));
-    let tmp = path.with_extension("tmp.safetensors");
-    crate::fsutil::write_safetensors(&tmp, tensors, Some(md))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::fsutil::write_safetensors(path, tensors, Some(md))
 }

@@ -21,9 +21,9 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use super::data::{EditExample, Labelled};
-use super::factors::{factors_of, label_logprobs, label_positions};
-use super::hypernet::{inner_params, InnerParam, MendMeta};
-use super::network::{kept_rows, pseudo_gradient, GradientTransform, RunningStats, TransformShape};
+use super::factors::{factors_of, label_logprobs, label_positions, module_at};
+use super::hypernet::{inner_params, read_stats, stats_tensors, Hypernetwork, InnerParam, MendMeta};
+use super::network::{kept_rows, pseudo_gradient, GradientTransform};
 use crate::editing::adam::{Adam, AdamSlot};
 use crate::editing::hparams::mend::MendTraining;
 use crate::error::{Error, Result};
@@ -87,20 +87,13 @@ struct DeltaHooks<'a> {
     x: Vec<Option<Tensor>>,
 }
 
-impl DeltaHooks<'_> {
-    fn index(&self, p: HookPoint) -> Option<usize> {
-        let (HookPoint::LinearIn(l, k) | HookPoint::LinearOut(l, k)) = p else { return None };
-        self.modules.iter().position(|m| m.layer == l && m.kind == k)
-    }
-}
-
 impl Hooks for DeltaHooks<'_> {
     fn wants(&self, p: HookPoint) -> bool {
-        self.index(p).is_some()
+        module_at(self.modules, p).is_some()
     }
 
     fn at(&mut self, p: HookPoint, h: Tensor) -> Result<Tensor> {
-        let i = self.index(p).expect("wanted points only");
+        let i = module_at(self.modules, p).expect("wanted points only");
         if let HookPoint::LinearIn(..) = p {
             self.x[i] = Some(h.clone());
             return Ok(h);
@@ -118,6 +111,8 @@ pub struct Trainer<'a> {
     model: &'a dyn CausalLm,
     hp: MendTraining,
     pad_id: u32,
+    /// What the result's file will say of itself (its base and origin are added at the end).
+    meta: MendMeta,
     inner: Vec<InnerParam>,
     modules: Vec<EditableModule>,
     /// Every trained parameter by name (the reference checkpoint's), `edit_lrs` last.
@@ -146,40 +141,37 @@ impl<'a> Trainer<'a> {
     pub fn new(model: &'a dyn CausalLm, names: &[String], hp: MendTraining, pad_id: u32) -> Result<Self> {
         let cfg = model.config();
         let dev = model.device().clone();
-        let inner = inner_params(cfg, names)?;
-        let modules: Vec<EditableModule> = inner.iter().map(|p| p.module.clone()).collect();
+        let meta = MendMeta { inner_params: names.to_vec(), rank: hp.rank, n_hidden: hp.n_hidden, norm: hp.norm, base: None, origin: String::new() };
+        // The initial values, seeded, in a VarMap that the network is then built from.
         let varmap = VarMap::new();
         let mut rng = PyRandom::new(hp.seed);
-        let mut transforms = BTreeMap::new();
-        for p in &inner {
-            if transforms.contains_key(&p.shape_key) {
+        let mut seen = std::collections::BTreeSet::new();
+        let params = inner_params(cfg, names)?;
+        for p in &params {
+            if !seen.insert(p.shape_key.clone()) {
                 continue;
             }
-            let n_modes = inner.iter().filter(|q| q.shape_key == p.shape_key).count();
+            let n_modes = params.iter().filter(|q| q.shape_key == p.shape_key).count();
             let dim = p.module.in_dim + p.module.out_dim;
             let r = hp.rank.min(dim);
-            {
-                let mut data = varmap.data().lock().expect("varmap lock");
-                for i in 0..=hp.n_hidden {
-                    let at = |t: &str| format!("mend.{}.mlp.layers.{i}.{t}", p.shape_key);
-                    let v: Vec<f32> = (0..r * dim).map(|_| gauss(&mut rng)).collect();
-                    for (name, t) in [
-                        (at("u"), Tensor::zeros((dim, r), DType::F32, &dev)?),
-                        (at("v"), Tensor::from_vec(v, (r, dim), &dev)?),
-                        (at("bias"), Tensor::zeros(dim, DType::F32, &dev)?),
-                        (at("mode_scale.weight"), Tensor::ones((n_modes, dim), DType::F32, &dev)?),
-                        (at("mode_shift.weight"), Tensor::zeros((n_modes, dim), DType::F32, &dev)?),
-                    ] {
-                        data.insert(name, Var::from_tensor(&t)?);
-                    }
+            let mut data = varmap.data().lock().expect("varmap lock");
+            for i in 0..=hp.n_hidden {
+                let at = |t: &str| format!("mend.{}.mlp.layers.{i}.{t}", p.shape_key);
+                let v: Vec<f32> = (0..r * dim).map(|_| gauss(&mut rng)).collect();
+                for (name, t) in [
+                    (at("u"), Tensor::zeros((dim, r), DType::F32, &dev)?),
+                    (at("v"), Tensor::from_vec(v, (r, dim), &dev)?),
+                    (at("bias"), Tensor::zeros(dim, DType::F32, &dev)?),
+                    (at("mode_scale.weight"), Tensor::ones((n_modes, dim), DType::F32, &dev)?),
+                    (at("mode_shift.weight"), Tensor::zeros((n_modes, dim), DType::F32, &dev)?),
+                ] {
+                    data.insert(name, Var::from_tensor(&t)?);
                 }
             }
-            let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev);
-            let shape = TransformShape { x_dim: p.module.in_dim, delta_dim: p.module.out_dim, n_modes, rank: hp.rank, n_hidden: hp.n_hidden };
-            let mut t = GradientTransform::load(vb.pp("mend").pp(&p.shape_key), shape, None)?;
-            t.norm = hp.norm;
-            transforms.insert(p.shape_key.clone(), t);
         }
+        let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &dev);
+        let Hypernetwork { inner, transforms, .. } = Hypernetwork::build(cfg, meta.clone(), vb, &HashMap::new(), vec![hp.edit_lr as f32; params.len()])?;
+        let modules: Vec<EditableModule> = inner.iter().map(|p| p.module.clone()).collect();
         let lrs = Var::from_tensor(&Tensor::full(hp.edit_lr as f32, inner.len(), &dev)?)?;
         let mut named: Vec<(String, Var)> = varmap.data().lock().expect("varmap lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -192,7 +184,7 @@ impl<'a> Trainer<'a> {
         } else {
             (Adam::new(&vars.iter().map(Var::as_tensor).collect::<Vec<_>>(), hp.lr, 0.0)?, None)
         };
-        Ok(Self { model, hp, pad_id, inner, modules, names, vars, transforms, adam, lr_adam, accum: vec![None; n], history: History::default(), best: None })
+        Ok(Self { model, hp, pad_id, meta, inner, modules, names, vars, transforms, adam, lr_adam, accum: vec![None; n], history: History::default(), best: None })
     }
 
     fn lrs(&self) -> &Var {
@@ -370,10 +362,7 @@ impl<'a> Trainer<'a> {
     fn network_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let mut out: Vec<(String, Tensor)> = self.names.iter().zip(&self.vars).map(|(n, v)| Ok((n.clone(), v.as_tensor().copy()?))).collect::<Result<_>>()?;
         for (key, t) in &self.transforms {
-            for (n, x) in [("u_mean", &t.u.mean), ("u_s", &t.u.s), ("u_std", &t.u.std), ("v_mean", &t.v.mean), ("v_s", &t.v.s), ("v_std", &t.v.std)] {
-                out.push((format!("mend.{key}.{n}"), x.copy()?));
-            }
-            out.push((format!("mend.{key}.k"), Tensor::new(&[t.count as f32], x_device(t))?));
+            out.extend(stats_tensors(key, t)?);
         }
         Ok(out)
     }
@@ -384,15 +373,7 @@ impl<'a> Trainer<'a> {
             Some(b) => b.clone(),
             None => self.network_tensors()?,
         };
-        let meta = MendMeta {
-            inner_params: self.inner.iter().map(|p| p.name.clone()).collect(),
-            rank: self.hp.rank,
-            n_hidden: self.hp.n_hidden,
-            norm: self.hp.norm,
-            base,
-            origin,
-        };
-        Ok((meta, tensors))
+        Ok((MendMeta { base, origin, ..self.meta.clone() }, tensors))
     }
 
     /// Everything a resumed run needs, as tensors and a JSON header.
@@ -425,9 +406,7 @@ impl<'a> Trainer<'a> {
         let header = CheckpointHeader { fingerprint: fingerprint.to_string(), history: self.history.clone(), adam_steps: adam_steps.into_iter().collect() };
         let mut md = HashMap::new();
         md.insert(CHECKPOINT_KEY.to_string(), serde_json::to_string(&header).expect("json"));
-        let tmp = path.with_extension("tmp");
-        crate::fsutil::write_safetensors(&tmp, &tensors, Some(md))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+        crate::fsutil::write_safetensors(path, &tensors, Some(md))
     }
 
     /// Restores a checkpoint written for the same run (`fingerprint`: the config and data).
@@ -451,10 +430,7 @@ impl<'a> Trainer<'a> {
             var.set(&get(&format!("now.{name}"))?)?;
         }
         for (key, tr) in self.transforms.iter_mut() {
-            let b = |n: &str| get(&format!("now.mend.{key}.{n}"));
-            tr.u = RunningStats { mean: b("u_mean")?, s: b("u_s")?, std: b("u_std")? };
-            tr.v = RunningStats { mean: b("v_mean")?, s: b("v_s")?, std: b("v_std")? };
-            tr.count = b("k")?.to_vec1::<f32>()?[0] as usize;
+            (tr.u, tr.v, tr.count) = read_stats(key, &|k: &str| get(&format!("now.{k}")))?;
         }
         let n = self.vars.len();
         let names = self.names.clone();
@@ -491,10 +467,6 @@ impl<'a> Trainer<'a> {
         self.history = header.history;
         Ok(())
     }
-}
-
-fn x_device(t: &GradientTransform) -> &Device {
-    t.u.mean.device()
 }
 
 /// The metadata key of a training checkpoint.
