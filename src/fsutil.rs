@@ -44,11 +44,19 @@ pub fn default_permissions(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a safetensors file at `path` (replacing it atomically) with umask permissions.
+/// Writes a safetensors file at `path` (replacing it atomically: safetensors writes a sibling
+/// temporary and renames it) with umask permissions.
 pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
     let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     safetensors::serialize_to_file(data, metadata, path).map_err(|e| Error::Input(format!("cannot write {}: {e}", path.display())))?;
     default_permissions(path)
+}
+
+/// Writes `bytes` to `path` through a temporary beside it, renamed into place.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 /// Absolute, lexically normalised, with the longest existing prefix canonicalised (symlinks

@@ -175,6 +175,15 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     }
 }
 
+/// `--zsre-target`'s value (`answers` or `alt`, checked by clap).
+pub fn zsre_target(arg: &str) -> ZsreTarget {
+    if arg == "alt" {
+        ZsreTarget::Alt
+    } else {
+        ZsreTarget::Answer
+    }
+}
+
 pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(EvalAction::Merge(m)) => merge(m),
@@ -221,8 +230,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     let cfg = ModelConfig::from_file(&files.config)?;
     let identity = ModelIdentity::of(&files)?;
     let tok = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
-    let zsre_target = if args.zsre_target == "alt" { ZsreTarget::Alt } else { ZsreTarget::Answer };
-    let mut dataset = read_dataset(&dataset_path, &tok, zsre_target).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
+    let mut dataset = read_dataset(&dataset_path, &tok, zsre_target(&args.zsre_target)).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
     if let Some(n) = args.limit {
         dataset.records.truncate(n);
     }

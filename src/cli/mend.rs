@@ -49,12 +49,9 @@ pub struct ImportArgs {
     /// Replace --out if it exists.
     #[arg(long)]
     pub force: bool,
-    /// A MEND config file or shipped name (only `inner_params` matters here).
-    #[arg(long, value_name = "FILE|NAME")]
-    pub config: Option<PathBuf>,
-    /// Override a MEND hyperparameter, e.g. --set 'inner_params=["transformer.h.11.mlp.c_fc.weight"]'.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
+    // Of the config, only `inner_params` matters here.
+    #[command(flatten)]
+    pub hparams: MendConfigArgs,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -92,12 +89,8 @@ pub struct TrainArgs {
     /// Replace --out if it exists (a checkpoint of the same run is still resumed).
     #[arg(long)]
     pub force: bool,
-    /// A MEND config file or shipped name.
-    #[arg(long, value_name = "FILE|NAME")]
-    pub config: Option<PathBuf>,
-    /// Override a hyperparameter, e.g. --set lr=1e-4 --set accumulate_bs=1.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
+    #[command(flatten)]
+    pub hparams: MendConfigArgs,
     /// Stop after this many steps [default: the config's `max_iters`].
     #[arg(long)]
     pub max_steps: Option<usize>,
@@ -155,6 +148,25 @@ pub struct SampleArgs {
     pub seed: u64,
 }
 
+/// The MEND config of `import` and `train`: a file or shipped name, and overrides.
+#[derive(Args, Debug)]
+pub struct MendConfigArgs {
+    /// A MEND config file or shipped name (`mend/gpt2-xl_executor`) [default: the model's].
+    #[arg(long, value_name = "FILE|NAME")]
+    pub config: Option<PathBuf>,
+    /// Override a MEND hyperparameter, e.g. --set lr=1e-4 or
+    /// --set 'inner_params=["transformer.h.11.mlp.c_fc.weight"]'.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+impl MendConfigArgs {
+    /// The config for this model (see `hparams::resolve`).
+    pub fn resolve(&self, cfg: &ModelConfig, model_id: &str) -> edit::Result<MendHparams> {
+        Ok(hparams::resolve::<MendHparams>(cfg, model_id, self.config.as_deref(), &self.sets)?.hparams)
+    }
+}
+
 #[derive(Serialize)]
 struct ImportSummary<'a> {
     checkpoint: &'a std::path::Path,
@@ -181,8 +193,7 @@ fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     }
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
-    let hp = hparams::resolve::<MendHparams>(&cfg, args.model.id(), args.config.as_deref(), &args.sets)?;
-    let names = hp.hparams.inner_params(&cfg);
+    let names = args.hparams.resolve(&cfg, args.model.id())?.inner_params(&cfg);
     let identity = ModelIdentity::of(&files)?;
     let imported = import_checkpoint(&args.checkpoint, &cfg, &names, Some(identity))
         .with_context(|| format!("cannot import {}", args.checkpoint.display()))?;

@@ -6,17 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use edit::editing::hparams::{self, MendHparams};
 use edit::editing::mend::data::{locality_sequences, record_examples, sample_texts, sampled_examples, SampledText};
 use edit::editing::mend::hypernet;
 use edit::editing::mend::train::{TrainData, Trainer, Validation};
-use edit::eval::records::{read_dataset, ZsreTarget};
+use edit::eval::records::parse_dataset;
 use edit::stats::cache::ModelIdentity;
 use edit::tokenizer::Tokenizer;
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use super::eval::zsre_target;
 use super::mend::{SampleArgs, TrainArgs};
 use super::{interrupt, logging, GlobalArgs};
 
@@ -60,8 +60,7 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let tok: Tokenizer = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
-    let mut resolved = hparams::resolve::<MendHparams>(&cfg, args.model.id(), args.config.as_deref(), &args.sets)?;
-    let hp = &mut resolved.hparams;
+    let mut hp = args.hparams.resolve(&cfg, args.model.id())?;
     if let Some(n) = args.max_steps {
         hp.train.max_iters = n;
     }
@@ -73,7 +72,8 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
     // The data, read and checked before any weights are.
     let neighbours = args.locality == "neighbors";
-    let (examples, layout) = match read_sampled(&args.edits)? {
+    let edits_text = std::fs::read_to_string(&args.edits).with_context(|| format!("cannot read {}", args.edits.display()))?;
+    let (examples, layout) = match sampled_texts(&edits_text, &args.edits)? {
         Some(texts) => {
             if neighbours {
                 bail!("--locality neighbors needs edit records with neighbourhood prompts; {} holds sampled texts: give --locality FILE or embedded", args.edits.display());
@@ -81,8 +81,9 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             (sampled_examples(&tok, &texts)?, "self-sampled texts")
         }
         None => {
-            let zsre = if args.zsre_target == "alt" { ZsreTarget::Alt } else { ZsreTarget::Answer };
-            let dataset = read_dataset(&args.edits, &tok, zsre).with_context(|| format!("cannot read the edit records in {}", args.edits.display()))?;
+            let source = args.edits.display().to_string();
+            let dataset = parse_dataset(&edits_text, &source, &tok, zsre_target(&args.zsre_target))
+                .with_context(|| format!("cannot read the edit records in {source}"))?;
             dataset.check(&tok, cfg.n_ctx, true, &args.edits.display().to_string())?;
             (record_examples(&tok, &dataset.records, neighbours)?, dataset.format.describe())
         }
@@ -91,16 +92,15 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         bail!("{}: edit {long} has more tokens than the model's context ({})", args.edits.display(), cfg.n_ctx);
     }
     let (train, val) = split(examples, args.val_fraction, &args.edits.display().to_string())?;
-    let (texts, loc_digest) = match args.locality.as_str() {
-        "neighbors" => (Vec::new(), "neighbors".to_string()),
-        "embedded" => (texts_of("embedded")?, "embedded".to_string()),
-        file => (texts_of(file)?, edit::data::file_sha256(Path::new(file))?),
-    };
     let (loc_train, loc_val) = if neighbours {
         (Vec::new(), Vec::new())
     } else {
-        let loc = locality_sequences(&tok, &texts, hp.train.loc_max_tokens.min(cfg.n_ctx))?;
+        let loc = locality_sequences(&tok, &texts_of(&args.locality)?, hp.train.loc_max_tokens.min(cfg.n_ctx))?;
         split(loc, args.val_fraction, &format!("--locality {}", args.locality))?
+    };
+    let loc_digest = match args.locality.as_str() {
+        "neighbors" | "embedded" => args.locality.clone(),
+        file => edit::data::file_sha256(Path::new(file))?,
     };
     tracing::info!(
         "{} training / {} validation records ({layout}), {} / {} locality texts; inner weights {}",
@@ -112,7 +112,7 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     );
     let data = TrainData { train, val, loc_train, loc_val };
     let identity = ModelIdentity::of(&files)?;
-    let config_json = serde_json::to_value(&*hp)?;
+    let config_json = serde_json::to_value(&hp)?;
     // What a checkpoint must match to be resumed: the model, the config, the data and its split.
     let fingerprint = edit::checkpoint::hex(&{
         use sha2::Digest;
@@ -120,7 +120,7 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             "weights": identity.weights_fingerprint,
             "config": config_json,
             "inner_params": names,
-            "edits": edit::data::file_sha256(&args.edits)?,
+            "edits": edit::checkpoint::hex(&sha2::Sha256::digest(edits_text.as_bytes())),
             "zsre_target": args.zsre_target,
             "locality": loc_digest,
             "val_fraction": args.val_fraction,
@@ -202,10 +202,9 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `edit mend sample`'s texts, when `path` holds them (JSON Lines whose first record has
-/// `n_tokens`); `None` for edit records.
-fn read_sampled(path: &Path) -> anyhow::Result<Option<Vec<SampledText>>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+/// `edit mend sample`'s texts, when `text` (read from `path`) holds them (JSON Lines whose first
+/// record has `n_tokens`); `None` for edit records.
+fn sampled_texts(text: &str, path: &Path) -> anyhow::Result<Option<Vec<SampledText>>> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).peekable();
     let first = lines.peek().and_then(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok());
     if first.is_none_or(|v| v.get("n_tokens").is_none()) {
@@ -232,7 +231,7 @@ pub fn sample(args: SampleArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode>
     }
     let texts = texts_of(&args.texts)?;
     let lm = args.model.load(&args.compute, global)?;
-    let tok = lm.tokenizer.as_ref().ok_or_else(|| anyhow::anyhow!("the model has no tokenizer.json"))?;
+    let tok = lm.tokenizer.as_ref().ok_or_else(|| edit::model::no_tokenizer(&lm.files))?;
     let prefix = args.prefix_tokens.min(lm.config().n_ctx.saturating_sub(args.n_tokens)).max(1);
     let sampled = sample_texts(&*lm.model, tok, &texts, args.count, prefix, args.n_tokens, args.seed)?;
     let mut body = String::new();
@@ -240,9 +239,7 @@ pub fn sample(args: SampleArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode>
         body.push_str(&serde_json::to_string(s)?);
         body.push('\n');
     }
-    let tmp = args.out.with_extension("tmp");
-    std::fs::write(&tmp, body).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &args.out).with_context(|| format!("cannot write {}", args.out.display()))?;
+    edit::fsutil::write_atomic(&args.out, body.as_bytes())?;
     writeln!(std::io::stdout().lock(), "wrote {}: {} texts of {} sampled tokens", args.out.display(), sampled.len(), args.n_tokens)?;
     Ok(ExitCode::SUCCESS)
 }

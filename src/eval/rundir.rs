@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use super::summary::CaseResult;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 
 pub const RUN_FILE: &str = "run.json";
 pub const CASES_FILE: &str = "cases.jsonl";
@@ -33,12 +34,6 @@ pub struct RunDir {
     done_index: HashMap<(usize, u64), usize>,
     /// Every record scored so far, `done` and appended.
     keys: BTreeSet<(usize, u64)>,
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 impl RunDir {
