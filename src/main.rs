@@ -8,7 +8,7 @@ use clap::Parser;
 
 /// candle's worker threads spin this many times at its barrier before yielding (candle's default
 /// is 25,000). Measured on fact-gpt2 ROME edits (benches/README.md, "threads"): the same wall time
-/// on a quiet machine with a quarter less CPU, and 31% less wall time when another job holds a core.
+/// on a quiet machine with a quarter less CPU, and 40% less wall time when another job holds a core.
 const SPIN_LIMIT: &str = "1000";
 
 fn main() -> ExitCode {
