@@ -11,6 +11,12 @@ use clap::Parser;
 /// on a quiet machine with a quarter less CPU, and 40% less wall time when another job holds a core.
 const SPIN_LIMIT: &str = "1000";
 
+/// mimalloc keeps freed pages for reuse: with glibc's allocator every large activation tensor of a
+/// forward/backward step was a fresh `mmap` whose pages the kernel zeroed (a quarter of a ROME
+/// edit's time on fact-gpt2; benches/README.md, "allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Before any thread exists (candle's pool reads it when it starts); the user's value wins.
     if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {

@@ -162,8 +162,8 @@ impl LayerNorm {
 
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
-        Activation::GeluTanh => x.gelu()?,
-        Activation::GeluErf => x.gelu_erf()?,
+        Activation::GeluTanh => super::gelu::gelu(x, super::gelu::GeluKind::Tanh)?,
+        Activation::GeluErf => super::gelu::gelu(x, super::gelu::GeluKind::Erf)?,
         Activation::Relu => x.relu()?,
     })
 }

@@ -3,6 +3,7 @@
 //! interventions that add vectors at (row, position) pairs.
 
 mod batch;
+mod gelu;
 pub mod gpt2;
 pub mod hooks;
 pub mod gptj;
