@@ -113,7 +113,10 @@ fn padded_batch_equals_each_prompt_alone() {
 
 /// The golden gradient: d(mean target NLL)/d(vector added at `site` of `layer`, prompt 0's
 /// subject-last token), on prompt 0 followed by all target tokens but the last.
-fn intervention_grad(name: &str, key: &str, site: Site) {
+/// `resume`: run the layers up to the intervention once without it, then continue from the
+/// saved block output with the vector added there (for `MlpOut` too: it joins the residual
+/// stream unchanged), as the v*/z optimisations do after their first step.
+fn intervention_grad(name: &str, key: &str, site: Site, resume: bool) {
     let lm = fixture(name);
     let g = golden(name);
     let info = g.gradient(key);
@@ -124,8 +127,15 @@ fn intervention_grad(name: &str, key: &str, site: Site) {
     let batch = Batch::from_sequences(&[ids], 0, &Device::Cpu).unwrap();
     let d = lm.config().d_model;
     let delta = Var::zeros(d, DType::F32, &Device::Cpu).unwrap();
+    let mut spec = TraceSpec::logits(Logits::All);
+    let mut site = site;
+    if resume {
+        let below = lm.model.forward(&batch, &TraceSpec { block_out: [info.layer].into(), stop_after: Some(info.layer), ..Default::default() }, &[]).unwrap();
+        spec.resume = Some(edit::models::Resume { after: info.layer, hidden: below.block_out[&info.layer].clone() });
+        site = Site::BlockOut;
+    }
     let iv = Intervention { layer: info.layer, site, positions: vec![(0, info.position)], deltas: delta.as_tensor().clone() };
-    let trace = lm.model.forward(&batch, &TraceSpec::logits(Logits::All), &[iv]).unwrap();
+    let trace = lm.model.forward(&batch, &spec, &[iv]).unwrap();
     let logp = candle_nn::ops::log_softmax(&trace.logits.unwrap().get(0).unwrap(), 1).unwrap();
     let n_prompt = p0.input_ids.len();
     let mut terms = Vec::new();
@@ -145,14 +155,38 @@ fn intervention_grad(name: &str, key: &str, site: Site) {
 #[test]
 fn mlp_out_intervention_gradients_match_transformers() {
     for name in FAMILIES {
-        intervention_grad(name, "grad_mlp_out.1", Site::MlpOut);
+        intervention_grad(name, "grad_mlp_out.1", Site::MlpOut, false);
     }
+}
+
+#[test]
+fn resumed_forward_gives_the_same_loss_and_gradients() {
+    for name in FAMILIES {
+        intervention_grad(name, "grad_mlp_out.1", Site::MlpOut, true);
+        intervention_grad(name, "grad_block_out.2", Site::BlockOut, true);
+    }
+}
+
+#[test]
+fn resumed_forward_refuses_points_below_its_start() {
+    let lm = fixture("tiny-gpt2");
+    let batch = Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap();
+    let below = lm.model.forward(&batch, &TraceSpec { block_out: [1].into(), stop_after: Some(1), ..Default::default() }, &[]).unwrap();
+    let resume = Some(edit::models::Resume { after: 1, hidden: below.block_out[&1].clone() });
+    let delta = Tensor::zeros(lm.config().d_model, DType::F32, &Device::Cpu).unwrap();
+    let at = |layer, site| Intervention { layer, site, positions: vec![(0, 1)], deltas: delta.clone() };
+    let spec = TraceSpec { resume: resume.clone(), logits: Logits::Last, ..Default::default() };
+    assert!(lm.model.forward(&batch, &spec, &[at(1, Site::BlockOut)]).is_ok());
+    assert!(lm.model.forward(&batch, &spec, &[at(1, Site::MlpOut)]).is_err());
+    assert!(lm.model.forward(&batch, &spec, &[at(0, Site::BlockOut)]).is_err());
+    let keys = TraceSpec { keys: [1].into(), ..spec };
+    assert!(lm.model.forward(&batch, &keys, &[]).is_err());
 }
 
 #[test]
 fn block_out_intervention_gradients_match_transformers() {
     for name in FAMILIES {
-        intervention_grad(name, "grad_block_out.2", Site::BlockOut);
+        intervention_grad(name, "grad_block_out.2", Site::BlockOut, false);
     }
 }
 

@@ -15,7 +15,7 @@ use super::positions::subject_last_index;
 use super::requests::Request;
 use super::vec_norm;
 use crate::error::{Error, Result};
-use crate::models::{Batch, CausalLm, Intervention, Logits, Site, TraceSpec};
+use crate::models::{Batch, CausalLm, Intervention, Logits, Resume, Site, TraceSpec};
 use crate::tokenizer::Tokenizer;
 
 /// The reference's early-stopping threshold on the total loss.
@@ -143,6 +143,11 @@ pub fn optimize_targets(
         })
         .collect::<Result<_>>()?;
 
+    // Nothing below the optimised layer depends on δ: the first step records the residual
+    // stream after the layer (δ = 0) and later steps resume from it, with δ added at the block
+    // output (where adding it to the MLP output ends up too). Requests only ever leave the
+    // batch, so later batches are a subset of these rows, truncated to their own length.
+    let mut resume_from: Option<(Vec<std::ops::Range<usize>>, Tensor)> = None;
     for it in 0..params.steps {
         let active: Vec<usize> = (0..states.len()).filter(|&j| !states[j].done).collect();
         if active.is_empty() {
@@ -197,19 +202,24 @@ pub fn optimize_targets(
         let owners: Vec<u32> = positions.iter().map(|&(r, _)| row_owner[r]).collect();
         let owners = Tensor::from_vec(owners, positions.len(), &dev)?;
         let per_position = var.as_tensor().index_select(&owners, 0)?;
-        let iv = Intervention {
-            layer: params.layer,
-            site: params.site,
-            positions: positions.clone(),
-            deltas: per_position.to_dtype(model.dtype())?,
-        };
         let mut spec = TraceSpec::logits(Logits::At(all_pos));
-        if it == 0 {
-            match params.site {
-                Site::MlpOut => spec.mlp_out.insert(params.layer),
-                Site::BlockOut => spec.block_out.insert(params.layer),
-            };
-        }
+        let site = match &resume_from {
+            Some((rows_of, hidden)) => {
+                let rows: Vec<u32> = active.iter().flat_map(|&j| rows_of[j].clone()).map(|r| r as u32).collect();
+                let rows = Tensor::from_vec(rows, seqs.len(), &dev)?;
+                let hidden = hidden.index_select(&rows, 0)?.narrow(1, 0, batch.seq_len())?;
+                spec.resume = Some(Resume { after: params.layer, hidden });
+                Site::BlockOut
+            }
+            None => {
+                spec.block_out.insert(params.layer);
+                if params.site == Site::MlpOut {
+                    spec.mlp_out.insert(params.layer);
+                }
+                params.site
+            }
+        };
+        let iv = Intervention { layer: params.layer, site, positions: positions.clone(), deltas: per_position.to_dtype(model.dtype())? };
         let trace = model.forward(&batch, &spec, &[iv])?;
         let logits = trace.logits.expect("logits requested").to_dtype(DType::F32)?;
         let lp = log_softmax(&logits)?;
@@ -218,6 +228,8 @@ pub fn optimize_targets(
         let lp_kl = lp.narrow(0, n_nll, kl_pos.len())?;
 
         if it == 0 {
+            let rows_of = active.iter().enumerate().map(|(a, &j)| first_row[a]..first_row[a] + states[j].prep.rows.len()).collect();
+            resume_from = Some((rows_of, trace.block_out[&params.layer].detach()));
             let site_out = match params.site {
                 Site::MlpOut => &trace.mlp_out[&params.layer],
                 Site::BlockOut => &trace.block_out[&params.layer],

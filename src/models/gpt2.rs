@@ -96,11 +96,12 @@ impl CausalLm for Gpt2 {
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
-        let t = batch.seq_len();
-        let pos = Tensor::arange(0u32, t as u32, &self.device)?;
-        let tokens = hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.wte, batch.input_ids())?)?;
-        let mut h = tokens.broadcast_add(&self.wpe.index_select(&pos, 0)?)?;
-        for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1) {
+        let (mut h, first) = opts.start(hk, |hk| {
+            let pos = Tensor::arange(0u32, batch.seq_len() as u32, &self.device)?;
+            let tokens = hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.wte, batch.input_ids())?)?;
+            Ok(tokens.broadcast_add(&self.wpe.index_select(&pos, 0)?)?)
+        })?;
+        for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1).skip(first) {
             let a = self.attn(blk, l, &blk.ln_1.forward(&h, ctx.grad)?, &ctx, hk)?;
             h = (h + a)?;
             let up = hooks::linear(hk, l, ModuleKind::MlpUp, &blk.c_fc, &blk.ln_2.forward(&h, ctx.grad)?)?;

@@ -101,8 +101,8 @@ impl CausalLm for GptNeoX {
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
         let (cos, sin) = layers::rotary_tables(&self.rotary, batch.seq_len(), self.dtype, &self.device)?;
-        let mut h = hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.embed_in, batch.input_ids())?)?;
-        for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1) {
+        let (mut h, first) = opts.start(hk, |hk| hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.embed_in, batch.input_ids())?))?;
+        for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1).skip(first) {
             let a = self.attn(blk, l, &blk.input_layernorm.forward(&h, ctx.grad)?, &cos, &sin, &ctx, hk)?;
             // Parallel: the MLP reads the block input; sequential: it reads input + attention.
             let (mlp_in, residual) = if self.cfg.parallel_residual {

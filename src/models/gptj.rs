@@ -100,8 +100,8 @@ impl CausalLm for GptJ {
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
         let (cos, sin) = layers::rotary_tables(&self.rotary, batch.seq_len(), self.dtype, &self.device)?;
-        let mut h = hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.wte, batch.input_ids())?)?;
-        for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1) {
+        let (mut h, first) = opts.start(hk, |hk| hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.wte, batch.input_ids())?))?;
+        for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1).skip(first) {
             // Parallel residual: attention and MLP both read the same normed block input.
             let x = blk.ln_1.forward(&h, ctx.grad)?;
             let a = self.attn(blk, l, &x, &cos, &sin, &ctx, hk)?;

@@ -55,6 +55,29 @@ pub struct ForwardOpts {
     pub stop_after: Option<usize>,
     /// Use the differentiable kernels (a hook adds a `Var`, or a weight is one).
     pub differentiable: bool,
+    /// Start from a saved residual stream instead of the embeddings.
+    pub resume: Option<Resume>,
+}
+
+/// The residual stream after block `after` (`[b, t, d_model]`, of the same batch), from which a
+/// forward continues with block `after + 1`. Optimisations that change nothing below a layer
+/// (ROME's v*, MEMIT's z) run the layers up to it once instead of at every step. The
+/// `BlockOut(after)` hook point is called on it, so interventions there still apply.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub after: usize,
+    pub hidden: Tensor,
+}
+
+impl ForwardOpts {
+    /// The residual stream a forward starts from and the first block to run: `resume`'s (its
+    /// `BlockOut` hook called) or the token embeddings through `embed`.
+    pub(crate) fn start(&self, hooks: &mut dyn Hooks, embed: impl FnOnce(&mut dyn Hooks) -> Result<Tensor>) -> Result<(Tensor, usize)> {
+        match &self.resume {
+            Some(r) => Ok((hook(hooks, HookPoint::BlockOut(r.after), r.hidden.clone())?, r.after + 1)),
+            None => Ok((embed(hooks)?, 0)),
+        }
+    }
 }
 
 /// Calls `hooks` at `point` when it wants to see it.

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use candle_core::{DType, Device, Tensor};
 
 pub use batch::Batch;
-pub use hooks::{ForwardOpts, HookPoint, Hooks, NoHooks};
+pub use hooks::{ForwardOpts, HookPoint, Hooks, NoHooks, Resume};
 pub use modules::{EditableModule, ModuleKind, WeightLayout};
 
 use crate::config::ModelConfig;
@@ -75,6 +75,9 @@ pub struct TraceSpec {
     /// Use differentiable kernels even without interventions (e.g. when a weight is a `Var`).
     /// Interventions turn this on by themselves.
     pub differentiable: bool,
+    /// Continue from a saved residual stream (see [`Resume`]); traces and interventions must
+    /// then be at its block output or above.
+    pub resume: Option<Resume>,
 }
 
 impl TraceSpec {
@@ -117,6 +120,7 @@ pub trait CausalLm: Send + Sync {
             logits: spec.logits.clone(),
             stop_after: spec.stop_after,
             differentiable: spec.differentiable || !interventions.is_empty(),
+            resume: spec.resume.clone(),
         };
         let mut hooks = hooks::TraceHooks { spec, interventions, trace: Trace::default() };
         let logits = self.forward_hooked(batch, &opts, &mut hooks)?;
@@ -209,6 +213,22 @@ fn check_trace_request(cfg: &ModelConfig, batch: &Batch, spec: &TraceSpec, inter
     for l in spec.keys.iter().chain(&spec.mlp_out).chain(&spec.block_out) {
         if *l >= n_layer {
             return Err(crate::Error::Input(format!("trace requested at layer {l} but the model has {n_layer} layers")));
+        }
+    }
+    if let Some(r) = &spec.resume {
+        // Nothing at or below the resumed block runs except its output hook.
+        let below = |l: usize| l <= r.after;
+        let hidden_ok = r.after < n_layer && r.hidden.dims() == [batch.batch_size(), batch.seq_len(), cfg.d_model];
+        if !hidden_ok
+            || spec.keys.iter().chain(&spec.mlp_out).any(|&l| below(l))
+            || spec.block_out.iter().any(|&l| l < r.after)
+            || interventions.iter().any(|iv| iv.layer < r.after || (iv.layer == r.after && iv.site == Site::MlpOut))
+        {
+            return Err(crate::Error::Internal(format!(
+                "a forward resumed after block {} (hidden {:?}) cannot trace or intervene below it",
+                r.after,
+                r.hidden.dims()
+            )));
         }
     }
     Ok(())
