@@ -16,6 +16,7 @@ pub mod model;
 pub mod models;
 pub mod patch;
 pub mod stats;
+pub mod threads;
 pub mod tokenizer;
 
 pub use config::{Family, ModelConfig};

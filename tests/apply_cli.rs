@@ -362,6 +362,28 @@ fn same_seed_gives_identical_delta_and_another_seed_other_templates() {
     assert_ne!(s1["templates"], s3["templates"], "another seed should sample other templates");
 }
 
+/// On a small model `edit` runs MEMIT's z vectors side by side, one thread each; a user's
+/// RAYON_NUM_THREADS runs them one after another on shared threads. Same delta either way.
+#[test]
+fn memit_z_vectors_side_by_side_equal_one_after_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let req = write_cases(tmp.path(), "requests.json", 6);
+    let go = |threads: Option<&str>, name: &str| {
+        let delta = tmp.path().join(name);
+        let mut c = apply(&req, "memit", &hparams("MEMIT_tuned.json"), shared_stats());
+        c.args(["--set", "v_num_grad_steps=8", "--max-update-ratio", "1000", "--delta-out"]).arg(&delta);
+        c.env_remove("RAYON_NUM_THREADS").env_remove("CANDLE_NUM_THREADS");
+        if let Some(t) = threads {
+            c.env("RAYON_NUM_THREADS", t);
+        }
+        ok_text(&mut c);
+        raw_tensors(&delta)
+    };
+    let side_by_side = go(None, "parallel.safetensors");
+    assert_eq!(side_by_side, go(Some("1"), "serial.safetensors"), "z vectors computed side by side must give the serial delta");
+    assert_eq!(side_by_side, go(Some("2"), "two-threads.safetensors"), "and the delta of operations on two threads");
+}
+
 // ---- 4. MEMIT, JSON Lines input ---------------------------------------------------------
 
 #[test]

@@ -123,9 +123,18 @@ impl ModelArgs {
         self.load_files(files, compute)
     }
 
-    /// Loads already-resolved files (commands that check everything cheap first resolve early).
+    /// Loads already-resolved files (commands that check everything cheap first resolve early),
+    /// for an editing workload.
     pub fn load_files(&self, files: ModelFiles, compute: &ComputeArgs) -> anyhow::Result<LoadedModel> {
+        self.load_files_for(files, compute, edit::threads::Workload::Editing)
+    }
+
+    /// Loads for `work`, which decides how the CPU's threads are used (before any tensor work).
+    pub fn load_files_for(&self, files: ModelFiles, compute: &ComputeArgs, work: edit::threads::Workload) -> anyhow::Result<LoadedModel> {
         let (dtype, device) = compute.parse()?;
+        if device.is_cpu() {
+            edit::threads::configure(&edit::ModelConfig::from_file(&files.config)?, work);
+        }
         tracing::info!("loading {} ({} weight file(s))", self.id(), files.weights.len());
         let started = std::time::Instant::now();
         let model = edit::load_model(files, dtype, &device).with_context(|| format!("cannot load model `{}`", self.id()))?;

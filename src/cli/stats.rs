@@ -240,7 +240,7 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
     let mut ensured = Ensured { reports: cached, dataset: plan.corpus.id(), identity, ..Default::default() };
     if !todo.is_empty() {
         check_corpus_available(&plan.corpus, plan.offline, logging::show_progress(global))?;
-        let lm = args.model.load_files(files, &args.compute)?;
+        let lm = args.model.load_files_for(files, &args.compute, edit::threads::Workload::Bulk)?;
         collect_missing(&lm, &todo, &plan, &mut BarProgress::new(global), &mut ensured)?;
     }
     let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity } = ensured;

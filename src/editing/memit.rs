@@ -80,15 +80,21 @@ pub fn compute_zs(
         .map(|r| Ok(tok.encode(&r.filled_prompt())?.len() + tok.encode(&r.target_new_spaced())?.len()))
         .collect::<Result<_>>()?;
     order.sort_by_key(|&i| lens[i]);
+    let chunks: Vec<&[usize]> = order.chunks(batch.max(1)).collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    // Each chunk's optimisation reads the model only: on small models they run side by side.
+    let zs = crate::threads::map_parallel(chunks.len(), crate::threads::request_workers(), |c| {
+        let refs: Vec<&Request> = chunks[c].iter().map(|&i| &requests[i]).collect();
+        let zs = optimize_targets(model, tok, &refs, &flat, &params, pad_id)?;
+        let n = done.fetch_add(chunks[c].len(), std::sync::atomic::Ordering::Relaxed) + chunks[c].len();
+        tracing::debug!("z vectors: {n}/{}", requests.len());
+        Ok::<_, Error>(zs)
+    })?;
     let mut slots: Vec<Option<OptimizedTarget>> = (0..requests.len()).map(|_| None).collect();
-    let mut done = 0;
-    for chunk in order.chunks(batch.max(1)) {
-        let refs: Vec<&Request> = chunk.iter().map(|&i| &requests[i]).collect();
-        for (&i, z) in chunk.iter().zip(optimize_targets(model, tok, &refs, &flat, &params, pad_id)?) {
+    for (chunk, zs) in chunks.iter().zip(zs) {
+        for (&i, z) in chunk.iter().zip(zs) {
             slots[i] = Some(z);
         }
-        done += chunk.len();
-        tracing::debug!("z vectors: {done}/{}", requests.len());
     }
     let out: Vec<OptimizedTarget> = slots.into_iter().map(|z| z.expect("every request optimised")).collect();
     for (r, z) in requests.iter().zip(&out) {
