@@ -301,3 +301,72 @@ fn hub_dataset_from_offline_cache() {
     assert_eq!(a.count, b.count);
     assert_eq!(max_abs_diff(&a.sum, &b.sum), 0.0);
 }
+
+/// `edit stats --shard I/N` on every I, then `edit stats merge`: the files one run writes, with
+/// sums equal to float rounding (addition in another order) and counts exact.
+#[test]
+fn three_shards_merged_equal_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (text, _) = wikitext_lines(tmp.path(), 520); // 6 chunks: shard I holds chunks I and I + 3
+    for (precision, tol) in [("f64", 1e-13), ("f32", 1e-5)] {
+        let whole = ok(&mut stats_cmd("tiny-gpt2", "1,3", &text, 520, &tmp.path().join(format!("whole-{precision}")), precision));
+        let shard_dir = tmp.path().join(format!("shards-{precision}"));
+        let mut files = Vec::new();
+        let mut tokens = 0;
+        for i in [2, 0, 1] {
+            let s = ok(stats_cmd("tiny-gpt2", "1,3", &text, 520, &shard_dir, precision).args(["--shard", &format!("{i}/3")]));
+            assert!(s["layers"].as_array().unwrap().is_empty(), "a shard files no statistics");
+            tokens += s["tokens"].as_u64().unwrap();
+            files.push(PathBuf::from(s["shard_file"].as_str().unwrap()));
+        }
+        assert_eq!(tokens, whole["tokens"].as_u64().unwrap(), "the shards split the tokens");
+        let merged_dir = tmp.path().join(format!("merged-{precision}"));
+        let merged = ok(edit().args(["stats", "merge", "--json", "--stats-dir"]).arg(&merged_dir).args(&files));
+        for layer in [1, 3] {
+            let a = cache::load(&layer_file(&whole, layer)).unwrap();
+            let b = cache::load(&layer_file(&merged, layer)).unwrap();
+            assert_eq!((a.count, a.meta.texts, a.meta.samples), (b.count, b.meta.texts, b.meta.samples));
+            assert_eq!(a.sum.dtype(), b.sum.dtype());
+            let rel = rel_diff(&b.sum, &a.sum);
+            assert!(rel <= tol, "{precision} layer {layer}: merged sums differ by {rel}");
+            // Filed where a single run files them: a later `edit stats` finds them cached.
+            assert_eq!(
+                layer_file(&merged, layer).strip_prefix(&merged_dir).unwrap(),
+                layer_file(&whole, layer).strip_prefix(tmp.path().join(format!("whole-{precision}"))).unwrap()
+            );
+        }
+        let again = ok(&mut stats_cmd("tiny-gpt2", "1,3", &text, 520, &merged_dir, precision));
+        assert!(again["layers"].as_array().unwrap().iter().all(|l| l["cached"] == true));
+
+        if precision == "f32" {
+            // An interrupted shard resumes to the same file; a finished one is not recomputed.
+            let dir = tmp.path().join("resumed-shard");
+            let cut = stats_cmd("tiny-gpt2", "1,3", &text, 520, &dir, "f32").args(["--shard", "1/3", "--abort-after-chunks", "1"]).output().unwrap();
+            assert!(!cut.status.success());
+            let s = ok(stats_cmd("tiny-gpt2", "1,3", &text, 520, &dir, "f32").args(["--shard", "1/3"]));
+            assert_eq!(s["resumed_from_chunk"], 2, "chunk 1 was done before the cut");
+            let a = cache::load_shard(&files[2]).unwrap();
+            let b = cache::load_shard(Path::new(s["shard_file"].as_str().unwrap())).unwrap();
+            assert_eq!(a.acc.count, b.acc.count);
+            for l in [1, 3] {
+                assert_eq!(max_abs_diff(&a.acc.sums[&l], &b.acc.sums[&l]), 0.0);
+            }
+            let again = ok(stats_cmd("tiny-gpt2", "1,3", &text, 520, &dir, "f32").args(["--shard", "1/3"]));
+            assert_eq!(again["tokens"], s["tokens"]);
+
+            // Bad merges name the problem and write nothing.
+            let fail = |args: &[&Path], needle: &str| {
+                let bad_dir = tmp.path().join("bad");
+                let out = edit().args(["stats", "merge", "--stats-dir"]).arg(&bad_dir).args(args).output().unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(!out.status.success() && err.contains(needle), "{err}");
+                assert!(!bad_dir.exists(), "nothing written");
+            };
+            fail(&[&files[0], &files[1]], "missing");
+            fail(&[&files[0], &files[1], &files[2], &files[0]], "given 2 times");
+            let other = ok(stats_cmd("tiny-gpt2", "1,3", &text, 520, &tmp.path().join("f64-other"), "f64").args(["--shard", "0/3"]));
+            fail(&[Path::new(other["shard_file"].as_str().unwrap()), &files[1], &files[2]], "precision");
+            fail(&[&layer_file(&whole, 1)], "not a shard");
+        }
+    }
+}

@@ -92,7 +92,7 @@ pub struct EvalRunArgs {
     pub limit: Option<usize>,
     /// Evaluate only every N-th chunk, starting at chunk I (0-based), for one job of an array
     /// spread over machines; `edit eval merge` combines the shards' --out directories.
-    #[arg(long, value_name = "I/N", value_parser = parse_shard, conflicts_with = "sequential")]
+    #[arg(long, value_name = "I/N", value_parser = super::parse_shard, conflicts_with = "sequential")]
     pub shard: Option<(usize, usize)>,
     /// zsRE: the new target is `answers[0]` (the reference) or `alt` (EasyEdit).
     #[arg(long, value_parser = ["answers", "alt"], default_value = "answers")]
@@ -164,14 +164,6 @@ impl EvalProgress for Bar {
     }
     fn finish(&mut self) {
         self.bar.finish_and_clear();
-    }
-}
-
-fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
-    match parsed {
-        Some((i, n)) if n >= 1 && i < n => Ok((i, n)),
-        _ => Err(format!("`{s}` is not a shard: write I/N with 0 <= I < N, e.g. 0/4")),
     }
 }
 

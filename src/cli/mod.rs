@@ -143,6 +143,15 @@ impl ModelArgs {
     }
 }
 
+/// `--shard I/N` (0 ≤ I < N), as `edit eval` and `edit stats` take it.
+pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
+    match parsed {
+        Some((i, n)) if n >= 1 && i < n => Ok((i, n)),
+        _ => Err(format!("`{s}` is not a shard: write I/N with 0 <= I < N, e.g. 0/4")),
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Predict(args) => predict::run(args, &cli.global),

@@ -34,6 +34,21 @@ pub struct StatsArgs {
 pub enum StatsAction {
     /// Import a reference `.npz` statistics file (`mom2.mom2`, `mom2.count`) into the cache.
     Import(ImportArgs),
+    /// Add the shard files of one job (`edit stats … --shard I/N` for every I) into the statistics
+    /// a single run would have written, filed in the cache.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Every shard file of the job (`layers-…shard-I-of-N.safetensors`), once each, any order.
+    #[arg(required = true)]
+    pub shards: Vec<PathBuf>,
+    #[command(flatten)]
+    pub dir: StatsDirArg,
+    /// Print a JSON object on stdout: {layers: [{layer, module, file, tokens}]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -115,6 +130,11 @@ pub struct CollectArgs {
     /// Recompute layers that are already cached.
     #[arg(long)]
     pub force: bool,
+    /// Compute part I of N of the job (every N-th chunk of 100 sampled texts, from chunk I) and
+    /// write it as a shard file beside the statistics; `edit stats merge` adds the N shards.
+    /// For array jobs over many machines (see the README).
+    #[arg(long, value_name = "I/N", value_parser = super::parse_shard)]
+    pub shard: Option<(usize, usize)>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
@@ -157,6 +177,9 @@ struct Summary {
     tokens_per_second: f64,
     resumed_from_chunk: usize,
     layers: Vec<LayerReport>,
+    /// A `--shard` job's output (no statistics are filed by it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shard_file: Option<PathBuf>,
 }
 
 /// `edit stats`'s progress: a bar on an interactive stderr, and Ctrl-C asking for a checkpoint.
@@ -204,6 +227,7 @@ impl Progress for BarProgress {
 pub fn run(args: StatsArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(StatsAction::Import(a)) => import(a, global),
+        Some(StatsAction::Merge(a)) => merge(a),
         None => collect_cmd(args.collect, global),
     }
 }
@@ -234,16 +258,18 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         abort_after_chunks: args.abort_after_chunks,
         offline: args.model.offline,
         announce_computing: false,
+        shard: args.shard.map(|(index, count)| edit::stats::collect::Shard { index, count }),
     };
     let started = Instant::now();
-    let (cached, todo) = if plan.force { (Vec::new(), layers.clone()) } else { lookup(&plan, &identity, &cfg, &layers)? };
+    // A shard job computes its part whatever is cached (it finds its own finished shard file).
+    let (cached, todo) = if plan.force || plan.shard.is_some() { (Vec::new(), layers.clone()) } else { lookup(&plan, &identity, &cfg, &layers)? };
     let mut ensured = Ensured { reports: cached, dataset: plan.corpus.id(), identity, ..Default::default() };
     if !todo.is_empty() {
         check_corpus_available(&plan.corpus, plan.offline, logging::show_progress(global))?;
         let lm = args.model.load_files_for(files, &args.compute, edit::threads::Workload::Bulk)?;
         collect_missing(&lm, &todo, &plan, &mut BarProgress::new(global), &mut ensured)?;
     }
-    let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity } = ensured;
+    let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity, shard_file } = ensured;
     reports.sort_by_key(|r| r.layer);
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
@@ -257,14 +283,32 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         tokens_per_second: if seconds > 0.0 { tokens as f64 / seconds } else { 0.0 },
         resumed_from_chunk: resumed_from,
         layers: reports,
+        shard_file: shard_file.as_ref().map(|(p, _)| p.clone()),
     };
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &summary)?;
         writeln!(out)?;
+    } else if let Some((path, finished_before)) = &shard_file {
+        let shard = args.shard.map(|(i, n)| format!("{i}/{n}")).unwrap_or_default();
+        writeln!(out, "shard {shard}: {} texts, {} tokens  {}{}", summary.texts, summary.tokens, path.display(), if *finished_before { "  (finished before)" } else { "" })?;
     } else {
         for r in &summary.layers {
             writeln!(out, "{:<40} {:>12} tokens  {}{}", r.module, r.tokens, r.file.display(), if r.cached { "  (cached)" } else { "" })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
+    let reports = edit::stats::merge::merge(&args.shards, &args.dir.dir())?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &serde_json::json!({ "layers": reports }))?;
+        writeln!(out)?;
+    } else {
+        for r in &reports {
+            writeln!(out, "{:<40} {:>12} tokens  {}", r.module, r.tokens, r.file.display())?;
         }
     }
     Ok(ExitCode::SUCCESS)

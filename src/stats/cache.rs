@@ -157,9 +157,11 @@ pub fn stats_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str, mod
 }
 
 /// Where an interrupted job keeps its progress.
-pub fn partial_path(final_dir: &Path, layers: &[usize], precision: Precision, samples: usize) -> PathBuf {
+/// (A shard's job keeps its own.)
+pub fn partial_path(final_dir: &Path, layers: &[usize], precision: Precision, samples: usize, shard: Option<super::collect::Shard>) -> PathBuf {
     let layers: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
-    final_dir.join(format!(".partial_layers-{}_{}_{samples}.safetensors", layers.join("-"), precision.reference_name()))
+    let part = shard.map(|s| format!(".shard-{}-of-{}", s.index, s.count)).unwrap_or_default();
+    final_dir.join(format!(".partial_layers-{}_{}_{samples}{part}.safetensors", layers.join("-"), precision.reference_name()))
 }
 
 /// Writes `tensors` + metadata atomically (a temporary beside `path`, renamed into place).
@@ -244,6 +246,20 @@ pub struct JobKey {
     pub precision: Precision,
     pub max_len: usize,
     pub batch_tokens: usize,
+    /// A part of the job (`edit stats --shard`); absent for a whole one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<super::collect::Shard>,
+}
+
+/// What a finished shard file carries besides its sums, so that `edit stats merge` can file the
+/// merged statistics exactly as a single run would, without the model at hand.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShardInfo {
+    /// Module name of each layer.
+    pub modules: BTreeMap<usize, String>,
+    pub d_ff: usize,
+    pub corpus_rows: Option<usize>,
+    pub source: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -252,15 +268,65 @@ struct PartialMeta {
     count: u64,
     texts: u64,
     next_chunk: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    finished_shard: Option<ShardInfo>,
+}
+
+/// A finished shard: its job, sums and what the merged files need.
+pub struct ShardFile {
+    pub key: JobKey,
+    pub info: ShardInfo,
+    pub acc: Accumulator,
+}
+
+/// Where a finished shard of a job is written (beside the statistics it is a part of).
+pub fn shard_path(final_dir: &Path, layers: &[usize], precision: Precision, samples: usize, shard: super::collect::Shard) -> PathBuf {
+    let layers: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+    final_dir.join(format!(
+        "layers-{}_{}_{samples}.shard-{}-of-{}.safetensors",
+        layers.join("-"),
+        precision.reference_name(),
+        shard.index,
+        shard.count
+    ))
+}
+
+pub fn save_shard(path: &Path, key: &JobKey, info: &ShardInfo, acc: &Accumulator) -> Result<()> {
+    write_partial(path, key, acc, Some(info.clone()))
+}
+
+/// Reads a finished shard file (any job's).
+pub fn load_shard(path: &Path) -> Result<ShardFile> {
+    let st = StatsFile::open(path)?;
+    let bad = |reason: &str| Error::BadSafetensors { path: path.to_path_buf(), reason: reason.to_string() };
+    let meta: PartialMeta = st
+        .meta
+        .as_deref()
+        .and_then(|m| serde_json::from_str(m).ok())
+        .ok_or_else(|| bad("no shard metadata: not a shard file written by `edit stats --shard`"))?;
+    let info = match (meta.finished_shard, meta.key.shard) {
+        (Some(info), Some(_)) => info,
+        _ => return Err(bad("not a finished shard (an interrupted job's progress file?): rerun its `edit stats --shard` command to finish it")),
+    };
+    let mut sums = BTreeMap::new();
+    for &l in &meta.key.layers {
+        sums.insert(l, st.load(&format!("sum.{l}"), &Device::Cpu)?);
+    }
+    let acc = Accumulator { sums, count: meta.count, texts: meta.texts, next_chunk: meta.next_chunk };
+    Ok(ShardFile { key: meta.key, info, acc })
 }
 
 pub fn save_partial(path: &Path, key: &JobKey, acc: &Accumulator) -> Result<()> {
+    write_partial(path, key, acc, None)
+}
+
+fn write_partial(path: &Path, key: &JobKey, acc: &Accumulator, finished_shard: Option<ShardInfo>) -> Result<()> {
     let tensors: Vec<(String, Tensor)> = acc
         .sums
         .iter()
         .map(|(l, t)| Ok((format!("sum.{l}"), t.to_device(&Device::Cpu)?)))
         .collect::<Result<_>>()?;
-    let meta = PartialMeta { key: key.clone(), count: acc.count, texts: acc.texts, next_chunk: acc.next_chunk };
+    let meta = PartialMeta { key: key.clone(), count: acc.count, texts: acc.texts, next_chunk: acc.next_chunk, finished_shard };
     let mut md = HashMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(&meta).expect("metadata serialises"));
     write_atomic(path, &tensors, md)

@@ -106,12 +106,45 @@ pub fn pack(sorted: &[Vec<u32>], batch_tokens: usize) -> Vec<std::ops::Range<usi
     out
 }
 
+/// One of `count` deterministic parts of a collection: the chunks `c` with `c % count == index`
+/// (every `count`-th chunk, so every part sees texts of all lengths).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub fn holds(&self, chunk: usize) -> bool {
+        chunk % self.count == self.index
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
 /// Runs the collection from `acc.next_chunk` to the end of `texts`.
 pub fn collect(
     model: &dyn CausalLm,
     tok: &Tokenizer,
     texts: &[String],
     plan: &CollectPlan,
+    acc: Accumulator,
+    observer: &mut dyn Observer,
+) -> Result<Accumulator> {
+    collect_shard(model, tok, texts, plan, None, acc, observer)
+}
+
+/// [`collect`] over the chunks of `shard` only (all chunks when `None`).
+pub fn collect_shard(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    texts: &[String],
+    plan: &CollectPlan,
+    shard: Option<Shard>,
     mut acc: Accumulator,
     observer: &mut dyn Observer,
 ) -> Result<Accumulator> {
@@ -119,6 +152,9 @@ pub fn collect(
     let spec = TraceSpec { keys: plan.layers.iter().copied().collect(), stop_after: Some(deepest), ..TraceSpec::default() };
     let n_chunks = texts.len().div_ceil(CHUNK_TEXTS);
     for c in acc.next_chunk..n_chunks {
+        if shard.is_some_and(|s| !s.holds(c)) {
+            continue;
+        }
         let chunk = &texts[c * CHUNK_TEXTS..((c + 1) * CHUNK_TEXTS).min(texts.len())];
         let seqs = encode_chunk(tok, chunk, plan.max_len)?;
         for range in pack(&seqs, plan.batch_tokens.max(plan.max_len)) {

@@ -86,6 +86,8 @@ pub struct StatsPlan {
     pub offline: bool,
     /// Warn before computing missing layers (when statistics are a side job, as in `edit apply`).
     pub announce_computing: bool,
+    /// Compute one part of the job and write it as a shard file (`edit stats --shard`).
+    pub shard: Option<collect::Shard>,
 }
 
 #[derive(Default)]
@@ -97,6 +99,8 @@ pub struct Ensured {
     pub resumed_from: usize,
     pub dataset: String,
     pub identity: ModelIdentity,
+    /// The shard file written (or found finished) by a `--shard` job; no statistics are filed then.
+    pub shard_file: Option<(PathBuf, bool)>,
 }
 
 /// The layers of `layers` already cached for the plan's corpus, sample count and precision
@@ -168,6 +172,7 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         precision,
         max_len,
         batch_tokens,
+        shard: plan.shard,
     };
     let targets: Vec<(usize, String, PathBuf)> = todo
         .iter()
@@ -178,7 +183,17 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         })
         .collect::<Result<_>>()?;
     let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
-    let partial = cache::partial_path(&final_dir, todo, precision, samples);
+    let partial = cache::partial_path(&final_dir, todo, precision, samples, plan.shard);
+    let shard_file = plan.shard.map(|sh| cache::shard_path(&final_dir, todo, precision, samples, sh));
+    if let Some(path) = shard_file.as_ref().filter(|p| p.is_file() && !plan.force) {
+        if let Some(done) = cache::load_shard(path).ok().filter(|f| f.key == key) {
+            tracing::info!("shard {} of this job is already finished: {}", key_shard(&key), path.display());
+            ensured.texts = done.acc.texts;
+            ensured.tokens = done.acc.count;
+            ensured.shard_file = Some((path.clone(), true));
+            return Ok(());
+        }
+    }
     let device = lm.model.device().clone();
     let acc = match cache::load_partial(&partial, &key, &device)? {
         Some(acc) => {
@@ -208,9 +223,26 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         total_texts: sample.texts.len(),
     };
     let cplan = CollectPlan { layers: todo.to_vec(), precision, batch_tokens, max_len, pad_id: lm.pad_id() };
-    let acc = collect::collect(&*lm.model, lm.tokenizer()?, &sample.texts, &cplan, acc, &mut driver);
+    let acc = collect::collect_shard(&*lm.model, lm.tokenizer()?, &sample.texts, &cplan, plan.shard, acc, &mut driver);
     driver.progress.finish();
     let acc = acc?;
+    let source = format!("collected from {}", plan.corpus.describe());
+    if let Some(path) = shard_file {
+        // A shard may hold no texts (more shards than chunks); merging still needs it.
+        let info = cache::ShardInfo {
+            modules: targets.iter().map(|(l, m, _)| (*l, m.clone())).collect(),
+            d_ff: cfg.d_ff,
+            corpus_rows: Some(sample.corpus_rows),
+            source,
+        };
+        cache::save_shard(&path, &driver.key, &info, &acc)?;
+        tracing::info!("shard {}: {} texts, {} tokens → {}", key_shard(&driver.key), acc.texts, acc.count, path.display());
+        let _ = std::fs::remove_file(&partial);
+        ensured.texts = acc.texts;
+        ensured.tokens = acc.count;
+        ensured.shard_file = Some((path, false));
+        return Ok(());
+    }
     if acc.count == 0 {
         return Err(Error::Input("the corpus produced no tokens: every sampled text was empty".into()));
     }
@@ -229,7 +261,7 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
             precision,
             max_len,
             batch_tokens,
-            source: format!("collected from {}", plan.corpus.describe()),
+            source: source.clone(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
         };
         cache::save(path, &acc.sums[l], acc.count, &meta)?;
@@ -240,6 +272,10 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
     ensured.texts = acc.texts;
     ensured.tokens = acc.count;
     Ok(())
+}
+
+fn key_shard(key: &JobKey) -> String {
+    key.shard.map(|s| s.to_string()).unwrap_or_default()
 }
 
 struct Driver<'p> {
@@ -428,6 +464,7 @@ pub fn decide(st: StatsWanted, hp: &StatsNeed, identity: &ModelIdentity, cfg: &M
         abort_after_chunks: None,
         offline: st.offline,
         announce_computing: true,
+        shard: None,
     }))
 }
 

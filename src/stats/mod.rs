@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod collect;
 pub mod ensure;
+pub mod merge;
 pub mod pyrandom;
 pub mod resolve;
 
