@@ -201,15 +201,25 @@ fn push_through_solve_equals_direct_solve() {
     let templates = fixed_templates();
     let pad = lm.pad_id();
     let mut results: Vec<Deltas> = Vec::new();
-    for solver in ["push_through", "direct"] {
+    for solver in ["push_through", "direct", "auto"] {
         let hp: MemitHparams = hp_for(&lm, &["layers=[0,1]", "mom2_update_weight=2", "v_num_grad_steps=5", &format!("solver=\"{solver}\"")]);
-        assert_eq!(hp.solver, if solver == "direct" { Solver::Direct } else { Solver::PushThrough });
+        let want = match solver {
+            "direct" => Solver::Direct,
+            "auto" => Solver::Auto,
+            _ => Solver::PushThrough,
+        };
+        assert_eq!(hp.solver, want);
         let mut stats = stats_over(&lm, &hp.layers, &wikitext(300), lm.config().n_ctx);
-        results.push(apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap().deltas);
+        let out = apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap();
+        // 6 edits, wider keys: automatic is push-through.
+        let used = if solver == "direct" { "direct (d_ff×d_ff, LU)" } else { "push-through (n×n)" };
+        assert!(out.layers.iter().all(|l| l.solver == used), "{solver}");
+        results.push(out.deltas);
     }
     for (name, d) in &results[0] {
         let r = rel(d, &results[1][name]);
         assert!(r < 1e-6, "{name}: push-through vs direct rel diff {r}");
+        assert_eq!(rel(d, &results[2][name]), 0.0, "{name}: auto is push-through here");
     }
     let _ = results[0].values().next().unwrap().i(0).unwrap();
 }

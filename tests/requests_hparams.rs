@@ -361,7 +361,7 @@ fn selection_by_hub_id() {
     assert_eq!(r.source, "configs/memit/gpt2.json (starting point, not reference)");
     assert_eq!(r.hparams.z_batch_size, 0);
     assert_eq!(r.hparams.z_batch(&candle_core::Device::Cpu), 1);
-    assert_eq!(r.hparams.solver, Solver::PushThrough);
+    assert_eq!(r.hparams.solver, Solver::Auto);
     // A name that does not fit the model's shape is not trusted.
     let r = resolve::<RomeHparams>( &tiny(), "gpt2-xl", None, &[]).unwrap();
     assert!(r.source.starts_with("generic"), "{}", r.source);

@@ -15,7 +15,7 @@ use faer::Mat;
 use serde::Serialize;
 
 use super::hparams::{Common, MemitHparams, Solver};
-use super::linalg::{memit_solve_direct, memit_solve_push_through, to_mat, to_tensor, LayerStats};
+use super::linalg::{memit_solve_direct, memit_solve_push_through, memit_solve_spd, to_mat, to_tensor, LayerStats};
 use super::optimize::{optimize_targets, LossPoint, OptimizedTarget};
 use super::reprs::{at_subject_last, Wanted};
 use super::requests::Request;
@@ -49,6 +49,8 @@ pub struct MemitLayerReport {
     pub residual_norm: f64,
     pub update_norm: f64,
     pub weight_norm: f64,
+    /// Which form of the solve was used (`solver`; `auto` picks by size).
+    pub solver: &'static str,
     pub seconds: f64,
 }
 
@@ -185,10 +187,17 @@ pub fn apply_memit(
             let st = stats
                 .get_mut(&layer)
                 .ok_or_else(|| Error::Input(format!("no second-moment statistics loaded for layer {layer}")))?;
-            let adj_k = match hp.solver {
-                Solver::PushThrough => memit_solve_push_through(st.factor()?, lambda, &k)?,
-                Solver::Direct => memit_solve_direct(&st.c, lambda, &k),
+            let solver = match hp.solver {
+                Solver::Auto if n < k.nrows() => Solver::PushThrough,
+                Solver::Auto => Solver::Auto,
+                s => s,
             };
+            let (adj_k, solver_used) = match solver {
+                Solver::PushThrough => (memit_solve_push_through(st.factor()?, lambda, &k)?, "push-through (n×n)"),
+                Solver::Direct => (memit_solve_direct(&st.c, lambda, &k), "direct (d_ff×d_ff, LU)"),
+                Solver::Auto => (memit_solve_spd(&st.c, lambda, &k)?, "direct (d_ff×d_ff, Cholesky)"),
+            };
+            tracing::info!("layer {layer}: {n} edits, {}-wide keys: solved {solver_used}", k.nrows());
             let upd = &resid * adj_k.transpose(); // [d, d_ff] = [out, in]
             let upd_norm = upd.norm_l2();
             if !upd_norm.is_finite() {
@@ -208,6 +217,7 @@ pub fn apply_memit(
                 residual_norm,
                 update_norm: upd_norm,
                 weight_norm: restorer.original_norm(name)?,
+                solver: solver_used,
                 seconds: t0.elapsed().as_secs_f64(),
             });
             tracing::info!("layer {layer}: mean ‖z − h‖ {residual_norm:.3}, ‖ΔW‖ {upd_norm:.3}");

@@ -12,10 +12,13 @@ use crate::error::Result;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Solver {
-    /// Solve the n×n system in the keys' span (push-through identity); fast for few edits.
+    /// The cheaper of the two forms below for the batch: push-through while there are fewer
+    /// edits than key dimensions (its inner system is n×n), else the d_ff×d_ff system by Cholesky.
     #[default]
+    Auto,
+    /// Solve the n×n system in the keys' span (push-through identity); fast for few edits.
     PushThrough,
-    /// The reference's `solve(λC + KKᵀ, K)` on the d_ff×d_ff system.
+    /// The reference's `solve(λC + KKᵀ, K)` on the d_ff×d_ff system (LU, as `torch.linalg.solve`).
     Direct,
 }
 
@@ -81,7 +84,7 @@ impl MethodConfig for MemitHparams {
             "mom2_update_weight" => "a number",
             "mom2_adjustment" => "true or false",
             "z_batch_size" => "a non-negative integer",
-            "solver" => "\"push_through\" or \"direct\"",
+            "solver" => "\"auto\", \"push_through\" or \"direct\"",
             f => common_expected(f).unwrap_or("a string"),
         }
     }
