@@ -219,7 +219,7 @@ impl super::method::EditMethod for Ft {
             let weight_norm = super::frobenius_norm(&model.parameter(&name)?)?;
             let update_norm = super::frobenius_norm(&d)?;
             let (key, value) = delta_entry(&cfg, &name, d)?;
-            modules.push(ModuleUpdate { module: key.clone(), update_norm, weight_norm });
+            modules.push(ModuleUpdate { module: key.clone(), update_norm, weight_norm, solver: None });
             deltas.insert(key, value);
         }
         modules.sort_by(|a, b| a.module.cmp(&b.module));

@@ -299,7 +299,7 @@ impl super::method::EditMethod for Memit {
             })
             .collect();
         let modules =
-            out.layers.iter().map(|l| ModuleUpdate { module: l.module.clone(), update_norm: l.update_norm, weight_norm: l.weight_norm }).collect();
+            out.layers.iter().map(|l| ModuleUpdate { module: l.module.clone(), update_norm: l.update_norm, weight_norm: l.weight_norm, solver: Some(l.solver) }).collect();
         Ok(EditOutcome { deltas: out.deltas, requests, modules, sizes })
     }
 }

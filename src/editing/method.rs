@@ -95,6 +95,9 @@ pub struct ModuleUpdate {
     pub module: String,
     pub update_norm: f64,
     pub weight_norm: f64,
+    /// MEMIT: the form of the solve used for this layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub solver: Option<&'static str>,
 }
 
 /// What a method returns: the weight changes and its reports. The model is left as found.

@@ -216,7 +216,7 @@ impl super::method::EditMethod for Rome {
         let modules = out
             .deltas
             .iter()
-            .map(|(m, d)| Ok(ModuleUpdate { module: m.clone(), update_norm: frobenius_norm(d)?, weight_norm }))
+            .map(|(m, d)| Ok(ModuleUpdate { module: m.clone(), update_norm: frobenius_norm(d)?, weight_norm, solver: None }))
             .collect::<Result<_>>()?;
         Ok(EditOutcome { deltas: out.deltas, requests, modules, sizes })
     }

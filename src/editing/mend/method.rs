@@ -146,7 +146,7 @@ impl EditMethod for Mend {
         for (name, d) in &deltas {
             let weight_norm = frobenius_norm(&model.weight(name)?)?;
             let update_norm = frobenius_norm(d)?;
-            modules.push(ModuleUpdate { module: name.clone(), update_norm, weight_norm });
+            modules.push(ModuleUpdate { module: name.clone(), update_norm, weight_norm, solver: None });
             sizes.push(UpdateSize {
                 what: name.clone(),
                 update_norm,
