@@ -151,6 +151,7 @@ pub fn collect_shard(
     let deepest = *plan.layers.iter().max().ok_or_else(|| Error::Input("no layers to collect".into()))?;
     let spec = TraceSpec { keys: plan.layers.iter().copied().collect(), stop_after: Some(deepest), ..TraceSpec::default() };
     let n_chunks = texts.len().div_ceil(CHUNK_TEXTS);
+    let mut lower = LowerSums::new(&acc)?;
     for c in acc.next_chunk..n_chunks {
         if shard.is_some_and(|s| !s.holds(c)) {
             continue;
@@ -165,7 +166,10 @@ pub fn collect_shard(
                 let keys = &trace.keys[&l];
                 let (b, t, f) = keys.dims3()?;
                 let k = keys.reshape((b * t, f))?.index_select(&real, 0)?.to_dtype(plan.precision.dtype())?;
-                *sum = (&*sum + k.t()?.matmul(&k)?)?;
+                match &mut lower {
+                    Some(lower) => lower.add(l, &k)?,
+                    None => *sum = (&*sum + k.t()?.matmul(&k)?)?,
+                }
             }
             acc.count += batch.n_tokens() as u64;
         }
@@ -173,10 +177,85 @@ pub fn collect_shard(
         acc.next_chunk = c + 1;
         let seen = ((c + 1) * CHUNK_TEXTS).min(texts.len());
         if observer.chunk_done(&acc, seen)? {
+            if let Some(lower) = &lower {
+                lower.write_to(&mut acc)?;
+            }
             observer.checkpoint(&acc)?;
         }
     }
+    if let Some(lower) = &lower {
+        lower.write_to(&mut acc)?;
+    }
     Ok(acc)
+}
+
+/// On the CPU the sums are updated in place through faer, lower triangle only (Σ k kᵀ is
+/// symmetric): half the FLOPs of the full product, and a third of the time of candle's
+/// `kᵀ·k`, which also allocates a new d×d matrix per batch. The upper triangle is mirrored when
+/// the sums are read (checkpoints, the end), so resumed jobs still add the same numbers.
+enum LowerSums {
+    F32(BTreeMap<usize, faer::Mat<f32>>),
+    F64(BTreeMap<usize, faer::Mat<f64>>),
+}
+
+impl LowerSums {
+    fn new(acc: &Accumulator) -> Result<Option<Self>> {
+        let Some(first) = acc.sums.values().next() else { return Ok(None) };
+        if !first.device().is_cpu() {
+            return Ok(None);
+        }
+        fn mats<T: candle_core::WithDType + faer::traits::ComplexField + Copy>(acc: &Accumulator) -> Result<BTreeMap<usize, faer::Mat<T>>> {
+            acc.sums
+                .iter()
+                .map(|(&l, s)| {
+                    let (r, c) = s.dims2()?;
+                    let v: Vec<T> = s.flatten_all()?.to_vec1()?;
+                    Ok((l, faer::Mat::from_fn(r, c, |i, j| v[i * c + j])))
+                })
+                .collect()
+        }
+        Ok(Some(match first.dtype() {
+            candle_core::DType::F32 => Self::F32(mats(acc)?),
+            candle_core::DType::F64 => Self::F64(mats(acc)?),
+            other => return Err(Error::Internal(format!("statistics sums in {other:?}"))),
+        }))
+    }
+
+    /// sum[l] += kᵀk on and below the diagonal, for `k` `[n, f]` in the sums' dtype.
+    fn add(&mut self, layer: usize, k: &Tensor) -> Result<()> {
+        fn add_lower<T: candle_core::WithDType + faer::traits::ComplexField + Copy>(sum: &mut faer::Mat<T>, k: &Tensor, one: T) -> Result<()> {
+            use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+            let (n, f) = k.dims2()?;
+            let v: Vec<T> = k.flatten_all()?.to_vec1()?;
+            let k = faer::MatRef::from_row_major_slice(&v, n, f);
+            let par = faer::Par::rayon(candle_core::utils::get_num_threads());
+            matmul(sum.as_mut(), BlockStructure::TriangularLower, faer::Accum::Add, k.transpose(), BlockStructure::Rectangular, k, BlockStructure::Rectangular, one, par);
+            Ok(())
+        }
+        match self {
+            Self::F32(m) => add_lower(m.get_mut(&layer).expect("a sum per layer"), k, 1.0f32),
+            Self::F64(m) => add_lower(m.get_mut(&layer).expect("a sum per layer"), k, 1.0f64),
+        }
+    }
+
+    /// The full symmetric sums into `acc` (lower triangle mirrored).
+    fn write_to(&self, acc: &mut Accumulator) -> Result<()> {
+        fn full<T: candle_core::WithDType + Copy>(m: &faer::Mat<T>) -> Result<Tensor> {
+            let d = m.nrows();
+            let v: Vec<T> = (0..d * d).map(|x| {
+                let (i, j) = (x / d, x % d);
+                if i >= j { m[(i, j)] } else { m[(j, i)] }
+            }).collect();
+            Ok(Tensor::from_vec(v, (d, d), &Device::Cpu)?)
+        }
+        for (l, sum) in acc.sums.iter_mut() {
+            *sum = match self {
+                Self::F32(m) => full(&m[l])?,
+                Self::F64(m) => full(&m[l])?,
+            };
+        }
+        Ok(())
+    }
 }
 
 /// One uninterrupted collection over `texts` in memory, with no cache and no checkpoints.
