@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Compiles and links `edit --features cuda` on a machine without a GPU or a CUDA installation, so
+# that the CUDA code paths cannot rot unseen. Nothing is run on a GPU: for that, see benches/gpu.md.
+#
+# The CUDA compiler and libraries come from NVIDIA's wheels on PyPI (installed with `pip --target`
+# into $CUDA_WHEELS, default target/cuda-wheels; ~1 GB). The driver library (libcuda) only exists
+# where a GPU driver is installed, so linking uses a stub of the driver API symbols cudarc
+# references (what the CUDA toolkit's own stubs/libcuda.so is); the binary needs the real driver
+# at run time. Versions are pinned to a set that compiles together: nvcc, nvvm and the runtime
+# headers must be the same release (CUDA 13.2 here), and cudarc 0.19 is told the version
+# (CUDARC_CUDA_VERSION) because it does not know every nvcc release. Kernels are built for
+# compute capability $CUDA_COMPUTE_CAP (default 90: H100/H200).
+#
+# Usage: scripts/check-cuda-build.sh [extra cargo args]   (takes ~20 min on 2 cores the first time)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WHEELS=${CUDA_WHEELS:-$PWD/target/cuda-wheels}
+TARGET=${CUDA_TARGET_DIR:-$PWD/target/cuda}
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+export CUDARC_CUDA_VERSION=13020
+
+if [ ! -x "$WHEELS/nvidia/cu13/bin/nvcc" ]; then
+    python3 -m pip install --quiet --target "$WHEELS" \
+        "nvidia-cuda-nvcc==13.2.*" "nvidia-nvvm==13.2.*" "nvidia-cuda-runtime==13.2.*" \
+        "nvidia-cuda-nvrtc==13.2.*" "nvidia-cuda-cccl==13.*" "nvidia-cublas==13.*" "nvidia-curand==10.*"
+fi
+CU=$WHEELS/nvidia/cu13
+export PATH=$CU/bin:$PATH CUDA_ROOT=$CU CUDA_PATH=$CU CUDA_HOME=$CU
+
+# Link-time library names: unversioned links to the wheels' libraries, and the driver stub.
+STUB=$TARGET/cuda-link-stubs
+mkdir -p "$STUB"
+for lib in nvrtc curand cublas cublasLt cudart; do
+    ln -sf "$(ls "$CU"/lib/lib$lib.so.* | head -1)" "$STUB/lib$lib.so"
+done
+if [ ! -f "$STUB/libcuda.so" ]; then
+    # First pass: everything but the final link; then stub the driver symbols cudarc needs.
+    cargo build --release --features cuda --locked --target-dir "$TARGET" --lib "$@"
+    rlib=$(ls -t "$TARGET"/release/deps/libcudarc-*.rlib | head -1)
+    nm "$rlib" | awk '$1 == "U" && $2 ~ /^cu[A-Z]/ {print "void " $2 "(void) {}"}' | sort -u > "$STUB/stub.c"
+    cc -shared -Wl,-soname,libcuda.so.1 -o "$STUB/libcuda.so" "$STUB/stub.c"
+fi
+export LIBRARY_PATH=$STUB:$CU/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
+cargo build --release --features cuda --locked --target-dir "$TARGET" --all-targets "$@"
+echo "CUDA build compiled and linked: $TARGET/release/edit (needs libcuda.so.1 from a GPU driver to run)"
