@@ -37,11 +37,20 @@ pub enum Workload {
     Bulk,
 }
 
-/// Chooses the plan for `cfg` and `work` and applies it. Call before the first tensor operation (candle
+/// Chooses the plan for `cfg` and `work` and applies it (the first call; later ones return the
+/// plan chosen then). Call before the first tensor operation (candle
 /// sizes its pools then) and before other threads exist. A user's `RAYON_NUM_THREADS` or
 /// `CANDLE_NUM_THREADS` wins: operations then use that many threads and requests run one at a
 /// time.
 pub fn configure(cfg: &ModelConfig, work: Workload) -> ThreadPlan {
+    // Once per process: candle sizes its pools once, and a second call would read back the
+    // variables set by the first as if the user had set them.
+    *PLAN.get_or_init(|| choose(cfg, work))
+}
+
+static PLAN: std::sync::OnceLock<ThreadPlan> = std::sync::OnceLock::new();
+
+fn choose(cfg: &ModelConfig, work: Workload) -> ThreadPlan {
     let user_set = ["RAYON_NUM_THREADS", "CANDLE_NUM_THREADS"].iter().any(|v| std::env::var_os(v).is_some());
     let cores = candle_core::utils::get_num_threads();
     let plan = if user_set || cores == 1 {
