@@ -11,7 +11,7 @@
 # (CUDARC_CUDA_VERSION) because it does not know every nvcc release. Kernels are built for
 # compute capability $CUDA_COMPUTE_CAP (default 90: H100/H200).
 #
-# Usage: scripts/check-cuda-build.sh [extra cargo args]   (takes ~20 min on 2 cores the first time)
+# Usage: scripts/check-cuda-build.sh [extra cargo args]   (took 30 min on 2 cores from scratch)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=${CUDA_WHEELS:-$PWD/target/cuda-wheels}
