@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compiles and links `edit --features cuda` on a machine without a GPU or a CUDA installation, so
-# that the CUDA code paths cannot rot unseen. Nothing is run on a GPU: for that, see benches/gpu.md.
+# that the CUDA code paths cannot rot unseen. Nothing is run on a GPU (a GPU session runs the
+# golden tests with --features cuda; a prepared benches/gpu.sh is still to be written).
 #
 # The CUDA compiler and libraries come from NVIDIA's wheels on PyPI (installed with `pip --target`
 # into $CUDA_WHEELS, default target/cuda-wheels; ~1 GB). The driver library (libcuda) only exists
