@@ -1,5 +1,5 @@
 //! Issue 12's speed table on the fact-gpt2 fixture, in one run: the v* loop side by side with
-//! PyTorch (`../shared/bench/torch_v_loop.py`'s shapes, its script embedded below), ROME, MEMIT,
+//! PyTorch (`benches/torch_v_loop.py`, the issue's script, embedded below), ROME, MEMIT,
 //! FT-L and `edit stats` through the real binary, each against the reference code's own time
 //! (tests/fixtures/fact-gpt2/REFERENCE.md), and the FLOPs the v* loop needs against this
 //! machine's GEMM peak, measured in the same run.

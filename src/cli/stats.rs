@@ -294,10 +294,15 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         writeln!(out, "shard {shard}: {} texts, {} tokens  {}{}", summary.texts, summary.tokens, path.display(), if *finished_before { "  (finished before)" } else { "" })?;
     } else {
         for r in &summary.layers {
-            writeln!(out, "{:<40} {:>12} tokens  {}{}", r.module, r.tokens, r.file.display(), if r.cached { "  (cached)" } else { "" })?;
+            write_layer(&mut out, r)?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One layer's statistics file as `edit stats`, `import` and `merge` print it.
+fn write_layer(out: &mut impl Write, r: &LayerReport) -> std::io::Result<()> {
+    writeln!(out, "{:<40} {:>12} tokens  {}{}", r.module, r.tokens, r.file.display(), if r.cached { "  (cached)" } else { "" })
 }
 
 fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
@@ -308,7 +313,7 @@ fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
         writeln!(out)?;
     } else {
         for r in &reports {
-            writeln!(out, "{:<40} {:>12} tokens  {}", r.module, r.tokens, r.file.display())?;
+            write_layer(&mut out, r)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -441,7 +446,7 @@ fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_writer(&mut out, &report)?;
         writeln!(out)?;
     } else {
-        writeln!(out, "{:<40} {:>12} tokens  {}", report.module, report.tokens, report.file.display())?;
+        write_layer(&mut out, &report)?;
     }
     Ok(ExitCode::SUCCESS)
 }

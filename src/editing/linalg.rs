@@ -61,8 +61,7 @@ impl SpdFactor {
 /// MEMIT's `solve(λC + K Kᵀ, K)` with a fresh LU factorisation of the d×d system, as the
 /// reference does (`k` is `[d_ff, n]`).
 pub fn memit_solve_direct(c: &Mat<f64>, lambda: f64, k: &Mat<f64>) -> Mat<f64> {
-    let a = Mat::from_fn(c.nrows(), c.ncols(), |i, j| lambda * c[(i, j)]) + k * k.transpose();
-    let lu = a.partial_piv_lu();
+    let lu = lambda_c_plus_kkt(c, lambda, k).partial_piv_lu();
     let mut x = k.clone();
     lu.solve_in_place(&mut x);
     x
@@ -72,8 +71,12 @@ pub fn memit_solve_direct(c: &Mat<f64>, lambda: f64, k: &Mat<f64>) -> Mat<f64> {
 /// definite: half the work of LU); the cheaper form once there are more edits than key
 /// dimensions, where the push-through form's n×n system is the larger.
 pub fn memit_solve_spd(c: &Mat<f64>, lambda: f64, k: &Mat<f64>) -> Result<Mat<f64>> {
-    let a = Mat::from_fn(c.nrows(), c.ncols(), |i, j| lambda * c[(i, j)]) + k * k.transpose();
-    Ok(SpdFactor::new(&a, "λC + KKᵀ")?.solve(k))
+    Ok(SpdFactor::new(&lambda_c_plus_kkt(c, lambda, k), "λC + KKᵀ")?.solve(k))
+}
+
+/// MEMIT's d×d system matrix λC + K Kᵀ.
+fn lambda_c_plus_kkt(c: &Mat<f64>, lambda: f64, k: &Mat<f64>) -> Mat<f64> {
+    Mat::from_fn(c.nrows(), c.ncols(), |i, j| lambda * c[(i, j)]) + k * k.transpose()
 }
 
 /// The same solve through the push-through identity

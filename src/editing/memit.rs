@@ -187,15 +187,10 @@ pub fn apply_memit(
             let st = stats
                 .get_mut(&layer)
                 .ok_or_else(|| Error::Input(format!("no second-moment statistics loaded for layer {layer}")))?;
-            let solver = match hp.solver {
-                Solver::Auto if n < k.nrows() => Solver::PushThrough,
-                Solver::Auto => Solver::Auto,
-                s => s,
-            };
-            let (adj_k, solver_used) = match solver {
-                Solver::PushThrough => (memit_solve_push_through(st.factor()?, lambda, &k)?, "push-through (n×n)"),
+            let (adj_k, solver_used) = match hp.solver {
                 Solver::Direct => (memit_solve_direct(&st.c, lambda, &k), "direct (d_ff×d_ff, LU)"),
-                Solver::Auto => (memit_solve_spd(&st.c, lambda, &k)?, "direct (d_ff×d_ff, Cholesky)"),
+                Solver::Auto if n >= k.nrows() => (memit_solve_spd(&st.c, lambda, &k)?, "direct (d_ff×d_ff, Cholesky)"),
+                Solver::PushThrough | Solver::Auto => (memit_solve_push_through(st.factor()?, lambda, &k)?, "push-through (n×n)"),
             };
             tracing::info!("layer {layer}: {n} edits, {}-wide keys: solved {solver_used}", k.nrows());
             let upd = &resid * adj_k.transpose(); // [d, d_ff] = [out, in]
