@@ -5,6 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{fixture, golden, max_abs_diff, rel_diff, Golden};
+use edit::models::{first_positions, shift_positions, ResumeCache};
 use edit::{Batch, Intervention, Logits, Site, TraceSpec};
 
 const FAMILIES: [&str; 3] = ["tiny-gpt2", "tiny-gptj", "tiny-neox"];
@@ -111,12 +112,23 @@ fn padded_batch_equals_each_prompt_alone() {
     }
 }
 
+/// How [`intervention_grad`] runs its forward.
+#[derive(Clone, Copy, PartialEq)]
+enum Run {
+    /// One forward from the embeddings.
+    Whole,
+    /// The layers up to the intervention once without it, then a forward continuing from the
+    /// saved block output with the vector added there (for `MlpOut` too: it joins the residual
+    /// stream unchanged), as the v*/z optimisations do after their first step.
+    Resumed,
+    /// As `Resumed`, computing only the positions from the intervention's on, over the cached
+    /// keys and values of the earlier ones.
+    ResumedSuffix,
+}
+
 /// The golden gradient: d(mean target NLL)/d(vector added at `site` of `layer`, prompt 0's
 /// subject-last token), on prompt 0 followed by all target tokens but the last.
-/// `resume`: run the layers up to the intervention once without it, then continue from the
-/// saved block output with the vector added there (for `MlpOut` too: it joins the residual
-/// stream unchanged), as the v*/z optimisations do after their first step.
-fn intervention_grad(name: &str, key: &str, site: Site, resume: bool) {
+fn intervention_grad(name: &str, key: &str, site: Site, run: Run) {
     let lm = fixture(name);
     let g = golden(name);
     let info = g.gradient(key);
@@ -124,24 +136,34 @@ fn intervention_grad(name: &str, key: &str, site: Site, resume: bool) {
     let target = lm.tokenizer().unwrap().encode(&p0.target).unwrap();
     let mut ids = p0.input_ids.clone();
     ids.extend_from_slice(&target[..target.len() - 1]);
-    let batch = Batch::from_sequences(&[ids], 0, &Device::Cpu).unwrap();
+    let mut batch = Batch::from_sequences(&[ids], 0, &Device::Cpu).unwrap();
     let d = lm.config().d_model;
     let delta = Var::zeros(d, DType::F32, &Device::Cpu).unwrap();
-    let mut spec = TraceSpec::logits(Logits::All);
+    let n_prompt = p0.input_ids.len();
+    let mut read: Vec<(usize, usize)> = (0..target.len()).map(|j| (0, n_prompt - 1 + j)).collect();
+    let mut at = vec![(0, info.position)];
+    let mut spec = TraceSpec::logits(Logits::At(read.clone()));
     let mut site = site;
-    if resume {
-        let below = lm.model.forward(&batch, &TraceSpec { block_out: [info.layer].into(), stop_after: Some(info.layer), ..Default::default() }, &[]).unwrap();
-        spec.resume = Some(edit::models::Resume { after: info.layer, hidden: below.block_out[&info.layer].clone() });
+    if run != Run::Whole {
+        let mut first = TraceSpec { stop_after: (run == Run::Resumed).then_some(info.layer), ..Default::default() };
+        ResumeCache::request(&mut first, info.layer, lm.config().n_layer);
+        let cache = ResumeCache::from_trace(&lm.model.forward(&batch, &first, &[]).unwrap(), info.layer).unwrap();
+        let offsets = if run == Run::Resumed { vec![0] } else { first_positions(&batch, &[at.as_slice(), read.as_slice()].concat()) };
+        assert!(run == Run::Resumed || offsets[0] > 0, "{name}: the test must skip some positions");
+        let (short, mut resume) = cache.resume(&batch, &[0], &offsets).unwrap();
+        if run == Run::Resumed {
+            resume.prefix = None;
+        }
+        read = shift_positions(&read, &offsets);
+        at = shift_positions(&at, &offsets);
+        spec = TraceSpec { logits: Logits::At(read.clone()), resume: Some(resume), ..Default::default() };
+        batch = short;
         site = Site::BlockOut;
     }
-    let iv = Intervention { layer: info.layer, site, positions: vec![(0, info.position)], deltas: delta.as_tensor().clone() };
-    let trace = lm.model.forward(&batch, &spec, &[iv]).unwrap();
-    let logp = candle_nn::ops::log_softmax(&trace.logits.unwrap().get(0).unwrap(), 1).unwrap();
-    let n_prompt = p0.input_ids.len();
-    let mut terms = Vec::new();
-    for (j, &tid) in target.iter().enumerate() {
-        terms.push(logp.get(n_prompt - 1 + j).unwrap().get(tid as usize).unwrap());
-    }
+    let iv = Intervention { layer: info.layer, site, positions: at, deltas: delta.as_tensor().clone() };
+    let logits = lm.model.forward(&batch, &spec, &[iv]).unwrap().logits.unwrap();
+    let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
+    let terms: Vec<Tensor> = target.iter().enumerate().map(|(j, &tid)| logp.get(j).unwrap().get(tid as usize).unwrap()).collect();
     let loss = (Tensor::stack(&terms, 0).unwrap().mean_all().unwrap() * -1.0).unwrap();
     let loss_value: f32 = loss.to_scalar().unwrap();
     assert!((loss_value as f64 - info.loss_value).abs() <= 1e-4 * info.loss_value.abs().max(1.0), "{name} {key}: loss {loss_value} vs {}", info.loss_value);
@@ -155,15 +177,56 @@ fn intervention_grad(name: &str, key: &str, site: Site, resume: bool) {
 #[test]
 fn mlp_out_intervention_gradients_match_transformers() {
     for name in FAMILIES {
-        intervention_grad(name, "grad_mlp_out.1", Site::MlpOut, false);
+        intervention_grad(name, "grad_mlp_out.1", Site::MlpOut, Run::Whole);
     }
 }
 
 #[test]
 fn resumed_forward_gives_the_same_loss_and_gradients() {
     for name in FAMILIES {
-        intervention_grad(name, "grad_mlp_out.1", Site::MlpOut, true);
-        intervention_grad(name, "grad_block_out.2", Site::BlockOut, true);
+        for run in [Run::Resumed, Run::ResumedSuffix] {
+            intervention_grad(name, "grad_mlp_out.1", Site::MlpOut, run);
+            intervention_grad(name, "grad_block_out.2", Site::BlockOut, run);
+        }
+    }
+}
+
+/// Rows resumed after layer 0 from different offsets (padding too): every later block output and
+/// next-token log-prob at the recomputed positions is transformers' at the original position.
+#[test]
+fn resumed_suffix_forward_matches_transformers_at_its_positions() {
+    for name in FAMILIES {
+        for differentiable in [false, true] {
+            let lm = fixture(name);
+            let g = golden(name);
+            let batch = golden_batch(&g);
+            let n_layer = lm.config().n_layer;
+            let mut first = TraceSpec::default();
+            ResumeCache::request(&mut first, 0, n_layer);
+            let cache = ResumeCache::from_trace(&lm.model.forward(&batch, &first, &[]).unwrap(), 0).unwrap();
+            let offsets: Vec<usize> = batch.lengths().iter().enumerate().map(|(r, &n)| (r + 1).min(n - 1)).collect();
+            let rows: Vec<usize> = (0..batch.batch_size()).collect();
+            let (short, resume) = cache.resume(&batch, &rows, &offsets).unwrap();
+            let spec = TraceSpec { block_out: (1..n_layer).collect(), logits: Logits::All, differentiable, resume: Some(resume), ..Default::default() };
+            let trace = lm.model.forward(&short, &spec, &[]).unwrap();
+            for l in 1..n_layer {
+                let want = g.tensor(&format!("block_out.{l}"));
+                for (r, (&o, &n)) in offsets.iter().zip(batch.lengths()).enumerate() {
+                    let got = trace.block_out[&l].get(r).unwrap().narrow(0, 0, n - o).unwrap();
+                    let d = max_abs_diff(&got, &want.get(r).unwrap().narrow(0, o, n - o).unwrap());
+                    assert!(d <= 1e-4, "{name} block_out.{l} row {r} from {o}: {d} (differentiable={differentiable})");
+                }
+            }
+            let logp = candle_nn::ops::log_softmax(&trace.logits.unwrap(), 2).unwrap();
+            let ids: Vec<Vec<u32>> = batch.input_ids().to_vec2().unwrap();
+            let want: Vec<Vec<f32>> = g.tensor("next_token_logprob").to_vec2().unwrap();
+            for (r, (&o, &n)) in offsets.iter().zip(batch.lengths()).enumerate() {
+                for p in o..n - 1 {
+                    let got: f32 = logp.get(r).unwrap().get(p - o).unwrap().get(ids[r][p + 1] as usize).unwrap().to_scalar().unwrap();
+                    assert!((got - want[r][p]).abs() <= 1e-4, "{name} logprob row {r} pos {p}: {got} vs {}", want[r][p]);
+                }
+            }
+        }
     }
 }
 
@@ -172,7 +235,7 @@ fn resumed_forward_refuses_points_below_its_start() {
     let lm = fixture("tiny-gpt2");
     let batch = Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap();
     let below = lm.model.forward(&batch, &TraceSpec { block_out: [1].into(), stop_after: Some(1), ..Default::default() }, &[]).unwrap();
-    let resume = Some(edit::models::Resume { after: 1, hidden: below.block_out[&1].clone() });
+    let resume = Some(edit::models::Resume { after: 1, hidden: below.block_out[&1].clone(), prefix: None });
     let delta = Tensor::zeros(lm.config().d_model, DType::F32, &Device::Cpu).unwrap();
     let at = |layer, site| Intervention { layer, site, positions: vec![(0, 1)], deltas: delta.clone() };
     let spec = TraceSpec { resume: resume.clone(), logits: Logits::Last, ..Default::default() };
@@ -186,7 +249,7 @@ fn resumed_forward_refuses_points_below_its_start() {
 #[test]
 fn block_out_intervention_gradients_match_transformers() {
     for name in FAMILIES {
-        intervention_grad(name, "grad_block_out.2", Site::BlockOut, false);
+        intervention_grad(name, "grad_block_out.2", Site::BlockOut, Run::Whole);
     }
 }
 

@@ -15,7 +15,7 @@ use super::positions::subject_last_index;
 use super::requests::Request;
 use super::vec_norm;
 use crate::error::{Error, Result};
-use crate::models::{Batch, CausalLm, Intervention, Logits, Resume, Site, TraceSpec};
+use crate::models::{first_positions, shift_positions, Batch, CausalLm, Intervention, Logits, ResumeCache, Site, TraceSpec};
 use crate::tokenizer::Tokenizer;
 
 /// The reference's early-stopping threshold on the total loss.
@@ -143,11 +143,12 @@ pub fn optimize_targets(
         })
         .collect::<Result<_>>()?;
 
-    // Nothing below the optimised layer depends on δ: the first step records the residual
-    // stream after the layer (δ = 0) and later steps resume from it, with δ added at the block
-    // output (where adding it to the MLP output ends up too). Requests only ever leave the
-    // batch, so later batches are a subset of these rows, truncated to their own length.
-    let mut resume_from: Option<(Vec<std::ops::Range<usize>>, Tensor)> = None;
+    // Nothing below the optimised layer depends on δ, nor anything at a row's positions before
+    // its δ: the first step records the residual stream after the layer and the keys/values
+    // above it (δ = 0), and later steps resume there, computing each row only from its δ on,
+    // with δ added at the block output (where adding it to the MLP output ends up too).
+    // Requests only ever leave the batch, so later batches are a subset of these rows.
+    let mut resume_from: Option<(Vec<std::ops::Range<usize>>, ResumeCache)> = None;
     for it in 0..params.steps {
         let active: Vec<usize> = (0..states.len()).filter(|&j| !states[j].done).collect();
         if active.is_empty() {
@@ -202,26 +203,27 @@ pub fn optimize_targets(
         let owners: Vec<u32> = positions.iter().map(|&(r, _)| row_owner[r]).collect();
         let owners = Tensor::from_vec(owners, positions.len(), &dev)?;
         let per_position = var.as_tensor().index_select(&owners, 0)?;
-        let mut spec = TraceSpec::logits(Logits::At(all_pos));
-        let site = match &resume_from {
-            Some((rows_of, hidden)) => {
-                let rows: Vec<u32> = active.iter().flat_map(|&j| rows_of[j].clone()).map(|r| r as u32).collect();
-                let rows = Tensor::from_vec(rows, seqs.len(), &dev)?;
-                let hidden = hidden.index_select(&rows, 0)?.narrow(1, 0, batch.seq_len())?;
-                spec.resume = Some(Resume { after: params.layer, hidden });
-                Site::BlockOut
+        let mut spec = TraceSpec::logits(Logits::At(all_pos.clone()));
+        let (batch, site, iv_positions) = match &resume_from {
+            Some((rows_of, cache)) => {
+                let rows: Vec<usize> = active.iter().flat_map(|&j| rows_of[j].clone()).collect();
+                let offsets = first_positions(&batch, &[positions.as_slice(), all_pos.as_slice()].concat());
+                let (short, resume) = cache.resume(&batch, &rows, &offsets)?;
+                spec.logits = Logits::At(shift_positions(&all_pos, &offsets));
+                spec.resume = Some(resume);
+                (short, Site::BlockOut, shift_positions(&positions, &offsets))
             }
             None => {
-                spec.block_out.insert(params.layer);
+                ResumeCache::request(&mut spec, params.layer, model.config().n_layer);
                 if params.site == Site::MlpOut {
                     spec.mlp_out.insert(params.layer);
                 }
-                params.site
+                (batch, params.site, positions.clone())
             }
         };
-        let iv = Intervention { layer: params.layer, site, positions: positions.clone(), deltas: per_position.to_dtype(model.dtype())? };
+        let iv = Intervention { layer: params.layer, site, positions: iv_positions, deltas: per_position.to_dtype(model.dtype())? };
         let trace = model.forward(&batch, &spec, &[iv])?;
-        let logits = trace.logits.expect("logits requested").to_dtype(DType::F32)?;
+        let logits = trace.logits.as_ref().expect("logits requested").to_dtype(DType::F32)?;
         let lp = log_softmax(&logits)?;
         let n_nll = nll_pos.len();
         let lp_nll = lp.narrow(0, 0, n_nll)?;
@@ -229,7 +231,7 @@ pub fn optimize_targets(
 
         if it == 0 {
             let rows_of = active.iter().enumerate().map(|(a, &j)| first_row[a]..first_row[a] + states[j].prep.rows.len()).collect();
-            resume_from = Some((rows_of, trace.block_out[&params.layer].detach()));
+            resume_from = Some((rows_of, ResumeCache::from_trace(&trace, params.layer)?));
             let site_out = match params.site {
                 Site::MlpOut => &trace.mlp_out[&params.layer],
                 Site::BlockOut => &trace.block_out[&params.layer],

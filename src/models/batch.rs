@@ -87,6 +87,17 @@ impl Batch {
         Ok(Tensor::from_vec(m, (self.batch_size(), self.seq_len), self.device())?)
     }
 
+    /// The same rows without their first `offsets[r]` tokens (each row keeps at least one).
+    pub fn suffix(&self, offsets: &[usize]) -> Result<Self> {
+        if offsets.len() != self.batch_size() || offsets.iter().zip(&self.lengths).any(|(&o, &n)| o >= n) {
+            return Err(Error::Internal(format!("suffix offsets {offsets:?} do not fit rows of lengths {:?}", self.lengths)));
+        }
+        let ids: Vec<Vec<u32>> = self.input_ids.to_vec2()?;
+        let rows: Vec<Vec<u32>> = ids.iter().zip(offsets).zip(&self.lengths).map(|((row, &o), &n)| row[o..n].to_vec()).collect();
+        let pad = ids.iter().zip(&self.lengths).find(|(row, &n)| n < row.len()).map_or(0, |(row, &n)| row[n]);
+        Self::from_sequences(&rows, pad, self.device())
+    }
+
     pub(crate) fn check_positions(&self, positions: &[(usize, usize)]) -> Result<()> {
         for &(r, p) in positions {
             if r >= self.batch_size() || p >= self.lengths[r] {

@@ -76,7 +76,7 @@ impl Gpt2 {
         if self.cfg.scale_attn_by_inverse_layer_idx {
             scale /= (layer + 1) as f64;
         }
-        let a = layers::attention(&q, &k, &v, &ctx.attn_bias, scale, ctx.grad)?;
+        let a = ctx.attend(hk, layer, &q, k, v, scale)?;
         hooks::linear(hk, layer, ModuleKind::AttnOut, &blk.attn_proj, &a)
     }
 }

@@ -80,7 +80,7 @@ impl GptNeoX {
         let k = layers::apply_rotary(&qkv.narrow(3, hd, hd)?, &self.rotary, cos, sin, ctx.grad)?;
         let v = qkv.narrow(3, 2 * hd, hd)?;
         let scale = 1.0 / (hd as f64).sqrt();
-        let a = layers::attention(&q, &k, &v, &ctx.attn_bias, scale, ctx.grad)?;
+        let a = ctx.attend(hk, l, &q, k, v, scale)?;
         hooks::linear(hk, l, ModuleKind::AttnOut, &blk.dense, &a)
     }
 }
@@ -100,7 +100,7 @@ impl CausalLm for GptNeoX {
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
-        let (cos, sin) = layers::rotary_tables(&self.rotary, batch.seq_len(), self.dtype, &self.device)?;
+        let (cos, sin) = ctx.rotary(&self.rotary, batch, self.dtype)?;
         let (mut h, first) = opts.start(hk, |hk| hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.embed_in, batch.input_ids())?))?;
         for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1).skip(first) {
             let a = self.attn(blk, l, &blk.input_layernorm.forward(&h, ctx.grad)?, &cos, &sin, &ctx, hk)?;

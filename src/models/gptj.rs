@@ -79,7 +79,7 @@ impl GptJ {
         let q = layers::apply_rotary(&q, &self.rotary, cos, sin, ctx.grad)?;
         let k = layers::apply_rotary(&k, &self.rotary, cos, sin, ctx.grad)?;
         let scale = 1.0 / (self.cfg.head_dim() as f64).sqrt();
-        let a = layers::attention(&q, &k, &v, &ctx.attn_bias, scale, ctx.grad)?;
+        let a = ctx.attend(hk, l, &q, k, v, scale)?;
         hooks::linear(hk, l, ModuleKind::AttnOut, &blk.out_proj, &a)
     }
 }
@@ -99,7 +99,7 @@ impl CausalLm for GptJ {
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
-        let (cos, sin) = layers::rotary_tables(&self.rotary, batch.seq_len(), self.dtype, &self.device)?;
+        let (cos, sin) = ctx.rotary(&self.rotary, batch, self.dtype)?;
         let (mut h, first) = opts.start(hk, |hk| hooks::hook(hk, HookPoint::TokenEmbeddings, layers::embed(&self.wte, batch.input_ids())?))?;
         for (l, blk) in self.blocks.iter().enumerate().take(ctx.last_layer + 1).skip(first) {
             // Parallel residual: attention and MLP both read the same normed block input.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use candle_core::Tensor;
 
 use super::modules::ModuleKind;
-use super::{Intervention, Logits, Site, Trace, TraceSpec};
+use super::{Intervention, Logits, Resume, Site, Trace, TraceSpec};
 use crate::error::Result;
 
 /// A named point of a forward pass.
@@ -25,6 +25,10 @@ pub enum HookPoint {
     MlpOut(usize),
     /// The block output, the residual stream after the block (MEMIT's z).
     BlockOut(usize),
+    /// Attention keys `[b, heads, t, head_dim]` as the scores read them (after rotary).
+    AttnKeys(usize),
+    /// Attention values `[b, heads, t, head_dim]`.
+    AttnValues(usize),
 }
 
 /// What a forward pass calls at every hook point.
@@ -57,16 +61,6 @@ pub struct ForwardOpts {
     pub differentiable: bool,
     /// Start from a saved residual stream instead of the embeddings.
     pub resume: Option<Resume>,
-}
-
-/// The residual stream after block `after` (`[b, t, d_model]`, of the same batch), from which a
-/// forward continues with block `after + 1`. Optimisations that change nothing below a layer
-/// (ROME's v*, MEMIT's z) run the layers up to it once instead of at every step. The
-/// `BlockOut(after)` hook point is called on it, so interventions there still apply.
-#[derive(Clone, Debug)]
-pub struct Resume {
-    pub after: usize,
-    pub hidden: Tensor,
 }
 
 impl ForwardOpts {
@@ -121,6 +115,7 @@ impl Hooks for TraceHooks<'_> {
             HookPoint::LinearIn(l, ModuleKind::MlpDown) => self.spec.keys.contains(&l),
             HookPoint::MlpOut(l) => self.spec.mlp_out.contains(&l) || self.intervenes(l, Site::MlpOut),
             HookPoint::BlockOut(l) => self.spec.block_out.contains(&l) || self.intervenes(l, Site::BlockOut),
+            HookPoint::AttnKeys(l) | HookPoint::AttnValues(l) => self.spec.attn_kv.contains(&l),
             _ => false,
         }
     }
@@ -143,6 +138,14 @@ impl Hooks for TraceHooks<'_> {
                 if self.spec.block_out.contains(&l) {
                     record(&mut self.trace.block_out, l, &h);
                 }
+                Ok(h)
+            }
+            HookPoint::AttnKeys(l) => {
+                record(&mut self.trace.attn_keys, l, &h);
+                Ok(h)
+            }
+            HookPoint::AttnValues(l) => {
+                record(&mut self.trace.attn_values, l, &h);
                 Ok(h)
             }
             _ => Ok(h),

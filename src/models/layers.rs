@@ -188,7 +188,8 @@ pub fn rotary_tables(rot: &Rotary, t: usize, dtype: DType, device: &candle_core:
     Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
 }
 
-/// Rotates the first `rot.dims` features of each head of `x` (`[b, h, t, hd]`).
+/// Rotates the first `rot.dims` features of each head of `x` (`[b, h, t, hd]`); `cos`/`sin` are
+/// `[t, rot/2]` (positions shared by the rows) or `[b, t, rot/2]` (one set per row).
 pub fn apply_rotary(x: &Tensor, rot: &Rotary, cos: &Tensor, sin: &Tensor, grad: bool) -> Result<Tensor> {
     let hd = x.dim(D::Minus1)?;
     if rot.dims == 0 {
@@ -196,9 +197,9 @@ pub fn apply_rotary(x: &Tensor, rot: &Rotary, cos: &Tensor, sin: &Tensor, grad: 
     }
     let x_rot = x.narrow(D::Minus1, 0, rot.dims)?.contiguous()?;
     let rotated = match (rot.style, grad) {
-        (RotaryStyle::Interleaved, true) => candle_nn::rotary_emb::rope_i_slow(&x_rot, cos, sin)?,
+        (RotaryStyle::Interleaved, true) => rope_interleaved_slow(&x_rot, cos, sin)?,
         (RotaryStyle::Interleaved, false) => candle_nn::rotary_emb::rope_i(&x_rot, cos, sin)?,
-        (RotaryStyle::HalfSplit, true) => candle_nn::rotary_emb::rope_slow(&x_rot, cos, sin)?,
+        (RotaryStyle::HalfSplit, true) => rope_half_slow(&x_rot, cos, sin)?,
         (RotaryStyle::HalfSplit, false) => candle_nn::rotary_emb::rope(&x_rot, cos, sin)?,
     };
     if rot.dims == hd {
@@ -206,6 +207,37 @@ pub fn apply_rotary(x: &Tensor, rot: &Rotary, cos: &Tensor, sin: &Tensor, grad: 
     }
     let x_pass = x.narrow(D::Minus1, rot.dims, hd - rot.dims)?;
     Ok(Tensor::cat(&[&rotated, &x_pass], D::Minus1)?)
+}
+
+/// A cos/sin table as `[b or 1, 1, t, half]`, broadcastable over `[b, h, t, half]`.
+fn rotary_table_4d(table: &Tensor, t: usize) -> Result<Tensor> {
+    Ok(match table.rank() {
+        2 => table.narrow(0, 0, t)?.unsqueeze(0)?.unsqueeze(0)?,
+        _ => table.narrow(1, 0, t)?.unsqueeze(1)?,
+    })
+}
+
+/// GPT-J's rotation of feature pairs (2i, 2i+1) from primitive ops, so gradients flow (candle's
+/// `rope_i_slow` takes only `[t, half]` tables).
+fn rope_interleaved_slow(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    let cos = rotary_table_4d(cos, t)?.unsqueeze(4)?;
+    let sin = rotary_table_4d(sin, t)?.unsqueeze(4)?;
+    let x = x.reshape((b, h, t, d / 2, 2))?;
+    let (x0, x1) = (x.narrow(D::Minus1, 0, 1)?, x.narrow(D::Minus1, 1, 1)?);
+    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Ok(Tensor::cat(&[y0, y1], D::Minus1)?.flatten_from(D::Minus2)?)
+}
+
+/// NeoX's rotation of feature i with i + half, from primitive ops (see above).
+fn rope_half_slow(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (_, _, t, d) = x.dims4()?;
+    let cos = rotary_table_4d(&Tensor::cat(&[cos, cos], D::Minus1)?, t)?;
+    let sin = rotary_table_4d(&Tensor::cat(&[sin, sin], D::Minus1)?, t)?;
+    let half = d / 2;
+    let rotated = Tensor::cat(&[&x.narrow(D::Minus1, half, half)?.neg()?, &x.narrow(D::Minus1, 0, half)?], D::Minus1)?;
+    Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
 /// Scaled dot-product attention for `[b, h, t, hd]` q/k/v with an additive `[b, 1, t, t]` f32

@@ -10,13 +10,15 @@ pub mod gptj;
 pub mod gpt_neox;
 pub mod layers;
 pub mod modules;
+mod resume;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use candle_core::{DType, Device, Tensor};
 
 pub use batch::Batch;
-pub use hooks::{ForwardOpts, HookPoint, Hooks, NoHooks, Resume};
+pub use hooks::{ForwardOpts, HookPoint, Hooks, NoHooks};
+pub use resume::{first_positions, shift_positions, KvPrefix, Resume, ResumeCache};
 pub use modules::{EditableModule, ModuleKind, WeightLayout};
 
 use crate::config::ModelConfig;
@@ -69,6 +71,8 @@ pub struct TraceSpec {
     pub mlp_out: BTreeSet<usize>,
     /// Layers whose block output (`[b, t, d_model]`, after any intervention there) is recorded.
     pub block_out: BTreeSet<usize>,
+    /// Layers whose attention keys and values (`[b, heads, t, head_dim]`) are recorded.
+    pub attn_kv: BTreeSet<usize>,
     /// Stop after this layer's block (no logits are computed then).
     pub stop_after: Option<usize>,
     pub logits: Logits,
@@ -87,7 +91,7 @@ impl TraceSpec {
 
     /// The deepest layer a forward must reach to fill this trace.
     pub fn deepest_layer(&self) -> Option<usize> {
-        [&self.keys, &self.mlp_out, &self.block_out]
+        [&self.keys, &self.mlp_out, &self.block_out, &self.attn_kv]
             .iter()
             .filter_map(|s| s.last().copied())
             .max()
@@ -100,6 +104,8 @@ pub struct Trace {
     pub keys: BTreeMap<usize, Tensor>,
     pub mlp_out: BTreeMap<usize, Tensor>,
     pub block_out: BTreeMap<usize, Tensor>,
+    pub attn_keys: BTreeMap<usize, Tensor>,
+    pub attn_values: BTreeMap<usize, Tensor>,
     pub logits: Option<Tensor>,
 }
 
@@ -210,7 +216,7 @@ fn check_trace_request(cfg: &ModelConfig, batch: &Batch, spec: &TraceSpec, inter
         }
         batch.check_positions(&iv.positions)?;
     }
-    for l in spec.keys.iter().chain(&spec.mlp_out).chain(&spec.block_out) {
+    for l in spec.keys.iter().chain(&spec.mlp_out).chain(&spec.block_out).chain(&spec.attn_kv) {
         if *l >= n_layer {
             return Err(crate::Error::Input(format!("trace requested at layer {l} but the model has {n_layer} layers")));
         }
@@ -220,7 +226,7 @@ fn check_trace_request(cfg: &ModelConfig, batch: &Batch, spec: &TraceSpec, inter
         let below = |l: usize| l <= r.after;
         let hidden_ok = r.after < n_layer && r.hidden.dims() == [batch.batch_size(), batch.seq_len(), cfg.d_model];
         if !hidden_ok
-            || spec.keys.iter().chain(&spec.mlp_out).any(|&l| below(l))
+            || spec.keys.iter().chain(&spec.mlp_out).chain(&spec.attn_kv).any(|&l| below(l))
             || spec.block_out.iter().any(|&l| l < r.after)
             || interventions.iter().any(|iv| iv.layer < r.after || (iv.layer == r.after && iv.site == Site::MlpOut))
         {
@@ -230,24 +236,32 @@ fn check_trace_request(cfg: &ModelConfig, batch: &Batch, spec: &TraceSpec, inter
                 r.hidden.dims()
             )));
         }
+        if let Some(p) = &r.prefix {
+            let last = spec.stop_after.unwrap_or(n_layer - 1).min(n_layer - 1);
+            p.check(batch, r.after + 1..=last, cfg.n_ctx)?;
+        }
     }
     Ok(())
 }
 
 /// Computes the per-forward inputs every family shares: the additive attention bias
-/// (causal + key padding) and the flags derived from the options.
+/// (causal + key padding, and the cached positions of a resumed forward's [`KvPrefix`]), the
+/// rotary tables, and the flags derived from the options.
 pub(crate) struct ForwardCtx {
     pub grad: bool,
     pub attn_bias: Tensor,
     pub last_layer: usize,
+    prefix: Option<KvPrefix>,
 }
 
 impl ForwardCtx {
     pub fn new(cfg: &ModelConfig, batch: &Batch, opts: &ForwardOpts) -> Result<Self> {
-        if batch.seq_len() > cfg.n_ctx {
+        let prefix = opts.resume.as_ref().and_then(|r| r.prefix.clone()).filter(|p| p.width() > 0);
+        let start = prefix.as_ref().map_or(0, KvPrefix::width);
+        if start + batch.seq_len() > cfg.n_ctx {
             return Err(crate::Error::Input(format!(
                 "sequence of {} tokens exceeds the model's context of {}",
-                batch.seq_len(),
+                start + batch.seq_len(),
                 cfg.n_ctx
             )));
         }
@@ -255,7 +269,41 @@ impl ForwardCtx {
             Some(l) => l.min(cfg.n_layer - 1),
             None => cfg.n_layer - 1,
         };
-        Ok(Self { grad: opts.differentiable, attn_bias: batch.attention_bias()?, last_layer })
+        let mut attn_bias = batch.attention_bias()?;
+        if let Some(p) = &prefix {
+            attn_bias = Tensor::cat(&[&p.bias(batch.seq_len(), batch.device())?, &attn_bias], 3)?;
+        }
+        Ok(Self { grad: opts.differentiable, attn_bias, last_layer, prefix })
+    }
+
+    /// cos/sin tables for the batch's positions: `[t, rot/2]`, or `[b, t, rot/2]` when rows
+    /// start at different positions (a resumed forward's prefix).
+    pub fn rotary(&self, rot: &crate::config::Rotary, batch: &Batch, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let t = batch.seq_len();
+        let Some(p) = &self.prefix else {
+            return layers::rotary_tables(rot, t, dtype, batch.device());
+        };
+        let (cos, sin) = layers::rotary_tables(rot, p.width() + t, dtype, batch.device())?;
+        let idx = Tensor::from_vec(p.positions(t), batch.batch_size() * t, batch.device())?;
+        let per_row = |table: Tensor| -> Result<Tensor> { Ok(table.index_select(&idx, 0)?.reshape((batch.batch_size(), t, rot.dims / 2))?) };
+        Ok((per_row(cos)?, per_row(sin)?))
+    }
+
+    /// Attention of `q` over `k`/`v` (`[b, heads, t, head_dim]`, keys after rotary), through the
+    /// keys/values hook points, with a resumed forward's cached positions in front.
+    pub fn attend(&self, hk: &mut dyn Hooks, layer: usize, q: &Tensor, k: Tensor, v: Tensor, scale: f64) -> Result<Tensor> {
+        let k = hooks::hook(hk, HookPoint::AttnKeys(layer), k)?;
+        let v = hooks::hook(hk, HookPoint::AttnValues(layer), v)?;
+        let (k, v) = match &self.prefix {
+            Some(p) => {
+                fn cached(m: &BTreeMap<usize, Tensor>, layer: usize) -> Result<&Tensor> {
+                    m.get(&layer).ok_or_else(|| crate::Error::Internal(format!("no cached keys/values for layer {layer}")))
+                }
+                (Tensor::cat(&[cached(&p.keys, layer)?, &k], 2)?, Tensor::cat(&[cached(&p.values, layer)?, &v], 2)?)
+            }
+            None => (k, v),
+        };
+        layers::attention(q, &k, &v, &self.attn_bias, scale, self.grad)
     }
 }
 
