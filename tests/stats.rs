@@ -353,6 +353,11 @@ fn three_shards_merged_equal_one_run() {
             }
             let again = ok(stats_cmd("tiny-gpt2", "1,3", &text, 520, &dir, "f32").args(["--shard", "1/3"]));
             assert_eq!(again["tokens"], s["tokens"]);
+            // Found before the model is loaded or the texts sampled.
+            let rerun = stats_cmd("tiny-gpt2", "1,3", &text, 520, &dir, "f32").args(["--shard", "1/3", "-v"]).output().unwrap();
+            let log = String::from_utf8_lossy(&rerun.stderr);
+            assert!(rerun.status.success() && log.contains("already finished"), "{log}");
+            assert!(!log.contains("loaded in") && !log.contains("texts sampled"), "a finished shard loads nothing: {log}");
 
             // Bad merges name the problem and write nothing.
             let fail = |args: &[&Path], needle: &str| {

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use edit::data::{Corpus, HubDataset};
 use edit::models::modules::mlp_down;
 use edit::stats::cache::{self, ModelIdentity, StatsMeta};
-use edit::stats::ensure::{check_corpus_available, check_layers, collect_missing, lookup, Ensured, LayerReport, Progress, StatsPlan};
+use edit::stats::ensure::{check_corpus_available, check_layers, collect_missing, finished_shard, lookup, Ensured, LayerReport, Progress, StatsPlan};
 use edit::stats::{parse_layers, Precision};
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -261,10 +261,14 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         shard: args.shard.map(|(index, count)| edit::stats::collect::Shard { index, count }),
     };
     let started = Instant::now();
-    // A shard job computes its part whatever is cached (it finds its own finished shard file).
+    // A shard job computes its part whatever statistics are cached.
     let (cached, todo) = if plan.force || plan.shard.is_some() { (Vec::new(), layers.clone()) } else { lookup(&plan, &identity, &cfg, &layers)? };
     let mut ensured = Ensured { reports: cached, dataset: plan.corpus.id(), identity, ..Default::default() };
-    if !todo.is_empty() {
+    // A finished shard is found before the model is loaded.
+    let finished = finished_shard(&plan, &ensured.identity, &cfg, &todo)?;
+    if let Some((path, header)) = finished {
+        ensured.finished_before(path, &header);
+    } else if !todo.is_empty() {
         check_corpus_available(&plan.corpus, plan.offline, logging::show_progress(global))?;
         let lm = args.model.load_files_for(files, &args.compute, edit::threads::Workload::Bulk)?;
         collect_missing(&lm, &todo, &plan, &mut BarProgress::new(global), &mut ensured)?;

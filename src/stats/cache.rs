@@ -295,19 +295,37 @@ pub fn save_shard(path: &Path, key: &JobKey, info: &ShardInfo, acc: &Accumulator
     write_partial(path, key, acc, Some(info.clone()))
 }
 
-/// Reads a finished shard file (any job's).
-pub fn load_shard(path: &Path) -> Result<ShardFile> {
-    let st = StatsFile::open(path)?;
+/// A finished shard file's job and counts, from its header only (no sums are read).
+pub struct ShardHeader {
+    pub key: JobKey,
+    pub info: ShardInfo,
+    pub count: u64,
+    pub texts: u64,
+}
+
+fn shard_meta(st: &StatsFile, path: &Path) -> Result<(PartialMeta, ShardInfo)> {
     let bad = |reason: &str| Error::BadSafetensors { path: path.to_path_buf(), reason: reason.to_string() };
-    let meta: PartialMeta = st
+    let mut meta: PartialMeta = st
         .meta
         .as_deref()
         .and_then(|m| serde_json::from_str(m).ok())
         .ok_or_else(|| bad("no shard metadata: not a shard file written by `edit stats --shard`"))?;
-    let info = match (meta.finished_shard, meta.key.shard) {
-        (Some(info), Some(_)) => info,
-        _ => return Err(bad("not a finished shard (an interrupted job's progress file?): rerun its `edit stats --shard` command to finish it")),
-    };
+    match (meta.finished_shard.take(), meta.key.shard) {
+        (Some(info), Some(_)) => Ok((meta, info)),
+        _ => Err(bad("not a finished shard (an interrupted job's progress file?): rerun its `edit stats --shard` command to finish it")),
+    }
+}
+
+/// Reads a finished shard file's header (any job's).
+pub fn read_shard_header(path: &Path) -> Result<ShardHeader> {
+    let (meta, info) = shard_meta(&StatsFile::open(path)?, path)?;
+    Ok(ShardHeader { key: meta.key, info, count: meta.count, texts: meta.texts })
+}
+
+/// Reads a finished shard file (any job's).
+pub fn load_shard(path: &Path) -> Result<ShardFile> {
+    let st = StatsFile::open(path)?;
+    let (meta, info) = shard_meta(&st, path)?;
     let mut sums = BTreeMap::new();
     for &l in &meta.key.layers {
         sums.insert(l, st.load(&format!("sum.{l}"), &Device::Cpu)?);

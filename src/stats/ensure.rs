@@ -126,14 +126,72 @@ pub fn lookup(plan: &StatsPlan, identity: &ModelIdentity, cfg: &ModelConfig, lay
     Ok((reports, todo))
 }
 
+/// The batch size in tokens and the longest text a job of `plan` on this model uses.
+fn job_shape(plan: &StatsPlan, cfg: &ModelConfig) -> (usize, usize) {
+    let batch_tokens = plan.batch_tokens.unwrap_or(3 * cfg.n_ctx);
+    let max_len = plan.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(batch_tokens).max(1);
+    (batch_tokens, max_len)
+}
+
+/// A `--shard` job's own shard file when it is already finished, found from the plan alone:
+/// before the model is loaded or the texts sampled. (The job's sample count is the requested
+/// one, or the whole corpus's when that is smaller, which only sampling tells: a file of either
+/// count is the job's.) Reads file headers only.
+pub fn finished_shard(plan: &StatsPlan, identity: &ModelIdentity, cfg: &ModelConfig, layers: &[usize]) -> Result<Option<(PathBuf, cache::ShardHeader)>> {
+    let (Some(shard), false, Some(&first)) = (plan.shard, plan.force, layers.first()) else {
+        return Ok(None);
+    };
+    let dataset = plan.corpus.id();
+    let (batch_tokens, max_len) = job_shape(plan, cfg);
+    let stats_file = cache::stats_path(&plan.stats_dir, identity, &dataset, &mlp_down(cfg, first)?.name, plan.precision, plan.samples);
+    let dir = stats_file.parent().expect("stats path has a parent");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(None);
+    };
+    let layer_names: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+    let prefix = format!("layers-{}_{}_", layer_names.join("-"), plan.precision.reference_name());
+    let suffix = format!(".shard-{}-of-{}.safetensors", shard.index, shard.count);
+    for path in entries.flatten().map(|e| e.path()) {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !name.starts_with(&prefix) || !name.ends_with(&suffix) {
+            continue;
+        }
+        let Ok(h) = cache::read_shard_header(&path) else { continue };
+        let want = JobKey {
+            identity: identity.clone(),
+            dataset: dataset.clone(),
+            samples: h.key.samples,
+            layers: layers.to_vec(),
+            precision: plan.precision,
+            max_len,
+            batch_tokens,
+            shard: Some(shard),
+        };
+        let whole_corpus = h.info.corpus_rows.is_some_and(|rows| h.key.samples >= rows && plan.samples >= rows);
+        if h.key == want && (h.key.samples == plan.samples || whole_corpus) {
+            return Ok(Some((path, h)));
+        }
+    }
+    Ok(None)
+}
+
+impl Ensured {
+    /// Reports a `--shard` job whose shard file was finished before.
+    pub fn finished_before(&mut self, path: PathBuf, h: &cache::ShardHeader) {
+        tracing::info!("shard {} of this job is already finished: {}", key_shard(&h.key), path.display());
+        self.texts = h.texts;
+        self.tokens = h.count;
+        self.shard_file = Some((path, true));
+    }
+}
+
 /// Collects the statistics of `todo` in one pass (resuming an interrupted job) and files them.
 pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progress: &mut dyn Progress, ensured: &mut Ensured) -> Result<()> {
     let cfg = lm.config().clone();
     let precision = plan.precision;
     let identity = ensured.identity.clone();
     let dataset = plan.corpus.id();
-    let batch_tokens = plan.batch_tokens.unwrap_or(3 * cfg.n_ctx);
-    let max_len = plan.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(batch_tokens).max(1);
+    let (batch_tokens, max_len) = job_shape(plan, &cfg);
     if plan.announce_computing {
         tracing::warn!(
             "no cached statistics for layer(s) {todo:?} ({} texts of {}, {}); computing them now (same as `edit stats`)",
@@ -186,11 +244,8 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
     let partial = cache::partial_path(&final_dir, todo, precision, samples, plan.shard);
     let shard_file = plan.shard.map(|sh| cache::shard_path(&final_dir, todo, precision, samples, sh));
     if let Some(path) = shard_file.as_ref().filter(|p| p.is_file() && !plan.force) {
-        if let Some(done) = cache::load_shard(path).ok().filter(|f| f.key == key) {
-            tracing::info!("shard {} of this job is already finished: {}", key_shard(&key), path.display());
-            ensured.texts = done.acc.texts;
-            ensured.tokens = done.acc.count;
-            ensured.shard_file = Some((path.clone(), true));
+        if let Some(done) = cache::read_shard_header(path).ok().filter(|h| h.key == key) {
+            ensured.finished_before(path.clone(), &done);
             return Ok(());
         }
     }
