@@ -2,6 +2,8 @@
 //! shape built in memory (no weights can be downloaded here), and timing.
 #![allow(dead_code)]
 
+pub mod checkpoint;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,0 +1,213 @@
+//! Random-weight checkpoints of real model shapes written to disk, for the benches that run the
+//! `edit` binary at real sizes (nothing can be downloaded here). The file is streamed: the bench
+//! never holds the weights. Values are small (±0.02, uniform), layer-norm scales 1, biases 0.
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// A model shape by its Hugging Face name: `gpt2-xl` (48 layers, d 1600) or `gpt-j-6b` (28
+/// layers, d 4096), optionally with fewer layers.
+#[derive(Clone, Copy, Debug)]
+pub enum Shape {
+    Gpt2Xl { n_layer: usize },
+    GptJ { n_layer: usize },
+}
+
+impl Shape {
+    pub fn parse(name: &str, n_layer: Option<usize>) -> Shape {
+        match name {
+            "gpt2-xl" => Shape::Gpt2Xl { n_layer: n_layer.unwrap_or(48) },
+            "gpt-j-6b" | "gptj" => Shape::GptJ { n_layer: n_layer.unwrap_or(28) },
+            other => panic!("unknown shape {other}: gpt2-xl or gpt-j-6b"),
+        }
+    }
+
+    pub fn n_layer(self) -> usize {
+        match self {
+            Shape::Gpt2Xl { n_layer } | Shape::GptJ { n_layer } => n_layer,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Gpt2Xl { .. } => "gpt2-xl",
+            Shape::GptJ { .. } => "gpt-j-6b",
+        }
+    }
+
+    /// (name, shape, random) in checkpoint order; `random` false means 1 for layer-norm scales and
+    /// 0 for everything else (biases).
+    fn tensors(self) -> Vec<(String, Vec<usize>, bool)> {
+        let mut t: Vec<(String, Vec<usize>, bool)> = Vec::new();
+        match self {
+            Shape::Gpt2Xl { n_layer } => {
+                let (d, f, v, ctx) = (1600usize, 6400usize, 50257usize, 1024usize);
+                t.push(("wte.weight".into(), vec![v, d], true));
+                t.push(("wpe.weight".into(), vec![ctx, d], true));
+                for l in 0..n_layer {
+                    for (n, s, random) in [
+                        ("ln_1.weight", vec![d], false),
+                        ("ln_1.bias", vec![d], false),
+                        ("attn.c_attn.weight", vec![d, 3 * d], true),
+                        ("attn.c_attn.bias", vec![3 * d], false),
+                        ("attn.c_proj.weight", vec![d, d], true),
+                        ("attn.c_proj.bias", vec![d], false),
+                        ("ln_2.weight", vec![d], false),
+                        ("ln_2.bias", vec![d], false),
+                        ("mlp.c_fc.weight", vec![d, f], true),
+                        ("mlp.c_fc.bias", vec![f], false),
+                        ("mlp.c_proj.weight", vec![f, d], true),
+                        ("mlp.c_proj.bias", vec![d], false),
+                    ] {
+                        t.push((format!("h.{l}.{n}"), s, random));
+                    }
+                }
+                t.push(("ln_f.weight".into(), vec![d], false));
+                t.push(("ln_f.bias".into(), vec![d], false));
+            }
+            Shape::GptJ { n_layer } => {
+                let (d, f, v) = (4096usize, 16384usize, 50400usize);
+                t.push(("transformer.wte.weight".into(), vec![v, d], true));
+                for l in 0..n_layer {
+                    for (n, s, random) in [
+                        ("ln_1.weight", vec![d], false),
+                        ("ln_1.bias", vec![d], false),
+                        ("attn.q_proj.weight", vec![d, d], true),
+                        ("attn.k_proj.weight", vec![d, d], true),
+                        ("attn.v_proj.weight", vec![d, d], true),
+                        ("attn.out_proj.weight", vec![d, d], true),
+                        ("mlp.fc_in.weight", vec![f, d], true),
+                        ("mlp.fc_in.bias", vec![f], false),
+                        ("mlp.fc_out.weight", vec![d, f], true),
+                        ("mlp.fc_out.bias", vec![d], false),
+                    ] {
+                        t.push((format!("transformer.h.{l}.{n}"), s, random));
+                    }
+                }
+                t.push(("transformer.ln_f.weight".into(), vec![d], false));
+                t.push(("transformer.ln_f.bias".into(), vec![d], false));
+                t.push(("lm_head.weight".into(), vec![v, d], true));
+                t.push(("lm_head.bias".into(), vec![v], false));
+            }
+        }
+        t
+    }
+
+    fn config(self) -> serde_json::Value {
+        match self {
+            Shape::Gpt2Xl { n_layer } => serde_json::json!({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+                "n_embd": 1600, "n_head": 25, "n_layer": n_layer, "vocab_size": 50257, "n_positions": 1024, "n_ctx": 1024,
+                "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new"}),
+            Shape::GptJ { n_layer } => serde_json::json!({"model_type": "gptj", "architectures": ["GPTJForCausalLM"],
+                "n_embd": 4096, "n_head": 16, "n_layer": n_layer, "vocab_size": 50400, "n_positions": 2048, "rotary_dim": 64,
+                "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": false,
+                "bos_token_id": 50256, "eos_token_id": 50256}),
+        }
+    }
+}
+
+/// The repository the bench was built from, or (when run elsewhere, e.g. carried to a GPU
+/// machine) the current directory, which must then be a checkout of it.
+pub fn repo_root() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join("tests/fixtures").is_dir() {
+        built
+    } else {
+        std::env::current_dir().unwrap()
+    }
+}
+
+/// Storage dtype of a written checkpoint: `F32`, `F16` or `BF16` (safetensors' names).
+fn encode(x: f32, dtype: &str, out: &mut Vec<u8>) {
+    let b = x.to_bits();
+    match dtype {
+        "F32" => out.extend_from_slice(&b.to_le_bytes()),
+        // Truncation: the written value is exactly what the file holds, which is all a bench needs.
+        "BF16" => out.extend_from_slice(&((b >> 16) as u16).to_le_bytes()),
+        "F16" => {
+            let sign = ((b >> 16) & 0x8000) as u16;
+            let e = ((b >> 23) & 0xff) as i32 - 127 + 15;
+            // |x| < 2^-14 (f16 subnormals) is written as 0; the values here never exceed f16's range.
+            let h = if e <= 0 { sign } else { sign | ((e as u16) << 10) | ((b >> 13) & 0x3ff) as u16 };
+            out.extend_from_slice(&h.to_le_bytes());
+        }
+        other => panic!("dtype {other}: F32, F16 or BF16"),
+    }
+}
+
+/// Writes `shape` with `dtype` storage (`f32`, `f16`, `bf16`) into `dir` as one safetensors file
+/// plus `config.json` and the GPT-2 tokenizer; returns the file's size in bytes.
+pub fn write_random(dir: &Path, shape: Shape, dtype: &str) -> u64 {
+    let dtype = dtype.to_uppercase();
+    let width = if dtype == "F32" { 4 } else { 2 };
+    let tensors = shape.tensors();
+    let mut header = serde_json::Map::new();
+    let mut at = 0usize;
+    for (name, dims, _) in &tensors {
+        let bytes = dims.iter().product::<usize>() * width;
+        header.insert(name.clone(), serde_json::json!({"dtype": dtype, "shape": dims, "data_offsets": [at, at + bytes]}));
+        at += bytes;
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while !(8 + text.len()).is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = BufWriter::with_capacity(1 << 22, std::fs::File::create(dir.join("model.safetensors")).unwrap());
+    out.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    out.write_all(text.as_bytes()).unwrap();
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut chunk = Vec::with_capacity(1 << 20);
+    for (name, dims, random) in &tensors {
+        let ones = name.contains("ln_") && name.ends_with("weight");
+        let mut left: usize = dims.iter().product();
+        while left > 0 {
+            chunk.clear();
+            let n = left.min(1 << 18);
+            for _ in 0..n {
+                let x = if *random {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.04
+                } else if ones {
+                    1.0
+                } else {
+                    0.0
+                };
+                encode(x, &dtype, &mut chunk);
+            }
+            left -= n;
+            out.write_all(&chunk).unwrap();
+        }
+    }
+    out.flush().unwrap();
+    std::fs::write(dir.join("config.json"), shape.config().to_string()).unwrap();
+    std::fs::copy(repo_root().join("tests/fixtures/tiny-gpt2/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    (8 + text.len() + at) as u64
+}
+
+/// Runs `cmd`, returning (wall seconds, peak resident bytes of this child, stdout, stderr); panics
+/// with its stderr if it fails.
+pub fn measured(cmd: &mut std::process::Command) -> (f64, u64, String, String) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let t = std::time::Instant::now();
+    #[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its own rusage
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let out = reader.join().unwrap();
+    // This child's own peak (wait4), not the largest of all children so far.
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let wall = t.elapsed().as_secs_f64();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed:\n{err}");
+    (wall, usage.ru_maxrss as u64 * 1024, out, err)
+}

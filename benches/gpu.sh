@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Issue 12's GPU check, one prepared run on one H100/H200 (about 5-8 minutes): forward parity CPU
+# vs GPU on the test fixtures, then on a random GPT-J-6B-shaped model in bf16 storage the
+# statistics throughput (and PyTorch's on the same batches), ROME, MEMIT with z batched (32) vs
+# serial (1), and MEMIT at EDIT_GPU_MEMIT (1000) requests. Ends with one Markdown table per part;
+# logs go to $OUT (or /tmp/edit-gpu) when set.
+#
+# The lent GPU machines have no Rust toolchain, so the binaries are built here first and carried:
+#   CUDA_WHEELS_VERSION=13.0 scripts/check-cuda-build.sh     # ~30 min on 2 cores; builds the benches too
+#   benches/gpu.sh --stage                                  # stripped, xz-compressed binaries in gpu-carry/
+# then on the GPU machine (device tool: carry gpu-carry):  benches/gpu.sh
+# Where cargo and nvcc exist on the GPU machine itself, the script builds there instead.
+# Build with the CUDA release the GPU's driver supports (the kernels are PTX that the driver
+# compiles: PTX from a newer nvcc than the driver is refused); driver 580 is CUDA 13.0.
+#
+# Settings: EDIT_GPU_MEMIT (1000), EDIT_GPU_TEXTS (1000 statistics texts), EDIT_GPU_LAYERS (28),
+# EDIT_GPU_STEP_TIMEOUT (150 s per step; a step past it is reported and the rest goes on);
+# EDIT_GPU_ZCOMPARE (32 requests for batched vs serial z); EDIT_GPU_SHAPE (gpt-j-6b), EDIT_GPU_DTYPE
+# (bf16), EDIT_GPU_STEPS (the config's); EDIT_GPU_DEVICE (cuda; `cpu` runs the same flow on the
+# CPU to try the script without a GPU, e.g. EDIT_GPU_SHAPE=gpt2-xl EDIT_GPU_LAYERS=18
+# EDIT_GPU_DTYPE=f32 EDIT_GPU_TEXTS=100 EDIT_GPU_STEPS=1 EDIT_GPU_ZCOMPARE=2 EDIT_GPU_MEMIT=2).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+CARRY=gpu-carry
+
+if [ "${1:-}" = "--stage" ]; then
+    set -e
+    TARGET=${CUDA_TARGET_DIR:-target/cuda-13.0}
+    mkdir -p "$CARRY"
+    grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >> .git/info/exclude
+    scale=$(ls -t "$TARGET"/release/deps/scale-* | grep -v '\.d$' | head -1)
+    # The working tree travels too (~51 MB of it) and a call carries 64 MiB in all: compressed.
+    for pair in "edit:$TARGET/release/edit" "scale:$scale"; do
+        strip -o "$CARRY/${pair%%:*}" "${pair#*:}"
+        xz -9 -f "$CARRY/${pair%%:*}"
+    done
+    ls -la "$CARRY"
+    exit 0
+fi
+
+LOG=${OUT:-/tmp/edit-gpu}
+mkdir -p "$LOG"
+STEP_TIMEOUT=${EDIT_GPU_STEP_TIMEOUT:-150}
+N_MEMIT=${EDIT_GPU_MEMIT:-1000}
+TEXTS=${EDIT_GPU_TEXTS:-1000}
+LAYERS=${EDIT_GPU_LAYERS:-28}
+DEV=${EDIT_GPU_DEVICE:-cuda}
+ZCOMPARE=${EDIT_GPU_ZCOMPARE:-32}
+started=$(date +%s)
+say() { echo "[$(($(date +%s) - started)) s] $*" >&2; }
+
+# Binaries: given (EDIT_BIN and SCALE_BIN), carried, else built here.
+if [ -n "${EDIT_BIN:-}" ] && [ -n "${SCALE_BIN:-}" ]; then
+    :
+elif [ -f "$CARRY/edit.xz" ]; then
+    mkdir -p /tmp/edit-bin
+    for b in edit scale; do
+        python3 -c 'import lzma, sys; open(sys.argv[2], "wb").write(lzma.open(sys.argv[1]).read())' "$CARRY/$b.xz" "/tmp/edit-bin/$b"
+        chmod +x "/tmp/edit-bin/$b"
+    done
+    EDIT_BIN=/tmp/edit-bin/edit
+    SCALE_BIN=/tmp/edit-bin/scale
+elif command -v cargo >/dev/null; then
+    say "building with --features cuda"
+    cargo build --release --features cuda --locked --bin edit --bench scale 2>&1 | tail -3 >&2
+    EDIT_BIN=$PWD/target/release/edit
+    SCALE_BIN=$(ls -t target/release/deps/scale-* | grep -v '\.d$' | head -1)
+else
+    echo "no $CARRY/edit.xz and no cargo: build and stage the binaries first (see the top of $0)" >&2
+    exit 1
+fi
+
+# The CUDA libraries the binary links (cuBLAS, cuRAND, NVRTC, the runtime): a CUDA installation,
+# or the NVIDIA wheels PyTorch brings.
+libdirs=$( (ls -d /usr/local/cuda/lib64 2>/dev/null
+    python3 - <<'EOF' 2>/dev/null
+import glob, os, site
+for root in site.getsitepackages():
+    for lib in glob.glob(os.path.join(root, "nvidia", "**", "lib*.so*"), recursive=True):
+        print(os.path.dirname(lib))
+EOF
+) | sort -u | tr '\n' ':')
+export LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:-}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
+if ! "$EDIT_BIN" predict --device "$DEV" --model tests/fixtures/tiny-gpt2 "Hello" > "$LOG/first-cuda.txt" 2>&1; then
+    echo "the CUDA build does not run here:" >&2
+    cat "$LOG/first-cuda.txt" >&2
+    ldd "$EDIT_BIN" | grep -i "not found" >&2
+    exit 1
+fi
+say "CUDA runs"
+
+# 1. Forward parity: the same prompts' top-10 log-probabilities on CPU (f32) and GPU (f32, bf16).
+PARITY=$LOG/parity.md
+echo "| fixture | GPU f32 vs CPU: max abs Δ logprob, same top-1 | GPU bf16 vs CPU f32 |" > "$PARITY"
+echo "|---|---|---|" >> "$PARITY"
+prompts=("The Eiffel Tower is located in the city of" "Alon Javberg grew up speaking" "The capital of France is")
+for m in tiny-gpt2 tiny-gptj tiny-neox fact-gpt2; do
+    for run in "cpu f32" "$DEV f32" "$DEV bf16"; do
+        set -- $run
+        "$EDIT_BIN" predict -q --json --top-k 10 --device "$1" --dtype "$2" --model "tests/fixtures/$m" "${prompts[@]}" \
+            > "$LOG/predict-$m-$1-$2.jsonl" 2>> "$LOG/predict.err" || echo "predict $m $1 $2 failed" >&2
+    done
+    python3 - "$LOG" "$m" "$DEV" >> "$PARITY" <<'EOF'
+import json, sys
+log, m, dev = sys.argv[1], sys.argv[2], sys.argv[3]
+def read(dev, dt):
+    try:
+        return [json.loads(l) for l in open(f"{log}/predict-{m}-{dev}-{dt}.jsonl")]
+    except Exception:
+        return None
+def compare(a, b):
+    if not a or not b or len(a) != len(b):
+        return "failed"
+    worst, same = 0.0, True
+    for x, y in zip(a, b):
+        lx = {t["id"]: t["logprob"] for t in x["top"]}
+        ly = {t["id"]: t["logprob"] for t in y["top"]}
+        same &= x["top"][0]["id"] == y["top"][0]["id"]
+        worst = max([worst] + [abs(lx[i] - ly[i]) for i in lx if i in ly])
+    return f"{worst:.2e}, {'yes' if same else 'NO'}"
+cpu = read("cpu", "f32")
+print(f"| {m} | {compare(cpu, read(dev, 'f32'))} | {compare(cpu, read(dev, 'bf16'))} |")
+EOF
+done
+say "parity done"
+
+# 2. GPT-J 6B shape, bf16 storage, on the GPU.
+SHAPE=${EDIT_GPU_SHAPE:-gpt-j-6b}
+MODEL=${EDIT_GPU_MODEL_DIR:-/tmp/edit-gpu-model}
+export EDIT_BIN EDIT_BENCH_SHAPE=$SHAPE EDIT_BENCH_LAYERS=$LAYERS EDIT_BENCH_DTYPE=${EDIT_GPU_DTYPE:-bf16} EDIT_BENCH_DEVICE=$DEV \
+    EDIT_BENCH_MODEL_DIR=$MODEL EDIT_BENCH_STATS_DIR=/tmp/edit-gpu-stats EDIT_BENCH_TEXTS=$TEXTS
+[ -n "${EDIT_GPU_STEPS:-}" ] && export EDIT_BENCH_STEPS=$EDIT_GPU_STEPS
+bench() { # name, time limit in s, then environment assignments for one run of the scale bench
+    local name=$1 limit=$2
+    shift 2
+    if env "$@" timeout "$limit" "$SCALE_BIN" > "$LOG/$name.md" 2> "$LOG/$name.log"; then
+        say "$name done"
+    else
+        say "$name failed or ran past $limit s (log: $LOG/$name.log)"
+        echo "| $name | failed or past $limit s: $(grep -m1 -i 'error' "$LOG/$name.log" | cut -c1-200) | |" > "$LOG/$name.md"
+    fi
+}
+# The checkpoint (12 GB at 28 layers) is written once, by a run with no jobs.
+bench write 300 EDIT_BENCH_JOBS=none
+bench stats "$STEP_TIMEOUT" EDIT_BENCH_JOBS=stats EDIT_BENCH_TORCH=1
+bench rome "$STEP_TIMEOUT" EDIT_BENCH_JOBS=rome
+bench memit-z "$STEP_TIMEOUT" EDIT_BENCH_JOBS=memit EDIT_BENCH_MEMIT=$ZCOMPARE EDIT_BENCH_ZBATCH=1,32
+bench "memit-$N_MEMIT" "$STEP_TIMEOUT" EDIT_BENCH_JOBS=memit EDIT_BENCH_MEMIT=$N_MEMIT EDIT_BENCH_ZBATCH=32
+
+echo
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/device: /'
+echo "total $(($(date +%s) - started)) s"
+echo
+echo "Forward parity (top-10 log-probabilities of 3 prompts):"
+echo
+cat "$PARITY"
+echo
+head -1 "$LOG/write.md"
+echo
+echo "| job | time | peak memory |"
+echo "|---|---|---|"
+for f in stats rome memit-z "memit-$N_MEMIT"; do
+    grep '^| ' "$LOG/$f.md" | grep -v '^| job\|^|---' || true
+done
