@@ -15,7 +15,7 @@ use super::positions::subject_last_index;
 use super::requests::Request;
 use super::vec_norm;
 use crate::error::{Error, Result};
-use crate::models::{first_positions, shift_positions, Batch, CausalLm, Intervention, Logits, ResumeCache, Site, TraceSpec};
+use crate::models::{first_positions, shift_positions, Batch, CausalLm, Intervention, Logits, ResumeCache, Site, Trace, TraceSpec};
 use crate::tokenizer::Tokenizer;
 
 /// The reference's early-stopping threshold on the total loss.
@@ -203,33 +203,54 @@ pub fn optimize_targets(
         let owners: Vec<u32> = positions.iter().map(|&(r, _)| row_owner[r]).collect();
         let owners = Tensor::from_vec(owners, positions.len(), &dev)?;
         let per_position = var.as_tensor().index_select(&owners, 0)?;
-        let mut spec = TraceSpec::logits(Logits::At(all_pos.clone()));
-        let (batch, site, iv_positions) = match &resume_from {
-            Some((rows_of, cache)) => {
-                let rows: Vec<usize> = active.iter().flat_map(|&j| rows_of[j].clone()).collect();
-                let offsets = first_positions(&batch, &[positions.as_slice(), all_pos.as_slice()].concat());
-                let (short, resume) = cache.resume(&batch, &rows, &offsets)?;
-                spec.logits = Logits::At(shift_positions(&all_pos, &offsets));
-                spec.resume = Some(resume);
-                (short, Site::BlockOut, shift_positions(&positions, &offsets))
-            }
-            None => {
-                ResumeCache::request(&mut spec, params.layer, model.config().n_layer);
-                if params.site == Site::MlpOut {
-                    spec.mlp_out.insert(params.layer);
+        // A forward of `deltas` over the whole rows (no cache yet) or, resumed, over each row from
+        // its δ on.
+        let forward = |deltas: &Tensor, cache: Option<&(Vec<std::ops::Range<usize>>, ResumeCache)>| -> Result<Trace> {
+            let mut spec = TraceSpec::logits(Logits::At(all_pos.clone()));
+            let (short, site, iv_positions) = match cache {
+                Some((rows_of, cache)) => {
+                    let rows: Vec<usize> = active.iter().flat_map(|&j| rows_of[j].clone()).collect();
+                    let offsets = first_positions(&batch, &[positions.as_slice(), all_pos.as_slice()].concat());
+                    let (short, resume) = cache.resume(&batch, &rows, &offsets)?;
+                    spec.logits = Logits::At(shift_positions(&all_pos, &offsets));
+                    spec.resume = Some(resume);
+                    (Some(short), Site::BlockOut, shift_positions(&positions, &offsets))
                 }
-                (batch, params.site, positions.clone())
-            }
+                None => {
+                    ResumeCache::request(&mut spec, params.layer, model.config().n_layer);
+                    if params.site == Site::MlpOut {
+                        spec.mlp_out.insert(params.layer);
+                    }
+                    (None, params.site, positions.clone())
+                }
+            };
+            let iv = Intervention { layer: params.layer, site, positions: iv_positions, deltas: deltas.to_dtype(model.dtype())? };
+            model.forward(short.as_ref().unwrap_or(&batch), &spec, &[iv])
         };
-        let iv = Intervention { layer: params.layer, site, positions: iv_positions, deltas: per_position.to_dtype(model.dtype())? };
-        let trace = model.forward(&batch, &spec, &[iv])?;
-        let logits = trace.logits.as_ref().expect("logits requested").to_dtype(DType::F32)?;
-        let lp = log_softmax(&logits)?;
         let n_nll = nll_pos.len();
-        let lp_nll = lp.narrow(0, 0, n_nll)?;
-        let lp_kl = lp.narrow(0, n_nll, kl_pos.len())?;
+        // Per-request NLL: −Σ log p(target) / (|target| · #templates), as a weight matrix.
+        let mut wmat = vec![0f32; active.len() * n_nll];
+        for (q, &a) in owner_of_nll.iter().enumerate() {
+            let p = &states[active[a]].prep;
+            wmat[a * n_nll + q] = 1.0 / (p.target.len() as f32 * p.n_rewrite as f32);
+        }
+        let wmat = Tensor::from_vec(wmat, (active.len(), n_nll), &dev)?;
+        let idx = Tensor::from_vec(nll_tok, (n_nll, 1), &dev)?;
+        // The NLL per request [n_active] and the KL prompts' log-probabilities.
+        let nll_and_kl_logprobs = |trace: &Trace| -> Result<(Tensor, Tensor)> {
+            let logits = trace.logits.as_ref().expect("logits requested").to_dtype(DType::F32)?;
+            let lp = log_softmax(&logits)?;
+            let picked = lp.narrow(0, 0, n_nll)?.gather(&idx, 1)?; // [n_nll, 1]
+            Ok((wmat.matmul(&picked)?.squeeze(1)?.neg()?, lp.narrow(0, n_nll, kl_pos.len())?))
+        };
 
-        if it == 0 {
+        // The first step (δ = 0) records the cache and needs no graph: its gradient comes from a
+        // resumed forward below, whose graph covers each row only from its δ on (at GPT-2 XL's
+        // size the whole rows' graph was ~6 GB).
+        let first = resume_from.is_none();
+        let trace = forward(&if first { per_position.detach() } else { per_position.clone() }, resume_from.as_ref())?;
+        let (nll, lp_kl) = nll_and_kl_logprobs(&trace)?;
+        if first {
             let rows_of = active.iter().enumerate().map(|(a, &j)| first_row[a]..first_row[a] + states[j].prep.rows.len()).collect();
             resume_from = Some((rows_of, ResumeCache::from_trace(&trace, params.layer)?));
             let site_out = match params.site {
@@ -243,19 +264,10 @@ pub fn optimize_targets(
                 states[j].kl_init = Some(lp_kl.i(a)?.detach());
             }
         }
-
-        // Per-request NLL: −Σ log p(target) / (|target| · #templates), as a weight matrix.
-        let mut wmat = vec![0f32; active.len() * n_nll];
-        for (q, &a) in owner_of_nll.iter().enumerate() {
-            let p = &states[active[a]].prep;
-            wmat[a * n_nll + q] = 1.0 / (p.target.len() as f32 * p.n_rewrite as f32);
-        }
-        let wmat = Tensor::from_vec(wmat, (active.len(), n_nll), &dev)?;
-        let idx = Tensor::from_vec(nll_tok, (n_nll, 1), &dev)?;
-        let picked = lp_nll.gather(&idx, 1)?; // [n_nll, 1]
-        let nll = wmat.matmul(&picked)?.squeeze(1)?.neg()?; // [n_active]
+        drop(trace);
         let kl_init = Tensor::stack(&active.iter().map(|&j| states[j].kl_init.clone().expect("set at it 0")).collect::<Vec<_>>(), 0)?;
-        let kl = (lp_kl.exp()? * (&lp_kl - &kl_init)?)?.sum(1)?.affine(params.kl_factor, 0.0)?; // [n_active]
+        let kl_of = |lp_kl: &Tensor| -> Result<Tensor> { Ok((lp_kl.exp()? * (lp_kl - &kl_init)?)?.sum(1)?.affine(params.kl_factor, 0.0)?) }; // [n_active]
+        let kl = kl_of(&lp_kl)?;
 
         let nll_v: Vec<f32> = nll.to_vec1()?;
         let kl_v: Vec<f32> = kl.to_vec1()?;
@@ -281,6 +293,12 @@ pub fn optimize_targets(
         if keep_going.iter().all(|&k| k == 0.0) {
             continue;
         }
+        let (nll, kl) = if first {
+            let (nll, lp_kl) = nll_and_kl_logprobs(&forward(&per_position, resume_from.as_ref())?)?;
+            (nll, kl_of(&lp_kl)?)
+        } else {
+            (nll, kl)
+        };
         let mask = Tensor::from_vec(keep_going.clone(), active.len(), &dev)?;
         let loss = ((nll + kl)? * mask)?.sum_all()?;
         let grads = loss.backward()?;
