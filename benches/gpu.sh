@@ -81,14 +81,14 @@ for root in site.getsitepackages():
 EOF
 ) | sort -u | tr '\n' ':')
 export LD_LIBRARY_PATH=${libdirs}${LD_LIBRARY_PATH:-}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 || true
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >&2 2>/dev/null || true
 if ! "$EDIT_BIN" predict --device "$DEV" --model tests/fixtures/tiny-gpt2 "Hello" > "$LOG/first-cuda.txt" 2>&1; then
     echo "the CUDA build does not run here:" >&2
     cat "$LOG/first-cuda.txt" >&2
     ldd "$EDIT_BIN" | grep -i "not found" >&2
     exit 1
 fi
-say "CUDA runs"
+say "the build runs on $DEV"
 
 # 1. Forward parity: the same prompts' top-10 log-probabilities on CPU (f32) and GPU (f32, bf16).
 PARITY=$LOG/parity.md

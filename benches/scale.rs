@@ -202,9 +202,9 @@ fn main() {
     if jobs.contains("memit") {
         let req = tmp.path().join("memit.json");
         write_requests(&req, n_memit);
-        for zb in &z_batches {
+        for (i, zb) in z_batches.iter().enumerate() {
             let mut c = Command::new(edit_bin());
-            c.arg("apply").arg(&req).args(["--json", "--delta-out"]).arg(tmp.path().join("memit-delta.safetensors"));
+            c.arg("apply").arg(&req).args(["--json", "--delta-out"]).arg(tmp.path().join(format!("memit-delta-{i}.safetensors")));
             common_args(&mut c);
             method_args(&mut c, "memit");
             if let Some(zb) = zb {
