@@ -6,7 +6,7 @@
 # logs go to $OUT (or /tmp/edit-gpu) when set.
 #
 # The lent GPU machines have no Rust toolchain, so the binaries are built here first and carried:
-#   CUDA_WHEELS_VERSION=13.0 scripts/check-cuda-build.sh     # ~30 min on 2 cores; builds the benches too
+#   CUDA_WHEELS_VERSION=13.0 CUDA_BUILD_TARGETS="--bin edit --bench scale" scripts/check-cuda-build.sh
 #   benches/gpu.sh --stage                                  # stripped, xz-compressed binaries in gpu-carry/
 # then on the GPU machine (device tool: carry gpu-carry):  benches/gpu.sh
 # Where cargo and nvcc exist on the GPU machine itself, the script builds there instead.
@@ -28,7 +28,9 @@ if [ "${1:-}" = "--stage" ]; then
     TARGET=${CUDA_TARGET_DIR:-target/cuda-13.0}
     mkdir -p "$CARRY"
     grep -qx "/$CARRY/" .git/info/exclude 2>/dev/null || echo "/$CARRY/" >> .git/info/exclude
-    scale=$(ls -t "$TARGET"/release/deps/scale-* | grep -v '\.d$' | head -1)
+    # The scale bench only spawns `edit`: a CPU build of it (`cargo bench --bench scale --no-run`)
+    # is a tenth of the CUDA one's size; the CUDA build's is the fallback.
+    scale=$( (ls -t target/release/deps/scale-*; ls -t "$TARGET"/release/deps/scale-*) 2>/dev/null | grep -v '\.d$' | head -1)
     # The working tree travels too (~51 MB of it) and a call carries 64 MiB in all: compressed.
     for pair in "edit:$TARGET/release/edit" "scale:$scale"; do
         strip -o "$CARRY/${pair%%:*}" "${pair#*:}"

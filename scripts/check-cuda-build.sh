@@ -24,13 +24,14 @@ V=${CUDA_WHEELS_VERSION:-13.2}
 WHEELS=${CUDA_WHEELS:-$PWD/target/cuda-wheels-$V}
 TARGET=${CUDA_TARGET_DIR:-$PWD/target/cuda-$V}
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-# cudarc is told the release: it does not know every nvcc's.
+# cudarc is told the release: it does not know every nvcc's. nvcc's wheel requires the crt headers
+# unpinned, so they are pinned here too (a newer crt's host_runtime.h breaks an older nvcc's stubs).
 export CUDARC_CUDA_VERSION=$(echo "$V" | awk -F. '{printf "%d%02d0", $1, $2}')
 
 if [ ! -x "$WHEELS/nvidia/cu13/bin/nvcc" ]; then
     python3 -m pip install --quiet --target "$WHEELS" \
         "nvidia-cuda-nvcc==$V.*" "nvidia-nvvm==$V.*" "nvidia-cuda-runtime==$V.*" \
-        "nvidia-cuda-nvrtc==$V.*" "nvidia-cuda-cccl==$V.*" "nvidia-cublas==13.*" "nvidia-curand==10.*"
+        "nvidia-cuda-nvrtc==$V.*" "nvidia-cuda-cccl==$V.*" "nvidia-cuda-crt==$V.*" "nvidia-cublas==13.*" "nvidia-curand==10.*"
 fi
 CU=$WHEELS/nvidia/cu13
 export PATH=$CU/bin:$PATH CUDA_ROOT=$CU CUDA_PATH=$CU CUDA_HOME=$CU
@@ -49,5 +50,7 @@ if [ ! -f "$STUB/libcuda.so" ]; then
     cc -shared -Wl,-soname,libcuda.so.1 -o "$STUB/libcuda.so" "$STUB/stub.c"
 fi
 export LIBRARY_PATH=$STUB:$CU/lib${LIBRARY_PATH:+:$LIBRARY_PATH}
-cargo build --release --features cuda --locked --target-dir "$TARGET" --all-targets "$@"
+# CUDA_BUILD_TARGETS narrows the build (e.g. "--bin edit --bench scale" for benches/gpu.sh --stage).
+# shellcheck disable=SC2086
+cargo build --release --features cuda --locked --target-dir "$TARGET" ${CUDA_BUILD_TARGETS:---all-targets} "$@"
 echo "CUDA build compiled and linked: $TARGET/release/edit (needs libcuda.so.1 from a GPU driver to run)"
