@@ -281,14 +281,19 @@ pub struct ShardFile {
 
 /// Where a finished shard of a job is written (beside the statistics it is a part of).
 pub fn shard_path(final_dir: &Path, layers: &[usize], precision: Precision, samples: usize, shard: super::collect::Shard) -> PathBuf {
+    final_dir.join(shard_file_name(layers, precision, &samples.to_string(), shard))
+}
+
+fn shard_file_name(layers: &[usize], precision: Precision, samples: &str, shard: super::collect::Shard) -> String {
     let layers: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
-    final_dir.join(format!(
-        "layers-{}_{}_{samples}.shard-{}-of-{}.safetensors",
-        layers.join("-"),
-        precision.reference_name(),
-        shard.index,
-        shard.count
-    ))
+    format!("layers-{}_{}_{samples}.shard-{}-of-{}.safetensors", layers.join("-"), precision.reference_name(), shard.index, shard.count)
+}
+
+/// Whether `name` is the name [`shard_path`] gives this job's shard file for some sample count.
+pub fn is_shard_file_name(name: &str, layers: &[usize], precision: Precision, shard: super::collect::Shard) -> bool {
+    let pattern = shard_file_name(layers, precision, "\0", shard);
+    let (prefix, suffix) = pattern.split_once('\0').expect("the placeholder is in the name");
+    name.strip_prefix(prefix).and_then(|rest| rest.strip_suffix(suffix)).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 pub fn save_shard(path: &Path, key: &JobKey, info: &ShardInfo, acc: &Accumulator) -> Result<()> {
@@ -370,4 +375,23 @@ pub fn load_partial(path: &Path, key: &JobKey, device: &Device) -> Result<Option
         sums.insert(l, st.load(&format!("sum.{l}"), device)?);
     }
     Ok(Some(Accumulator { sums, count: meta.count, texts: meta.texts, next_chunk: meta.next_chunk }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::collect::Shard;
+
+    #[test]
+    fn shard_file_names_are_recognised_for_any_sample_count_only() {
+        let shard = Shard { index: 1, count: 3 };
+        let name = |layers: &[usize], p, samples, s| shard_path(Path::new("d"), layers, p, samples, s).file_name().unwrap().to_str().unwrap().to_string();
+        assert!(is_shard_file_name(&name(&[1, 3], Precision::F32, 520, shard), &[1, 3], Precision::F32, shard));
+        assert!(is_shard_file_name(&name(&[1, 3], Precision::F32, 7, shard), &[1, 3], Precision::F32, shard));
+        assert!(!is_shard_file_name(&name(&[1, 3], Precision::F64, 520, shard), &[1, 3], Precision::F32, shard));
+        assert!(!is_shard_file_name(&name(&[1], Precision::F32, 520, shard), &[1, 3], Precision::F32, shard));
+        assert!(!is_shard_file_name(&name(&[1, 3], Precision::F32, 520, Shard { index: 2, count: 3 }), &[1, 3], Precision::F32, shard));
+        assert!(!is_shard_file_name("layers-1-3_float32_.shard-1-of-3.safetensors", &[1, 3], Precision::F32, shard));
+        assert!(!is_shard_file_name(&partial_path(Path::new("d"), &[1, 3], Precision::F32, 520, Some(shard)).display().to_string(), &[1, 3], Precision::F32, shard));
+    }
 }

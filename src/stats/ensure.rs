@@ -148,12 +148,9 @@ pub fn finished_shard(plan: &StatsPlan, identity: &ModelIdentity, cfg: &ModelCon
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(None);
     };
-    let layer_names: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
-    let prefix = format!("layers-{}_{}_", layer_names.join("-"), plan.precision.reference_name());
-    let suffix = format!(".shard-{}-of-{}.safetensors", shard.index, shard.count);
     for path in entries.flatten().map(|e| e.path()) {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if !name.starts_with(&prefix) || !name.ends_with(&suffix) {
+        if !cache::is_shard_file_name(name, layers, plan.precision, shard) {
             continue;
         }
         let Ok(h) = cache::read_shard_header(&path) else { continue };
