@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{fixture, golden, max_abs_diff, rel_diff, Golden};
-use edit::models::{first_positions, shift_positions, ResumeCache};
+use edit::models::{backprop_per_block, first_positions, shift_positions, ResumeCache};
 use edit::{Batch, Intervention, Logits, Site, TraceSpec};
 
 const FAMILIES: [&str; 3] = ["tiny-gpt2", "tiny-gptj", "tiny-neox"];
@@ -124,6 +124,8 @@ enum Run {
     /// As `Resumed`, computing only the positions from the intervention's on, over the cached
     /// keys and values of the earlier ones.
     ResumedSuffix,
+    /// As `ResumedSuffix`, backpropagating one block at a time (`backprop_per_block`).
+    PerBlock,
 }
 
 /// The golden gradient: d(mean target NLL)/d(vector added at `site` of `layer`, prompt 0's
@@ -149,6 +151,7 @@ fn intervention_grad(name: &str, key: &str, site: Site, run: Run) {
         ResumeCache::request(&mut first, info.layer, lm.config().n_layer);
         let cache = ResumeCache::from_trace(&lm.model.forward(&batch, &first, &[]).unwrap(), info.layer).unwrap();
         let offsets = if run == Run::Resumed { vec![0] } else { first_positions(&batch, &[at.as_slice(), read.as_slice()].concat()) };
+        assert!(run != Run::PerBlock || lm.config().n_layer - info.layer > 2, "{name}: the test must cross two blocks");
         assert!(run == Run::Resumed || offsets[0] > 0, "{name}: the test must skip some positions");
         let (short, mut resume) = cache.resume(&batch, &[0], &offsets).unwrap();
         if run == Run::Resumed {
@@ -161,13 +164,27 @@ fn intervention_grad(name: &str, key: &str, site: Site, run: Run) {
         site = Site::BlockOut;
     }
     let iv = Intervention { layer: info.layer, site, positions: at, deltas: delta.as_tensor().clone() };
-    let logits = lm.model.forward(&batch, &spec, &[iv]).unwrap().logits.unwrap();
-    let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap();
-    let terms: Vec<Tensor> = target.iter().enumerate().map(|(j, &tid)| logp.get(j).unwrap().get(tid as usize).unwrap()).collect();
-    let loss = (Tensor::stack(&terms, 0).unwrap().mean_all().unwrap() * -1.0).unwrap();
-    let loss_value: f32 = loss.to_scalar().unwrap();
-    assert!((loss_value as f64 - info.loss_value).abs() <= 1e-4 * info.loss_value.abs().max(1.0), "{name} {key}: loss {loss_value} vs {}", info.loss_value);
-    let grads = loss.backward().unwrap();
+    let loss_of = |t: &edit::models::Trace| -> edit::Result<Tensor> {
+        let logp = candle_nn::ops::log_softmax(t.logits.as_ref().unwrap(), 1)?;
+        let terms: Vec<Tensor> = target.iter().enumerate().map(|(j, &tid)| logp.get(j).unwrap().get(tid as usize).unwrap()).collect();
+        Ok((Tensor::stack(&terms, 0)?.mean_all()? * -1.0)?)
+    };
+    let grads = if run == Run::PerBlock {
+        // The block outputs from a forward without a graph, then the blocks one at a time.
+        let mut record = spec.clone();
+        record.block_out.extend(info.layer + 1..lm.config().n_layer - 1);
+        let plain = Intervention { deltas: delta.as_tensor().detach(), ..iv.clone() };
+        let recorded = lm.model.forward(&batch, &record, &[plain]).unwrap();
+        let loss_value: f32 = loss_of(&recorded).unwrap().to_scalar().unwrap();
+        assert!((loss_value as f64 - info.loss_value).abs() <= 1e-4 * info.loss_value.abs().max(1.0), "{name} {key}: loss {loss_value} vs {}", info.loss_value);
+        let resume = spec.resume.as_ref().unwrap();
+        backprop_per_block(&*lm.model, &batch, resume, &spec.logits, &[iv], &recorded.block_out, &loss_of).unwrap()
+    } else {
+        let loss = loss_of(&lm.model.forward(&batch, &spec, &[iv]).unwrap()).unwrap();
+        let loss_value: f32 = loss.to_scalar().unwrap();
+        assert!((loss_value as f64 - info.loss_value).abs() <= 1e-4 * info.loss_value.abs().max(1.0), "{name} {key}: loss {loss_value} vs {}", info.loss_value);
+        loss.backward().unwrap()
+    };
     let got = grads.get(delta.as_tensor()).expect("gradient must reach the intervention vector");
     let want = g.tensor(key);
     let rel = rel_diff(got, &want);
@@ -188,6 +205,13 @@ fn resumed_forward_gives_the_same_loss_and_gradients() {
             intervention_grad(name, "grad_mlp_out.1", Site::MlpOut, run);
             intervention_grad(name, "grad_block_out.2", Site::BlockOut, run);
         }
+    }
+}
+
+#[test]
+fn per_block_backpropagation_gives_transformers_gradients() {
+    for name in FAMILIES {
+        intervention_grad(name, "grad_mlp_out.1", Site::MlpOut, Run::PerBlock);
     }
 }
 

@@ -86,6 +86,7 @@ pub(crate) fn optimize_params(hp: &Common, site: Site, layer: usize) -> Optimize
         weight_decay: hp.v_weight_decay,
         clamp_norm_factor: hp.clamp_norm_factor,
         kl_factor: hp.kl_factor,
+        grad_checkpoint: hp.grad_checkpoint,
     }
 }
 

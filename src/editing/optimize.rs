@@ -8,14 +8,18 @@
 //! stopping rules (loss < 5e-2, or the last iteration, which only evaluates); a stopped request
 //! leaves the batch.
 
+use std::collections::BTreeMap;
+use std::ops::Range;
+
 use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use serde::Serialize;
 
+use super::hparams::GradCheckpoint;
 use super::positions::subject_last_index;
 use super::requests::Request;
 use super::vec_norm;
 use crate::error::{Error, Result};
-use crate::models::{first_positions, shift_positions, Batch, CausalLm, Intervention, Logits, ResumeCache, Site, Trace, TraceSpec};
+use crate::models::{backprop_per_block, first_positions, shift_positions, Batch, CausalLm, Intervention, Logits, Resume, ResumeCache, Site, Trace, TraceSpec};
 use crate::tokenizer::Tokenizer;
 
 /// The reference's early-stopping threshold on the total loss.
@@ -35,6 +39,7 @@ pub struct OptimizeParams {
     pub weight_decay: f64,
     pub clamp_norm_factor: f64,
     pub kl_factor: f64,
+    pub grad_checkpoint: GradCheckpoint,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -204,28 +209,30 @@ pub fn optimize_targets(
         let owners = Tensor::from_vec(owners, positions.len(), &dev)?;
         let per_position = var.as_tensor().index_select(&owners, 0)?;
         // A forward of `deltas` over the whole rows (no cache yet) or, resumed, over each row from
-        // its δ on.
-        let forward = |deltas: &Tensor, cache: Option<&(Vec<std::ops::Range<usize>>, ResumeCache)>| -> Result<Trace> {
-            let mut spec = TraceSpec::logits(Logits::At(all_pos.clone()));
-            let (short, site, iv_positions) = match cache {
-                Some((rows_of, cache)) => {
-                    let rows: Vec<usize> = active.iter().flat_map(|&j| rows_of[j].clone()).collect();
-                    let offsets = first_positions(&batch, &[positions.as_slice(), all_pos.as_slice()].concat());
-                    let (short, resume) = cache.resume(&batch, &rows, &offsets)?;
-                    spec.logits = Logits::At(shift_positions(&all_pos, &offsets));
-                    spec.resume = Some(resume);
-                    (Some(short), Site::BlockOut, shift_positions(&positions, &offsets))
+        // its δ on, recording the block outputs `record` (per-block backpropagation's inputs).
+        let forward = |deltas: &Tensor, from: Option<&Resumed>, record: Range<usize>| -> Result<Trace> {
+            let (spec, batch, iv) = match from {
+                Some(r) => {
+                    let spec = TraceSpec { block_out: record.collect(), logits: r.logits.clone(), resume: Some(r.resume.clone()), ..TraceSpec::default() };
+                    (spec, &r.short, Intervention { layer: params.layer, site: Site::BlockOut, positions: r.iv_positions.clone(), deltas: deltas.to_dtype(model.dtype())? })
                 }
                 None => {
+                    let mut spec = TraceSpec::logits(Logits::At(all_pos.clone()));
                     ResumeCache::request(&mut spec, params.layer, model.config().n_layer);
                     if params.site == Site::MlpOut {
                         spec.mlp_out.insert(params.layer);
                     }
-                    (None, params.site, positions.clone())
+                    (spec, &batch, Intervention { layer: params.layer, site: params.site, positions: positions.clone(), deltas: deltas.to_dtype(model.dtype())? })
                 }
             };
-            let iv = Intervention { layer: params.layer, site, positions: iv_positions, deltas: deltas.to_dtype(model.dtype())? };
-            model.forward(short.as_ref().unwrap_or(&batch), &spec, &[iv])
+            model.forward(batch, &spec, &[iv])
+        };
+        let resumed = |cache: &(Vec<Range<usize>>, ResumeCache)| -> Result<Resumed> {
+            let (rows_of, cache) = cache;
+            let rows: Vec<usize> = active.iter().flat_map(|&j| rows_of[j].clone()).collect();
+            let offsets = first_positions(&batch, &[positions.as_slice(), all_pos.as_slice()].concat());
+            let (short, resume) = cache.resume(&batch, &rows, &offsets)?;
+            Ok(Resumed { logits: Logits::At(shift_positions(&all_pos, &offsets)), iv_positions: shift_positions(&positions, &offsets), short, resume })
         };
         let n_nll = nll_pos.len();
         // Per-request NLL: −Σ log p(target) / (|target| · #templates), as a weight matrix.
@@ -246,9 +253,13 @@ pub fn optimize_targets(
 
         // The first step (δ = 0) records the cache and needs no graph: its gradient comes from a
         // resumed forward below, whose graph covers each row only from its δ on (at GPT-2 XL's
-        // size the whole rows' graph was ~6 GB).
+        // size the whole rows' graph was ~6 GB). Backpropagating per block, no step keeps a graph
+        // from its first forward.
         let first = resume_from.is_none();
-        let trace = forward(&if first { per_position.detach() } else { per_position.clone() }, resume_from.as_ref())?;
+        let step_from = resume_from.as_ref().map(&resumed).transpose()?;
+        let per_block = step_from.as_ref().is_some_and(|r| per_block_backprop(model, params, r));
+        let record = if per_block { params.layer + 1..model.config().n_layer - 1 } else { 0..0 };
+        let mut trace = forward(&if first || per_block { per_position.detach() } else { per_position.clone() }, step_from.as_ref(), record)?;
         let (nll, lp_kl) = nll_and_kl_logprobs(&trace)?;
         if first {
             let rows_of = active.iter().enumerate().map(|(a, &j)| first_row[a]..first_row[a] + states[j].prep.rows.len()).collect();
@@ -264,6 +275,7 @@ pub fn optimize_targets(
                 states[j].kl_init = Some(lp_kl.i(a)?.detach());
             }
         }
+        let recorded_here = if per_block { std::mem::take(&mut trace.block_out) } else { BTreeMap::new() };
         drop(trace);
         let kl_init = Tensor::stack(&active.iter().map(|&j| states[j].kl_init.clone().expect("set at it 0")).collect::<Vec<_>>(), 0)?;
         let kl_of = |lp_kl: &Tensor| -> Result<Tensor> { Ok((lp_kl.exp()? * (lp_kl - &kl_init)?)?.sum(1)?.affine(params.kl_factor, 0.0)?) }; // [n_active]
@@ -293,15 +305,32 @@ pub fn optimize_targets(
         if keep_going.iter().all(|&k| k == 0.0) {
             continue;
         }
-        let (nll, kl) = if first {
-            let (nll, lp_kl) = nll_and_kl_logprobs(&forward(&per_position, resume_from.as_ref())?)?;
-            (nll, kl_of(&lp_kl)?)
-        } else {
-            (nll, kl)
-        };
         let mask = Tensor::from_vec(keep_going.clone(), active.len(), &dev)?;
-        let loss = ((nll + kl)? * mask)?.sum_all()?;
-        let grads = loss.backward()?;
+        let loss_of = |nll: Tensor, kl: Tensor| -> Result<Tensor> { Ok(((nll + kl)? * &mask)?.sum_all()?) };
+        let grads = match step_from {
+            // The graph of this step's forward.
+            Some(_) if !per_block => loss_of(nll, kl)?.backward()?,
+            _ => {
+                let from = match step_from {
+                    Some(r) => r,
+                    None => resumed(resume_from.as_ref().expect("recorded at the first step"))?,
+                };
+                if per_block || per_block_backprop(model, params, &from) {
+                    // Inputs of every block above the layer, from this step's forward or (first
+                    // step) a resumed one.
+                    let recorded = if per_block { recorded_here } else { forward(&per_position.detach(), Some(&from), params.layer + 1..model.config().n_layer - 1)?.block_out };
+                    let loss = |t: &Trace| -> Result<Tensor> {
+                        let (nll, lp_kl) = nll_and_kl_logprobs(t)?;
+                        loss_of(nll, kl_of(&lp_kl)?)
+                    };
+                    let iv = Intervention { layer: params.layer, site: Site::BlockOut, positions: from.iv_positions.clone(), deltas: per_position.to_dtype(model.dtype())? };
+                    backprop_per_block(model, &from.short, &from.resume, &from.logits, &[iv], &recorded, &loss)?
+                } else {
+                    let (nll, lp_kl) = nll_and_kl_logprobs(&forward(&per_position, Some(&from), 0..0)?)?;
+                    loss_of(nll, kl_of(&lp_kl)?)?.backward()?
+                }
+            }
+        };
         let g = grads
             .get(var.as_tensor())
             .ok_or_else(|| Error::Input("no gradient reached δ".into()))?
@@ -344,4 +373,40 @@ pub fn optimize_targets(
             OptimizedTarget { init, delta: s.delta, target, losses: s.losses, steps: s.steps }
         })
         .collect())
+}
+
+/// A step's resumed forward: each row from its δ on, over the cache of the first step.
+struct Resumed {
+    short: Batch,
+    resume: Resume,
+    logits: Logits,
+    iv_positions: Vec<(usize, usize)>,
+}
+
+/// Below this, a graph is never worth a second forward (fact-gpt2's whole graph is ~10 MB).
+const SMALL_GRAPH_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
+
+/// Whether this step backpropagates one block at a time: asked for, or (`auto`) when the
+/// whole graph of the blocks above the layer would exceed a tenth of the weights (and 64 MiB).
+/// The graph is estimated from what candle keeps per position and block for backward: the
+/// block's input, norms, attention projections and output (~12 × d_model values) and the MLP's
+/// up-projection, activation and its derivative (~3 × d_ff).
+fn per_block_backprop(model: &dyn CausalLm, params: &OptimizeParams, r: &Resumed) -> bool {
+    let cfg = model.config();
+    let blocks = cfg.n_layer - params.layer - 1;
+    // With fewer than two blocks above the layer there is nothing to split.
+    if blocks < 2 {
+        return false;
+    }
+    match params.grad_checkpoint {
+        GradCheckpoint::Blocks => true,
+        GradCheckpoint::Off => false,
+        GradCheckpoint::Auto => {
+            let width = model.dtype().size_in_bytes() as f64;
+            let tokens = (r.short.batch_size() * r.short.seq_len()) as f64;
+            let graph = tokens * blocks as f64 * (12 * cfg.d_model + 3 * cfg.d_ff) as f64 * width;
+            let weights = (cfg.n_layer * (4 * cfg.d_model + 2 * cfg.d_ff) * cfg.d_model + cfg.vocab_size * cfg.d_model) as f64 * width;
+            graph > SMALL_GRAPH_BYTES.max(weights / 10.0)
+        }
+    }
 }

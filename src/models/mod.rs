@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use batch::Batch;
 pub use hooks::{ForwardOpts, HookPoint, Hooks, NoHooks};
-pub use resume::{first_positions, shift_positions, KvPrefix, Resume, ResumeCache};
+pub use resume::{backprop_per_block, first_positions, shift_positions, KvPrefix, Resume, ResumeCache};
 pub use modules::{EditableModule, ModuleKind, WeightLayout};
 
 use crate::config::ModelConfig;

@@ -7,9 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor, Var};
 
-use super::{Batch, Trace, TraceSpec};
+use super::{Batch, CausalLm, Intervention, Logits, Trace, TraceSpec};
 use crate::error::{Error, Result};
 
 /// The residual stream after block `after` (`[b, t, d_model]`), from which a forward continues
@@ -151,4 +152,57 @@ pub fn first_positions(batch: &Batch, positions: &[(usize, usize)]) -> Vec<usize
 /// (row, position) pairs of a full batch as pairs of the batch shortened by `offsets`.
 pub fn shift_positions(positions: &[(usize, usize)], offsets: &[usize]) -> Vec<(usize, usize)> {
     positions.iter().map(|&(r, p)| (r, p - offsets[r])).collect()
+}
+
+/// The gradient of `loss` (a function of the logits `logits` of the forward resumed at
+/// `resume`, with `interventions` at its block output) w.r.t. the variables behind the
+/// interventions, taken one block at a time. `recorded` holds the outputs of blocks
+/// `resume.after + 1 ..= n_layer − 2` of the same forward, computed without a graph (trace
+/// them with `block_out`). From the top, each block is recomputed from its recorded input (a
+/// fresh `Var`) with a graph, and the gradient at that input seeds the block below as the
+/// gradient of Σ output · seed; the lowest block starts from the resumed stream with the
+/// interventions. The graph held at once is one block's (the vocabulary head's with the top
+/// one): the same gradient as backpropagating through all the blocks, for one more forward.
+pub fn backprop_per_block(
+    model: &dyn CausalLm,
+    batch: &Batch,
+    resume: &Resume,
+    logits: &Logits,
+    interventions: &[Intervention],
+    recorded: &BTreeMap<usize, Tensor>,
+    loss: &dyn Fn(&Trace) -> Result<Tensor>,
+) -> Result<GradStore> {
+    let (after, n) = (resume.after, model.config().n_layer);
+    let missing = |l: usize| Error::Internal(format!("per-block backpropagation: block {l}'s output was not recorded"));
+    let mut seed: Option<Tensor> = None;
+    for b in (after + 1..n).rev() {
+        let mut spec = TraceSpec { differentiable: true, ..TraceSpec::default() };
+        if b == n - 1 {
+            spec.logits = logits.clone();
+        } else {
+            spec.stop_after = Some(b);
+            spec.block_out.insert(b);
+        }
+        let input = if b > after + 1 { Some(Var::from_tensor(recorded.get(&(b - 1)).ok_or_else(|| missing(b - 1))?)?) } else { None };
+        let trace = match &input {
+            Some(v) => {
+                spec.resume = Some(Resume { after: b - 1, hidden: v.as_tensor().clone(), prefix: resume.prefix.clone() });
+                model.forward(batch, &spec, &[])?
+            }
+            None => {
+                spec.resume = Some(resume.clone());
+                model.forward(batch, &spec, interventions)?
+            }
+        };
+        let objective = match &seed {
+            None => loss(&trace)?,
+            Some(g) => (trace.block_out.get(&b).ok_or_else(|| missing(b))? * g)?.sum_all()?,
+        };
+        let grads = objective.backward()?;
+        match input {
+            Some(v) => seed = Some(grads.get(v.as_tensor()).ok_or_else(|| missing(b - 1))?.clone()),
+            None => return Ok(grads),
+        }
+    }
+    Err(Error::Internal(format!("per-block backpropagation needs a block above layer {after}")))
 }

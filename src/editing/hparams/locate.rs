@@ -40,6 +40,22 @@ impl ContextTemplates {
     }
 }
 
+/// How the target-vector optimisation backpropagates through the blocks above the edited layer
+/// (ours; the gradient is the same either way, up to rounding).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GradCheckpoint {
+    /// Per block when the whole graph would be large against the weights (see
+    /// `editing::optimize`), else the whole graph.
+    #[default]
+    Auto,
+    /// One block at a time: each step runs one more forward without a graph, and the graph
+    /// held at once is one block's.
+    Blocks,
+    /// The whole graph of the blocks above the layer at once (fastest, most memory).
+    Off,
+}
+
 /// The fields ROME and MEMIT share, field for field the reference's hparams JSON (plus
 /// `context_templates` and `seed`, ours). Each method's type flattens this in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -70,6 +86,9 @@ pub struct Common {
     /// Ours: seed of the context-template sampling.
     #[serde(default)]
     pub seed: u64,
+    /// Ours: how the optimisation's gradient is taken (memory against one more forward).
+    #[serde(default)]
+    pub grad_checkpoint: GradCheckpoint,
 }
 
 /// Every field name of [`Common`].
@@ -93,6 +112,7 @@ pub(super) const COMMON_FIELDS: &[&str] = &[
     "mom2_dtype",
     "context_templates",
     "seed",
+    "grad_checkpoint",
 ];
 
 /// What a [`Common`] field holds, for error messages; `None` for fields it does not have.
@@ -103,6 +123,7 @@ pub(super) fn common_expected(field: &str) -> Option<&'static str> {
         "v_num_grad_steps" | "mom2_n_samples" | "v_loss_layer" | "seed" => "a non-negative integer",
         "context_templates" => "a list of templates such as [\"{}\", \"Yes. {}\"], or a list of such lists",
         "v_lr" | "v_weight_decay" | "clamp_norm_factor" | "kl_factor" => "a number",
+        "grad_checkpoint" => "\"auto\", \"blocks\" or \"off\"",
         f if COMMON_FIELDS.contains(&f) => "a string",
         _ => return None,
     })

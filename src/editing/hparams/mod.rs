@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 pub use ft::FtHparams;
-pub use locate::{Common, ContextTemplates};
+pub use locate::{Common, ContextTemplates, GradCheckpoint};
 pub use memit::{MemitHparams, Solver};
 pub use mend::MendHparams;
 pub use rome::RomeHparams;
