@@ -242,6 +242,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let mut lm = args.model.load_files(files, &args.compute)?;
     let pad_id = lm.pad_id();
     let mut editor = plan.load(&lm, &identity, &mut BarProgress::new(global))?;
+    editor.one_edit_only();
     let run = editor.run(&mut *lm.model, &tok, &reqs, seed, pad_id, args.method_args.max_update_ratio).context("no edit was made; nothing was written")?;
     let prepared = &editor.prepared;
     let lines: Vec<String> = run

@@ -96,29 +96,95 @@ pub fn memit_solve_push_through(c_factor: &SpdFactor, lambda: f64, k: &Mat<f64>)
 
 /// A layer's second moment C = E[k kᵀ] (normalised by the token count, as the reference uses
 /// it) in f64, with its Cholesky factor computed on first use and then kept.
+///
+/// Statistics read from a file are read when first used (after the target-vector
+/// optimisation, whose graph is the other large allocation of an edit), and once factored,
+/// C itself is dropped (ROME and MEMIT's push-through solve read only the factor; C is read
+/// again if a direct solve asks for it). Unless they are to be kept between edits (the
+/// default; an evaluation edits many times), [`LayerStats::done`] drops both: MEMIT in a
+/// one-shot `edit apply` holds one layer's at a time. At GPT-2 XL's 6400-wide keys each of C
+/// and its factor is 328 MB.
 pub struct LayerStats {
-    pub c: Mat<f64>,
+    /// The statistics file C is read from, if it came from one (else C is never dropped).
+    file: Option<std::path::PathBuf>,
+    c: Option<Mat<f64>>,
     factor: Option<SpdFactor>,
     what: String,
+    keep: bool,
 }
 
 impl LayerStats {
     pub fn from_moments(m: &crate::stats::cache::Moments) -> Result<Self> {
-        Ok(Self { c: to_mat(&m.second_moment()?)?, factor: None, what: format!("the second moment of `{}`", m.meta.module) })
+        Ok(Self::from_matrix(moments_to_mat(m)?, &format!("the second moment of `{}`", m.meta.module)))
     }
 
     pub fn from_matrix(c: Mat<f64>, what: &str) -> Self {
-        Self { c, factor: None, what: what.to_string() }
+        Self { file: None, c: Some(c), factor: None, what: what.to_string(), keep: true }
+    }
+
+    /// Statistics to be read from `file` when first used (check them first:
+    /// [`crate::stats::cache::load_meta`]).
+    pub fn from_file(file: &std::path::Path, module: &str) -> Self {
+        Self { file: Some(file.to_path_buf()), c: None, factor: None, what: format!("the second moment of `{module}`"), keep: true }
+    }
+
+    /// C, read from the statistics file if it is not in memory.
+    pub fn c(&mut self) -> Result<&Mat<f64>> {
+        if self.c.is_none() {
+            let file = self.file.as_ref().ok_or_else(|| Error::Internal(format!("{} was dropped and has no file to be read from", self.what)))?;
+            let started = std::time::Instant::now();
+            self.c = Some(moments_to_mat(&crate::stats::cache::load(file)?)?);
+            tracing::debug!("read {} from {} in {:.2?}", self.what, file.display(), started.elapsed());
+        }
+        Ok(self.c.as_ref().expect("just set"))
     }
 
     pub fn factor(&mut self) -> Result<&SpdFactor> {
         if self.factor.is_none() {
             let started = std::time::Instant::now();
-            self.factor = Some(SpdFactor::new(&self.c, &self.what)?);
-            tracing::debug!("factored {} ({}x{}) in {:.2?}", self.what, self.c.nrows(), self.c.ncols(), started.elapsed());
+            self.c()?;
+            let factor = SpdFactor::new(self.c.as_ref().expect("just read"), &self.what)?;
+            tracing::debug!("factored {} ({n}x{n}) in {:.2?}", self.what, started.elapsed(), n = factor.dim());
+            self.factor = Some(factor);
+            if self.file.is_some() {
+                self.c = None;
+            }
         }
         Ok(self.factor.as_ref().expect("just set"))
     }
+
+    /// Whether C and its factor stay in memory after [`LayerStats::done`] (for later edits).
+    pub fn keep_between_edits(&mut self, keep: bool) {
+        self.keep = keep;
+    }
+
+    /// The edit is done with this layer: unless kept, C and its factor are dropped (when they
+    /// can be read again from the statistics file).
+    pub fn done(&mut self) {
+        if !self.keep && self.file.is_some() {
+            self.c = None;
+            self.factor = None;
+        }
+    }
+}
+
+/// C = Σ k kᵀ / count in f64, scaled in the stored precision as the reference does (bit for bit
+/// [`crate::stats::cache::Moments::second_moment`]), through one copy of the sum (not three:
+/// at GPT-2 XL's width each is 164-328 MB).
+fn moments_to_mat(m: &crate::stats::cache::Moments) -> Result<Mat<f64>> {
+    let (r, c) = m.sum.dims2()?;
+    let scale = 1.0 / m.count as f64;
+    let flat = m.sum.flatten_all()?;
+    Ok(match flat.dtype() {
+        DType::F64 => {
+            let v = flat.to_vec1::<f64>()?;
+            Mat::from_fn(r, c, |i, j| v[i * c + j] * scale)
+        }
+        _ => {
+            let v = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+            Mat::from_fn(r, c, |i, j| f64::from(v[i * c + j] * scale as f32))
+        }
+    })
 }
 
 #[cfg(test)]
@@ -159,6 +225,64 @@ mod tests {
         let pt = memit_solve_push_through(&SpdFactor::new(&c, "C").unwrap(), 2.0, &k).unwrap();
         assert!((&direct - &spd_form).norm_l2() < 1e-10 * direct.norm_l2());
         assert!((&direct - &pt).norm_l2() < 1e-8 * direct.norm_l2());
+    }
+
+    fn stats_file(dir: &std::path::Path, dtype: DType, count: u64) -> (std::path::PathBuf, crate::stats::cache::Moments) {
+        use crate::stats::cache::{self, Moments, ModelIdentity, StatsMeta};
+        let n = 9;
+        let c = spd(n) * faer::Scale(count as f64);
+        let flat: Vec<f64> = (0..n * n).map(|i| c[(i / n, i % n)]).collect();
+        let sum = Tensor::from_vec(flat, (n, n), &candle_core::Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let precision = if dtype == DType::F64 { crate::stats::Precision::F64 } else { crate::stats::Precision::F32 };
+        let meta = StatsMeta {
+            format: 1,
+            identity: ModelIdentity::default(),
+            module: "m".into(),
+            layer: 0,
+            d_ff: n,
+            dataset: "test".into(),
+            samples: 1,
+            corpus_rows: None,
+            texts: 1,
+            tokens: count,
+            precision,
+            max_len: 1,
+            batch_tokens: 1,
+            source: "collected".into(),
+            tool_version: "test".into(),
+        };
+        let path = dir.join(format!("{dtype:?}.safetensors"));
+        cache::save(&path, &sum, count, &meta).unwrap();
+        (path, Moments { sum, count, meta })
+    }
+
+    #[test]
+    fn statistics_from_a_file_are_read_on_use_dropped_when_done_and_read_again_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        for dtype in [DType::F32, DType::F64] {
+            let (path, moments) = stats_file(dir.path(), dtype, 7);
+            // The same values as the tensor path the reference's scaling takes, bit for bit.
+            let expected = to_mat(&moments.second_moment().unwrap()).unwrap();
+            let mut st = LayerStats::from_file(&path, "m");
+            assert!(st.c.is_none() && st.factor.is_none(), "nothing is read before use");
+            assert_eq!(st.c().unwrap(), &expected, "{dtype:?}");
+            let k = Mat::from_fn(9, 2, |i, j| (i * 2 + j) as f64 - 4.0);
+            let first = st.factor().unwrap().solve(&k);
+            assert!(st.c.is_none(), "C is dropped once factored");
+            st.done();
+            assert!(st.factor.is_some(), "kept between edits by default");
+            st.keep_between_edits(false);
+            st.done();
+            assert!(st.c.is_none() && st.factor.is_none(), "dropped when not kept");
+            assert_eq!(st.factor().unwrap().solve(&k), first, "read again, the same solve");
+            assert_eq!(st.c().unwrap(), &expected, "C read again after the factor dropped it");
+        }
+        // Statistics built in memory have no file to be read again from: never dropped.
+        let mut st = LayerStats::from_matrix(spd(4), "C");
+        st.keep_between_edits(false);
+        st.factor().unwrap();
+        st.done();
+        assert!(st.c.is_some() && st.factor.is_some());
     }
 
     #[test]

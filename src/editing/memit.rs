@@ -164,6 +164,9 @@ pub fn apply_memit(
     let z_layer = *hp.layers.last().ok_or_else(|| Error::Input("MEMIT needs at least one layer".into()))?;
     let names: Vec<String> =
         hp.layers.iter().map(|&l| Ok(mlp_down(model.config(), l)?.name)).collect::<Result<_>>()?;
+    if let Some(l) = hp.layers.iter().find(|l| !stats.contains_key(l)) {
+        return Err(Error::Input(format!("no second-moment statistics loaded for layer {l}")));
+    }
     let started = Instant::now();
     let zs = compute_zs(&*model, tok, requests, hp, templates, hp.z_batch(model.device()), pad_id)?;
     let z_seconds = started.elapsed().as_secs_f64();
@@ -188,10 +191,11 @@ pub fn apply_memit(
                 .get_mut(&layer)
                 .ok_or_else(|| Error::Input(format!("no second-moment statistics loaded for layer {layer}")))?;
             let (adj_k, solver_used) = match hp.solver {
-                Solver::Direct => (memit_solve_direct(&st.c, lambda, &k), "direct (d_ff×d_ff, LU)"),
-                Solver::Auto if n >= k.nrows() => (memit_solve_spd(&st.c, lambda, &k)?, "direct (d_ff×d_ff, Cholesky)"),
+                Solver::Direct => (memit_solve_direct(st.c()?, lambda, &k), "direct (d_ff×d_ff, LU)"),
+                Solver::Auto if n >= k.nrows() => (memit_solve_spd(st.c()?, lambda, &k)?, "direct (d_ff×d_ff, Cholesky)"),
                 Solver::PushThrough | Solver::Auto => (memit_solve_push_through(st.factor()?, lambda, &k)?, "push-through (n×n)"),
             };
+            st.done();
             tracing::info!("layer {layer}: {n} edits, {}-wide keys: solved {solver_used}", k.nrows());
             let upd = &resid * adj_k.transpose(); // [d, d_ff] = [out, in]
             let upd_norm = upd.norm_l2();

@@ -65,6 +65,12 @@ pub struct Editor {
 }
 
 impl Editor {
+    /// Only one edit will be made: each layer's statistics may be dropped once the edit is done
+    /// with them (MEMIT then holds one layer's C at a time; see [`LayerStats`]).
+    pub fn one_edit_only(&mut self) {
+        self.stats.values_mut().for_each(|s| s.keep_between_edits(false));
+    }
+
     /// One edit of `requests` (see [`run_edit`]); the model is left as it was found.
     pub fn run(&mut self, model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request], seed: u64, pad_id: u32, max_update_ratio: f64) -> Result<EditRun> {
         run_edit(&*self.prepared.method, model, tok, requests, &mut self.stats, seed, pad_id, max_update_ratio)

@@ -66,6 +66,9 @@ pub fn apply_rome(
 ) -> Result<RomeOutcome> {
     let layer = *hp.layers.first().ok_or_else(|| Error::Input("ROME needs one layer in `layers`".into()))?;
     let module = mlp_down(model.config(), layer)?;
+    if hp.mom2_adjustment && !stats.contains_key(&layer) {
+        return Err(Error::Input(format!("no second-moment statistics loaded for layer {layer}")));
+    }
     let mut restorer = ModelRestorer::new(&mut *model, std::slice::from_ref(&module.name))?;
     let result = (|| {
         let flat = templates.flat();
@@ -81,10 +84,12 @@ pub fn apply_rome(
             let k_mean = ctx.keys.expect("keys").mean(0)?;
             let out_mean = ctx.mlp_out.expect("mlp out").mean(0)?;
             let k_bar: Vec<f32> = k_mean.to_vec1()?;
+            let params = optimize_params(hp, Site::MlpOut, layer);
+            let opt = optimize_targets(&*model, tok, &[req], &flat, &params, pad_id)?.remove(0);
+            // u after v*: it does not depend on it, and C (read on first use) and the
+            // optimisation's graph are then never in memory together.
             let mut u: Vec<f64> = if hp.mom2_adjustment {
-                let st = stats.get_mut(&layer).ok_or_else(|| {
-                    Error::Input(format!("no second-moment statistics loaded for layer {layer}"))
-                })?;
+                let st = stats.get_mut(&layer).ok_or_else(|| Error::Internal(format!("layer {layer}'s statistics vanished")))?;
                 let k = to_mat(&k_mean.unsqueeze(1)?)?;
                 let x = st.factor()?.solve(&k);
                 (0..x.nrows()).map(|i| x[(i, 0)]).collect()
@@ -93,9 +98,6 @@ pub fn apply_rome(
             };
             let un = u.iter().map(|x| x * x).sum::<f64>().sqrt();
             u.iter_mut().for_each(|x| *x /= un);
-
-            let params = optimize_params(hp, Site::MlpOut, layer);
-            let opt = optimize_targets(&*model, tok, &[req], &flat, &params, pad_id)?.remove(0);
 
             let (cur_in, cur_out): (Vec<f32>, Vec<f32>) = if hp.original_implementation {
                 let bare = at_subject_last(

@@ -564,9 +564,11 @@ pub fn load_stats(
     let used = stats_files(source, lm, identity, layers, progress)?;
     let mut stats = BTreeMap::new();
     for (&layer, file) in &used.files {
-        let m = cache::load(file)?;
-        m.check(identity, &mlp_down(lm.config(), layer)?)?;
-        stats.insert(layer, crate::editing::linalg::LayerStats::from_moments(&m)?);
+        // Checked now, read when the method first needs them.
+        let (meta, dims) = cache::load_meta(file)?;
+        let module = mlp_down(lm.config(), layer)?;
+        meta.check(&dims, identity, &module)?;
+        stats.insert(layer, crate::editing::linalg::LayerStats::from_file(file, &module.name));
     }
     Ok((stats, used))
 }
