@@ -151,7 +151,8 @@ pub fn collect_shard(
     let deepest = *plan.layers.iter().max().ok_or_else(|| Error::Input("no layers to collect".into()))?;
     let spec = TraceSpec { keys: plan.layers.iter().copied().collect(), stop_after: Some(deepest), ..TraceSpec::default() };
     let n_chunks = texts.len().div_ceil(CHUNK_TEXTS);
-    let mut lower = LowerSums::new(&acc)?;
+    let layers: Vec<usize> = acc.sums.keys().copied().collect();
+    let mut lower = LowerSums::take(&mut acc)?;
     for c in acc.next_chunk..n_chunks {
         if shard.is_some_and(|s| !s.holds(c)) {
             continue;
@@ -162,13 +163,16 @@ pub fn collect_shard(
             let batch = Batch::from_sequences(&seqs[range], plan.pad_id, model.device())?;
             let trace = model.forward(&batch, &spec, &[])?;
             let real = real_token_index(&batch)?;
-            for (&l, sum) in acc.sums.iter_mut() {
+            for &l in &layers {
                 let keys = &trace.keys[&l];
                 let (b, t, f) = keys.dims3()?;
                 let k = keys.reshape((b * t, f))?.index_select(&real, 0)?.to_dtype(plan.precision.dtype())?;
                 match &mut lower {
                     Some(lower) => lower.add(l, &k)?,
-                    None => *sum = (&*sum + k.t()?.matmul(&k)?)?,
+                    None => {
+                        let sum = acc.sums.get_mut(&l).expect("a sum per layer");
+                        *sum = (&*sum + k.t()?.matmul(&k)?)?;
+                    }
                 }
             }
             acc.count += batch.n_tokens() as u64;
@@ -176,15 +180,20 @@ pub fn collect_shard(
         acc.texts += seqs.len() as u64;
         acc.next_chunk = c + 1;
         let seen = ((c + 1) * CHUNK_TEXTS).min(texts.len());
-        if observer.chunk_done(&acc, seen)? {
+        // After the last chunk the final sums are written at once: a checkpoint there would
+        // only cost the time to write them and a second copy in memory.
+        if observer.chunk_done(&acc, seen)? && c + 1 < n_chunks {
             if let Some(lower) = &lower {
                 lower.write_to(&mut acc)?;
             }
             observer.checkpoint(&acc)?;
+            if lower.is_some() {
+                acc.sums.clear();
+            }
         }
     }
-    if let Some(lower) = &lower {
-        lower.write_to(&mut acc)?;
+    if let Some(lower) = lower {
+        lower.into_sums(&mut acc)?;
     }
     Ok(acc)
 }
@@ -192,31 +201,36 @@ pub fn collect_shard(
 /// On the CPU the sums are updated in place through faer, lower triangle only (Σ k kᵀ is
 /// symmetric): half the FLOPs of the full product, and a third of the time of candle's
 /// `kᵀ·k`, which also allocates a new d×d matrix per batch. The upper triangle is mirrored when
-/// the sums are read (checkpoints, the end), so resumed jobs still add the same numbers.
+/// the sums are read (checkpoints, the end), so resumed jobs still add the same numbers. While
+/// they are here the accumulator holds no copy (at GPT-2 XL's width each sum is 164 MB in f32),
+/// except for the moment of a checkpoint.
 enum LowerSums {
     F32(BTreeMap<usize, faer::Mat<f32>>),
     F64(BTreeMap<usize, faer::Mat<f64>>),
 }
 
 impl LowerSums {
-    fn new(acc: &Accumulator) -> Result<Option<Self>> {
+    /// Moves the accumulator's sums here (CPU only; else `None` and they stay).
+    fn take(acc: &mut Accumulator) -> Result<Option<Self>> {
         let Some(first) = acc.sums.values().next() else { return Ok(None) };
         if !first.device().is_cpu() {
             return Ok(None);
         }
-        fn mats<T: candle_core::WithDType + faer::traits::ComplexField + Copy>(acc: &Accumulator) -> Result<BTreeMap<usize, faer::Mat<T>>> {
-            acc.sums
-                .iter()
-                .map(|(&l, s)| {
+        fn mats<T: candle_core::WithDType + faer::traits::ComplexField + Copy>(sums: BTreeMap<usize, Tensor>) -> Result<BTreeMap<usize, faer::Mat<T>>> {
+            sums.into_iter()
+                .map(|(l, s)| {
                     let (r, c) = s.dims2()?;
                     let v: Vec<T> = s.flatten_all()?.to_vec1()?;
+                    drop(s);
                     Ok((l, faer::Mat::from_fn(r, c, |i, j| v[i * c + j])))
                 })
                 .collect()
         }
-        Ok(Some(match first.dtype() {
-            candle_core::DType::F32 => Self::F32(mats(acc)?),
-            candle_core::DType::F64 => Self::F64(mats(acc)?),
+        let dtype = first.dtype();
+        let sums = std::mem::take(&mut acc.sums);
+        Ok(Some(match dtype {
+            candle_core::DType::F32 => Self::F32(mats(sums)?),
+            candle_core::DType::F64 => Self::F64(mats(sums)?),
             other => return Err(Error::Internal(format!("statistics sums in {other:?}"))),
         }))
     }
@@ -238,24 +252,45 @@ impl LowerSums {
         }
     }
 
-    /// The full symmetric sums into `acc` (lower triangle mirrored).
+    /// The full symmetric sums into `acc` (lower triangle mirrored), kept here too.
     fn write_to(&self, acc: &mut Accumulator) -> Result<()> {
-        fn full<T: candle_core::WithDType + Copy>(m: &faer::Mat<T>) -> Result<Tensor> {
-            let d = m.nrows();
-            let v: Vec<T> = (0..d * d).map(|x| {
-                let (i, j) = (x / d, x % d);
-                if i >= j { m[(i, j)] } else { m[(j, i)] }
-            }).collect();
-            Ok(Tensor::from_vec(v, (d, d), &Device::Cpu)?)
+        match self {
+            Self::F32(m) => m.iter().try_for_each(|(&l, m)| {
+                acc.sums.insert(l, full(m)?);
+                Ok(())
+            }),
+            Self::F64(m) => m.iter().try_for_each(|(&l, m)| {
+                acc.sums.insert(l, full(m)?);
+                Ok(())
+            }),
         }
-        for (l, sum) in acc.sums.iter_mut() {
-            *sum = match self {
-                Self::F32(m) => full(&m[l])?,
-                Self::F64(m) => full(&m[l])?,
-            };
-        }
-        Ok(())
     }
+
+    /// The full symmetric sums moved into `acc`, one layer's copy at a time.
+    fn into_sums(self, acc: &mut Accumulator) -> Result<()> {
+        match self {
+            Self::F32(m) => m.into_iter().try_for_each(|(l, m)| {
+                acc.sums.insert(l, full(&m)?);
+                Ok(())
+            }),
+            Self::F64(m) => m.into_iter().try_for_each(|(l, m)| {
+                acc.sums.insert(l, full(&m)?);
+                Ok(())
+            }),
+        }
+    }
+}
+
+/// A lower-triangular sum as the full symmetric matrix.
+fn full<T: candle_core::WithDType + Copy>(m: &faer::Mat<T>) -> Result<Tensor> {
+    let d = m.nrows();
+    let v: Vec<T> = (0..d * d)
+        .map(|x| {
+            let (i, j) = (x / d, x % d);
+            if i >= j { m[(i, j)] } else { m[(j, i)] }
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (d, d), &Device::Cpu)?)
 }
 
 /// One uninterrupted collection over `texts` in memory, with no cache and no checkpoints.
