@@ -8,6 +8,10 @@
 //!   3. `edit apply --method memit` with `EDIT_BENCH_MEMIT` requests (100), once per z batch size
 //!      in `EDIT_BENCH_ZBATCH` (the device's default if unset, e.g. `1,32`).
 //!
+//! ROME and MEMIT run once per value of `grad_checkpoint` in `EDIT_BENCH_GRAD_CHECKPOINT` (the
+//! config's `auto` if unset; `auto,off` compares backpropagating one block at a time with the
+//! whole suffix's graph).
+//!
 //! Settings (environment): `EDIT_BENCH_SHAPE` gpt2-xl (default) | gpt-j-6b; `EDIT_BENCH_LAYERS` fewer
 //! layers; `EDIT_BENCH_DTYPE` the file's storage and `--dtype` (f32 for GPT-2 XL, bf16 for GPT-J
 //! by default); `EDIT_BENCH_DEVICE` cpu | cuda; `EDIT_BENCH_STEPS` `v_num_grad_steps` (the
@@ -110,10 +114,14 @@ fn main() {
     let texts = env("EDIT_BENCH_TEXTS").unwrap_or("200".into());
     let n_memit: usize = env("EDIT_BENCH_MEMIT").map(|s| s.parse().unwrap()).unwrap_or(100);
     let jobs = env("EDIT_BENCH_JOBS").unwrap_or("stats,rome,memit".into());
-    let z_batches: Vec<Option<String>> = match env("EDIT_BENCH_ZBATCH") {
-        Some(list) => list.split(',').map(|s| Some(s.trim().to_string())).collect(),
-        None => vec![None],
+    let list = |name: &str| -> Vec<Option<String>> {
+        match env(name) {
+            Some(list) => list.split(',').map(|s| Some(s.trim().to_string())).collect(),
+            None => vec![None],
+        }
     };
+    let z_batches = list("EDIT_BENCH_ZBATCH");
+    let checkpoints = list("EDIT_BENCH_GRAD_CHECKPOINT");
 
     let tmp = tempfile::tempdir().unwrap();
     let model = env("EDIT_BENCH_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| tmp.path().join("model"));
@@ -176,8 +184,11 @@ fn main() {
         }
     }
     let full_depth = matches!(shape, Shape::Gpt2Xl { n_layer: 48 } | Shape::GptJ { n_layer: 28 });
-    let method_args = |c: &mut Command, method: &str| {
+    let method_args = |c: &mut Command, method: &str, checkpoint: &Option<String>| {
         c.args(["--method", method]);
+        if let Some(g) = checkpoint {
+            c.args(["--set", &format!("grad_checkpoint={g}")]);
+        }
         if let Some(s) = &steps {
             c.args(["--set", &format!("v_num_grad_steps={s}")]);
         }
@@ -189,24 +200,34 @@ fn main() {
         }
     };
     let steps_note = steps.as_deref().map(|s| format!("{s} v* steps")).unwrap_or_else(|| "the config's steps".into());
+    let checkpoint_note = |g: &Option<String>| g.as_deref().map(|g| format!(", grad_checkpoint={g}")).unwrap_or_default();
     if jobs.contains("rome") {
         let req = tmp.path().join("rome.json");
         write_requests(&req, 1);
-        let mut c = Command::new(edit_bin());
-        c.arg("apply").arg(&req).args(["--json", "--delta-out"]).arg(tmp.path().join("rome-delta.safetensors"));
-        common_args(&mut c);
-        method_args(&mut c, "rome");
-        let r = run(&mut c, gpu);
-        rows.push(format!("| `edit apply --method rome`, 1 request, layer {rome_layer}, {steps_note} | {:.1} s after a {:.1} s load | {} |", r.wall - r.load, r.load, mem(&r)));
+        for (i, g) in checkpoints.iter().enumerate() {
+            let mut c = Command::new(edit_bin());
+            c.arg("apply").arg(&req).args(["--json", "--delta-out"]).arg(tmp.path().join(format!("rome-delta-{i}.safetensors")));
+            common_args(&mut c);
+            method_args(&mut c, "rome", g);
+            let r = run(&mut c, gpu);
+            rows.push(format!(
+                "| `edit apply --method rome`, 1 request, layer {rome_layer}, {steps_note}{} | {:.1} s after a {:.1} s load | {} |",
+                checkpoint_note(g),
+                r.wall - r.load,
+                r.load,
+                mem(&r)
+            ));
+        }
     }
     if jobs.contains("memit") {
         let req = tmp.path().join("memit.json");
         write_requests(&req, n_memit);
-        for (i, zb) in z_batches.iter().enumerate() {
+        let runs = z_batches.iter().flat_map(|zb| checkpoints.iter().map(move |g| (zb, g)));
+        for (i, (zb, g)) in runs.enumerate() {
             let mut c = Command::new(edit_bin());
             c.arg("apply").arg(&req).args(["--json", "--delta-out"]).arg(tmp.path().join(format!("memit-delta-{i}.safetensors")));
             common_args(&mut c);
-            method_args(&mut c, "memit");
+            method_args(&mut c, "memit", g);
             if let Some(zb) = zb {
                 c.args(["--set", &format!("z_batch_size={zb}")]);
             }
@@ -214,7 +235,8 @@ fn main() {
             let zb = zb.as_deref().map(|z| format!("z batch {z}")).unwrap_or_else(|| "default z batch".into());
             let per = (r.wall - r.load) / n_memit as f64;
             rows.push(format!(
-                "| `edit apply --method memit`, {n_memit} requests, {zb}, {steps_note} | {:.1} s after a {:.1} s load ({per:.2} s per edit) | {} |",
+                "| `edit apply --method memit`, {n_memit} requests, {zb}, {steps_note}{} | {:.1} s after a {:.1} s load ({per:.2} s per edit) | {} |",
+                checkpoint_note(g),
                 r.wall - r.load,
                 r.load,
                 mem(&r)

@@ -315,7 +315,18 @@ pub fn optimize_targets(
                     Some(r) => r,
                     None => resumed(resume_from.as_ref().expect("recorded at the first step"))?,
                 };
-                if per_block || per_block_backprop(model, params, &from) {
+                let by_block = per_block || per_block_backprop(model, params, &from);
+                if first {
+                    tracing::debug!(
+                        "v*/z loop: {} rows x {} positions from layer {}, the suffix's graph an estimated {:.0} MB: backpropagating {}",
+                        from.short.batch_size(),
+                        from.short.seq_len(),
+                        params.layer,
+                        suffix_graph_bytes(model, params, &from) / 1e6,
+                        if by_block { "one block at a time" } else { "through the whole graph" }
+                    );
+                }
+                if by_block {
                     // Inputs of every block above the layer, from this step's forward or (first
                     // step) a resumed one.
                     let recorded = if per_block { recorded_here } else { forward(&per_position.detach(), Some(&from), params.layer + 1..model.config().n_layer - 1)?.block_out };
@@ -388,9 +399,6 @@ const SMALL_GRAPH_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
 
 /// Whether this step backpropagates one block at a time: asked for, or (`auto`) when the
 /// whole graph of the blocks above the layer would exceed a tenth of the weights (and 64 MiB).
-/// The graph is estimated from what candle keeps per position and block for backward: the
-/// block's input, norms, attention projections and output (~12 × d_model values) and the MLP's
-/// up-projection, activation and its derivative (~3 × d_ff).
 fn per_block_backprop(model: &dyn CausalLm, params: &OptimizeParams, r: &Resumed) -> bool {
     let cfg = model.config();
     let blocks = cfg.n_layer - params.layer - 1;
@@ -403,10 +411,27 @@ fn per_block_backprop(model: &dyn CausalLm, params: &OptimizeParams, r: &Resumed
         GradCheckpoint::Off => false,
         GradCheckpoint::Auto => {
             let width = model.dtype().size_in_bytes() as f64;
-            let tokens = (r.short.batch_size() * r.short.seq_len()) as f64;
-            let graph = tokens * blocks as f64 * (12 * cfg.d_model + 3 * cfg.d_ff) as f64 * width;
             let weights = (cfg.n_layer * (4 * cfg.d_model + 2 * cfg.d_ff) * cfg.d_model + cfg.vocab_size * cfg.d_model) as f64 * width;
-            graph > SMALL_GRAPH_BYTES.max(weights / 10.0)
+            suffix_graph_bytes(model, params, r) > SMALL_GRAPH_BYTES.max(weights / 10.0)
         }
     }
+}
+
+/// What the graph of the blocks above the layer holds until the backward pass, estimated from
+/// what one block keeps alive: per position its input and the decomposed layer norms,
+/// projections, heads and residual sums (~40 × d_model values) and the MLP's up-projection and
+/// activation (~3 × d_ff); per row the attention keys and values of the cached prefix and the new
+/// positions, concatenated and laid out again for the products (~4 × (prefix + positions) ×
+/// d_model). At GPT-2 XL's shape (ROME, 22 rows × 3 positions after a ~20-token prefix, 30
+/// blocks) this is ~1.0 GB, where the resident memory measured 1.3-1.6 GB more with the whole
+/// graph than one block at a time (benches/README.md, "scale"); a count of only the per-position
+/// terms said 0.3 GB and chose the whole graph there.
+fn suffix_graph_bytes(model: &dyn CausalLm, params: &OptimizeParams, r: &Resumed) -> f64 {
+    let cfg = model.config();
+    let blocks = cfg.n_layer.saturating_sub(params.layer + 1) as f64;
+    let (rows, positions) = (r.short.batch_size() as f64, r.short.seq_len() as f64);
+    let prefix = r.resume.prefix.as_ref().map_or(0, |p| p.width()) as f64;
+    let per_position = (40 * cfg.d_model + 3 * cfg.d_ff) as f64;
+    let per_row = 4.0 * (prefix + positions) * cfg.d_model as f64;
+    blocks * (rows * positions * per_position + rows * per_row) * model.dtype().size_in_bytes() as f64
 }
