@@ -3,8 +3,8 @@
 //! identity over a cached factor of C.
 
 use candle_core::{DType, Device, Tensor};
-use faer::linalg::solvers::{Llt, Solve};
-use faer::{Mat, Side};
+use faer::linalg::solvers::Solve;
+use faer::Mat;
 
 use crate::error::{Error, Result};
 
@@ -27,33 +27,54 @@ pub fn to_tensor(m: &Mat<f64>, dtype: DType) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (r, c), &Device::Cpu)?.to_dtype(dtype)?)
 }
 
-/// A symmetric positive-definite matrix with its Cholesky factor, factored once and reused
-/// for every solve (ROME requests and MEMIT batches on the same layer).
+/// A symmetric positive-definite matrix's Cholesky factor L (A = L Lᵀ), factored once and
+/// reused for every solve (ROME requests and MEMIT batches on the same layer). Computed by
+/// faer's in-place factorisation, as its `Llt` does, but in the matrix's own storage when the
+/// matrix is handed over ([`SpdFactor::from_owned`]): at GPT-2 XL's width a copy is 328 MB.
 pub struct SpdFactor {
-    llt: Llt<f64>,
+    l: Mat<f64>,
 }
 
 impl SpdFactor {
-    /// Factors `a`; `what` names the matrix in the error when it is not positive definite.
+    /// Factors `a` (read on and below the diagonal); `what` names the matrix in the error when
+    /// it is not positive definite.
     pub fn new(a: &Mat<f64>, what: &str) -> Result<Self> {
-        let llt = a.llt(Side::Lower).map_err(|e| {
+        Self::from_owned(a.clone(), what)
+    }
+
+    /// Factors `a` in its own storage (read on and below the diagonal).
+    pub fn from_owned(mut a: Mat<f64>, what: &str) -> Result<Self> {
+        use faer::linalg::cholesky::llt::factor;
+        let n = a.nrows();
+        let par = faer::get_global_parallelism();
+        let mut mem = faer::dyn_stack::MemBuffer::new(factor::cholesky_in_place_scratch::<f64>(n, par, Default::default()));
+        let stack = faer::dyn_stack::MemStack::new(&mut mem);
+        factor::cholesky_in_place(a.as_mut(), Default::default(), par, stack, Default::default()).map_err(|e| {
             Error::Numerical(format!(
-                "{what} is not positive definite ({e:?}): the statistics cover too few tokens for this layer's {}-wide keys; \
-                 collect them over more text (`edit stats --samples`)",
-                a.nrows()
+                "{what} is not positive definite ({e:?}): the statistics cover too few tokens for this layer's {n}-wide keys; \
+                 collect them over more text (`edit stats --samples`)"
             ))
         })?;
-        Ok(Self { llt })
+        for j in 1..n {
+            for i in 0..j {
+                a[(i, j)] = 0.0;
+            }
+        }
+        Ok(Self { l: a })
     }
 
     pub fn dim(&self) -> usize {
-        self.llt.L().nrows()
+        self.l.nrows()
     }
 
     /// A⁻¹ B.
     pub fn solve(&self, b: &Mat<f64>) -> Mat<f64> {
+        use faer::linalg::cholesky::llt::solve;
         let mut x = b.clone();
-        self.llt.solve_in_place(&mut x);
+        let par = faer::get_global_parallelism();
+        let mut mem = faer::dyn_stack::MemBuffer::new(solve::solve_in_place_scratch::<f64>(self.dim(), x.ncols(), par));
+        let stack = faer::dyn_stack::MemStack::new(&mut mem);
+        solve::solve_in_place_with_conj(self.l.as_ref(), faer::Conj::No, x.as_mut(), par, stack);
         x
     }
 }
@@ -114,10 +135,6 @@ pub struct LayerStats {
 }
 
 impl LayerStats {
-    pub fn from_moments(m: &crate::stats::cache::Moments) -> Result<Self> {
-        Ok(Self::from_matrix(moments_to_mat(m)?, &format!("the second moment of `{}`", m.meta.module)))
-    }
-
     pub fn from_matrix(c: Mat<f64>, what: &str) -> Self {
         Self { file: None, c: Some(c), factor: None, what: what.to_string(), keep: true }
     }
@@ -133,7 +150,7 @@ impl LayerStats {
         if self.c.is_none() {
             let file = self.file.as_ref().ok_or_else(|| Error::Internal(format!("{} was dropped and has no file to be read from", self.what)))?;
             let started = std::time::Instant::now();
-            self.c = Some(moments_to_mat(&crate::stats::cache::load(file)?)?);
+            self.c = Some(crate::stats::cache::read_sum(file, sum_to_mat)?);
             tracing::debug!("read {} from {} in {:.2?}", self.what, file.display(), started.elapsed());
         }
         Ok(self.c.as_ref().expect("just set"))
@@ -143,12 +160,13 @@ impl LayerStats {
         if self.factor.is_none() {
             let started = std::time::Instant::now();
             self.c()?;
-            let factor = SpdFactor::new(self.c.as_ref().expect("just read"), &self.what)?;
+            // From a file, C is factored in its own storage (read again if a solve asks for it).
+            let factor = match self.file {
+                Some(_) => SpdFactor::from_owned(self.c.take().expect("just read"), &self.what)?,
+                None => SpdFactor::new(self.c.as_ref().expect("just read"), &self.what)?,
+            };
             tracing::debug!("factored {} ({n}x{n}) in {:.2?}", self.what, started.elapsed(), n = factor.dim());
             self.factor = Some(factor);
-            if self.file.is_some() {
-                self.c = None;
-            }
         }
         Ok(self.factor.as_ref().expect("just set"))
     }
@@ -168,23 +186,25 @@ impl LayerStats {
     }
 }
 
-/// C = Σ k kᵀ / count in f64, scaled in the stored precision as the reference does (bit for bit
-/// [`crate::stats::cache::Moments::second_moment`]), through one copy of the sum (not three:
-/// at GPT-2 XL's width each is 164-328 MB).
-fn moments_to_mat(m: &crate::stats::cache::Moments) -> Result<Mat<f64>> {
-    let (r, c) = m.sum.dims2()?;
-    let scale = 1.0 / m.count as f64;
-    let flat = m.sum.flatten_all()?;
-    Ok(match flat.dtype() {
-        DType::F64 => {
-            let v = flat.to_vec1::<f64>()?;
-            Mat::from_fn(r, c, |i, j| v[i * c + j] * scale)
+/// C = Σ k kᵀ / count in f64 from a statistics file's stored sum, scaled in the stored
+/// precision as the reference does (bit for bit [`crate::stats::cache::Moments::second_moment`]),
+/// straight from its mapped bytes into the f64 matrix (no tensor and no vector in between: at
+/// GPT-2 XL's width each would be 164 MB).
+fn sum_to_mat(sum: crate::stats::cache::SumBytes<'_>) -> Mat<f64> {
+    use crate::stats::cache::SumBytes;
+    match sum {
+        SumBytes::F32 { bytes, rows, cols, count } => {
+            // f32 sums are divided in f32, as the reference divides its f32 tensor.
+            let scale = (1.0 / count as f64) as f32;
+            let at = |x: usize| f32::from_le_bytes(bytes[4 * x..4 * x + 4].try_into().expect("4 bytes"));
+            Mat::from_fn(rows, cols, |i, j| f64::from(at(i * cols + j) * scale))
         }
-        _ => {
-            let v = flat.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-            Mat::from_fn(r, c, |i, j| f64::from(v[i * c + j] * scale as f32))
+        SumBytes::F64 { bytes, rows, cols, count } => {
+            let scale = 1.0 / count as f64;
+            let at = |x: usize| f64::from_le_bytes(bytes[8 * x..8 * x + 8].try_into().expect("8 bytes"));
+            Mat::from_fn(rows, cols, |i, j| at(i * cols + j) * scale)
         }
-    })
+    }
 }
 
 #[cfg(test)]
@@ -204,6 +224,17 @@ mod tests {
         let x = f.solve(&b);
         let r = &a * &x - &b;
         assert!(r.norm_l2() < 1e-9 * b.norm_l2());
+    }
+
+    #[test]
+    fn in_place_factor_is_faers_llt_to_the_bit() {
+        use faer::linalg::solvers::Llt;
+        let a = spd(40);
+        let b = Mat::from_fn(40, 3, |i, j| (i * 3 + j) as f64 - 7.0);
+        let llt = Llt::new(a.as_ref(), faer::Side::Lower).unwrap();
+        let ours = SpdFactor::from_owned(a.clone(), "A").unwrap();
+        assert_eq!(ours.l, llt.L().to_owned());
+        assert_eq!(ours.solve(&b), llt.solve(&b));
     }
 
     #[test]

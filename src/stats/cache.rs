@@ -236,6 +236,32 @@ pub fn load(path: &Path) -> Result<Moments> {
     Ok(Moments { sum, count, meta })
 }
 
+/// A statistics file's stored sum, as the bytes of its mapping (little-endian, row-major).
+pub enum SumBytes<'a> {
+    F32 { bytes: &'a [u8], rows: usize, cols: usize, count: u64 },
+    F64 { bytes: &'a [u8], rows: usize, cols: usize, count: u64 },
+}
+
+/// Hands `read` the sum of a statistics file straight from its memory map, without a tensor
+/// copy (a caller converting it to f64 then holds one copy, not three).
+pub fn read_sum<T>(path: &Path, read: impl FnOnce(SumBytes<'_>) -> T) -> Result<T> {
+    let st = StatsFile::open(path)?;
+    let count = st.load("mom2.count", &Device::Cpu)?.to_dtype(DType::I64)?.to_vec1::<i64>()?[0] as u64;
+    let bad = |reason: String| Error::BadSafetensors { path: path.to_path_buf(), reason };
+    let tensors = safetensors::SafeTensors::deserialize(&st.mmap).map_err(|e| bad(e.to_string()))?;
+    let view = tensors.tensor("mom2.sum").map_err(|e| bad(format!("tensor `mom2.sum`: {e}")))?;
+    let (rows, cols) = match view.shape() {
+        &[r, c] => (r, c),
+        other => return Err(bad(format!("`mom2.sum` has shape {other:?}, not a matrix"))),
+    };
+    let bytes = view.data();
+    Ok(read(match view.dtype() {
+        safetensors::Dtype::F32 => SumBytes::F32 { bytes, rows, cols, count },
+        safetensors::Dtype::F64 => SumBytes::F64 { bytes, rows, cols, count },
+        other => return Err(bad(format!("`mom2.sum` is {other:?}; statistics are stored in f32 or f64"))),
+    }))
+}
+
 /// Job parameters a partial file must match to be resumed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobKey {
