@@ -187,9 +187,7 @@ pub fn apply_memit(
             // targets [d, n] = Z − h, spread over the layers left (this one included).
             let left = (hp.layers.len() - i) as f64;
             let resid = Mat::from_fn(d, n, |a, j| (z_mat[(a, j)] - cur[(j, a)]) / left);
-            let st = stats
-                .get_mut(&layer)
-                .ok_or_else(|| Error::Input(format!("no second-moment statistics loaded for layer {layer}")))?;
+            let st = stats.get_mut(&layer).ok_or_else(|| Error::Internal(format!("layer {layer}'s statistics vanished")))?;
             let (adj_k, solver_used) = match hp.solver {
                 Solver::Direct => (memit_solve_direct(st.c()?, lambda, &k), "direct (d_ff×d_ff, LU)"),
                 Solver::Auto if n >= k.nrows() => (memit_solve_spd(st.c()?, lambda, &k)?, "direct (d_ff×d_ff, Cholesky)"),

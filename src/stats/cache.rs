@@ -207,12 +207,24 @@ impl StatsFile {
         })
     }
 
+    fn bad(&self, reason: String) -> Error {
+        Error::BadSafetensors { path: self.path.clone(), reason }
+    }
+
+    /// The tensor `name` as the mapped bytes it is stored in.
+    fn view(&self, name: &str) -> Result<safetensors::tensor::TensorView<'_>> {
+        let st = safetensors::SafeTensors::deserialize(&self.mmap).map_err(|e| self.bad(e.to_string()))?;
+        st.tensor(name).map_err(|e| self.bad(format!("tensor `{name}`: {e}")))
+    }
+
     fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
         use candle_core::safetensors::Load;
-        let bad = |reason: String| Error::BadSafetensors { path: self.path.clone(), reason };
-        let st = safetensors::SafeTensors::deserialize(&self.mmap).map_err(|e| bad(e.to_string()))?;
-        let view = st.tensor(name).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-        Ok(view.load(device)?)
+        Ok(self.view(name)?.load(device)?)
+    }
+
+    /// The token count `mom2.count` of a statistics file.
+    fn count(&self) -> Result<u64> {
+        Ok(self.load("mom2.count", &Device::Cpu)?.to_dtype(DType::I64)?.to_vec1::<i64>()?[0] as u64)
     }
 }
 
@@ -232,8 +244,7 @@ pub fn load(path: &Path) -> Result<Moments> {
     let st = StatsFile::open(path)?;
     let meta = st.stats_meta()?;
     let sum = st.load("mom2.sum", &Device::Cpu)?;
-    let count = st.load("mom2.count", &Device::Cpu)?.to_dtype(DType::I64)?.to_vec1::<i64>()?[0] as u64;
-    Ok(Moments { sum, count, meta })
+    Ok(Moments { sum, count: st.count()?, meta })
 }
 
 /// A statistics file's stored sum, as the bytes of its mapping (little-endian, row-major).
@@ -246,19 +257,17 @@ pub enum SumBytes<'a> {
 /// copy (a caller converting it to f64 then holds one copy, not three).
 pub fn read_sum<T>(path: &Path, read: impl FnOnce(SumBytes<'_>) -> T) -> Result<T> {
     let st = StatsFile::open(path)?;
-    let count = st.load("mom2.count", &Device::Cpu)?.to_dtype(DType::I64)?.to_vec1::<i64>()?[0] as u64;
-    let bad = |reason: String| Error::BadSafetensors { path: path.to_path_buf(), reason };
-    let tensors = safetensors::SafeTensors::deserialize(&st.mmap).map_err(|e| bad(e.to_string()))?;
-    let view = tensors.tensor("mom2.sum").map_err(|e| bad(format!("tensor `mom2.sum`: {e}")))?;
+    let count = st.count()?;
+    let view = st.view("mom2.sum")?;
     let (rows, cols) = match view.shape() {
         &[r, c] => (r, c),
-        other => return Err(bad(format!("`mom2.sum` has shape {other:?}, not a matrix"))),
+        other => return Err(st.bad(format!("`mom2.sum` has shape {other:?}, not a matrix"))),
     };
     let bytes = view.data();
     Ok(read(match view.dtype() {
         safetensors::Dtype::F32 => SumBytes::F32 { bytes, rows, cols, count },
         safetensors::Dtype::F64 => SumBytes::F64 { bytes, rows, cols, count },
-        other => return Err(bad(format!("`mom2.sum` is {other:?}; statistics are stored in f32 or f64"))),
+        other => return Err(st.bad(format!("`mom2.sum` is {other:?}; statistics are stored in f32 or f64"))),
     }))
 }
 
