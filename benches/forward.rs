@@ -2,6 +2,9 @@
 //! with the frozen-weight matmul vs candle's stock matmul backward (which also computes and
 //! stores every weight's gradient). Random models at GPT-2-medium / Pythia-410m shape.
 //!
+//! Then the attention of a no-grad forward (statistics collection) at GPT-2 XL's head shape:
+//! the blocked causal kernel (`models::causal_attention`) against the general masked softmax.
+//!
 //! `cargo bench --bench forward` (set EDIT_BENCH_LAYERS to change the depth, default 24).
 
 mod common;
@@ -55,6 +58,29 @@ fn main() {
             mib(stock_mem),
             stock_mem as f64 / frozen_mem as f64
         );
+    }
+    attention();
+}
+
+/// One layer's attention as `edit stats` runs it at GPT-2 XL's shape (25 heads of 64): three
+/// full 1024-token rows (Wikipedia articles), and 35 rows of 87 tokens (WikiText paragraphs),
+/// the batches `width × rows ≤ 3 × 1024` makes of each.
+fn attention() {
+    use edit::models::{causal_attention, layers};
+    println!();
+    println!("| attention, no grad, 25 heads × 64 | blocked causal kernel | general (scores, bias, softmax) | ratio |");
+    println!("|---|---|---|---|");
+    for (b, t) in [(3, 1024), (35, 87)] {
+        let (h, hd) = (25, 64);
+        let rows: Vec<Vec<u32>> = (0..b).map(|_| vec![1; t]).collect();
+        let batch = edit::Batch::from_sequences(&rows, 0, &Device::Cpu).unwrap();
+        let bias = batch.attention_bias().unwrap();
+        let split = || layers::split_heads(&Tensor::randn(0f32, 1.0, (b, t, h * hd), &Device::Cpu).unwrap(), h).unwrap();
+        let (q, k, v) = (split(), split(), split());
+        let scale = 1.0 / (hd as f64).sqrt();
+        let (blocked, _) = time(3, || drop(causal_attention::attention(&q, &k, &v, batch.lengths(), scale).unwrap()));
+        let (general, _) = time(3, || drop(layers::attention(&q, &k, &v, &bias, scale, false).unwrap()));
+        println!("| {b} rows × {t} tokens | {:.1} ms | {:.1} ms | {:.2}× |", blocked * 1e3, general * 1e3, general / blocked);
     }
 }
 

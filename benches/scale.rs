@@ -16,7 +16,9 @@
 //! layers; `EDIT_BENCH_DTYPE` the file's storage and `--dtype` (f32 for GPT-2 XL, bf16 for GPT-J
 //! by default); `EDIT_BENCH_DEVICE` cpu | cuda; `EDIT_BENCH_STEPS` `v_num_grad_steps` (the
 //! config's 20 by default; on 2 CPU cores a full edit at these sizes takes minutes per step);
-//! `EDIT_BENCH_TEXTS` texts for the statistics (200); `EDIT_BENCH_JOBS` a subset of
+//! `EDIT_BENCH_CORPUS` articles (default: the WikiText-2 sample's lines joined into texts that
+//! fill the context) | lines (its paragraphs as they are); `EDIT_BENCH_TEXTS` texts for the
+//! statistics (16 articles or 200 lines); `EDIT_BENCH_JOBS` a subset of
 //! `stats,rome,memit`; `EDIT_BENCH_MODEL_DIR` / `EDIT_BENCH_STATS_DIR` to write (or reuse) the
 //! checkpoint / statistics there instead of a temporary directory; `EDIT_BIN` another `edit`
 //! binary (a CUDA build on a GPU machine). On CUDA the peak GPU memory (`nvidia-smi`, polled) is
@@ -40,8 +42,34 @@ fn edit_bin() -> PathBuf {
     env("EDIT_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_edit")))
 }
 
-fn corpus() -> PathBuf {
-    repo_root().join("src/data/wikitext-2-raw-test.txt")
+/// The statistics' corpus, one text per line. `lines`: the embedded WikiText-2 sample as it is
+/// (paragraphs of ~90 tokens on average). `articles` (the default): its consecutive lines joined
+/// into texts of at least 6,000 characters, which the context's 1,024 tokens truncate, like the
+/// Wikipedia articles the statistics are computed over in practice (rows at full width, where
+/// attention costs as much as the MLP).
+fn corpus(kind: &str, dir: &Path) -> PathBuf {
+    let lines = repo_root().join("src/data/wikitext-2-raw-test.txt");
+    match kind {
+        "lines" => lines,
+        "articles" => {
+            let mut texts = vec![String::new()];
+            for line in std::fs::read_to_string(&lines).unwrap().lines().map(str::trim).filter(|l| !l.is_empty()) {
+                let last = texts.last_mut().unwrap();
+                if last.len() >= 6000 {
+                    texts.push(line.to_string());
+                } else {
+                    if !last.is_empty() {
+                        last.push(' ');
+                    }
+                    last.push_str(line);
+                }
+            }
+            let path = dir.join("articles.txt");
+            std::fs::write(&path, texts.join("\n") + "\n").unwrap();
+            path
+        }
+        other => panic!("EDIT_BENCH_CORPUS={other}: expected articles or lines"),
+    }
 }
 
 /// `n` edit requests: the fact-gpt2 fixture's CounterFact cases, cycled with a numbered subject
@@ -111,7 +139,9 @@ fn main() {
     let dtype = env("EDIT_BENCH_DTYPE").unwrap_or(if matches!(shape, Shape::GptJ { .. }) { "bf16".into() } else { "f32".into() });
     let device = env("EDIT_BENCH_DEVICE").unwrap_or("cpu".into());
     let steps = env("EDIT_BENCH_STEPS");
-    let texts = env("EDIT_BENCH_TEXTS").unwrap_or("200".into());
+    let corpus_kind = env("EDIT_BENCH_CORPUS").unwrap_or("articles".into());
+    // 16 articles are ~16k tokens, past the 6,400 the widest keys need for an invertible C.
+    let texts = env("EDIT_BENCH_TEXTS").unwrap_or(if corpus_kind == "lines" { "200".into() } else { "16".into() });
     let n_memit: usize = env("EDIT_BENCH_MEMIT").map(|s| s.parse().unwrap()).unwrap_or(100);
     let jobs = env("EDIT_BENCH_JOBS").unwrap_or("stats,rome,memit".into());
     let list = |name: &str| -> Vec<Option<String>> {
@@ -138,10 +168,11 @@ fn main() {
     };
     let gb = size as f64 / 1e9;
     eprintln!("{} ({} layers, {dtype}): {gb:.2} GB at {} ({:.0?})", shape.name(), shape.n_layer(), model.display(), t.elapsed());
+    let corpus = corpus(&corpus_kind, tmp.path());
     let stats_dir = env("EDIT_BENCH_STATS_DIR").map(PathBuf::from).unwrap_or_else(|| tmp.path().join("stats"));
     let common_args = |c: &mut Command| {
         c.arg("-v").arg("--model").arg(&model).args(["--dtype", &dtype, "--device", &device]);
-        c.arg("--text").arg(corpus()).args(["--samples", &texts]).arg("--stats-dir").arg(&stats_dir);
+        c.arg("--text").arg(&corpus).args(["--samples", &texts]).arg("--stats-dir").arg(&stats_dir);
     };
     let mut rows: Vec<String> = Vec::new();
     let gpu = device.starts_with("cuda");
@@ -161,7 +192,7 @@ fn main() {
         let tokens: f64 = r.out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|v| v["tokens"].as_f64()).unwrap_or(f64::NAN);
         let secs = r.wall - r.load;
         rows.push(format!(
-            "| `edit stats` layers {stats_layers}, {texts} texts | {tokens:.0} tokens in {secs:.1} s after a {:.1} s load: **{:.0} tokens/s** | {} |",
+            "| `edit stats` layers {stats_layers}, {texts} texts ({corpus_kind}) | {tokens:.0} tokens in {secs:.1} s after a {:.1} s load: **{:.0} tokens/s** | {} |",
             r.load,
             tokens / secs,
             mem(&r)
@@ -169,7 +200,7 @@ fn main() {
         if env("EDIT_BENCH_TORCH").as_deref() == Some("1") {
             let script = repo_root().join("benches/torch_stats.py");
             let mut c = Command::new("python3");
-            c.arg(script).arg(&model).args(["--layers", stats_layers, "--texts", &texts, "--device", &device]).arg("--corpus").arg(corpus());
+            c.arg(script).arg(&model).args(["--layers", stats_layers, "--texts", &texts, "--device", &device]).arg("--corpus").arg(&corpus);
             let r = run(&mut c, gpu);
             let v: serde_json::Value = serde_json::from_str(r.out.lines().last().unwrap_or("{}")).unwrap();
             rows.push(format!(

@@ -111,7 +111,7 @@ impl Batch {
 
     /// Additive attention bias `[b, 1, t, t]` (f32): 0 where query i may see key j (j ≤ i and j
     /// is a real token), −∞ elsewhere. Matches transformers' combined causal + padding mask.
-    pub(crate) fn attention_bias(&self) -> Result<Tensor> {
+    pub fn attention_bias(&self) -> Result<Tensor> {
         let (b, t) = (self.batch_size(), self.seq_len);
         let mut bias = vec![f32::NEG_INFINITY; b * t * t];
         for (r, &n) in self.lengths.iter().enumerate() {

@@ -3,6 +3,7 @@
 //! interventions that add vectors at (row, position) pairs.
 
 mod batch;
+pub mod causal_attention;
 mod gelu;
 pub mod gpt2;
 pub mod hooks;
@@ -252,6 +253,7 @@ pub(crate) struct ForwardCtx {
     pub attn_bias: Tensor,
     pub last_layer: usize,
     prefix: Option<KvPrefix>,
+    lengths: Vec<usize>,
 }
 
 impl ForwardCtx {
@@ -273,7 +275,7 @@ impl ForwardCtx {
         if let Some(p) = &prefix {
             attn_bias = Tensor::cat(&[&p.bias(batch.seq_len(), batch.device())?, &attn_bias], 3)?;
         }
-        Ok(Self { grad: opts.differentiable, attn_bias, last_layer, prefix })
+        Ok(Self { grad: opts.differentiable, attn_bias, last_layer, prefix, lengths: batch.lengths().to_vec() })
     }
 
     /// cos/sin tables for the batch's positions: `[t, rot/2]`, or `[b, t, rot/2]` when rows
@@ -301,6 +303,7 @@ impl ForwardCtx {
                 }
                 (Tensor::cat(&[cached(&p.keys, layer)?, &k], 2)?, Tensor::cat(&[cached(&p.values, layer)?, &v], 2)?)
             }
+            None if causal_attention::applies(q, &k, &v, self.grad) => return causal_attention::attention(q, &k, &v, &self.lengths, scale),
             None => (k, v),
         };
         layers::attention(q, &k, &v, &self.attn_bias, scale, self.grad)
