@@ -130,6 +130,34 @@ fn torch_v_loop() -> Option<String> {
     String::from_utf8(out.stdout).ok()?.lines().last().map(str::to_string)
 }
 
+/// The reference collects one layer per run: `benches/torch_stats.py` (the reference's loop
+/// without its dataset library: the same texts, truncation and batch shapes, f32 sums, the
+/// forward stopped at the layer) for layers 0, 1 and 2 of the fixture, each its own process as
+/// `edit stats` is; the sum of their wall times.
+fn torch_stats_runs() -> Option<f64> {
+    if std::env::var("EDIT_BENCH_TORCH").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_stats.py");
+    let mut total = 0.0;
+    for layer in ["0", "1", "2"] {
+        let t = Instant::now();
+        let out = Command::new("python3")
+            .arg(&script)
+            .arg(fixture())
+            .args(["--layers", layer, "--texts", "100000", "--corpus"])
+            .arg(fixture().join("stats-corpus.txt"))
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!("PyTorch statistics skipped: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
+            return None;
+        }
+        total += t.elapsed().as_secs_f64();
+    }
+    Some(total)
+}
+
 /// Seconds from a torch_v_loop.py line (`...: 0.415 s (best of 3)`).
 fn torch_seconds(line: &str) -> Option<f64> {
     line.rsplit(": ").next()?.split_whitespace().next()?.parse().ok()
@@ -235,6 +263,12 @@ fn main() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     let stats_s = t.elapsed().as_secs_f64();
     println!("| `edit stats`, layers 0-2, the fixture's corpus (347k tokens) | {stats_s:.1} s | 48 s (3 runs × ~16 s) | {:.2}× |", 48.0 / stats_s);
+    if let Some(torch_s) = torch_stats_runs() {
+        println!(
+            "| the same against PyTorch in this run: `benches/torch_stats.py` once per layer, as the reference collects (process start, load and collection) | {stats_s:.1} s | {torch_s:.1} s | {:.2}× |",
+            torch_s / stats_s
+        );
+    }
 
     let cases: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).unwrap()).unwrap();
     let five = tmp.path().join("five.json");
