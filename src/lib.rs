@@ -18,6 +18,7 @@ pub mod patch;
 pub mod stats;
 pub mod threads;
 pub mod tokenizer;
+pub mod trace;
 
 pub use config::{Family, ModelConfig};
 pub use error::{Error, Result};

@@ -10,6 +10,7 @@ pub mod mend;
 pub mod mend_train;
 pub mod predict;
 pub mod stats;
+pub mod trace;
 
 use std::process::ExitCode;
 
@@ -68,6 +69,13 @@ pub enum Command {
     Revert(delta::DeltaArgs),
     /// MEND hypernetworks: `edit mend import` converts a reference checkpoint, `edit mend train` trains one.
     Mend(mend::MendArgs),
+    /// Causal tracing: where a model keeps a fact, and which layer to edit.
+    ///
+    /// Runs each prompt clean and with noise on the subject's token embeddings, then restores
+    /// the clean state at every (token, layer): the answer's probability with it restored, as
+    /// kmeng01/rome's causal_trace.py. One JSON line per fact and kind on stdout; the average
+    /// effects and the suggested edit layer on stderr (--summary FILE for JSON).
+    Trace(Box<trace::TraceArgs>),
 }
 
 /// How to find a model; shared by every command that reads one.
@@ -162,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ApplyDelta(args) => delta::apply(args, &cli.global),
         Command::Revert(args) => delta::revert(args, &cli.global),
         Command::Mend(args) => mend::run(args, &cli.global),
+        Command::Trace(args) => trace::run(*args, &cli.global),
     }
 }
 

@@ -54,7 +54,7 @@ pub fn series(runs: &[NumEditsRun], zsre: bool, sequential: bool) -> (Vec<Series
 /// The labels' font, embedded (see `assets/fonts/LICENSE`), registered once for every backend.
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans-subset.ttf");
 
-fn register_font() {
+pub(crate) fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // The embedded file is a valid font; a failure would only leave text undrawn.

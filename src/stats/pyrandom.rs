@@ -43,6 +43,14 @@ impl PyRandom {
         rng
     }
 
+    /// The generator as numpy's legacy `RandomState(seed)` seeds it (`init_genrand`, not
+    /// Python's `init_by_array`); its `random()` is numpy's `random_sample`.
+    pub fn numpy(seed: u32) -> Self {
+        let mut rng = PyRandom { state: [0; N], index: N };
+        rng.init_genrand(seed);
+        rng
+    }
+
     fn init_genrand(&mut self, s: u32) {
         self.state[0] = s;
         for i in 1..N {
