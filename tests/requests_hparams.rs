@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edit::editing::hparams::{self, resolve, ContextTemplates, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, RomeHparams, Solver, SHIPPED};
+use edit::editing::hparams::{AlphaEditHparams, self, resolve, ContextTemplates, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, RomeHparams, Solver, SHIPPED};
 use edit::editing::positions::{check_locatable, subject_last_index};
 use edit::editing::requests::{parse_requests, read_requests, validate, Request};
 use edit::tokenizer::Tokenizer;
@@ -308,7 +308,7 @@ fn check_shipped<H: MethodConfig>(s: &hparams::Shipped, cfg: &edit::ModelConfig)
 
 #[test]
 fn every_shipped_config_loads_and_validates_for_its_model() {
-    assert_eq!(SHIPPED.len(), 31);
+    assert_eq!(SHIPPED.len(), 33);
     for s in SHIPPED {
         let (_, cfg) = models().into_iter().find(|(name, _)| *name == s.model).unwrap();
         assert_eq!(
@@ -322,6 +322,7 @@ fn every_shipped_config_loads_and_validates_for_its_model() {
             Method::Memit => check_shipped::<MemitHparams>(s, &cfg),
             Method::Ft => check_shipped::<FtHparams>(s, &cfg),
             Method::Mend => check_shipped::<MendHparams>(s, &cfg),
+            Method::AlphaEdit => check_shipped::<AlphaEditHparams>(s, &cfg),
         }
         // The file on disk is the one compiled in.
         let on_disk = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(s.path)).unwrap();
@@ -462,6 +463,7 @@ fn set_overrides_merge_in_order() {
         Method::Memit => error::<MemitHparams>(&cfg, s),
         Method::Ft => error::<FtHparams>(&cfg, s),
         Method::Mend => error::<MendHparams>(&cfg, s),
+        Method::AlphaEdit => error::<AlphaEditHparams>(&cfg, s),
     };
     let e = err("no_such_field=1", Method::Rome);
     assert!(
@@ -478,6 +480,10 @@ fn set_overrides_merge_in_order() {
     assert!(e.contains("ROME edits exactly one layer"), "{e}");
     let e = err("v_loss_layer=40", Method::Memit);
     assert!(e.contains("must be 47"), "{e}");
+    let e = err("L2=-1", Method::AlphaEdit);
+    assert!(e.contains("`L2`"), "{e}");
+    let e = err("solver=push_through", Method::AlphaEdit);
+    assert!(e.contains("\"direct\" or \"reduced\""), "{e}");
     let e = err("fact_token=last", Method::Rome);
     assert!(e.contains("not supported"), "{e}");
     let e = err("mom2_update_weight=null", Method::Memit);
@@ -592,7 +598,8 @@ fn method_parsing() {
     assert_eq!("rome".parse::<Method>().unwrap(), Method::Rome);
     assert_eq!("Memit".parse::<Method>().unwrap(), Method::Memit);
     assert_eq!("MEND".parse::<Method>().unwrap(), Method::Mend);
-    assert!("alphaedit".parse::<Method>().is_err());
+    assert_eq!("AlphaEdit".parse::<Method>().unwrap(), Method::AlphaEdit);
+    assert!("alpha".parse::<Method>().is_err());
     assert_eq!(Method::Memit.to_string(), "memit");
     assert!(RomeHparams::fields().contains(&"context_template_length_params"));
     assert!(!MemitHparams::fields().contains(&"context_template_length_params"));

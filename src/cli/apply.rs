@@ -49,10 +49,17 @@ pub struct ApplyArgs {
     pub requests: PathBuf,
     /// The editing method: rome (one rank-one update per fact, applied in turn), memit (one
     /// batch update spread over several layers), ft (fine-tuning: FT-L, FT, FT-W, FT-M by
-    /// config; all requests in one run) or mend (a trained hypernetwork, --mend FILE, maps the
-    /// requests' gradient to the update; all requests one batch).
-    #[arg(long, value_parser = ["rome", "memit", "ft", "mend"])]
+    /// config; all requests in one run), mend (a trained hypernetwork, --mend FILE, maps the
+    /// requests' gradient to the update; all requests one batch) or alphaedit (MEMIT's update
+    /// projected so that it leaves the preserved knowledge's keys alone, and with --state the
+    /// earlier batches' keys too).
+    #[arg(long, value_parser = ["rome", "memit", "ft", "mend", "alphaedit"])]
     pub method: String,
+    /// AlphaEdit: a directory holding what earlier batches' edits left (the null spaces and
+    /// their keys), read before the edit and updated once the outputs are written. Edit the
+    /// model each call writes (--out), batch after batch.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -108,7 +115,7 @@ pub struct MethodArgs {
 impl MethodArgs {
     /// The method's settings as the library takes them.
     pub fn source<'a>(&'a self, identity: Option<&'a ModelIdentity>) -> MethodSource<'a> {
-        MethodSource { config: self.config.as_deref(), sets: &self.sets, hypernetwork: self.mend.as_deref(), identity }
+        MethodSource { config: self.config.as_deref(), sets: &self.sets, hypernetwork: self.mend.as_deref(), identity, state: None, history: None }
     }
 }
 
@@ -228,7 +235,17 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let identity = ModelIdentity::of(&files)?;
     let tok: Tokenizer = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
     requests::validate(&reqs, &tok, cfg.n_ctx)?;
-    let prepared = prepare(method, &cfg, args.model.id(), args.method_args.source(Some(&identity)))?;
+    let history = match &args.state {
+        Some(_) => Some(edit::editing::alphaedit::ModelHistory {
+            base_fingerprint: identity.base_fingerprint.clone().unwrap_or_else(|| identity.weights_fingerprint.clone()),
+            applied: patch::applied_to_model(&files)?,
+        }),
+        None => None,
+    };
+    let mut source = args.method_args.source(Some(&identity));
+    source.state = args.state.as_deref();
+    source.history = history.as_ref();
+    let prepared = prepare(method, &cfg, args.model.id(), source)?;
     let seed = args.method_args.seed.unwrap_or(prepared.method.default_seed());
     tracing::info!("{} config: {}", method.name(), prepared.source);
     tracing::debug!("config: {}", serde_json::to_string(&prepared.json).unwrap_or_default());
@@ -271,6 +288,10 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
     if !refused {
         write_outputs(&args, &lm, &cfg, deltas, &reqs, prepared, method, seed, &identity, delta_in_out.as_deref())?;
+        if let Some(dir) = &args.state {
+            prepared.method.keep(deltas).with_context(|| format!("the outputs were written, but the AlphaEdit state in {} could not be updated", dir.display()))?;
+            tracing::info!("AlphaEdit state in {} updated: edit the model written to --out next", dir.display());
+        }
     }
     let summary = Summary {
         summary: true,

@@ -70,7 +70,7 @@ pub struct EvalRunArgs {
     /// The editing method, or none (score the model as it is: the baseline, or a model written
     /// by `edit apply`).
     // Options only so that `edit eval merge` can do without them; clap still requires them.
-    #[arg(long, value_parser = ["rome", "memit", "ft", "mend", "none"], required = true)]
+    #[arg(long, value_parser = ["rome", "memit", "ft", "mend", "alphaedit", "none"], required = true)]
     pub method: Option<String>,
     #[command(flatten)]
     pub model: ModelArgs,

@@ -145,6 +145,11 @@ impl LayerStats {
         Self { file: Some(file.to_path_buf()), c: None, factor: None, what: format!("the second moment of `{module}`"), keep: true }
     }
 
+    /// The statistics file C is read from, if any.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
+    }
+
     /// C, read from the statistics file if it is not in memory.
     pub fn c(&mut self) -> Result<&Mat<f64>> {
         if self.c.is_none() {

@@ -111,7 +111,7 @@ pub fn compute_zs(
 }
 
 /// MEMIT keys: per request, the mean over each template group, then over the groups.
-fn memit_keys(
+pub(crate) fn memit_keys(
     model: &dyn CausalLm,
     tok: &Tokenizer,
     requests: &[Request],
@@ -161,15 +161,67 @@ pub fn apply_memit(
     pad_id: u32,
 ) -> Result<MemitOutcome> {
     let lambda = hp.mom2_update_weight;
-    let z_layer = *hp.layers.last().ok_or_else(|| Error::Input("MEMIT needs at least one layer".into()))?;
-    let names: Vec<String> =
-        hp.layers.iter().map(|&l| Ok(mlp_down(model.config(), l)?.name)).collect::<Result<_>>()?;
     if let Some(l) = hp.layers.iter().find(|l| !stats.contains_key(l)) {
         return Err(Error::Input(format!("no second-moment statistics loaded for layer {l}")));
     }
     let started = Instant::now();
     let zs = compute_zs(&*model, tok, requests, hp, templates, hp.z_batch(model.device()), pad_id)?;
     let z_seconds = started.elapsed().as_secs_f64();
+    let n = requests.len();
+    let (deltas, layers) = spread_over_layers(model, tok, requests, hp, templates, &zs, pad_id, &mut |_, layer, k, resid| {
+        let st = stats.get_mut(&layer).ok_or_else(|| Error::Internal(format!("layer {layer}'s statistics vanished")))?;
+        let (adj_k, solver_used) = match hp.solver {
+            Solver::Direct => (memit_solve_direct(st.c()?, lambda, k), "direct (d_ff×d_ff, LU)"),
+            Solver::Auto if n >= k.nrows() => (memit_solve_spd(st.c()?, lambda, k)?, "direct (d_ff×d_ff, Cholesky)"),
+            Solver::PushThrough | Solver::Auto => (memit_solve_push_through(st.factor()?, lambda, k)?, "push-through (n×n)"),
+        };
+        st.done();
+        Ok((resid * adj_k.transpose(), solver_used))
+    })?;
+    Ok(MemitOutcome { deltas, requests: request_reports(requests, zs), layers, z_seconds })
+}
+
+/// Per request, what its target vector's optimisation did.
+pub(crate) fn request_reports(requests: &[Request], zs: Vec<OptimizedTarget>) -> Vec<MemitRequestReport> {
+    requests
+        .iter()
+        .zip(zs)
+        .map(|(r, z)| MemitRequestReport {
+            index: r.index,
+            case_id: r.case_id.clone(),
+            subject: r.subject.clone(),
+            target_new: r.target_new.clone(),
+            init_norm: vec_norm(&z.init),
+            delta_norm: vec_norm(&z.delta),
+            steps: z.steps,
+            losses: z.losses,
+        })
+        .collect()
+}
+
+/// A layer's update from its keys `K` `[d_ff, n]` and its share of the residuals `R` `[d, n]`:
+/// ΔW `[d, d_ff]` (`[out, in]`) and the name of the solve used. Called with the layer's index
+/// among the edited ones and its number.
+pub(crate) type LayerSolve<'a> = dyn FnMut(usize, usize, &Mat<f64>, &Mat<f64>) -> Result<(Mat<f64>, &'static str)> + 'a;
+
+/// MEMIT's spreading of the targets `zs` over the edited layers, shared by the methods that
+/// build on it (AlphaEdit): for each layer in ascending order, on the model as edited so far,
+/// the keys K, the current block output h at the last layer, R = (Z − h) / (layers left), and
+/// the update `solve` returns, applied at once so that later layers see it. Returns the
+/// deltas and a report per layer; the model is left unchanged.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn spread_over_layers(
+    model: &mut dyn CausalLm,
+    tok: &Tokenizer,
+    requests: &[Request],
+    hp: &Common,
+    templates: &ContextTemplates,
+    zs: &[OptimizedTarget],
+    pad_id: u32,
+    solve: &mut LayerSolve,
+) -> Result<(Deltas, Vec<MemitLayerReport>)> {
+    let z_layer = *hp.layers.last().ok_or_else(|| Error::Input("MEMIT needs at least one layer".into()))?;
+    let names: Vec<String> = hp.layers.iter().map(|&l| Ok(mlp_down(model.config(), l)?.name)).collect::<Result<_>>()?;
     let d = model.config().d_model;
     let n = requests.len();
     let z_mat = Mat::from_fn(d, n, |i, j| f64::from(zs[j].target[i]));
@@ -187,19 +239,12 @@ pub fn apply_memit(
             // targets [d, n] = Z − h, spread over the layers left (this one included).
             let left = (hp.layers.len() - i) as f64;
             let resid = Mat::from_fn(d, n, |a, j| (z_mat[(a, j)] - cur[(j, a)]) / left);
-            let st = stats.get_mut(&layer).ok_or_else(|| Error::Internal(format!("layer {layer}'s statistics vanished")))?;
-            let (adj_k, solver_used) = match hp.solver {
-                Solver::Direct => (memit_solve_direct(st.c()?, lambda, &k), "direct (d_ff×d_ff, LU)"),
-                Solver::Auto if n >= k.nrows() => (memit_solve_spd(st.c()?, lambda, &k)?, "direct (d_ff×d_ff, Cholesky)"),
-                Solver::PushThrough | Solver::Auto => (memit_solve_push_through(st.factor()?, lambda, &k)?, "push-through (n×n)"),
-            };
-            st.done();
+            let (upd, solver_used) = solve(i, layer, &k, &resid)?; // [d, d_ff] = [out, in]
             tracing::info!("layer {layer}: {n} edits, {}-wide keys: solved {solver_used}", k.nrows());
-            let upd = &resid * adj_k.transpose(); // [d, d_ff] = [out, in]
             let upd_norm = upd.norm_l2();
             if !upd_norm.is_finite() {
                 return Err(Error::Numerical(format!(
-                    "layer {layer}: the MEMIT update is not finite; refusing to write it (check the statistics and `mom2_update_weight`)"
+                    "layer {layer}: the update is not finite; refusing to write it (check the statistics and the config's regulariser)"
                 )));
             }
             let upd_t = to_tensor(&upd, candle_core::DType::F32)?;
@@ -223,22 +268,7 @@ pub fn apply_memit(
         Ok((deltas, layer_reports))
     })();
     restorer.restore(model)?;
-    let (deltas, layers) = result?;
-    let reports = requests
-        .iter()
-        .zip(zs)
-        .map(|(r, z)| MemitRequestReport {
-            index: r.index,
-            case_id: r.case_id.clone(),
-            subject: r.subject.clone(),
-            target_new: r.target_new.clone(),
-            init_norm: vec_norm(&z.init),
-            delta_norm: vec_norm(&z.delta),
-            steps: z.steps,
-            losses: z.losses,
-        })
-        .collect();
-    Ok(MemitOutcome { deltas, requests: reports, layers, z_seconds })
+    result
 }
 
 /// MEMIT behind the common method interface, with its config.
@@ -260,43 +290,53 @@ impl super::method::EditMethod for Memit {
     }
 
     fn context_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Result<Option<ContextTemplates>> {
-        if let Some(t) = &self.hp.context_templates {
-            return Ok(Some(super::templates::from_config(t, super::hparams::Method::Memit)));
-        }
-        super::templates::memit_templates(model, tok, seed).map(Some)
+        memit_context_templates(&self.hp, model, tok, seed).map(Some)
     }
 
     fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {
-        use super::method::{report_json, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
         let templates = inputs.templates()?;
         let out = apply_memit(model, inputs.tok, inputs.requests, &self.hp, inputs.stats, templates, inputs.pad_id)?;
-        let worst = out
-            .requests
-            .iter()
-            .max_by(|a, b| a.delta_norm.total_cmp(&b.delta_norm))
-            .map(|w| format!("{} ({:?} → {:?})", w.index, w.subject, w.target_new))
-            .unwrap_or_default();
-        let sizes = out
-            .layers
-            .iter()
-            .map(|l| UpdateSize {
-                what: format!("layer {} ({})", l.layer, l.module),
-                update_norm: l.update_norm,
-                weight_norm: l.weight_norm,
-                detail: String::new(),
-                hint: format!("The request with the largest target shift is {worst}; raise mom2_update_weight or the limit"),
-            })
-            .collect();
-        let requests = out
-            .requests
-            .iter()
-            .map(|r| {
-                let tail = format!("‖δ‖ {:.3}", r.delta_norm);
-                RequestOutcome::new(r.index, &r.subject, &r.target_new, &r.losses, r.steps, tail, report_json(r))
-            })
-            .collect();
-        let modules =
-            out.layers.iter().map(|l| ModuleUpdate { module: l.module.clone(), update_norm: l.update_norm, weight_norm: l.weight_norm, solver: Some(l.solver) }).collect();
-        Ok(EditOutcome { deltas: out.deltas, requests, modules, sizes })
+        Ok(outcome_of(out))
     }
+}
+
+/// MEMIT's context templates (also AlphaEdit's): the config's, or sampled from the model.
+pub(crate) fn memit_context_templates(hp: &Common, model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Result<ContextTemplates> {
+    match &hp.context_templates {
+        Some(t) => Ok(super::templates::from_config(t, super::hparams::Method::Memit)),
+        None => super::templates::memit_templates(model, tok, seed),
+    }
+}
+
+/// MEMIT's reports in the terms every method shares (also AlphaEdit's, which spreads its
+/// updates the same way).
+pub(crate) fn outcome_of(out: MemitOutcome) -> super::method::EditOutcome {
+    use super::method::{report_json, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
+    let worst = out
+        .requests
+        .iter()
+        .max_by(|a, b| a.delta_norm.total_cmp(&b.delta_norm))
+        .map(|w| format!("{} ({:?} → {:?})", w.index, w.subject, w.target_new))
+        .unwrap_or_default();
+    let sizes = out
+        .layers
+        .iter()
+        .map(|l| UpdateSize {
+            what: format!("layer {} ({})", l.layer, l.module),
+            update_norm: l.update_norm,
+            weight_norm: l.weight_norm,
+            detail: String::new(),
+            hint: format!("The request with the largest target shift is {worst}; raise the config's regulariser (mom2_update_weight, L2) or the limit"),
+        })
+        .collect();
+    let requests = out
+        .requests
+        .iter()
+        .map(|r| {
+            let tail = format!("‖δ‖ {:.3}", r.delta_norm);
+            RequestOutcome::new(r.index, &r.subject, &r.target_new, &r.losses, r.steps, tail, report_json(r))
+        })
+        .collect();
+    let modules = out.layers.iter().map(|l| ModuleUpdate { module: l.module.clone(), update_norm: l.update_norm, weight_norm: l.weight_norm, solver: Some(l.solver) }).collect();
+    EditOutcome { deltas: out.deltas, requests, modules, sizes }
 }

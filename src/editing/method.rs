@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use std::path::Path;
 
-use super::hparams::{self, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, ResolvedHparams, RomeHparams};
+use super::hparams::{self, AlphaEditHparams, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, ResolvedHparams, RomeHparams};
 use super::linalg::LayerStats;
 use super::optimize::LossPoint;
 use super::requests::Request;
@@ -126,6 +126,19 @@ pub trait EditMethod {
 
     /// Computes the edit of `inputs.requests`; the model is left as it was found.
     fn edit(&self, model: &mut dyn CausalLm, inputs: EditInputs) -> Result<EditOutcome>;
+
+    /// Whether the method's edits depend on earlier kept edits (AlphaEdit's kept keys), so
+    /// that a sequence of edits cannot be resumed from saved deltas alone.
+    fn remembers_edits(&self) -> bool {
+        false
+    }
+
+    /// The last edit (its `deltas`) was applied to the model and stays: a sequential
+    /// evaluation's chunk, or `edit apply` with a state directory. Methods that remember earlier
+    /// edits fold it in (and save their state when they have a directory for it).
+    fn keep(&self, _deltas: &Deltas) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A method ready to run, with the config it runs with.
@@ -148,6 +161,10 @@ pub struct MethodSource<'a> {
     pub hypernetwork: Option<&'a Path>,
     /// The model's identity, when known (MEND checks its hypernetwork was made for it).
     pub identity: Option<&'a ModelIdentity>,
+    /// AlphaEdit's state directory (`--state`), and the model's edit history it is checked
+    /// against.
+    pub state: Option<&'a Path>,
+    pub history: Option<&'a super::alphaedit::ModelHistory>,
 }
 
 /// Resolves `method`'s config for this model (`--config` file or shipped name, `--set`
@@ -160,10 +177,18 @@ pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, src: MethodSou
     if src.hypernetwork.is_some() && method != Method::Mend {
         return Err(Error::Input(format!("--mend names a MEND hypernetwork, but the method is {method}; drop --mend or use --method mend")));
     }
+    if src.state.is_some() && method != Method::AlphaEdit {
+        return Err(Error::Input(format!("--state keeps AlphaEdit's memory of earlier edits, but the method is {method}; drop --state or use --method alphaedit")));
+    }
     Ok(match method {
         Method::Rome => with(hparams::resolve::<RomeHparams>(cfg, model_id, config, sets)?, |hp| super::rome::Rome { hp }),
         Method::Memit => with(hparams::resolve::<MemitHparams>(cfg, model_id, config, sets)?, |hp| super::memit::Memit { hp }),
         Method::Ft => with(hparams::resolve::<FtHparams>(cfg, model_id, config, sets)?, |hp| super::ft::Ft { hp }),
+        Method::AlphaEdit => {
+            let r = hparams::resolve::<AlphaEditHparams>(cfg, model_id, config, sets)?;
+            let m = super::alphaedit::AlphaEdit::open(r.hparams, src.state, src.history)?;
+            PreparedMethod { method: Box::new(m), json: r.json, source: r.source }
+        }
         Method::Mend => {
             let r = hparams::resolve::<MendHparams>(cfg, model_id, config, sets)?;
             let mend = super::mend::Mend::open(r.hparams, src.hypernetwork, cfg, src.identity)?;

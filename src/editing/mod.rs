@@ -7,6 +7,7 @@
 //! CLI stay outside.
 
 pub mod adam;
+pub mod alphaedit;
 pub mod hparams;
 pub mod ft;
 pub mod ft_loss;

@@ -148,6 +148,12 @@ pub fn evaluate(
             // The chunk's edit: none, the kept delta of a sequential run being resumed, or computed now.
             let (deltas, time, error): (Deltas, f64, Option<String>) = match editor.as_deref_mut() {
                 None => (Deltas::new(), 0.0, None),
+                Some(ed) if kept && ed.prepared.method.remembers_edits() => {
+                    return Err(Error::Input(format!(
+                        "cannot resume this sequential {} run at chunk {k}: the method's memory of earlier edits is kept in memory only; pass --force to start over",
+                        ed.prepared.method.method()
+                    )));
+                }
                 Some(_) if kept => {
                     let path = delta_path.as_ref().expect("kept implies a path");
                     let (d, _) = load_delta(path, model.config())?;
@@ -175,6 +181,8 @@ pub fn evaluate(
                                 if let Some(path) = delta_path.as_ref() {
                                     save_chunk_delta(path, model, ed, &requests, &run.outcome.deltas, plan, time)?;
                                 }
+                                // The chunk's edit stays: methods that remember edits fold it in.
+                                ed.prepared.method.keep(&run.outcome.deltas)?;
                             }
                             (run.outcome.deltas, time, None)
                         }

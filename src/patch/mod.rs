@@ -245,6 +245,19 @@ pub fn applied_ids(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas) -> Re
     Ok(out)
 }
 
+/// The deltas applied to a model by `edit`, oldest first: the longest list its weight files
+/// record (files never rewritten record none).
+pub fn applied_to_model(files: &ModelFiles) -> Result<Vec<String>> {
+    let mut longest = Vec::new();
+    for path in &files.weights {
+        let ids: Vec<String> = crate::checkpoint::file_metadata(path)?.get(APPLIED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default();
+        if ids.len() > longest.len() {
+            longest = ids;
+        }
+    }
+    Ok(longest)
+}
+
 fn copy_file(from: &Path, to: &Path) -> Result<()> {
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;

@@ -69,7 +69,8 @@ pub fn scan(stats_dir: &Path, identity: &ModelIdentity, cfg: &ModelConfig, layer
             files.sort();
             for path in files {
                 let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                if name.starts_with('.') || !name.ends_with(".safetensors") {
+                // AlphaEdit caches null spaces beside the statistics (`<stats>.nullspace-<t>.safetensors`).
+                if name.starts_with('.') || !name.ends_with(".safetensors") || name.contains(".nullspace-") {
                     continue;
                 }
                 for (layer, module) in &modules {

@@ -62,11 +62,17 @@ impl MemitHparams {
     /// The z batch size to use on `device`: `z_batch_size`, or when 0, one request at a time on
     /// the CPU (measured: batching only adds padding there, `benches/README.md`) and 32 on a GPU.
     pub fn z_batch(&self, device: &candle_core::Device) -> usize {
-        match self.z_batch_size {
-            0 if device.is_cpu() => 1,
-            0 => 32,
-            n => n,
-        }
+        z_batch(self.z_batch_size, device)
+    }
+}
+
+/// A config's `z_batch_size` on `device`: as given, or when 0 one request at a time on the CPU
+/// and 32 on a GPU (MEMIT's and AlphaEdit's).
+pub fn z_batch(size: usize, device: &candle_core::Device) -> usize {
+    match size {
+        0 if device.is_cpu() => 1,
+        0 => 32,
+        n => n,
     }
 }
 

@@ -8,6 +8,7 @@
 //! the model. Then `--set key=value` overrides, in order. The shipped files live in `configs/`
 //! and are compiled in (`include_str!`): the binary does not need that folder.
 
+pub mod alphaedit;
 pub mod ft;
 pub mod locate;
 pub mod memit;
@@ -23,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+pub use alphaedit::{AlphaEditHparams, AlphaSolver};
 pub use ft::FtHparams;
 pub use locate::{Common, ContextTemplates, GradCheckpoint};
 pub use memit::{MemitHparams, Solver};
@@ -43,10 +45,13 @@ pub enum Method {
     Ft,
     /// MEND: a trained hypernetwork maps the edit's gradient to the update.
     Mend,
+    /// AlphaEdit: MEMIT's update projected onto the null space of the preserved knowledge's
+    /// keys, keeping earlier edits' keys too.
+    AlphaEdit,
 }
 
 impl Method {
-    pub const ALL: [Method; 4] = [Method::Rome, Method::Memit, Method::Ft, Method::Mend];
+    pub const ALL: [Method; 5] = [Method::Rome, Method::Memit, Method::Ft, Method::Mend, Method::AlphaEdit];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -54,6 +59,7 @@ impl Method {
             Method::Memit => "memit",
             Method::Ft => "ft",
             Method::Mend => "mend",
+            Method::AlphaEdit => "alphaedit",
         }
     }
 }
@@ -72,7 +78,7 @@ impl FromStr for Method {
         Method::ALL
             .into_iter()
             .find(|m| m.name() == s)
-            .ok_or_else(|| Error::Input(format!("unknown editing method `{s}`; use rome, memit, ft or mend")))
+            .ok_or_else(|| Error::Input(format!("unknown editing method `{s}`; use rome, memit, ft, mend or alphaedit")))
     }
 }
 

@@ -64,6 +64,8 @@ pub static SHIPPED: &[Shipped] = &[
     shipped!(Ft, "ft/EleutherAI_gpt-j-6B_wd.json", "gpt-j-6b", GptJ, 28, 4096, true, false),
     shipped!(Ft, "ft/EleutherAI_gpt-j-6B_ft-l-paper.json", "gpt-j-6b", GptJ, 28, 4096, false, false),
     shipped!(Ft, "ft/EleutherAI_gpt-neox-20b_constr.json", "gpt-neox-20b", GptNeoX, 44, 6144, false, true),
+    shipped!(AlphaEdit, "alphaedit/gpt2-xl.json", "gpt2-xl", Gpt2, 48, 1600, true, true),
+    shipped!(AlphaEdit, "alphaedit/EleutherAI_gpt-j-6B.json", "gpt-j-6b", GptJ, 28, 4096, true, true),
     shipped!(Mend, "mend/gpt2-xl.json", "gpt2-xl", Gpt2, 48, 1600, true, true),
     shipped!(Mend, "mend/gpt2-xl_CF.json", "gpt2-xl", Gpt2, 48, 1600, true, false),
     shipped!(Mend, "mend/gpt2-xl_zsRE.json", "gpt2-xl", Gpt2, 48, 1600, true, false),

@@ -17,7 +17,7 @@ fn method_names() {
     assert_eq!("ft".parse::<Method>().unwrap(), Method::Ft);
     assert_eq!(Method::Rome.name(), "rome");
     assert_eq!("mend".parse::<Method>().unwrap(), Method::Mend);
-    assert!("rosme".parse::<Method>().unwrap_err().to_string().contains("rome, memit, ft or mend"));
+    assert!("rosme".parse::<Method>().unwrap_err().to_string().contains("rome, memit, ft, mend or alphaedit"));
 }
 
 /// The field lists are the types' own: every field a full config serialises, and no other.
@@ -38,6 +38,10 @@ fn field_lists_match_the_types() {
     let mut memit = MemitHparams::starting_point(&cfg);
     memit["context_templates"] = json!(["{}"]);
     check_fields::<MemitHparams>(memit);
+    let mut alpha = AlphaEditHparams::starting_point(&cfg);
+    alpha["context_templates"] = json!(["{}"]);
+    alpha["mom2_update_weight"] = json!(15000);
+    check_fields::<AlphaEditHparams>(alpha);
     let mut ft = FtHparams::starting_point(&cfg);
     ft["wd_power_law"] = json!([-0.87, 0.15]);
     ft["wd_power_law_tuple_check"] = json!(true);
@@ -57,6 +61,7 @@ fn every_shipped_file_parses_as_its_method() {
         let (fields, module) = match s.method {
             Method::Rome => (RomeHparams::fields(), serde_json::from_value::<RomeHparams>(v).unwrap().rewrite_module_tmp.clone()),
             Method::Memit => (MemitHparams::fields(), serde_json::from_value::<MemitHparams>(v).unwrap().rewrite_module_tmp.clone()),
+            Method::AlphaEdit => (AlphaEditHparams::fields(), serde_json::from_value::<AlphaEditHparams>(v).unwrap().rewrite_module_tmp.clone()),
             Method::Ft => (FtHparams::fields(), serde_json::from_value::<FtHparams>(v).unwrap().rewrite_module_tmp),
             // MEND's configs name no module (the hypernetwork file does).
             Method::Mend => {

@@ -1,0 +1,259 @@
+//! What AlphaEdit remembers between edits, in memory and on disk.
+//!
+//! A state directory (`edit apply --method alphaedit --state DIR`) holds `state.json` (the
+//! config's layers and threshold, the base weights' fingerprint, the ids of the deltas kept so
+//! far, in order) and per layer `layer-<l>-<step>.safetensors` with the null space's basis
+//! (`nullspace`, f32 `[d_ff, r]`) and the kept edits' Σ K_pK_pᵀ (`kept_keys`, f64). A save
+//! writes the new step's layer files, then `state.json` naming that step (the commit), then
+//! removes the previous step's files: an interrupted save leaves the previous state whole.
+//!
+//! Null spaces are also cached beside the statistics file they come from
+//! (`<stats>.nullspace-<threshold>.safetensors`), so one-shot edits do not decompose C again.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::{DType, Device};
+use faer::Mat;
+use serde::{Deserialize, Serialize};
+
+use super::NullSpace;
+use crate::editing::hparams::AlphaEditHparams;
+use crate::editing::linalg::{to_mat, to_tensor};
+use crate::editing::Deltas;
+use crate::error::{Error, Result};
+
+/// The weights an edit is made on, as far as the state cares: the base weights (before any
+/// edit by `edit`) and the deltas applied to them since, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelHistory {
+    pub base_fingerprint: String,
+    pub applied: Vec<String>,
+}
+
+/// `state.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StateFile {
+    pub format: u32,
+    pub layers: Vec<usize>,
+    pub nullspace_threshold: f64,
+    pub base_fingerprint: String,
+    /// Ids of the kept deltas (as recorded in the weight files they were applied to).
+    pub applied: Vec<String>,
+    /// Requests kept so far.
+    pub requests: usize,
+    /// The step whose layer files hold the state.
+    pub step: usize,
+}
+
+const STATE_FILE: &str = "state.json";
+
+#[derive(Default)]
+pub struct AlphaState {
+    pub null_spaces: BTreeMap<usize, Arc<NullSpace>>,
+    /// Per layer, Σ K_pK_pᵀ over the kept edits.
+    pub kept_keys: BTreeMap<usize, Mat<f64>>,
+    /// The last edit's KKᵀ per layer, until it is kept (or replaced by the next edit).
+    pub pending: Option<BTreeMap<usize, Mat<f64>>>,
+    pub pending_requests: usize,
+    pub file: StateFile,
+}
+
+fn layer_file(dir: &Path, layer: usize, step: usize) -> PathBuf {
+    dir.join(format!("layer-{layer}-{step}.safetensors"))
+}
+
+fn bad(dir: &Path, why: String) -> Error {
+    Error::Input(format!("the AlphaEdit state in {}: {why}", dir.display()))
+}
+
+impl AlphaState {
+    /// Reads the state in `dir`, or starts one there (nothing is written until an edit is
+    /// kept). The config's layers and threshold must be the state's, and `model` the weights
+    /// its last kept edit was applied to.
+    pub fn open(dir: &Path, hp: &AlphaEditHparams, model: Option<&ModelHistory>) -> Result<Self> {
+        let path = dir.join(STATE_FILE);
+        if !path.exists() {
+            let m = model.cloned().unwrap_or_default();
+            return Ok(Self { file: StateFile { format: 1, layers: hp.layers.clone(), nullspace_threshold: hp.nullspace_threshold, base_fingerprint: m.base_fingerprint, applied: m.applied, requests: 0, step: 0 }, ..Self::default() });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let file: StateFile = serde_json::from_str(&text).map_err(|e| bad(dir, format!("{STATE_FILE} is not a state file ({e})")))?;
+        if file.layers != hp.layers || file.nullspace_threshold != hp.nullspace_threshold {
+            return Err(bad(
+                dir,
+                format!(
+                    "it was built with layers {:?} and nullspace_threshold {}, the config has {:?} and {}; edit with the same config, or start a new --state directory",
+                    file.layers, file.nullspace_threshold, hp.layers, hp.nullspace_threshold
+                ),
+            ));
+        }
+        if let Some(m) = model {
+            if m.base_fingerprint != file.base_fingerprint {
+                return Err(bad(dir, format!("it belongs to other weights (fingerprint {}, this model's base is {}); start a new --state directory for this model", file.base_fingerprint, m.base_fingerprint)));
+            }
+            if m.applied != file.applied {
+                return Err(bad(
+                    dir,
+                    format!(
+                        "its edits were applied as deltas {:?}, but this model holds {:?}: pass the model the previous `edit apply --state` wrote (--out), or that `edit apply-delta` made with its delta",
+                        file.applied, m.applied
+                    ),
+                ));
+            }
+        }
+        let mut state = Self { file, ..Self::default() };
+        for &l in &state.file.layers.clone() {
+            let p = layer_file(dir, l, state.file.step);
+            let tensors = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| bad(dir, format!("cannot read {}: {e}", p.display())))?;
+            let get = |name: &str| tensors.get(name).ok_or_else(|| bad(dir, format!("{} has no `{name}`", p.display())));
+            let basis = to_mat(get("nullspace")?)?;
+            let width = basis.nrows();
+            state.null_spaces.insert(l, Arc::new(NullSpace { rank: basis.ncols(), width, basis }));
+            state.kept_keys.insert(l, to_mat(get("kept_keys")?)?);
+        }
+        tracing::info!("AlphaEdit state {}: {} edits kept in {} batches", dir.display(), state.file.requests, state.file.applied.len());
+        Ok(state)
+    }
+
+    /// Folds the last edit (its delta `deltas`) into the kept keys.
+    pub fn keep(&mut self, deltas: &Deltas) -> Result<()> {
+        let pending = self.pending.take().ok_or_else(|| Error::Internal("AlphaEdit: an edit was kept before one was made".into()))?;
+        for (l, kkt) in pending {
+            match self.kept_keys.get_mut(&l) {
+                Some(k) => *k += &kkt,
+                None => {
+                    self.kept_keys.insert(l, kkt);
+                }
+            }
+        }
+        self.file.applied.push(crate::patch::delta_id(deltas)?);
+        self.file.requests += self.pending_requests;
+        Ok(())
+    }
+
+    /// Writes the state to `dir` (see the module documentation for the order).
+    pub fn save(&mut self, dir: &Path, hp: &AlphaEditHparams) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let (old, step) = (self.file.step, self.file.step + 1);
+        for &l in &hp.layers {
+            let ns = self.null_spaces.get(&l).ok_or_else(|| Error::Internal(format!("AlphaEdit: no null space for layer {l}")))?;
+            let width = ns.width;
+            let kept = self.kept_keys.get(&l).cloned().unwrap_or_else(|| Mat::zeros(width, width));
+            let tensors = [("nullspace".to_string(), to_tensor(&ns.basis, DType::F32)?), ("kept_keys".to_string(), to_tensor(&kept, DType::F64)?)];
+            let p = layer_file(dir, l, step);
+            let tmp = crate::fsutil::sibling(&p, "tmp");
+            crate::fsutil::write_safetensors(&tmp, &tensors, None)?;
+            std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
+        }
+        self.file.step = step;
+        let mut json = serde_json::to_vec_pretty(&self.file).expect("the state serialises");
+        json.push(b'\n');
+        crate::fsutil::write_atomic(&dir.join(STATE_FILE), &json)?;
+        for &l in &hp.layers {
+            let _ = std::fs::remove_file(layer_file(dir, l, old));
+        }
+        Ok(())
+    }
+}
+
+/// Where the null space of a statistics file's C below `threshold` is cached.
+pub fn null_space_cache(stats: &Path, threshold: f64) -> PathBuf {
+    let name = stats.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    stats.with_file_name(format!("{}.nullspace-{threshold:e}.safetensors", name.trim_end_matches(".safetensors")))
+}
+
+/// The statistics file's identity a cached null space records: its length and modification
+/// time (statistics recomputed with `--force` replace the file).
+fn stats_identity(path: &Path) -> Option<String> {
+    let stats = path.to_string_lossy();
+    let stats = stats.rsplit_once(".nullspace-").map(|(s, _)| format!("{s}.safetensors"))?;
+    let m = std::fs::metadata(&stats).ok()?;
+    let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(format!("{}:{}.{:09}", m.len(), mtime.as_secs(), mtime.subsec_nanos()))
+}
+
+/// A cached null space, if there is one for the statistics file as it is now.
+pub fn read_null_space(path: &Path) -> Result<Option<NullSpace>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let meta = crate::checkpoint::file_metadata(path)?;
+    if meta.get("edit.stats_file").cloned() != stats_identity(path) {
+        return Ok(None);
+    }
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let Some(basis) = tensors.get("nullspace") else { return Ok(None) };
+    let basis = to_mat(basis)?;
+    tracing::debug!("null space read from {}", path.display());
+    Ok(Some(NullSpace { rank: basis.ncols(), width: basis.nrows(), basis }))
+}
+
+pub fn write_null_space(path: &Path, ns: &NullSpace) -> Result<()> {
+    let identity = stats_identity(path).ok_or_else(|| Error::Internal(format!("no statistics file beside {}", path.display())))?;
+    let md = std::collections::HashMap::from([("edit.stats_file".to_string(), identity)]);
+    let tmp = crate::fsutil::sibling(path, "tmp");
+    crate::fsutil::write_safetensors(&tmp, &[("nullspace".to_string(), to_tensor(&ns.basis, DType::F32)?)], Some(md))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hp() -> AlphaEditHparams {
+        let cfg = crate::ModelConfig::from_json(&serde_json::json!({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 4, "vocab_size": 10, "n_positions": 16}), Path::new("c")).unwrap();
+        let mut v = <AlphaEditHparams as crate::editing::hparams::MethodConfig>::starting_point(&cfg);
+        v["layers"] = serde_json::json!([1, 2]);
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn mat(r: usize, c: usize, seed: usize) -> Mat<f64> {
+        Mat::from_fn(r, c, |i, j| ((i * 7 + j * 3 + seed) % 11) as f64 / 3.0 - 1.5)
+    }
+
+    #[test]
+    fn a_saved_state_reads_back_bit_for_bit_and_checks_the_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let hp = hp();
+        let base = ModelHistory { base_fingerprint: "f00d".into(), applied: vec![] };
+        let mut s = AlphaState::open(dir.path(), &hp, Some(&base)).unwrap();
+        for l in [1, 2] {
+            // f32 values, as null spaces are held.
+            let basis = Mat::from_fn(32, 5, |i, j| f64::from((mat(32, 5, l)[(i, j)] / 7.0) as f32));
+            s.null_spaces.insert(l, Arc::new(NullSpace { rank: 5, width: 32, basis }));
+        }
+        s.pending = Some([(1, mat(32, 32, 1) / 3.0), (2, mat(32, 32, 2) * 1e-3)].into_iter().collect());
+        s.pending_requests = 4;
+        let mut deltas = Deltas::new();
+        deltas.insert("transformer.h.1.mlp.c_proj".into(), candle_core::Tensor::ones((8, 32), DType::F32, &Device::Cpu).unwrap());
+        s.keep(&deltas).unwrap();
+        s.save(dir.path(), &hp).unwrap();
+        let id = s.file.applied[0].clone();
+
+        let edited = ModelHistory { base_fingerprint: "f00d".into(), applied: vec![id.clone()] };
+        let back = AlphaState::open(dir.path(), &hp, Some(&edited)).unwrap();
+        assert_eq!((back.file.requests, back.file.applied.clone(), back.file.step), (4, vec![id], 1));
+        for l in [1, 2] {
+            assert_eq!(back.kept_keys[&l], s.kept_keys[&l], "layer {l}'s kept keys");
+            assert_eq!(back.null_spaces[&l].basis, s.null_spaces[&l].basis, "layer {l}'s null space");
+        }
+        // Only the current step's files remain after a second save.
+        let mut again = back;
+        again.pending = Some([(1, mat(32, 32, 3)), (2, mat(32, 32, 4))].into_iter().collect());
+        again.keep(&deltas).unwrap();
+        again.save(dir.path(), &hp).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["layer-1-2.safetensors", "layer-2-2.safetensors", "state.json"]);
+
+        // The unedited model, another model, another config: refused with the reason.
+        let err = |r: Result<AlphaState>| r.err().expect("refused").to_string();
+        assert!(err(AlphaState::open(dir.path(), &hp, Some(&base))).contains("holds []"));
+        assert!(err(AlphaState::open(dir.path(), &hp, Some(&ModelHistory { base_fingerprint: "beef".into(), applied: vec![] }))).contains("other weights"));
+        let mut other = hp.clone();
+        other.common.layers = vec![1];
+        assert!(err(AlphaState::open(dir.path(), &other, None)).contains("layers [1, 2]"));
+    }
+}
