@@ -45,6 +45,10 @@ pub struct StateFile {
     pub requests: usize,
     /// The step whose layer files hold the state.
     pub step: usize,
+    /// The config the state was started with (for people: edits must use the same layers and
+    /// threshold).
+    #[serde(default)]
+    pub config: serde_json::Value,
 }
 
 const STATE_FILE: &str = "state.json";
@@ -76,7 +80,17 @@ impl AlphaState {
         let path = dir.join(STATE_FILE);
         if !path.exists() {
             let m = model.cloned().unwrap_or_default();
-            return Ok(Self { file: StateFile { format: 1, layers: hp.layers.clone(), nullspace_threshold: hp.nullspace_threshold, base_fingerprint: m.base_fingerprint, applied: m.applied, requests: 0, step: 0 }, ..Self::default() });
+            let file = StateFile {
+                format: 1,
+                layers: hp.layers.clone(),
+                nullspace_threshold: hp.nullspace_threshold,
+                base_fingerprint: m.base_fingerprint,
+                applied: m.applied,
+                requests: 0,
+                step: 0,
+                config: serde_json::to_value(hp).expect("the config serialises"),
+            };
+            return Ok(Self { file, ..Self::default() });
         }
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let file: StateFile = serde_json::from_str(&text).map_err(|e| bad(dir, format!("{STATE_FILE} is not a state file ({e})")))?;
@@ -84,7 +98,7 @@ impl AlphaState {
             return Err(bad(
                 dir,
                 format!(
-                    "it was built with layers {:?} and nullspace_threshold {}, the config has {:?} and {}; edit with the same config, or start a new --state directory",
+                    "it was built with layers {:?} and nullspace_threshold {}, the config has {:?} and {}; edit with the config it was built with (pass the same --config; {STATE_FILE} records it under `config`), or start a new --state directory",
                     file.layers, file.nullspace_threshold, hp.layers, hp.nullspace_threshold
                 ),
             ));
