@@ -26,13 +26,7 @@ fn stats() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        ok(edit_bin()
-            .args(["stats", "--model"])
-            .arg(model_dir())
-            .args(["--layers", "0-2", "--samples", "100000", "--text"])
-            .arg(model_dir().join("stats-corpus.txt"))
-            .arg("--stats-dir")
-            .arg(dir.path()));
+        common::fact_gpt2_stats(dir.path());
         dir
     })
     .path()

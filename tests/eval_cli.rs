@@ -100,13 +100,7 @@ fn memit_tuned_on_a_batch_of_100_scores_as_the_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let stats = tmp.path().join("stats");
     // The reference's statistics: every text of the corpus.
-    ok(edit_bin()
-        .args(["stats", "--model"])
-        .arg(model_dir())
-        .args(["--layers", "0-2", "--samples", "100000", "--text"])
-        .arg(model_dir().join("stats-corpus.txt"))
-        .arg("--stats-dir")
-        .arg(&stats));
+    common::fact_gpt2_stats(&stats);
     let stdout = ok(eval("memit", &cases())
         .arg("--config")
         .arg(model_dir().join("hparams/MEMIT_tuned.json"))

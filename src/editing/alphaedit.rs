@@ -27,7 +27,7 @@ use faer::Mat;
 
 use super::hparams::{AlphaEditHparams, AlphaSolver, Method};
 use super::linalg::{LayerStats, SpdFactor};
-use super::memit::{compute_zs, request_reports, spread_over_layers};
+use super::memit::{check_stats, edit_by_layers};
 use super::method::{EditInputs, EditOutcome};
 use super::templates::ContextTemplates;
 use super::Deltas;
@@ -37,16 +37,14 @@ use crate::tokenizer::Tokenizer;
 
 mod state;
 
-pub use state::{AlphaState, ModelHistory, StateFile};
+pub use state::ModelHistory;
+use state::AlphaState;
 
 /// A layer's preserved-knowledge null space: the orthonormal basis U `[d_ff, r]` of
 /// P = U Uᵀ (f32 values held in f64).
 #[derive(Clone, Debug)]
 pub struct NullSpace {
     pub basis: Mat<f64>,
-    /// The eigenvalues of C found below the threshold, and C's width.
-    pub rank: usize,
-    pub width: usize,
 }
 
 impl NullSpace {
@@ -58,8 +56,17 @@ impl NullSpace {
         let evd = c.self_adjoint_eigen(faer::Side::Lower).map_err(|e| Error::Numerical(format!("the eigendecomposition of C ({n}×{n}) failed: {e:?}")))?;
         let (u, s) = (evd.U(), evd.S());
         let keep: Vec<usize> = (0..n).filter(|&i| s[i].abs() < threshold).collect();
-        let basis = Mat::from_fn(n, keep.len(), |i, j| f64::from(u[(i, keep[j])] as f32));
-        Ok(Self { rank: keep.len(), width: n, basis })
+        Ok(Self { basis: Mat::from_fn(n, keep.len(), |i, j| f64::from(u[(i, keep[j])] as f32)) })
+    }
+
+    /// The eigenvalues of C found below the threshold.
+    pub fn rank(&self) -> usize {
+        self.basis.ncols()
+    }
+
+    /// C's width.
+    pub fn width(&self) -> usize {
+        self.basis.nrows()
     }
 
     /// P x.
@@ -68,13 +75,14 @@ impl NullSpace {
     }
 }
 
-/// The update X `[d_ff, d]` of one layer: `(P M + l2·I)⁻¹ P K Rᵀ` with M = KKᵀ + K_pK_pᵀ.
-pub fn solve_update(ns: &NullSpace, k: &Mat<f64>, resid: &Mat<f64>, kept: Option<&Mat<f64>>, l2: f64, solver: AlphaSolver) -> Result<Mat<f64>> {
+/// The update X `[d_ff, d]` of one layer: `(P M + l2·I)⁻¹ P K Rᵀ` with M = KKᵀ + K_pK_pᵀ
+/// (`kkt` = K Kᵀ, which the caller keeps too).
+pub fn solve_update(ns: &NullSpace, k: &Mat<f64>, kkt: &Mat<f64>, resid: &Mat<f64>, kept: Option<&Mat<f64>>, l2: f64, solver: AlphaSolver) -> Result<Mat<f64>> {
     let d_ff = k.nrows();
-    let mut m = k * k.transpose();
-    if let Some(kp) = kept {
-        m += kp;
-    }
+    let m = match kept {
+        Some(kp) => kkt + kp,
+        None => kkt.clone(),
+    };
     let pkr = ns.project(&(k * resid.transpose()));
     match solver {
         AlphaSolver::Direct => {
@@ -126,23 +134,23 @@ impl AlphaEdit {
             return Ok(ns.clone());
         }
         let thr = self.hp.nullspace_threshold;
-        let cached = stats.file().map(|f| state::null_space_cache(f, thr));
-        let ns = match cached.as_ref().map(|p| state::read_null_space(p)).transpose()?.flatten() {
+        let file = stats.file().map(Path::to_path_buf);
+        let ns = match file.as_deref().map(|f| state::read_null_space(f, thr)).transpose()?.flatten() {
             Some(ns) => ns,
             None => {
                 let t0 = std::time::Instant::now();
                 let ns = NullSpace::of(stats.c()?, thr)?;
-                tracing::info!("layer {layer}: null space of C below {thr}: {} of {} dimensions ({:.1?})", ns.rank, ns.width, t0.elapsed());
-                if let Some(p) = &cached {
+                tracing::info!("layer {layer}: null space of C below {thr}: {} of {} dimensions ({:.1?})", ns.rank(), ns.width(), t0.elapsed());
+                if let Some(f) = &file {
                     // A cache that cannot be written costs only the time to compute it again.
-                    if let Err(e) = state::write_null_space(p, &ns) {
-                        tracing::warn!("cannot cache the null space at {}: {e}", p.display());
+                    if let Err(e) = state::write_null_space(f, thr, &ns) {
+                        tracing::warn!("cannot cache the null space beside {}: {e}", f.display());
                     }
                 }
                 ns
             }
         };
-        if ns.rank == 0 {
+        if ns.rank() == 0 {
             tracing::warn!("layer {layer}: no eigenvalue of C is below nullspace_threshold {thr}: the update is zero; raise the threshold (--set nullspace_threshold=...)");
         }
         let ns = Arc::new(ns);
@@ -171,22 +179,19 @@ impl super::method::EditMethod for AlphaEdit {
     fn edit(&self, model: &mut dyn CausalLm, inputs: EditInputs) -> Result<EditOutcome> {
         let templates = inputs.templates()?;
         let stats = inputs.stats;
-        if let Some(l) = self.hp.layers.iter().find(|l| !stats.contains_key(l)) {
-            return Err(Error::Input(format!("no second-moment statistics loaded for layer {l}")));
-        }
-        let started = std::time::Instant::now();
-        let zs = compute_zs(&*model, inputs.tok, inputs.requests, &self.hp, templates, self.hp.z_batch(model.device()), inputs.pad_id)?;
-        let z_seconds = started.elapsed().as_secs_f64();
+        check_stats(&self.hp.layers, stats)?;
         let mut batch_keys = BTreeMap::new();
-        let (deltas, layers) = spread_over_layers(model, inputs.tok, inputs.requests, &self.hp, templates, &zs, inputs.pad_id, &mut |_, layer, k, resid| {
+        let z_batch = self.hp.z_batch(model.device());
+        let out = edit_by_layers(model, inputs.tok, inputs.requests, &self.hp, z_batch, templates, inputs.pad_id, &mut |layer, k, resid| {
             let st = stats.get_mut(&layer).ok_or_else(|| Error::Internal(format!("layer {layer}'s statistics vanished")))?;
             let ns = self.null_space(layer, st)?;
             st.done();
+            let kkt = k * k.transpose();
             let x = {
                 let state = self.state();
-                solve_update(&ns, k, resid, state.kept_keys.get(&layer), self.hp.l2, self.hp.solver)?
+                solve_update(&ns, k, &kkt, resid, state.kept_keys.get(&layer), self.hp.l2, self.hp.solver)?
             };
-            batch_keys.insert(layer, k * k.transpose());
+            batch_keys.insert(layer, kkt);
             let how = match self.hp.solver {
                 AlphaSolver::Direct => "projected, d_ff×d_ff by LU",
                 AlphaSolver::Reduced => "projected, in the null space's basis by Cholesky",
@@ -198,8 +203,6 @@ impl super::method::EditMethod for AlphaEdit {
             state.pending = Some(batch_keys);
             state.pending_requests = inputs.requests.len();
         }
-        let out = super::memit::MemitOutcome { deltas, requests: request_reports(inputs.requests, zs), layers, z_seconds };
-        tracing::debug!("AlphaEdit: {} z vectors in {z_seconds:.1} s", inputs.requests.len());
         Ok(super::memit::outcome_of(out))
     }
 
@@ -214,14 +217,6 @@ impl super::method::EditMethod for AlphaEdit {
             state.save(dir, &self.hp)?;
         }
         Ok(())
-    }
-}
-
-impl AlphaEdit {
-    /// Edits kept so far (requests), and batches.
-    pub fn kept(&self) -> (usize, usize) {
-        let s = self.state();
-        (s.file.requests, s.file.applied.len())
     }
 }
 
@@ -249,14 +244,15 @@ mod tests {
         let eig = [1e-4, 3e-3, 5e-3, 1e-2, 1.9e-2, 0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0];
         let (c, q) = with_spectrum(&eig);
         let ns = NullSpace::of(&c, 2e-2).unwrap();
-        assert_eq!((ns.rank, ns.width), (5, 12));
+        assert_eq!((ns.rank(), ns.width()), (5, 12));
         let (k, r) = (keys(12, 3, 1), keys(4, 3, 2));
         let kept = {
             let kp = keys(12, 6, 3);
             &kp * kp.transpose()
         };
         for kept in [None, Some(&kept)] {
-            let x = solve_update(&ns, &k, &r, kept, 10.0, AlphaSolver::Direct).unwrap();
+            let kkt = &k * k.transpose();
+            let x = solve_update(&ns, &k, &kkt, &r, kept, 10.0, AlphaSolver::Direct).unwrap();
             let dw = x.transpose(); // [d, d_ff]
             let scale = dw.norm_l2();
             assert!(scale > 1e-3, "a real update");
@@ -267,7 +263,7 @@ mod tests {
                 assert!(moved <= 1e-6 * scale, "eigenvector {j} (λ = {lambda}) moves by {moved:e} (‖ΔW‖ {scale:e})");
             }
             // The reduced form is the same solution.
-            let reduced = solve_update(&ns, &k, &r, kept, 10.0, AlphaSolver::Reduced).unwrap();
+            let reduced = solve_update(&ns, &k, &kkt, &r, kept, 10.0, AlphaSolver::Reduced).unwrap();
             assert!((&reduced - &x).norm_l2() <= 1e-9 * x.norm_l2());
         }
     }
@@ -281,7 +277,7 @@ mod tests {
         let p = &ns.basis * ns.basis.transpose();
         let (k, r, kp) = (keys(8, 2, 4), keys(3, 2, 5), keys(8, 4, 6));
         let kept = &kp * kp.transpose();
-        let x = solve_update(&ns, &k, &r, Some(&kept), 10.0, AlphaSolver::Direct).unwrap();
+        let x = solve_update(&ns, &k, &(&k * k.transpose()), &r, Some(&kept), 10.0, AlphaSolver::Direct).unwrap();
         let inner = &kept * &p + &k * k.transpose() * &p + Mat::<f64>::identity(8, 8) * faer::Scale(10.0);
         let inv = inner.partial_piv_lu().solve(Mat::<f64>::identity(8, 8));
         let paper = &r * k.transpose() * &p * inv;

@@ -111,7 +111,7 @@ pub fn compute_zs(
 }
 
 /// MEMIT keys: per request, the mean over each template group, then over the groups.
-pub(crate) fn memit_keys(
+fn memit_keys(
     model: &dyn CausalLm,
     tok: &Tokenizer,
     requests: &[Request],
@@ -161,14 +161,10 @@ pub fn apply_memit(
     pad_id: u32,
 ) -> Result<MemitOutcome> {
     let lambda = hp.mom2_update_weight;
-    if let Some(l) = hp.layers.iter().find(|l| !stats.contains_key(l)) {
-        return Err(Error::Input(format!("no second-moment statistics loaded for layer {l}")));
-    }
-    let started = Instant::now();
-    let zs = compute_zs(&*model, tok, requests, hp, templates, hp.z_batch(model.device()), pad_id)?;
-    let z_seconds = started.elapsed().as_secs_f64();
+    check_stats(&hp.layers, stats)?;
     let n = requests.len();
-    let (deltas, layers) = spread_over_layers(model, tok, requests, hp, templates, &zs, pad_id, &mut |_, layer, k, resid| {
+    let z_batch = hp.z_batch(model.device());
+    edit_by_layers(model, tok, requests, hp, z_batch, templates, pad_id, &mut |layer, k, resid| {
         let st = stats.get_mut(&layer).ok_or_else(|| Error::Internal(format!("layer {layer}'s statistics vanished")))?;
         let (adj_k, solver_used) = match hp.solver {
             Solver::Direct => (memit_solve_direct(st.c()?, lambda, k), "direct (d_ff×d_ff, LU)"),
@@ -177,12 +173,40 @@ pub fn apply_memit(
         };
         st.done();
         Ok((resid * adj_k.transpose(), solver_used))
-    })?;
+    })
+}
+
+/// Refuses an edit of layers whose statistics are not loaded.
+pub(crate) fn check_stats(layers: &[usize], stats: &BTreeMap<usize, LayerStats>) -> Result<()> {
+    match layers.iter().find(|l| !stats.contains_key(l)) {
+        Some(l) => Err(Error::Input(format!("no second-moment statistics loaded for layer {l}"))),
+        None => Ok(()),
+    }
+}
+
+/// An edit built on MEMIT's targets (MEMIT's own, AlphaEdit's): the z vectors of all requests
+/// (`z_batch` optimised together), then their spreading over the edited layers, `solve` giving
+/// each layer's update. The model is left unchanged.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn edit_by_layers(
+    model: &mut dyn CausalLm,
+    tok: &Tokenizer,
+    requests: &[Request],
+    hp: &Common,
+    z_batch: usize,
+    templates: &ContextTemplates,
+    pad_id: u32,
+    solve: &mut LayerSolve,
+) -> Result<MemitOutcome> {
+    let started = Instant::now();
+    let zs = compute_zs(&*model, tok, requests, hp, templates, z_batch, pad_id)?;
+    let z_seconds = started.elapsed().as_secs_f64();
+    let (deltas, layers) = spread_over_layers(model, tok, requests, hp, templates, &zs, pad_id, solve)?;
     Ok(MemitOutcome { deltas, requests: request_reports(requests, zs), layers, z_seconds })
 }
 
 /// Per request, what its target vector's optimisation did.
-pub(crate) fn request_reports(requests: &[Request], zs: Vec<OptimizedTarget>) -> Vec<MemitRequestReport> {
+fn request_reports(requests: &[Request], zs: Vec<OptimizedTarget>) -> Vec<MemitRequestReport> {
     requests
         .iter()
         .zip(zs)
@@ -200,17 +224,15 @@ pub(crate) fn request_reports(requests: &[Request], zs: Vec<OptimizedTarget>) ->
 }
 
 /// A layer's update from its keys `K` `[d_ff, n]` and its share of the residuals `R` `[d, n]`:
-/// ΔW `[d, d_ff]` (`[out, in]`) and the name of the solve used. Called with the layer's index
-/// among the edited ones and its number.
-pub(crate) type LayerSolve<'a> = dyn FnMut(usize, usize, &Mat<f64>, &Mat<f64>) -> Result<(Mat<f64>, &'static str)> + 'a;
+/// ΔW `[d, d_ff]` (`[out, in]`) and the name of the solve used. Called with the layer's number.
+pub(crate) type LayerSolve<'a> = dyn FnMut(usize, &Mat<f64>, &Mat<f64>) -> Result<(Mat<f64>, &'static str)> + 'a;
 
-/// MEMIT's spreading of the targets `zs` over the edited layers, shared by the methods that
-/// build on it (AlphaEdit): for each layer in ascending order, on the model as edited so far,
+/// MEMIT's spreading of the targets `zs` over the edited layers: for each layer in ascending order, on the model as edited so far,
 /// the keys K, the current block output h at the last layer, R = (Z − h) / (layers left), and
 /// the update `solve` returns, applied at once so that later layers see it. Returns the
 /// deltas and a report per layer; the model is left unchanged.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn spread_over_layers(
+fn spread_over_layers(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
     requests: &[Request],
@@ -239,7 +261,7 @@ pub(crate) fn spread_over_layers(
             // targets [d, n] = Z − h, spread over the layers left (this one included).
             let left = (hp.layers.len() - i) as f64;
             let resid = Mat::from_fn(d, n, |a, j| (z_mat[(a, j)] - cur[(j, a)]) / left);
-            let (upd, solver_used) = solve(i, layer, &k, &resid)?; // [d, d_ff] = [out, in]
+            let (upd, solver_used) = solve(layer, &k, &resid)?; // [d, d_ff] = [out, in]
             tracing::info!("layer {layer}: {n} edits, {}-wide keys: solved {solver_used}", k.nrows());
             let upd_norm = upd.norm_l2();
             if !upd_norm.is_finite() {

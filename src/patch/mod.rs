@@ -233,16 +233,7 @@ pub fn applied_ids(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas) -> Re
         }
     }
     drop(ckpt);
-    let mut out = Vec::new();
-    for i in shards {
-        let path = &files.weights[i];
-        let ids = crate::checkpoint::file_metadata(path)?
-            .get(APPLIED_KEY)
-            .and_then(|v| serde_json::from_str::<Vec<String>>(v).ok())
-            .unwrap_or_default();
-        out.push((path.clone(), ids));
-    }
-    Ok(out)
+    shards.into_iter().map(|i| Ok((files.weights[i].clone(), applied_in_file(&files.weights[i])?))).collect()
 }
 
 /// The deltas applied to a model by `edit`, oldest first: the longest list its weight files
@@ -250,12 +241,21 @@ pub fn applied_ids(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas) -> Re
 pub fn applied_to_model(files: &ModelFiles) -> Result<Vec<String>> {
     let mut longest = Vec::new();
     for path in &files.weights {
-        let ids: Vec<String> = crate::checkpoint::file_metadata(path)?.get(APPLIED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default();
+        let ids = applied_in_file(path)?;
         if ids.len() > longest.len() {
             longest = ids;
         }
     }
     Ok(longest)
+}
+
+/// The `edit.applied` list of one weight file's metadata (empty when it has none).
+fn applied_in_file(path: &Path) -> Result<Vec<String>> {
+    Ok(applied_list(&crate::checkpoint::file_metadata(path)?))
+}
+
+fn applied_list(metadata: &std::collections::HashMap<String, String>) -> Vec<String> {
+    metadata.get(APPLIED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default()
 }
 
 fn copy_file(from: &Path, to: &Path) -> Result<()> {
@@ -347,7 +347,7 @@ fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign:
     }
     let mut metadata = header.metadata().clone().unwrap_or_default();
     metadata.entry(crate::checkpoint::EDIT_BASE_KEY.to_string()).or_insert_with(|| base.to_string());
-    let mut applied: Vec<String> = metadata.get(APPLIED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default();
+    let mut applied = applied_list(&metadata);
     if sign > 0.0 {
         applied.push(id.to_string());
     } else if let Some(i) = applied.iter().rposition(|a| a == id) {

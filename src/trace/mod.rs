@@ -204,6 +204,13 @@ fn rows_of(ids: &[u32], rows: usize, pad: u32, device: &Device) -> Result<Batch>
     Batch::from_sequences(&vec![ids.to_vec(); rows], pad, device)
 }
 
+/// The last position's logits `[rows, vocab]` of `rows` copies of `ids` run with `hooks`,
+/// from the embeddings or from `resume`.
+fn last_logits(model: &dyn CausalLm, ids: &[u32], rows: usize, pad: u32, resume: Option<Resume>, hooks: &mut PatchHooks) -> Result<Tensor> {
+    let opts = ForwardOpts { logits: Logits::Last, resume, ..ForwardOpts::default() };
+    model.forward_hooked(&rows_of(ids, rows, pad, model.device())?, &opts, hooks)?.ok_or_else(|| Error::Internal("a traced run returned no logits".into()))
+}
+
 fn check_options(opts: &TraceOptions) -> Result<()> {
     if opts.samples == 0 {
         return Err(Error::Input("--samples must be at least 1".into()));
@@ -244,14 +251,13 @@ pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opt
     let tokens = facts::decode_each(tok, &ids)?;
     let range = facts::subject_range(&tokens, &fact.subject, &fact.prompt)?;
     let n_layer = cfg.n_layer;
-    let opts_last = ForwardOpts { logits: Logits::Last, ..ForwardOpts::default() };
 
     // The clean run, recording the states the traces restore.
     let mut clean_hooks = PatchHooks::default();
     for k in kinds {
         clean_hooks.record.extend((0..n_layer).map(|l| k.point(l)));
     }
-    let logits = model.forward_hooked(&rows_of(&ids, 1, pad, device)?, &opts_last, &mut clean_hooks)?.ok_or_else(|| Error::Internal("the clean run returned no logits".into()))?;
+    let logits = last_logits(model, &ids, 1, pad, None, &mut clean_hooks)?;
     let row: Vec<f32> = logits.to_dtype(DType::F32)?.get(0)?.to_vec1()?;
     // The first of equal maxima, as torch.max.
     let top = row.iter().enumerate().fold(0, |best, (i, &x)| if x > row[best] { i } else { best }) as u32;
@@ -296,16 +302,15 @@ pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opt
     }
 
     // The corrupted runs, recording every block output (where restorations resume).
-    let batch = rows_of(&p.ids, s, pad, device)?;
     let mut hooks = PatchHooks { corrupt: Some(corruption(&p, s, |r| r, opts.replace, device)?), ..PatchHooks::default() };
     hooks.record.extend((0..n_layer).map(HookPoint::BlockOut));
-    let logits = model.forward_hooked(&batch, &opts_last, &mut hooks)?.ok_or_else(|| Error::Internal("the corrupted run returned no logits".into()))?;
+    let logits = last_logits(model, &p.ids, s, pad, None, &mut hooks)?;
     p.corrupted = (0..n_layer).map(|l| hooks.recorded.remove(&HookPoint::BlockOut(l)).ok_or_else(|| Error::Internal(format!("no corrupted block output at layer {l}")))).collect::<Result<_>>()?;
     p.low_score = mean(&answer_probs(&logits, p.answer_t)?);
     if opts.replace && !opts.consistent_low_score {
         // The reference's low score ignores `replace`: it adds the noise.
         let mut added = PatchHooks { corrupt: Some(corruption(&p, s, |r| r, false, device)?), ..PatchHooks::default() };
-        let logits = model.forward_hooked(&batch, &opts_last, &mut added)?.ok_or_else(|| Error::Internal("the corrupted run returned no logits".into()))?;
+        let logits = last_logits(model, &p.ids, s, pad, None, &mut added)?;
         p.low_score = mean(&answer_probs(&logits, p.answer_t)?);
     }
     Ok(p)
@@ -380,8 +385,7 @@ pub fn trace_kind(model: &dyn CausalLm, pad: u32, p: &Prepared, kind: Kind, opts
                     }
                 }
             };
-            let opts_f = ForwardOpts { logits: Logits::Last, resume, ..ForwardOpts::default() };
-            let logits = model.forward_hooked(&rows_of(&p.ids, rows, pad, device)?, &opts_f, &mut hooks)?.ok_or_else(|| Error::Internal("a restored run returned no logits".into()))?;
+            let logits = last_logits(model, &p.ids, rows, pad, resume, &mut hooks)?;
             let probs = answer_probs(&logits, p.answer_t)?;
             for (i, &tok) in tokens.iter().enumerate() {
                 scores[tok][layer] = mean(&probs[i * s..(i + 1) * s]);
@@ -411,8 +415,7 @@ pub fn restored_probability(model: &dyn CausalLm, pad: u32, p: &Prepared, kind: 
             hooks.restore.insert(kind.point(layer), Restore { mask, clean: state.clone() });
         }
     }
-    let opts_f = ForwardOpts { logits: Logits::Last, ..ForwardOpts::default() };
-    let logits = model.forward_hooked(&rows_of(&p.ids, s, pad, device)?, &opts_f, &mut hooks)?.ok_or_else(|| Error::Internal("a restored run returned no logits".into()))?;
+    let logits = last_logits(model, &p.ids, s, pad, None, &mut hooks)?;
     Ok(mean(&answer_probs(&logits, p.answer_t)?))
 }
 

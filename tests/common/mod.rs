@@ -112,3 +112,13 @@ pub fn outcome(cmd: &mut std::process::Command) -> (Option<i32>, String, String)
     let o = cmd.output().expect("the edit binary runs");
     (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
+
+/// `edit stats` of fact-gpt2's layers 0-2 over every text of its corpus (the reference's
+/// statistics for this model), into `dir`.
+pub fn fact_gpt2_stats(dir: &std::path::Path) {
+    let model = fixture_dir("fact-gpt2");
+    let (code, _, stderr) = outcome(
+        edit_bin().args(["stats", "--model"]).arg(&model).args(["--layers", "0-2", "--samples", "100000", "--text"]).arg(model.join("stats-corpus.txt")).arg("--stats-dir").arg(dir),
+    );
+    assert_eq!(code, Some(0), "edit stats failed: {stderr}");
+}

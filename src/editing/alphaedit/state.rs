@@ -122,9 +122,7 @@ impl AlphaState {
             let p = layer_file(dir, l, state.file.step);
             let tensors = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| bad(dir, format!("cannot read {}: {e}", p.display())))?;
             let get = |name: &str| tensors.get(name).ok_or_else(|| bad(dir, format!("{} has no `{name}`", p.display())));
-            let basis = to_mat(get("nullspace")?)?;
-            let width = basis.nrows();
-            state.null_spaces.insert(l, Arc::new(NullSpace { rank: basis.ncols(), width, basis }));
+            state.null_spaces.insert(l, Arc::new(NullSpace { basis: to_mat(get("nullspace")?)? }));
             state.kept_keys.insert(l, to_mat(get("kept_keys")?)?);
         }
         tracing::info!("AlphaEdit state {}: {} edits kept in {} batches", dir.display(), state.file.requests, state.file.applied.len());
@@ -153,7 +151,7 @@ impl AlphaState {
         let (old, step) = (self.file.step, self.file.step + 1);
         for &l in &hp.layers {
             let ns = self.null_spaces.get(&l).ok_or_else(|| Error::Internal(format!("AlphaEdit: no null space for layer {l}")))?;
-            let width = ns.width;
+            let width = ns.width();
             let kept = self.kept_keys.get(&l).cloned().unwrap_or_else(|| Mat::zeros(width, width));
             let tensors = [("nullspace".to_string(), to_tensor(&ns.basis, DType::F32)?), ("kept_keys".to_string(), to_tensor(&kept, DType::F64)?)];
             let p = layer_file(dir, l, step);
@@ -173,43 +171,44 @@ impl AlphaState {
 }
 
 /// Where the null space of a statistics file's C below `threshold` is cached.
-pub fn null_space_cache(stats: &Path, threshold: f64) -> PathBuf {
+fn null_space_cache(stats: &Path, threshold: f64) -> PathBuf {
     let name = stats.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     stats.with_file_name(format!("{}.nullspace-{threshold:e}.safetensors", name.trim_end_matches(".safetensors")))
 }
 
 /// The statistics file's identity a cached null space records: its length and modification
 /// time (statistics recomputed with `--force` replace the file).
-fn stats_identity(path: &Path) -> Option<String> {
-    let stats = path.to_string_lossy();
-    let stats = stats.rsplit_once(".nullspace-").map(|(s, _)| format!("{s}.safetensors"))?;
-    let m = std::fs::metadata(&stats).ok()?;
+fn stats_identity(stats: &Path) -> Option<String> {
+    let m = std::fs::metadata(stats).ok()?;
     let mtime = m.modified().ok()?.duration_since(std::time::UNIX_EPOCH).ok()?;
     Some(format!("{}:{}.{:09}", m.len(), mtime.as_secs(), mtime.subsec_nanos()))
 }
 
-/// A cached null space, if there is one for the statistics file as it is now.
-pub fn read_null_space(path: &Path) -> Result<Option<NullSpace>> {
+/// The cached null space of the statistics file `stats` below `threshold`, if there is one
+/// for the file as it is now.
+pub fn read_null_space(stats: &Path, threshold: f64) -> Result<Option<NullSpace>> {
+    let path = null_space_cache(stats, threshold);
     if !path.exists() {
         return Ok(None);
     }
-    let meta = crate::checkpoint::file_metadata(path)?;
-    if meta.get("edit.stats_file").cloned() != stats_identity(path) {
+    let meta = crate::checkpoint::file_metadata(&path)?;
+    if meta.get("edit.stats_file").cloned() != stats_identity(stats) {
         return Ok(None);
     }
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
     let Some(basis) = tensors.get("nullspace") else { return Ok(None) };
-    let basis = to_mat(basis)?;
     tracing::debug!("null space read from {}", path.display());
-    Ok(Some(NullSpace { rank: basis.ncols(), width: basis.nrows(), basis }))
+    Ok(Some(NullSpace { basis: to_mat(basis)? }))
 }
 
-pub fn write_null_space(path: &Path, ns: &NullSpace) -> Result<()> {
-    let identity = stats_identity(path).ok_or_else(|| Error::Internal(format!("no statistics file beside {}", path.display())))?;
+/// Caches `ns`, the null space of the statistics file `stats` below `threshold`, beside it.
+pub fn write_null_space(stats: &Path, threshold: f64, ns: &NullSpace) -> Result<()> {
+    let path = null_space_cache(stats, threshold);
+    let identity = stats_identity(stats).ok_or_else(|| Error::Internal(format!("cannot read the statistics file {}", stats.display())))?;
     let md = std::collections::HashMap::from([("edit.stats_file".to_string(), identity)]);
-    let tmp = crate::fsutil::sibling(path, "tmp");
+    let tmp = crate::fsutil::sibling(&path, "tmp");
     crate::fsutil::write_safetensors(&tmp, &[("nullspace".to_string(), to_tensor(&ns.basis, DType::F32)?)], Some(md))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
 }
 
 #[cfg(test)]
@@ -236,7 +235,7 @@ mod tests {
         for l in [1, 2] {
             // f32 values, as null spaces are held.
             let basis = Mat::from_fn(32, 5, |i, j| f64::from((mat(32, 5, l)[(i, j)] / 7.0) as f32));
-            s.null_spaces.insert(l, Arc::new(NullSpace { rank: 5, width: 32, basis }));
+            s.null_spaces.insert(l, Arc::new(NullSpace { basis }));
         }
         s.pending = Some([(1, mat(32, 32, 1) / 3.0), (2, mat(32, 32, 2) * 1e-3)].into_iter().collect());
         s.pending_requests = 4;
