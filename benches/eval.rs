@@ -27,7 +27,7 @@ fn main() {
     let mut lm = edit::load_model(files, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let tok = edit::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let pad = lm.pad_id();
-    let mut dataset = read_dataset(&dir.join("cases.json"), &tok, ZsreTarget::Answer).unwrap();
+    let mut dataset = read_dataset(&dir.join("cases.json"), ZsreTarget::Answer).unwrap();
     println!("| what | time |");
     println!("|---|---|");
 

@@ -78,8 +78,8 @@ fn attention() {
         let split = || layers::split_heads(&Tensor::randn(0f32, 1.0, (b, t, h * hd), &Device::Cpu).unwrap(), h).unwrap();
         let (q, k, v) = (split(), split(), split());
         let scale = 1.0 / (hd as f64).sqrt();
-        let (blocked, _) = time(3, || drop(causal_attention::attention(&q, &k, &v, batch.lengths(), scale).unwrap()));
-        let (general, _) = time(3, || drop(layers::attention(&q, &k, &v, &bias, scale, false).unwrap()));
+        let (blocked, _) = time(3, || drop(causal_attention::attention(&q, &k, &v, batch.lengths(), scale, None).unwrap()));
+        let (general, _) = time(3, || drop(layers::attention(&q, &k, &v, &bias, scale, None, false).unwrap()));
         println!("| {b} rows × {t} tokens | {:.1} ms | {:.1} ms | {:.2}× |", blocked * 1e3, general * 1e3, general / blocked);
     }
 }

@@ -49,7 +49,7 @@ fn main() {
     let pad = lm.pad_id();
     let hp: MendHparams = serde_json::from_str(&std::fs::read_to_string(dir.join("hparams/MEND_train.json")).unwrap()).unwrap();
     let names = hp.inner_params(lm.config());
-    let records = read_dataset(&dir.join("cases.json"), &tok, ZsreTarget::Answer).unwrap().records;
+    let records = read_dataset(&dir.join("cases.json"), ZsreTarget::Answer).unwrap().records;
     let mut examples = record_examples(&tok, &records, true).unwrap();
     let val = examples.split_off(450);
     let data = TrainData { train: examples, val, loc_train: Vec::new(), loc_val: Vec::new() };

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unsupported architecture `{model_type}` in {path}: edit supports gpt2, gptj and gpt_neox checkpoints")]
+    #[error("unsupported architecture `{model_type}` in {path}: edit supports {} checkpoints", crate::config::SUPPORTED_MODEL_TYPES)]
     UnsupportedArchitecture { model_type: String, path: PathBuf },
 
     #[error("invalid config {path}: {reason}")]

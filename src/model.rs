@@ -6,7 +6,7 @@ use crate::checkpoint::{Checkpoint, WeightBuilder, WeightSource};
 use crate::config::{Family, ModelConfig};
 use crate::error::{Error, Result};
 use crate::hub::{ModelFiles, TokenizerFiles};
-use crate::models::{gpt2::Gpt2, gpt_neox::GptNeoX, gptj::GptJ, CausalLm};
+use crate::models::{gemma::Gemma, gpt2::Gpt2, gpt_neox::GptNeoX, gptj::GptJ, llama::Llama, CausalLm};
 use crate::tokenizer::Tokenizer;
 
 pub struct LoadedModel {
@@ -47,6 +47,8 @@ pub fn build_model(cfg: &ModelConfig, source: &WeightSource, dtype: DType, devic
         Family::Gpt2 => Box::new(Gpt2::load(cfg, &vb)?),
         Family::GptJ => Box::new(GptJ::load(cfg, &vb)?),
         Family::GptNeoX => Box::new(GptNeoX::load(cfg, &vb)?),
+        Family::Llama | Family::Mistral | Family::Qwen2 | Family::Qwen3 => Box::new(Llama::load(cfg, &vb)?),
+        Family::Gemma2 | Family::Gemma3 => Box::new(Gemma::load(cfg, &vb)?),
     })
 }
 

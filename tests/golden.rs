@@ -1,14 +1,14 @@
-//! The three model families against golden tensors computed by Hugging Face transformers
-//! (an independent implementation) on the bundled tiny checkpoints.
+//! Every model family against golden tensors computed by Hugging Face transformers (an
+//! independent implementation) on the bundled tiny checkpoints.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
-use common::{fixture, golden, max_abs_diff, rel_diff, Golden};
+use common::{fixture, golden, max_abs_diff, rel_diff, Golden, TINY};
 use edit::models::{backprop_per_block, first_positions, shift_positions, ResumeCache};
 use edit::{Batch, Intervention, Logits, Site, TraceSpec};
 
-const FAMILIES: [&str; 3] = ["tiny-gpt2", "tiny-gptj", "tiny-neox"];
+const FAMILIES: [&str; 9] = TINY;
 
 fn golden_batch(g: &Golden) -> Batch {
     let ids: Vec<u32> = g.tensor("input_ids").to_dtype(DType::U32).unwrap().flatten_all().unwrap().to_vec1().unwrap();
@@ -112,6 +112,18 @@ fn padded_batch_equals_each_prompt_alone() {
     }
 }
 
+/// The target's ids as they follow prompt 0, by the tokenizer's rule, checked against the
+/// goldens' own where they record them (and the prompt's ids against the model input).
+fn golden_target(lm: &edit::LoadedModel, p: &common::GoldenPrompt) -> Vec<u32> {
+    let tok = lm.tokenizer().unwrap();
+    assert_eq!(tok.encode_input(&p.text).unwrap(), p.input_ids, "{}: the model input", p.text);
+    let target = tok.continuation(&p.text, &p.target).unwrap();
+    if let Some(want) = &p.target_ids {
+        assert_eq!(&target, want, "{}: the target's ids", p.text);
+    }
+    target
+}
+
 /// How [`intervention_grad`] runs its forward.
 #[derive(Clone, Copy, PartialEq)]
 enum Run {
@@ -135,7 +147,7 @@ fn intervention_grad(name: &str, key: &str, site: Site, run: Run) {
     let g = golden(name);
     let info = g.gradient(key);
     let p0 = &g.prompts()[0];
-    let target = lm.tokenizer().unwrap().encode(&p0.target).unwrap();
+    let target = golden_target(&lm, p0);
     let mut ids = p0.input_ids.clone();
     ids.extend_from_slice(&target[..target.len() - 1]);
     let mut batch = Batch::from_sequences(&[ids], 0, &Device::Cpu).unwrap();
@@ -146,12 +158,16 @@ fn intervention_grad(name: &str, key: &str, site: Site, run: Run) {
     let mut at = vec![(0, info.position)];
     let mut spec = TraceSpec::logits(Logits::At(read.clone()));
     let mut site = site;
+    // Gemma norms the MLP output before the residual sum: a vector added there is resumed from
+    // the block below, still at the MLP output.
+    let resume_at_mlp = site == Site::MlpOut && !lm.config().mlp_out_joins_residual();
+    let after = if resume_at_mlp { info.layer - 1 } else { info.layer };
     if run != Run::Whole {
         let mut first = TraceSpec { stop_after: (run == Run::Resumed).then_some(info.layer), ..Default::default() };
-        ResumeCache::request(&mut first, info.layer, lm.config().n_layer);
-        let cache = ResumeCache::from_trace(&lm.model.forward(&batch, &first, &[]).unwrap(), info.layer).unwrap();
+        ResumeCache::request(&mut first, after, lm.config().n_layer);
+        let cache = ResumeCache::from_trace(&lm.model.forward(&batch, &first, &[]).unwrap(), after).unwrap();
         let offsets = if run == Run::Resumed { vec![0] } else { first_positions(&batch, &[at.as_slice(), read.as_slice()].concat()) };
-        assert!(run != Run::PerBlock || lm.config().n_layer - info.layer > 2, "{name}: the test must cross two blocks");
+        assert!(run != Run::PerBlock || lm.config().n_layer - after > 2, "{name}: the test must cross two blocks");
         assert!(run == Run::Resumed || offsets[0] > 0, "{name}: the test must skip some positions");
         let (short, mut resume) = cache.resume(&batch, &[0], &offsets).unwrap();
         if run == Run::Resumed {
@@ -161,7 +177,9 @@ fn intervention_grad(name: &str, key: &str, site: Site, run: Run) {
         at = shift_positions(&at, &offsets);
         spec = TraceSpec { logits: Logits::At(read.clone()), resume: Some(resume), ..Default::default() };
         batch = short;
-        site = Site::BlockOut;
+        if !resume_at_mlp {
+            site = Site::BlockOut;
+        }
     }
     let iv = Intervention { layer: info.layer, site, positions: at, deltas: delta.as_tensor().clone() };
     let loss_of = |t: &edit::models::Trace| -> edit::Result<Tensor> {
@@ -172,7 +190,7 @@ fn intervention_grad(name: &str, key: &str, site: Site, run: Run) {
     let grads = if run == Run::PerBlock {
         // The block outputs from a forward without a graph, then the blocks one at a time.
         let mut record = spec.clone();
-        record.block_out.extend(info.layer + 1..lm.config().n_layer - 1);
+        record.block_out.extend(after + 1..lm.config().n_layer - 1);
         let plain = Intervention { deltas: delta.as_tensor().detach(), ..iv.clone() };
         let recorded = lm.model.forward(&batch, &record, &[plain]).unwrap();
         let loss_value: f32 = loss_of(&recorded).unwrap().to_scalar().unwrap();
@@ -359,7 +377,7 @@ fn linear_hook_points_give_inputs_and_output_gradients_as_transformers() {
         let g = golden(name);
         let info = g.gradient("grad_mlp_out.1");
         let p0 = &g.prompts()[0];
-        let target = lm.tokenizer().unwrap().encode(&p0.target).unwrap();
+        let target = golden_target(&lm, p0);
         let mut ids = p0.input_ids.clone();
         ids.extend_from_slice(&target[..target.len() - 1]);
         let batch = Batch::from_sequences(std::slice::from_ref(&ids), 0, &Device::Cpu).unwrap();
@@ -389,6 +407,7 @@ fn linear_hook_points_give_inputs_and_output_gradients_as_transformers() {
 fn parameters_are_named_and_valued_as_in_the_checkpoint() {
     use std::collections::{BTreeSet, HashMap};
     for name in FAMILIES.iter().chain(&["fact-gpt2"]) {
+        let name: &str = name;
         let mut lm = fixture(name);
         let cfg = lm.config().clone();
         let mut stored: HashMap<String, Tensor> = HashMap::new();
@@ -405,16 +424,17 @@ fn parameters_are_named_and_valued_as_in_the_checkpoint() {
             assert!(seen.insert(key), "{name}: `{n}` listed twice");
         }
         assert_eq!(seen.len(), stored.len(), "{name}: every checkpoint tensor is a parameter");
-        // The reference's selection rule: a module's weight and bias.
+        // The reference's selection rule: a module's weight and bias (the gated MLPs have none).
         let down = edit::models::modules::mlp_down(&cfg, 1).unwrap().name;
         let picked: Vec<String> = lm.model.parameters_matching(&down).unwrap().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(picked, [format!("{down}.weight"), format!("{down}.bias")], "{name}");
-        // Setting a bias by name reaches the forward pass.
-        let bias = format!("{down}.bias");
+        let want: Vec<String> = if cfg.family.is_decoder() { vec![format!("{down}.weight")] } else { vec![format!("{down}.weight"), format!("{down}.bias")] };
+        assert_eq!(picked, want, "{name}");
+        // Setting a bias (a norm's weight) by name reaches the forward pass.
+        let bias = if cfg.family.is_decoder() { "model.layers.1.input_layernorm.weight".to_string() } else { format!("{down}.bias") };
         let before = lm.model.forward(&Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap(), &TraceSpec::logits(Logits::Last), &[]).unwrap().logits.unwrap();
         let b = all.iter().find(|(n, _)| *n == bias).unwrap().1.clone();
         // (A constant shift would vanish in the next LayerNorm: scale it instead.)
-        lm.model.set_parameter(&bias, &b.affine(3.0, 0.0).unwrap()).unwrap();
+        lm.model.set_parameter(&bias, &b.affine(3.0, 0.5).unwrap()).unwrap();
         let after = lm.model.forward(&Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap(), &TraceSpec::logits(Logits::Last), &[]).unwrap().logits.unwrap();
         assert!(max_abs_diff(&before, &after) > 1e-3, "{name}: the new bias is used");
         assert!(lm.model.set_parameter("transformer.h.0.nope", &before).is_err());

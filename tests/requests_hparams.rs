@@ -1,6 +1,8 @@
 //! Requests (formats, validation), subject positions and hyperparameter selection through the
 //! library API.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use edit::editing::hparams::{AlphaEditHparams, self, resolve, ContextTemplates, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, RomeHparams, Solver, SHIPPED};
@@ -279,15 +281,22 @@ fn subject_positions_match_the_golden_reference_indexes() {
 // ---------------------------------------------------------------------------------------------
 // Hyperparameter selection
 
-fn models() -> Vec<(&'static str, ModelConfig)> {
-    vec![
-        ("gpt2", gpt2(12, 768)),
-        ("gpt2-medium", gpt2(24, 1024)),
-        ("gpt2-large", gpt2(36, 1280)),
-        ("gpt2-xl", gpt2(48, 1600)),
-        ("gpt-j-6b", gptj()),
-        ("gpt-neox-20b", neox20b()),
-    ]
+fn models() -> Vec<(String, ModelConfig)> {
+    let mut out: Vec<(String, ModelConfig)> = vec![
+        ("gpt2".into(), gpt2(12, 768)),
+        ("gpt2-medium".into(), gpt2(24, 1024)),
+        ("gpt2-large".into(), gpt2(36, 1280)),
+        ("gpt2-xl".into(), gpt2(48, 1600)),
+        ("gpt-j-6b".into(), gptj()),
+        ("gpt-neox-20b".into(), neox20b()),
+    ];
+    // The Hub's config.json of the Llama-style models the shipped configs are for.
+    for e in std::fs::read_dir(common::fixture_dir("hub-configs")).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_ascii_lowercase();
+        out.push((name, ModelConfig::from_file(&path).unwrap()));
+    }
+    out
 }
 
 /// A shipped file parses as its method, validates on its model, and is what `resolve` picks for
@@ -296,10 +305,17 @@ fn check_shipped<H: MethodConfig>(s: &hparams::Shipped, cfg: &edit::ModelConfig)
     let h: H = serde_json::from_str(s.text).unwrap();
     h.validate(cfg).unwrap_or_else(|e| panic!("{}: {e}", s.path));
     if s.default {
-        // Selected by size alone (a local directory with an unrelated name).
-        let r = resolve::<H>(cfg, "/models/local-copy", None, &[]).unwrap();
+        // Selected by its name, and by size alone (a local directory with an unrelated name): the
+        // first default of its method for a model of this family and shape.
+        let r = resolve::<H>(cfg, &format!("/models/{}", s.model), None, &[]).unwrap();
         assert_eq!(r.source, s.describe());
         assert_eq!(r.hparams, h);
+        let first = SHIPPED
+            .iter()
+            .find(|o| o.method == s.method && o.default && o.family == cfg.family && o.n_layer == cfg.n_layer && o.d_model == cfg.d_model && o.vocab.is_none_or(|v| v == cfg.vocab_size))
+            .unwrap();
+        let r = resolve::<H>(cfg, "/models/local-copy", None, &[]).unwrap();
+        assert_eq!(r.source, first.describe(), "{}", s.path);
     }
     let r = resolve::<H>(cfg, "x", Some(std::path::Path::new(s.name())), &[]).unwrap();
     assert_eq!(r.source, s.describe());
@@ -308,9 +324,10 @@ fn check_shipped<H: MethodConfig>(s: &hparams::Shipped, cfg: &edit::ModelConfig)
 
 #[test]
 fn every_shipped_config_loads_and_validates_for_its_model() {
-    assert_eq!(SHIPPED.len(), 33);
+    assert_eq!(SHIPPED.len(), 98);
+    let models = models();
     for s in SHIPPED {
-        let (_, cfg) = models().into_iter().find(|(name, _)| *name == s.model).unwrap();
+        let (_, cfg) = models.iter().find(|(name, _)| name == s.model).unwrap_or_else(|| panic!("no config for {}", s.model)).clone();
         assert_eq!(
             (cfg.family, cfg.n_layer, cfg.d_model),
             (s.family, s.n_layer, s.d_model),

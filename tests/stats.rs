@@ -49,7 +49,7 @@ fn layer_file(summary: &serde_json::Value, layer: usize) -> PathBuf {
 
 #[test]
 fn second_moments_match_golden_for_all_families() {
-    for name in ["tiny-gpt2", "tiny-gptj", "tiny-neox"] {
+    for name in common::TINY {
         let tmp = tempfile::tempdir().unwrap();
         let (text, _) = wikitext_lines(tmp.path(), 64);
         let summary = ok(&mut stats_cmd(name, "1,2", &text, 64, &tmp.path().join("stats"), "f64"));

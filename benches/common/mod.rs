@@ -166,12 +166,32 @@ pub fn random_weights(cfg: &ModelConfig, trainable: bool) -> WeightSource {
                 }
             }
         }
+        _ => {
+            // The Llama-style families: every parameter their config names, linear ones in the
+            // stored [out, in] layout.
+            for n in edit::models::modules::parameter_names(cfg) {
+                let bare = n.strip_suffix(".weight").or_else(|| n.strip_suffix(".bias")).unwrap_or(&n);
+                let shape = if let Ok(m) = edit::models::modules::find(cfg, bare) {
+                    if n.ends_with(".bias") { vec![m.out_dim] } else { m.stored_shape().to_vec() }
+                } else if n == "model.embed_tokens.weight" || n == "lm_head.weight" {
+                    if n == "lm_head.weight" && cfg.tie_word_embeddings {
+                        continue;
+                    }
+                    vec![v, d]
+                } else if n.contains("q_norm") || n.contains("k_norm") {
+                    vec![cfg.head_dim]
+                } else {
+                    vec![d]
+                };
+                add(n, &shape);
+            }
+        }
     }
     let dev = Device::Cpu;
     let map: HashMap<String, Tensor> = shapes
         .into_iter()
         .map(|(n, s)| {
-            let t = if n.contains("ln") || n.contains("layernorm") {
+            let t = if n.contains("ln") || n.contains("layernorm") || n.contains("norm.") {
                 if n.ends_with("weight") { Tensor::ones(s.as_slice(), DType::F32, &dev) } else { Tensor::zeros(s.as_slice(), DType::F32, &dev) }
             } else {
                 Tensor::randn(0f32, 0.02, s.as_slice(), &dev)

@@ -222,7 +222,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     let cfg = ModelConfig::from_file(&files.config)?;
     let identity = ModelIdentity::of(&files)?;
     let tok = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
-    let mut dataset = read_dataset(&dataset_path, &tok, zsre_target(&args.zsre_target)).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
+    let mut dataset = read_dataset(&dataset_path, zsre_target(&args.zsre_target)).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
     if let Some(n) = args.limit {
         dataset.records.truncate(n);
     }

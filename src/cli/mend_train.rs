@@ -82,7 +82,7 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let source = args.edits.display().to_string();
-            let dataset = parse_dataset(&edits_text, &source, &tok, zsre_target(&args.zsre_target))
+            let dataset = parse_dataset(&edits_text, &source, zsre_target(&args.zsre_target))
                 .with_context(|| format!("cannot read the edit records in {source}"))?;
             dataset.check(&tok, cfg.n_ctx, true, &args.edits.display().to_string())?;
             (record_examples(&tok, &dataset.records, neighbours)?, dataset.format.describe())

@@ -51,7 +51,7 @@ pub fn run(args: PredictArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     // Validate every prompt before running any of them.
     let mut encoded = Vec::with_capacity(args.prompts.len());
     for (i, p) in args.prompts.iter().enumerate() {
-        let ids = tok.encode(p)?;
+        let ids = tok.encode_input(p)?;
         if ids.is_empty() {
             bail!("prompt {} is empty: give at least one token of text", i + 1);
         }

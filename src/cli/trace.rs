@@ -160,8 +160,7 @@ pub fn run(args: TraceArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
     // Every fact's subject is found in its prompt before any is traced.
     for (i, f) in plan.facts.iter().enumerate() {
-        let ids = tok.encode(&f.prompt)?;
-        trace::subject_range(&trace::facts::decode_each(tok, &ids)?, &f.subject, &f.prompt).with_context(|| format!("fact {i}"))?;
+        trace::facts::subject_tokens(tok, &f.prompt, &f.subject).with_context(|| format!("fact {i}"))?;
     }
     let n_layer = lm.config().n_layer;
     if plan.kinds.iter().any(|k| *k != Kind::Hidden) && plan.opts.window >= n_layer {

@@ -25,17 +25,27 @@ pub enum Objective {
     TargetNew,
 }
 
-fn encode_all(tok: &Tokenizer, texts: &[String], what: &str) -> Result<Vec<Vec<u32>>> {
-    texts
-        .iter()
-        .map(|t| {
-            let ids = tok.encode(t)?;
-            if ids.is_empty() {
-                return Err(Error::Input(format!("the {what} {t:?} has no tokens")));
-            }
-            Ok(ids)
-        })
-        .collect()
+/// Token sequences, one per prompt or target.
+type Sequences = Vec<Vec<u32>>;
+
+/// Each prompt's model input and its target's tokens as they follow it (see [`Tokenizer`]; the
+/// reference tokenizes the target alone, which with a BOS tokenizer puts the BOS in the target).
+fn encode_all(tok: &Tokenizer, texts: &[String], targets: &[String]) -> Result<(Sequences, Sequences)> {
+    let mut prompts = Vec::with_capacity(texts.len());
+    let mut goals = Vec::with_capacity(texts.len());
+    for (t, target) in texts.iter().zip(targets) {
+        let ids = tok.encode_input(t)?;
+        if ids.is_empty() {
+            return Err(Error::Input(format!("the prompt {t:?} has no tokens")));
+        }
+        let goal = tok.continuation(t, target)?;
+        if goal.is_empty() {
+            return Err(Error::Input(format!("the target {target:?} has no tokens")));
+        }
+        prompts.push(ids);
+        goals.push(goal);
+    }
+    Ok((prompts, goals))
 }
 
 /// The loss of `objective` for prompts `texts` (subjects filled in) and `targets` (with their
@@ -53,8 +63,7 @@ pub fn ft_loss(
     if texts.len() != targets.len() || texts.is_empty() {
         return Err(Error::Input(format!("{} prompts but {} targets", texts.len(), targets.len())));
     }
-    let prompts = encode_all(tok, texts, "prompt")?;
-    let goals = encode_all(tok, targets, "target")?;
+    let (prompts, goals) = encode_all(tok, texts, targets)?;
     let device = model.device();
     match objective {
         Objective::PromptLast => {

@@ -79,7 +79,7 @@ pub fn compute_zs(
     let mut order: Vec<usize> = (0..requests.len()).collect();
     let lens: Vec<usize> = requests
         .iter()
-        .map(|r| Ok(tok.encode(&r.filled_prompt())?.len() + tok.encode(&r.target_new_spaced())?.len()))
+        .map(|r| r.token_count(tok))
         .collect::<Result<_>>()?;
     order.sort_by_key(|&i| lens[i]);
     let chunks: Vec<&[usize]> = order.chunks(batch.max(1)).collect();

@@ -15,7 +15,7 @@ use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use serde::Serialize;
 
 use super::hparams::GradCheckpoint;
-use super::positions::subject_last_index;
+use super::positions::subject_input;
 use super::requests::Request;
 use super::vec_norm;
 use crate::error::{Error, Result};
@@ -71,23 +71,23 @@ struct Prepared {
     n_rewrite: usize,
 }
 
+/// Each rewriting row is the context prompt's model input followed by the target's tokens but the
+/// last, the target's tokens being those that follow the bare prompt (see [`Tokenizer`]). The
+/// reference re-tokenizes `prompt + decode(target[:-1])` instead, which is the same text for
+/// byte-level BPE but drops the space before a second target piece with SentencePiece decoders.
 fn prepare(tok: &Tokenizer, req: &Request, templates: &[String]) -> Result<Prepared> {
-    let target = tok.encode(&req.target_new_spaced())?;
+    let target = tok.continuation(&req.filled_prompt(), &req.target_new_spaced())?;
     if target.is_empty() {
         return Err(Error::Input(format!("request {}: target {:?} has no tokens", req.index, req.target_new)));
     }
-    let target_prefix = tok.decode(&target[..target.len() - 1])?;
     let mut rows = Vec::with_capacity(templates.len() + 1);
     let mut lookup = Vec::with_capacity(templates.len() + 1);
-    let rewriting = templates.iter().map(|ctx| ctx.replacen("{}", &req.prompt, 1) + &target_prefix);
+    let rewriting = templates.iter().map(|ctx| ctx.replacen("{}", &req.prompt, 1));
     for (i, tmpl) in rewriting.chain(std::iter::once("{} is a".to_string())).enumerate() {
-        let ids = tok.encode(&tmpl.replacen("{}", &req.subject, 1))?;
-        let idx = subject_last_index(tok, &tmpl, &req.subject)?;
-        if idx >= ids.len() || (i < templates.len() && ids.len() < target.len()) {
-            return Err(Error::Input(format!(
-                "request {}: the subject {:?} cannot be located in {:?}",
-                req.index, req.subject, tmpl
-            )));
+        let (mut ids, idx) = subject_input(tok, &tmpl, &req.subject)
+            .map_err(|e| Error::Input(format!("request {}: the subject {:?} cannot be located in {:?}: {e}", req.index, req.subject, tmpl)))?;
+        if i < templates.len() {
+            ids.extend_from_slice(&target[..target.len() - 1]);
         }
         rows.push(ids);
         lookup.push(idx);

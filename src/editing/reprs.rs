@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::positions::subject_last_index;
+use super::positions::subject_input;
 use crate::error::Result;
 use crate::models::{layers::select_positions, Batch, CausalLm, TraceSpec};
 use crate::tokenizer::Tokenizer;
@@ -48,8 +48,9 @@ pub fn at_subject_last(
     let mut seqs = Vec::with_capacity(items.len());
     let mut idxs = Vec::with_capacity(items.len());
     for (tmpl, subject) in items {
-        seqs.push(tok.encode(&tmpl.replacen("{}", subject, 1))?);
-        idxs.push(subject_last_index(tok, tmpl, subject)?);
+        let (ids, idx) = subject_input(tok, tmpl, subject)?;
+        seqs.push(ids);
+        idxs.push(idx);
     }
     let (mut keys, mut mlp, mut block) = (Vec::new(), Vec::new(), Vec::new());
     for start in (0..seqs.len()).step_by(BATCH_ROWS) {

@@ -73,6 +73,11 @@ impl Request {
         spaced(&self.target_new)
     }
 
+    /// Tokens of the filled prompt's model input and of the new target after it.
+    pub fn token_count(&self, tok: &Tokenizer) -> Result<usize> {
+        Ok(tok.encode_input(&self.filled_prompt())?.len() + tok.continuation(&self.filled_prompt(), &self.target_new_spaced())?.len())
+    }
+
     /// [`Request::target_new_spaced`] for `target_true`.
     pub fn target_true_spaced(&self) -> Option<String> {
         self.target_true.as_deref().map(spaced)
@@ -371,7 +376,7 @@ pub fn validate(requests: &[Request], tok: &Tokenizer, n_ctx: usize) -> Result<(
             }
         }
         if slot_ok && !r.target_new.trim().is_empty() {
-            let n = tok.encode(&r.filled_prompt())?.len() + tok.encode(&r.target_new_spaced())?.len();
+            let n = r.token_count(tok)?;
             if n > n_ctx {
                 problem(format!(
                     "prompt and target are {n} tokens, more than the model's context of {n_ctx}; shorten the prompt"

@@ -52,7 +52,8 @@ const TOP_K: usize = 5;
 const MEMIT_SEEDS: [&str; 5] = ["The", "Therefore", "Because", "I", "You"];
 
 /// ROME: `"{}"` plus, for each `(length, n)`, `n` texts of `length` tokens sampled after a single
-/// `<|endoftext|>` (which counts towards the length), each followed by `". {}"`.
+/// `<|endoftext|>` (the BOS with tokenizers that have one; it counts towards the length), each
+/// followed by `". {}"`.
 pub fn rome_templates(
     model: &dyn CausalLm,
     tok: &Tokenizer,
@@ -62,11 +63,14 @@ pub fn rome_templates(
 ) -> Result<ContextTemplates> {
     let mut rng = PyRandom::new(seed);
     let mut generated = Vec::new();
+    // A tokenizer with a BOS starts every text with it; the reference's `<|endoftext|>` prompt is
+    // a GPT-2 token that such vocabularies would split into pieces of text.
+    let start = if tok.bos().is_empty() { vec![eos_id] } else { tok.bos().to_vec() };
     for &(length, n) in length_params {
         if n == 0 {
             continue;
         }
-        for text in sample(model, tok, &[eos_id], n, length, &mut rng)? {
+        for text in sample(model, tok, &start, n, length, &mut rng)? {
             generated.push(template_from(&text));
         }
     }
@@ -78,7 +82,7 @@ pub fn memit_templates(model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Resu
     let mut rng = PyRandom::new(seed);
     let mut generated = Vec::new();
     for word in MEMIT_SEEDS {
-        let ids = tok.encode(word)?;
+        let ids = tok.encode_input(word)?;
         for text in sample(model, tok, &ids, 1, 10, &mut rng)? {
             generated.push(template_from(&text));
         }
@@ -93,7 +97,9 @@ fn template_from(text: &str) -> String {
 }
 
 /// Samples `n` continuations of `prompt` to a total of `length` tokens (prompt included) by
-/// top-5 sampling, decoded as the reference does: NFKD, blank lines joined, end-of-text removed.
+/// top-5 sampling, decoded as the reference does: NFKD, blank lines joined, end-of-text removed;
+/// a leading BOS is not decoded (the reference keeps its text, which the methods then tokenize
+/// as a second BOS).
 pub(crate) fn sample(
     model: &dyn CausalLm,
     tok: &Tokenizer,
@@ -120,7 +126,7 @@ pub(crate) fn sample(
     }
     seqs.iter()
         .map(|s| {
-            let text = tok.decode(s)?;
+            let text = tok.decode_text(s)?;
             Ok(nfkd(&text).replace("\n\n", " ").replace("<|endoftext|>", ""))
         })
         .collect()

@@ -43,13 +43,13 @@ pub fn check_edits(
         for (name, d) in deltas {
             restorer.set_from_original(model, name, d)?;
         }
-        let seqs: Vec<Vec<u32>> = requests.iter().map(|r| tok.encode(&r.filled_prompt())).collect::<Result<_>>()?;
+        let seqs: Vec<Vec<u32>> = requests.iter().map(|r| tok.encode_input(&r.filled_prompt())).collect::<Result<_>>()?;
         let batch = Batch::from_sequences(&seqs, pad_id, model.device())?;
         let logits = model.forward(&batch, &TraceSpec::logits(Logits::Last), &[])?.logits.expect("logits");
         let lp: Vec<Vec<f32>> = super::optimize::log_softmax(&logits.to_dtype(DType::F32)?)?.to_device(&Device::Cpu)?.to_vec2()?;
         let mut out = Vec::with_capacity(requests.len());
         for (i, r) in requests.iter().enumerate() {
-            let target = tok.encode(&r.target_new_spaced())?;
+            let target = tok.continuation(&r.filled_prompt(), &r.target_new_spaced())?;
             let first = target.first().copied().unwrap_or(0) as usize;
             let row = &lp[i];
             let top = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(j, _)| j).unwrap_or(0);

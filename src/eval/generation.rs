@@ -24,7 +24,7 @@ pub const GENERATION_LENGTH: usize = 100;
 pub fn generate(model: &dyn CausalLm, tok: &Tokenizer, prompts: &[String], seed: u64) -> Result<Vec<String>> {
     let mut out = Vec::with_capacity(prompts.len());
     for (i, p) in prompts.iter().enumerate() {
-        let ids = tok.encode(p)?;
+        let ids = tok.encode_input(p)?;
         let mut rng = PyRandom::new(seed.wrapping_add(i as u64));
         out.extend(sample(model, tok, &ids, 1, GENERATION_LENGTH, &mut rng)?);
     }

@@ -28,8 +28,8 @@ pub struct PairNll {
 }
 
 /// Scores both targets after every prefix, one text per (prefix, target) as the reference
-/// does: `"{prefix} {target}"` is tokenized as one text and the target's tokens (` target`
-/// tokenized alone) are read after the prefix's tokens.
+/// does: `"{prefix} {target}"`, the target's tokens read after the prefix's
+/// ([`score::prompt_with_target`]).
 pub fn score_pairs(
     model: &dyn CausalLm,
     tok: &Tokenizer,
@@ -39,13 +39,11 @@ pub fn score_pairs(
     pad_id: u32,
 ) -> Result<Vec<PairNll>> {
     let targets = [target_new.trim_start(), target_true.trim_start()];
-    let cands = [tok.encode(&format!(" {}", targets[0]))?, tok.encode(&format!(" {}", targets[1]))?];
     let mut items = Vec::with_capacity(2 * prefixes.len());
     for p in prefixes {
-        let prefix_len = tok.encode(p)?.len();
-        for (target, cand) in targets.iter().zip(&cands) {
-            let ids = tok.encode(&format!("{p} {target}"))?;
-            items.push(score::Item { reads: score::target_reads(&ids, prefix_len, cand, 0), ids });
+        for target in targets {
+            let (ids, prefix_len, cand) = score::prompt_with_target(tok, p, target)?;
+            items.push(score::Item { reads: score::target_reads(&ids, prefix_len, &cand, 0), ids });
         }
     }
     let reads = score::score_items(model, &items, pad_id, items.len())?;

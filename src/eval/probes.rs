@@ -95,13 +95,13 @@ fn counterfact_items(tok: &Tokenizer, r: &EvalRecord, attribute: bool, items: &m
     let req = &r.request;
     let new = req.target_new.trim_start().to_string();
     let true_ = req.target_true.as_deref().unwrap_or_default().trim_start().to_string();
-    let cands = [tok.encode(&format!(" {new}"))?, tok.encode(&format!(" {true_}"))?];
     let attribute_prompts = if attribute { r.attribute_prompts.clone() } else { Vec::new() };
     let groups = [vec![req.filled_prompt()], req.paraphrase_prompts.clone(), req.neighborhood_prompts.clone(), attribute_prompts];
     let mut layouts = Vec::new();
     for prefix in groups.iter().flatten() {
-        let prefix_len = tok.encode(prefix)?.len();
-        let texts = [tok.encode(&format!("{prefix} {new}"))?, tok.encode(&format!("{prefix} {true_}"))?];
+        let (text_new, prefix_len, cand_new) = super::score::prompt_with_target(tok, prefix, &new)?;
+        let (text_true, _, cand_true) = super::score::prompt_with_target(tok, prefix, &true_)?;
+        let (texts, cands) = ([text_new, text_true], [cand_new, cand_true]);
         let shared = prefix_len >= 1
             && texts.iter().all(|t| t.len() >= prefix_len)
             && texts[0][..prefix_len] == texts[1][..prefix_len]
@@ -124,26 +124,32 @@ fn counterfact_items(tok: &Tokenizer, r: &EvalRecord, attribute: bool, items: &m
     Ok(Plan::CounterFact { groups: [1, groups[1].len(), groups[2].len(), groups[3].len()], layouts })
 }
 
+/// Per token of the answer, the prompt followed by the answer's earlier tokens, read at its last
+/// position against that token. The reference builds each as the text
+/// `prompt + decode(answer[:i])` and re-tokenizes the decoded token `answer[i]`: the same ids
+/// for byte-level BPE, but SentencePiece decoders drop the space before the answer.
 fn zsre_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<Plan> {
     let req = &r.request;
-    let target = tok.encode(&format!(" {}", req.target_new))?;
-    let mut push = |text: String, expected: &str| -> Result<()> {
-        let ids = tok.encode(&text)?;
-        // The reference re-tokenizes the decoded token and keeps its first id.
-        let want = tok.encode(expected)?.first().copied().unwrap_or(0);
-        items.push(Item { reads: vec![(ids.len().saturating_sub(1), want)], ids });
-        Ok(())
-    };
-    let prompts = [vec![req.filled_prompt()], req.paraphrase_prompts.clone()];
-    for p in prompts.iter().flatten() {
-        for i in 0..target.len() {
-            push(format!("{p}{}", tok.decode(&target[..i])?), &tok.decode(&target[i..i + 1])?)?;
+    let mut teacher_forced = |prompt: &str, answer: &str| -> Result<usize> {
+        let input = tok.encode_input(prompt)?;
+        let answer = tok.continuation(prompt, answer)?;
+        for i in 0..answer.len() {
+            let ids: Vec<u32> = input.iter().chain(&answer[..i]).copied().collect();
+            items.push(Item { reads: vec![(ids.len() - 1, answer[i])], ids });
         }
+        Ok(answer.len())
+    };
+    let target = format!(" {}", req.target_new);
+    let n_rewrite = teacher_forced(&req.filled_prompt(), &target)?;
+    let mut n_paraphrase = 0;
+    for p in &req.paraphrase_prompts {
+        n_paraphrase += teacher_forced(p, &target)?;
     }
-    for (p, t) in &r.zsre_neighborhood {
-        push(p.clone(), t)?;
-    }
-    Ok(Plan::Zsre { groups: [target.len(), prompts[1].len() * target.len(), r.zsre_neighborhood.len()] })
+    let n_loc = match &r.zsre_locality {
+        Some((p, a)) => teacher_forced(p, a)?,
+        None => 0,
+    };
+    Ok(Plan::Zsre { groups: [n_rewrite, n_paraphrase, n_loc] })
 }
 
 /// Scores every record on the model as it is, in forwards of at most `batch` texts, and runs

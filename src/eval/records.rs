@@ -60,8 +60,9 @@ pub struct EvalRecord {
     pub request: Request,
     /// The reference's `requested_rewrite` object (as in the file for CounterFact records).
     pub requested_rewrite: Value,
-    /// zsRE: the neighbourhood prompts with the gold next token of the NQ answer.
-    pub zsre_neighborhood: Vec<(String, String)>,
+    /// zsRE: the locality prompt (`"{loc}?"`) and the NQ answer after it (`" {loc_ans}"`), scored
+    /// token by token.
+    pub zsre_locality: Option<(String, String)>,
     /// CounterFact: the prompts of the generation test.
     pub generation_prompts: Vec<String>,
     /// CounterFact: prompts about other subjects that have target_new (scored by R only).
@@ -75,9 +76,9 @@ pub struct Dataset {
 }
 
 /// Reads a dataset file, detecting its layout from the first record.
-pub fn read_dataset(path: &Path, tok: &Tokenizer, zsre_target: ZsreTarget) -> Result<Dataset> {
+pub fn read_dataset(path: &Path, zsre_target: ZsreTarget) -> Result<Dataset> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    parse_dataset(&text, &path.display().to_string(), tok, zsre_target)
+    parse_dataset(&text, &path.display().to_string(), zsre_target)
 }
 
 fn detect(first: &Value) -> DatasetFormat {
@@ -94,7 +95,7 @@ fn detect(first: &Value) -> DatasetFormat {
 }
 
 /// Parses a dataset (JSON list, one object, or JSON Lines); `source` names it in messages.
-pub fn parse_dataset(text: &str, source: &str, tok: &Tokenizer, zsre_target: ZsreTarget) -> Result<Dataset> {
+pub fn parse_dataset(text: &str, source: &str, zsre_target: ZsreTarget) -> Result<Dataset> {
     let values: Vec<Value> = match serde_json::from_str::<Value>(text) {
         Ok(Value::Array(v)) => v,
         Ok(v @ Value::Object(_)) => vec![v],
@@ -110,7 +111,7 @@ pub fn parse_dataset(text: &str, source: &str, tok: &Tokenizer, zsre_target: Zsr
     };
     let format = detect(first);
     let records = if format == DatasetFormat::Zsre {
-        zsre_records(&values, source, tok, zsre_target)?
+        zsre_records(&values, source, zsre_target)?
     } else {
         let requests = parse_values(&values, source)?;
         requests
@@ -130,7 +131,7 @@ pub fn parse_dataset(text: &str, source: &str, tok: &Tokenizer, zsre_target: Zsr
                     v.get(key).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default()
                 };
                 let (generation_prompts, attribute_prompts) = (strings("generation_prompts"), strings("attribute_prompts"));
-                EvalRecord { case_id, request: r, requested_rewrite, zsre_neighborhood: Vec::new(), generation_prompts, attribute_prompts }
+                EvalRecord { case_id, request: r, requested_rewrite, zsre_locality: None, generation_prompts, attribute_prompts }
             })
             .collect()
     };
@@ -166,7 +167,7 @@ impl Dataset {
 }
 
 /// zsRE records as the reference's `MENDQADataset` maps them.
-fn zsre_records(values: &[Value], source: &str, tok: &Tokenizer, target: ZsreTarget) -> Result<Vec<EvalRecord>> {
+fn zsre_records(values: &[Value], source: &str, target: ZsreTarget) -> Result<Vec<EvalRecord>> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
     for (i, v) in values.iter().enumerate() {
@@ -192,11 +193,6 @@ fn zsre_records(values: &[Value], source: &str, tok: &Tokenizer, target: ZsreTar
             problems.push(format!("record {i}: the subject {subject:?} does not occur in src {src:?}"));
             continue;
         }
-        let ans = tok.encode(&format!(" {loc_ans}"))?;
-        let mut neighborhood = Vec::with_capacity(ans.len());
-        for k in 0..ans.len() {
-            neighborhood.push((format!("{loc}?{}", tok.decode(&ans[..k])?), tok.decode(&ans[k..k + 1])?));
-        }
         let prompt = src.replace(&subject, "{}");
         let request = Request {
             index: i,
@@ -209,7 +205,7 @@ fn zsre_records(values: &[Value], source: &str, tok: &Tokenizer, target: ZsreTar
             neighborhood_prompts: Vec::new(),
         };
         let requested_rewrite = json!({"prompt": prompt, "subject": subject, "target_new": {"str": new}, "target_true": {"str": "<|endoftext|>"}});
-        out.push(EvalRecord { case_id: i as u64, request, requested_rewrite, zsre_neighborhood: neighborhood, generation_prompts: Vec::new(), attribute_prompts: Vec::new() });
+        out.push(EvalRecord { case_id: i as u64, request, requested_rewrite, zsre_locality: Some((format!("{loc}?"), format!(" {loc_ans}"))), generation_prompts: Vec::new(), attribute_prompts: Vec::new() });
     }
     if !problems.is_empty() {
         return Err(Error::Input(format!("{source}: {} bad zsRE record(s):\n{}", problems.len(), problems.join("\n"))));

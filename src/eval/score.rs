@@ -15,6 +15,18 @@ pub struct Item {
     pub reads: Vec<(usize, u32)>,
 }
 
+/// `prompt` followed by ` target`: the prompt's model input, its length, and the target's tokens
+/// as they follow it (see [`crate::tokenizer::Tokenizer`]). The reference tokenizes
+/// `"{prompt} {target}"` as one text and reads the target's tokens after the prompt's: the same
+/// ids wherever the prompt's tokens are a prefix of the joint ones.
+pub fn prompt_with_target(tok: &crate::tokenizer::Tokenizer, prompt: &str, target: &str) -> Result<(Vec<u32>, usize, Vec<u32>)> {
+    let mut ids = tok.encode_input(prompt)?;
+    let n = ids.len();
+    let cand = tok.continuation(prompt, &format!(" {target}"))?;
+    ids.extend_from_slice(&cand);
+    Ok((ids, n, cand))
+}
+
 /// The reads of a target's tokens `cand` (from its `from`-th) in a text `ids` whose first
 /// `prefix_len` tokens are the prompt: the reference reads position `prefix_len + j − 1` of the
 /// joint tokenization for the target's token j.

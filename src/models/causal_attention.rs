@@ -18,12 +18,17 @@ use crate::error::{Error, Result};
 const QUERY_BLOCK: usize = 64;
 
 /// Whether [`attention`] applies: no gradient, CPU, f32 throughout, and keys exactly as long as
-/// the queries (no cached prefix).
+/// the queries (no cached prefix), in as many heads or in groups of heads.
 pub fn applies(q: &Tensor, k: &Tensor, v: &Tensor, grad: bool) -> bool {
+    let (qd, kd) = (q.dims(), k.dims());
     !grad
         && matches!(q.device(), Device::Cpu)
         && [q, k, v].iter().all(|x| x.dtype() == DType::F32)
-        && q.dims() == k.dims()
+        && qd.len() == 4
+        && kd.len() == 4
+        && (qd[0], qd[2], qd[3]) == (kd[0], kd[2], kd[3])
+        && kd[1] > 0
+        && qd[1] % kd[1] == 0
         && k.dims() == v.dims()
 }
 
@@ -105,11 +110,14 @@ fn matmul_into(dst: &mut [f32], dst_rs: usize, lhs: View, rhs: View) {
     }
 }
 
-/// Softmax attention of `q` over `k`/`v` (`[b, heads, t, hd]`, f32, CPU), each query i of row r
-/// seeing the keys j ≤ min(i, lengths[r] − 1): transformers' causal + right-padding mask, as
-/// [`super::Batch::attention_bias`] builds it. Returns `[b, t, heads·hd]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, lengths: &[usize], scale: f64) -> Result<Tensor> {
+/// Softmax attention of `q` (`[b, heads, t, hd]`) over `k`/`v` (`[b, kv_heads, t, hd]`, query head
+/// h reading key/value head h / (heads / kv_heads)), f32, CPU, each query i of row r seeing the keys
+/// j ≤ q = min(i, lengths[r] − 1): transformers' causal + right-padding mask, as
+/// [`super::Batch::attention_bias`] builds it; with a `window`, only those with q − j < window.
+/// Returns `[b, t, heads·hd]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, lengths: &[usize], scale: f64, window: Option<usize>) -> Result<Tensor> {
     let (b, heads, t, hd) = q.dims4()?;
+    let group = heads / k.dim(1)?;
     if lengths.len() != b || lengths.iter().any(|&n| n == 0 || n > t) {
         return Err(Error::Internal(format!("attention over {b} rows of {t} with lengths {lengths:?}")));
     }
@@ -127,12 +135,19 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, lengths: &[usize], scale: f
         let rows = dst.len() / width;
         let n = lengths[r];
         let seen = (from + rows).min(n);
-        let mut scores = vec![0f32; rows * seen];
+        // The first key any query of the block sees, and each query's own first and last + 1.
+        let first = |i: usize| window.map_or(0, |w| ((from + i).min(n - 1) + 1).saturating_sub(w));
+        let lo = first(0);
+        let cols = seen - lo;
+        let mut scores = vec![0f32; rows * cols];
         for h in 0..heads {
-            matmul_into(&mut scores, seen, qd.rows(r, h, from, rows, hd), kd.rows(r, h, 0, seen, hd).t());
-            for (i, row) in scores.chunks_mut(seen).enumerate() {
-                let visible = (from + i + 1).min(n);
+            matmul_into(&mut scores, cols, qd.rows(r, h, from, rows, hd), kd.rows(r, h / group, lo, cols, hd).t());
+            for (i, row) in scores.chunks_mut(cols).enumerate() {
+                let visible = (from + i + 1).min(n) - lo;
                 let (row, masked) = row.split_at_mut(visible);
+                masked.fill(0.0);
+                let (before, row) = row.split_at_mut(first(i) - lo);
+                before.fill(0.0);
                 let mut max = f32::NEG_INFINITY;
                 for x in row.iter_mut() {
                     *x *= scale;
@@ -146,10 +161,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, lengths: &[usize], scale: f
                 for x in row.iter_mut() {
                     *x /= sum;
                 }
-                masked.fill(0.0);
             }
-            let p = View { data: &scores, rows, cols: seen, rs: seen, cs: 1 };
-            matmul_into(&mut dst[h * hd..], width, p, vd.rows(r, h, 0, seen, hd));
+            let p = View { data: &scores, rows, cols, rs: cols, cs: 1 };
+            matmul_into(&mut dst[h * hd..], width, p, vd.rows(r, h / group, lo, cols, hd));
         }
     };
     // Rows of `out` in blocks that never straddle two batch rows.
@@ -184,13 +198,45 @@ mod tests {
         };
         let (q, k, v) = (split(), split(), split());
         assert!(applies(&q, &k, &v, false) && !applies(&q, &k, &v, true));
-        let fused = attention(&q, &k, &v, &lengths, 0.3).unwrap();
-        let general = crate::models::layers::attention(&q, &k, &v, &batch.attention_bias().unwrap(), 0.3, false).unwrap();
+        let fused = attention(&q, &k, &v, &lengths, 0.3, None).unwrap();
+        let general = crate::models::layers::attention(&q, &k, &v, &batch.attention_bias().unwrap(), 0.3, None, false).unwrap();
         let diff = (&fused - &general).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "max difference {diff}");
         // The first query sees only the first key: its output is that key's value, exactly.
         let first = fused.narrow(1, 0, 1).unwrap().reshape((b, h, hd)).unwrap();
         let v0 = v.narrow(2, 0, 1).unwrap().reshape((b, h, hd)).unwrap();
         assert_eq!(first.flatten_all().unwrap().to_vec1::<f32>().unwrap(), v0.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+
+    /// Grouped keys and values (3 query heads per key/value head) and a window of 5, over two
+    /// query blocks and padding: the same as the general masked softmax with the window's bias.
+    #[test]
+    fn grouped_heads_and_sliding_window_match_the_general_path() {
+        let dev = Device::Cpu;
+        let (b, h, kv, t, hd) = (2, 6, 2, 70, 8);
+        let lengths = [70, 33];
+        let rows: Vec<Vec<u32>> = lengths.iter().map(|&n| vec![1; n]).collect();
+        let batch = Batch::from_sequences(&rows, 0, &dev).unwrap();
+        let split = |heads: usize| {
+            let x = Tensor::randn(0f32, 1.0, (b, t, heads * hd), &dev).unwrap();
+            crate::models::layers::split_heads(&x, heads).unwrap()
+        };
+        let (q, k, v) = (split(h), split(kv), split(kv));
+        assert!(applies(&q, &k, &v, false));
+        for window in [None, Some(5), Some(1), Some(200)] {
+            let fused = attention(&q, &k, &v, &lengths, 0.3, window).unwrap();
+            let bias = match window {
+                Some(w) => super::super::window_bias(&batch, None, w).unwrap(),
+                None => batch.attention_bias().unwrap(),
+            };
+            let general = crate::models::layers::attention(&q, &k, &v, &bias, 0.3, None, false).unwrap();
+            let diff = (&fused - &general).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "window {window:?}: max difference {diff}");
+        }
+        // A window of one: each query sees only itself, so its output is its own value.
+        let own = attention(&q, &k, &v, &lengths, 0.3, Some(1)).unwrap();
+        let got = own.narrow(1, 10, 1).unwrap().reshape((b, h, hd)).unwrap().narrow(1, 4, 1).unwrap();
+        let want = v.narrow(2, 10, 1).unwrap().reshape((b, kv, hd)).unwrap().narrow(1, 1, 1).unwrap();
+        assert_eq!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want.flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
 }

@@ -9,7 +9,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor, D};
 
-use crate::config::{Activation, Rotary, RotaryStyle};
+use crate::config::{Activation, NormStyle, Rotary, RotaryStyle};
 use crate::error::Result;
 
 /// `x @ w` for a 2-d activation `x` `[m, k]` and a frozen weight view `w` `[k, n]`,
@@ -160,11 +160,61 @@ impl LayerNorm {
     }
 }
 
+/// Root-mean-square norm, computed in f32 whatever the compute dtype (as transformers does).
+#[derive(Clone, Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+    pub style: NormStyle,
+}
+
+impl RmsNorm {
+    /// Visits `name.weight`.
+    pub(crate) fn visit(&mut self, name: &str, f: &mut super::ParamVisitor) -> Result<()> {
+        f(&format!("{name}.weight"), &mut self.weight)
+    }
+
+    pub fn forward(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        let dtype = x.dtype();
+        if !grad && dtype == DType::F32 && self.style == NormStyle::Scale {
+            // The fused kernel does the same f32 arithmetic but records no backward.
+            return Ok(candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32)?);
+        }
+        let x32 = x.to_dtype(DType::F32)?;
+        let inv_rms = (x32.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?.recip()?;
+        let normed = x32.broadcast_mul(&inv_rms)?;
+        Ok(match self.style {
+            // Llama: `w · x̂.to(dtype)`.
+            NormStyle::Scale => normed.to_dtype(dtype)?.broadcast_mul(&self.weight)?,
+            // Gemma: `(x̂ · (1 + w)).to(dtype)`, in f32.
+            NormStyle::OnePlus => normed.broadcast_mul(&(self.weight.to_dtype(DType::F32)? + 1.0)?)?.to_dtype(dtype)?,
+        })
+    }
+}
+
+/// The final norm before the vocabulary head, whichever kind a family has.
+pub(crate) trait Norm {
+    fn norm(&self, x: &Tensor, grad: bool) -> Result<Tensor>;
+}
+
+impl Norm for LayerNorm {
+    fn norm(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        self.forward(x, grad)
+    }
+}
+
+impl Norm for RmsNorm {
+    fn norm(&self, x: &Tensor, grad: bool) -> Result<Tensor> {
+        self.forward(x, grad)
+    }
+}
+
 pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
     Ok(match act {
         Activation::GeluTanh => super::gelu::gelu(x, super::gelu::GeluKind::Tanh)?,
         Activation::GeluErf => super::gelu::gelu(x, super::gelu::GeluKind::Erf)?,
         Activation::Relu => x.relu()?,
+        Activation::Silu => x.silu()?,
     })
 }
 
@@ -176,13 +226,11 @@ pub fn embed(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
     Ok(table.index_select(&flat, 0)?.reshape((b, t, d))?)
 }
 
-/// cos/sin tables `[t, dims/2]` for positions 0..t.
+/// cos/sin tables `[t, dims/2]` for positions 0..t (the frequencies of a forward reaching `t`
+/// positions: only `dynamic` RoPE scaling depends on it).
 pub fn rotary_tables(rot: &Rotary, t: usize, dtype: DType, device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
     let half = rot.dims / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / rot.base.powf(2.0 * i as f64 / rot.dims as f64) as f32)
-        .collect();
-    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+    let inv_freq = Tensor::from_vec(rot.inv_freq(t), (1, half), device)?;
     let pos = Tensor::arange(0u32, t as u32, device)?.to_dtype(DType::F32)?.reshape((t, 1))?;
     let freqs = pos.broadcast_mul(&inv_freq)?;
     Ok((freqs.cos()?.to_dtype(dtype)?, freqs.sin()?.to_dtype(dtype)?))
@@ -240,21 +288,36 @@ fn rope_half_slow(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?)?)
 }
 
-/// Scaled dot-product attention for `[b, h, t, hd]` q/k/v with an additive `[b, 1, t, t]` f32
-/// bias. Scores and softmax are computed in f32 whatever the compute dtype, as the reference
-/// implementations do. Returns `[b, t, h·hd]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64, grad: bool) -> Result<Tensor> {
+/// Scaled dot-product attention for `[b, h, t, hd]` queries over `[b, kv_h, s, hd]` keys and
+/// values with an additive `[b, 1, t, s]` f32 bias. With fewer key/value heads than query heads
+/// (grouped-query attention) query head `i` reads key/value head `i / (h / kv_h)`, as
+/// transformers' `repeat_kv`; the groups are multiplied without copying the keys. Scores and
+/// softmax are computed in f32 whatever the compute dtype, as the reference implementations do;
+/// `softcap` c turns the scaled scores s into `tanh(s / c) · c` before the bias (Gemma 2).
+/// Returns `[b, t, h·hd]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64, softcap: Option<f64>, grad: bool) -> Result<Tensor> {
     let (b, h, t, hd) = q.dims4()?;
+    let (kv_h, s) = (k.dim(1)?, k.dim(2)?);
+    if kv_h == 0 || h % kv_h != 0 {
+        return Err(crate::Error::Internal(format!("{h} query heads cannot share {kv_h} key/value heads")));
+    }
+    let rep = h / kv_h;
     let dtype = v.dtype();
-    let q = q.to_dtype(DType::F32)?.contiguous()?;
+    // Query heads of one group as consecutive rows of one matrix per key/value head.
+    let q = q.to_dtype(DType::F32)?.contiguous()?.reshape((b, kv_h, rep * t, hd))?;
     let k = k.to_dtype(DType::F32)?.contiguous()?;
-    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(bias)?;
+    let mut scores = (q.matmul(&k.t()?)? * scale)?.reshape((b, h, t, s))?;
+    if let Some(c) = softcap {
+        scores = ((scores / c)?.tanh()? * c)?;
+    }
+    let scores = scores.broadcast_add(bias)?;
     let probs = if grad {
         candle_nn::ops::softmax(&scores, D::Minus1)?
     } else {
         candle_nn::ops::softmax_last_dim(&scores)?
     };
-    let out = probs.to_dtype(dtype)?.matmul(&v.contiguous()?)?;
+    let probs = probs.to_dtype(dtype)?.reshape((b, kv_h, rep * t, s))?;
+    let out = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?;
     Ok(out.transpose(1, 2)?.reshape((b, t, h * hd))?)
 }
 

@@ -4,12 +4,15 @@
 
 mod batch;
 pub mod causal_attention;
+mod decoder;
 mod gelu;
 pub mod gpt2;
 pub mod hooks;
 pub mod gptj;
 pub mod gpt_neox;
+pub mod gemma;
 pub mod layers;
+pub mod llama;
 pub mod modules;
 mod resume;
 
@@ -245,6 +248,22 @@ fn check_trace_request(cfg: &ModelConfig, batch: &Batch, spec: &TraceSpec, inter
     Ok(())
 }
 
+/// How one layer's attention scores its keys, beyond the causal and padding mask.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttnSpec {
+    pub scale: f64,
+    /// Gemma 2's `tanh(s / c) · c` on the scaled scores.
+    pub softcap: Option<f64>,
+    /// Only the last `window` positions (the query's own included) are seen.
+    pub window: Option<usize>,
+}
+
+impl AttnSpec {
+    pub fn scaled(scale: f64) -> Self {
+        Self { scale, softcap: None, window: None }
+    }
+}
+
 /// Computes the per-forward inputs every family shares: the additive attention bias
 /// (causal + key padding, and the cached positions of a resumed forward's [`KvPrefix`]), the
 /// rotary tables, and the flags derived from the options.
@@ -254,6 +273,8 @@ pub(crate) struct ForwardCtx {
     pub last_layer: usize,
     prefix: Option<KvPrefix>,
     lengths: Vec<usize>,
+    /// The bias of the sliding-window layers, when their window is shorter than the forward.
+    window_bias: Option<(usize, Tensor)>,
 }
 
 impl ForwardCtx {
@@ -275,7 +296,11 @@ impl ForwardCtx {
         if let Some(p) = &prefix {
             attn_bias = Tensor::cat(&[&p.bias(batch.seq_len(), batch.device())?, &attn_bias], 3)?;
         }
-        Ok(Self { grad: opts.differentiable, attn_bias, last_layer, prefix, lengths: batch.lengths().to_vec() })
+        let window_bias = match cfg.decoder.as_ref().and_then(|d| d.sliding_window) {
+            Some(w) if w < start + batch.seq_len() => Some((w, window_bias(batch, prefix.as_ref(), w)?)),
+            _ => None,
+        };
+        Ok(Self { grad: opts.differentiable, attn_bias, last_layer, prefix, lengths: batch.lengths().to_vec(), window_bias })
     }
 
     /// cos/sin tables for the batch's positions: `[t, rot/2]`, or `[b, t, rot/2]` when rows
@@ -294,8 +319,16 @@ impl ForwardCtx {
     /// Attention of `q` over `k`/`v` (`[b, heads, t, head_dim]`, keys after rotary), through the
     /// keys/values hook points, with a resumed forward's cached positions in front.
     pub fn attend(&self, hk: &mut dyn Hooks, layer: usize, q: &Tensor, k: Tensor, v: Tensor, scale: f64) -> Result<Tensor> {
+        self.attend_with(hk, layer, q, k, v, AttnSpec::scaled(scale))
+    }
+
+    /// [`Self::attend`] with a layer's soft-capping and sliding window; `k`/`v` may have fewer
+    /// heads than `q` (grouped-query attention: they are recorded and cached with their own
+    /// heads).
+    pub fn attend_with(&self, hk: &mut dyn Hooks, layer: usize, q: &Tensor, k: Tensor, v: Tensor, spec: AttnSpec) -> Result<Tensor> {
         let k = hooks::hook(hk, HookPoint::AttnKeys(layer), k)?;
         let v = hooks::hook(hk, HookPoint::AttnValues(layer), v)?;
+        let window = spec.window.and_then(|w| self.window_bias.as_ref().filter(|(ww, _)| *ww == w).map(|(w, bias)| (*w, bias)));
         let (k, v) = match &self.prefix {
             Some(p) => {
                 fn cached(m: &BTreeMap<usize, Tensor>, layer: usize) -> Result<&Tensor> {
@@ -303,11 +336,45 @@ impl ForwardCtx {
                 }
                 (Tensor::cat(&[cached(&p.keys, layer)?, &k], 2)?, Tensor::cat(&[cached(&p.values, layer)?, &v], 2)?)
             }
-            None if causal_attention::applies(q, &k, &v, self.grad) => return causal_attention::attention(q, &k, &v, &self.lengths, scale),
+            None if spec.softcap.is_none() && causal_attention::applies(q, &k, &v, self.grad) => {
+                return causal_attention::attention(q, &k, &v, &self.lengths, spec.scale, window.map(|(w, _)| w))
+            }
             None => (k, v),
         };
-        layers::attention(q, &k, &v, &self.attn_bias, scale, self.grad)
+        let bias = window.map_or(&self.attn_bias, |(_, b)| b);
+        layers::attention(q, &k, &v, bias, spec.scale, spec.softcap, self.grad)
     }
+}
+
+/// The additive bias `[b, 1, t, S + t]` of a sliding-window layer over a resumed forward's `S`
+/// cached positions and the batch: query i of row r (at original position `o_r + i`, `o_r` its
+/// prefix offset) sees the keys it sees without a window that are fewer than `window` positions
+/// back (transformers' `kv_idx > q_idx − sliding_window`). A padding query sees what its row's
+/// last real token sees, as in [`Batch::attention_bias`].
+fn window_bias(batch: &Batch, prefix: Option<&KvPrefix>, window: usize) -> Result<Tensor> {
+    let (b, t) = (batch.batch_size(), batch.seq_len());
+    let s = prefix.map_or(0, KvPrefix::width);
+    let width = s + t;
+    let mut bias = vec![f32::NEG_INFINITY; b * t * width];
+    for (r, &n) in batch.lengths().iter().enumerate() {
+        let o = prefix.map_or(0, |p| p.offsets[r]);
+        for i in 0..t {
+            let qi = i.min(n - 1);
+            let pos = o + qi;
+            let row = &mut bias[(r * t + i) * width..(r * t + i + 1) * width];
+            for (j, x) in row[..s].iter_mut().enumerate() {
+                if j < o && pos - j < window {
+                    *x = 0.0;
+                }
+            }
+            for (j, x) in row[s..].iter_mut().enumerate() {
+                if j <= qi && qi - j < window {
+                    *x = 0.0;
+                }
+            }
+        }
+    }
+    Ok(Tensor::from_vec(bias, (b, 1, t, width), batch.device())?)
 }
 
 /// Applies the interventions at (layer, site) to `h` (`[b, t, d]`).
@@ -320,12 +387,18 @@ pub(crate) fn intervene(h: Tensor, layer: usize, site: Site, interventions: &[In
 }
 
 /// Final norm + vocabulary projection for the requested positions.
-pub(crate) fn head_logits(
+pub(crate) fn head_logits(h: &Tensor, batch: &Batch, which: &Logits, final_norm: &dyn layers::Norm, head: &layers::Linear, grad: bool) -> Result<Option<Tensor>> {
+    head_logits_capped(h, batch, which, final_norm, head, None, grad)
+}
+
+/// [`head_logits`] with Gemma 2's `tanh(z / c) · c` on the logits.
+pub(crate) fn head_logits_capped(
     h: &Tensor,
     batch: &Batch,
     which: &Logits,
-    final_norm: &layers::LayerNorm,
+    final_norm: &dyn layers::Norm,
     head: &layers::Linear,
+    softcap: Option<f64>,
     grad: bool,
 ) -> Result<Option<Tensor>> {
     let (b, t, d) = h.dims3()?;
@@ -342,8 +415,12 @@ pub(crate) fn head_logits(
         }
     };
     let _ = (b, t, d);
-    let normed = final_norm.forward(&selected, grad)?;
-    Ok(Some(head.forward(&normed)?))
+    let normed = final_norm.norm(&selected, grad)?;
+    let logits = head.forward(&normed)?;
+    Ok(Some(match softcap {
+        Some(c) => ((logits / c)?.tanh()? * c)?,
+        None => logits,
+    }))
 }
 
 /// Implements [`BlockLinears`] from a `Kind => field` table.

@@ -22,9 +22,12 @@ pub enum ModuleKind {
     AttnV,
     /// Attention output projection.
     AttnOut,
-    /// MLP up-projection (`c_fc`, `fc_in`, `dense_h_to_4h`).
+    /// The gate of a gated MLP (`gate_proj`: `down(act(gate(x)) ⊙ up(x))`).
+    MlpGate,
+    /// MLP up-projection (`c_fc`, `fc_in`, `dense_h_to_4h`, `up_proj`).
     MlpUp,
-    /// MLP down-projection, whose input is the ROME/MEMIT key (`c_proj`, `fc_out`, `dense_4h_to_h`).
+    /// MLP down-projection, whose input is the ROME/MEMIT key (`c_proj`, `fc_out`, `dense_4h_to_h`,
+    /// `down_proj`).
     MlpDown,
 }
 
@@ -89,23 +92,36 @@ fn suffixes(family: Family) -> &'static [(&'static str, ModuleKind)] {
             ("mlp.dense_h_to_4h", MlpUp),
             ("mlp.dense_4h_to_h", MlpDown),
         ],
+        _ => &[
+            ("self_attn.q_proj", AttnQ),
+            ("self_attn.k_proj", AttnK),
+            ("self_attn.v_proj", AttnV),
+            ("self_attn.o_proj", AttnOut),
+            ("mlp.gate_proj", MlpGate),
+            ("mlp.up_proj", MlpUp),
+            ("mlp.down_proj", MlpDown),
+        ],
     }
 }
 
-/// `transformer.h` / `gpt_neox.layers`: the block list's module name.
+/// `transformer.h` / `gpt_neox.layers` / `model.layers`: the block list's module name.
 pub fn layers_name(family: Family) -> &'static str {
     match family {
         Family::Gpt2 | Family::GptJ => "transformer.h",
         Family::GptNeoX => "gpt_neox.layers",
+        _ => "model.layers",
     }
 }
 
+/// (in, out) of a linear module (grouped-query attention: keys and values have `kv_dim` outputs).
 fn dims(cfg: &ModelConfig, kind: ModuleKind) -> (usize, usize) {
     let d = cfg.d_model;
     match kind {
         ModuleKind::AttnQkv => (d, 3 * d),
-        ModuleKind::AttnQ | ModuleKind::AttnK | ModuleKind::AttnV | ModuleKind::AttnOut => (d, d),
-        ModuleKind::MlpUp => (d, cfg.d_ff),
+        ModuleKind::AttnQ => (d, cfg.q_dim()),
+        ModuleKind::AttnK | ModuleKind::AttnV => (d, cfg.kv_dim()),
+        ModuleKind::AttnOut => (cfg.q_dim(), d),
+        ModuleKind::MlpGate | ModuleKind::MlpUp => (d, cfg.d_ff),
         ModuleKind::MlpDown => (cfg.d_ff, d),
     }
 }
@@ -113,7 +129,7 @@ fn dims(cfg: &ModelConfig, kind: ModuleKind) -> (usize, usize) {
 fn layout(family: Family) -> Orientation {
     match family {
         Family::Gpt2 => Orientation::InOut,
-        Family::GptJ | Family::GptNeoX => Orientation::OutIn,
+        _ => Orientation::OutIn,
     }
 }
 
@@ -161,10 +177,10 @@ pub fn is_linear_name(cfg: &ModelConfig, name: &str) -> bool {
         .is_some_and(|(layer, suffix)| layer.parse::<usize>().is_ok() && suffixes(cfg.family).iter().any(|(s, _)| *s == suffix))
 }
 
-/// The parameters of one block and outside the blocks, by family (`weight`/`bias` leaves), as
-/// the checkpoints name them.
-fn parameter_leaves(family: Family) -> (&'static [&'static str], &'static [&'static str]) {
-    match family {
+/// The parameters of one block and outside the blocks (`weight`/`bias` leaves), as the
+/// checkpoints name them.
+fn parameter_leaves(cfg: &ModelConfig) -> (Vec<&'static str>, Vec<&'static str>) {
+    let (block, top): (&[&str], &[&str]) = match cfg.family {
         Family::Gpt2 => (
             &[
                 "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
@@ -187,13 +203,47 @@ fn parameter_leaves(family: Family) -> (&'static [&'static str], &'static [&'sta
             ],
             &["gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", "embed_out.weight"],
         ),
+        _ => return decoder_leaves(cfg),
+    };
+    (block.to_vec(), top.to_vec())
+}
+
+/// The Llama-style block's parameters, with the biases and norms its config has.
+fn decoder_leaves(cfg: &ModelConfig) -> (Vec<&'static str>, Vec<&'static str>) {
+    let d = cfg.decoder.as_ref().expect("decoder families carry a decoder config");
+    // transformers' registration order: attention, MLP, then the norms.
+    let mut block = Vec::new();
+    for (w, b, has_bias) in [
+        ("self_attn.q_proj.weight", "self_attn.q_proj.bias", d.qkv_bias),
+        ("self_attn.k_proj.weight", "self_attn.k_proj.bias", d.qkv_bias),
+        ("self_attn.v_proj.weight", "self_attn.v_proj.bias", d.qkv_bias),
+        ("self_attn.o_proj.weight", "self_attn.o_proj.bias", d.o_bias),
+    ] {
+        block.push(w);
+        if has_bias {
+            block.push(b);
+        }
     }
+    if d.qk_norm {
+        block.extend(["self_attn.q_norm.weight", "self_attn.k_norm.weight"]);
+    }
+    for (w, b) in [("mlp.gate_proj.weight", "mlp.gate_proj.bias"), ("mlp.up_proj.weight", "mlp.up_proj.bias"), ("mlp.down_proj.weight", "mlp.down_proj.bias")] {
+        block.push(w);
+        if d.mlp_bias {
+            block.push(b);
+        }
+    }
+    block.extend(["input_layernorm.weight", "post_attention_layernorm.weight"]);
+    if d.sandwich_norms {
+        block.extend(["pre_feedforward_layernorm.weight", "post_feedforward_layernorm.weight"]);
+    }
+    (block, vec!["model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"])
 }
 
 /// Every parameter of a model of this config, by checkpoint name: the embeddings, each block's
 /// in block order, the final norm and the head (a tied head too: it is a name a delta may use).
 pub fn parameter_names(cfg: &ModelConfig) -> Vec<String> {
-    let (block, top) = parameter_leaves(cfg.family);
+    let (block, top) = parameter_leaves(cfg);
     let blocks = layers_name(cfg.family);
     let per_block = (0..cfg.n_layer).flat_map(|l| block.iter().map(move |leaf| format!("{blocks}.{l}.{leaf}")));
     top.iter().map(|t| t.to_string()).chain(per_block).collect()
@@ -203,7 +253,7 @@ pub fn parameter_names(cfg: &ModelConfig) -> Vec<String> {
 /// `transformer.h.0.mlp.c_proj.bias`, `h.3.ln_1.weight`, `gpt_neox.final_layer_norm.bias`, ...
 pub fn parameter_name(cfg: &ModelConfig, name: &str) -> Option<String> {
     let prefix = cfg.family.prefix();
-    let (block, top) = parameter_leaves(cfg.family);
+    let (block, top) = parameter_leaves(cfg);
     let full = if name.starts_with(prefix) || top.contains(&name) { name.to_string() } else { format!("{prefix}{name}") };
     if top.contains(&full.as_str()) {
         return Some(full);

@@ -75,15 +75,19 @@ impl Observer for NoProgress {
     }
 }
 
-/// Tokenizes, truncates and drops empty texts (the reference drops them in collation).
+/// Tokenizes (the model input: a BOS first where the tokenizer adds one, as the reference's
+/// `tokenizer(text, truncation=True, max_length=...)` does, the BOS counting in the length),
+/// truncates, and drops texts without tokens of their own (the reference drops empty ones in
+/// collation).
 fn encode_chunk(tok: &Tokenizer, texts: &[String], max_len: usize) -> Result<Vec<Vec<u32>>> {
     let mut out = Vec::with_capacity(texts.len());
     for t in texts {
-        let mut ids = tok.encode(t)?;
-        ids.truncate(max_len);
-        if !ids.is_empty() {
-            out.push(ids);
+        let mut ids = tok.encode_input(t)?;
+        if ids.len() <= tok.bos().len() {
+            continue;
         }
+        ids.truncate(max_len);
+        out.push(ids);
     }
     // Stable sort: equal lengths keep sample order, so batches are reproducible.
     out.sort_by_key(|s| std::cmp::Reverse(s.len()));

@@ -76,6 +76,22 @@ pub fn subject_range(tokens: &[String], subject: &str, prompt: &str) -> Result<(
     Err(missing())
 }
 
+/// The model input of `prompt` and the half-open token range of the first occurrence of
+/// `subject` in it: the tokens whose characters overlap the subject's (a token that brings the
+/// space before the subject starts the range, one the subject ends inside ends it), BOS or not.
+/// The reference (`find_token_range`) finds the same tokens by decoding each token on its own and
+/// joining the pieces, which loses the spaces of SentencePiece-style tokens (`▁Paris` decodes to
+/// `Paris`) so that a subject of two words is never found; [`subject_range`] is that rule, which
+/// this one agrees with on byte-level BPE.
+pub fn subject_tokens(tok: &Tokenizer, prompt: &str, subject: &str) -> Result<(Vec<u32>, (usize, usize))> {
+    if subject.is_empty() {
+        return Err(Error::Input(format!("the subject of {prompt:?} is empty")));
+    }
+    let at = prompt.find(subject).ok_or_else(|| Error::Input(format!("the subject {subject:?} is not in the prompt {prompt:?}")))?;
+    let (ids, range, _) = tok.overlapping(prompt, at..at + subject.len())?;
+    Ok((ids, (range.start, range.end)))
+}
+
 /// Each token decoded on its own (the reference's `decode_tokens`).
 pub fn decode_each(tok: &Tokenizer, ids: &[u32]) -> Result<Vec<String>> {
     ids.iter().map(|&id| tok.decode(&[id])).collect()

@@ -244,12 +244,11 @@ pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opt
     check_options(opts)?;
     let cfg = model.config();
     let device = model.device();
-    let ids = tok.encode(&fact.prompt)?;
+    let (ids, range) = facts::subject_tokens(tok, &fact.prompt, &fact.subject)?;
     if ids.is_empty() || ids.len() > cfg.n_ctx {
         return Err(Error::Input(format!("the prompt {:?} has {} tokens: it needs 1 to {} (the model's context)", fact.prompt, ids.len(), cfg.n_ctx)));
     }
     let tokens = facts::decode_each(tok, &ids)?;
-    let range = facts::subject_range(&tokens, &fact.subject, &fact.prompt)?;
     let n_layer = cfg.n_layer;
 
     // The clean run, recording the states the traces restore.
@@ -264,7 +263,10 @@ pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opt
     let answer_top = tok.decode(&[top])?;
     let predicted = fact.expect.as_deref().is_none_or(|want| answer_top.trim() == want);
     let answer_t = match (&fact.expect, predicted, opts.trace_expected) {
-        (Some(want), false, true) => *tok.encode(&format!(" {}", want.trim_start()))?.first().ok_or_else(|| Error::Input(format!("the expected answer of {:?} is empty", fact.prompt)))?,
+        (Some(want), false, true) => *tok
+            .continuation(&fact.prompt, &format!(" {}", want.trim_start()))?
+            .first()
+            .ok_or_else(|| Error::Input(format!("the expected answer of {:?} is empty", fact.prompt)))?,
         _ => top,
     };
     let high_score = answer_probs(&logits, answer_t)?[0];
@@ -424,7 +426,7 @@ pub fn restored_probability(model: &dyn CausalLm, pad: u32, p: &Prepared, kind: 
 pub fn embedding_std(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, subjects: &[&str]) -> Result<f64> {
     let mut values = Vec::new();
     for chunk in subjects.chunks(64) {
-        let seqs = chunk.iter().map(|s| tok.encode(s)).collect::<Result<Vec<_>>>()?;
+        let seqs = chunk.iter().map(|s| tok.encode_input(s)).collect::<Result<Vec<_>>>()?;
         let seqs: Vec<Vec<u32>> = seqs.into_iter().filter(|s| !s.is_empty()).map(|mut s| {
             s.truncate(model.config().n_ctx);
             s

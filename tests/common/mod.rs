@@ -8,6 +8,13 @@ use candle_core::{DType, Device, Tensor};
 use edit::hub::{resolve_model, HubOptions};
 use edit::LoadedModel;
 
+/// Every tiny random-weight checkpoint with transformers goldens: the GPT families, then the
+/// Llama-style ones (see tests/fixtures/README.md for the quirk each reproduces).
+pub const TINY: [&str; 9] = ["tiny-gpt2", "tiny-gptj", "tiny-neox", "tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3"];
+
+/// The Llama-style tiny checkpoints.
+pub const TINY_DECODERS: [&str; 6] = ["tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3"];
+
 pub fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures").join(name)
 }
@@ -28,6 +35,8 @@ pub struct GoldenPrompt {
     pub target: String,
     pub input_ids: Vec<u32>,
     pub subject_last_index: usize,
+    /// The target's ids as they follow the prompt (the Llama-style fixtures record them).
+    pub target_ids: Option<Vec<u32>>,
 }
 
 pub struct GradientInfo {
@@ -73,6 +82,7 @@ pub fn golden(name: &str) -> Golden {
             target: p["target"].as_str().unwrap().into(),
             input_ids: p["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect(),
             subject_last_index: p["subject_last_index"].as_u64().unwrap() as usize,
+            target_ids: p.get("target_ids").and_then(|t| t.as_array()).map(|a| a.iter().map(|x| x.as_u64().unwrap() as u32).collect()),
         })
         .collect();
     Golden { tensors, meta, prompts }

@@ -159,14 +159,16 @@ const FIELDS: &[&str] = &[
 /// The reference's inner weights, by analogy for every model (spec §5.1): the MLP matrices of
 /// the last three layers (all of them for shallower models), per layer in the reference's
 /// order — GPT-2 `c_proj` then `c_fc`, GPT-J `fc_in` then `fc_out`, NeoX `dense_h_to_4h` then
-/// `dense_4h_to_h`.
+/// `dense_4h_to_h`; the gated MLPs' three, `gate_proj`, `up_proj`, `down_proj`, as EasyEdit's
+/// MEND configs for Llama list them.
 pub fn default_inner_params(cfg: &ModelConfig) -> Vec<String> {
-    let (blocks, pair) = match cfg.family {
-        Family::Gpt2 => ("transformer.h", ["mlp.c_proj", "mlp.c_fc"]),
-        Family::GptJ => ("transformer.h", ["mlp.fc_in", "mlp.fc_out"]),
-        Family::GptNeoX => ("gpt_neox.layers", ["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"]),
+    let (blocks, mats): (&str, &[&str]) = match cfg.family {
+        Family::Gpt2 => ("transformer.h", &["mlp.c_proj", "mlp.c_fc"]),
+        Family::GptJ => ("transformer.h", &["mlp.fc_in", "mlp.fc_out"]),
+        Family::GptNeoX => ("gpt_neox.layers", &["mlp.dense_h_to_4h", "mlp.dense_4h_to_h"]),
+        _ => ("model.layers", &["mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]),
     };
-    (cfg.n_layer.saturating_sub(3)..cfg.n_layer).flat_map(|l| pair.map(|m| format!("{blocks}.{l}.{m}.weight"))).collect()
+    (cfg.n_layer.saturating_sub(3)..cfg.n_layer).flat_map(|l| mats.iter().map(move |m| format!("{blocks}.{l}.{m}.weight"))).collect()
 }
 
 impl MendHparams {

@@ -325,6 +325,7 @@ fn family_modules(family: Family) -> (&'static str, &'static str, &'static str) 
         Family::Gpt2 => ("transformer.h.{}.attn", "transformer.ln_f", "transformer.wte"),
         Family::GptJ => ("transformer.h.{}.attn", "transformer.ln_f", "lm_head"),
         Family::GptNeoX => ("gpt_neox.layers.{}.attention", "gpt_neox.final_layer_norm", "embed_out"),
+        _ => ("model.layers.{}.self_attn", "model.norm", "lm_head"),
     }
 }
 

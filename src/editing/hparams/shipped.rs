@@ -13,6 +13,8 @@ pub struct Shipped {
     pub family: Family,
     pub n_layer: usize,
     pub d_model: usize,
+    /// The vocabulary size, where two models of a family share depth and width (Llama 2 and 3).
+    pub vocab: Option<usize>,
     /// The reference's own values (true), or a starting point of ours (false).
     pub reference: bool,
     /// Chosen for its model when no `--config` is given (one per method and model); the others
@@ -23,6 +25,12 @@ pub struct Shipped {
 
 macro_rules! shipped {
     ($method:ident, $file:literal, $model:literal, $family:ident, $n:literal, $d:literal, $reference:literal, $default:literal) => {
+        shipped!(@ $method, $file, $model, $family, $n, $d, None, $reference, $default)
+    };
+    ($method:ident, $file:literal, $model:literal, $family:ident, $n:literal, $d:literal, vocab $v:literal, $reference:literal, $default:literal) => {
+        shipped!(@ $method, $file, $model, $family, $n, $d, Some($v), $reference, $default)
+    };
+    (@ $method:ident, $file:literal, $model:literal, $family:ident, $n:literal, $d:literal, $vocab:expr, $reference:literal, $default:literal) => {
         Shipped {
             method: Method::$method,
             path: concat!("configs/", $file),
@@ -30,6 +38,7 @@ macro_rules! shipped {
             family: Family::$family,
             n_layer: $n,
             d_model: $d,
+            vocab: $vocab,
             reference: $reference,
             default: $default,
             text: include_str!(concat!("../../../configs/", $file)),
@@ -73,6 +82,74 @@ pub static SHIPPED: &[Shipped] = &[
     shipped!(Mend, "mend/EleutherAI_gpt-j-6B.json", "gpt-j-6b", GptJ, 28, 4096, true, true),
     shipped!(Mend, "mend/EleutherAI_gpt-j-6B_CF.json", "gpt-j-6b", GptJ, 28, 4096, true, false),
     shipped!(Mend, "mend/EleutherAI_gpt-j-6B_executor.json", "gpt-j-6b", GptJ, 28, 4096, false, false),
+    // The Llama-style families: the AlphaEdit repository's and EasyEdit's published values where
+    // they exist, else starting points at the same relative depth (configs/README.md). Within a
+    // family and shape the first row is the default by shape, so Llama 3 comes before Llama 2.
+    shipped!(Rome, "rome/meta-llama_Meta-Llama-3-8B-Instruct.json", "meta-llama-3-8b-instruct", Llama, 32, 4096, vocab 128256, true, true),
+    shipped!(Rome, "rome/meta-llama_Meta-Llama-3-8B.json", "meta-llama-3-8b", Llama, 32, 4096, vocab 128256, true, true),
+    shipped!(Rome, "rome/meta-llama_Llama-3.2-3B.json", "llama-3.2-3b", Llama, 28, 3072, vocab 128256, true, true),
+    shipped!(Rome, "rome/meta-llama_Llama-2-7b-hf.json", "llama-2-7b-hf", Llama, 32, 4096, vocab 32000, true, true),
+    shipped!(Rome, "rome/mistralai_Mistral-7B-v0.1.json", "mistral-7b-v0.1", Mistral, 32, 4096, vocab 32000, true, true),
+    shipped!(Rome, "rome/Qwen_Qwen2.5-7B.json", "qwen2.5-7b", Qwen2, 28, 3584, vocab 152064, true, true),
+    shipped!(Rome, "rome/Qwen_Qwen2.5-7B-Instruct.json", "qwen2.5-7b-instruct", Qwen2, 28, 3584, vocab 152064, false, true),
+    shipped!(Rome, "rome/Qwen_Qwen2-7B.json", "qwen2-7b", Qwen2, 28, 3584, vocab 152064, true, true),
+    shipped!(Rome, "rome/Qwen_Qwen3-0.6B.json", "qwen3-0.6b", Qwen3, 28, 1024, vocab 151936, false, true),
+    shipped!(Rome, "rome/Qwen_Qwen3-1.7B.json", "qwen3-1.7b", Qwen3, 28, 2048, vocab 151936, false, true),
+    shipped!(Rome, "rome/Qwen_Qwen3-4B.json", "qwen3-4b", Qwen3, 36, 2560, vocab 151936, false, true),
+    shipped!(Rome, "rome/Qwen_Qwen3-8B.json", "qwen3-8b", Qwen3, 36, 4096, vocab 151936, false, true),
+    shipped!(Rome, "rome/google_gemma-2-2b.json", "gemma-2-2b", Gemma2, 26, 2304, vocab 256000, false, true),
+    shipped!(Rome, "rome/google_gemma-2-9b.json", "gemma-2-9b", Gemma2, 42, 3584, vocab 256000, false, true),
+    shipped!(Rome, "rome/google_gemma-3-1b-pt.json", "gemma-3-1b-pt", Gemma3, 26, 1152, vocab 262144, false, true),
+    shipped!(Memit, "memit/meta-llama_Meta-Llama-3-8B-Instruct.json", "meta-llama-3-8b-instruct", Llama, 32, 4096, vocab 128256, true, true),
+    shipped!(Memit, "memit/meta-llama_Meta-Llama-3-8B.json", "meta-llama-3-8b", Llama, 32, 4096, vocab 128256, false, true),
+    shipped!(Memit, "memit/meta-llama_Llama-3.2-3B.json", "llama-3.2-3b", Llama, 28, 3072, vocab 128256, true, true),
+    shipped!(Memit, "memit/meta-llama_Llama-2-7b-hf.json", "llama-2-7b-hf", Llama, 32, 4096, vocab 32000, true, true),
+    shipped!(Memit, "memit/mistralai_Mistral-7B-v0.1.json", "mistral-7b-v0.1", Mistral, 32, 4096, vocab 32000, true, true),
+    shipped!(Memit, "memit/Qwen_Qwen2.5-7B.json", "qwen2.5-7b", Qwen2, 28, 3584, vocab 152064, true, true),
+    shipped!(Memit, "memit/Qwen_Qwen2.5-7B-Instruct.json", "qwen2.5-7b-instruct", Qwen2, 28, 3584, vocab 152064, false, true),
+    shipped!(Memit, "memit/Qwen_Qwen2-7B.json", "qwen2-7b", Qwen2, 28, 3584, vocab 152064, true, true),
+    shipped!(Memit, "memit/Qwen_Qwen3-0.6B.json", "qwen3-0.6b", Qwen3, 28, 1024, vocab 151936, false, true),
+    shipped!(Memit, "memit/Qwen_Qwen3-1.7B.json", "qwen3-1.7b", Qwen3, 28, 2048, vocab 151936, false, true),
+    shipped!(Memit, "memit/Qwen_Qwen3-4B.json", "qwen3-4b", Qwen3, 36, 2560, vocab 151936, false, true),
+    shipped!(Memit, "memit/Qwen_Qwen3-8B.json", "qwen3-8b", Qwen3, 36, 4096, vocab 151936, false, true),
+    shipped!(Memit, "memit/google_gemma-2-2b.json", "gemma-2-2b", Gemma2, 26, 2304, vocab 256000, false, true),
+    shipped!(Memit, "memit/google_gemma-2-9b.json", "gemma-2-9b", Gemma2, 42, 3584, vocab 256000, false, true),
+    shipped!(Memit, "memit/google_gemma-3-1b-pt.json", "gemma-3-1b-pt", Gemma3, 26, 1152, vocab 262144, false, true),
+    shipped!(AlphaEdit, "alphaedit/meta-llama_Meta-Llama-3-8B-Instruct.json", "meta-llama-3-8b-instruct", Llama, 32, 4096, vocab 128256, true, true),
+    shipped!(AlphaEdit, "alphaedit/meta-llama_Meta-Llama-3-8B-Instruct_easyedit.json", "meta-llama-3-8b-instruct", Llama, 32, 4096, vocab 128256, true, false),
+    shipped!(AlphaEdit, "alphaedit/meta-llama_Meta-Llama-3-8B.json", "meta-llama-3-8b", Llama, 32, 4096, vocab 128256, false, true),
+    shipped!(AlphaEdit, "alphaedit/meta-llama_Llama-3.1-8B-Instruct.json", "llama-3.1-8b-instruct", Llama, 32, 4096, vocab 128256, true, true),
+    shipped!(AlphaEdit, "alphaedit/Qwen_Qwen2.5-7B-Instruct.json", "qwen2.5-7b-instruct", Qwen2, 28, 3584, vocab 152064, true, true),
+    shipped!(AlphaEdit, "alphaedit/Qwen_Qwen2.5-7B.json", "qwen2.5-7b", Qwen2, 28, 3584, vocab 152064, false, true),
+    shipped!(AlphaEdit, "alphaedit/Qwen_Qwen3-0.6B.json", "qwen3-0.6b", Qwen3, 28, 1024, vocab 151936, false, true),
+    shipped!(AlphaEdit, "alphaedit/Qwen_Qwen3-1.7B.json", "qwen3-1.7b", Qwen3, 28, 2048, vocab 151936, false, true),
+    shipped!(AlphaEdit, "alphaedit/Qwen_Qwen3-4B.json", "qwen3-4b", Qwen3, 36, 2560, vocab 151936, false, true),
+    shipped!(AlphaEdit, "alphaedit/Qwen_Qwen3-8B.json", "qwen3-8b", Qwen3, 36, 4096, vocab 151936, false, true),
+    shipped!(AlphaEdit, "alphaedit/google_gemma-2-2b.json", "gemma-2-2b", Gemma2, 26, 2304, vocab 256000, false, true),
+    shipped!(AlphaEdit, "alphaedit/google_gemma-2-9b.json", "gemma-2-9b", Gemma2, 42, 3584, vocab 256000, false, true),
+    shipped!(AlphaEdit, "alphaedit/google_gemma-3-1b-pt.json", "gemma-3-1b-pt", Gemma3, 26, 1152, vocab 262144, false, true),
+    shipped!(Ft, "ft/meta-llama_Meta-Llama-3-8B-Instruct_unconstr.json", "meta-llama-3-8b-instruct", Llama, 32, 4096, vocab 128256, true, true),
+    shipped!(Ft, "ft/meta-llama_Meta-Llama-3-8B_unconstr.json", "meta-llama-3-8b", Llama, 32, 4096, vocab 128256, true, true),
+    shipped!(Ft, "ft/meta-llama_Llama-3.2-3B_unconstr.json", "llama-3.2-3b", Llama, 28, 3072, vocab 128256, true, true),
+    shipped!(Ft, "ft/meta-llama_Llama-2-7b-hf_unconstr.json", "llama-2-7b-hf", Llama, 32, 4096, vocab 32000, true, true),
+    shipped!(Ft, "ft/mistralai_Mistral-7B-v0.1_constr.json", "mistral-7b-v0.1", Mistral, 32, 4096, vocab 32000, true, true),
+    shipped!(Ft, "ft/Qwen_Qwen2.5-7B_unconstr.json", "qwen2.5-7b", Qwen2, 28, 3584, vocab 152064, true, true),
+    shipped!(Ft, "ft/Qwen_Qwen2-7B_unconstr.json", "qwen2-7b", Qwen2, 28, 3584, vocab 152064, true, true),
+    shipped!(Mend, "mend/meta-llama_Meta-Llama-3-8B.json", "meta-llama-3-8b", Llama, 32, 4096, vocab 128256, false, true),
+    shipped!(Mend, "mend/meta-llama_Meta-Llama-3-8B-Instruct.json", "meta-llama-3-8b-instruct", Llama, 32, 4096, vocab 128256, false, true),
+    shipped!(Mend, "mend/meta-llama_Llama-3.2-3B.json", "llama-3.2-3b", Llama, 28, 3072, vocab 128256, false, true),
+    shipped!(Mend, "mend/meta-llama_Llama-2-7b-hf.json", "llama-2-7b-hf", Llama, 32, 4096, vocab 32000, false, true),
+    shipped!(Mend, "mend/mistralai_Mistral-7B-v0.1.json", "mistral-7b-v0.1", Mistral, 32, 4096, vocab 32000, false, true),
+    shipped!(Mend, "mend/Qwen_Qwen2.5-7B.json", "qwen2.5-7b", Qwen2, 28, 3584, vocab 152064, false, true),
+    shipped!(Mend, "mend/Qwen_Qwen2.5-7B-Instruct.json", "qwen2.5-7b-instruct", Qwen2, 28, 3584, vocab 152064, false, true),
+    shipped!(Mend, "mend/Qwen_Qwen2-7B.json", "qwen2-7b", Qwen2, 28, 3584, vocab 152064, false, true),
+    shipped!(Mend, "mend/Qwen_Qwen3-0.6B.json", "qwen3-0.6b", Qwen3, 28, 1024, vocab 151936, false, true),
+    shipped!(Mend, "mend/Qwen_Qwen3-1.7B.json", "qwen3-1.7b", Qwen3, 28, 2048, vocab 151936, false, true),
+    shipped!(Mend, "mend/Qwen_Qwen3-4B.json", "qwen3-4b", Qwen3, 36, 2560, vocab 151936, false, true),
+    shipped!(Mend, "mend/Qwen_Qwen3-8B.json", "qwen3-8b", Qwen3, 36, 4096, vocab 151936, false, true),
+    shipped!(Mend, "mend/google_gemma-2-2b.json", "gemma-2-2b", Gemma2, 26, 2304, vocab 256000, false, true),
+    shipped!(Mend, "mend/google_gemma-2-9b.json", "gemma-2-9b", Gemma2, 42, 3584, vocab 256000, false, true),
+    shipped!(Mend, "mend/google_gemma-3-1b-pt.json", "gemma-3-1b-pt", Gemma3, 26, 1152, vocab 262144, false, true),
 ];
 
 impl Shipped {
@@ -88,7 +165,7 @@ impl Shipped {
     }
 
     fn fits(&self, cfg: &ModelConfig) -> bool {
-        self.family == cfg.family && self.n_layer == cfg.n_layer && self.d_model == cfg.d_model
+        self.family == cfg.family && self.n_layer == cfg.n_layer && self.d_model == cfg.d_model && self.vocab.is_none_or(|v| v == cfg.vocab_size)
     }
 }
 

@@ -32,12 +32,20 @@ pub struct EditExample {
 
 /// `prompt + " " + target`, labelled on the target's tokens (as the executor labels an edit).
 fn labelled(tok: &Tokenizer, prompt: &str, target: &str) -> Result<Labelled> {
-    let ids = tok.encode(&format!("{prompt}{target}"))?;
-    let n = tok.encode(target)?.len().min(ids.len().saturating_sub(1));
-    if n == 0 {
+    let (ids, labels) = labelled_ids(tok, prompt, target)?;
+    Ok(Labelled { labels, ids })
+}
+
+/// The model input of `prompt` followed by `target`'s tokens, and the target's positions.
+pub(crate) fn labelled_ids(tok: &Tokenizer, prompt: &str, target: &str) -> Result<(Vec<u32>, std::ops::Range<usize>)> {
+    let mut ids = tok.encode_input(prompt)?;
+    let goal = tok.continuation(prompt, target)?;
+    if goal.is_empty() || ids.is_empty() {
         return Err(Error::Input(format!("{prompt:?} + {target:?} leaves no target token to learn")));
     }
-    Ok(Labelled { labels: ids.len() - n..ids.len(), ids })
+    let start = ids.len();
+    ids.extend(goal);
+    Ok((ids.clone(), start..ids.len()))
 }
 
 /// Examples from evaluation records (CounterFact, zsRE, requests): edit_inner is the rewrite
@@ -57,7 +65,7 @@ pub fn record_examples(tok: &Tokenizer, records: &[EvalRecord], neighbours: bool
             }
             let mut loc = Vec::new();
             if neighbours {
-                let texts: Vec<String> = match (&r.request.target_true, r.zsre_neighborhood.iter().max_by_key(|(p, _)| p.len())) {
+                let texts: Vec<String> = match (&r.request.target_true, &r.zsre_locality) {
                     (_, Some((p, t))) => vec![format!("{p}{t}")],
                     (Some(truth), None) => r.request.neighborhood_prompts.iter().map(|p| format!("{p} {}", truth.trim_start())).collect(),
                     (None, None) => Vec::new(),
@@ -83,7 +91,7 @@ pub fn locality_sequences(tok: &Tokenizer, texts: &[String], max_tokens: usize) 
         if t.trim().is_empty() {
             continue;
         }
-        let mut ids = tok.encode(t)?;
+        let mut ids = tok.encode_input(t)?;
         ids.truncate(max_tokens);
         if ids.len() >= 2 {
             out.push(ids);
@@ -125,7 +133,7 @@ pub fn sampled_examples(tok: &Tokenizer, texts: &[SampledText]) -> Result<Vec<Ed
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let ids = tok.encode(&s.text)?;
+            let ids = tok.encode_input(&s.text)?;
             if s.n_tokens == 0 || ids.len() <= s.n_tokens {
                 return Err(Error::Input(format!(
                     "sampled text {i} has {} tokens, not more than its n_tokens {}",
@@ -133,8 +141,14 @@ pub fn sampled_examples(tok: &Tokenizer, texts: &[SampledText]) -> Result<Vec<Ed
                     s.n_tokens
                 )));
             }
-            let at = |cut: usize| Labelled { ids: ids[cut..].to_vec(), labels: ids.len() - cut - s.n_tokens..ids.len() - cut };
-            let outer = (0..=(ids.len() - s.n_tokens) / 2).filter(|&c| ids.len() - c > s.n_tokens).map(at).collect();
+            // Tokens are cut from the left after the BOS, which every input keeps.
+            let bos = tok.bos();
+            let body = &ids[bos.len()..];
+            let at = |cut: usize| {
+                let ids: Vec<u32> = bos.iter().chain(&body[cut..]).copied().collect();
+                Labelled { labels: ids.len() - s.n_tokens..ids.len(), ids }
+            };
+            let outer = (0..=(body.len().saturating_sub(s.n_tokens)) / 2).filter(|&c| body.len() - c > s.n_tokens).map(at).collect();
             Ok(EditExample { inner: at(0), outer, loc: Vec::new() })
         })
         .collect()

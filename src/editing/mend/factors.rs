@@ -65,13 +65,9 @@ pub fn edit_batch(tok: &Tokenizer, requests: &[Request]) -> Result<(Vec<Vec<u32>
     let mut seqs = Vec::with_capacity(requests.len());
     let mut labels = Vec::with_capacity(requests.len());
     for r in requests {
-        let target = r.target_new_spaced();
-        let ids = tok.encode(&format!("{}{target}", r.filled_prompt()))?;
-        let n = tok.encode(&target)?.len().min(ids.len().saturating_sub(1));
-        if n == 0 {
-            return Err(Error::Input(format!("{}: the target {:?} has no tokens to learn", r.label(), r.target_new)));
-        }
-        labels.push(ids.len() - n..ids.len());
+        let (ids, range) = super::data::labelled_ids(tok, &r.filled_prompt(), &r.target_new_spaced())
+            .map_err(|_| Error::Input(format!("{}: the target {:?} has no tokens to learn", r.label(), r.target_new)))?;
+        labels.push(range);
         seqs.push(ids);
     }
     Ok((seqs, labels))

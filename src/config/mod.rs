@@ -1,7 +1,14 @@
 //! Model configuration, read from a Hugging Face `config.json` of any supported family.
 //!
-//! Each family names the same quantities differently (GPT-2 `n_embd`, NeoX `hidden_size`, …) and
-//! NeoX has two generations of rotary field names; everything is normalised into [`ModelConfig`].
+//! Each family names the same quantities differently (GPT-2 `n_embd`, NeoX `hidden_size`, …),
+//! NeoX has two generations of rotary field names and the Llama-style families two generations of
+//! RoPE fields (`rope_theta` + `rope_scaling`, transformers 5's `rope_parameters`); everything is
+//! normalised into [`ModelConfig`]. The GPT families are read in `gpt.rs`, the decoder families
+//! (Llama, Mistral, Qwen 2/3, Gemma 2/3) in `decoder.rs`, their RoPE settings in `rope.rs`.
+
+mod decoder;
+mod gpt;
+mod rope;
 
 use std::path::Path;
 
@@ -10,13 +17,28 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
+pub use decoder::{AttentionKind, DecoderConfig, NormStyle};
+pub use rope::{RopeScaling, Rotary, RotaryStyle};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Family {
     Gpt2,
     GptJ,
     GptNeoX,
+    /// `LlamaForCausalLM`: Llama 2, 3, 3.1, 3.2 and the fine-tunes that reuse the class.
+    Llama,
+    Mistral,
+    /// Qwen2 and Qwen2.5.
+    Qwen2,
+    Qwen3,
+    Gemma2,
+    /// Gemma 3's text model (`gemma3_text`).
+    Gemma3,
 }
+
+/// The `model_type`s `edit` reads, for messages.
+pub const SUPPORTED_MODEL_TYPES: &str = "gpt2, gptj, gpt_neox, llama, mistral, qwen2, qwen3, gemma2, gemma3_text";
 
 impl Family {
     pub fn name(self) -> &'static str {
@@ -24,15 +46,28 @@ impl Family {
             Family::Gpt2 => "gpt2",
             Family::GptJ => "gptj",
             Family::GptNeoX => "gpt_neox",
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+            Family::Qwen3 => "qwen3",
+            Family::Gemma2 => "gemma2",
+            Family::Gemma3 => "gemma3",
         }
     }
 
-    /// The prefix the reference module names carry (`transformer.h.17.mlp.c_proj`).
+    /// The prefix the reference module names carry (`transformer.h.17.mlp.c_proj`,
+    /// `model.layers.5.mlp.down_proj`).
     pub fn prefix(self) -> &'static str {
         match self {
             Family::Gpt2 | Family::GptJ => "transformer.",
             Family::GptNeoX => "gpt_neox.",
+            _ => "model.",
         }
+    }
+
+    /// Whether the family is one of the Llama-style decoders (RMSNorm, gated MLP, `model.layers`).
+    pub fn is_decoder(self) -> bool {
+        !matches!(self, Family::Gpt2 | Family::GptJ | Family::GptNeoX)
     }
 }
 
@@ -44,6 +79,8 @@ pub enum Activation {
     /// `gelu`: the exact erf form.
     GeluErf,
     Relu,
+    /// `silu` / `swish`: x·σ(x) (Llama's SwiGLU gate).
+    Silu,
 }
 
 impl Activation {
@@ -52,26 +89,10 @@ impl Activation {
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "gelu_accurate" => Some(Self::GeluTanh),
             "gelu" | "gelu_python" => Some(Self::GeluErf),
             "relu" => Some(Self::Relu),
+            "silu" | "swish" => Some(Self::Silu),
             _ => None,
         }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RotaryStyle {
-    /// GPT-J `rotate_every_two`: pairs (x0,x1), (x2,x3), …
-    Interleaved,
-    /// GPT-NeoX `rotate_half`: pairs (x_i, x_{i+d/2}).
-    HalfSplit,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
-pub struct Rotary {
-    /// Number of leading dimensions of each head that are rotated.
-    pub dims: usize,
-    pub base: f64,
-    pub style: RotaryStyle,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -81,12 +102,19 @@ pub struct ModelConfig {
     pub n_layer: usize,
     pub d_model: usize,
     pub n_head: usize,
+    /// Key/value heads (grouped-query attention); `n_head` where every head has its own.
+    pub n_kv_head: usize,
+    /// Width of one attention head (`d_model / n_head` unless the config names one).
+    pub head_dim: usize,
+    /// The MLP's inner width: the ROME/MEMIT key width.
     pub d_ff: usize,
     pub vocab_size: usize,
     /// Context length (`n_positions` / `max_position_embeddings`).
     pub n_ctx: usize,
+    /// LayerNorm's or RMSNorm's ε.
     pub layer_norm_eps: f64,
     pub activation: Activation,
+    /// The rotary embedding (of the global-attention layers where local ones differ).
     pub rotary: Option<Rotary>,
     /// Attention and MLP read the same block input (GPT-J; NeoX with `use_parallel_residual`).
     pub parallel_residual: bool,
@@ -96,11 +124,29 @@ pub struct ModelConfig {
     /// GPT-2 `scale_attn_by_inverse_layer_idx`.
     pub scale_attn_by_inverse_layer_idx: bool,
     pub eos_token_id: Option<u32>,
+    /// What the Llama-style families add (None for GPT-2, GPT-J, NeoX).
+    pub decoder: Option<DecoderConfig>,
 }
 
 impl ModelConfig {
     pub fn head_dim(&self) -> usize {
-        self.d_model / self.n_head
+        self.head_dim
+    }
+
+    /// Width of all query heads together (`d_model` except where the config names a head size).
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// Width of all key (or value) heads together.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_head * self.head_dim
+    }
+
+    /// Whether a vector added to a layer's MLP output reaches the block output unchanged (every
+    /// family but Gemma, which norms the MLP output before the residual sum).
+    pub fn mlp_out_joins_residual(&self) -> bool {
+        !self.decoder.as_ref().is_some_and(|d| d.sandwich_norms)
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -127,6 +173,7 @@ impl ModelConfig {
                     "GPT2LMHeadModel" => "gpt2".into(),
                     "GPTJForCausalLM" => "gptj".into(),
                     "GPTNeoXForCausalLM" => "gpt_neox".into(),
+                    "LlamaForCausalLM" => "llama".into(),
                     _ => return Err(r.err("no `model_type` field".into())),
                 }
             }
@@ -135,6 +182,19 @@ impl ModelConfig {
             "gpt2" => r.gpt2(model_type)?,
             "gptj" => r.gptj(model_type)?,
             "gpt_neox" => r.neox(model_type)?,
+            "llama" => r.decoder(Family::Llama, model_type)?,
+            "mistral" => r.decoder(Family::Mistral, model_type)?,
+            "qwen2" => r.decoder(Family::Qwen2, model_type)?,
+            "qwen3" => r.decoder(Family::Qwen3, model_type)?,
+            "gemma2" => r.decoder(Family::Gemma2, model_type)?,
+            "gemma3_text" => r.decoder(Family::Gemma3, model_type)?,
+            "gemma3" => {
+                return Err(r.err(
+                    "this is a Gemma 3 vision-language checkpoint (`Gemma3ForConditionalGeneration`); edit reads Gemma 3's text \
+                     models (`model_type` gemma3_text, e.g. google/gemma-3-1b-it); the multimodal 4B-27B checkpoints are not supported yet"
+                        .into(),
+                ))
+            }
             _ => {
                 return Err(Error::UnsupportedArchitecture {
                     model_type,
@@ -148,22 +208,32 @@ impl ModelConfig {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |reason: String| Error::Config { path: path.to_path_buf(), reason };
-        if self.n_layer == 0 || self.d_model == 0 || self.n_head == 0 || self.vocab_size == 0 {
-            return Err(bad("layer count, width, head count and vocabulary size must be positive".into()));
+        if self.n_layer == 0 || self.d_model == 0 || self.n_head == 0 || self.vocab_size == 0 || self.head_dim == 0 || self.d_ff == 0 {
+            return Err(bad("layer count, width, MLP width, head count, head size and vocabulary size must be positive".into()));
         }
-        if !self.d_model.is_multiple_of(self.n_head) {
+        if self.decoder.is_none() && !self.d_model.is_multiple_of(self.n_head) {
             return Err(bad(format!(
                 "hidden size {} is not divisible by the head count {}",
                 self.d_model, self.n_head
             )));
         }
+        if self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
+            return Err(bad(format!(
+                "the attention head count {} is not a multiple of the key/value head count {} (num_key_value_heads)",
+                self.n_head, self.n_kv_head
+            )));
+        }
         if let Some(rot) = self.rotary {
-            if rot.dims % 2 != 0 || rot.dims > self.head_dim() {
+            if rot.dims % 2 != 0 || rot.dims > self.head_dim {
                 return Err(bad(format!(
                     "rotary dimension {} must be even and at most the head dimension {}",
-                    rot.dims,
-                    self.head_dim()
+                    rot.dims, self.head_dim
                 )));
+            }
+        }
+        if let Some(d) = &self.decoder {
+            if d.layer_kinds.len() != self.n_layer {
+                return Err(bad(format!("`layer_types` lists {} layers, but the model has {}", d.layer_kinds.len(), self.n_layer)));
             }
         }
         Ok(())
@@ -226,7 +296,7 @@ impl Reader<'_> {
             .unwrap_or(default);
         Activation::parse(name).ok_or_else(|| {
             self.err(format!(
-                "unsupported activation `{name}` (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu)"
+                "unsupported activation `{name}` (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu, silu)"
             ))
         })
     }
@@ -237,117 +307,6 @@ impl Reader<'_> {
             Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(|n| n as u32),
             _ => None,
         }
-    }
-
-    fn gpt2(&self, model_type: String) -> Result<ModelConfig> {
-        let d_model = self.usize_any(&["n_embd"])?;
-        if self.opt_bool("scale_attn_weights")? == Some(false) {
-            return Err(self.err("scale_attn_weights=false is not supported".into()));
-        }
-        if self.opt_bool("reorder_and_upcast_attn")? == Some(true) {
-            tracing::debug!("reorder_and_upcast_attn only changes rounding; attention is computed in f32 anyway");
-        }
-        Ok(ModelConfig {
-            family: Family::Gpt2,
-            model_type,
-            n_layer: self.usize_any(&["n_layer"])?,
-            d_model,
-            n_head: self.usize_any(&["n_head"])?,
-            d_ff: self.opt_usize("n_inner")?.unwrap_or(4 * d_model),
-            vocab_size: self.usize_any(&["vocab_size"])?,
-            n_ctx: self.usize_any(&["n_positions", "n_ctx"])?,
-            layer_norm_eps: self.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
-            activation: self.activation(&["activation_function"], "gelu_new")?,
-            rotary: None,
-            parallel_residual: false,
-            tie_word_embeddings: self.opt_bool("tie_word_embeddings")?.unwrap_or(true),
-            attention_bias: true,
-            scale_attn_by_inverse_layer_idx: self
-                .opt_bool("scale_attn_by_inverse_layer_idx")?
-                .unwrap_or(false),
-            eos_token_id: self.eos(),
-        })
-    }
-
-    fn gptj(&self, model_type: String) -> Result<ModelConfig> {
-        let d_model = self.usize_any(&["n_embd"])?;
-        let n_head = self.usize_any(&["n_head"])?;
-        let head_dim = d_model / n_head.max(1);
-        Ok(ModelConfig {
-            family: Family::GptJ,
-            model_type,
-            n_layer: self.usize_any(&["n_layer"])?,
-            d_model,
-            n_head,
-            d_ff: self.opt_usize("n_inner")?.unwrap_or(4 * d_model),
-            vocab_size: self.usize_any(&["vocab_size"])?,
-            n_ctx: self.usize_any(&["n_positions"])?,
-            layer_norm_eps: self.opt_f64("layer_norm_epsilon")?.unwrap_or(1e-5),
-            activation: self.activation(&["activation_function"], "gelu_new")?,
-            rotary: Some(Rotary {
-                // HF applies rotary to the whole head when rotary_dim is null.
-                dims: self.opt_usize("rotary_dim")?.unwrap_or(head_dim),
-                base: 10000.0,
-                style: RotaryStyle::Interleaved,
-            }),
-            parallel_residual: true,
-            tie_word_embeddings: self.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            attention_bias: false,
-            scale_attn_by_inverse_layer_idx: false,
-            eos_token_id: self.eos(),
-        })
-    }
-
-    fn neox(&self, model_type: String) -> Result<ModelConfig> {
-        let d_model = self.usize_any(&["hidden_size"])?;
-        let n_head = self.usize_any(&["num_attention_heads"])?;
-        let head_dim = d_model / n_head.max(1);
-        let rope_params = self.v.get("rope_parameters").or_else(|| self.v.get("rope_scaling"));
-        let nested = |key: &str| rope_params.and_then(|p| p.get(key)).and_then(Value::as_f64);
-        // Legacy names (Pythia, NeoX-20B) first, then the newer top-level and nested ones.
-        let pct = self
-            .opt_f64("rotary_pct")?
-            .or(self.opt_f64("partial_rotary_factor")?)
-            .or_else(|| nested("partial_rotary_factor"))
-            .unwrap_or(0.25);
-        let base = self
-            .opt_f64("rotary_emb_base")?
-            .or(self.opt_f64("rope_theta")?)
-            .or_else(|| nested("rope_theta"))
-            .unwrap_or(10000.0);
-        if let Some(kind) = rope_params.and_then(|p| p.get("rope_type")).and_then(Value::as_str) {
-            if kind != "default" {
-                return Err(self.err(format!(
-                    "rope_type `{kind}` is not supported (only the default rotary embedding)"
-                )));
-            }
-        }
-        if !(0.0..=1.0).contains(&pct) {
-            return Err(self.err(format!("rotary fraction {pct} must be between 0 and 1")));
-        }
-        Ok(ModelConfig {
-            family: Family::GptNeoX,
-            model_type,
-            n_layer: self.usize_any(&["num_hidden_layers"])?,
-            d_model,
-            n_head,
-            d_ff: self.opt_usize("intermediate_size")?.unwrap_or(4 * d_model),
-            vocab_size: self.usize_any(&["vocab_size"])?,
-            n_ctx: self.usize_any(&["max_position_embeddings"])?,
-            layer_norm_eps: self.opt_f64("layer_norm_eps")?.unwrap_or(1e-5),
-            activation: self.activation(&["hidden_act"], "gelu")?,
-            rotary: Some(Rotary {
-                // HF: int(head_size * rotary_pct), truncating.
-                dims: (head_dim as f64 * pct) as usize,
-                base,
-                style: RotaryStyle::HalfSplit,
-            }),
-            parallel_residual: self.opt_bool("use_parallel_residual")?.unwrap_or(true),
-            tie_word_embeddings: self.opt_bool("tie_word_embeddings")?.unwrap_or(false),
-            attention_bias: self.opt_bool("attention_bias")?.unwrap_or(true),
-            scale_attn_by_inverse_layer_idx: false,
-            eos_token_id: self.eos(),
-        })
     }
 }
 
@@ -381,8 +340,8 @@ mod tests {
 
     #[test]
     fn unsupported_architecture_is_named() {
-        let err = parse(json!({"model_type": "llama"})).unwrap_err().to_string();
-        assert!(err.contains("llama") && err.contains("gpt2"), "{err}");
+        let err = parse(json!({"model_type": "mamba"})).unwrap_err().to_string();
+        assert!(err.contains("mamba") && err.contains("gpt2") && err.contains("llama") && err.contains("gemma3_text"), "{err}");
     }
 
     #[test]
