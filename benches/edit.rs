@@ -54,7 +54,7 @@ fn main() {
     let rome: RomeHparams = hp(&lm, "ROME.json");
     let eos = tok.token_id("<|endoftext|>").unwrap_or(0);
     let t = Instant::now();
-    let rt = templates::rome_templates(&*lm.model, &tok, &[(5, 10), (10, 10)], eos, 0).unwrap();
+    let rt = templates::rome_templates(&*lm.model, &tok, &[(5, 10), (10, 10)], &[eos], 0).unwrap();
     println!("| ROME: sample 21 context templates (once per run) | {:.2} s |", t.elapsed().as_secs_f64());
     let mut st = layer_stats(&c, &rome.layers);
     let t = Instant::now();

@@ -97,7 +97,7 @@ fn rome_meets_the_reference_scores() {
     let mut st = stats(&hp.layers);
     let tok = edit::tokenizer::Tokenizer::from_file(&dir().join("tokenizer.json")).unwrap();
     let eos = tok.token_id("<|endoftext|>").or(lm.config().eos_token_id).unwrap_or(0);
-    let tmpl = templates::rome_templates(&*lm.model, &tok, &hp.context_template_length_params.clone().unwrap(), eos, 0).unwrap();
+    let tmpl = templates::rome_templates(&*lm.model, &tok, &hp.context_template_length_params.clone().unwrap(), &[eos], 0).unwrap();
     assert_eq!(tmpl.len(), 21);
     let pad = lm.pad_id();
     let module = edit::models::modules::mlp_down(lm.config(), hp.layers[0]).unwrap().name;

@@ -117,7 +117,7 @@ fn rome_makes_the_new_target_the_argmax_and_spares_unrelated_prompts() {
     let hp: RomeHparams = fact_hparams(&lm, "ROME.json");
     let mut stats = stats_over(&lm, &hp.layers, &fact_corpus(3000), 128);
     let eos = tok.token_id("<|endoftext|>").or(lm.config().eos_token_id).unwrap_or(0);
-    let templates = templates::rome_templates(&*lm.model, &tok, &[(5, 10), (10, 10)], eos, 0).unwrap();
+    let templates = templates::rome_templates(&*lm.model, &tok, &[(5, 10), (10, 10)], &[eos], 0).unwrap();
     assert_eq!(templates.len(), 21);
     let reqs = fact_cases(3);
     let before = next_token_logprobs(&lm, &unrelated());

@@ -151,8 +151,14 @@ pub fn optimize_targets(
     // Nothing below the optimised layer depends on δ, nor anything at a row's positions before
     // its δ: the first step records the residual stream after the layer and the keys/values
     // above it (δ = 0), and later steps resume there, computing each row only from its δ on,
-    // with δ added at the block output (where adding it to the MLP output ends up too).
+    // with δ added at the block output (where adding it to the MLP output ends up too). Where the
+    // MLP output is normed before the residual sum (Gemma), a δ there is resumed from the block
+    // below, still at the MLP output; at layer 0 of such a model every step runs whole.
     // Requests only ever leave the batch, so later batches are a subset of these rows.
+    let (after, resumed_site) = match params.site {
+        Site::MlpOut if !model.config().mlp_out_joins_residual() => (params.layer.checked_sub(1), Site::MlpOut),
+        _ => (Some(params.layer), Site::BlockOut),
+    };
     let mut resume_from: Option<(Vec<std::ops::Range<usize>>, ResumeCache)> = None;
     for it in 0..params.steps {
         let active: Vec<usize> = (0..states.len()).filter(|&j| !states[j].done).collect();
@@ -214,11 +220,13 @@ pub fn optimize_targets(
             let (spec, batch, iv) = match from {
                 Some(r) => {
                     let spec = TraceSpec { block_out: record.collect(), logits: r.logits.clone(), resume: Some(r.resume.clone()), ..TraceSpec::default() };
-                    (spec, &r.short, Intervention { layer: params.layer, site: Site::BlockOut, positions: r.iv_positions.clone(), deltas: deltas.to_dtype(model.dtype())? })
+                    (spec, &r.short, Intervention { layer: params.layer, site: resumed_site, positions: r.iv_positions.clone(), deltas: deltas.to_dtype(model.dtype())? })
                 }
                 None => {
                     let mut spec = TraceSpec::logits(Logits::At(all_pos.clone()));
-                    ResumeCache::request(&mut spec, params.layer, model.config().n_layer);
+                    if let Some(a) = after {
+                        ResumeCache::request(&mut spec, a, model.config().n_layer);
+                    }
                     if params.site == Site::MlpOut {
                         spec.mlp_out.insert(params.layer);
                     }
@@ -255,15 +263,20 @@ pub fn optimize_targets(
         // resumed forward below, whose graph covers each row only from its δ on (at GPT-2 XL's
         // size the whole rows' graph was ~6 GB). Backpropagating per block, no step keeps a graph
         // from its first forward.
-        let first = resume_from.is_none();
+        let first = it == 0;
         let step_from = resume_from.as_ref().map(&resumed).transpose()?;
-        let per_block = step_from.as_ref().is_some_and(|r| per_block_backprop(model, params, r));
-        let record = if per_block { params.layer + 1..model.config().n_layer - 1 } else { 0..0 };
-        let mut trace = forward(&if first || per_block { per_position.detach() } else { per_position.clone() }, step_from.as_ref(), record)?;
+        let per_block = step_from.as_ref().zip(after).is_some_and(|(r, a)| per_block_backprop(model, params, a, r));
+        let record = match after {
+            Some(a) if per_block => a + 1..model.config().n_layer - 1,
+            _ => 0..0,
+        };
+        let mut trace = forward(&if (first && after.is_some()) || per_block { per_position.detach() } else { per_position.clone() }, step_from.as_ref(), record)?;
         let (nll, lp_kl) = nll_and_kl_logprobs(&trace)?;
         if first {
-            let rows_of = active.iter().enumerate().map(|(a, &j)| first_row[a]..first_row[a] + states[j].prep.rows.len()).collect();
-            resume_from = Some((rows_of, ResumeCache::from_trace(&trace, params.layer)?));
+            if let Some(a) = after {
+                let rows_of = active.iter().enumerate().map(|(a, &j)| first_row[a]..first_row[a] + states[j].prep.rows.len()).collect();
+                resume_from = Some((rows_of, ResumeCache::from_trace(&trace, a)?));
+            }
             let site_out = match params.site {
                 Site::MlpOut => &trace.mlp_out[&params.layer],
                 Site::BlockOut => &trace.block_out[&params.layer],
@@ -310,31 +323,33 @@ pub fn optimize_targets(
         let grads = match step_from {
             // The graph of this step's forward.
             Some(_) if !per_block => loss_of(nll, kl)?.backward()?,
+            None if after.is_none() => loss_of(nll, kl)?.backward()?,
             _ => {
                 let from = match step_from {
                     Some(r) => r,
                     None => resumed(resume_from.as_ref().expect("recorded at the first step"))?,
                 };
-                let by_block = per_block || per_block_backprop(model, params, &from);
+                let a = after.expect("resumable");
+                let by_block = per_block || per_block_backprop(model, params, a, &from);
                 if first {
                     tracing::debug!(
                         "v*/z loop: {} rows x {} positions from layer {}, the suffix's graph an estimated {:.0} MB: backpropagating {}",
                         from.short.batch_size(),
                         from.short.seq_len(),
                         params.layer,
-                        suffix_graph_bytes(model, params, &from) / 1e6,
+                        suffix_graph_bytes(model, a, &from) / 1e6,
                         if by_block { "one block at a time" } else { "through the whole graph" }
                     );
                 }
                 if by_block {
                     // Inputs of every block above the layer, from this step's forward or (first
                     // step) a resumed one.
-                    let recorded = if per_block { recorded_here } else { forward(&per_position.detach(), Some(&from), params.layer + 1..model.config().n_layer - 1)?.block_out };
+                    let recorded = if per_block { recorded_here } else { forward(&per_position.detach(), Some(&from), a + 1..model.config().n_layer - 1)?.block_out };
                     let loss = |t: &Trace| -> Result<Tensor> {
                         let (nll, lp_kl) = nll_and_kl_logprobs(t)?;
                         loss_of(nll, kl_of(&lp_kl)?)
                     };
-                    let iv = Intervention { layer: params.layer, site: Site::BlockOut, positions: from.iv_positions.clone(), deltas: per_position.to_dtype(model.dtype())? };
+                    let iv = Intervention { layer: params.layer, site: resumed_site, positions: from.iv_positions.clone(), deltas: per_position.to_dtype(model.dtype())? };
                     backprop_per_block(model, &from.short, &from.resume, &from.logits, &[iv], &recorded, &loss)?
                 } else {
                     let (nll, lp_kl) = nll_and_kl_logprobs(&forward(&per_position, Some(&from), 0..0)?)?;
@@ -398,10 +413,11 @@ struct Resumed {
 const SMALL_GRAPH_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
 
 /// Whether this step backpropagates one block at a time: asked for, or (`auto`) when the
-/// whole graph of the blocks above the layer would exceed a tenth of the weights (and 64 MiB).
-fn per_block_backprop(model: &dyn CausalLm, params: &OptimizeParams, r: &Resumed) -> bool {
+/// whole graph of the blocks above `after` (where the forward resumes) would exceed a tenth of
+/// the weights (and 64 MiB).
+fn per_block_backprop(model: &dyn CausalLm, params: &OptimizeParams, after: usize, r: &Resumed) -> bool {
     let cfg = model.config();
-    let blocks = cfg.n_layer - params.layer - 1;
+    let blocks = cfg.n_layer - after - 1;
     // With fewer than two blocks above the layer there is nothing to split.
     if blocks < 2 {
         return false;
@@ -412,7 +428,7 @@ fn per_block_backprop(model: &dyn CausalLm, params: &OptimizeParams, r: &Resumed
         GradCheckpoint::Auto => {
             let width = model.dtype().size_in_bytes() as f64;
             let weights = (cfg.n_layer * (4 * cfg.d_model + 2 * cfg.d_ff) * cfg.d_model + cfg.vocab_size * cfg.d_model) as f64 * width;
-            suffix_graph_bytes(model, params, r) > SMALL_GRAPH_BYTES.max(weights / 10.0)
+            suffix_graph_bytes(model, after, r) > SMALL_GRAPH_BYTES.max(weights / 10.0)
         }
     }
 }
@@ -426,9 +442,9 @@ fn per_block_backprop(model: &dyn CausalLm, params: &OptimizeParams, r: &Resumed
 /// blocks) this is ~1.0 GB, where the resident memory measured 1.3-1.6 GB more with the whole
 /// graph than one block at a time (benches/README.md, "scale"); a count of only the per-position
 /// terms said 0.3 GB and chose the whole graph there.
-fn suffix_graph_bytes(model: &dyn CausalLm, params: &OptimizeParams, r: &Resumed) -> f64 {
+fn suffix_graph_bytes(model: &dyn CausalLm, after: usize, r: &Resumed) -> f64 {
     let cfg = model.config();
-    let blocks = cfg.n_layer.saturating_sub(params.layer + 1) as f64;
+    let blocks = cfg.n_layer.saturating_sub(after + 1) as f64;
     let (rows, positions) = (r.short.batch_size() as f64, r.short.seq_len() as f64);
     let prefix = r.resume.prefix.as_ref().map_or(0, |p| p.width()) as f64;
     let per_position = (40 * cfg.d_model + 3 * cfg.d_ff) as f64;

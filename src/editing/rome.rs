@@ -185,9 +185,9 @@ impl super::method::EditMethod for Rome {
         if let Some(t) = &self.hp.context_templates {
             return Ok(Some(super::templates::from_config(t, super::hparams::Method::Rome)));
         }
-        let eos = tok.token_id("<|endoftext|>").or(model.config().eos_token_id).unwrap_or(0);
         let params = self.hp.context_template_length_params.clone().unwrap_or_default();
-        super::templates::rome_templates(model, tok, &params, eos, seed).map(Some)
+        let start = super::templates::rome_start(model, tok, self.hp.context_template_prompt)?;
+        super::templates::rome_templates(model, tok, &params, &start, seed).map(Some)
     }
 
     fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {

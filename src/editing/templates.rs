@@ -51,26 +51,35 @@ const TOP_K: usize = 5;
 /// MEMIT's seed words, one sampled continuation of 10 tokens each.
 const MEMIT_SEEDS: [&str; 5] = ["The", "Therefore", "Because", "I", "You"];
 
-/// ROME: `"{}"` plus, for each `(length, n)`, `n` texts of `length` tokens sampled after a single
-/// `<|endoftext|>` (the BOS with tokenizers that have one; it counts towards the length), each
-/// followed by `". {}"`.
+/// The tokens ROME's context texts are sampled after: the model input of the text
+/// `<|endoftext|>` (the reference: one token in GPT-2's vocabulary, several pieces behind a BOS in
+/// others), or the tokenizer's BOS (its end-of-text token where it has none).
+pub fn rome_start(model: &dyn CausalLm, tok: &Tokenizer, prompt: super::hparams::TemplatePrompt) -> Result<Vec<u32>> {
+    use super::hparams::TemplatePrompt;
+    match prompt {
+        TemplatePrompt::Endoftext => tok.encode_input("<|endoftext|>"),
+        TemplatePrompt::Bos if !tok.bos().is_empty() => Ok(tok.bos().to_vec()),
+        TemplatePrompt::Bos => Ok(vec![tok.token_id("<|endoftext|>").or(model.config().eos_token_id).unwrap_or(0)]),
+    }
+}
+
+/// ROME: `"{}"` plus, for each `(length, n)`, `n` texts of `length` tokens (the `start` tokens
+/// included) sampled after `start` ([`rome_start`]), each followed by `". {}"`. A start as long as
+/// the length samples nothing: its text is its decoded start without `<|endoftext|>`.
 pub fn rome_templates(
     model: &dyn CausalLm,
     tok: &Tokenizer,
     length_params: &[(usize, usize)],
-    eos_id: u32,
+    start: &[u32],
     seed: u64,
 ) -> Result<ContextTemplates> {
     let mut rng = PyRandom::new(seed);
     let mut generated = Vec::new();
-    // A tokenizer with a BOS starts every text with it; the reference's `<|endoftext|>` prompt is
-    // a GPT-2 token that such vocabularies would split into pieces of text.
-    let start = if tok.bos().is_empty() { vec![eos_id] } else { tok.bos().to_vec() };
     for &(length, n) in length_params {
         if n == 0 {
             continue;
         }
-        for text in sample(model, tok, &start, n, length, &mut rng)? {
+        for text in sample(model, tok, start, n, length, &mut rng)? {
             generated.push(template_from(&text));
         }
     }

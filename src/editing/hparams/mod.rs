@@ -29,7 +29,7 @@ pub use ft::FtHparams;
 pub use locate::{Common, ContextTemplates, GradCheckpoint};
 pub use memit::{MemitHparams, Solver};
 pub use mend::MendHparams;
-pub use rome::RomeHparams;
+pub use rome::{RomeHparams, TemplatePrompt};
 pub use shipped::{named, shipped_for, Shipped, SHIPPED};
 
 use crate::config::{Family, ModelConfig};

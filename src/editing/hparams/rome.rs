@@ -12,6 +12,20 @@ fn default_true() -> bool {
     true
 }
 
+/// What ROME's context texts are sampled after (ours; EasyEdit and the reference have no field).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplatePrompt {
+    /// The reference: the text `<|endoftext|>` as the model's tokenizer encodes it (GPT-2's one
+    /// token; with other vocabularies several pieces behind a BOS, which can take up a whole
+    /// template's length, so that nothing is sampled and the template is just `". {}"`).
+    #[default]
+    Endoftext,
+    /// The tokenizer's BOS (its end-of-text token where it has none): texts of the intended length
+    /// with every vocabulary.
+    Bos,
+}
+
 /// ROME hyperparameters, field for field the reference's `hparams/ROME/*.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RomeHparams {
@@ -25,6 +39,9 @@ pub struct RomeHparams {
     /// Ours (EasyEdit's name): false = the r-ROME fix (the averaged key in both places).
     #[serde(default = "default_true")]
     pub original_implementation: bool,
+    /// Ours: what the context texts are sampled after.
+    #[serde(default)]
+    pub context_template_prompt: TemplatePrompt,
 }
 
 impl std::ops::Deref for RomeHparams {
@@ -40,7 +57,7 @@ impl std::ops::DerefMut for RomeHparams {
     }
 }
 
-const OWN_FIELDS: &[&str] = &["mom2_adjustment", "context_template_length_params", "original_implementation"];
+const OWN_FIELDS: &[&str] = &["mom2_adjustment", "context_template_length_params", "original_implementation", "context_template_prompt"];
 
 impl MethodConfig for RomeHparams {
     const METHOD: Method = Method::Rome;
@@ -53,6 +70,7 @@ impl MethodConfig for RomeHparams {
         match field {
             "mom2_adjustment" | "original_implementation" => "true or false",
             "context_template_length_params" => "a list of [length, count] pairs, e.g. [[5,10],[10,10]]",
+            "context_template_prompt" => "\"endoftext\" (the reference) or \"bos\"",
             f => common_expected(f).unwrap_or("a string"),
         }
     }
