@@ -31,6 +31,7 @@ struct Report<'a> {
     d_model: usize,
     d_ff: usize,
     heads: usize,
+    kv_heads: usize,
     head_dim: usize,
     vocab_size: usize,
     context: usize,
@@ -39,6 +40,9 @@ struct Report<'a> {
     rotary: Option<edit::config::Rotary>,
     parallel_residual: bool,
     tied_embeddings: bool,
+    /// The Llama-style families' settings (norms, biases, windows, soft-capping, local RoPE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decoder: Option<&'a edit::config::DecoderConfig>,
     parameters: usize,
     weight_files: usize,
     editable_modules: Vec<ModuleReport>,
@@ -84,6 +88,7 @@ pub fn run(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         d_model: cfg.d_model,
         d_ff: cfg.d_ff,
         heads: cfg.n_head,
+        kv_heads: cfg.n_kv_head,
         head_dim: cfg.head_dim(),
         vocab_size: cfg.vocab_size,
         context: cfg.n_ctx,
@@ -92,6 +97,7 @@ pub fn run(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         rotary: cfg.rotary,
         parallel_residual: cfg.parallel_residual,
         tied_embeddings: cfg.tie_word_embeddings,
+        decoder: cfg.decoder.as_ref(),
         parameters: ckpt.tensors().values().map(|t| t.shape.iter().product::<usize>()).sum(),
         weight_files: files.weights.len(),
         editable_modules: modules,
@@ -117,6 +123,9 @@ fn print_text(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     writeln!(out, "family         {} ({})", r.family, r.model_type)?;
     writeln!(out, "layers         {}", r.layers)?;
     writeln!(out, "d_model        {}  (heads {} x {})", r.d_model, r.heads, r.head_dim)?;
+    if r.kv_heads != r.heads {
+        writeln!(out, "kv heads       {}  (grouped-query attention: {} query heads share each)", r.kv_heads, r.heads / r.kv_heads.max(1))?;
+    }
     writeln!(out, "d_ff           {}  (key width of ROME/MEMIT)", r.d_ff)?;
     writeln!(out, "vocab          {}", r.vocab_size)?;
     writeln!(out, "context        {}", r.context)?;
@@ -124,14 +133,53 @@ fn print_text(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     writeln!(out, "dtype          {} (stored)", r.storage_dtype.as_deref().unwrap_or("?"))?;
     writeln!(out, "activation     {}", word(&r.activation))?;
     match &r.rotary {
-        Some(rot) => writeln!(out, "rotary         {} of {} dims per head, base {}, {:?}", rot.dims, r.head_dim, rot.base, word(&rot.style))?,
+        Some(rot) => writeln!(out, "rotary         {} of {} dims per head, base {}, {:?}{}", rot.dims, r.head_dim, rot.base, word(&rot.style), scaling(&rot.scaling))?,
         None => writeln!(out, "rotary         none (learned positions)")?,
     }
-    writeln!(out, "residual       {}", if r.parallel_residual { "parallel" } else { "sequential" })?;
+    if let Some(d) = r.decoder {
+        print_decoder(out, d)?;
+    } else {
+        writeln!(out, "residual       {}", if r.parallel_residual { "parallel" } else { "sequential" })?;
+    }
     writeln!(out, "tied head      {}", r.tied_embeddings)?;
     writeln!(out, "\neditable modules (stored shape, layout):")?;
     for m in &r.editable_modules {
         writeln!(out, "  {:<48} {:?} {}", m.module.name, m.stored_shape, word(&m.module.layout))?;
+    }
+    Ok(())
+}
+
+fn scaling(s: &edit::config::RopeScaling) -> String {
+    use edit::config::RopeScaling as S;
+    match s {
+        S::None => String::new(),
+        S::Linear { factor } => format!(", linear scaling x{factor}"),
+        S::Dynamic { factor, max_position_embeddings } => format!(", dynamic NTK scaling x{factor} beyond {max_position_embeddings}"),
+        S::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            format!(", llama3 scaling x{factor} (low {low_freq_factor}, high {high_freq_factor}, original context {original_max_position_embeddings})")
+        }
+    }
+}
+
+fn print_decoder(out: &mut impl Write, d: &edit::config::DecoderConfig) -> std::io::Result<()> {
+    use edit::config::{AttentionKind, NormStyle};
+    let norm = match d.norm {
+        NormStyle::Scale => "RMSNorm (x̂·w)",
+        NormStyle::OnePlus => "RMSNorm (x̂·(1+w)), also after attention and MLP",
+    };
+    writeln!(out, "norm           {norm}{}", if d.qk_norm { "; per-head q/k norms" } else { "" })?;
+    let biases: Vec<&str> = [(d.qkv_bias, "q/k/v"), (d.o_bias, "o"), (d.mlp_bias, "mlp")].iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
+    writeln!(out, "biases         {}", if biases.is_empty() { "none".to_string() } else { biases.join(", ") })?;
+    let sliding = d.layer_kinds.iter().filter(|k| **k == AttentionKind::Sliding).count();
+    match d.sliding_window {
+        Some(w) if sliding > 0 => writeln!(out, "attention      sliding window {w} on {sliding} of {} layers", d.layer_kinds.len())?,
+        _ => writeln!(out, "attention      full (no sliding window)")?,
+    }
+    if let Some(l) = &d.local_rotary {
+        writeln!(out, "local rotary   base {}{} on the sliding layers", l.base, scaling(&l.scaling))?;
+    }
+    if d.attn_softcap.is_some() || d.final_softcap.is_some() {
+        writeln!(out, "soft-capping   attention {:?}, logits {:?}", d.attn_softcap, d.final_softcap)?;
     }
     Ok(())
 }

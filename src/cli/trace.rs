@@ -33,8 +33,9 @@ pub struct TraceArgs {
     /// model's own top token is traced.
     #[arg(long, requires = "prompt")]
     pub answer: Option<String>,
-    /// A JSON list of facts: known_1000.json's layout (known_id, prompt, subject, attribute) or
-    /// CounterFact records (case_id, requested_rewrite; target_true is the expected answer).
+    /// A JSON list of facts: known_1000.json's layout (known_id, prompt, subject, attribute),
+    /// CounterFact records (case_id, requested_rewrite; target_true is the expected answer) or edit
+    /// requests (prompt with {}, subject, optional target_true).
     #[arg(long, value_name = "FILE", required_unless_present = "prompt")]
     pub facts: Option<PathBuf>,
     /// Trace only the first N facts of --facts.

@@ -19,8 +19,9 @@ pub struct Fact {
 }
 
 /// Reads a JSON list of facts in `known_1000.json`'s layout (`known_id`, `prompt` with the
-/// subject filled in, `subject`, `attribute`) or CounterFact records (`case_id`,
-/// `requested_rewrite` {`prompt` with `{}`, `subject`, `target_true.str`}).
+/// subject filled in, `subject`, `attribute`), CounterFact records (`case_id`,
+/// `requested_rewrite` {`prompt` with `{}`, `subject`, `target_true.str`}) or edit requests
+/// (`prompt` with `{}`, `subject`, optional `target_true`).
 pub fn read_facts(path: &Path) -> Result<Vec<Fact>> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     parse_facts(&text, &path.display().to_string())
@@ -47,6 +48,12 @@ fn fact_from_record(r: &Value) -> std::result::Result<Fact, String> {
     }
     let prompt = text(r, "prompt").ok_or("no `prompt` (known_1000.json's layout) or `requested_rewrite` (CounterFact)")?;
     let subject = text(r, "subject").ok_or("no `subject`")?;
+    // An edit request (`edit apply`'s layout): the prompt's `{}` is the subject's place, and its
+    // true object (if given) the expected answer.
+    if prompt.contains("{}") {
+        let expect = text(r, "target_true").or_else(|| r.get("target_true").and_then(|t| text(t, "str")));
+        return Ok(Fact { id: r.get("case_id").cloned(), prompt: prompt.replacen("{}", &subject, 1), subject, expect });
+    }
     Ok(Fact { id: r.get("known_id").cloned(), prompt, subject, expect: text(r, "attribute") })
 }
 
@@ -131,6 +138,8 @@ mod tests {
         let f = parse_facts(text, "t").unwrap();
         assert_eq!(f[0], Fact { id: Some(7.into()), prompt: "Vinson Massif is located in the continent of".into(), subject: "Vinson Massif".into(), expect: Some("Antarctica".into()) });
         assert_eq!(f[1], Fact { id: Some(3.into()), prompt: "The native language of Alon Javberg is".into(), subject: "Alon Javberg".into(), expect: Some("French".into()) });
+        let req = parse_facts(r#"[{"prompt": "{} was born in", "subject": "Alon Javberg", "target_new": "Paris", "target_true": "Rome"}]"#, "t").unwrap();
+        assert_eq!(req[0], Fact { id: None, prompt: "Alon Javberg was born in".into(), subject: "Alon Javberg".into(), expect: Some("Rome".into()) });
         let err = parse_facts(r#"[{"prompt": "x"}]"#, "t").unwrap_err().to_string();
         assert!(err.contains("record 0") && err.contains("subject"), "{err}");
     }
