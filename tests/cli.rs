@@ -241,3 +241,43 @@ fn offline_missing_file_says_which_and_how() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
 }
+
+/// A Llama-style config that disagrees with its weights names the tensor and both shapes; an
+/// unknown RoPE type is refused before any weight is read; a missing shard is named; nothing is
+/// written.
+#[test]
+fn decoder_configs_that_disagree_with_their_weights_are_named() {
+    let cases: [(&str, fn(&mut serde_json::Value), &[&str]); 4] = [
+        ("kv heads", |v| v["num_key_value_heads"] = 4.into(), &["model.layers.0.self_attn.k_proj.weight", "[16, 32]", "[32, 32]"]),
+        ("head_dim", |v| v["head_dim"] = 16.into(), &["model.layers.0.self_attn.q_proj.weight", "[32, 32]", "[64, 32]"]),
+        ("intermediate size", |v| v["intermediate_size"] = 96.into(), &["model.layers.0.mlp.gate_proj.weight", "[64, 32]", "[96, 32]"]),
+        ("heads", |v| v["num_attention_heads"] = 2.into(), &["model.layers.0.self_attn.q_proj.weight", "[32, 32]", "[16, 32]"]),
+    ];
+    for (what, change, needles) in cases {
+        let (_t, dir) = temp_copy("tiny-mistral");
+        edit_config(&dir, change);
+        for args in [&["predict"][..], &["inspect"][..]] {
+            let mut cmd = edit();
+            cmd.args(args).arg("--model").arg(&dir);
+            if args[0] == "predict" {
+                cmd.arg("hello");
+            }
+            let out = run(&mut cmd);
+            assert!(!out.status.success(), "{what}: {args:?} should fail");
+            let err = stderr(&out);
+            assert!(needles.iter().all(|n| err.contains(n)), "{what} {args:?}: {err}");
+        }
+    }
+    let (_t, dir) = temp_copy("tiny-llama");
+    edit_config(&dir, |v| v["rope_parameters"]["rope_type"] = "yarn".into());
+    expect_failure(&["predict"], &dir, &["rope type `yarn` is not supported", "llama3"]);
+    let (_t, dir) = temp_copy("tiny-mistral");
+    std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+    expect_failure(&["predict"], &dir, &["model-00002-of-00002.safetensors"]);
+    let out_dir = dir.parent().unwrap().join("edited");
+    let mut cmd = edit();
+    cmd.args(["apply", "--method", "ft", "--model"]).arg(&dir).arg("-").arg("--out").arg(&out_dir);
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(!out_dir.exists(), "nothing is written");
+}
