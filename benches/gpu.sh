@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Issue 12's GPU check, one prepared run on one H100/H200 (about 5-8 minutes): forward parity CPU
-# vs GPU on the test fixtures, then on a random GPT-J-6B-shaped model in bf16 storage the
-# statistics throughput (and PyTorch's on the same batches), ROME, MEMIT with z batched (32) vs
-# serial (1), and MEMIT at EDIT_GPU_MEMIT (1000) requests. Ends with one Markdown table per part;
-# logs go to $OUT (or /tmp/edit-gpu) when set.
+# The GPU check, one prepared run on one H100/H200 (about 8-12 minutes): forward parity CPU vs GPU
+# on the test fixtures (every family), then on random models of GPT-J 6B's and Llama 3 8B's shapes
+# in bf16 storage the statistics throughput (and PyTorch's on the same batches), ROME, MEMIT with z
+# batched (32) vs serial (1), and MEMIT at EDIT_GPU_MEMIT (1000) requests (issue 25's targets at
+# Llama 3 8B: ROME < 2 s per edit, MEMIT 1,000 < 5 min incl. z). Ends with one Markdown table per
+# part; logs go to $OUT (or /tmp/edit-gpu) when set.
 #
 # The lent GPU machines have no Rust toolchain, so the binaries are built here first and carried:
 #   CUDA_WHEELS_VERSION=13.0 CUDA_BUILD_TARGETS="--bin edit --bench scale" scripts/check-cuda-build.sh
@@ -13,9 +14,10 @@
 # Build with the CUDA release the GPU's driver supports (the kernels are PTX that the driver
 # compiles: PTX from a newer nvcc than the driver is refused); driver 580 is CUDA 13.0.
 #
-# Settings: EDIT_GPU_MEMIT (1000), EDIT_GPU_TEXTS (1000 statistics texts), EDIT_GPU_LAYERS (28),
-# EDIT_GPU_STEP_TIMEOUT (150 s per step; a step past it is reported and the rest goes on);
-# EDIT_GPU_ZCOMPARE (32 requests for batched vs serial z); EDIT_GPU_SHAPE (gpt-j-6b), EDIT_GPU_DTYPE
+# Settings: EDIT_GPU_MEMIT (1000), EDIT_GPU_TEXTS (1000 statistics texts), EDIT_GPU_LAYERS (the
+# shape's own depth), EDIT_GPU_STEP_TIMEOUT (150 s per step; a step past it is reported and the rest
+# goes on); EDIT_GPU_ZCOMPARE (32 requests for batched vs serial z); EDIT_GPU_SHAPES ("gpt-j-6b
+# llama-3-8b"; EDIT_GPU_SHAPE one of them), EDIT_GPU_DTYPE
 # (bf16), EDIT_GPU_STEPS (the config's); EDIT_GPU_DEVICE (cuda; `cpu` runs the same flow on the
 # CPU to try the script without a GPU, e.g. EDIT_GPU_SHAPE=gpt2-xl EDIT_GPU_LAYERS=18
 # EDIT_GPU_DTYPE=f32 EDIT_GPU_TEXTS=100 EDIT_GPU_STEPS=1 EDIT_GPU_ZCOMPARE=2 EDIT_GPU_MEMIT=2).
@@ -45,7 +47,7 @@ mkdir -p "$LOG"
 STEP_TIMEOUT=${EDIT_GPU_STEP_TIMEOUT:-150}
 N_MEMIT=${EDIT_GPU_MEMIT:-1000}
 TEXTS=${EDIT_GPU_TEXTS:-1000}
-LAYERS=${EDIT_GPU_LAYERS:-28}
+SHAPES=${EDIT_GPU_SHAPES:-${EDIT_GPU_SHAPE:-gpt-j-6b llama-3-8b}}
 DEV=${EDIT_GPU_DEVICE:-cuda}
 ZCOMPARE=${EDIT_GPU_ZCOMPARE:-32}
 started=$(date +%s)
@@ -97,7 +99,7 @@ PARITY=$LOG/parity.md
 echo "| fixture | GPU f32 vs CPU: max abs Δ logprob, same top-1 | GPU bf16 vs CPU f32 |" > "$PARITY"
 echo "|---|---|---|" >> "$PARITY"
 prompts=("The Eiffel Tower is located in the city of" "Alon Javberg grew up speaking" "The capital of France is")
-for m in tiny-gpt2 tiny-gptj tiny-neox fact-gpt2; do
+for m in tiny-gpt2 tiny-gptj tiny-neox tiny-llama tiny-mistral tiny-qwen2 tiny-qwen3 tiny-gemma2 tiny-gemma3 fact-gpt2 fact-llama; do
     for run in "cpu f32" "$DEV f32" "$DEV bf16"; do
         set -- $run
         "$EDIT_BIN" predict -q --json --top-k 10 --device "$1" --dtype "$2" --model "tests/fixtures/$m" "${prompts[@]}" \
@@ -127,11 +129,9 @@ EOF
 done
 say "parity done"
 
-# 2. GPT-J 6B shape, bf16 storage, on the GPU.
-SHAPE=${EDIT_GPU_SHAPE:-gpt-j-6b}
-MODEL=${EDIT_GPU_MODEL_DIR:-/tmp/edit-gpu-model}
-export EDIT_BIN EDIT_BENCH_SHAPE=$SHAPE EDIT_BENCH_LAYERS=$LAYERS EDIT_BENCH_DTYPE=${EDIT_GPU_DTYPE:-bf16} EDIT_BENCH_DEVICE=$DEV \
-    EDIT_BENCH_MODEL_DIR=$MODEL EDIT_BENCH_STATS_DIR=/tmp/edit-gpu-stats EDIT_BENCH_TEXTS=$TEXTS
+# 2. Each shape in bf16 storage on the GPU.
+export EDIT_BIN EDIT_BENCH_DTYPE=${EDIT_GPU_DTYPE:-bf16} EDIT_BENCH_DEVICE=$DEV EDIT_BENCH_TEXTS=$TEXTS
+[ -n "${EDIT_GPU_LAYERS:-}" ] && export EDIT_BENCH_LAYERS=$EDIT_GPU_LAYERS
 [ -n "${EDIT_GPU_STEPS:-}" ] && export EDIT_BENCH_STEPS=$EDIT_GPU_STEPS
 bench() { # name, time limit in s, then environment assignments for one run of the scale bench
     local name=$1 limit=$2
@@ -143,12 +143,17 @@ bench() { # name, time limit in s, then environment assignments for one run of t
         echo "| $name | failed or past $limit s: $(grep -m1 -i 'error' "$LOG/$name.log" | cut -c1-200) | |" > "$LOG/$name.md"
     fi
 }
-# The checkpoint (12 GB at 28 layers) is written once, by a run with no jobs.
-bench write 300 EDIT_BENCH_JOBS=none
-bench stats "$STEP_TIMEOUT" EDIT_BENCH_JOBS=stats EDIT_BENCH_TORCH=1
-bench rome "$STEP_TIMEOUT" EDIT_BENCH_JOBS=rome
-bench memit-z "$STEP_TIMEOUT" EDIT_BENCH_JOBS=memit EDIT_BENCH_MEMIT=$ZCOMPARE EDIT_BENCH_ZBATCH=1,32
-bench "memit-$N_MEMIT" "$STEP_TIMEOUT" EDIT_BENCH_JOBS=memit EDIT_BENCH_MEMIT=$N_MEMIT EDIT_BENCH_ZBATCH=32
+for SHAPE in $SHAPES; do
+    export EDIT_BENCH_SHAPE=$SHAPE EDIT_BENCH_MODEL_DIR=/tmp/edit-gpu-model-$SHAPE EDIT_BENCH_STATS_DIR=/tmp/edit-gpu-stats-$SHAPE
+    # The checkpoint (12 GB for GPT-J, 16 GB for Llama 3 8B) is written once, by a run with no jobs;
+    # the previous shape's is removed first (the machine's disk holds one).
+    rm -rf /tmp/edit-gpu-model-* 2>/dev/null
+    bench "$SHAPE-write" 300 EDIT_BENCH_JOBS=none
+    bench "$SHAPE-stats" "$STEP_TIMEOUT" EDIT_BENCH_JOBS=predict,stats EDIT_BENCH_TORCH=1
+    bench "$SHAPE-rome" "$STEP_TIMEOUT" EDIT_BENCH_JOBS=rome
+    bench "$SHAPE-memit-z" "$STEP_TIMEOUT" EDIT_BENCH_JOBS=memit EDIT_BENCH_MEMIT=$ZCOMPARE EDIT_BENCH_ZBATCH=1,32
+    bench "$SHAPE-memit-$N_MEMIT" "$STEP_TIMEOUT" EDIT_BENCH_JOBS=memit EDIT_BENCH_MEMIT=$N_MEMIT EDIT_BENCH_ZBATCH=32
+done
 
 echo
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | sed 's/^/device: /'
@@ -158,10 +163,13 @@ echo "Forward parity (top-10 log-probabilities of 3 prompts):"
 echo
 cat "$PARITY"
 echo
-head -1 "$LOG/write.md"
-echo
-echo "| job | time | peak memory |"
-echo "|---|---|---|"
-for f in stats rome memit-z "memit-$N_MEMIT"; do
-    grep '^| ' "$LOG/$f.md" | grep -v '^| job\|^|---' || true
+for SHAPE in $SHAPES; do
+    echo
+    head -1 "$LOG/$SHAPE-write.md"
+    echo
+    echo "| job | time | peak memory |"
+    echo "|---|---|---|"
+    for f in stats rome memit-z "memit-$N_MEMIT"; do
+        grep '^| ' "$LOG/$SHAPE-$f.md" | grep -v '^| job\|^|---' || true
+    done
 done

@@ -12,9 +12,12 @@
 //! config's `auto` if unset; `auto,off` compares backpropagating one block at a time with the
 //! whole suffix's graph).
 //!
-//! Settings (environment): `EDIT_BENCH_SHAPE` gpt2-xl (default) | gpt-j-6b; `EDIT_BENCH_LAYERS` fewer
-//! layers; `EDIT_BENCH_DTYPE` the file's storage and `--dtype` (f32 for GPT-2 XL, bf16 for GPT-J
-//! by default); `EDIT_BENCH_DEVICE` cpu | cuda; `EDIT_BENCH_STEPS` `v_num_grad_steps` (the
+//! Settings (environment): `EDIT_BENCH_SHAPE` gpt2-xl (default) | gpt-j-6b | a Llama-style shape
+//! from tests/fixtures/hub-configs (llama-3.2-1b, llama-3-8b, qwen2.5-7b, mistral-7b, qwen3-0.6b,
+//! gemma-2-2b, gemma-3-1b; statistics over layers 4-8, ROME at layer 5, the shipped configs);
+//! `EDIT_BENCH_LAYERS` fewer layers; `EDIT_BENCH_DTYPE` the file's storage and `--dtype` (f32 for
+//! GPT-2 XL, bf16 otherwise by default); `EDIT_BENCH_COMPUTE` a different `--dtype` (f32 computes
+//! a bf16 checkpoint in f32, as the reference does, and PyTorch's side then too); `EDIT_BENCH_DEVICE` cpu | cuda; `EDIT_BENCH_STEPS` `v_num_grad_steps` (the
 //! config's 20 by default; on 2 CPU cores a full edit at these sizes takes minutes per step);
 //! `EDIT_BENCH_CORPUS` articles (default: the WikiText-2 sample's lines joined into texts that
 //! fill the context) | lines (its paragraphs as they are); `EDIT_BENCH_TEXTS` texts for the
@@ -135,15 +138,19 @@ fn main() {
     let (stats_layers, rome_layer) = match shape {
         Shape::Gpt2Xl { .. } => ("13-17", 17),
         Shape::GptJ { .. } => ("3-8", 5),
+        // The AlphaEdit repository's Llama 3 8B layers (ROME: 5; MEMIT / AlphaEdit: 4-8).
+        Shape::Hub { .. } => ("4-8", 5),
     };
-    let dtype = env("EDIT_BENCH_DTYPE").unwrap_or(if matches!(shape, Shape::GptJ { .. }) { "bf16".into() } else { "f32".into() });
+    let dtype = env("EDIT_BENCH_DTYPE").unwrap_or(if matches!(shape, Shape::Gpt2Xl { .. }) { "f32".into() } else { "bf16".into() });
+    // The compute dtype (`--dtype`): the storage's unless `EDIT_BENCH_COMPUTE` says otherwise.
+    let compute = env("EDIT_BENCH_COMPUTE").unwrap_or(dtype.clone());
     let device = env("EDIT_BENCH_DEVICE").unwrap_or("cpu".into());
     let steps = env("EDIT_BENCH_STEPS");
     let corpus_kind = env("EDIT_BENCH_CORPUS").unwrap_or("articles".into());
     // 16 articles are ~16k tokens, past the 6,400 the widest keys need for an invertible C.
     let texts = env("EDIT_BENCH_TEXTS").unwrap_or(if corpus_kind == "lines" { "200".into() } else { "16".into() });
     let n_memit: usize = env("EDIT_BENCH_MEMIT").map(|s| s.parse().unwrap()).unwrap_or(100);
-    let jobs = env("EDIT_BENCH_JOBS").unwrap_or("stats,rome,memit".into());
+    let jobs = env("EDIT_BENCH_JOBS").unwrap_or("predict,stats,rome,memit".into());
     let list = |name: &str| -> Vec<Option<String>> {
         match env(name) {
             Some(list) => list.split(',').map(|s| Some(s.trim().to_string())).collect(),
@@ -171,7 +178,7 @@ fn main() {
     let corpus = corpus(&corpus_kind, tmp.path());
     let stats_dir = env("EDIT_BENCH_STATS_DIR").map(PathBuf::from).unwrap_or_else(|| tmp.path().join("stats"));
     let common_args = |c: &mut Command| {
-        c.arg("-v").arg("--model").arg(&model).args(["--dtype", &dtype, "--device", &device]);
+        c.arg("-v").arg("--model").arg(&model).args(["--dtype", &compute, "--device", &device]);
         c.arg("--text").arg(&corpus).args(["--samples", &texts]).arg("--stats-dir").arg(&stats_dir);
     };
     let mut rows: Vec<String> = Vec::new();
@@ -184,6 +191,12 @@ fn main() {
         }
     };
 
+    if jobs.contains("predict") {
+        let mut c = Command::new(edit_bin());
+        c.args(["predict", "-v", "--json", "--model"]).arg(&model).args(["--dtype", &compute, "--device", &device, "The capital of France is"]);
+        let r = run(&mut c, gpu);
+        rows.push(format!("| `edit predict`, one prompt | {:.1} s after a {:.2} s load | {} |", r.wall - r.load, r.load, mem(&r)));
+    }
     if jobs.contains("stats") {
         let mut c = Command::new(edit_bin());
         c.arg("stats").args(["--layers", stats_layers, "--json"]);
@@ -200,7 +213,7 @@ fn main() {
         if env("EDIT_BENCH_TORCH").as_deref() == Some("1") {
             let script = repo_root().join("benches/torch_stats.py");
             let mut c = Command::new("python3");
-            c.arg(script).arg(&model).args(["--layers", stats_layers, "--texts", &texts, "--device", &device]).arg("--corpus").arg(&corpus);
+            c.arg(script).arg(&model).args(["--layers", stats_layers, "--texts", &texts, "--device", &device, "--dtype", &compute]).arg("--corpus").arg(&corpus);
             let r = run(&mut c, gpu);
             let v: serde_json::Value = serde_json::from_str(r.out.lines().last().unwrap_or("{}")).unwrap();
             rows.push(format!(
@@ -214,7 +227,7 @@ fn main() {
             ));
         }
     }
-    let full_depth = matches!(shape, Shape::Gpt2Xl { n_layer: 48 } | Shape::GptJ { n_layer: 28 });
+    let full_depth = shape.full_depth();
     let method_args = |c: &mut Command, method: &str, checkpoint: &Option<String>| {
         c.args(["--method", method]);
         if let Some(g) = checkpoint {
@@ -223,11 +236,20 @@ fn main() {
         if let Some(s) = &steps {
             c.args(["--set", &format!("v_num_grad_steps={s}")]);
         }
-        // A shallower model is not recognised as GPT-2 XL / GPT-J: name the config, and read the
-        // loss at its last layer as the config does at the real depth.
+        // A shallower model is not recognised as its full-depth model: name the config, and read
+        // the loss at its last layer as the config does at the real depth.
         if !full_depth {
-            let file = if matches!(shape, Shape::Gpt2Xl { .. }) { "gpt2-xl" } else { "EleutherAI_gpt-j-6B" };
-            c.args(["--config", &format!("{method}/{file}"), "--set", &format!("v_loss_layer={}", shape.n_layer() - 1)]);
+            let file = match shape {
+                Shape::Gpt2Xl { .. } => Some("gpt2-xl"),
+                Shape::GptJ { .. } => Some("EleutherAI_gpt-j-6B"),
+                Shape::Hub { name: "llama-3-8b", .. } => Some("meta-llama_Meta-Llama-3-8B"),
+                Shape::Hub { name: "qwen2.5-7b", .. } => Some("Qwen_Qwen2.5-7B"),
+                Shape::Hub { .. } => None,
+            };
+            if let Some(file) = file {
+                c.args(["--config", &format!("{method}/{file}")]);
+            }
+            c.args(["--set", &format!("v_loss_layer={}", shape.n_layer() - 1)]);
         }
     };
     let steps_note = steps.as_deref().map(|s| format!("{s} v* steps")).unwrap_or_else(|| "the config's steps".into());
@@ -274,7 +296,7 @@ fn main() {
             ));
         }
     }
-    println!("{} at random weights: {} layers, {dtype} storage ({gb:.2} GB), device {device}, {} threads", shape.name(), shape.n_layer(), candle_core::utils::get_num_threads());
+    println!("{} at random weights: {} layers, {dtype} storage ({gb:.2} GB), {compute} compute, device {device}, {} threads", shape.name(), shape.n_layer(), candle_core::utils::get_num_threads());
     println!();
     println!("| job | time | peak memory |");
     println!("|---|---|---|");

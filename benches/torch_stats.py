@@ -38,6 +38,7 @@ def main():
     ap.add_argument("--texts", type=int, required=True)
     ap.add_argument("--corpus", required=True)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default=None, help="compute dtype (f32, bf16, f16); default: the stored one")
     a = ap.parse_args()
     device = "cuda" if a.device.startswith("cuda") else "cpu"
 
@@ -47,12 +48,19 @@ def main():
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
     stored = next(v["dtype"] for k, v in header.items() if k != "__metadata__")
     dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[stored]
+    if a.dtype:
+        dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[a.dtype]
     model = transformers.AutoModelForCausalLM.from_pretrained(a.model, dtype=dtype).to(device).eval()
     tok = Tokenizer.from_file(f"{a.model}/tokenizer.json")
     ctx = getattr(cfg, "n_positions", None) or cfg.max_position_embeddings
     load_seconds = time.perf_counter() - started
 
-    blocks = model.transformer.h if hasattr(model, "transformer") else model.gpt_neox.layers
+    if hasattr(model, "transformer"):
+        blocks = model.transformer.h
+    elif hasattr(model, "gpt_neox"):
+        blocks = model.gpt_neox.layers
+    else:
+        blocks = model.model.layers
     layers = parse_layers(a.layers)
     deepest = max(layers)
     sums = {}
@@ -69,7 +77,7 @@ def main():
 
     for l in layers:
         mlp = blocks[l].mlp
-        down = getattr(mlp, "c_proj", None) or getattr(mlp, "fc_out", None) or mlp.dense_4h_to_h
+        down = getattr(mlp, "c_proj", None) or getattr(mlp, "fc_out", None) or getattr(mlp, "down_proj", None) or mlp.dense_4h_to_h
         down.register_forward_pre_hook(hook(l))
 
     text = open(a.corpus, encoding="utf-8").read()
@@ -81,11 +89,13 @@ def main():
     texts = [lines[i] for i in order[: a.texts]]
 
     tokens = 0
-    budget = 3 * ctx
+    budget = 3 * min(ctx, 2048)  # edit stats' default batch bound
     t0 = time.perf_counter()
     with torch.no_grad():
         for c in range(0, len(texts), 100):
-            seqs = [e.ids[:ctx] for e in tok.encode_batch(texts[c : c + 100], add_special_tokens=False)]
+            # With the tokenizer's own special tokens (a BOS where it adds one), as edit and the
+            # reference's layer_stats tokenize.
+            seqs = [e.ids[:ctx] for e in tok.encode_batch(texts[c : c + 100], add_special_tokens=True)]
             seqs = sorted((s for s in seqs if s), key=len, reverse=True)
             start = 0
             while start < len(seqs):

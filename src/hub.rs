@@ -267,6 +267,11 @@ fn hub_api(cache_dir: &Path, progress: bool) -> Result<hf_hub::api::sync::Api> {
 
 fn hub_model(id: &str, revision: &str, f: &dyn Fetch) -> Result<ModelFiles> {
     let config = f.get("config.json")?.ok_or_else(|| f.missing("config.json"))?;
+    // Beside the tokenizer, what decides its BOS (`add_bos_token`) and what a written copy of the
+    // model should carry along; neither is required.
+    for optional in ["tokenizer_config.json", "generation_config.json"] {
+        f.get(optional)?;
+    }
     let tokenizer = match f.get("tokenizer.json")? {
         Some(p) => Some(TokenizerFiles::Json(p)),
         None => match (f.get("vocab.json")?, f.get("merges.txt")?) {

@@ -281,3 +281,26 @@ fn decoder_configs_that_disagree_with_their_weights_are_named() {
     assert!(!out.status.success());
     assert!(!out_dir.exists(), "nothing is written");
 }
+
+/// From the Hub cache, `tokenizer_config.json` is read beside `tokenizer.json`: a Llama tokenizer
+/// whose `tokenizer.json` puts no BOS before a text still gets one from `add_bos_token`, as
+/// transformers' Llama tokenizer does.
+#[test]
+fn hub_tokenizer_config_decides_the_bos() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("hub");
+    fake_hub_cache(&hub, "org/tiny-llama", "tiny-llama", &[]);
+    let snap = hub.join("models--org--tiny-llama/snapshots/0123456789abcdef0123456789abcdef01234567");
+    let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(snap.join("tokenizer.json")).unwrap()).unwrap();
+    tok["post_processor"] = serde_json::Value::Null;
+    std::fs::write(snap.join("tokenizer.json"), tok.to_string()).unwrap();
+    let predict = |hub: &Path| {
+        let out = run(edit().env("HF_HUB_CACHE", hub).args(["predict", "--json", "--offline", "--model", "org/tiny-llama", "Paris is"]));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<_>>()
+    };
+    assert_eq!(predict(&hub)[0], 1, "add_bos_token in tokenizer_config.json puts <s> first");
+    std::fs::remove_file(snap.join("tokenizer_config.json")).unwrap();
+    assert_ne!(predict(&hub)[0], 1, "without it, the tokenizer.json alone decides");
+}

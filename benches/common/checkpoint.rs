@@ -5,26 +5,60 @@
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// A model shape by its Hugging Face name: `gpt2-xl` (48 layers, d 1600) or `gpt-j-6b` (28
-/// layers, d 4096), optionally with fewer layers.
+/// A model shape by its Hugging Face name: `gpt2-xl` (48 layers, d 1600), `gpt-j-6b` (28
+/// layers, d 4096), or a Llama-style model whose `config.json` is in tests/fixtures/hub-configs
+/// (`llama-3.2-1b`, `llama-3-8b`, `qwen2.5-7b`, ...), optionally with fewer layers.
 #[derive(Clone, Copy, Debug)]
 pub enum Shape {
     Gpt2Xl { n_layer: usize },
     GptJ { n_layer: usize },
+    Hub { name: &'static str, file: &'static str, n_layer: usize, full: usize },
 }
+
+/// The Llama-style shapes the bench knows: (name, hub-configs file, tokenizer in tests/fixtures/tokenizers).
+const HUB: &[(&str, &str, &str)] = &[
+    ("llama-3.2-1b", "Llama-3.2-1B", "llama-3"),
+    ("llama-3-8b", "Meta-Llama-3-8B", "llama-3"),
+    ("qwen2.5-7b", "Qwen2.5-7B", "qwen3"),
+    ("mistral-7b", "Mistral-7B-v0.1", "mistral"),
+    ("qwen3-0.6b", "Qwen3-0.6B", "qwen3"),
+    ("gemma-2-2b", "gemma-2-2b", "gemma3"),
+    ("gemma-3-1b", "gemma-3-1b-pt", "gemma3"),
+];
 
 impl Shape {
     pub fn parse(name: &str, n_layer: Option<usize>) -> Shape {
         match name {
             "gpt2-xl" => Shape::Gpt2Xl { n_layer: n_layer.unwrap_or(48) },
             "gpt-j-6b" | "gptj" => Shape::GptJ { n_layer: n_layer.unwrap_or(28) },
-            other => panic!("unknown shape {other}: gpt2-xl or gpt-j-6b"),
+            other => {
+                let Some(&(name, file, _)) = HUB.iter().find(|(n, _, _)| *n == other) else {
+                    let known: Vec<&str> = HUB.iter().map(|(n, _, _)| *n).collect();
+                    panic!("unknown shape {other}: gpt2-xl, gpt-j-6b, {}", known.join(", "))
+                };
+                let full = Self::hub_config(file)["num_hidden_layers"].as_u64().unwrap() as usize;
+                Shape::Hub { name, file, n_layer: n_layer.unwrap_or(full), full }
+            }
         }
+    }
+
+    fn hub_config(file: &str) -> serde_json::Value {
+        let path = repo_root().join("tests/fixtures/hub-configs").join(format!("{file}.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
     }
 
     pub fn n_layer(self) -> usize {
         match self {
-            Shape::Gpt2Xl { n_layer } | Shape::GptJ { n_layer } => n_layer,
+            Shape::Gpt2Xl { n_layer } | Shape::GptJ { n_layer } | Shape::Hub { n_layer, .. } => n_layer,
+        }
+    }
+
+    /// Whether the shape has the real model's depth.
+    pub fn full_depth(self) -> bool {
+        match self {
+            Shape::Gpt2Xl { n_layer } => n_layer == 48,
+            Shape::GptJ { n_layer } => n_layer == 28,
+            Shape::Hub { n_layer, full, .. } => n_layer == full,
         }
     }
 
@@ -32,7 +66,13 @@ impl Shape {
         match self {
             Shape::Gpt2Xl { .. } => "gpt2-xl",
             Shape::GptJ { .. } => "gpt-j-6b",
+            Shape::Hub { name, .. } => name,
         }
+    }
+
+    /// The parsed config of the shape (at its depth).
+    pub fn model_config(self) -> edit::ModelConfig {
+        edit::ModelConfig::from_json(&self.config(), Path::new(self.name())).unwrap()
     }
 
     /// (name, shape, random) in checkpoint order; `random` false means 1 for layer-norm scales and
@@ -89,6 +129,12 @@ impl Shape {
                 t.push(("lm_head.weight".into(), vec![v, d], true));
                 t.push(("lm_head.bias".into(), vec![v], false));
             }
+            Shape::Hub { .. } => {
+                for (n, s) in super::decoder_parameter_shapes(&self.model_config()) {
+                    let random = !n.contains("norm") && !n.ends_with(".bias");
+                    t.push((n, s, random));
+                }
+            }
         }
         t
     }
@@ -102,6 +148,30 @@ impl Shape {
                 "n_embd": 4096, "n_head": 16, "n_layer": n_layer, "vocab_size": 50400, "n_positions": 2048, "rotary_dim": 64,
                 "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": false,
                 "bos_token_id": 50256, "eos_token_id": 50256}),
+            Shape::Hub { file, n_layer, .. } => {
+                let mut c = Self::hub_config(file);
+                c["num_hidden_layers"] = n_layer.into();
+                c
+            }
+        }
+    }
+
+    /// Writes the shape's tokenizer into `dir`: GPT-2's for the GPT shapes, the model's own (from
+    /// tests/fixtures/tokenizers) for the others.
+    fn write_tokenizer(self, dir: &Path) {
+        match self {
+            Shape::Hub { name, .. } => {
+                use std::io::Read;
+                let (_, _, tok) = HUB.iter().find(|(n, _, _)| *n == name).unwrap();
+                let src = repo_root().join("tests/fixtures/tokenizers");
+                let mut json = String::new();
+                flate2::read::GzDecoder::new(std::fs::File::open(src.join(format!("{tok}.tokenizer.json.gz"))).unwrap()).read_to_string(&mut json).unwrap();
+                std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+                std::fs::copy(src.join(format!("{tok}.tokenizer_config.json")), dir.join("tokenizer_config.json")).unwrap();
+            }
+            _ => {
+                std::fs::copy(repo_root().join("tests/fixtures/tiny-gpt2/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+            }
         }
     }
 }
@@ -158,7 +228,7 @@ pub fn write_random(dir: &Path, shape: Shape, dtype: &str) -> u64 {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
     let mut chunk = Vec::with_capacity(1 << 20);
     for (name, dims, random) in &tensors {
-        let ones = name.contains("ln_") && name.ends_with("weight");
+        let ones = (name.contains("ln_") || name.contains("norm")) && name.ends_with("weight");
         let mut left: usize = dims.iter().product();
         while left > 0 {
             chunk.clear();
@@ -182,7 +252,7 @@ pub fn write_random(dir: &Path, shape: Shape, dtype: &str) -> u64 {
     }
     out.flush().unwrap();
     std::fs::write(dir.join("config.json"), shape.config().to_string()).unwrap();
-    std::fs::copy(repo_root().join("tests/fixtures/tiny-gpt2/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    shape.write_tokenizer(dir);
     (8 + text.len() + at) as u64
 }
 

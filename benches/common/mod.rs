@@ -107,6 +107,29 @@ pub fn sample_requests() -> Vec<edit::editing::requests::Request> {
     edit::editing::requests::parse_requests(&v.to_string(), "bench").unwrap()
 }
 
+/// Every parameter a Llama-style config names, with its stored shape (linear weights `[out, in]`;
+/// no `lm_head` when the head is tied).
+pub fn decoder_parameter_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let mut out = Vec::new();
+    for n in edit::models::modules::parameter_names(cfg) {
+        let bare = n.strip_suffix(".weight").or_else(|| n.strip_suffix(".bias")).unwrap_or(&n);
+        let shape = if let Ok(m) = edit::models::modules::find(cfg, bare) {
+            if n.ends_with(".bias") { vec![m.out_dim] } else { m.stored_shape().to_vec() }
+        } else if n == "model.embed_tokens.weight" || n == "lm_head.weight" {
+            if n == "lm_head.weight" && cfg.tie_word_embeddings {
+                continue;
+            }
+            vec![cfg.vocab_size, cfg.d_model]
+        } else if n.contains("q_norm") || n.contains("k_norm") {
+            vec![cfg.head_dim]
+        } else {
+            vec![cfg.d_model]
+        };
+        out.push((n, shape));
+    }
+    out
+}
+
 /// Random weights for every tensor the family's loader asks for, with the checkpoint's names.
 pub fn random_weights(cfg: &ModelConfig, trainable: bool) -> WeightSource {
     let (d, f, v) = (cfg.d_model, cfg.d_ff, cfg.vocab_size);
@@ -167,23 +190,8 @@ pub fn random_weights(cfg: &ModelConfig, trainable: bool) -> WeightSource {
             }
         }
         _ => {
-            // The Llama-style families: every parameter their config names, linear ones in the
-            // stored [out, in] layout.
-            for n in edit::models::modules::parameter_names(cfg) {
-                let bare = n.strip_suffix(".weight").or_else(|| n.strip_suffix(".bias")).unwrap_or(&n);
-                let shape = if let Ok(m) = edit::models::modules::find(cfg, bare) {
-                    if n.ends_with(".bias") { vec![m.out_dim] } else { m.stored_shape().to_vec() }
-                } else if n == "model.embed_tokens.weight" || n == "lm_head.weight" {
-                    if n == "lm_head.weight" && cfg.tie_word_embeddings {
-                        continue;
-                    }
-                    vec![v, d]
-                } else if n.contains("q_norm") || n.contains("k_norm") {
-                    vec![cfg.head_dim]
-                } else {
-                    vec![d]
-                };
-                add(n, &shape);
+            for (n, s) in decoder_parameter_shapes(cfg) {
+                add(n, &s);
             }
         }
     }

@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
 """compare_percase.py RUN_A.json[:runname] RUN_B.json[:runname]  -- max |ΔNLL| and the reference summary
-of each. A file is either ref_run.py's percase.json or the fixture's reference-percase.json (give :RUN)."""
+of each. A file is ref_run.py's percase.json, the fixture's reference-percase.json (give :RUN), or our
+`edit eval --sequential` output's N-edits-final.jsonl (the scores on the final model)."""
 import json, sys
 import numpy as np
 
 def load(spec):
     path, _, run = spec.partition(":")
+    if path.endswith(".jsonl"):
+        out = {}
+        for l in open(path):
+            r = json.loads(l)
+            s = r.get("final") or r.get("post")
+            out[str(r["case_id"])] = {k: [[p["target_new"], p["target_true"]] for p in s[f"{k}_prompts_probs"]] for k in ["rewrite", "paraphrase", "neighborhood"]}
+        return out
     d = json.load(open(path))
     if "runs" in d:
         d = d["runs"][run]["cases"]

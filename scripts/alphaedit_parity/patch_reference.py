@@ -10,12 +10,19 @@ Patches (textual, idempotent):
   3. rome/layer_stats.py: accept a dataset name other than wikitext/wikipedia (the local
      corpus is supplied by a stub `datasets.load_dataset`, see ref_run.py).
 Nothing numerical is changed.
+
+With --fix-generate (a separate checkout, for the experiment in README.md), also:
+  4. util/generate.py: pass the attention mask of the whole sequence so far, not of the current
+     slice only, with the KV cache. transformers 4 treated the 1-column mask as "attend to
+     everything before"; transformers 5 pads it with zeros, so every sampled token after the
+     first step sees only <s> (the context templates become bigram-like text).
 """
 import re
 import sys
 from pathlib import Path
 
 root = Path(sys.argv[1])
+fix_generate = "--fix-generate" in sys.argv[2:]
 files = [*root.glob("AlphaEdit/*.py"), *root.glob("memit/*.py"), *root.glob("rome/*.py"),
          root / "util/generate.py", root / "experiments/py/eval_utils_counterfact.py"]
 for f in files:
@@ -47,3 +54,12 @@ t = s.replace('wikipedia="20200501.en")[ds_name]', 'wikipedia="20200501.en").get
 if t != s:
     f.write_text(t)
     print("patched", f.relative_to(root))
+
+if fix_generate:
+    f = root / "util/generate.py"
+    s = f.read_text()
+    t = s.replace("attention_mask=attention_mask[:, cur_context],", "attention_mask=attention_mask[:, : cur_context.stop],")
+    assert t != s or "attention_mask[:, : cur_context.stop]" in s
+    if t != s:
+        f.write_text(t)
+        print("patched (--fix-generate)", f.relative_to(root))

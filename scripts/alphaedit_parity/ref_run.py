@@ -48,6 +48,9 @@ p.add_argument("--dump", default=None)
 p.add_argument("--chunks", type=int, default=None)
 p.add_argument("--eval-every-chunk", action="store_true")
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--fix-target-space", action="store_true",
+               help="compute_z's rewriting prompts end in decode(target[:-1]) with its leading space kept "
+                    "(the Metaspace decoder drops it: 'of' + 'table' -> 'oftable'); for exact comparisons with ours")
 args = p.parse_args()
 
 torch.set_num_threads(args.threads)
@@ -157,6 +160,30 @@ if args.dump:
 
     mod.compute_z, mod.compute_ks, mod.get_module_input_output_at_words = cz, ck, gm
     torch.linalg.solve = solve
+
+if args.fix_target_space:
+    mod = AEM if args.alg == "AlphaEdit" else MM
+    _cz2 = mod.compute_z
+
+    def cz_space(model, tok, *a, **k):
+        orig = tok.decode
+
+        def decode(ids, *da, **dk):
+            text = orig(ids, *da, **dk)
+            if isinstance(ids, int) or (hasattr(ids, "dim") and ids.dim() == 0):
+                return text
+            ids = [int(i) for i in ids]
+            if ids and tok.convert_ids_to_tokens(ids[0]).startswith("\u2581") and not text.startswith(" "):
+                text = " " + text
+            return text
+
+        tok.decode = decode
+        try:
+            return _cz2(model, tok, *a, **k)
+        finally:
+            del tok.decode
+
+    mod.compute_z = cz_space
 
 
 def score(records):

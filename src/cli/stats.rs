@@ -116,7 +116,8 @@ pub struct CollectArgs {
     /// Accumulation precision of the sums (the reference uses f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "f64"])]
     pub precision: String,
-    /// Bound on width × rows of one forward batch [default: 3 × context, the reference's].
+    /// Bound on width × rows of one forward batch [default: 3 × context, the reference's, for
+    /// contexts up to 2,048 tokens; 6,144 for longer ones].
     #[arg(long)]
     pub batch_tokens: Option<usize>,
     /// Truncate texts to this many tokens [default: the model's context].

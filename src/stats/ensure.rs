@@ -126,10 +126,16 @@ pub fn lookup(plan: &StatsPlan, identity: &ModelIdentity, cfg: &ModelConfig, lay
     Ok((reports, todo))
 }
 
-/// The batch size in tokens and the longest text a job of `plan` on this model uses.
+/// The batch size in tokens and the longest text a job of `plan` on this model uses. The
+/// reference batches 3 × the context; for the long contexts of the newer models (8,192 to 131,072
+/// tokens) that would be up to hundreds of thousands of tokens in one forward, so the default is
+/// bounded at 3 × 2,048 (GPT-2's and GPT-J's own): batches only order the sums, and a text longer
+/// than a batch is a batch of its own. Texts are truncated to the context, as the reference does
+/// (or to an explicit `--batch-tokens`, which bounds every forward).
 fn job_shape(plan: &StatsPlan, cfg: &ModelConfig) -> (usize, usize) {
-    let batch_tokens = plan.batch_tokens.unwrap_or(3 * cfg.n_ctx);
-    let max_len = plan.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(batch_tokens).max(1);
+    let batch_tokens = plan.batch_tokens.unwrap_or(3 * cfg.n_ctx.min(2048));
+    let bound = plan.batch_tokens.unwrap_or(cfg.n_ctx);
+    let max_len = plan.max_len.unwrap_or(cfg.n_ctx).min(cfg.n_ctx).min(bound).max(1);
     (batch_tokens, max_len)
 }
 
