@@ -283,11 +283,11 @@ fn run_edit_drives_every_method_and_refuses_oversized_updates_as_numerical() {
             Some(n) => stats_over(&lm, &n.layers, &fact_corpus(500), 128),
             None => BTreeMap::new(),
         };
-        let err = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, pad, 1e-9).err().expect("a tiny ratio refuses");
+        let err = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, None, pad, 1e-9).err().expect("a tiny ratio refuses");
         assert!(matches!(err, edit::Error::Numerical(_)), "{method}: {err}");
         assert_eq!(err.kind(), edit::error::ErrorKind::Numerical);
         assert!(err.to_string().contains("--max-update-ratio"), "{err}");
-        let run = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, pad, 10.0).unwrap();
+        let run = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, None, pad, 10.0).unwrap();
         assert_eq!(run.outcome.requests.len(), 2);
         assert_eq!(run.checks.len(), 2);
         assert!(run.outcome.requests.iter().all(|r| r.report.is_object() && !r.line.is_empty()));

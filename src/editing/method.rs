@@ -218,7 +218,8 @@ impl EditRun {
     }
 }
 
-/// The edit pipeline after statistics: templates (the config's, or sampled with `seed`), the
+/// The edit pipeline after statistics: templates (`templates`, else the config's, else sampled
+/// with `seed`), the
 /// method, the refusal of updates larger than `max_update_ratio` × the weight (a numerical
 /// failure; nothing is to be written then), and the check of every request on the edited model.
 #[allow(clippy::too_many_arguments)]
@@ -229,10 +230,14 @@ pub fn run_edit(
     requests: &[Request],
     stats: &mut BTreeMap<usize, LayerStats>,
     seed: u64,
+    templates: Option<&ContextTemplates>,
     pad_id: u32,
     max_update_ratio: f64,
 ) -> Result<EditRun> {
-    let templates = method.context_templates(&*model, tok, seed)?;
+    let templates = match templates {
+        Some(t) => Some(t.clone()),
+        None => method.context_templates(&*model, tok, seed)?,
+    };
     if let Some(t) = &templates {
         tracing::debug!("context templates: {:?}", t.flat());
     }

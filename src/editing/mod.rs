@@ -88,6 +88,7 @@ pub(crate) fn optimize_params(hp: &Common, site: Site, layer: usize) -> Optimize
         clamp_norm_factor: hp.clamp_norm_factor,
         kl_factor: hp.kl_factor,
         grad_checkpoint: hp.grad_checkpoint,
+        decoded_target_prefix: hp.decoded_target_prefix,
     }
 }
 

@@ -40,6 +40,8 @@ pub struct OptimizeParams {
     pub clamp_norm_factor: f64,
     pub kl_factor: f64,
     pub grad_checkpoint: GradCheckpoint,
+    /// The reference's rewriting prompts: `prompt + decode(target[:-1])` re-tokenized.
+    pub decoded_target_prefix: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -75,11 +77,12 @@ struct Prepared {
 /// last, the target's tokens being those that follow the bare prompt (see [`Tokenizer`]). The
 /// reference re-tokenizes `prompt + decode(target[:-1])` instead, which is the same text for
 /// byte-level BPE but drops the space before a second target piece with SentencePiece decoders.
-fn prepare(tok: &Tokenizer, req: &Request, templates: &[String]) -> Result<Prepared> {
+fn prepare(tok: &Tokenizer, req: &Request, templates: &[String], decoded_target_prefix: bool) -> Result<Prepared> {
     let target = tok.continuation(&req.filled_prompt(), &req.target_new_spaced())?;
     if target.is_empty() {
         return Err(Error::Input(format!("request {}: target {:?} has no tokens", req.index, req.target_new)));
     }
+    let decoded = if decoded_target_prefix { Some(tok.decode(&target[..target.len() - 1])?) } else { None };
     let mut rows = Vec::with_capacity(templates.len() + 1);
     let mut lookup = Vec::with_capacity(templates.len() + 1);
     let rewriting = templates.iter().map(|ctx| ctx.replacen("{}", &req.prompt, 1));
@@ -87,7 +90,14 @@ fn prepare(tok: &Tokenizer, req: &Request, templates: &[String]) -> Result<Prepa
         let (mut ids, idx) = subject_input(tok, &tmpl, &req.subject)
             .map_err(|e| Error::Input(format!("request {}: the subject {:?} cannot be located in {:?}: {e}", req.index, req.subject, tmpl)))?;
         if i < templates.len() {
-            ids.extend_from_slice(&target[..target.len() - 1]);
+            match &decoded {
+                // The loss still reads the row's last |target| positions, as the reference's does.
+                Some(text) => ids = tok.encode_input(&format!("{}{text}", tmpl.replacen("{}", &req.subject, 1)))?,
+                None => ids.extend_from_slice(&target[..target.len() - 1]),
+            }
+            if ids.len() < target.len() || idx >= ids.len() {
+                return Err(Error::Input(format!("request {}: the prompt {tmpl:?} is shorter than its target", req.index)));
+            }
         }
         rows.push(ids);
         lookup.push(idx);
@@ -135,7 +145,7 @@ pub fn optimize_targets(
         .iter()
         .map(|r| {
             Ok(State {
-                prep: prepare(tok, r, templates)?,
+                prep: prepare(tok, r, templates, params.decoded_target_prefix)?,
                 delta: vec![0.0; d],
                 m: vec![0.0; d],
                 v: vec![0.0; d],

@@ -52,7 +52,7 @@ impl EditPlan {
             }
             None => (BTreeMap::new(), None),
         };
-        Ok(Editor { prepared: self.prepared, stats, stats_used })
+        Ok(Editor { prepared: self.prepared, stats, stats_used, templates: None })
     }
 }
 
@@ -62,6 +62,10 @@ pub struct Editor {
     pub stats: BTreeMap<usize, LayerStats>,
     /// Which statistics were used (none when the method reads none).
     pub stats_used: Option<StatsUsed>,
+    /// The context templates of the first edit, reused by the later ones: the reference samples
+    /// them once per process (`CONTEXT_TEMPLATES_CACHE`), on the model before any edit, so a
+    /// sequential evaluation's later chunks do not sample them again from the edited model.
+    templates: Option<super::templates::ContextTemplates>,
 }
 
 impl Editor {
@@ -71,8 +75,23 @@ impl Editor {
         self.stats.values_mut().for_each(|s| s.keep_between_edits(false));
     }
 
-    /// One edit of `requests` (see [`run_edit`]); the model is left as it was found.
+    /// Samples the context templates now, on `model` as it is (before a sequential evaluation's
+    /// first chunk, so that a resumed run, whose model is the unedited one at this point too,
+    /// uses the same templates as an uninterrupted one).
+    pub fn sample_templates(&mut self, model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Result<()> {
+        if self.templates.is_none() {
+            self.templates = self.prepared.method.context_templates(model, tok, seed)?;
+        }
+        Ok(())
+    }
+
+    /// One edit of `requests` (see [`run_edit`]); the model is left as it was found. The context
+    /// templates are sampled with `seed` at the first edit and reused after.
     pub fn run(&mut self, model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request], seed: u64, pad_id: u32, max_update_ratio: f64) -> Result<EditRun> {
-        run_edit(&*self.prepared.method, model, tok, requests, &mut self.stats, seed, pad_id, max_update_ratio)
+        let run = run_edit(&*self.prepared.method, model, tok, requests, &mut self.stats, seed, self.templates.as_ref(), pad_id, max_update_ratio)?;
+        if self.templates.is_none() {
+            self.templates = run.templates.clone();
+        }
+        Ok(run)
     }
 }

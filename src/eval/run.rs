@@ -125,6 +125,11 @@ pub fn evaluate(
     }
     progress.finish();
 
+    // The context templates of every chunk, sampled once on the unedited model (the reference
+    // caches them per process).
+    if let Some(ed) = editor.as_deref_mut() {
+        ed.sample_templates(&*model, tok, plan.seed)?;
+    }
     let mut runs = Vec::new();
     for &n in &plan.num_edits {
         if n == 0 {

@@ -89,6 +89,11 @@ pub struct Common {
     /// Ours: how the optimisation's gradient is taken (memory against one more forward).
     #[serde(default)]
     pub grad_checkpoint: GradCheckpoint,
+    /// Ours: build the v*/z prompts as the reference does, the text `prompt + decode(target[:-1])`
+    /// re-tokenized (a SentencePiece decoder drops the space before the target's second piece),
+    /// instead of the prompt's tokens followed by the target's.
+    #[serde(default)]
+    pub decoded_target_prefix: bool,
 }
 
 /// Every field name of [`Common`].
@@ -113,6 +118,7 @@ pub(super) const COMMON_FIELDS: &[&str] = &[
     "context_templates",
     "seed",
     "grad_checkpoint",
+    "decoded_target_prefix",
 ];
 
 /// What a [`Common`] field holds, for error messages; `None` for fields it does not have.
@@ -124,6 +130,7 @@ pub(super) fn common_expected(field: &str) -> Option<&'static str> {
         "context_templates" => "a list of templates such as [\"{}\", \"Yes. {}\"], or a list of such lists",
         "v_lr" | "v_weight_decay" | "clamp_norm_factor" | "kl_factor" => "a number",
         "grad_checkpoint" => "\"auto\", \"blocks\" or \"off\"",
+        "decoded_target_prefix" => "true or false",
         f if COMMON_FIELDS.contains(&f) => "a string",
         _ => return None,
     })
