@@ -251,6 +251,11 @@ fn main() {
             }
             c.args(["--set", &format!("v_loss_layer={}", shape.n_layer() - 1)]);
         }
+        // The Llama-style shapes edit the layers whose statistics the stats job collected (the
+        // Llama 3 8B references' ROME layer 5, MEMIT 4-8), whatever config they get.
+        if matches!(shape, Shape::Hub { .. }) {
+            c.args(["--set", if method == "rome" { "layers=[5]" } else { "layers=[4,5,6,7,8]" }]);
+        }
     };
     let steps_note = steps.as_deref().map(|s| format!("{s} v* steps")).unwrap_or_else(|| "the config's steps".into());
     let checkpoint_note = |g: &Option<String>| g.as_deref().map(|g| format!(", grad_checkpoint={g}")).unwrap_or_default();

@@ -242,12 +242,15 @@ fn offline_missing_file_says_which_and_how() {
     assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
 }
 
+/// What is broken, how the config is changed, and what the error must name.
+type ConfigCase = (&'static str, fn(&mut serde_json::Value), &'static [&'static str]);
+
 /// A Llama-style config that disagrees with its weights names the tensor and both shapes; an
 /// unknown RoPE type is refused before any weight is read; a missing shard is named; nothing is
 /// written.
 #[test]
 fn decoder_configs_that_disagree_with_their_weights_are_named() {
-    let cases: [(&str, fn(&mut serde_json::Value), &[&str]); 4] = [
+    let cases: [ConfigCase; 4] = [
         ("kv heads", |v| v["num_key_value_heads"] = 4.into(), &["model.layers.0.self_attn.k_proj.weight", "[16, 32]", "[32, 32]"]),
         ("head_dim", |v| v["head_dim"] = 16.into(), &["model.layers.0.self_attn.q_proj.weight", "[32, 32]", "[64, 32]"]),
         ("intermediate size", |v| v["intermediate_size"] = 96.into(), &["model.layers.0.mlp.gate_proj.weight", "[64, 32]", "[96, 32]"]),

@@ -10,7 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::IndexOp;
-use common::{edit_bin, fixture_dir, outcome};
+use common::{edit_bin, fixture_dir, outcome, rates};
 use serde_json::Value;
 
 fn model_dir() -> PathBuf {
@@ -42,17 +42,6 @@ fn reference(run: &str) -> serde_json::Map<String, Value> {
     v["runs"][run].as_object().unwrap().clone()
 }
 
-/// ES / PS / NS in %, counted straight from per-prompt [nll_new, nll_true] pairs.
-fn rates(cases: &serde_json::Map<String, Value>) -> [f64; 3] {
-    let rate = |key: &str, new_wins: bool| {
-        let per_case = cases.values().map(|c| {
-            let p = c[key].as_array().unwrap();
-            p.iter().filter(|x| (x[1].as_f64() > x[0].as_f64()) == new_wins).count() as f64 / p.len() as f64
-        });
-        per_case.sum::<f64>() / cases.len() as f64 * 100.0
-    };
-    [rate("rewrite", true), rate("paraphrase", true), rate("neighborhood", false)]
-}
 
 const GROUPS: [(&str, &str); 3] =
     [("rewrite", "rewrite_prompts_probs"), ("paraphrase", "paraphrase_prompts_probs"), ("neighborhood", "neighborhood_prompts_probs")];

@@ -60,6 +60,9 @@ fn inspect_lists_the_gated_modules_and_grouped_heads() {
     }
 }
 
+/// A method, its extra arguments, and the delta tensors (name, shape) it must write.
+type Case<'a> = (&'a str, &'a [&'a str], Vec<(String, Vec<usize>)>);
+
 #[test]
 fn every_method_applies_and_its_delta_round_trips() {
     for name in TINY_DECODERS {
@@ -69,7 +72,7 @@ fn every_method_applies_and_its_delta_round_trips() {
         let stats = tmp.path().join("stats");
         ok(edit_bin().args(["stats", "-q", "--layers", "0-3", "--samples", "40", "--model"]).arg(&model).arg("--stats-dir").arg(&stats));
         let down = |l: usize| (format!("model.layers.{l}.mlp.down_proj.weight"), vec![32, 64]);
-        let cases: [(&str, &[&str], Vec<(String, Vec<usize>)>); 5] = [
+        let cases: [Case; 5] = [
             ("rome", &[], vec![down(1)]),
             // Layer 0 of a Gemma model is optimised from the embeddings (no block below to resume from).
             ("rome", &["--set", "layers=[0]"], vec![down(0)]),

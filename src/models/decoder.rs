@@ -117,6 +117,21 @@ impl GatedMlp {
     }
 }
 
+/// Implements [`super::BlockLinears`] for a decoder block with `attn` and `mlp` fields.
+macro_rules! gated_block_linears {
+    ($block:ty) => {
+        impl $crate::models::BlockLinears for $block {
+            fn linear(&self, kind: $crate::models::ModuleKind) -> Option<&$crate::models::layers::Linear> {
+                $crate::models::decoder::block_linear(&self.attn, &self.mlp, kind)
+            }
+            fn linear_mut(&mut self, kind: $crate::models::ModuleKind) -> Option<&mut $crate::models::layers::Linear> {
+                $crate::models::decoder::block_linear_mut(&mut self.attn, &mut self.mlp, kind)
+            }
+        }
+    };
+}
+pub(crate) use gated_block_linears;
+
 /// A decoder block's linear module of `kind`.
 pub(crate) fn block_linear<'a>(attn: &'a SelfAttention, mlp: &'a GatedMlp, kind: ModuleKind) -> Option<&'a Linear> {
     Some(match kind {

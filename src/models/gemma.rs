@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use super::decoder::{self, GatedMlp, SelfAttention};
 use super::hooks::{self, HookPoint, Hooks};
 use super::layers::{self, Linear, RmsNorm};
-use super::{Batch, BlockLinears, CausalLm, ForwardCtx, ForwardOpts, ModuleKind};
+use super::{Batch, CausalLm, ForwardCtx, ForwardOpts};
 use crate::checkpoint::WeightBuilder;
 use crate::config::{ModelConfig, Rotary};
 use crate::error::Result;
@@ -28,14 +28,7 @@ struct Block {
     post_feedforward_layernorm: RmsNorm,
 }
 
-impl BlockLinears for Block {
-    fn linear(&self, kind: ModuleKind) -> Option<&Linear> {
-        decoder::block_linear(&self.attn, &self.mlp, kind)
-    }
-    fn linear_mut(&mut self, kind: ModuleKind) -> Option<&mut Linear> {
-        decoder::block_linear_mut(&mut self.attn, &mut self.mlp, kind)
-    }
-}
+decoder::gated_block_linears!(Block);
 
 pub struct Gemma {
     cfg: ModelConfig,
@@ -76,15 +69,8 @@ impl Gemma {
 }
 
 impl CausalLm for Gemma {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
+    super::model_basics!();
+
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
@@ -112,14 +98,6 @@ impl CausalLm for Gemma {
             return Ok(None);
         }
         super::head_logits_capped(&h, batch, &opts.logits, &self.norm, &self.head, dec.final_softcap, ctx.grad)
-    }
-
-    fn weight(&self, module: &str) -> Result<Tensor> {
-        super::block_weight(&self.cfg, &self.blocks, module)
-    }
-
-    fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
-        super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
     }
 
     fn visit_parameters(&mut self, f: &mut super::ParamVisitor) -> Result<()> {

@@ -84,15 +84,8 @@ impl Gpt2 {
 super::block_linears!(Block { AttnQkv => c_attn, AttnOut => attn_proj, MlpUp => c_fc, MlpDown => c_proj });
 
 impl CausalLm for Gpt2 {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
+    super::model_basics!();
+
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
@@ -115,14 +108,6 @@ impl CausalLm for Gpt2 {
             return Ok(None);
         }
         super::head_logits(&h, batch, &opts.logits, &self.ln_f, &self.head, ctx.grad)
-    }
-
-    fn weight(&self, module: &str) -> Result<Tensor> {
-        super::block_weight(&self.cfg, &self.blocks, module)
-    }
-
-    fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
-        super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
     }
 
     fn visit_parameters(&mut self, f: &mut super::ParamVisitor) -> Result<()> {

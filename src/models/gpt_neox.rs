@@ -88,15 +88,8 @@ impl GptNeoX {
 super::block_linears!(Block { AttnQkv => query_key_value, AttnOut => dense, MlpUp => dense_h_to_4h, MlpDown => dense_4h_to_h });
 
 impl CausalLm for GptNeoX {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
+    super::model_basics!();
+
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
@@ -123,14 +116,6 @@ impl CausalLm for GptNeoX {
             return Ok(None);
         }
         super::head_logits(&h, batch, &opts.logits, &self.final_layer_norm, &self.head, ctx.grad)
-    }
-
-    fn weight(&self, module: &str) -> Result<Tensor> {
-        super::block_weight(&self.cfg, &self.blocks, module)
-    }
-
-    fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
-        super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
     }
 
     fn visit_parameters(&mut self, f: &mut super::ParamVisitor) -> Result<()> {

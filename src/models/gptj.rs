@@ -87,15 +87,8 @@ impl GptJ {
 super::block_linears!(Block { AttnQ => q_proj, AttnK => k_proj, AttnV => v_proj, AttnOut => out_proj, MlpUp => fc_in, MlpDown => fc_out });
 
 impl CausalLm for GptJ {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
+    super::model_basics!();
+
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
@@ -116,14 +109,6 @@ impl CausalLm for GptJ {
             return Ok(None);
         }
         super::head_logits(&h, batch, &opts.logits, &self.ln_f, &self.head, ctx.grad)
-    }
-
-    fn weight(&self, module: &str) -> Result<Tensor> {
-        super::block_weight(&self.cfg, &self.blocks, module)
-    }
-
-    fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
-        super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
     }
 
     fn visit_parameters(&mut self, f: &mut super::ParamVisitor) -> Result<()> {

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::decoder::{self, GatedMlp, SelfAttention};
 use super::hooks::{self, HookPoint, Hooks};
 use super::layers::{self, Linear, RmsNorm};
-use super::{Batch, BlockLinears, CausalLm, ForwardCtx, ForwardOpts, ModuleKind};
+use super::{Batch, CausalLm, ForwardCtx, ForwardOpts};
 use crate::checkpoint::WeightBuilder;
 use crate::config::{ModelConfig, Rotary};
 use crate::error::Result;
@@ -20,14 +20,7 @@ struct Block {
     mlp: GatedMlp,
 }
 
-impl BlockLinears for Block {
-    fn linear(&self, kind: ModuleKind) -> Option<&Linear> {
-        decoder::block_linear(&self.attn, &self.mlp, kind)
-    }
-    fn linear_mut(&mut self, kind: ModuleKind) -> Option<&mut Linear> {
-        decoder::block_linear_mut(&mut self.attn, &mut self.mlp, kind)
-    }
-}
+decoder::gated_block_linears!(Block);
 
 pub struct Llama {
     cfg: ModelConfig,
@@ -62,15 +55,8 @@ impl Llama {
 }
 
 impl CausalLm for Llama {
-    fn config(&self) -> &ModelConfig {
-        &self.cfg
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn dtype(&self) -> DType {
-        self.dtype
-    }
+    super::model_basics!();
+
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
@@ -89,14 +75,6 @@ impl CausalLm for Llama {
             return Ok(None);
         }
         super::head_logits(&h, batch, &opts.logits, &self.norm, &self.head, ctx.grad)
-    }
-
-    fn weight(&self, module: &str) -> Result<Tensor> {
-        super::block_weight(&self.cfg, &self.blocks, module)
-    }
-
-    fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
-        super::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
     }
 
     fn visit_parameters(&mut self, f: &mut super::ParamVisitor) -> Result<()> {

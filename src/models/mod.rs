@@ -423,6 +423,29 @@ pub(crate) fn head_logits_capped(
     }))
 }
 
+/// The [`CausalLm`] methods every family implements alike, from its `cfg`, `device`, `dtype` and
+/// `blocks` fields: the accessors, and weight access by module name through [`BlockLinears`].
+macro_rules! model_basics {
+    () => {
+        fn config(&self) -> &ModelConfig {
+            &self.cfg
+        }
+        fn device(&self) -> &Device {
+            &self.device
+        }
+        fn dtype(&self) -> DType {
+            self.dtype
+        }
+        fn weight(&self, module: &str) -> Result<Tensor> {
+            $crate::models::block_weight(&self.cfg, &self.blocks, module)
+        }
+        fn set_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
+            $crate::models::set_block_weight(&self.cfg, &mut self.blocks, module, weight)
+        }
+    };
+}
+pub(crate) use model_basics;
+
 /// Implements [`BlockLinears`] from a `Kind => field` table.
 macro_rules! block_linears {
     ($block:ty { $($kind:ident => $field:ident),* $(,)? }) => {

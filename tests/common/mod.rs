@@ -132,3 +132,15 @@ pub fn fact_gpt2_stats(dir: &std::path::Path) {
     );
     assert_eq!(code, Some(0), "edit stats failed: {stderr}");
 }
+
+/// ES / PS / NS in %, counted straight from per-prompt [nll_new, nll_true] pairs.
+pub fn rates(cases: &serde_json::Map<String, serde_json::Value>) -> [f64; 3] {
+    let rate = |key: &str, new_wins: bool| {
+        let per_case = cases.values().map(|c| {
+            let p = c[key].as_array().unwrap();
+            p.iter().filter(|x| (x[1].as_f64() > x[0].as_f64()) == new_wins).count() as f64 / p.len() as f64
+        });
+        per_case.sum::<f64>() / cases.len() as f64 * 100.0
+    };
+    [rate("rewrite", true), rate("paraphrase", true), rate("neighborhood", false)]
+}
