@@ -1,19 +1,23 @@
-//! GELU on the CPU as one vectorised pass forward and one backward.
+//! GELU and SiLU on the CPU as one vectorised pass forward and one backward, split across
+//! rayon's threads.
 //!
-//! candle computes GELU element by element through libm (`tanhf`/`expm1f`/`powf` per element,
-//! twice more in the backward): on small models that was a fifth of an edit's time
-//! (benches/README.md, "gelu"). Here exp and erf are polynomial forms the compiler
+//! candle computes these element by element through libm (`tanhf`/`expm1f`/`powf`/`expf` per
+//! element, twice more in the backward) on one thread: on small models GELU was a fifth of an
+//! edit's time (benches/README.md, "gelu"), and SiLU's `expf` a twentieth of a Llama 3.2 1B
+//! statistics run with the other core idle. Here exp and erf are polynomial forms the compiler
 //! vectorises, with errors of a few f32 ulps (tested below against f64), far inside what the
 //! golden tests hold against transformers.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
-/// Which GELU: transformers' `gelu_new` (tanh form; GPT-2, GPT-J) or the exact erf form (NeoX).
+/// Which activation: transformers' `gelu_new` (tanh form; GPT-2, GPT-J, Gemma's
+/// `gelu_pytorch_tanh`), the exact erf form (NeoX), or SiLU (Llama, Mistral, Qwen).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GeluKind {
     Tanh,
     Erf,
+    Silu,
 }
 
 /// √(2/π), the tanh form's scale.
@@ -68,7 +72,14 @@ fn forward_one(kind: GeluKind, x: f32) -> f32 {
     match kind {
         GeluKind::Tanh => 0.5 * x * tanh_parts(SQRT_2_OVER_PI * (x + COEF * x * x * x)).0,
         GeluKind::Erf => 0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2)),
+        GeluKind::Silu => x * sigmoid(x),
     }
+}
+
+/// 1 / (1 + e^(−x)); e^(−x) saturates at e^88 for x < −88, where the result is ~0 either way.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
 }
 
 /// d GELU / dx.
@@ -80,6 +91,10 @@ fn derivative_one(kind: GeluKind, x: f32) -> f32 {
             0.5 * one_plus + 0.5 * x * sech2 * SQRT_2_OVER_PI * (1.0 + 3.0 * COEF * x * x)
         }
         GeluKind::Erf => 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x),
+        GeluKind::Silu => {
+            let s = sigmoid(x);
+            s + x * s * (1.0 - s)
+        }
     }
 }
 
@@ -121,6 +136,7 @@ fn forward_body(kind: GeluKind, x: &[f32], out: &mut [f32]) {
     match kind {
         GeluKind::Tanh => out.iter_mut().zip(x).for_each(|(o, &v)| *o = forward_one(GeluKind::Tanh, v)),
         GeluKind::Erf => out.iter_mut().zip(x).for_each(|(o, &v)| *o = forward_one(GeluKind::Erf, v)),
+        GeluKind::Silu => out.iter_mut().zip(x).for_each(|(o, &v)| *o = forward_one(GeluKind::Silu, v)),
     }
 }
 
@@ -130,6 +146,7 @@ fn backward_body(kind: GeluKind, x: &[f32], g: &[f32], out: &mut [f32]) {
     match kind {
         GeluKind::Tanh => it.for_each(|(o, (&v, &gv))| *o = gv * derivative_one(GeluKind::Tanh, v)),
         GeluKind::Erf => it.for_each(|(o, (&v, &gv))| *o = gv * derivative_one(GeluKind::Erf, v)),
+        GeluKind::Silu => it.for_each(|(o, (&v, &gv))| *o = gv * derivative_one(GeluKind::Silu, v)),
     }
 }
 
@@ -185,7 +202,7 @@ impl CustomOp2 for GeluGrad {
     }
 }
 
-/// GELU of `x`: the vectorised pass for contiguous f32 CPU tensors, candle's kernels otherwise
+/// The activation of `x`: the vectorised pass for f32 CPU tensors, candle's kernels otherwise
 /// (other dtypes, GPUs).
 pub fn gelu(x: &Tensor, kind: GeluKind) -> candle_core::Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
@@ -194,6 +211,7 @@ pub fn gelu(x: &Tensor, kind: GeluKind) -> candle_core::Result<Tensor> {
     match kind {
         GeluKind::Tanh => x.gelu(),
         GeluKind::Erf => x.gelu_erf(),
+        GeluKind::Silu => x.silu(),
     }
 }
 
@@ -256,6 +274,10 @@ mod tests {
                 let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
                 (x * cdf, cdf + x * pdf)
             }
+            GeluKind::Silu => {
+                let s = 1.0 / (1.0 + (-x).exp());
+                (x * s, s + x * s * (1.0 - s))
+            }
         }
     }
 
@@ -266,7 +288,7 @@ mod tests {
         let x = Var::from_tensor(&Tensor::from_vec(xs.clone(), (3, 1000), &dev).unwrap()).unwrap();
         let w = Tensor::randn(0f32, 1.0, (3, 1000), &dev).unwrap();
         let wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        for kind in [GeluKind::Tanh, GeluKind::Erf] {
+        for kind in [GeluKind::Tanh, GeluKind::Erf, GeluKind::Silu] {
             let y = gelu(x.as_tensor(), kind).unwrap();
             let g = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
             let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -34,6 +34,9 @@ impl CustomOp2 for FrozenMatmul {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let (m, k, n) = Self::dims(l1, l2)?;
+        if let Some(out) = super::half_matmul::try_matmul(s1, l1, s2, l2, (m, k, n)) {
+            return Ok((out, Shape::from((m, n))));
+        }
         let out = s1.matmul(s2, (1, m, n, k), l1, l2)?;
         Ok((out, Shape::from((m, n))))
     }
@@ -52,7 +55,7 @@ impl CustomOp2 for FrozenMatmul {
     }
 
     fn bwd(&self, _x: &Tensor, w: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.matmul(&w.t()?)?), None))
+        Ok((Some(grad.contiguous()?.apply_op2_no_bwd(&w.t()?, &FrozenMatmul)?), None))
     }
 }
 
@@ -214,7 +217,7 @@ pub fn activation(x: &Tensor, act: Activation) -> Result<Tensor> {
         Activation::GeluTanh => super::gelu::gelu(x, super::gelu::GeluKind::Tanh)?,
         Activation::GeluErf => super::gelu::gelu(x, super::gelu::GeluKind::Erf)?,
         Activation::Relu => x.relu()?,
-        Activation::Silu => x.silu()?,
+        Activation::Silu => super::gelu::gelu(x, super::gelu::GeluKind::Silu)?,
     })
 }
 

@@ -6,6 +6,7 @@ mod batch;
 pub mod causal_attention;
 mod decoder;
 mod gelu;
+mod half_matmul;
 pub mod gpt2;
 pub mod hooks;
 pub mod gptj;
