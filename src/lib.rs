@@ -1,4 +1,4 @@
-//! `edit`: fact editing for causal language models (ROME, MEMIT, FT, MEND) on candle.
+//! `edit`: fact editing for causal language models (ROME, MEMIT, AlphaEdit, FT, MEND) on candle.
 //!
 //! The library holds everything numeric and everything that touches model files; the `edit`
 //! binary (`src/main.rs`, `src/cli/`) only parses arguments, calls into it and prints results.

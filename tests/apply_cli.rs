@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use candle_core::{DType, Device};
-use common::{fixture_dir, max_abs_diff};
+use common::{edit_bin, fixture_dir, max_abs_diff};
 use edit::hub::{resolve_model, HubOptions};
 use edit::models::{Batch, Logits, TraceSpec};
 use serde_json::Value;
@@ -36,16 +36,6 @@ fn hparams(name: &str) -> PathBuf {
     model_dir().join("hparams").join(name)
 }
 
-fn edit() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edit"));
-    // Never let a developer's environment leak into the tests (and never touch the network).
-    c.env_remove("HF_HUB_OFFLINE")
-        .env_remove("RUST_LOG")
-        .env_remove("EDIT_STATS_DIR")
-        .env("HF_HOME", "/nonexistent-hf-home")
-        .env("HF_HUB_CACHE", "/nonexistent-hf-cache");
-    c
-}
 
 /// `edit apply REQUESTS --method METHOD --model fact-gpt2 --config hparams/CONFIG` with the
 /// quick statistics options; callers add outputs and overrides.
@@ -54,7 +44,7 @@ fn apply(requests: &Path, method: &str, config: &Path, stats_dir: &Path) -> Comm
 }
 
 fn apply_to(model: &Path, requests: &Path, method: &str, config: &Path, stats_dir: &Path) -> Command {
-    let mut c = edit();
+    let mut c = edit_bin();
     c.arg("apply")
         .arg(requests)
         .args(["--method", method, "--model"])
@@ -182,7 +172,7 @@ fn shared_stats() -> &'static Path {
         }
         let dir = root.join(format!("{prefix}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let out = run(edit()
+        let out = run(edit_bin()
             .args(["stats", "--json", "--layers", "0-2", "--samples", SAMPLES, "--model"])
             .arg(model_dir())
             .arg("--text")

@@ -5,14 +5,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{fixture_dir, golden};
+use common::{edit_bin, fixture_dir, golden};
 
-fn edit() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edit"));
-    // Never let a developer's environment leak into the tests (and never touch the network).
-    c.env_remove("HF_HUB_OFFLINE").env_remove("RUST_LOG").env("HF_HOME", "/nonexistent-hf-home").env("HF_HUB_CACHE", "/nonexistent-hf-cache");
-    c
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("binary runs")
@@ -35,7 +29,7 @@ fn predict_json_matches_golden_logits() {
     for name in common::TINY {
         let g = golden(name);
         let prompts: Vec<String> = g.prompts().iter().map(|p| p.text.clone()).collect();
-        let out = run(edit().args(["predict", "--json", "-k", "3", "--model"]).arg(fixture_dir(name)).args(&prompts));
+        let out = run(edit_bin().args(["predict", "--json", "-k", "3", "--model"]).arg(fixture_dir(name)).args(&prompts));
         assert!(out.status.success(), "{}", stderr(&out));
         let stdout = String::from_utf8(out.stdout).unwrap();
         let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -62,7 +56,7 @@ fn predict_json_matches_golden_logits() {
 
 #[test]
 fn predict_table_is_readable() {
-    let out = run(edit().args(["predict", "-k", "2", "--model"]).arg(fixture_dir("tiny-gpt2")).arg("Paris is the capital of"));
+    let out = run(edit_bin().args(["predict", "-k", "2", "--model"]).arg(fixture_dir("tiny-gpt2")).arg("Paris is the capital of"));
     assert!(out.status.success(), "{}", stderr(&out));
     let s = String::from_utf8(out.stdout).unwrap();
     assert!(s.contains("\"Paris is the capital of\" (5 tokens)"), "{s}");
@@ -71,7 +65,7 @@ fn predict_table_is_readable() {
 
 #[test]
 fn inspect_lists_editable_modules() {
-    let out = run(edit().args(["inspect", "--json", "--model"]).arg(fixture_dir("tiny-neox")));
+    let out = run(edit_bin().args(["inspect", "--json", "--model"]).arg(fixture_dir("tiny-neox")));
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["family"], "gpt_neox");
@@ -82,11 +76,11 @@ fn inspect_lists_editable_modules() {
     let names: Vec<&str> = v["editable_modules"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert!(names.contains(&"gpt_neox.layers.3.mlp.dense_4h_to_h"));
 
-    let out = run(edit().args(["inspect", "--model"]).arg(fixture_dir("tiny-gpt2")));
+    let out = run(edit_bin().args(["inspect", "--model"]).arg(fixture_dir("tiny-gpt2")));
     assert!(out.status.success());
     let s = String::from_utf8(out.stdout).unwrap();
     assert!(s.contains("transformer.h.2.mlp.c_proj") && s.contains("in_out") && !s.contains("InOut"), "{s}");
-    let out = run(edit().args(["inspect", "--json", "--model"]).arg(fixture_dir("tiny-gptj")));
+    let out = run(edit_bin().args(["inspect", "--json", "--model"]).arg(fixture_dir("tiny-gptj")));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["weight_files"], 2);
     assert_eq!(v["rotary"]["style"], "interleaved");
@@ -95,19 +89,19 @@ fn inspect_lists_editable_modules() {
 #[test]
 fn help_explains_every_command() {
     for args in [vec!["--help"], vec!["predict", "--help"], vec!["inspect", "--help"]] {
-        let out = run(edit().args(&args));
+        let out = run(edit_bin().args(&args));
         assert!(out.status.success());
         let s = String::from_utf8(out.stdout).unwrap();
         assert!(s.contains("Usage:"), "{s}");
     }
-    let s = String::from_utf8(run(edit().args(["predict", "--help"])).stdout).unwrap();
+    let s = String::from_utf8(run(edit_bin().args(["predict", "--help"])).stdout).unwrap();
     assert!(s.contains("--offline") && s.contains("--top-k") && s.contains("--dtype"));
 }
 
 // ---- loading errors: each names the problem and fails with a non-zero exit --------------
 
 fn expect_failure(args: &[&str], model: &Path, needles: &[&str]) {
-    let mut cmd = edit();
+    let mut cmd = edit_bin();
     cmd.args(args).arg("--model").arg(model);
     if args[0] == "predict" {
         cmd.arg("hello");
@@ -210,7 +204,7 @@ fn offline_hub_id_resolves_from_cache() {
     let hub = tmp.path().join("hf").join("hub");
     fake_hub_cache(&hub, "EleutherAI/gpt-j-tiny", "tiny-gptj", &[]);
     // HF_HOME/hub is the standard location; HF_HUB_OFFLINE=1 selects the cache-only mode.
-    let out = run(edit()
+    let out = run(edit_bin()
         .env_remove("HF_HUB_CACHE")
         .env("HF_HOME", tmp.path().join("hf"))
         .env("HF_HUB_OFFLINE", "1")
@@ -219,7 +213,7 @@ fn offline_hub_id_resolves_from_cache() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["input_ids"].as_array().unwrap().len(), 5);
 
-    let out = run(edit()
+    let out = run(edit_bin()
         .env("HF_HUB_CACHE", &hub)
         .args(["inspect", "--json", "--offline", "--model", "EleutherAI/gpt-j-tiny"]));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -232,12 +226,12 @@ fn offline_hub_id_resolves_from_cache() {
 fn offline_missing_file_says_which_and_how() {
     let tmp = tempfile::tempdir().unwrap();
     fake_hub_cache(tmp.path(), "org/tiny", "tiny-gptj", &["model-00002-of-00002.safetensors"]);
-    let out = run(edit().env("HF_HUB_CACHE", tmp.path()).args(["predict", "--offline", "--model", "org/tiny", "hi"]));
+    let out = run(edit_bin().env("HF_HUB_CACHE", tmp.path()).args(["predict", "--offline", "--model", "org/tiny", "hi"]));
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("model-00002-of-00002.safetensors") && err.contains("huggingface-cli download org/tiny"), "{err}");
 
-    let out = run(edit().env("HF_HUB_CACHE", tmp.path()).args(["predict", "--offline", "--model", "org/absent", "hi"]));
+    let out = run(edit_bin().env("HF_HUB_CACHE", tmp.path()).args(["predict", "--offline", "--model", "org/absent", "hi"]));
     assert!(!out.status.success());
     assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
 }
@@ -260,7 +254,7 @@ fn decoder_configs_that_disagree_with_their_weights_are_named() {
         let (_t, dir) = temp_copy("tiny-mistral");
         edit_config(&dir, change);
         for args in [&["predict"][..], &["inspect"][..]] {
-            let mut cmd = edit();
+            let mut cmd = edit_bin();
             cmd.args(args).arg("--model").arg(&dir);
             if args[0] == "predict" {
                 cmd.arg("hello");
@@ -278,7 +272,7 @@ fn decoder_configs_that_disagree_with_their_weights_are_named() {
     std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
     expect_failure(&["predict"], &dir, &["model-00002-of-00002.safetensors"]);
     let out_dir = dir.parent().unwrap().join("edited");
-    let mut cmd = edit();
+    let mut cmd = edit_bin();
     cmd.args(["apply", "--method", "ft", "--model"]).arg(&dir).arg("-").arg("--out").arg(&out_dir);
     let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
     assert!(!out.status.success());
@@ -298,7 +292,7 @@ fn hub_tokenizer_config_decides_the_bos() {
     tok["post_processor"] = serde_json::Value::Null;
     std::fs::write(snap.join("tokenizer.json"), tok.to_string()).unwrap();
     let predict = |hub: &Path| {
-        let out = run(edit().env("HF_HUB_CACHE", hub).args(["predict", "--json", "--offline", "--model", "org/tiny-llama", "Paris is"]));
+        let out = run(edit_bin().env("HF_HUB_CACHE", hub).args(["predict", "--json", "--offline", "--model", "org/tiny-llama", "Paris is"]));
         assert!(out.status.success(), "{}", stderr(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<_>>()

@@ -256,12 +256,15 @@ fn bad_records_stop_the_run_before_any_work() {
             {"prompt": "{} speaks", "subject": "E F", "target_new": "x"}]"#,
     )
     .unwrap();
-    let out = tmp.path().join("out");
-    let (code, _, stderr) = outcome(eval("rome", &data).arg("--out").arg(&out));
-    assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("bad.json") && stderr.contains("record 2: no target_true"), "{stderr}");
-    assert!(stderr.contains("request 1") && stderr.contains("slots"), "every bad record is listed: {stderr}");
-    assert!(!out.exists(), "nothing written");
+    // The records are refused the same way whether or not they are to be edited.
+    for method in ["rome", "none"] {
+        let out = tmp.path().join(format!("out-{method}"));
+        let (code, _, stderr) = outcome(eval(method, &data).arg("--out").arg(&out));
+        assert_eq!(code, Some(1), "{method}: {stderr}");
+        assert!(stderr.contains("bad.json") && stderr.contains("record 2: no target_true"), "{method}: {stderr}");
+        assert!(stderr.contains("request 1") && stderr.contains("slots"), "{method}: every bad record is listed: {stderr}");
+        assert!(!out.exists(), "{method}: nothing written");
+    }
 }
 
 #[test]

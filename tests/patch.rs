@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture_dir, max_abs_diff};
+use common::{edit_bin, fixture_dir, max_abs_diff};
 use edit::checkpoint::Checkpoint;
 use edit::editing::Deltas;
 use edit::hub::{resolve_model, HubOptions, ModelFiles};
@@ -473,14 +473,6 @@ fn symlinked_snapshot_files_are_followed_and_extra_files_copied() {
 
 // ---- (d, e) the binary -----------------------------------------------------------------
 
-fn edit_cmd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edit"));
-    c.env_remove("HF_HUB_OFFLINE")
-        .env_remove("RUST_LOG")
-        .env("HF_HOME", "/nonexistent-hf-home")
-        .env("HF_HUB_CACHE", "/nonexistent-hf-cache");
-    c
-}
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("binary runs")
@@ -491,7 +483,7 @@ fn stderr(o: &Output) -> String {
 }
 
 fn delta_cmd(op: &str, model: &Path, delta: &Path, out: &Path, extra: &[&str]) -> Output {
-    run(edit_cmd().arg(op).arg("--model").arg(model).arg(delta).arg("--out").arg(out).args(extra))
+    run(edit_bin().arg(op).arg("--model").arg(model).arg(delta).arg("--out").arg(out).args(extra))
 }
 
 #[test]
@@ -651,7 +643,7 @@ fn write_raw_delta(path: &Path, name: &str, shape: &[usize], value: f32, meta: &
 #[test]
 fn help_describes_the_commands() {
     for cmd in ["apply-delta", "revert"] {
-        let o = run(edit_cmd().args([cmd, "--help"]));
+        let o = run(edit_bin().args([cmd, "--help"]));
         assert!(o.status.success());
         let s = String::from_utf8(o.stdout).unwrap();
         assert!(s.contains("--out") && s.contains("--force") && s.contains("--model") && s.contains("DELTA"), "{s}");

@@ -7,14 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use candle_core::DType;
-use common::{fixture_dir, golden, max_abs_diff, rel_diff};
+use common::{edit_bin, fixture_dir, golden, max_abs_diff, rel_diff};
 use edit::stats::cache;
 
-fn edit() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edit"));
-    c.env_remove("HF_HUB_OFFLINE").env_remove("RUST_LOG").env("HF_HOME", "/nonexistent-hf-home").env("HF_HUB_CACHE", "/nonexistent-hf-cache");
-    c
-}
 
 fn ok(cmd: &mut Command) -> serde_json::Value {
     let out: Output = cmd.output().unwrap();
@@ -32,7 +27,7 @@ fn wikitext_lines(dir: &Path, n: usize) -> (PathBuf, Vec<String>) {
 }
 
 fn stats_cmd(model: &str, layers: &str, text: &Path, samples: usize, stats_dir: &Path, precision: &str) -> Command {
-    let mut c = edit();
+    let mut c = edit_bin();
     c.args(["stats", "--json", "--layers", layers, "--precision", precision, "--samples", &samples.to_string(), "--model"])
         .arg(fixture_dir(model))
         .arg("--text")
@@ -167,7 +162,7 @@ fn parquet_and_jsonl_corpora_equal_the_text_file() {
 #[test]
 fn embedded_corpus_is_the_default_and_says_it_is_small() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = edit()
+    let out = edit_bin()
         .args(["stats", "--json", "--layers", "0", "--samples", "20", "--model"])
         .arg(fixture_dir("tiny-gpt2"))
         .arg("--stats-dir")
@@ -224,7 +219,7 @@ fn reference_npz_import() {
     let file = dir.join(name);
     std::fs::copy(fixture_dir("npz").join(name), &file).unwrap();
     let stats_dir = tmp.path().join("stats");
-    let v = ok(edit().args(["stats", "import", "--json"]).arg(&file).arg("--model").arg(fixture_dir("tiny-gptj")).arg("--stats-dir").arg(&stats_dir));
+    let v = ok(edit_bin().args(["stats", "import", "--json"]).arg(&file).arg("--model").arg(fixture_dir("tiny-gptj")).arg("--stats-dir").arg(&stats_dir));
     assert_eq!(v["layer"], 2);
     let m = cache::load(Path::new(v["file"].as_str().unwrap())).unwrap();
     assert_eq!(m.count, 4321);
@@ -235,7 +230,7 @@ fn reference_npz_import() {
     assert!(v["file"].as_str().unwrap().ends_with("transformer.h.2.mlp.fc_out_float32_100000.safetensors"));
 
     let fails = |file: &Path, needle: &str| {
-        let out = edit().args(["stats", "import"]).arg(file).arg("--model").arg(fixture_dir("tiny-gptj")).arg("--stats-dir").arg(&stats_dir).output().unwrap();
+        let out = edit_bin().args(["stats", "import"]).arg(file).arg("--model").arg(fixture_dir("tiny-gptj")).arg("--stats-dir").arg(&stats_dir).output().unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(err.contains(needle), "{err}");
@@ -253,10 +248,10 @@ fn reference_npz_import() {
 #[test]
 fn bad_layer_and_missing_corpus_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = edit().args(["stats", "--layers", "9", "--model"]).arg(fixture_dir("tiny-gpt2")).arg("--stats-dir").arg(tmp.path()).output().unwrap();
+    let out = edit_bin().args(["stats", "--layers", "9", "--model"]).arg(fixture_dir("tiny-gpt2")).arg("--stats-dir").arg(tmp.path()).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("layer 9 does not exist"));
-    let out = edit().args(["stats", "--layers", "1", "--text", "/no/such.txt", "--model"]).arg(fixture_dir("tiny-gpt2")).output().unwrap();
+    let out = edit_bin().args(["stats", "--layers", "1", "--text", "/no/such.txt", "--model"]).arg(fixture_dir("tiny-gpt2")).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such.txt"));
 }
@@ -274,7 +269,7 @@ fn hub_dataset_from_offline_cache() {
     write_parquet(&snap.join("train-00000-of-00002.parquet"), &lines[..70]);
     // Only one of two shards: refused, because the sample would silently change.
     let run = |stats: &str| {
-        edit()
+        edit_bin()
             .env("HF_HUB_CACHE", tmp.path().join("hub"))
             .args(["stats", "--json", "--offline", "--dataset", "wikitext", "--layers", "1", "--samples", "50", "--model"])
             .arg(fixture_dir("tiny-gpt2"))
@@ -321,7 +316,7 @@ fn three_shards_merged_equal_one_run() {
         }
         assert_eq!(tokens, whole["tokens"].as_u64().unwrap(), "the shards split the tokens");
         let merged_dir = tmp.path().join(format!("merged-{precision}"));
-        let merged = ok(edit().args(["stats", "merge", "--json", "--stats-dir"]).arg(&merged_dir).args(&files));
+        let merged = ok(edit_bin().args(["stats", "merge", "--json", "--stats-dir"]).arg(&merged_dir).args(&files));
         for layer in [1, 3] {
             let a = cache::load(&layer_file(&whole, layer)).unwrap();
             let b = cache::load(&layer_file(&merged, layer)).unwrap();
@@ -362,7 +357,7 @@ fn three_shards_merged_equal_one_run() {
             // Bad merges name the problem and write nothing.
             let fail = |args: &[&Path], needle: &str| {
                 let bad_dir = tmp.path().join("bad");
-                let out = edit().args(["stats", "merge", "--stats-dir"]).arg(&bad_dir).args(args).output().unwrap();
+                let out = edit_bin().args(["stats", "merge", "--stats-dir"]).arg(&bad_dir).args(args).output().unwrap();
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert!(!out.status.success() && err.contains(needle), "{err}");
                 assert!(!bad_dir.exists(), "nothing written");

@@ -1,4 +1,4 @@
-//! `edit apply`: compute an edit (ROME, MEMIT, FT, MEND) and write the patched model and/or the delta.
+//! `edit apply`: compute an edit (ROME, MEMIT, AlphaEdit, FT, MEND) and write the patched model and/or the delta.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ use super::{logging, ComputeArgs, GlobalArgs, ModelArgs};
 /// Exit status when `--require-success` finds an edit that did not take.
 pub const EXIT_EDIT_FAILED: u8 = 3;
 
-/// Compute an edit of the facts in REQUESTS (ROME, MEMIT or fine-tuning) and write the patched
+/// Compute an edit of the facts in REQUESTS (ROME, MEMIT, AlphaEdit, fine-tuning or MEND) and write the patched
 /// model (--out) and/or the weight delta (--delta-out).
 ///
 /// Hyperparameters come from the shipped config for the model (the reference values where they

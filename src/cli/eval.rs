@@ -227,7 +227,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         dataset.records.truncate(n);
     }
     tracing::info!("{}: {} {}", dataset_path.display(), dataset.records.len(), dataset.format.describe());
-    dataset.check(&tok, cfg.n_ctx, method.is_some(), &dataset_path.display().to_string())?;
+    dataset.check(&tok, cfg.n_ctx, &dataset_path.display().to_string())?;
     if args.generation {
         if dataset.format.is_zsre() {
             bail!("--generation: zsRE records have no generation prompts; the generation test is CounterFact's");

@@ -84,7 +84,7 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             let source = args.edits.display().to_string();
             let dataset = parse_dataset(&edits_text, &source, zsre_target(&args.zsre_target))
                 .with_context(|| format!("cannot read the edit records in {source}"))?;
-            dataset.check(&tok, cfg.n_ctx, true, &args.edits.display().to_string())?;
+            dataset.check(&tok, cfg.n_ctx, &args.edits.display().to_string())?;
             (record_examples(&tok, &dataset.records, neighbours)?, dataset.format.describe())
         }
     };

@@ -51,7 +51,7 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Collect (or import) the second-moment statistics of MLP keys that ROME and MEMIT need.
     Stats(Box<stats::StatsArgs>),
-    /// Compute an edit (ROME, MEMIT, FT) and write the patched model (--out) and/or its delta (--delta-out).
+    /// Compute an edit (ROME, MEMIT, AlphaEdit, FT, MEND) and write the patched model (--out) and/or its delta (--delta-out).
     Apply(Box<apply::ApplyArgs>),
     /// Edit the records of a dataset chunk by chunk and score them as the reference evaluators do.
     Eval(Box<eval::EvalArgs>),

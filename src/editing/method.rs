@@ -1,7 +1,7 @@
 //! One interface for every editing method, and the edit pipeline that drives it: the config
 //! ([`prepare`]) → statistics (`stats::ensure`, when [`EditMethod::stats_need`] asks) → context
 //! templates → the method → the update-size guard → the did-it-take check ([`run_edit`]).
-//! `edit apply` (and the evaluation loop to come) call these and never branch on the method.
+//! `edit apply` and `edit eval` call these and never branch on the method.
 
 use std::collections::BTreeMap;
 
@@ -108,7 +108,7 @@ pub struct EditOutcome {
     pub sizes: Vec<UpdateSize>,
 }
 
-/// An editing method with its config: ROME, MEMIT, FT, and those to come, driven the same way.
+/// An editing method with its config (ROME, MEMIT, AlphaEdit, FT, MEND), driven the same way.
 pub trait EditMethod {
     fn method(&self) -> Method;
 

@@ -1,5 +1,5 @@
-//! Knowledge-editing methods (ROME, MEMIT, the fine-tuning baselines, MEND) and what they share: requests, hyperparameters,
-//! context templates, subject positions, the target-vector optimisation and the linear algebra.
+//! Knowledge-editing methods (ROME, MEMIT, AlphaEdit, the fine-tuning baselines, MEND) and what they
+//! share: requests, hyperparameters, context templates, subject positions, the target-vector optimisation and the linear algebra.
 //!
 //! A method is a function from (model, tokenizer, statistics, requests, hyperparameters) to
 //! weight deltas; the model is left as it was found. Every method implements

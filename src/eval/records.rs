@@ -140,9 +140,10 @@ pub fn parse_dataset(text: &str, source: &str, zsre_target: ZsreTarget) -> Resul
 
 impl Dataset {
     /// Every bad record, listed at once before any work: duplicate case ids, a CounterFact record
-    /// without `target_true`, and, when the records are to be edited, every problem the edit
-    /// requests have (`requests::validate`).
-    pub fn check(&self, tok: &Tokenizer, n_ctx: usize, editing: bool, source: &str) -> Result<()> {
+    /// without `target_true`, and every problem the edit requests have (`requests::validate`),
+    /// whether or not they are to be edited: `--method none` scores the same prompts, so a record
+    /// it accepts is one every method accepts.
+    pub fn check(&self, tok: &Tokenizer, n_ctx: usize, source: &str) -> Result<()> {
         let mut problems = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for r in &self.records {
@@ -153,11 +154,9 @@ impl Dataset {
                 problems.push(format!("record {}: no target_true; the CounterFact tests compare target_new with target_true", r.request.index));
             }
         }
-        if editing {
-            let requests: Vec<Request> = self.records.iter().map(|r| r.request.clone()).collect();
-            if let Err(e) = crate::editing::requests::validate(&requests, tok, n_ctx) {
-                problems.push(e.to_string());
-            }
+        let requests: Vec<Request> = self.records.iter().map(|r| r.request.clone()).collect();
+        if let Err(e) = crate::editing::requests::validate(&requests, tok, n_ctx) {
+            problems.push(e.to_string());
         }
         if problems.is_empty() {
             return Ok(());
