@@ -19,7 +19,6 @@ use edit::stats::Precision;
 use edit::LoadedModel;
 use faer::Mat;
 
-
 fn dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fact-gpt2")
 }

@@ -17,7 +17,16 @@ use edit::stats::cache::ModelIdentity;
 use edit::stats::ensure::Quiet;
 
 fn plan<'a>(dataset: &'a Dataset, identity: &'a ModelIdentity) -> EvalPlan<'a> {
-    EvalPlan { dataset, num_edits: vec![1], sequential: false, seed: 0, max_update_ratio: 10.0, scoring: edit::eval::probes::ScoreOptions { batch: 64, ..Default::default() }, identity, shard: None }
+    EvalPlan {
+        dataset,
+        num_edits: vec![1],
+        sequential: false,
+        seed: 0,
+        max_update_ratio: 10.0,
+        scoring: edit::eval::probes::ScoreOptions { batch: 64, ..Default::default() },
+        identity,
+        shard: None,
+    }
 }
 
 fn main() {
@@ -38,7 +47,9 @@ fn main() {
     println!("| score 500 CounterFact records (`--method none`; 13,000 prompt-target pairs) | {secs:.2} s ({:.1} ms per record) |", secs * 2.0);
 
     dataset.records.truncate(20);
-    let prepared = prepare(Method::Ft, lm.config(), "fact-gpt2", MethodSource { config: Some(&dir.join("hparams/FT_constr_eps5e-3.json")), ..Default::default() }).unwrap();
+    let prepared =
+        prepare(Method::Ft, lm.config(), "fact-gpt2", MethodSource { config: Some(&dir.join("hparams/FT_constr_eps5e-3.json")), ..Default::default() })
+            .unwrap();
     let mut editor = EditPlan::new(prepared, None, &identity, lm.config(), false).unwrap().load(&lm, &identity, &mut Quiet).unwrap();
     let t = Instant::now();
     let runs = evaluate(&mut *lm.model, &tok, pad, Some(&mut editor), &plan(&dataset, &identity), None, &mut Silent).unwrap();

@@ -88,7 +88,12 @@ fn main() {
     let peak = peak_since(base);
     println!("| FT-W step, whole block 1 of a {n_layer}-layer GPT-2 at XL width: tuned tensors | {} in {:.1} MiB |", out.deltas.len(), mib(tuned));
     println!("| all weights of that model | {:.1} MiB |", mib(all));
-    println!("| peak memory above the loaded model during one step (incl. the returned deltas) | {:.1} MiB ({:.2}× the tuned tensors; {:.2} s) |", mib(peak), peak as f64 / tuned as f64, secs);
+    println!(
+        "| peak memory above the loaded model during one step (incl. the returned deltas) | {:.1} MiB ({:.2}× the tuned tensors; {:.2} s) |",
+        mib(peak),
+        peak as f64 / tuned as f64,
+        secs
+    );
     // The same step tuning one bias only: what the forward/backward itself costs, whatever is tuned.
     let one_bias = FtParams { rewrite_module_tmp: "transformer.h.{}.mlp.c_proj.bias".into(), ..ftw.clone() };
     let base = reset_peak();

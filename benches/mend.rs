@@ -86,7 +86,11 @@ fn main() {
     write(&path, &meta, &tensors).unwrap();
     drop(tensors);
     let mut net = Hypernetwork::read(&path, &cfg, &candle_core::Device::Cpu).unwrap();
-    println!("| hypernetwork at GPT-2 XL width (6 inner weights, rank 1920) | {:.1} M parameters, built and read in {:.1} s |", params as f64 / 1e6, t.elapsed().as_secs_f64());
+    println!(
+        "| hypernetwork at GPT-2 XL width (6 inner weights, rank 1920) | {:.1} M parameters, built and read in {:.1} s |",
+        params as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
     let xl_tok = edit::tokenizer::Tokenizer::from_file(&fixture("tiny-gpt2").join("tokenizer.json")).unwrap();
     let reqs: Vec<Request> = sample_requests().into_iter().cycle().take(20).collect();
     per_edit(&mut net, &*model, &xl_tok, &reqs[..2], 1, 50256);
@@ -94,7 +98,11 @@ fn main() {
     let one = per_edit(&mut net, &*model, &xl_tok, &reqs, 1, 50256);
     let peak = peak_since(base);
     let ten = per_edit(&mut net, &*model, &xl_tok, &reqs, 10, 50256);
-    println!("| {n_layer}-layer GPT-2 at XL width, edit one at a time (mean of 20) | {:.0} ms (peak {:.0} MiB above the loaded model and network) |", 1e3 * one, mib(peak));
+    println!(
+        "| {n_layer}-layer GPT-2 at XL width, edit one at a time (mean of 20) | {:.0} ms (peak {:.0} MiB above the loaded model and network) |",
+        1e3 * one,
+        mib(peak)
+    );
     println!("| the same, in batches of 10 (per edit) | {:.0} ms |", 1e3 * ten);
     println!("| the reference's anchor: GPT-J, 10,000 edits in 98 s on a GPU | ~10 ms per edit |");
 }

@@ -202,7 +202,8 @@ fn main() {
         c.arg("stats").args(["--layers", stats_layers, "--json"]);
         common_args(&mut c);
         let r = run(&mut c, gpu);
-        let tokens: f64 = r.out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|v| v["tokens"].as_f64()).unwrap_or(f64::NAN);
+        let tokens: f64 =
+            r.out.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).find_map(|v| v["tokens"].as_f64()).unwrap_or(f64::NAN);
         let secs = r.wall - r.load;
         rows.push(format!(
             "| `edit stats` layers {stats_layers}, {texts} texts ({corpus_kind}) | {tokens:.0} tokens in {secs:.1} s after a {:.1} s load: **{:.0} tokens/s** | {} |",
@@ -213,7 +214,11 @@ fn main() {
         if env("EDIT_BENCH_TORCH").as_deref() == Some("1") {
             let script = repo_root().join("benches/torch_stats.py");
             let mut c = Command::new("python3");
-            c.arg(script).arg(&model).args(["--layers", stats_layers, "--texts", &texts, "--device", &device, "--dtype", &compute]).arg("--corpus").arg(&corpus);
+            c.arg(script)
+                .arg(&model)
+                .args(["--layers", stats_layers, "--texts", &texts, "--device", &device, "--dtype", &compute])
+                .arg("--corpus")
+                .arg(&corpus);
             let r = run(&mut c, gpu);
             let v: serde_json::Value = serde_json::from_str(r.out.lines().last().unwrap_or("{}")).unwrap();
             rows.push(format!(
@@ -301,7 +306,12 @@ fn main() {
             ));
         }
     }
-    println!("{} at random weights: {} layers, {dtype} storage ({gb:.2} GB), {compute} compute, device {device}, {} threads", shape.name(), shape.n_layer(), candle_core::utils::get_num_threads());
+    println!(
+        "{} at random weights: {} layers, {dtype} storage ({gb:.2} GB), {compute} compute, device {device}, {} threads",
+        shape.name(),
+        shape.n_layer(),
+        candle_core::utils::get_num_threads()
+    );
     println!();
     println!("| job | time | peak memory |");
     println!("|---|---|---|");

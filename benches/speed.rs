@@ -79,7 +79,11 @@ fn our_v_loop(model: &dyn CausalLm, suffix: bool) -> f64 {
                 Some(c) => {
                     let (short, resume) = c.resume(&full, &all_rows, &offsets).unwrap();
                     let spec = TraceSpec { logits: Logits::At(shift_positions(&loss_at, &offsets)), resume: Some(resume), ..Default::default() };
-                    (short, spec, Intervention { layer: LAYER, site: Site::BlockOut, positions: shift_positions(&at, &offsets), deltas: var.as_tensor().clone() })
+                    (
+                        short,
+                        spec,
+                        Intervention { layer: LAYER, site: Site::BlockOut, positions: shift_positions(&at, &offsets), deltas: var.as_tensor().clone() },
+                    )
                 }
                 None => {
                     let mut spec = TraceSpec::logits(Logits::At(loss_at.clone()));
@@ -231,7 +235,8 @@ fn main() {
     let head = 2.0 * BATCH as f64 * (cfg.d_model * cfg.vocab_size) as f64;
     let recomputed = TOKENS - TOKENS / 2;
     let per_step = 2.0 * (block_flops(cfg.d_model, cfg.d_ff, TOKENS, BATCH * recomputed, above) + head);
-    let first_step = block_flops(cfg.d_model, cfg.d_ff, TOKENS, BATCH * TOKENS, LAYER + 1) + 2.0 * (block_flops(cfg.d_model, cfg.d_ff, TOKENS, BATCH * TOKENS, above) + head);
+    let first_step = block_flops(cfg.d_model, cfg.d_ff, TOKENS, BATCH * TOKENS, LAYER + 1)
+        + 2.0 * (block_flops(cfg.d_model, cfg.d_ff, TOKENS, BATCH * TOKENS, above) + head);
     let needed = first_step + (STEPS - 1) as f64 * per_step;
     let torch = torch_v_loop();
 
@@ -241,7 +246,10 @@ fn main() {
     match torch.as_deref().and_then(torch_seconds) {
         Some(t) => {
             println!("| v* loop, 20 steps, 22 × 16 tokens, δ at layer 2 (ours: {threads} thread(s) per operation; PyTorch in this run, 2 threads) | {ours:.3} s | {t:.3} s | {:.2}× |", t / ours);
-            println!("| the same, every row's 16 positions recomputed at each step (the loop before issue 12's step 9) | {whole_rows:.3} s | {t:.3} s | {:.2}× |", t / whole_rows);
+            println!(
+                "| the same, every row's 16 positions recomputed at each step (the loop before issue 12's step 9) | {whole_rows:.3} s | {t:.3} s | {:.2}× |",
+                t / whole_rows
+            );
         }
         None => {
             println!("| v* loop, 20 steps, 22 × 16 tokens, δ at layer 2 | {ours:.3} s | (PyTorch not run) | |");
@@ -308,7 +316,11 @@ fn main() {
     if let Some(t) = torch.as_deref().and_then(torch_seconds) {
         // PyTorch runs every layer and the whole vocabulary projection at every step.
         let full = STEPS as f64 * 2.0 * (block_flops(cfg.d_model, cfg.d_ff, TOKENS, BATCH * TOKENS, cfg.n_layer) + head * TOKENS as f64);
-        println!("| PyTorch: FLOPs it computes (all 6 layers and all 352 logits rows, forward + backward) / achieved | {:.2} GFLOP / {:.1} GFLOP/s |", full / 1e9, full / t / 1e9);
+        println!(
+            "| PyTorch: FLOPs it computes (all 6 layers and all 352 logits rows, forward + backward) / achieved | {:.2} GFLOP / {:.1} GFLOP/s |",
+            full / 1e9,
+            full / t / 1e9
+        );
     }
     if let Some(line) = torch {
         println!();

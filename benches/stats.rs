@@ -15,7 +15,6 @@ use edit::stats::Precision;
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
-
 fn main() {
     let n_texts: usize = std::env::var("EDIT_BENCH_TEXTS").ok().and_then(|s| s.parse().ok()).unwrap_or(64);
     let cfg = medium_config("gpt2", 24);
@@ -31,7 +30,11 @@ fn main() {
         let acc = collect(&*model, &tok, &texts, &plan(layers), acc, &mut NoProgress).unwrap();
         (t.elapsed().as_secs_f64(), acc.count)
     };
-    println!("random GPT-2-medium-shaped model (24 layers, d_model 1024, d_ff 4096), {} texts truncated to {max_len} tokens, f32 sums, {} threads", texts.len(), candle_core::utils::get_num_threads());
+    println!(
+        "random GPT-2-medium-shaped model (24 layers, d_model 1024, d_ff 4096), {} texts truncated to {max_len} tokens, f32 sums, {} threads",
+        texts.len(),
+        candle_core::utils::get_num_threads()
+    );
     println!();
     println!("| job | layers | forward passes | wall s | tokens | tokens/s | cost vs one 6-layer pass |");
     println!("|---|---|---|---|---|---|---|");

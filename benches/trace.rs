@@ -68,7 +68,13 @@ fn main() {
             let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
             // summary.json: one entry per --num-edits value, summarize.py's keys, [mean, std].
             let m = |k: &str| s[0][k][0].as_f64().unwrap_or(f64::NAN);
-            println!("| {layer} | {:.1} | {:.1} | {:.1} | {:.1} |", m("post_rewrite_success"), m("post_paraphrase_success"), m("post_neighborhood_success"), m("post_score"));
+            println!(
+                "| {layer} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                m("post_rewrite_success"),
+                m("post_paraphrase_success"),
+                m("post_neighborhood_success"),
+                m("post_score")
+            );
         }
     }
 }

@@ -37,24 +37,18 @@ impl Checkpoint {
         let mut tensors = BTreeMap::new();
         for (i, path) in files.iter().enumerate() {
             if !path.is_file() {
-                return Err(Error::io(
-                    path,
-                    std::io::Error::new(std::io::ErrorKind::NotFound, "weight file not found"),
-                ));
+                return Err(Error::io(path, std::io::Error::new(std::io::ErrorKind::NotFound, "weight file not found")));
             }
             let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
             // Safety: read-only mapping, used for the header only; like every mmap-based reader
             // we rely on nobody truncating the file while we run.
             let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-            let (n, header) = safetensors::SafeTensors::read_metadata(&mmap)
-                .map_err(|e| Error::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
+            let (n, header) =
+                safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::BadSafetensors { path: path.clone(), reason: e.to_string() })?;
             let start = 8 + n as u64;
             for (name, info) in header.tensors() {
                 let (a, b) = info.data_offsets;
-                tensors.insert(
-                    name,
-                    TensorInfo { file: i, dtype: info.dtype, shape: info.shape.clone(), bytes: start + a as u64..start + b as u64 },
-                );
+                tensors.insert(name, TensorInfo { file: i, dtype: info.dtype, shape: info.shape.clone(), bytes: start + a as u64..start + b as u64 });
             }
             handles.push(file);
         }
@@ -176,34 +170,18 @@ impl<'a> WeightBuilder<'a> {
         let t = match self.source {
             WeightSource::Checkpoint(c) => {
                 let Some(key) = c.resolve(&name, self.prefix) else {
-                    return Err(Error::MissingTensor {
-                        name,
-                        files: c.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
-                    });
+                    return Err(Error::MissingTensor { name, files: c.files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ") });
                 };
                 let info = &c.tensors[key];
                 if info.shape != shape {
-                    return Err(Error::ShapeMismatch {
-                        name,
-                        file: c.file_name(info.file),
-                        expected: shape.to_vec(),
-                        found: info.shape.clone(),
-                    });
+                    return Err(Error::ShapeMismatch { name, file: c.file_name(info.file), expected: shape.to_vec(), found: info.shape.clone() });
                 }
                 c.load_raw(key, self.device)?
             }
             WeightSource::Memory(m) => {
-                let t = m.get(&name).ok_or_else(|| Error::MissingTensor {
-                    name: name.clone(),
-                    files: "in-memory weights".into(),
-                })?;
+                let t = m.get(&name).ok_or_else(|| Error::MissingTensor { name: name.clone(), files: "in-memory weights".into() })?;
                 if t.dims() != shape {
-                    return Err(Error::ShapeMismatch {
-                        name,
-                        file: "in-memory weights".into(),
-                        expected: shape.to_vec(),
-                        found: t.dims().to_vec(),
-                    });
+                    return Err(Error::ShapeMismatch { name, file: "in-memory weights".into(), expected: shape.to_vec(), found: t.dims().to_vec() });
                 }
                 t.to_device(self.device)?
             }
@@ -246,8 +224,7 @@ pub fn file_metadata(path: &std::path::Path) -> Result<HashMap<String, String>> 
     // Safety: read-only mapping of the header; like every mmap-based loader we rely on nobody
     // truncating the file while we run.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
-        .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
     Ok(header.metadata().clone().unwrap_or_default())
 }
 

@@ -49,7 +49,10 @@ pub enum Corpus {
     Embedded,
     /// Local files, identified by the SHA-256 of their bytes (in order), not by their paths:
     /// the same file reached by two paths is one corpus, an edited file another.
-    Files { paths: Vec<PathBuf>, digest: String },
+    Files {
+        paths: Vec<PathBuf>,
+        digest: String,
+    },
     Hub(HubDataset),
 }
 
@@ -174,10 +177,7 @@ fn sample_rows(rows: &dyn Rows, n: usize) -> Result<Sample> {
     sorted.sort_unstable();
     // A permutation's prefix has no repeated index, so each fetched text moves out exactly once.
     let mut fetched: Vec<Option<String>> = rows.fetch(&sorted)?.into_iter().map(Some).collect();
-    let texts = order
-        .iter()
-        .map(|i| fetched[sorted.binary_search(i).expect("sampled index present")].take().expect("each index once"))
-        .collect();
+    let texts = order.iter().map(|i| fetched[sorted.binary_search(i).expect("sampled index present")].take().expect("each index once")).collect();
     Ok(Sample { texts, corpus_rows: total })
 }
 
@@ -231,9 +231,8 @@ pub fn read_texts(path: &Path) -> Result<Vec<String>> {
                 let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| {
                     Error::Input(format!("{} line {}: not valid JSON ({e}); expected one {{\"text\": ...}} object per line", path.display(), i + 1))
                 })?;
-                let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
-                    Error::Input(format!("{} line {}: no string field `text`", path.display(), i + 1))
-                })?;
+                let text =
+                    v.get("text").and_then(|t| t.as_str()).ok_or_else(|| Error::Input(format!("{} line {}: no string field `text`", path.display(), i + 1)))?;
                 out.push(text.to_string());
             }
             Ok(out)
@@ -283,9 +282,11 @@ fn open_parquet(path: &Path) -> Result<SerializedFileReader<File>> {
 /// The projection onto the `text` column.
 fn text_column(reader: &SerializedFileReader<File>, path: &Path) -> Result<parquet::schema::types::Type> {
     let schema = reader.metadata().file_metadata().schema();
-    let field = schema.get_fields().iter().find(|f| f.name() == "text").ok_or_else(|| {
-        Error::Input(format!("{}: parquet file has no `text` column", path.display()))
-    })?;
+    let field = schema
+        .get_fields()
+        .iter()
+        .find(|f| f.name() == "text")
+        .ok_or_else(|| Error::Input(format!("{}: parquet file has no `text` column", path.display())))?;
     parquet::schema::types::Type::group_type_builder(schema.name())
         .with_fields(vec![field.clone()])
         .build()
@@ -334,11 +335,7 @@ impl Rows for ParquetRows {
             }
         }
         if out.len() != wanted.len() {
-            return Err(Error::Input(format!(
-                "parquet files hold fewer rows than their metadata says ({} of {} read)",
-                out.len(),
-                wanted.len()
-            )));
+            return Err(Error::Input(format!("parquet files hold fewer rows than their metadata says ({} of {} read)", out.len(), wanted.len())));
         }
         Ok(out)
     }

@@ -15,9 +15,7 @@ pub fn parse_device(spec: &str) -> Result<Device> {
         s => s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()),
     };
     let Some(ordinal) = ordinal else {
-        return Err(Error::Input(format!(
-            "unknown device `{spec}`: use `cpu`, `cuda` or `cuda:N`"
-        )));
+        return Err(Error::Input(format!("unknown device `{spec}`: use `cpu`, `cuda` or `cuda:N`")));
     };
     if !candle_core::utils::cuda_is_available() {
         return Err(Error::Input(format!(
@@ -33,9 +31,7 @@ pub fn parse_dtype(name: &str) -> Result<DType> {
         "f32" | "float32" | "fp32" => Ok(DType::F32),
         "f16" | "float16" | "fp16" | "half" => Ok(DType::F16),
         "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(Error::Input(format!(
-            "unsupported dtype `{other}`: use f32 (the reference), f16 or bf16"
-        ))),
+        other => Err(Error::Input(format!("unsupported dtype `{other}`: use f32 (the reference), f16 or bf16"))),
     }
 }
 

@@ -132,11 +132,7 @@ pub fn check_writable_ancestor(dir: &Path, flag: &str, target: &Path) -> Result<
         match std::fs::metadata(&existing) {
             Ok(m) if m.is_dir() => break,
             Ok(_) => {
-                return Err(Error::Input(format!(
-                    "{flag} {}: {} is a file, not a directory; choose another {flag}",
-                    target.display(),
-                    existing.display()
-                )))
+                return Err(Error::Input(format!("{flag} {}: {} is a file, not a directory; choose another {flag}", target.display(), existing.display())))
             }
             Err(_) => match existing.parent() {
                 Some(p) if !p.as_os_str().is_empty() => existing = p.to_path_buf(),
@@ -150,11 +146,7 @@ pub fn check_writable_ancestor(dir: &Path, flag: &str, target: &Path) -> Result<
     // A probe file proves we may write there (permissions, read-only mounts) before any work.
     match tempfile::Builder::new().prefix(".edit-probe").tempfile_in(&existing) {
         Ok(_) => Ok(()),
-        Err(e) => Err(Error::Input(format!(
-            "{flag} {}: cannot write in {} ({e}); choose another {flag}",
-            target.display(),
-            existing.display()
-        ))),
+        Err(e) => Err(Error::Input(format!("{flag} {}: cannot write in {} ({e}); choose another {flag}", target.display(), existing.display()))),
     }
 }
 

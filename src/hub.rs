@@ -24,9 +24,7 @@ pub struct HubOptions {
 impl HubOptions {
     /// `HF_HUB_OFFLINE` accepts the values the Python client does.
     pub fn offline_from_env() -> bool {
-        std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
-            .unwrap_or(false)
+        std::env::var("HF_HUB_OFFLINE").map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on")).unwrap_or(false)
     }
 }
 
@@ -73,8 +71,7 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 fn looks_like_path(spec: &str) -> bool {
-    spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~') || spec.contains('\\')
-        || spec.split('/').count() > 2
+    spec.starts_with('.') || spec.starts_with('/') || spec.starts_with('~') || spec.contains('\\') || spec.split('/').count() > 2
 }
 
 /// Resolves `spec` (a directory or a Hub id such as `gpt2-xl` or `EleutherAI/pythia-160m`).
@@ -103,10 +100,7 @@ pub fn resolve_model(spec: &str, opts: &HubOptions) -> Result<ModelFiles> {
 fn local_model(dir: &Path) -> Result<ModelFiles> {
     let config = dir.join("config.json");
     if !config.is_file() {
-        return Err(Error::Input(format!(
-            "{} has no config.json: is it a Hugging Face model directory?",
-            dir.display()
-        )));
+        return Err(Error::Input(format!("{} has no config.json: is it a Hugging Face model directory?", dir.display())));
     }
     let tokenizer = if dir.join("tokenizer.json").is_file() {
         Some(TokenizerFiles::Json(dir.join("tokenizer.json")))
@@ -129,12 +123,12 @@ fn local_model(dir: &Path) -> Result<ModelFiles> {
 
 pub(crate) fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::BadSafetensors { path: index.to_path_buf(), reason: format!("index is not valid JSON: {e}") })?;
-    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::BadSafetensors {
-        path: index.to_path_buf(),
-        reason: "index has no `weight_map` object".into(),
-    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::BadSafetensors { path: index.to_path_buf(), reason: format!("index is not valid JSON: {e}") })?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::BadSafetensors { path: index.to_path_buf(), reason: "index has no `weight_map` object".into() })?;
     let mut shards: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
     shards.sort();
     shards.dedup();
@@ -197,9 +191,7 @@ impl CacheFetch {
 /// commit hash given as the revision has no ref file but names its snapshot directly.
 fn cached_snapshot(cache_dir: &Path, repo_id: &str, kind: RepoType, revision: &str) -> Option<PathBuf> {
     let dir = cache_dir.join(Repo::new(repo_id.to_string(), kind).folder_name());
-    let commit = std::fs::read_to_string(dir.join("refs").join(revision))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| revision.to_string());
+    let commit = std::fs::read_to_string(dir.join("refs").join(revision)).map(|s| s.trim().to_string()).unwrap_or_else(|_| revision.to_string());
     let snap = dir.join("snapshots").join(commit);
     snap.is_dir().then_some(snap)
 }
@@ -222,13 +214,7 @@ impl ApiFetch {
                  network, or use --offline (HF_HUB_OFFLINE=1) with a populated cache, or pass a local directory"
             ))
         })?;
-        Ok(Self {
-            repo,
-            id: id.to_string(),
-            revision: revision.to_string(),
-            files: info.siblings.into_iter().map(|s| s.rfilename).collect(),
-            commit: info.sha,
-        })
+        Ok(Self { repo, id: id.to_string(), revision: revision.to_string(), files: info.siblings.into_iter().map(|s| s.rfilename).collect(), commit: info.sha })
     }
 }
 
@@ -238,10 +224,7 @@ impl Fetch for ApiFetch {
             return Ok(None);
         }
         tracing::info!("fetching {file} from {} ({})", self.id, self.revision);
-        self.repo
-            .get(file)
-            .map(Some)
-            .map_err(|e| Error::Hub(format!("downloading {file} of {} failed: {e}", self.id)))
+        self.repo.get(file).map(Some).map_err(|e| Error::Hub(format!("downloading {file} of {} failed: {e}", self.id)))
     }
 
     fn missing(&self, file: &str) -> Error {
@@ -299,13 +282,7 @@ fn hub_model(id: &str, revision: &str, f: &dyn Fetch) -> Result<ModelFiles> {
             }
         },
     };
-    Ok(ModelFiles {
-        origin: ModelOrigin::Hub { repo: id.to_string(), revision: revision.to_string(), commit: f.commit() },
-        config,
-        tokenizer,
-        weights,
-        index,
-    })
+    Ok(ModelFiles { origin: ModelOrigin::Hub { repo: id.to_string(), revision: revision.to_string(), commit: f.commit() }, config, tokenizer, weights, index })
 }
 
 /// Files of a Hub dataset repo whose path starts with `prefix` and ends with `suffix`
@@ -314,9 +291,7 @@ pub fn dataset_files(repo_id: &str, prefix: &str, suffix: &str, opts: &HubOption
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
     let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
     let offline = opts.offline || HubOptions::offline_from_env();
-    let how = format!(
-        "`huggingface-cli download --repo-type dataset {repo_id} --include '{prefix}*{suffix}'`"
-    );
+    let how = format!("`huggingface-cli download --repo-type dataset {repo_id} --include '{prefix}*{suffix}'`");
     if offline {
         let snap = cached_snapshot(&cache_dir, repo_id, RepoType::Dataset, &revision);
         let (dir, stem) = match prefix.rsplit_once('/') {
@@ -358,16 +333,9 @@ pub fn dataset_files(repo_id: &str, prefix: &str, suffix: &str, opts: &HubOption
     let api = hub_api(&cache_dir, opts.progress)?;
     let repo = api.repo(Repo::with_revision(repo_id.to_string(), RepoType::Dataset, revision.clone()));
     let info = repo.info().map_err(|e| {
-        Error::Hub(format!(
-            "cannot reach the Hugging Face Hub for dataset {repo_id}: {e}; use --offline with a populated cache, or --text with local files"
-        ))
+        Error::Hub(format!("cannot reach the Hugging Face Hub for dataset {repo_id}: {e}; use --offline with a populated cache, or --text with local files"))
     })?;
-    let mut names: Vec<String> = info
-        .siblings
-        .into_iter()
-        .map(|s| s.rfilename)
-        .filter(|n| n.starts_with(prefix) && n.ends_with(suffix))
-        .collect();
+    let mut names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).filter(|n| n.starts_with(prefix) && n.ends_with(suffix)).collect();
     names.sort();
     if names.is_empty() {
         return Err(Error::Hub(format!("dataset {repo_id} (revision {revision}) has no `{prefix}*{suffix}` files")));

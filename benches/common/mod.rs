@@ -114,7 +114,11 @@ pub fn decoder_parameter_shapes(cfg: &ModelConfig) -> Vec<(String, Vec<usize>)> 
     for n in edit::models::modules::parameter_names(cfg) {
         let bare = n.strip_suffix(".weight").or_else(|| n.strip_suffix(".bias")).unwrap_or(&n);
         let shape = if let Ok(m) = edit::models::modules::find(cfg, bare) {
-            if n.ends_with(".bias") { vec![m.out_dim] } else { m.stored_shape().to_vec() }
+            if n.ends_with(".bias") {
+                vec![m.out_dim]
+            } else {
+                m.stored_shape().to_vec()
+            }
         } else if n == "model.embed_tokens.weight" || n == "lm_head.weight" {
             if n == "lm_head.weight" && cfg.tie_word_embeddings {
                 continue;
@@ -183,7 +187,8 @@ pub fn random_weights(cfg: &ModelConfig, trainable: bool) -> WeightSource {
                     add(format!("{p}.{ln}.weight"), &[d]);
                     add(format!("{p}.{ln}.bias"), &[d]);
                 }
-                for (m, i_, o) in [("attention.query_key_value", d, 3 * d), ("attention.dense", d, d), ("mlp.dense_h_to_4h", d, f), ("mlp.dense_4h_to_h", f, d)] {
+                for (m, i_, o) in [("attention.query_key_value", d, 3 * d), ("attention.dense", d, d), ("mlp.dense_h_to_4h", d, f), ("mlp.dense_4h_to_h", f, d)]
+                {
                     add(format!("{p}.{m}.weight"), &[o, i_]);
                     add(format!("{p}.{m}.bias"), &[o]);
                 }
@@ -200,7 +205,11 @@ pub fn random_weights(cfg: &ModelConfig, trainable: bool) -> WeightSource {
         .into_iter()
         .map(|(n, s)| {
             let t = if n.contains("ln") || n.contains("layernorm") || n.contains("norm.") {
-                if n.ends_with("weight") { Tensor::ones(s.as_slice(), DType::F32, &dev) } else { Tensor::zeros(s.as_slice(), DType::F32, &dev) }
+                if n.ends_with("weight") {
+                    Tensor::ones(s.as_slice(), DType::F32, &dev)
+                } else {
+                    Tensor::zeros(s.as_slice(), DType::F32, &dev)
+                }
             } else {
                 Tensor::randn(0f32, 0.02, s.as_slice(), &dev)
             }

@@ -289,7 +289,10 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if !refused {
         write_outputs(&args, &lm, &cfg, deltas, &reqs, prepared, method, seed, &identity, delta_in_out.as_deref())?;
         if let Some(dir) = &args.state {
-            prepared.method.keep(deltas).with_context(|| format!("the outputs were written, but the AlphaEdit state in {} could not be updated", dir.display()))?;
+            prepared
+                .method
+                .keep(deltas)
+                .with_context(|| format!("the outputs were written, but the AlphaEdit state in {} could not be updated", dir.display()))?;
             tracing::info!("AlphaEdit state in {} updated: edit the model written to --out next", dir.display());
         }
     }
@@ -324,11 +327,7 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     }
     if refused {
         out.flush()?;
-        tracing::error!(
-            "{} of {} edit(s) did not take (request(s) {failed:?}) and --require-success is set: nothing was written",
-            failed.len(),
-            reqs.len()
-        );
+        tracing::error!("{} of {} edit(s) did not take (request(s) {failed:?}) and --require-success is set: nothing was written", failed.len(), reqs.len());
         return Ok(ExitCode::from(EXIT_EDIT_FAILED));
     }
     Ok(ExitCode::SUCCESS)

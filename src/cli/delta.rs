@@ -80,14 +80,8 @@ pub fn run(args: DeltaArgs, global: &GlobalArgs, direction: Direction) -> anyhow
         .with_context(|| format!("cannot write the patched model to {}", args.out.display()))?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        let summary = Summary {
-            operation: direction,
-            model: args.model.id(),
-            delta: &args.delta,
-            method: &meta.method,
-            requests: meta.request_count(),
-            report: &report,
-        };
+        let summary =
+            Summary { operation: direction, model: args.model.id(), delta: &args.delta, method: &meta.method, requests: meta.request_count(), report: &report };
         serde_json::to_writer(&mut out, &summary)?;
         writeln!(out)?;
     } else {
@@ -159,14 +153,7 @@ fn check_holds_delta(files: &ModelFiles, cfg: &ModelConfig, deltas: &edit::editi
 /// The Hub cache holds only the files `edit` needed to run the model; fetch the small
 /// companions transformers also reads (best effort) so the written directory is complete.
 fn fetch_hub_extras(files: &ModelFiles, repo: &str, revision: &str, model: &ModelArgs, global: &GlobalArgs) {
-    const EXTRAS: [&str; 6] = [
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "generation_config.json",
-        "added_tokens.json",
-        "vocab.json",
-        "merges.txt",
-    ];
+    const EXTRAS: [&str; 6] = ["tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "added_tokens.json", "vocab.json", "merges.txt"];
     let missing: Vec<&str> = EXTRAS.iter().copied().filter(|f| !files.dir().join(f).exists()).collect();
     if missing.is_empty() {
         return;
@@ -175,8 +162,8 @@ fn fetch_hub_extras(files: &ModelFiles, repo: &str, revision: &str, model: &Mode
         tracing::info!("offline: not fetching {} of {repo}; the output has only the cached files", missing.join(", "));
         return;
     }
-    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(edit::hub::default_cache_dir()))
-        .with_progress(logging::show_progress(global));
+    let mut builder =
+        hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(edit::hub::default_cache_dir())).with_progress(logging::show_progress(global));
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint);
     }

@@ -154,7 +154,9 @@ impl EvalProgress for Bar {
     fn start(&mut self, label: &str, total: usize, done: usize) {
         if self.visible {
             self.bar = ProgressBar::new(total as u64);
-            self.bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} records, {msg}, ETA {eta}").expect("valid template"));
+            self.bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} records, {msg}, ETA {eta}").expect("valid template"),
+            );
             self.bar.set_message(label.to_string());
             self.bar.set_position(done as u64);
         }
@@ -222,7 +224,8 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     let cfg = ModelConfig::from_file(&files.config)?;
     let identity = ModelIdentity::of(&files)?;
     let tok = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
-    let mut dataset = read_dataset(&dataset_path, zsre_target(&args.zsre_target)).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
+    let mut dataset = read_dataset(&dataset_path, zsre_target(&args.zsre_target))
+        .with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
     if let Some(n) = args.limit {
         dataset.records.truncate(n);
     }
@@ -238,7 +241,8 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     }
     let snippets = match &args.snippets {
         Some(path) => Some(std::sync::Arc::new(
-            edit::eval::consistency::Snippets::read(path, args.tfidf.as_deref()).with_context(|| format!("cannot read the attribute snippets {}", path.display()))?,
+            edit::eval::consistency::Snippets::read(path, args.tfidf.as_deref())
+                .with_context(|| format!("cannot read the attribute snippets {}", path.display()))?,
         )),
         None => None,
     };

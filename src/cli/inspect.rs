@@ -59,17 +59,14 @@ pub fn run(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let ckpt = Checkpoint::open_files(files.weights.clone())?;
-    let modules: Vec<ModuleReport> = editable_modules(&cfg)
-        .into_iter()
-        .map(|m| ModuleReport { stored_shape: m.stored_shape(), module: m })
-        .collect();
+    let modules: Vec<ModuleReport> = editable_modules(&cfg).into_iter().map(|m| ModuleReport { stored_shape: m.stored_shape(), module: m }).collect();
     // Fail like `predict` would if the checkpoint lacks a module an edit could target.
     for m in &modules {
         let name = format!("{}.weight", m.module.name);
-        let info = ckpt
-            .resolve(&name, cfg.family.prefix())
-            .map(|k| &ckpt.tensors()[k])
-            .ok_or_else(|| edit::Error::MissingTensor { name: name.clone(), files: files.weights.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ") })?;
+        let info = ckpt.resolve(&name, cfg.family.prefix()).map(|k| &ckpt.tensors()[k]).ok_or_else(|| edit::Error::MissingTensor {
+            name: name.clone(),
+            files: files.weights.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "),
+        })?;
         if info.shape != m.stored_shape {
             return Err(edit::Error::ShapeMismatch {
                 name,
@@ -133,7 +130,9 @@ fn print_text(out: &mut impl Write, r: &Report) -> std::io::Result<()> {
     writeln!(out, "dtype          {} (stored)", r.storage_dtype.as_deref().unwrap_or("?"))?;
     writeln!(out, "activation     {}", word(&r.activation))?;
     match &r.rotary {
-        Some(rot) => writeln!(out, "rotary         {} of {} dims per head, base {}, {:?}{}", rot.dims, r.head_dim, rot.base, word(&rot.style), scaling(&rot.scaling))?,
+        Some(rot) => {
+            writeln!(out, "rotary         {} of {} dims per head, base {}, {:?}{}", rot.dims, r.head_dim, rot.base, word(&rot.style), scaling(&rot.scaling))?
+        }
         None => writeln!(out, "rotary         none (learned positions)")?,
     }
     if let Some(d) = r.decoder {

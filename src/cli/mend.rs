@@ -195,13 +195,13 @@ fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let cfg = ModelConfig::from_file(&files.config)?;
     let names = args.hparams.resolve(&cfg, args.model.id())?.inner_params(&cfg);
     let identity = ModelIdentity::of(&files)?;
-    let imported = import_checkpoint(&args.checkpoint, &cfg, &names, Some(identity))
-        .with_context(|| format!("cannot import {}", args.checkpoint.display()))?;
+    let imported = import_checkpoint(&args.checkpoint, &cfg, &names, Some(identity)).with_context(|| format!("cannot import {}", args.checkpoint.display()))?;
     if !imported.skipped.is_empty() {
         tracing::info!("not part of the hypernetwork, skipped: {}", imported.skipped.join(", "));
     }
     hypernet::write(&args.out, &imported.meta, &imported.tensors).with_context(|| format!("cannot write {}", args.out.display()))?;
-    let mut transforms: Vec<String> = imported.tensors.iter().filter_map(|(k, _)| Some(k.strip_prefix("mend.")?.split_once(").")?.0.to_string() + ")")).collect();
+    let mut transforms: Vec<String> =
+        imported.tensors.iter().filter_map(|(k, _)| Some(k.strip_prefix("mend.")?.split_once(").")?.0.to_string() + ")")).collect();
     transforms.dedup();
     let summary = ImportSummary {
         checkpoint: &args.checkpoint,

@@ -76,14 +76,17 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let (examples, layout) = match sampled_texts(&edits_text, &args.edits)? {
         Some(texts) => {
             if neighbours {
-                bail!("--locality neighbors needs edit records with neighbourhood prompts; {} holds sampled texts: give --locality FILE or embedded", args.edits.display());
+                bail!(
+                    "--locality neighbors needs edit records with neighbourhood prompts; {} holds sampled texts: give --locality FILE or embedded",
+                    args.edits.display()
+                );
             }
             (sampled_examples(&tok, &texts)?, "self-sampled texts")
         }
         None => {
             let source = args.edits.display().to_string();
-            let dataset = parse_dataset(&edits_text, &source, zsre_target(&args.zsre_target))
-                .with_context(|| format!("cannot read the edit records in {source}"))?;
+            let dataset =
+                parse_dataset(&edits_text, &source, zsre_target(&args.zsre_target)).with_context(|| format!("cannot read the edit records in {source}"))?;
             dataset.check(&tok, cfg.n_ctx, &args.edits.display().to_string())?;
             (record_examples(&tok, &dataset.records, neighbours)?, dataset.format.describe())
         }
@@ -243,4 +246,3 @@ pub fn sample(args: SampleArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode>
     writeln!(std::io::stdout().lock(), "wrote {}: {} texts of {} sampled tokens", args.out.display(), sampled.len(), args.n_tokens)?;
     Ok(ExitCode::SUCCESS)
 }
-

@@ -70,10 +70,8 @@ pub fn run(args: PredictArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         let rows: Vec<Vec<f32>> = logp.to_vec2()?;
         for (j, row) in rows.iter().enumerate() {
             let idx = chunk_idx * args.batch_size as usize + j;
-            let top = top_k(row, k)
-                .into_iter()
-                .map(|(id, logprob)| Ok(Candidate { id, token: tok.decode(&[id])?, logprob }))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let top =
+                top_k(row, k).into_iter().map(|(id, logprob)| Ok(Candidate { id, token: tok.decode(&[id])?, logprob })).collect::<anyhow::Result<Vec<_>>>()?;
             let pred = Prediction { prompt: &args.prompts[idx], input_ids: encoded[idx].clone(), top };
             if args.json {
                 serde_json::to_writer(&mut out, &pred)?;

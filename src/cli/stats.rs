@@ -205,10 +205,8 @@ impl Progress for BarProgress {
         self.collecting = Some(interrupt::Collecting::start());
         if self.visible {
             self.bar = ProgressBar::new(total as u64);
-            self.bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts, {msg}, ETA {eta}")
-                    .expect("valid template"),
-            );
+            self.bar
+                .set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} texts, {msg}, ETA {eta}").expect("valid template"));
             self.bar.set_position(done as u64);
         }
     }
@@ -296,7 +294,14 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         writeln!(out)?;
     } else if let Some((path, finished_before)) = &shard_file {
         let shard = args.shard.map(|(i, n)| format!("{i}/{n}")).unwrap_or_default();
-        writeln!(out, "shard {shard}: {} texts, {} tokens  {}{}", summary.texts, summary.tokens, path.display(), if *finished_before { "  (finished before)" } else { "" })?;
+        writeln!(
+            out,
+            "shard {shard}: {} texts, {} tokens  {}{}",
+            summary.texts,
+            summary.tokens,
+            path.display(),
+            if *finished_before { "  (finished before)" } else { "" }
+        )?;
     } else {
         for r in &summary.layers {
             write_layer(&mut out, r)?;
@@ -346,10 +351,7 @@ fn parse_npz_name(path: &Path) -> NpzName {
         None
     };
     let samples = name.strip_suffix(".npz").and_then(|s| s.rsplit('_').next()).and_then(|s| s.parse().ok());
-    let dataset = path
-        .parent()
-        .and_then(|p| p.file_name())
-        .and_then(|d| d.to_string_lossy().strip_suffix("_stats").map(str::to_string));
+    let dataset = path.parent().and_then(|p| p.file_name()).and_then(|d| d.to_string_lossy().strip_suffix("_stats").map(str::to_string));
     NpzName { layer, dataset, precision, samples }
 }
 
@@ -369,11 +371,7 @@ fn npz_members(path: &Path) -> anyhow::Result<Vec<String>> {
 /// `mom2.constructor` string, which is never read).
 fn npz_array(path: &Path, name: &str) -> anyhow::Result<candle_core::Tensor> {
     let mut v = candle_core::Tensor::read_npz_by_name(path, &[name]).map_err(|e| {
-        let hint = if e.to_string().contains("fortran") {
-            "; the array is stored in Fortran order: save it with np.ascontiguousarray first"
-        } else {
-            ""
-        };
+        let hint = if e.to_string().contains("fortran") { "; the array is stored in Fortran order: save it with np.ascontiguousarray first" } else { "" };
         anyhow::anyhow!("{}: cannot read array `{name}`: {e}{hint}", path.display())
     })?;
     Ok(v.remove(0))
@@ -399,9 +397,7 @@ fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     }
     let mom2 = npz_array(&args.file, "mom2.mom2")?;
     let count = npz_scalar(&args.file, "mom2.count")?;
-    let layer = args.layer.or(guessed.layer).with_context(|| {
-        format!("cannot tell the layer from the file name {shown}; pass --layer")
-    })?;
+    let layer = args.layer.or(guessed.layer).with_context(|| format!("cannot tell the layer from the file name {shown}; pass --layer"))?;
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
     let module = mlp_down(&cfg, layer)?;
@@ -463,10 +459,7 @@ mod tests {
     #[test]
     fn reference_file_names_are_understood() {
         let p = Path::new("data/stats/gpt2-xl/wikipedia_stats/transformer.h.17.mlp.c_proj_float32_mom2_100000.npz");
-        assert_eq!(
-            parse_npz_name(p),
-            NpzName { layer: Some(17), dataset: Some("wikipedia".into()), precision: Some(Precision::F32), samples: Some(100000) }
-        );
+        assert_eq!(parse_npz_name(p), NpzName { layer: Some(17), dataset: Some("wikipedia".into()), precision: Some(Precision::F32), samples: Some(100000) });
         let p = Path::new("gpt_neox.layers.5.mlp.dense_4h_to_h_float64_mom2_1000.npz");
         assert_eq!(parse_npz_name(p).layer, Some(5));
         assert_eq!(parse_npz_name(p).precision, Some(Precision::F64));

@@ -220,11 +220,8 @@ pub fn run(args: TraceArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         edit::fsutil::write_atomic(path, &json)?;
     }
     if let Some((dir, format)) = &plan.plot {
-        let series: Vec<(Kind, Vec<f64>)> = plan
-            .kinds
-            .iter()
-            .filter_map(|k| summary.kinds.get(k.name()).map(|s| (*k, s.average_indirect_effect["last_subject"].clone())))
-            .collect();
+        let series: Vec<(Kind, Vec<f64>)> =
+            plan.kinds.iter().filter_map(|k| summary.kinds.get(k.name()).map(|s| (*k, s.average_indirect_effect["last_subject"].clone()))).collect();
         if !series.is_empty() {
             let path = dir.join(format!("average_indirect_effect.{}", format.extension()));
             plot::write_effects(&path, *format, summary.traced, &series, &model_name)?;
@@ -238,7 +235,8 @@ pub fn run(args: TraceArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 
 fn summary_json(s: &Summary, plan: &Plan) -> serde_json::Value {
     let mut v = serde_json::to_value(s).expect("the summary serialises");
-    v["noise"] = serde_json::json!({"rule": plan.noise.to_string(), "level": plan.opts.noise_level, "uniform": plan.opts.uniform, "replace": plan.opts.replace});
+    v["noise"] =
+        serde_json::json!({"rule": plan.noise.to_string(), "level": plan.opts.noise_level, "uniform": plan.opts.uniform, "replace": plan.opts.replace});
     v["samples"] = plan.opts.samples.into();
     v["window"] = plan.opts.window.into();
     v["seed"] = plan.opts.seed.into();

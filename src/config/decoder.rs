@@ -165,11 +165,8 @@ impl Reader<'_> {
             Family::Gemma3 => (self.opt_f64_or_null("attn_logit_softcapping", None)?, self.opt_f64_or_null("final_logit_softcapping", None)?),
             _ => (None, None),
         };
-        let activation = if gemma {
-            self.activation(&["hidden_activation", "hidden_act"], "gelu_pytorch_tanh")?
-        } else {
-            self.activation(&["hidden_act"], "silu")?
-        };
+        let activation =
+            if gemma { self.activation(&["hidden_activation", "hidden_act"], "gelu_pytorch_tanh")? } else { self.activation(&["hidden_act"], "silu")? };
         let decoder = DecoderConfig {
             norm: if gemma { super::NormStyle::OnePlus } else { super::NormStyle::Scale },
             qkv_bias,
@@ -235,7 +232,9 @@ mod tests {
         let rot = c.rotary.unwrap();
         assert_eq!(rot.base, 500000.0);
         assert_eq!(rot.dims, 128);
-        assert!(matches!(rot.scaling, RopeScaling::Llama3 { factor, original_max_position_embeddings, .. } if factor == 8.0 && original_max_position_embeddings == 8192.0));
+        assert!(
+            matches!(rot.scaling, RopeScaling::Llama3 { factor, original_max_position_embeddings, .. } if factor == 8.0 && original_max_position_embeddings == 8192.0)
+        );
         let d = c.decoder.unwrap();
         assert!(!d.qkv_bias && !d.qk_norm && d.sliding_window.is_none() && d.window(3).is_none());
         assert_eq!(d.attn_scale, 1.0 / 128f64.sqrt());
@@ -300,9 +299,12 @@ mod tests {
         assert_eq!(g3.rotary.unwrap().scaling, RopeScaling::Linear { factor: 8.0 });
         let local = d.local_rotary.unwrap();
         assert_eq!((local.base, local.scaling), (1e4, RopeScaling::None));
-        let nested = with("gemma3_text", json!({"head_dim": 16, "rope_parameters": {
+        let nested = with(
+            "gemma3_text",
+            json!({"head_dim": 16, "rope_parameters": {
             "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
-            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}));
+            "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}),
+        );
         assert_eq!((nested.rotary, nested.decoder.unwrap().local_rotary), (g3.rotary, Some(local)));
         let err = ModelConfig::from_json(&json!({"model_type": "gemma3"}), Path::new("c")).unwrap_err().to_string();
         assert!(err.contains("gemma3_text"), "{err}");

@@ -32,9 +32,7 @@ impl Reader<'_> {
             parallel_residual: false,
             tie_word_embeddings: self.opt_bool("tie_word_embeddings")?.unwrap_or(true),
             attention_bias: true,
-            scale_attn_by_inverse_layer_idx: self
-                .opt_bool("scale_attn_by_inverse_layer_idx")?
-                .unwrap_or(false),
+            scale_attn_by_inverse_layer_idx: self.opt_bool("scale_attn_by_inverse_layer_idx")?.unwrap_or(false),
             eos_token_id: self.eos(),
             decoder: None,
         })
@@ -80,21 +78,11 @@ impl Reader<'_> {
         let rope_params = self.v.get("rope_parameters").or_else(|| self.v.get("rope_scaling"));
         let nested = |key: &str| rope_params.and_then(|p| p.get(key)).and_then(Value::as_f64);
         // Legacy names (Pythia, NeoX-20B) first, then the newer top-level and nested ones.
-        let pct = self
-            .opt_f64("rotary_pct")?
-            .or(self.opt_f64("partial_rotary_factor")?)
-            .or_else(|| nested("partial_rotary_factor"))
-            .unwrap_or(0.25);
-        let base = self
-            .opt_f64("rotary_emb_base")?
-            .or(self.opt_f64("rope_theta")?)
-            .or_else(|| nested("rope_theta"))
-            .unwrap_or(10000.0);
+        let pct = self.opt_f64("rotary_pct")?.or(self.opt_f64("partial_rotary_factor")?).or_else(|| nested("partial_rotary_factor")).unwrap_or(0.25);
+        let base = self.opt_f64("rotary_emb_base")?.or(self.opt_f64("rope_theta")?).or_else(|| nested("rope_theta")).unwrap_or(10000.0);
         if let Some(kind) = rope_params.and_then(|p| p.get("rope_type")).and_then(Value::as_str) {
             if kind != "default" {
-                return Err(self.err(format!(
-                    "rope_type `{kind}` is not supported (only the default rotary embedding)"
-                )));
+                return Err(self.err(format!("rope_type `{kind}` is not supported (only the default rotary embedding)")));
             }
         }
         if !(0.0..=1.0).contains(&pct) {

@@ -151,10 +151,7 @@ impl ModelConfig {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.to_path_buf(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), reason: format!("not valid JSON: {e}") })?;
         Self::from_json(&value, path)
     }
 
@@ -164,11 +161,7 @@ impl ModelConfig {
             Some(t) => t.to_string(),
             None => {
                 // Very old configs lack model_type; fall back to the architecture name.
-                let arch = v
-                    .get("architectures")
-                    .and_then(|a| a.get(0))
-                    .and_then(Value::as_str)
-                    .unwrap_or("");
+                let arch = v.get("architectures").and_then(|a| a.get(0)).and_then(Value::as_str).unwrap_or("");
                 match arch {
                     "GPT2LMHeadModel" => "gpt2".into(),
                     "GPTJForCausalLM" => "gptj".into(),
@@ -195,12 +188,7 @@ impl ModelConfig {
                         .into(),
                 ))
             }
-            _ => {
-                return Err(Error::UnsupportedArchitecture {
-                    model_type,
-                    path: path.to_path_buf(),
-                })
-            }
+            _ => return Err(Error::UnsupportedArchitecture { model_type, path: path.to_path_buf() }),
         };
         cfg.validate(path)?;
         Ok(cfg)
@@ -212,10 +200,7 @@ impl ModelConfig {
             return Err(bad("layer count, width, MLP width, head count, head size and vocabulary size must be positive".into()));
         }
         if self.decoder.is_none() && !self.d_model.is_multiple_of(self.n_head) {
-            return Err(bad(format!(
-                "hidden size {} is not divisible by the head count {}",
-                self.d_model, self.n_head
-            )));
+            return Err(bad(format!("hidden size {} is not divisible by the head count {}", self.d_model, self.n_head)));
         }
         if self.n_kv_head == 0 || !self.n_head.is_multiple_of(self.n_kv_head) {
             return Err(bad(format!(
@@ -225,10 +210,7 @@ impl ModelConfig {
         }
         if let Some(rot) = self.rotary {
             if rot.dims % 2 != 0 || rot.dims > self.head_dim {
-                return Err(bad(format!(
-                    "rotary dimension {} must be even and at most the head dimension {}",
-                    rot.dims, self.head_dim
-                )));
+                return Err(bad(format!("rotary dimension {} must be even and at most the head dimension {}", rot.dims, self.head_dim)));
             }
         }
         if let Some(d) = &self.decoder {
@@ -253,10 +235,7 @@ impl Reader<'_> {
     fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => x
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.err(format!("`{key}` must be a non-negative integer, found {x}"))),
+            Some(x) => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| self.err(format!("`{key}` must be a non-negative integer, found {x}"))),
         }
     }
 
@@ -272,33 +251,21 @@ impl Reader<'_> {
     fn opt_f64(&self, key: &str) -> Result<Option<f64>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => x
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("`{key}` must be a number, found {x}"))),
+            Some(x) => x.as_f64().map(Some).ok_or_else(|| self.err(format!("`{key}` must be a number, found {x}"))),
         }
     }
 
     fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         match self.v.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(x) => x
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(format!("`{key}` must be true or false, found {x}"))),
+            Some(x) => x.as_bool().map(Some).ok_or_else(|| self.err(format!("`{key}` must be true or false, found {x}"))),
         }
     }
 
     fn activation(&self, keys: &[&str], default: &str) -> Result<Activation> {
-        let name = keys
-            .iter()
-            .find_map(|k| self.v.get(*k).and_then(Value::as_str))
-            .unwrap_or(default);
-        Activation::parse(name).ok_or_else(|| {
-            self.err(format!(
-                "unsupported activation `{name}` (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu, silu)"
-            ))
-        })
+        let name = keys.iter().find_map(|k| self.v.get(*k).and_then(Value::as_str)).unwrap_or(default);
+        Activation::parse(name)
+            .ok_or_else(|| self.err(format!("unsupported activation `{name}` (supported: gelu_new, gelu_pytorch_tanh, gelu_fast, gelu, relu, silu)")))
     }
 
     fn eos(&self) -> Option<u32> {
@@ -346,9 +313,7 @@ mod tests {
 
     #[test]
     fn missing_field_is_named() {
-        let err = parse(json!({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "vocab_size": 10, "n_positions": 4}))
-            .unwrap_err()
-            .to_string();
+        let err = parse(json!({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "vocab_size": 10, "n_positions": 4})).unwrap_err().to_string();
         assert!(err.contains("n_layer"), "{err}");
     }
 }

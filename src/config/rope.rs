@@ -121,9 +121,8 @@ impl Reader<'_> {
                 Some(x) => x.as_f64().map(Some).ok_or_else(|| self.err(format!("rope setting `{key}` must be a number, found {x}"))),
             }
         };
-        let need = |key: &str, kind: &str| -> Result<f64> {
-            field(key)?.ok_or_else(|| self.err(format!("rope type `{kind}` needs `{key}` in its rope settings")))
-        };
+        let need =
+            |key: &str, kind: &str| -> Result<f64> { field(key)?.ok_or_else(|| self.err(format!("rope type `{kind}` needs `{key}` in its rope settings"))) };
         let base = match field("rope_theta")? {
             Some(t) => t,
             None => self.opt_f64("rope_theta")?.unwrap_or(default_theta),
@@ -139,10 +138,7 @@ impl Reader<'_> {
                 self.v.get("model_type").and_then(Value::as_str).unwrap_or("these")
             )));
         }
-        let kind = params
-            .and_then(|p| p.get("rope_type").or_else(|| p.get("type")))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
+        let kind = params.and_then(|p| p.get("rope_type").or_else(|| p.get("type"))).and_then(Value::as_str).unwrap_or("default");
         let scaling = match kind {
             "default" => RopeScaling::None,
             "linear" => RopeScaling::Linear { factor: need("factor", kind)? },
@@ -157,9 +153,7 @@ impl Reader<'_> {
                 },
             },
             other => {
-                return Err(self.err(format!(
-                    "rope type `{other}` is not supported (supported: {SUPPORTED}); the model's positions would be computed wrongly"
-                )))
+                return Err(self.err(format!("rope type `{other}` is not supported (supported: {SUPPORTED}); the model's positions would be computed wrongly")))
             }
         };
         if let RopeScaling::Llama3 { low_freq_factor, high_freq_factor, .. } = scaling {

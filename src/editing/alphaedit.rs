@@ -37,8 +37,8 @@ use crate::tokenizer::Tokenizer;
 
 mod state;
 
-pub use state::ModelHistory;
 use state::AlphaState;
+pub use state::ModelHistory;
 
 /// A layer's preserved-knowledge null space: the orthonormal basis U `[d_ff, r]` of
 /// P = U Uᵀ (f32 values held in f64).
@@ -151,7 +151,9 @@ impl AlphaEdit {
             }
         };
         if ns.rank() == 0 {
-            tracing::warn!("layer {layer}: no eigenvalue of C is below nullspace_threshold {thr}: the update is zero; raise the threshold (--set nullspace_threshold=...)");
+            tracing::warn!(
+                "layer {layer}: no eigenvalue of C is below nullspace_threshold {thr}: the update is zero; raise the threshold (--set nullspace_threshold=...)"
+            );
         }
         let ns = Arc::new(ns);
         self.state().null_spaces.insert(layer, ns.clone());

@@ -87,7 +87,7 @@ pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request]
         return Err(Error::Input("fine-tuning needs `num_steps` and `batch_size` of at least 1".into()));
     }
     let originals = tuned_parameters(model, params)?;
-        tracing::info!(
+    tracing::info!(
         "fine-tuning {} tensor(s): {}",
         originals.len(),
         originals.iter().map(|(n, t)| format!("{n} {:?}", t.dims())).collect::<Vec<_>>().join(", ")

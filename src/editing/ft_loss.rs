@@ -77,21 +77,20 @@ pub fn ft_loss(
             let rows: Vec<Vec<u32>> = prompts.iter().zip(&goals).map(|(p, t)| p.iter().chain(t).copied().collect()).collect();
             let batch = Batch::from_sequences(&rows, pad_id, device)?;
             // Target token j of row r is predicted at position len(prompt) - 1 + j.
-            let positions: Vec<(usize, usize)> = prompts
-                .iter()
-                .zip(&goals)
-                .enumerate()
-                .flat_map(|(r, (p, t))| (0..t.len()).map(move |j| (r, p.len() - 1 + j)))
-                .collect();
+            let positions: Vec<(usize, usize)> =
+                prompts.iter().zip(&goals).enumerate().flat_map(|(r, (p, t))| (0..t.len()).map(move |j| (r, p.len() - 1 + j))).collect();
             let opts = ForwardOpts { logits: Logits::At(positions.clone()), differentiable: true, ..ForwardOpts::default() };
             let logits = model.forward_hooked(&batch, &opts, &mut NoHooks)?.expect("logits");
             let lp = log_softmax(&logits.to_dtype(DType::F32)?)?;
             // Row i of `lp` is the i-th (row, position) pair: request r's j-th target token.
-            let starts: Vec<usize> = goals.iter().scan(0, |acc, t| {
-                let s = *acc;
-                *acc += t.len();
-                Some(s)
-            }).collect();
+            let starts: Vec<usize> = goals
+                .iter()
+                .scan(0, |acc, t| {
+                    let s = *acc;
+                    *acc += t.len();
+                    Some(s)
+                })
+                .collect();
             per_row_mean(&lp, &goals, None, |r, j| starts[r] + j)
         }
     }
@@ -99,20 +98,10 @@ pub fn ft_loss(
 
 /// −mean over rows r of the mean over r's target ids t_j (those equal to `unk_id` left out) of
 /// logp[row_of(r, j), t_j].
-fn per_row_mean(
-    lp: &Tensor,
-    goals: &[Vec<u32>],
-    unk_id: Option<u32>,
-    row_of: impl Fn(usize, usize) -> usize,
-) -> Result<Tensor> {
+fn per_row_mean(lp: &Tensor, goals: &[Vec<u32>], unk_id: Option<u32>, row_of: impl Fn(usize, usize) -> usize) -> Result<Tensor> {
     let mut rows = Vec::with_capacity(goals.len());
     for (r, goal) in goals.iter().enumerate() {
-        let picked: Vec<(usize, u32)> = goal
-            .iter()
-            .enumerate()
-            .filter(|&(_, &t)| Some(t) != unk_id)
-            .map(|(j, &t)| (row_of(r, j), t))
-            .collect();
+        let picked: Vec<(usize, u32)> = goal.iter().enumerate().filter(|&(_, &t)| Some(t) != unk_id).map(|(j, &t)| (row_of(r, j), t)).collect();
         if picked.is_empty() {
             return Err(Error::Input(format!("target {r} has no scorable tokens (only the unk token)")));
         }

@@ -77,10 +77,7 @@ pub fn compute_zs(
     let flat = templates.flat();
     // Requests of similar length share a batch, so little compute goes to padding.
     let mut order: Vec<usize> = (0..requests.len()).collect();
-    let lens: Vec<usize> = requests
-        .iter()
-        .map(|r| r.token_count(tok))
-        .collect::<Result<_>>()?;
+    let lens: Vec<usize> = requests.iter().map(|r| r.token_count(tok)).collect::<Result<_>>()?;
     order.sort_by_key(|&i| lens[i]);
     let chunks: Vec<&[usize]> = order.chunks(batch.max(1)).collect();
     let done = std::sync::atomic::AtomicUsize::new(0);
@@ -111,14 +108,7 @@ pub fn compute_zs(
 }
 
 /// MEMIT keys: per request, the mean over each template group, then over the groups.
-fn memit_keys(
-    model: &dyn CausalLm,
-    tok: &Tokenizer,
-    requests: &[Request],
-    templates: &ContextTemplates,
-    layer: usize,
-    pad_id: u32,
-) -> Result<Mat<f64>> {
+fn memit_keys(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], templates: &ContextTemplates, layer: usize, pad_id: u32) -> Result<Mat<f64>> {
     let mut items = Vec::new();
     for r in requests {
         for g in &templates.groups {
@@ -272,8 +262,7 @@ fn spread_over_layers(
             let upd_t = to_tensor(&upd, candle_core::DType::F32)?;
             restorer.set_from_original(model, name, &upd_t)?;
             let key_norm = (0..n).map(|j| (0..k.nrows()).map(|f| k[(f, j)] * k[(f, j)]).sum::<f64>().sqrt()).sum::<f64>() / n as f64;
-            let residual_norm =
-                (0..n).map(|j| (0..d).map(|a| (resid[(a, j)] * left).powi(2)).sum::<f64>().sqrt()).sum::<f64>() / n as f64;
+            let residual_norm = (0..n).map(|j| (0..d).map(|a| (resid[(a, j)] * left).powi(2)).sum::<f64>().sqrt()).sum::<f64>() / n as f64;
             layer_reports.push(MemitLayerReport {
                 layer,
                 module: name.clone(),
@@ -359,6 +348,10 @@ pub(crate) fn outcome_of(out: MemitOutcome) -> super::method::EditOutcome {
             RequestOutcome::new(r.index, &r.subject, &r.target_new, &r.losses, r.steps, tail, report_json(r))
         })
         .collect();
-    let modules = out.layers.iter().map(|l| ModuleUpdate { module: l.module.clone(), update_norm: l.update_norm, weight_norm: l.weight_norm, solver: Some(l.solver) }).collect();
+    let modules = out
+        .layers
+        .iter()
+        .map(|l| ModuleUpdate { module: l.module.clone(), update_norm: l.update_norm, weight_norm: l.weight_norm, solver: Some(l.solver) })
+        .collect();
     EditOutcome { deltas: out.deltas, requests, modules, sizes }
 }

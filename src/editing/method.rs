@@ -178,7 +178,9 @@ pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, src: MethodSou
         return Err(Error::Input(format!("--mend names a MEND hypernetwork, but the method is {method}; drop --mend or use --method mend")));
     }
     if src.state.is_some() && method != Method::AlphaEdit {
-        return Err(Error::Input(format!("--state keeps AlphaEdit's memory of earlier edits, but the method is {method}; drop --state or use --method alphaedit")));
+        return Err(Error::Input(format!(
+            "--state keeps AlphaEdit's memory of earlier edits, but the method is {method}; drop --state or use --method alphaedit"
+        )));
     }
     Ok(match method {
         Method::Rome => with(hparams::resolve::<RomeHparams>(cfg, model_id, config, sets)?, |hp| super::rome::Rome { hp }),

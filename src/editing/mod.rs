@@ -8,12 +8,12 @@
 
 pub mod adam;
 pub mod alphaedit;
-pub mod hparams;
 pub mod ft;
 pub mod ft_loss;
+pub mod hparams;
 pub mod linalg;
-pub mod mend;
 pub mod memit;
+pub mod mend;
 pub mod method;
 pub mod optimize;
 pub mod pipeline;

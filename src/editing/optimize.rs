@@ -210,11 +210,8 @@ pub fn optimize_targets(
                 }
             }
         }
-        let kl_pos: Vec<(usize, usize)> = active
-            .iter()
-            .enumerate()
-            .map(|(a, &j)| (first_row[a] + states[j].prep.n_rewrite, *states[j].prep.lookup.last().expect("kl row")))
-            .collect();
+        let kl_pos: Vec<(usize, usize)> =
+            active.iter().enumerate().map(|(a, &j)| (first_row[a] + states[j].prep.n_rewrite, *states[j].prep.lookup.last().expect("kl row"))).collect();
         let mut all_pos = nll_pos.clone();
         all_pos.extend_from_slice(&kl_pos);
 
@@ -230,7 +227,11 @@ pub fn optimize_targets(
             let (spec, batch, iv) = match from {
                 Some(r) => {
                     let spec = TraceSpec { block_out: record.collect(), logits: r.logits.clone(), resume: Some(r.resume.clone()), ..TraceSpec::default() };
-                    (spec, &r.short, Intervention { layer: params.layer, site: resumed_site, positions: r.iv_positions.clone(), deltas: deltas.to_dtype(model.dtype())? })
+                    (
+                        spec,
+                        &r.short,
+                        Intervention { layer: params.layer, site: resumed_site, positions: r.iv_positions.clone(), deltas: deltas.to_dtype(model.dtype())? },
+                    )
                 }
                 None => {
                     let mut spec = TraceSpec::logits(Logits::At(all_pos.clone()));
@@ -240,7 +241,11 @@ pub fn optimize_targets(
                     if params.site == Site::MlpOut {
                         spec.mlp_out.insert(params.layer);
                     }
-                    (spec, &batch, Intervention { layer: params.layer, site: params.site, positions: positions.clone(), deltas: deltas.to_dtype(model.dtype())? })
+                    (
+                        spec,
+                        &batch,
+                        Intervention { layer: params.layer, site: params.site, positions: positions.clone(), deltas: deltas.to_dtype(model.dtype())? },
+                    )
                 }
             };
             model.forward(batch, &spec, &[iv])
@@ -280,7 +285,8 @@ pub fn optimize_targets(
             Some(a) if per_block => a + 1..model.config().n_layer - 1,
             _ => 0..0,
         };
-        let mut trace = forward(&if (first && after.is_some()) || per_block { per_position.detach() } else { per_position.clone() }, step_from.as_ref(), record)?;
+        let mut trace =
+            forward(&if (first && after.is_some()) || per_block { per_position.detach() } else { per_position.clone() }, step_from.as_ref(), record)?;
         let (nll, lp_kl) = nll_and_kl_logprobs(&trace)?;
         if first {
             if let Some(a) = after {
@@ -354,12 +360,18 @@ pub fn optimize_targets(
                 if by_block {
                     // Inputs of every block above the layer, from this step's forward or (first
                     // step) a resumed one.
-                    let recorded = if per_block { recorded_here } else { forward(&per_position.detach(), Some(&from), a + 1..model.config().n_layer - 1)?.block_out };
+                    let recorded =
+                        if per_block { recorded_here } else { forward(&per_position.detach(), Some(&from), a + 1..model.config().n_layer - 1)?.block_out };
                     let loss = |t: &Trace| -> Result<Tensor> {
                         let (nll, lp_kl) = nll_and_kl_logprobs(t)?;
                         loss_of(nll, kl_of(&lp_kl)?)
                     };
-                    let iv = Intervention { layer: params.layer, site: resumed_site, positions: from.iv_positions.clone(), deltas: per_position.to_dtype(model.dtype())? };
+                    let iv = Intervention {
+                        layer: params.layer,
+                        site: resumed_site,
+                        positions: from.iv_positions.clone(),
+                        deltas: per_position.to_dtype(model.dtype())?,
+                    };
                     backprop_per_block(model, &from.short, &from.resume, &from.logits, &[iv], &recorded, &loss)?
                 } else {
                     let (nll, lp_kl) = nll_and_kl_logprobs(&forward(&per_position, Some(&from), 0..0)?)?;

@@ -29,7 +29,8 @@ impl EditPlan {
     pub fn new(prepared: PreparedMethod, wanted: Option<StatsWanted>, identity: &ModelIdentity, cfg: &ModelConfig, hub_progress: bool) -> Result<Self> {
         let stats = match prepared.method.stats_need() {
             Some(need) => {
-                let wanted = wanted.ok_or_else(|| Error::Internal(format!("{} needs statistics, but no statistics options were given", prepared.method.method())))?;
+                let wanted =
+                    wanted.ok_or_else(|| Error::Internal(format!("{} needs statistics, but no statistics options were given", prepared.method.method())))?;
                 let source = ensure::decide(wanted, &need, identity, cfg, hub_progress)?;
                 Some((need, source))
             }

@@ -20,9 +20,7 @@ pub const SLOT: &str = "{}";
 pub fn fill(template: &str, subject: &str) -> Result<(String, Range<usize>)> {
     let slots = template.matches(SLOT).count();
     if slots != 1 {
-        return Err(Error::Input(format!(
-            "template {template:?} has {slots} \"{{}}\" slots; it must have exactly one, where the subject goes"
-        )));
+        return Err(Error::Input(format!("template {template:?} has {slots} \"{{}}\" slots; it must have exactly one, where the subject goes")));
     }
     let at = template.find(SLOT).expect("one slot");
     if at > 0 && !template[..at].ends_with(' ') {
@@ -80,9 +78,7 @@ mod tests {
         let end = template[..at].len() + subject.len();
         let filled = template.replace("{}", subject);
         let ids = tok.encode(&filled).unwrap();
-        (0..ids.len())
-            .find(|&i| tok.decode(&ids[..=i]).unwrap().len() >= end)
-            .unwrap()
+        (0..ids.len()).find(|&i| tok.decode(&ids[..=i]).unwrap().len() >= end).unwrap()
     }
 
     #[test]
@@ -90,10 +86,7 @@ mod tests {
         let tok = tok();
         // "LeBron James" -> "Le" "Bron" " James": last token at 2 (GPT-2 BPE).
         assert_eq!(tok.encode("LeBron James").unwrap(), vec![3123, 18760, 3700]);
-        assert_eq!(
-            subject_last_index(&tok, "{} plays the sport of", "LeBron James").unwrap(),
-            2
-        );
+        assert_eq!(subject_last_index(&tok, "{} plays the sport of", "LeBron James").unwrap(), 2);
         assert_eq!(joint_index(&tok, "{} plays the sport of", "LeBron James"), 2);
         assert_eq!(subject_last_index(&tok, "{} is the capital of", "Paris").unwrap(), 0);
         check_locatable(&tok, "{} plays the sport of", "LeBron James").unwrap();
@@ -115,25 +108,18 @@ mod tests {
         check_locatable(&tok, t, "Rome").unwrap();
         // A context prefix in front, as the methods build them.
         let t = "I think so. The mother tongue of {} is";
-        assert_eq!(
-            subject_last_index(&tok, t, "Danielle Darrieux").unwrap(),
-            joint_index(&tok, t, "Danielle Darrieux")
-        );
+        assert_eq!(subject_last_index(&tok, t, "Danielle Darrieux").unwrap(), joint_index(&tok, t, "Danielle Darrieux"));
     }
 
     #[test]
     fn bad_templates_are_rejected() {
         let tok = tok();
-        let err = subject_last_index(&tok, "The language of{} is", "X")
-            .unwrap_err()
-            .to_string();
+        let err = subject_last_index(&tok, "The language of{} is", "X").unwrap_err().to_string();
         assert!(err.contains("must end with a space"), "{err}");
         let err = subject_last_index(&tok, "{} and {}", "X").unwrap_err().to_string();
         assert!(err.contains("2 \"{}\" slots"), "{err}");
         assert!(subject_last_index(&tok, "no slot", "X").is_err());
-        assert!(check_locatable(&tok, "of{} is", "X")
-            .unwrap_err()
-            .contains("must end with a space"));
+        assert!(check_locatable(&tok, "of{} is", "X").unwrap_err().contains("must end with a space"));
         assert!(subject_last_index(&tok, "{} is", "").is_err());
         assert!(check_locatable(&tok, "{} is", "").unwrap_err().contains("empty"));
     }

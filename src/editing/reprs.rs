@@ -1,7 +1,6 @@
 //! Representations at the subject's last token (the reference's `repr_tools`): MLP keys (the
 //! down-projection's input), MLP outputs and block outputs, over many prompts in batches.
 
-
 use candle_core::{DType, Device, Tensor};
 
 use super::positions::subject_input;
@@ -33,13 +32,7 @@ pub struct Reprs {
 
 /// Runs every `template.replace("{}", subject)` through the model and reads `wanted` at the
 /// subject's last token (located by the reference's separate-tokenization rule).
-pub fn at_subject_last(
-    model: &dyn CausalLm,
-    tok: &Tokenizer,
-    items: &[(String, String)],
-    wanted: &Wanted,
-    pad_id: u32,
-) -> Result<Reprs> {
+pub fn at_subject_last(model: &dyn CausalLm, tok: &Tokenizer, items: &[(String, String)], wanted: &Wanted, pad_id: u32) -> Result<Reprs> {
     let mut spec = TraceSpec::default();
     spec.keys.extend(wanted.keys);
     spec.mlp_out.extend(wanted.mlp_out);
@@ -58,9 +51,7 @@ pub fn at_subject_last(
         let batch = Batch::from_sequences(&seqs[start..end], pad_id, model.device())?;
         let pos: Vec<(usize, usize)> = (start..end).map(|i| (i - start, idxs[i])).collect();
         let trace = model.forward(&batch, &spec, &[])?;
-        let pick = |t: &Tensor| -> Result<Tensor> {
-            Ok(select_positions(t, &pos)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
-        };
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(select_positions(t, &pos)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?) };
         if let Some(l) = wanted.keys {
             keys.push(pick(&trace.keys[&l])?);
         }

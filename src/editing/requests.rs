@@ -169,9 +169,7 @@ fn parse_lines(text: &str, source: &str, whole_err: &serde_json::Error) -> Resul
             Ok(v) => v,
             // Not JSON Lines at all: most likely one JSON document with a syntax error.
             Err(_) if index == 0 => {
-                return Err(Error::Input(format!(
-                    "{source} is not valid JSON ({whole_err}) nor JSON Lines; fix the syntax at that position"
-                )))
+                return Err(Error::Input(format!("{source} is not valid JSON ({whole_err}) nor JSON Lines; fix the syntax at that position")))
             }
             Err(e) => {
                 return Err(Error::Input(format!(
@@ -180,11 +178,7 @@ fn parse_lines(text: &str, source: &str, whole_err: &serde_json::Error) -> Resul
                 )))
             }
         };
-        out.push(parse_one(
-            &v,
-            index,
-            &format!("{source}: line {lineno} (request {index})"),
-        )?);
+        out.push(parse_one(&v, index, &format!("{source}: line {lineno} (request {index})"))?);
     }
     Ok(out)
 }
@@ -204,20 +198,12 @@ fn kind(v: &Value) -> &'static str {
 fn parse_one(v: &Value, index: usize, at: &str) -> Result<Request> {
     let bad = |msg: String| Error::Input(format!("{at}: {msg}"));
     let Value::Object(obj) = v else {
-        return Err(bad(format!(
-            "expected an object with prompt, subject and target_new, found a {}",
-            kind(v)
-        )));
+        return Err(bad(format!("expected an object with prompt, subject and target_new, found a {}", kind(v))));
     };
     // CounterFact records hold the request under `requested_rewrite`.
     let (req, record) = match obj.get("requested_rewrite") {
         Some(Value::Object(rr)) => (rr, Some(obj)),
-        Some(other) => {
-            return Err(bad(format!(
-                "`requested_rewrite` must be an object with prompt, subject and target_new, found a {}",
-                kind(other)
-            )))
-        }
+        Some(other) => return Err(bad(format!("`requested_rewrite` must be an object with prompt, subject and target_new, found a {}", kind(other)))),
         None => (obj, None),
     };
     let string = |key: &str| -> Result<String> {
@@ -236,15 +222,9 @@ fn parse_one(v: &Value, index: usize, at: &str) -> Result<Request> {
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(Value::Object(o)) => match o.get("str") {
                 Some(Value::String(s)) => Ok(Some(s.clone())),
-                _ => Err(bad(format!(
-                    "field `{key}` must be a string or {{\"str\": \"...\"}}, found {}",
-                    v_short(&req[key])
-                ))),
+                _ => Err(bad(format!("field `{key}` must be a string or {{\"str\": \"...\"}}, found {}", v_short(&req[key])))),
             },
-            Some(other) => Err(bad(format!(
-                "field `{key}` must be a string or {{\"str\": \"...\"}}, found {}",
-                v_short(other)
-            ))),
+            Some(other) => Err(bad(format!("field `{key}` must be a string or {{\"str\": \"...\"}}, found {}", v_short(other)))),
         }
     };
     let holder = record.unwrap_or(req);
@@ -260,27 +240,18 @@ fn parse_one(v: &Value, index: usize, at: &str) -> Result<Request> {
                     other => Err(bad(format!("`{key}[{i}]` must be a string, found {}", v_short(other)))),
                 })
                 .collect(),
-            Some(other) => Err(bad(format!(
-                "field `{key}` must be a list of strings, found {}",
-                v_short(other)
-            ))),
+            Some(other) => Err(bad(format!("field `{key}` must be a list of strings, found {}", v_short(other)))),
         }
     };
     let case_id = match record.and_then(|r| r.get("case_id")).or_else(|| req.get("case_id")) {
         None | Some(Value::Null) => None,
         Some(id @ (Value::Number(_) | Value::String(_))) => Some(id.clone()),
-        Some(other) => {
-            return Err(bad(format!(
-                "`case_id` must be a number or a string, found {}",
-                v_short(other)
-            )))
-        }
+        Some(other) => return Err(bad(format!("`case_id` must be a number or a string, found {}", v_short(other)))),
     };
     let mut prompt = string("prompt")?;
     let subject = string("subject")?;
-    let target_new = target("target_new")?.ok_or_else(|| {
-        bad("field `target_new` is missing; give the new object, e.g. \"target_new\": {\"str\": \"football\"}".into())
-    })?;
+    let target_new =
+        target("target_new")?.ok_or_else(|| bad("field `target_new` is missing; give the new object, e.g. \"target_new\": {\"str\": \"football\"}".into()))?;
     // The simplified (EasyEdit-style) CounterFact layout: the prompt has the subject filled in,
     // `ground_truth` is the old object, `rephrase_prompt` / `locality_prompt` the evaluation prompts.
     let simplified = record.is_none() && SIMPLIFIED_KEYS.iter().any(|k| req.contains_key(*k));
@@ -296,22 +267,9 @@ fn parse_one(v: &Value, index: usize, at: &str) -> Result<Request> {
         let neigh = [strings("neighborhood_prompts")?, strings("locality_prompt")?].concat();
         (truth, para, neigh)
     } else {
-        (
-            target("target_true")?,
-            strings("paraphrase_prompts")?,
-            strings("neighborhood_prompts")?,
-        )
+        (target("target_true")?, strings("paraphrase_prompts")?, strings("neighborhood_prompts")?)
     };
-    Ok(Request {
-        index,
-        case_id,
-        prompt,
-        subject,
-        target_new,
-        target_true,
-        paraphrase_prompts,
-        neighborhood_prompts,
-    })
+    Ok(Request { index, case_id, prompt, subject, target_new, target_true, paraphrase_prompts, neighborhood_prompts })
 }
 
 /// Fields that mark the simplified CounterFact layout (subject filled into the prompt).
@@ -347,10 +305,7 @@ pub fn validate(requests: &[Request], tok: &Tokenizer, n_ctx: usize) -> Result<(
             } else {
                 String::new()
             };
-            problem(format!(
-                "prompt {:?} has {slots} \"{{}}\" slots; it must have exactly one, where the subject goes{hint}",
-                r.prompt
-            ));
+            problem(format!("prompt {:?} has {slots} \"{{}}\" slots; it must have exactly one, where the subject goes{hint}", r.prompt));
         }
         let subject_ok = !r.subject.trim().is_empty();
         if !subject_ok {
@@ -369,18 +324,14 @@ pub fn validate(requests: &[Request], tok: &Tokenizer, n_ctx: usize) -> Result<(
         if slot_ok && subject_ok {
             // The bare prompt, and the form behind a context prefix (`"<text>. {}"`) the methods use.
             let contexted = format!("Context. {}", r.prompt);
-            if let Err(why) =
-                check_locatable(tok, &r.prompt, &r.subject).and_then(|()| check_locatable(tok, &contexted, &r.subject))
-            {
+            if let Err(why) = check_locatable(tok, &r.prompt, &r.subject).and_then(|()| check_locatable(tok, &contexted, &r.subject)) {
                 problem(why);
             }
         }
         if slot_ok && !r.target_new.trim().is_empty() {
             let n = r.token_count(tok)?;
             if n > n_ctx {
-                problem(format!(
-                    "prompt and target are {n} tokens, more than the model's context of {n_ctx}; shorten the prompt"
-                ));
+                problem(format!("prompt and target are {n} tokens, more than the model's context of {n_ctx}; shorten the prompt"));
             }
         }
     }
@@ -388,11 +339,7 @@ pub fn validate(requests: &[Request], tok: &Tokenizer, n_ctx: usize) -> Result<(
         return Ok(());
     }
     let n = problems.len();
-    Err(Error::Input(format!(
-        "{n} problem{} in the requests (nothing was edited):\n{}",
-        if n == 1 { "" } else { "s" },
-        problems.join("\n")
-    )))
+    Err(Error::Input(format!("{n} problem{} in the requests (nothing was edited):\n{}", if n == 1 { "" } else { "s" }, problems.join("\n"))))
 }
 
 #[cfg(test)]
@@ -401,22 +348,14 @@ mod tests {
 
     #[test]
     fn target_spacing_and_filling() {
-        let r = parse_requests(
-            r#"{"prompt": "{} plays", "subject": "LeBron", "target_new": "football"}"#,
-            "t",
-        )
-        .unwrap()
-        .remove(0);
+        let r = parse_requests(r#"{"prompt": "{} plays", "subject": "LeBron", "target_new": "football"}"#, "t").unwrap().remove(0);
         assert_eq!(r.filled_prompt(), "LeBron plays");
         assert_eq!(r.target_new, "football");
         assert_eq!(r.target_new_spaced(), " football");
         let mut r2 = r.clone();
         r2.target_new = " football".into();
         assert_eq!(r2.target_new_spaced(), " football");
-        assert_eq!(
-            r.to_reference_json(),
-            json!({"prompt": "{} plays", "subject": "LeBron", "target_new": {"str": "football"}})
-        );
+        assert_eq!(r.to_reference_json(), json!({"prompt": "{} plays", "subject": "LeBron", "target_new": {"str": "football"}}));
         assert_eq!(serde_json::to_value(&r).unwrap(), r.to_reference_json());
     }
 
@@ -447,9 +386,7 @@ mod tests {
         assert!(err.contains("f.json: request 1") && err.contains("`subject`"), "{err}");
         let err = parse_requests("[]", "f.json").unwrap_err().to_string();
         assert!(err.contains("empty list"), "{err}");
-        let err = parse_requests("{\"prompt\": \"{} a\",\n \"subject\": }", "f.json")
-            .unwrap_err()
-            .to_string();
+        let err = parse_requests("{\"prompt\": \"{} a\",\n \"subject\": }", "f.json").unwrap_err().to_string();
         assert!(err.contains("not valid JSON") && err.contains("line 2"), "{err}");
     }
 }

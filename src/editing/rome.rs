@@ -77,8 +77,7 @@ pub fn apply_rome(
         for req in requests {
             let started = Instant::now();
             // k̄ (and the template-averaged output, for r-ROME).
-            let items: Vec<(String, String)> =
-                flat.iter().map(|t| (t.replacen("{}", &req.prompt, 1), req.subject.clone())).collect();
+            let items: Vec<(String, String)> = flat.iter().map(|t| (t.replacen("{}", &req.prompt, 1), req.subject.clone())).collect();
             let wanted = Wanted { keys: Some(layer), mlp_out: Some(layer), block_out: None };
             let ctx = at_subject_last(&*model, tok, &items, &wanted, pad_id)?;
             let k_mean = ctx.keys.expect("keys").mean(0)?;
@@ -100,20 +99,13 @@ pub fn apply_rome(
             u.iter_mut().for_each(|x| *x /= un);
 
             let (cur_in, cur_out): (Vec<f32>, Vec<f32>) = if hp.original_implementation {
-                let bare = at_subject_last(
-                    &*model,
-                    tok,
-                    &[(req.prompt.clone(), req.subject.clone())],
-                    &wanted,
-                    pad_id,
-                )?;
+                let bare = at_subject_last(&*model, tok, &[(req.prompt.clone(), req.subject.clone())], &wanted, pad_id)?;
                 (bare.keys.expect("keys").squeeze(0)?.to_vec1()?, bare.mlp_out.expect("mlp").squeeze(0)?.to_vec1()?)
             } else {
                 (k_bar.clone(), out_mean.to_vec1()?)
             };
             let denom: f64 = cur_in.iter().zip(&u).map(|(&k, &u)| f64::from(k) * u).sum();
-            let right: Vec<f32> =
-                opt.target.iter().zip(&cur_out).map(|(&t, &o)| ((f64::from(t) - f64::from(o)) / denom) as f32).collect();
+            let right: Vec<f32> = opt.target.iter().zip(&cur_out).map(|(&t, &o)| ((f64::from(t) - f64::from(o)) / denom) as f32).collect();
             if !denom.is_finite() || right.iter().any(|x| !x.is_finite()) {
                 return Err(Error::Numerical(format!(
                     "request {} ({:?} → {:?}): the update is not finite (u·k = {denom:e}); refusing to write it",

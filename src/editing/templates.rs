@@ -66,13 +66,7 @@ pub fn rome_start(model: &dyn CausalLm, tok: &Tokenizer, prompt: super::hparams:
 /// ROME: `"{}"` plus, for each `(length, n)`, `n` texts of `length` tokens (the `start` tokens
 /// included) sampled after `start` ([`rome_start`]), each followed by `". {}"`. A start as long as
 /// the length samples nothing: its text is its decoded start without `<|endoftext|>`.
-pub fn rome_templates(
-    model: &dyn CausalLm,
-    tok: &Tokenizer,
-    length_params: &[(usize, usize)],
-    start: &[u32],
-    seed: u64,
-) -> Result<ContextTemplates> {
+pub fn rome_templates(model: &dyn CausalLm, tok: &Tokenizer, length_params: &[(usize, usize)], start: &[u32], seed: u64) -> Result<ContextTemplates> {
     let mut rng = PyRandom::new(seed);
     let mut generated = Vec::new();
     for &(length, n) in length_params {
@@ -109,14 +103,7 @@ fn template_from(text: &str) -> String {
 /// top-5 sampling, decoded as the reference does: NFKD, blank lines joined, end-of-text removed;
 /// a leading BOS is not decoded (the reference keeps its text, which the methods then tokenize
 /// as a second BOS).
-pub(crate) fn sample(
-    model: &dyn CausalLm,
-    tok: &Tokenizer,
-    prompt: &[u32],
-    n: usize,
-    length: usize,
-    rng: &mut PyRandom,
-) -> Result<Vec<String>> {
+pub(crate) fn sample(model: &dyn CausalLm, tok: &Tokenizer, prompt: &[u32], n: usize, length: usize, rng: &mut PyRandom) -> Result<Vec<String>> {
     if prompt.is_empty() {
         return Err(Error::Input("cannot sample templates from an empty prompt".into()));
     }

@@ -68,14 +68,7 @@ pub fn check_edits(
                     f64::from(row[first]).exp()
                 ));
             }
-            out.push(EditCheck {
-                took: problems.is_empty(),
-                loss_fell,
-                target_is_top,
-                top_token,
-                target_prob: f64::from(row[first]).exp(),
-                problems,
-            });
+            out.push(EditCheck { took: problems.is_empty(), loss_fell, target_is_top, top_token, target_prob: f64::from(row[first]).exp(), problems });
         }
         Ok(out)
     })();

@@ -44,7 +44,8 @@ impl Snippets {
     /// [{"name", "text"}]}`) and, if `tfidf_dir` is given, its `idf.npy` and `tfidf_vocab.json`.
     pub fn read(snippets: &Path, tfidf_dir: Option<&Path>) -> Result<Self> {
         let text = std::fs::read_to_string(snippets).map_err(|e| Error::io(snippets, e))?;
-        let list: Vec<Value> = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: not a JSON list of attribute snippets ({e})", snippets.display())))?;
+        let list: Vec<Value> =
+            serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: not a JSON list of attribute snippets ({e})", snippets.display())))?;
         let mut by_fact: HashMap<String, HashMap<String, Vec<Snippet>>> = HashMap::new();
         for (i, el) in list.iter().enumerate() {
             let (Some(rid), Some(tid), Some(samples)) = (el["relation_id"].as_str(), el["target_id"].as_str(), el["samples"].as_array()) else {
@@ -109,9 +110,14 @@ fn read_tfidf(dir: &Path) -> Result<(HashMap<String, usize>, Vec<f64>)> {
         .flatten_all()?
         .to_vec1::<f64>()?;
     let text = std::fs::read_to_string(&vocab_path).map_err(|e| Error::io(&vocab_path, e))?;
-    let vocab: HashMap<String, usize> = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: not a JSON object of word → index ({e})", vocab_path.display())))?;
+    let vocab: HashMap<String, usize> =
+        serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: not a JSON object of word → index ({e})", vocab_path.display())))?;
     if let Some((w, &i)) = vocab.iter().find(|(_, &i)| i >= idf.len()) {
-        return Err(Error::Input(format!("{}: `{w}` has index {i}, but idf.npy has {} entries; the two files do not belong together", vocab_path.display(), idf.len())));
+        return Err(Error::Input(format!(
+            "{}: `{w}` has index {i}, but idf.npy has {} entries; the two files do not belong together",
+            vocab_path.display(),
+            idf.len()
+        )));
     }
     Ok((vocab, idf))
 }

@@ -97,9 +97,10 @@ mod tests {
 
     #[test]
     fn treebank_style_words() {
-        assert_eq!(word_tokenize("He said, \"it isn't (really) mine.\" Then..."), [
-            "He", "said", ",", "\"", "it", "is", "n't", "(", "really", ")", "mine", ".", "\"", "Then", "..."
-        ]);
+        assert_eq!(
+            word_tokenize("He said, \"it isn't (really) mine.\" Then..."),
+            ["He", "said", ",", "\"", "it", "is", "n't", "(", "really", ")", "mine", ".", "\"", "Then", "..."]
+        );
         assert_eq!(word_tokenize("Danielle Darrieux's tongue"), ["Danielle", "Darrieux", "'s", "tongue"]);
     }
 

@@ -28,8 +28,12 @@ struct Shard {
 
 fn read_shard(dir: &Path) -> Result<Shard> {
     let run = read_json(&dir.join(RUN_FILE)).map_err(|e| Error::Input(format!("{} is not an `edit eval` output directory: {e}", dir.display())))?;
-    let Some([i, n]) = run["shard"].as_array().and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()).and_then(|v| <[u64; 2]>::try_from(v).ok()) else {
-        return Err(Error::Input(format!("{} holds an unsharded run (no `shard` in its {RUN_FILE}); merge the directories of `edit eval --shard I/N` runs", dir.display())));
+    let Some([i, n]) = run["shard"].as_array().and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>()).and_then(|v| <[u64; 2]>::try_from(v).ok())
+    else {
+        return Err(Error::Input(format!(
+            "{} holds an unsharded run (no `shard` in its {RUN_FILE}); merge the directories of `edit eval --shard I/N` runs",
+            dir.display()
+        )));
     };
     let summaries = match read_json(&dir.join(SUMMARY_FILE)) {
         Ok(Value::Array(v)) => v,

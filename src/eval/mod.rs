@@ -30,14 +30,7 @@ pub struct PairNll {
 /// Scores both targets after every prefix, one text per (prefix, target) as the reference
 /// does: `"{prefix} {target}"`, the target's tokens read after the prefix's
 /// ([`score::prompt_with_target`]).
-pub fn score_pairs(
-    model: &dyn CausalLm,
-    tok: &Tokenizer,
-    prefixes: &[String],
-    target_new: &str,
-    target_true: &str,
-    pad_id: u32,
-) -> Result<Vec<PairNll>> {
+pub fn score_pairs(model: &dyn CausalLm, tok: &Tokenizer, prefixes: &[String], target_new: &str, target_true: &str, pad_id: u32) -> Result<Vec<PairNll>> {
     let targets = [target_new.trim_start(), target_true.trim_start()];
     let mut items = Vec::with_capacity(2 * prefixes.len());
     for p in prefixes {

@@ -77,8 +77,13 @@ pub struct Generation {
 /// Where one record's items sit in the flat list, and how to read them back.
 enum Plan {
     /// Per prompt of the three groups, how its reads are laid out.
-    CounterFact { groups: [usize; 4], layouts: Vec<Layout> },
-    Zsre { groups: [usize; 3] },
+    CounterFact {
+        groups: [usize; 4],
+        layouts: Vec<Layout>,
+    },
+    Zsre {
+        groups: [usize; 3],
+    },
 }
 
 /// One CounterFact prompt's items: either one text "{P} {new}" carrying the new target's reads
@@ -102,10 +107,7 @@ fn counterfact_items(tok: &Tokenizer, r: &EvalRecord, attribute: bool, items: &m
         let (text_new, prefix_len, cand_new) = super::score::prompt_with_target(tok, prefix, &new)?;
         let (text_true, _, cand_true) = super::score::prompt_with_target(tok, prefix, &true_)?;
         let (texts, cands) = ([text_new, text_true], [cand_new, cand_true]);
-        let shared = prefix_len >= 1
-            && texts.iter().all(|t| t.len() >= prefix_len)
-            && texts[0][..prefix_len] == texts[1][..prefix_len]
-            && !cands[1].is_empty();
+        let shared = prefix_len >= 1 && texts.iter().all(|t| t.len() >= prefix_len) && texts[0][..prefix_len] == texts[1][..prefix_len] && !cands[1].is_empty();
         if shared {
             let mut first = target_reads(&texts[0], prefix_len, &cands[0], 0);
             first.push((prefix_len - 1, cands[1][0]));

@@ -204,7 +204,14 @@ fn zsre_records(values: &[Value], source: &str, target: ZsreTarget) -> Result<Ve
             neighborhood_prompts: Vec::new(),
         };
         let requested_rewrite = json!({"prompt": prompt, "subject": subject, "target_new": {"str": new}, "target_true": {"str": "<|endoftext|>"}});
-        out.push(EvalRecord { case_id: i as u64, request, requested_rewrite, zsre_locality: Some((format!("{loc}?"), format!(" {loc_ans}"))), generation_prompts: Vec::new(), attribute_prompts: Vec::new() });
+        out.push(EvalRecord {
+            case_id: i as u64,
+            request,
+            requested_rewrite,
+            zsre_locality: Some((format!("{loc}?"), format!(" {loc_ans}"))),
+            generation_prompts: Vec::new(),
+            attribute_prompts: Vec::new(),
+        });
     }
     if !problems.is_empty() {
         return Err(Error::Input(format!("{source}: {} bad zsRE record(s):\n{}", problems.len(), problems.join("\n"))));

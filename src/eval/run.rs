@@ -74,7 +74,14 @@ pub struct NumEditsRun {
 const SCORE_GROUP: usize = 64;
 
 /// Scores `records` on the model as it is, a group at a time, reporting progress.
-fn score_all(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], plan: &EvalPlan, pad: u32, progress: &mut dyn EvalProgress) -> Result<Vec<CaseScores>> {
+fn score_all(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    records: &[&EvalRecord],
+    plan: &EvalPlan,
+    pad: u32,
+    progress: &mut dyn EvalProgress,
+) -> Result<Vec<CaseScores>> {
     let opts = ScoreOptions { zsre: plan.dataset.format.is_zsre(), ..plan.scoring.clone() };
     let mut out = Vec::with_capacity(records.len());
     for group in records.chunks(SCORE_GROUP) {
@@ -162,7 +169,11 @@ pub fn evaluate(
                 Some(_) if kept => {
                     let path = delta_path.as_ref().expect("kept implies a path");
                     let (d, _) = load_delta(path, model.config())?;
-                    let time = std::fs::read_to_string(path.with_extension("json")).ok().and_then(|t| serde_json::from_str::<Value>(&t).ok()).and_then(|v| v["time"].as_f64()).unwrap_or(0.0);
+                    let time = std::fs::read_to_string(path.with_extension("json"))
+                        .ok()
+                        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                        .and_then(|v| v["time"].as_f64())
+                        .unwrap_or(0.0);
                     (d, time, None)
                 }
                 Some(_) if todo.is_empty() => {
@@ -244,9 +255,7 @@ pub fn evaluate(
             .enumerate()
             .filter(|(p, _)| plan.record_in_shard(*p, n))
             .map(|(_, r)| r)
-            .filter_map(|r| {
-                fresh.remove(&r.case_id).or_else(|| dir.as_ref().and_then(|d| d.done_case(n, r.case_id).cloned()))
-            })
+            .filter_map(|r| fresh.remove(&r.case_id).or_else(|| dir.as_ref().and_then(|d| d.done_case(n, r.case_id).cloned())))
             .collect();
         // Retention: every edit of a sequential run scored again on the final model.
         let mut finals = Vec::new();
@@ -271,7 +280,15 @@ pub fn evaluate(
 
 /// Keeps a sequential run's chunk delta (and its edit time) for a resume.
 #[allow(clippy::too_many_arguments)]
-fn save_chunk_delta(path: &std::path::Path, model: &dyn CausalLm, ed: &Editor, requests: &[Request], deltas: &Deltas, plan: &EvalPlan, time: f64) -> Result<()> {
+fn save_chunk_delta(
+    path: &std::path::Path,
+    model: &dyn CausalLm,
+    ed: &Editor,
+    requests: &[Request],
+    deltas: &Deltas,
+    plan: &EvalPlan,
+    time: f64,
+) -> Result<()> {
     let meta = DeltaMeta {
         method: ed.prepared.method.method().name().to_string(),
         requests: Value::Array(requests.iter().map(Request::to_reference_json).collect()),

@@ -65,7 +65,8 @@ impl RunDir {
                         dir.display()
                     )));
                 };
-                let theirs: Value = serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: unreadable ({e}); pass --force to start over", run_file.display())))?;
+                let theirs: Value =
+                    serde_json::from_str(&text).map_err(|e| Error::Input(format!("{}: unreadable ({e}); pass --force to start over", run_file.display())))?;
                 if &theirs != run {
                     let differs = differing_keys(&theirs, run);
                     return Err(Error::Input(format!(

@@ -53,8 +53,7 @@ fn case_means(prefix: &str, s: &CaseScores, out: &mut Vec<(String, f64)>) {
     ];
     for (name, p, new_wins) in probs {
         let Some(p) = p.as_ref().filter(|p| !p.is_empty()) else { continue };
-        let success: Vec<f64> =
-            p.iter().map(|x| indicator(if new_wins { x.target_true > x.target_new } else { x.target_true < x.target_new })).collect();
+        let success: Vec<f64> = p.iter().map(|x| indicator(if new_wins { x.target_true > x.target_new } else { x.target_true < x.target_new })).collect();
         let diff: Vec<f64> = p
             .iter()
             .map(|x| {
@@ -74,11 +73,8 @@ fn case_means(prefix: &str, s: &CaseScores, out: &mut Vec<(String, f64)>) {
             out.push((format!("{prefix}_{name}"), v));
         }
     }
-    for (name, c) in [
-        ("rewrite", &s.rewrite_prompts_correct),
-        ("paraphrase", &s.paraphrase_prompts_correct),
-        ("neighborhood", &s.neighborhood_prompts_correct),
-    ] {
+    for (name, c) in [("rewrite", &s.rewrite_prompts_correct), ("paraphrase", &s.paraphrase_prompts_correct), ("neighborhood", &s.neighborhood_prompts_correct)]
+    {
         if !c.is_empty() {
             let v: Vec<f64> = c.iter().map(|&b| indicator(b)).collect();
             out.push((format!("{prefix}_{name}_acc"), mean(&v)));

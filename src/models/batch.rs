@@ -43,9 +43,7 @@ impl Batch {
             let row = &mask[r * t..(r + 1) * t];
             let n = row.iter().take_while(|&&m| m != 0).count();
             if row[n..].iter().any(|&m| m != 0) || n == 0 {
-                return Err(Error::Input(format!(
-                    "row {r} of the attention mask is not right padding (ones then zeros, at least one real token)"
-                )));
+                return Err(Error::Input(format!("row {r} of the attention mask is not right padding (ones then zeros, at least one real token)")));
             }
             lengths.push(n);
         }
@@ -101,9 +99,7 @@ impl Batch {
     pub(crate) fn check_positions(&self, positions: &[(usize, usize)]) -> Result<()> {
         for &(r, p) in positions {
             if r >= self.batch_size() || p >= self.lengths[r] {
-                return Err(Error::Input(format!(
-                    "position (row {r}, token {p}) is outside the batch's real tokens"
-                )));
+                return Err(Error::Input(format!("position (row {r}, token {p}) is outside the batch's real tokens")));
             }
         }
         Ok(())

@@ -257,7 +257,14 @@ mod tests {
             let fused = attention(&qh, &kh, &vh, &lengths, 0.3, None).unwrap();
             assert_eq!(fused.dtype(), dtype);
             let general = crate::models::layers::attention(&qh, &kh, &vh, &batch.attention_bias().unwrap(), 0.3, None, false).unwrap();
-            let diff = (fused.to_dtype(DType::F32).unwrap() - general.to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (fused.to_dtype(DType::F32).unwrap() - general.to_dtype(DType::F32).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 2e-2, "{dtype:?}: max difference {diff}");
         }
     }

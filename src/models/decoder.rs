@@ -50,7 +50,16 @@ impl SelfAttention {
     /// Attention of layer `l` over `x` (`[b, t, d_model]`, normed), through the projections' hook
     /// points; returns the output projection's output.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(&self, hk: &mut dyn Hooks, l: usize, x: &Tensor, cfg: &ModelConfig, rot: (&Rotary, &Tensor, &Tensor), ctx: &ForwardCtx, spec: AttnSpec) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        hk: &mut dyn Hooks,
+        l: usize,
+        x: &Tensor,
+        cfg: &ModelConfig,
+        rot: (&Rotary, &Tensor, &Tensor),
+        ctx: &ForwardCtx,
+        spec: AttnSpec,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let (nh, nkv, hd) = (cfg.n_head, cfg.n_kv_head, cfg.head_dim);
         let q = hooks::linear(hk, l, ModuleKind::AttnQ, &self.q_proj, x)?.reshape((b, t, nh, hd))?;

@@ -154,9 +154,7 @@ dispatch_simd!(forward_slice, forward_body, (kind: GeluKind, x: &[f32], out: &mu
 dispatch_simd!(backward_slice, backward_body, (kind: GeluKind, x: &[f32], g: &[f32], out: &mut [f32]));
 
 fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        candle_core::bail!("gelu: f32 only, got {:?}", s.dtype())
-    };
+    let CpuStorage::F32(v) = s else { candle_core::bail!("gelu: f32 only, got {:?}", s.dtype()) };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
         None => candle_core::bail!("gelu: input must be contiguous"),

@@ -64,13 +64,22 @@ impl Gemma {
         let norm = decoder::rms_norm(&vb.pp("model").pp("norm"), d, cfg)?;
         let rotary = cfg.rotary.expect("Gemma configs always carry rotary settings");
         let local_rotary = decoder::decoder(cfg).local_rotary;
-        Ok(Self { cfg: cfg.clone(), rotary, local_rotary, device: embed_tokens.device().clone(), dtype: embed_tokens.dtype(), embed_tokens, blocks, norm, head })
+        Ok(Self {
+            cfg: cfg.clone(),
+            rotary,
+            local_rotary,
+            device: embed_tokens.device().clone(),
+            dtype: embed_tokens.dtype(),
+            embed_tokens,
+            blocks,
+            norm,
+            head,
+        })
     }
 }
 
 impl CausalLm for Gemma {
     super::model_basics!();
-
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;

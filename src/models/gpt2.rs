@@ -2,8 +2,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::layers::{self, LayerNorm, Linear, Orientation};
 use super::hooks::{self, HookPoint, Hooks};
+use super::layers::{self, LayerNorm, Linear, Orientation};
 use super::{Batch, CausalLm, ForwardCtx, ForwardOpts, ModuleKind};
 use crate::checkpoint::WeightBuilder;
 use crate::config::ModelConfig;
@@ -85,7 +85,6 @@ super::block_linears!(Block { AttnQkv => c_attn, AttnOut => attn_proj, MlpUp => 
 
 impl CausalLm for Gpt2 {
     super::model_basics!();
-
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;

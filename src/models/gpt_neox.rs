@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Tensor};
 
 use super::gpt2::layer_norm;
 use super::gptj::linear;
-use super::layers::{self, LayerNorm, Linear, Orientation};
 use super::hooks::{self, HookPoint, Hooks};
+use super::layers::{self, LayerNorm, Linear, Orientation};
 use super::{Batch, CausalLm, ForwardCtx, ForwardOpts, ModuleKind};
 use crate::checkpoint::WeightBuilder;
 use crate::config::{ModelConfig, Rotary};
@@ -58,16 +58,7 @@ impl GptNeoX {
             linear(&vb.pp("embed_out"), d, cfg.vocab_size, false)?
         };
         let rotary = cfg.rotary.expect("NeoX configs always carry rotary settings");
-        Ok(Self {
-            cfg: cfg.clone(),
-            rotary,
-            device: embed_in.device().clone(),
-            dtype: embed_in.dtype(),
-            embed_in,
-            blocks,
-            final_layer_norm,
-            head,
-        })
+        Ok(Self { cfg: cfg.clone(), rotary, device: embed_in.device().clone(), dtype: embed_in.dtype(), embed_in, blocks, final_layer_norm, head })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -89,7 +80,6 @@ super::block_linears!(Block { AttnQkv => query_key_value, AttnOut => dense, MlpU
 
 impl CausalLm for GptNeoX {
     super::model_basics!();
-
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;

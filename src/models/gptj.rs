@@ -4,8 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::gpt2::layer_norm;
-use super::layers::{self, LayerNorm, Linear, Orientation};
 use super::hooks::{self, HookPoint, Hooks};
+use super::layers::{self, LayerNorm, Linear, Orientation};
 use super::{Batch, CausalLm, ForwardCtx, ForwardOpts, ModuleKind};
 use crate::checkpoint::WeightBuilder;
 use crate::config::{ModelConfig, Rotary};
@@ -88,7 +88,6 @@ super::block_linears!(Block { AttnQ => q_proj, AttnK => k_proj, AttnV => v_proj,
 
 impl CausalLm for GptJ {
     super::model_basics!();
-
 
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;

@@ -116,7 +116,13 @@ fn matmul<T: Half>(lhs: &[T], lhs_offset: usize, rhs: &[T], view: View, (m, k, n
 
 /// The product when both operands are bf16 or both f16, `lhs` contiguous and `rhs` in one of
 /// the layouts weights have; `None` otherwise (candle's matmul then does it).
-pub fn try_matmul(s1: &CpuStorage, l1: &candle_core::Layout, s2: &CpuStorage, l2: &candle_core::Layout, (m, k, n): (usize, usize, usize)) -> Option<CpuStorage> {
+pub fn try_matmul(
+    s1: &CpuStorage,
+    l1: &candle_core::Layout,
+    s2: &CpuStorage,
+    l2: &candle_core::Layout,
+    (m, k, n): (usize, usize, usize),
+) -> Option<CpuStorage> {
     let (lo, _) = l1.contiguous_offsets()?;
     let st = l2.stride();
     let view = View { offset: l2.start_offset(), rs0: st[0], rs1: st[1] };

@@ -109,11 +109,7 @@ impl Linear {
             Orientation::OutIn => self.weight.t()?,
         };
         // A trainable weight (fine-tuning) needs candle's own matmul to get its gradient.
-        let y = if self.weight.is_variable() || self.weight.track_op() {
-            x2.matmul(&w)?
-        } else {
-            x2.apply_op2_no_bwd_if_untracked(&w)?
-        };
+        let y = if self.weight.is_variable() || self.weight.track_op() { x2.matmul(&w)? } else { x2.apply_op2_no_bwd_if_untracked(&w)? };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -314,11 +310,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: &Tensor, scale: f64, 
         scores = ((scores / c)?.tanh()? * c)?;
     }
     let scores = scores.broadcast_add(bias)?;
-    let probs = if grad {
-        candle_nn::ops::softmax(&scores, D::Minus1)?
-    } else {
-        candle_nn::ops::softmax_last_dim(&scores)?
-    };
+    let probs = if grad { candle_nn::ops::softmax(&scores, D::Minus1)? } else { candle_nn::ops::softmax_last_dim(&scores)? };
     let probs = probs.to_dtype(dtype)?.reshape((b, kv_h, rep * t, s))?;
     let out = probs.matmul(&v.contiguous()?)?.reshape((b, h, t, hd))?;
     Ok(out.transpose(1, 2)?.reshape((b, t, h * hd))?)
@@ -345,12 +337,7 @@ pub fn add_at_positions(h: &Tensor, positions: &[(usize, usize)], deltas: &Tenso
     let src = match deltas.rank() {
         1 => deltas.reshape((1, d))?.broadcast_as((n, d))?.contiguous()?,
         2 if deltas.dim(0)? == n => deltas.clone(),
-        _ => {
-            return Err(crate::Error::Input(format!(
-                "intervention deltas must be [{d}] or [{n}, {d}], got {:?}",
-                deltas.dims()
-            )))
-        }
+        _ => return Err(crate::Error::Input(format!("intervention deltas must be [{d}] or [{n}, {d}], got {:?}", deltas.dims()))),
     };
     let src = src.to_dtype(h.dtype())?;
     let idx = flat_indices(t, positions, h.device())?;
@@ -389,9 +376,7 @@ mod tests {
         // candle's matmul keeps a gradient for the frozen weight; ours must not.
         assert!(g_ref.get(&w).is_some());
         assert!(g.get(&w).is_none());
-        let weight_shaped = |g: &candle_core::backprop::GradStore| {
-            g.get_ids().filter(|id| g.get_id(**id).is_some_and(|t| t.dims() == [5, 3])).count()
-        };
+        let weight_shaped = |g: &candle_core::backprop::GradStore| g.get_ids().filter(|id| g.get_id(**id).is_some_and(|t| t.dims() == [5, 3])).count();
         assert_eq!(weight_shaped(&g), 0);
         assert_eq!(weight_shaped(&g_ref), 1);
     }

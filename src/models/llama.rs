@@ -57,7 +57,6 @@ impl Llama {
 impl CausalLm for Llama {
     super::model_basics!();
 
-
     fn forward_hooked(&self, batch: &Batch, opts: &ForwardOpts, hk: &mut dyn Hooks) -> Result<Option<Tensor>> {
         let ctx = ForwardCtx::new(&self.cfg, batch, opts)?;
         let (cos, sin) = ctx.rotary(&self.rotary, batch, self.dtype)?;

@@ -6,12 +6,12 @@ mod batch;
 pub mod causal_attention;
 mod decoder;
 mod gelu;
-mod half_matmul;
-pub mod gpt2;
-pub mod hooks;
-pub mod gptj;
-pub mod gpt_neox;
 pub mod gemma;
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod gptj;
+mod half_matmul;
+pub mod hooks;
 pub mod layers;
 pub mod llama;
 pub mod modules;
@@ -23,8 +23,8 @@ use candle_core::{DType, Device, Tensor};
 
 pub use batch::Batch;
 pub use hooks::{ForwardOpts, HookPoint, Hooks, NoHooks};
-pub use resume::{backprop_per_block, first_positions, shift_positions, KvPrefix, Resume, ResumeCache};
 pub use modules::{EditableModule, ModuleKind, WeightLayout};
+pub use resume::{backprop_per_block, first_positions, shift_positions, KvPrefix, Resume, ResumeCache};
 
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -96,10 +96,7 @@ impl TraceSpec {
 
     /// The deepest layer a forward must reach to fill this trace.
     pub fn deepest_layer(&self) -> Option<usize> {
-        [&self.keys, &self.mlp_out, &self.block_out, &self.attn_kv]
-            .iter()
-            .filter_map(|s| s.last().copied())
-            .max()
+        [&self.keys, &self.mlp_out, &self.block_out, &self.attn_kv].iter().filter_map(|s| s.last().copied()).max()
     }
 }
 
@@ -283,11 +280,7 @@ impl ForwardCtx {
         let prefix = opts.resume.as_ref().and_then(|r| r.prefix.clone()).filter(|p| p.width() > 0);
         let start = prefix.as_ref().map_or(0, KvPrefix::width);
         if start + batch.seq_len() > cfg.n_ctx {
-            return Err(crate::Error::Input(format!(
-                "sequence of {} tokens exceeds the model's context of {}",
-                start + batch.seq_len(),
-                cfg.n_ctx
-            )));
+            return Err(crate::Error::Input(format!("sequence of {} tokens exceeds the model's context of {}", start + batch.seq_len(), cfg.n_ctx)));
         }
         let last_layer = match opts.stop_after {
             Some(l) => l.min(cfg.n_layer - 1),
@@ -388,7 +381,14 @@ pub(crate) fn intervene(h: Tensor, layer: usize, site: Site, interventions: &[In
 }
 
 /// Final norm + vocabulary projection for the requested positions.
-pub(crate) fn head_logits(h: &Tensor, batch: &Batch, which: &Logits, final_norm: &dyn layers::Norm, head: &layers::Linear, grad: bool) -> Result<Option<Tensor>> {
+pub(crate) fn head_logits(
+    h: &Tensor,
+    batch: &Batch,
+    which: &Logits,
+    final_norm: &dyn layers::Norm,
+    head: &layers::Linear,
+    grad: bool,
+) -> Result<Option<Tensor>> {
     head_logits_capped(h, batch, which, final_norm, head, None, grad)
 }
 
@@ -478,24 +478,15 @@ pub(crate) trait BlockLinears {
 
 pub(crate) fn block_weight<B: BlockLinears>(cfg: &ModelConfig, blocks: &[B], name: &str) -> Result<Tensor> {
     let m = modules::find(cfg, name)?;
-    let lin = blocks[m.layer]
-        .linear(m.kind)
-        .ok_or_else(|| crate::Error::Input(format!("module `{name}` has no weight in this model")))?;
+    let lin = blocks[m.layer].linear(m.kind).ok_or_else(|| crate::Error::Input(format!("module `{name}` has no weight in this model")))?;
     Ok(lin.weight.clone())
 }
 
 pub(crate) fn set_block_weight<B: BlockLinears>(cfg: &ModelConfig, blocks: &mut [B], name: &str, w: Tensor) -> Result<()> {
     let m = modules::find(cfg, name)?;
-    let lin = blocks[m.layer]
-        .linear_mut(m.kind)
-        .ok_or_else(|| crate::Error::Input(format!("module `{name}` has no weight in this model")))?;
+    let lin = blocks[m.layer].linear_mut(m.kind).ok_or_else(|| crate::Error::Input(format!("module `{name}` has no weight in this model")))?;
     if w.dims() != lin.weight.dims() {
-        return Err(crate::Error::Input(format!(
-            "new weight for `{}` has shape {:?}, expected {:?}",
-            m.name,
-            w.dims(),
-            lin.weight.dims()
-        )));
+        return Err(crate::Error::Input(format!("new weight for `{}` has shape {:?}, expected {:?}", m.name, w.dims(), lin.weight.dims())));
     }
     lin.weight = w.to_dtype(lin.weight.dtype())?.to_device(lin.weight.device())?;
     Ok(())

@@ -72,26 +72,13 @@ impl EditableModule {
 fn suffixes(family: Family) -> &'static [(&'static str, ModuleKind)] {
     use ModuleKind::*;
     match family {
-        Family::Gpt2 => &[
-            ("attn.c_attn", AttnQkv),
-            ("attn.c_proj", AttnOut),
-            ("mlp.c_fc", MlpUp),
-            ("mlp.c_proj", MlpDown),
-        ],
-        Family::GptJ => &[
-            ("attn.q_proj", AttnQ),
-            ("attn.k_proj", AttnK),
-            ("attn.v_proj", AttnV),
-            ("attn.out_proj", AttnOut),
-            ("mlp.fc_in", MlpUp),
-            ("mlp.fc_out", MlpDown),
-        ],
-        Family::GptNeoX => &[
-            ("attention.query_key_value", AttnQkv),
-            ("attention.dense", AttnOut),
-            ("mlp.dense_h_to_4h", MlpUp),
-            ("mlp.dense_4h_to_h", MlpDown),
-        ],
+        Family::Gpt2 => &[("attn.c_attn", AttnQkv), ("attn.c_proj", AttnOut), ("mlp.c_fc", MlpUp), ("mlp.c_proj", MlpDown)],
+        Family::GptJ => {
+            &[("attn.q_proj", AttnQ), ("attn.k_proj", AttnK), ("attn.v_proj", AttnV), ("attn.out_proj", AttnOut), ("mlp.fc_in", MlpUp), ("mlp.fc_out", MlpDown)]
+        }
+        Family::GptNeoX => {
+            &[("attention.query_key_value", AttnQkv), ("attention.dense", AttnOut), ("mlp.dense_h_to_4h", MlpUp), ("mlp.dense_4h_to_h", MlpDown)]
+        }
         _ => &[
             ("self_attn.q_proj", AttnQ),
             ("self_attn.k_proj", AttnK),
@@ -142,14 +129,7 @@ pub fn module(cfg: &ModelConfig, layer: usize, kind: ModuleKind) -> Result<Edita
         .find(|(_, k)| *k == kind)
         .ok_or_else(|| Error::Input(format!("{kind:?} does not exist in {} models", cfg.family.name())))?;
     let (in_dim, out_dim) = dims(cfg, kind);
-    Ok(EditableModule {
-        name: format!("{}.{layer}.{suffix}", layers_name(cfg.family)),
-        layer,
-        kind,
-        layout: layout(cfg.family),
-        in_dim,
-        out_dim,
-    })
+    Ok(EditableModule { name: format!("{}.{layer}.{suffix}", layers_name(cfg.family)), layer, kind, layout: layout(cfg.family), in_dim, out_dim })
 }
 
 /// The MLP down-projection of `layer`: the module ROME and MEMIT rewrite.
@@ -159,10 +139,7 @@ pub fn mlp_down(cfg: &ModelConfig, layer: usize) -> Result<EditableModule> {
 
 /// Every linear module an edit can target, layer by layer.
 pub fn editable_modules(cfg: &ModelConfig) -> Vec<EditableModule> {
-    (0..cfg.n_layer)
-        .flat_map(|l| suffixes(cfg.family).iter().map(move |(_, k)| (l, *k)))
-        .map(|(l, k)| module(cfg, l, k).expect("layer in range"))
-        .collect()
+    (0..cfg.n_layer).flat_map(|l| suffixes(cfg.family).iter().map(move |(_, k)| (l, *k))).map(|(l, k)| module(cfg, l, k).expect("layer in range")).collect()
 }
 
 /// Whether `name` (with or without the family prefix and `.weight`) has the shape of a linear
@@ -183,23 +160,50 @@ fn parameter_leaves(cfg: &ModelConfig) -> (Vec<&'static str>, Vec<&'static str>)
     let (block, top): (&[&str], &[&str]) = match cfg.family {
         Family::Gpt2 => (
             &[
-                "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight", "attn.c_proj.bias",
-                "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias",
+                "ln_1.weight",
+                "ln_1.bias",
+                "attn.c_attn.weight",
+                "attn.c_attn.bias",
+                "attn.c_proj.weight",
+                "attn.c_proj.bias",
+                "ln_2.weight",
+                "ln_2.bias",
+                "mlp.c_fc.weight",
+                "mlp.c_fc.bias",
+                "mlp.c_proj.weight",
+                "mlp.c_proj.bias",
             ],
             &["transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight"],
         ),
         Family::GptJ => (
             &[
-                "ln_1.weight", "ln_1.bias", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.out_proj.weight",
-                "mlp.fc_in.weight", "mlp.fc_in.bias", "mlp.fc_out.weight", "mlp.fc_out.bias",
+                "ln_1.weight",
+                "ln_1.bias",
+                "attn.q_proj.weight",
+                "attn.k_proj.weight",
+                "attn.v_proj.weight",
+                "attn.out_proj.weight",
+                "mlp.fc_in.weight",
+                "mlp.fc_in.bias",
+                "mlp.fc_out.weight",
+                "mlp.fc_out.bias",
             ],
             &["transformer.wte.weight", "transformer.ln_f.weight", "transformer.ln_f.bias", "lm_head.weight", "lm_head.bias"],
         ),
         Family::GptNeoX => (
             &[
-                "input_layernorm.weight", "input_layernorm.bias", "post_attention_layernorm.weight", "post_attention_layernorm.bias",
-                "attention.query_key_value.weight", "attention.query_key_value.bias", "attention.dense.weight", "attention.dense.bias",
-                "mlp.dense_h_to_4h.weight", "mlp.dense_h_to_4h.bias", "mlp.dense_4h_to_h.weight", "mlp.dense_4h_to_h.bias",
+                "input_layernorm.weight",
+                "input_layernorm.bias",
+                "post_attention_layernorm.weight",
+                "post_attention_layernorm.bias",
+                "attention.query_key_value.weight",
+                "attention.query_key_value.bias",
+                "attention.dense.weight",
+                "attention.dense.bias",
+                "mlp.dense_h_to_4h.weight",
+                "mlp.dense_h_to_4h.bias",
+                "mlp.dense_4h_to_h.weight",
+                "mlp.dense_4h_to_h.bias",
             ],
             &["gpt_neox.embed_in.weight", "gpt_neox.final_layer_norm.weight", "gpt_neox.final_layer_norm.bias", "embed_out.weight"],
         ),
@@ -268,29 +272,15 @@ pub fn parameter_name(cfg: &ModelConfig, name: &str) -> Option<String> {
 /// e.g. `transformer.h.17.mlp.c_proj` or `h.17.mlp.c_proj.weight`.
 pub fn find(cfg: &ModelConfig, name: &str) -> Result<EditableModule> {
     let bare = name.strip_suffix(".weight").unwrap_or(name);
-    let full = if bare.starts_with(cfg.family.prefix()) {
-        bare.to_string()
-    } else {
-        format!("{}{bare}", cfg.family.prefix())
-    };
+    let full = if bare.starts_with(cfg.family.prefix()) { bare.to_string() } else { format!("{}{bare}", cfg.family.prefix()) };
     let unknown = || {
         let example = mlp_down(cfg, cfg.n_layer / 2).map(|m| m.name).unwrap_or_default();
-        Error::Input(format!(
-            "`{name}` is not a linear module of this {} model (e.g. `{example}`; `edit inspect` lists them all)",
-            cfg.family.name()
-        ))
+        Error::Input(format!("`{name}` is not a linear module of this {} model (e.g. `{example}`; `edit inspect` lists them all)", cfg.family.name()))
     };
-    let rest = full
-        .strip_prefix(layers_name(cfg.family))
-        .and_then(|r| r.strip_prefix('.'))
-        .ok_or_else(unknown)?;
+    let rest = full.strip_prefix(layers_name(cfg.family)).and_then(|r| r.strip_prefix('.')).ok_or_else(unknown)?;
     let (layer, suffix) = rest.split_once('.').ok_or_else(unknown)?;
     let layer: usize = layer.parse().map_err(|_| unknown())?;
-    let kind = suffixes(cfg.family)
-        .iter()
-        .find(|(s, _)| *s == suffix)
-        .map(|(_, k)| *k)
-        .ok_or_else(unknown)?;
+    let kind = suffixes(cfg.family).iter().find(|(s, _)| *s == suffix).map(|(_, k)| *k).ok_or_else(unknown)?;
     module(cfg, layer, kind)
 }
 

@@ -122,11 +122,7 @@ impl ResumeCache {
         let t = short.seq_len();
         let dev = self.hidden.device();
         // Padding columns of the shortened rows read any recorded position: they are masked.
-        let flat: Vec<u32> = rows
-            .iter()
-            .zip(offsets)
-            .flat_map(|(&r, &o)| (o..o + t).map(move |p| (r * t0 + p.min(t0 - 1)) as u32))
-            .collect();
+        let flat: Vec<u32> = rows.iter().zip(offsets).flat_map(|(&r, &o)| (o..o + t).map(move |p| (r * t0 + p.min(t0 - 1)) as u32)).collect();
         let idx = Tensor::from_vec(flat, rows.len() * t, dev)?;
         let hidden = self.hidden.reshape((b0 * t0, d))?.index_select(&idx, 0)?.reshape((rows.len(), t, d))?;
         let rows_t = Tensor::from_vec(rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), rows.len(), dev)?;

@@ -86,10 +86,7 @@ pub fn write_delta_file(path: &Path, cfg: &ModelConfig, deltas: &Deltas, meta: &
         tensors.push((c.tensor.clone(), c.stored()?.contiguous()?));
     }
     let mut md = HashMap::new();
-    md.insert(
-        DELTA_META_KEY.to_string(),
-        serde_json::to_string(meta).map_err(|e| Error::Input(format!("cannot serialise the delta metadata: {e}")))?,
-    );
+    md.insert(DELTA_META_KEY.to_string(), serde_json::to_string(meta).map_err(|e| Error::Input(format!("cannot serialise the delta metadata: {e}")))?);
     md.insert(DELTA_LAYOUT_KEY.to_string(), STORED_LAYOUT.to_string());
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -104,19 +101,13 @@ pub fn load_delta(path: &Path, cfg: &ModelConfig) -> Result<(Deltas, DeltaMeta)>
     use candle_core::safetensors::Load;
     let shown = path.display();
     let not_delta = |why: String| {
-        Error::Input(format!(
-            "{shown} is not a delta file written by edit ({why}); pass a delta saved by `edit` (e.g. by an edit run that saves its delta)"
-        ))
+        Error::Input(format!("{shown} is not a delta file written by edit ({why}); pass a delta saved by `edit` (e.g. by an edit run that saves its delta)"))
     };
     let mmap = map_file(path)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
-        .map_err(|e| not_delta(format!("not a readable safetensors file: {e}")))?;
+    let (_, header) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| not_delta(format!("not a readable safetensors file: {e}")))?;
     let md = header.metadata().as_ref();
-    let meta = md
-        .and_then(|m| m.get(DELTA_META_KEY))
-        .ok_or_else(|| not_delta(format!("it has no `{DELTA_META_KEY}` metadata")))?;
-    let meta: DeltaMeta = serde_json::from_str(meta)
-        .map_err(|e| not_delta(format!("its `{DELTA_META_KEY}` metadata is unreadable: {e}")))?;
+    let meta = md.and_then(|m| m.get(DELTA_META_KEY)).ok_or_else(|| not_delta(format!("it has no `{DELTA_META_KEY}` metadata")))?;
+    let meta: DeltaMeta = serde_json::from_str(meta).map_err(|e| not_delta(format!("its `{DELTA_META_KEY}` metadata is unreadable: {e}")))?;
     match md.and_then(|m| m.get(DELTA_LAYOUT_KEY)).map(String::as_str) {
         Some(STORED_LAYOUT) => {}
         other => {
@@ -126,8 +117,7 @@ pub fn load_delta(path: &Path, cfg: &ModelConfig) -> Result<(Deltas, DeltaMeta)>
             )))
         }
     }
-    let st = safetensors::SafeTensors::deserialize(&mmap)
-        .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
     let mut deltas = Deltas::new();
     for (name, view) in st.tensors() {
         let stored = view

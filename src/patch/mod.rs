@@ -75,9 +75,7 @@ fn check_deltas(cfg: &ModelConfig, deltas: &Deltas) -> Result<BTreeMap<String, C
     let mut checked = BTreeMap::new();
     for (name, delta) in deltas {
         let target = crate::editing::delta_target(cfg, name).map_err(|e| {
-            Error::Input(format!(
-                "the delta for `{name}` cannot be applied: {e}; deltas must come from a model of the same architecture and size"
-            ))
+            Error::Input(format!("the delta for `{name}` cannot be applied: {e}; deltas must come from a model of the same architecture and size"))
         })?;
         let (module, tensor) = match target {
             crate::editing::DeltaTarget::Module(module) => {
@@ -103,9 +101,7 @@ fn check_deltas(cfg: &ModelConfig, deltas: &Deltas) -> Result<BTreeMap<String, C
             )));
         }
         if checked.contains_key(&tensor) {
-            return Err(Error::Input(format!(
-                "two deltas name `{tensor}` (`{name}` and another spelling of it); merge them into one"
-            )));
+            return Err(Error::Input(format!("two deltas name `{tensor}` (`{name}` and another spelling of it); merge them into one")));
         }
         checked.insert(tensor.clone(), CheckedDelta { module, tensor, delta });
     }
@@ -167,10 +163,7 @@ fn check_out(files: &ModelFiles, out: &Path, overwrite: bool) -> Result<OutState
         Err(e) => return Err(Error::io(out, e)),
     };
     if !meta.is_dir() {
-        return Err(Error::Input(format!(
-            "--out {} exists and is not a directory; choose another --out",
-            out.display()
-        )));
+        return Err(Error::Input(format!("--out {} exists and is not a directory; choose another --out", out.display())));
     }
     let empty = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?.next().is_none();
     if empty {
@@ -178,10 +171,7 @@ fn check_out(files: &ModelFiles, out: &Path, overwrite: bool) -> Result<OutState
     } else if overwrite {
         Ok(OutState::Replace)
     } else {
-        Err(Error::Input(format!(
-            "--out {} already exists and is not empty; choose another --out or pass --force to replace it",
-            out.display()
-        )))
+        Err(Error::Input(format!("--out {} already exists and is not empty; choose another --out or pass --force to replace it", out.display())))
     }
 }
 
@@ -359,8 +349,7 @@ fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign:
         metadata.insert(APPLIED_KEY.to_string(), serde_json::to_string(&applied).expect("ids serialise"));
     }
     let metadata = if metadata.is_empty() { None } else { Some(metadata) };
-    safetensors::serialize_to_file(out, metadata, dst)
-        .map_err(|e| Error::Input(format!("cannot write {}: {e}", dst.display())))?;
+    safetensors::serialize_to_file(out, metadata, dst).map_err(|e| Error::Input(format!("cannot write {}: {e}", dst.display())))?;
     crate::fsutil::default_permissions(dst)
 }
 
@@ -370,14 +359,7 @@ fn rewrite_shard(src: &Path, dst: &Path, edits: &BTreeMap<String, Tensor>, sign:
 /// Refuses (with [`Error::Input`]) deltas for modules the model lacks, of the wrong shape or
 /// not finite; an `out` that is (or is inside, or contains) the input model; and an existing,
 /// non-empty `out` unless `overwrite`. Nothing is left half-written on failure.
-pub fn write_model_dir(
-    files: &ModelFiles,
-    cfg: &ModelConfig,
-    deltas: &Deltas,
-    sign: f64,
-    out: &Path,
-    overwrite: bool,
-) -> Result<WriteReport> {
+pub fn write_model_dir(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas, sign: f64, out: &Path, overwrite: bool) -> Result<WriteReport> {
     let mut outputs = crate::fsutil::Outputs::new();
     let report = stage_model_dir(files, cfg, deltas, sign, out, overwrite, &mut outputs)?;
     outputs.commit()?;
@@ -426,11 +408,7 @@ pub fn stage_model_dir(
         }
         use safetensors::Dtype as S;
         if !matches!(info.dtype, S::F32 | S::F16 | S::BF16 | S::F64) {
-            return Err(Error::UnsupportedDtype {
-                name,
-                file: files.weights[info.file].display().to_string(),
-                dtype: format!("{:?}", info.dtype),
-            });
+            return Err(Error::UnsupportedDtype { name, file: files.weights[info.file].display().to_string(), dtype: format!("{:?}", info.dtype) });
         }
         edits.entry(info.file).or_default().insert(key.to_string(), stored);
         tensors_changed.push(key.to_string());
@@ -449,10 +427,7 @@ pub fn stage_model_dir(
     let mut files_skipped = Vec::new();
 
     // Non-weight files: regular files (symlinks followed), no folders, no hidden files.
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| Error::io(dir, e))?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?.collect::<std::io::Result<Vec<_>>>().map_err(|e| Error::io(dir, e))?;
     entries.sort_by_key(|e| e.file_name());
     let reserved: BTreeSet<&str> = weight_names.iter().map(String::as_str).chain(index_name.as_deref()).collect();
     for e in entries {

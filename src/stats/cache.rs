@@ -38,9 +38,13 @@ impl ModelIdentity {
     pub fn of(files: &ModelFiles) -> Result<Self> {
         let (model, revision) = match &files.origin {
             ModelOrigin::Local { path } => (path.display().to_string(), None),
-            ModelOrigin::Hub { repo, revision, commit } => {
-                (repo.clone(), Some(match commit { Some(c) => format!("{revision}@{c}"), None => revision.clone() }))
-            }
+            ModelOrigin::Hub { repo, revision, commit } => (
+                repo.clone(),
+                Some(match commit {
+                    Some(c) => format!("{revision}@{c}"),
+                    None => revision.clone(),
+                }),
+            ),
         };
         let base_fingerprint = crate::checkpoint::edit_base(&files.weights)?;
         Ok(Self { model, revision, weights_fingerprint: crate::checkpoint::fingerprint(&files.weights)?, base_fingerprint })
@@ -122,10 +126,7 @@ impl StatsMeta {
             )));
         }
         if m.module != module.name {
-            return Err(Error::Input(format!(
-                "statistics file is for module `{}`, not `{}`",
-                m.module, module.name
-            )));
+            return Err(Error::Input(format!("statistics file is for module `{}`, not `{}`", m.module, module.name)));
         }
         if !identity.stats_fit(&m.identity) {
             return Err(Error::Input(format!(
@@ -150,10 +151,7 @@ pub fn default_stats_dir() -> PathBuf {
 }
 
 pub fn stats_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str, module: &str, precision: Precision, samples: usize) -> PathBuf {
-    stats_dir
-        .join(identity.slug())
-        .join(crate::data::sanitize(dataset))
-        .join(format!("{module}_{}_{samples}.safetensors", precision.reference_name()))
+    stats_dir.join(identity.slug()).join(crate::data::sanitize(dataset)).join(format!("{module}_{}_{samples}.safetensors", precision.reference_name()))
 }
 
 /// Where an interrupted job keeps its progress.
@@ -190,8 +188,8 @@ impl StatsFile {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         // Safety: read-only mapping of a file we only ever replace by rename, never rewrite.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&mmap)
-            .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
         let meta = header.metadata().as_ref().and_then(|m| m.get(META_KEY).cloned());
         Ok(Self { path: path.to_path_buf(), mmap, meta })
     }
@@ -201,10 +199,7 @@ impl StatsFile {
             path: self.path.clone(),
             reason: format!("no `{META_KEY}` metadata: not a statistics file written by edit"),
         })?;
-        serde_json::from_str(meta).map_err(|e| Error::BadSafetensors {
-            path: self.path.clone(),
-            reason: format!("unreadable `{META_KEY}` metadata: {e}"),
-        })
+        serde_json::from_str(meta).map_err(|e| Error::BadSafetensors { path: self.path.clone(), reason: format!("unreadable `{META_KEY}` metadata: {e}") })
     }
 
     fn bad(&self, reason: String) -> Error {
@@ -231,12 +226,12 @@ impl StatsFile {
 /// A statistics file's metadata and the shape of its sum, without reading the sum.
 pub fn load_meta(path: &Path) -> Result<(StatsMeta, Vec<usize>)> {
     let st = StatsFile::open(path)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&st.mmap)
-        .map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
-    let dims = header.info("mom2.sum").map(|i| i.shape.clone()).ok_or_else(|| Error::BadSafetensors {
-        path: path.to_path_buf(),
-        reason: "no `mom2.sum` tensor: not a statistics file written by edit".into(),
-    })?;
+    let (_, header) =
+        safetensors::SafeTensors::read_metadata(&st.mmap).map_err(|e| Error::BadSafetensors { path: path.to_path_buf(), reason: e.to_string() })?;
+    let dims = header
+        .info("mom2.sum")
+        .map(|i| i.shape.clone())
+        .ok_or_else(|| Error::BadSafetensors { path: path.to_path_buf(), reason: "no `mom2.sum` tensor: not a statistics file written by edit".into() })?;
     Ok((st.stats_meta()?, dims))
 }
 
@@ -379,11 +374,7 @@ pub fn save_partial(path: &Path, key: &JobKey, acc: &Accumulator) -> Result<()> 
 }
 
 fn write_partial(path: &Path, key: &JobKey, acc: &Accumulator, finished_shard: Option<ShardInfo>) -> Result<()> {
-    let tensors: Vec<(String, Tensor)> = acc
-        .sums
-        .iter()
-        .map(|(l, t)| Ok((format!("sum.{l}"), t.to_device(&Device::Cpu)?)))
-        .collect::<Result<_>>()?;
+    let tensors: Vec<(String, Tensor)> = acc.sums.iter().map(|(l, t)| Ok((format!("sum.{l}"), t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
     let meta = PartialMeta { key: key.clone(), count: acc.count, texts: acc.texts, next_chunk: acc.next_chunk, finished_shard };
     let mut md = HashMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(&meta).expect("metadata serialises"));
@@ -427,6 +418,11 @@ mod tests {
         assert!(!is_shard_file_name(&name(&[1], Precision::F32, 520, shard), &[1, 3], Precision::F32, shard));
         assert!(!is_shard_file_name(&name(&[1, 3], Precision::F32, 520, Shard { index: 2, count: 3 }), &[1, 3], Precision::F32, shard));
         assert!(!is_shard_file_name("layers-1-3_float32_.shard-1-of-3.safetensors", &[1, 3], Precision::F32, shard));
-        assert!(!is_shard_file_name(&partial_path(Path::new("d"), &[1, 3], Precision::F32, 520, Some(shard)).display().to_string(), &[1, 3], Precision::F32, shard));
+        assert!(!is_shard_file_name(
+            &partial_path(Path::new("d"), &[1, 3], Precision::F32, 520, Some(shard)).display().to_string(),
+            &[1, 3],
+            Precision::F32,
+            shard
+        ));
     }
 }

@@ -376,12 +376,7 @@ pub fn collect_in_memory(model: &dyn CausalLm, tok: &Tokenizer, texts: &[String]
 /// Flat `[b·t]` indices of the real (non-padding) tokens.
 fn real_token_index(batch: &Batch) -> Result<Tensor> {
     let t = batch.seq_len();
-    let idx: Vec<u32> = batch
-        .lengths()
-        .iter()
-        .enumerate()
-        .flat_map(|(r, &n)| (0..n).map(move |p| (r * t + p) as u32))
-        .collect();
+    let idx: Vec<u32> = batch.lengths().iter().enumerate().flat_map(|(r, &n)| (0..n).map(move |p| (r * t + p) as u32)).collect();
     let n = idx.len();
     Ok(Tensor::from_vec(idx, n, batch.device())?)
 }

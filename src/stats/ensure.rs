@@ -224,17 +224,13 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         tracing::warn!("{msg}");
         ensured.note = Some(msg);
     }
-    tracing::info!("{samples} texts sampled from {} ({} rows); layers {todo:?}; batch tokens {batch_tokens}, max length {max_len}", plan.corpus.describe(), sample.corpus_rows);
-    let key = JobKey {
-        identity: identity.clone(),
-        dataset: dataset.clone(),
-        samples,
-        layers: todo.to_vec(),
-        precision,
-        max_len,
-        batch_tokens,
-        shard: plan.shard,
-    };
+    tracing::info!(
+        "{samples} texts sampled from {} ({} rows); layers {todo:?}; batch tokens {batch_tokens}, max length {max_len}",
+        plan.corpus.describe(),
+        sample.corpus_rows
+    );
+    let key =
+        JobKey { identity: identity.clone(), dataset: dataset.clone(), samples, layers: todo.to_vec(), precision, max_len, batch_tokens, shard: plan.shard };
     let targets: Vec<(usize, String, PathBuf)> = todo
         .iter()
         .map(|&l| {
@@ -497,17 +493,19 @@ pub fn decide(st: StatsWanted, hp: &StatsNeed, identity: &ModelIdentity, cfg: &M
     }
     let corpus = match explicit.or(config_corpus) {
         Some(c) => c,
-        None => return Err(Error::Input(format!(
-            "no statistics of this model are cached for layer(s) {:?} (in {}; complete sets cached: {}), and the config's \
+        None => {
+            return Err(Error::Input(format!(
+                "no statistics of this model are cached for layer(s) {:?} (in {}; complete sets cached: {}), and the config's \
              mom2_dataset `{}` is not a corpus edit can fetch. Compute them first, e.g. `edit stats --model {} --layers {}` \
              (the embedded WikiText-2 sample, offline), or pass --dataset embedded|wikitext|wikipedia or --text FILE",
-            hp.layers,
-            stats_dir.display(),
-            cached_names(),
-            hp.dataset,
-            st.model_id,
-            hp.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")
-        ))),
+                hp.layers,
+                stats_dir.display(),
+                cached_names(),
+                hp.dataset,
+                st.model_id,
+                hp.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(",")
+            )))
+        }
     };
     check_corpus_available(&corpus, st.offline, hub_progress)?;
     Ok(StatsSource::Compute(StatsPlan {
@@ -578,4 +576,3 @@ pub fn load_stats(
     }
     Ok((stats, used))
 }
-

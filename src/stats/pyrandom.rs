@@ -22,9 +22,7 @@ pub struct PyRandom {
 impl std::fmt::Debug for PyRandom {
     // The 624-word state is noise in debug output; the position is what helps.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PyRandom")
-            .field("index", &self.index)
-            .finish_non_exhaustive()
+        f.debug_struct("PyRandom").field("index", &self.index).finish_non_exhaustive()
     }
 }
 
@@ -35,10 +33,7 @@ impl PyRandom {
         let lo = seed as u32;
         let hi = (seed >> 32) as u32;
         let key: &[u32] = if hi == 0 { &[lo] } else { &[lo, hi] };
-        let mut rng = PyRandom {
-            state: [0; N],
-            index: N,
-        };
+        let mut rng = PyRandom { state: [0; N], index: N };
         rng.init_by_array(key);
         rng
     }
@@ -55,9 +50,7 @@ impl PyRandom {
         self.state[0] = s;
         for i in 1..N {
             let prev = self.state[i - 1];
-            self.state[i] = 1_812_433_253u32
-                .wrapping_mul(prev ^ (prev >> 30))
-                .wrapping_add(i as u32);
+            self.state[i] = 1_812_433_253u32.wrapping_mul(prev ^ (prev >> 30)).wrapping_add(i as u32);
         }
         self.index = N;
     }
@@ -69,9 +62,7 @@ impl PyRandom {
         let mut j = 0usize;
         for _ in 0..N.max(key.len()) {
             let prev = mt[i - 1];
-            mt[i] = (mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1_664_525))
-                .wrapping_add(key[j])
-                .wrapping_add(j as u32);
+            mt[i] = (mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1_664_525)).wrapping_add(key[j]).wrapping_add(j as u32);
             i += 1;
             j += 1;
             if i >= N {
@@ -84,8 +75,7 @@ impl PyRandom {
         }
         for _ in 0..N - 1 {
             let prev = mt[i - 1];
-            mt[i] =
-                (mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1_566_083_941)).wrapping_sub(i as u32);
+            mt[i] = (mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1_566_083_941)).wrapping_sub(i as u32);
             i += 1;
             if i >= N {
                 mt[0] = mt[N - 1];
@@ -205,10 +195,7 @@ mod tests {
         let mut r = PyRandom::new(12_345_678_901_234);
         let got: Vec<u64> = (0..3).map(|_| r.getrandbits(32)).collect();
         assert_eq!(got, [107_551_873, 2_403_399_316, 624_174_316]);
-        assert_eq!(
-            shuffled_indices(10, 12_345_678_901_234),
-            [9, 1, 7, 5, 4, 3, 6, 2, 8, 0]
-        );
+        assert_eq!(shuffled_indices(10, 12_345_678_901_234), [9, 1, 7, 5, 4, 3, 6, 2, 8, 0]);
 
         let mut r = PyRandom::new(u64::MAX);
         let got: Vec<u64> = (0..3).map(|_| r.getrandbits(32)).collect();
@@ -240,10 +227,7 @@ mod tests {
 
     #[test]
     fn shuffled_indices_small() {
-        assert_eq!(
-            shuffled_indices(20, 1),
-            [11, 5, 17, 19, 9, 0, 16, 1, 15, 6, 10, 13, 14, 12, 7, 3, 8, 2, 18, 4]
-        );
+        assert_eq!(shuffled_indices(20, 1), [11, 5, 17, 19, 9, 0, 16, 1, 15, 6, 10, 13, 14, 12, 7, 3, 8, 2, 18, 4]);
         assert!(shuffled_indices(0, 1).is_empty());
         assert_eq!(shuffled_indices(1, 1), [0]);
     }
@@ -251,10 +235,7 @@ mod tests {
     #[test]
     fn shuffled_indices_large_crosses_many_twists() {
         let idx = shuffled_indices(100_000, 1);
-        assert_eq!(
-            idx[..10],
-            [63229, 7871, 74587, 59445, 71381, 5404, 56721, 41863, 62960, 42424]
-        );
+        assert_eq!(idx[..10], [63229, 7871, 74587, 59445, 71381, 5404, 56721, 41863, 62960, 42424]);
         assert_eq!(idx[idx.len() - 3..], [8271, 74606, 17611]);
         let mut sorted = idx.clone();
         sorted.sort_unstable();

@@ -56,9 +56,7 @@ pub fn scan(stats_dir: &Path, identity: &ModelIdentity, cfg: &ModelConfig, layer
     let modules = layers.iter().map(|&l| Ok((l, mlp_down(cfg, l)?))).collect::<Result<Vec<_>>>()?;
     let mut found = Vec::new();
     let dirs = |p: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-            .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
-            .unwrap_or_default();
+        let mut v: Vec<PathBuf> = std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect()).unwrap_or_default();
         v.sort();
         v
     };

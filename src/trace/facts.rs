@@ -136,8 +136,19 @@ mod tests {
             {"case_id": 3, "requested_rewrite": {"prompt": "The native language of {} is", "subject": "Alon Javberg", "target_new": {"str": "Finnish"}, "target_true": {"str": "French"}}}
         ]"#;
         let f = parse_facts(text, "t").unwrap();
-        assert_eq!(f[0], Fact { id: Some(7.into()), prompt: "Vinson Massif is located in the continent of".into(), subject: "Vinson Massif".into(), expect: Some("Antarctica".into()) });
-        assert_eq!(f[1], Fact { id: Some(3.into()), prompt: "The native language of Alon Javberg is".into(), subject: "Alon Javberg".into(), expect: Some("French".into()) });
+        assert_eq!(
+            f[0],
+            Fact {
+                id: Some(7.into()),
+                prompt: "Vinson Massif is located in the continent of".into(),
+                subject: "Vinson Massif".into(),
+                expect: Some("Antarctica".into())
+            }
+        );
+        assert_eq!(
+            f[1],
+            Fact { id: Some(3.into()), prompt: "The native language of Alon Javberg is".into(), subject: "Alon Javberg".into(), expect: Some("French".into()) }
+        );
         let req = parse_facts(r#"[{"prompt": "{} was born in", "subject": "Alon Javberg", "target_new": "Paris", "target_true": "Rome"}]"#, "t").unwrap();
         assert_eq!(req[0], Fact { id: None, prompt: "Alon Javberg was born in".into(), subject: "Alon Javberg".into(), expect: Some("Rome".into()) });
         let err = parse_facts(r#"[{"prompt": "x"}]"#, "t").unwrap_err().to_string();

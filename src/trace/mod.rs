@@ -109,7 +109,17 @@ pub struct TraceOptions {
 
 impl Default for TraceOptions {
     fn default() -> Self {
-        Self { samples: 10, window: 10, noise_level: 0.1, uniform: false, replace: false, seed: 1, consistent_low_score: false, trace_expected: false, batch_tokens: 8192 }
+        Self {
+            samples: 10,
+            window: 10,
+            noise_level: 0.1,
+            uniform: false,
+            replace: false,
+            seed: 1,
+            consistent_low_score: false,
+            trace_expected: false,
+            batch_tokens: 8192,
+        }
     }
 }
 
@@ -274,7 +284,10 @@ pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opt
     for &k in kinds {
         let states = (0..n_layer)
             .map(|l| {
-                let h = clean_hooks.recorded.get(&k.point(l)).ok_or_else(|| Error::Internal(format!("the clean run recorded no {} state at layer {l}", k.name())))?;
+                let h = clean_hooks
+                    .recorded
+                    .get(&k.point(l))
+                    .ok_or_else(|| Error::Internal(format!("the clean run recorded no {} state at layer {l}", k.name())))?;
                 Ok(h.get(0)?.to_dtype(DType::F32)?)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -307,7 +320,9 @@ pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opt
     let mut hooks = PatchHooks { corrupt: Some(corruption(&p, s, |r| r, opts.replace, device)?), ..PatchHooks::default() };
     hooks.record.extend((0..n_layer).map(HookPoint::BlockOut));
     let logits = last_logits(model, &p.ids, s, pad, None, &mut hooks)?;
-    p.corrupted = (0..n_layer).map(|l| hooks.recorded.remove(&HookPoint::BlockOut(l)).ok_or_else(|| Error::Internal(format!("no corrupted block output at layer {l}")))).collect::<Result<_>>()?;
+    p.corrupted = (0..n_layer)
+        .map(|l| hooks.recorded.remove(&HookPoint::BlockOut(l)).ok_or_else(|| Error::Internal(format!("no corrupted block output at layer {l}"))))
+        .collect::<Result<_>>()?;
     p.low_score = mean(&answer_probs(&logits, p.answer_t)?);
     if opts.replace && !opts.consistent_low_score {
         // The reference's low score ignores `replace`: it adds the noise.
@@ -427,10 +442,14 @@ pub fn embedding_std(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, subjects: 
     let mut values = Vec::new();
     for chunk in subjects.chunks(64) {
         let seqs = chunk.iter().map(|s| tok.encode_input(s)).collect::<Result<Vec<_>>>()?;
-        let seqs: Vec<Vec<u32>> = seqs.into_iter().filter(|s| !s.is_empty()).map(|mut s| {
-            s.truncate(model.config().n_ctx);
-            s
-        }).collect();
+        let seqs: Vec<Vec<u32>> = seqs
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .map(|mut s| {
+                s.truncate(model.config().n_ctx);
+                s
+            })
+            .collect();
         if seqs.is_empty() {
             continue;
         }

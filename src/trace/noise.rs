@@ -57,7 +57,9 @@ impl std::str::FromStr for NoiseRule {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::Input(format!("--noise {s}: give a standard deviation (0.1), s<k> for k times the subjects' embedding std (s3, the reference's default), or u<x> for uniform noise in [-x, x]"));
+        let bad = || {
+            Error::Input(format!("--noise {s}: give a standard deviation (0.1), s<k> for k times the subjects' embedding std (s3, the reference's default), or u<x> for uniform noise in [-x, x]"))
+        };
         let number = |t: &str| t.parse::<f64>().ok().filter(|x| x.is_finite() && *x >= 0.0);
         if let Some(k) = s.strip_prefix('s') {
             return Ok(Self::SubjectStd(if k.is_empty() { 1.0 } else { number(k).ok_or_else(bad)? }));
@@ -83,9 +85,7 @@ impl std::fmt::Display for NoiseRule {
 /// as the reference draws `prng(rows, tokens, d)` from a fresh `RandomState(seed)`.
 pub fn draw(seed: u32, rows: usize, tokens: usize, d: usize, level: f64, uniform: bool) -> Vec<f64> {
     let mut rng = NumpyRandom::new(seed);
-    (0..rows * tokens * d)
-        .map(|_| level * if uniform { rng.uniform_pm1() } else { rng.gauss() })
-        .collect()
+    (0..rows * tokens * d).map(|_| level * if uniform { rng.uniform_pm1() } else { rng.gauss() }).collect()
 }
 
 /// The unbiased (N − 1) standard deviation of all values, computed in f64.

@@ -72,7 +72,8 @@ where
     let low = t.low_score.unwrap_or(0.0);
     let high = t.scores.iter().flatten().copied().fold(low, f64::max);
     let scale = |v: f64| if high > low { (v - low) / (high - low) } else { 0.0 };
-    let labels: Vec<String> = t.input_tokens.iter().enumerate().map(|(i, s)| if (t.subject_range.0..t.subject_range.1).contains(&i) { format!("{s}*") } else { s.clone() }).collect();
+    let labels: Vec<String> =
+        t.input_tokens.iter().enumerate().map(|(i, s)| if (t.subject_range.0..t.subject_range.1).contains(&i) { format!("{s}*") } else { s.clone() }).collect();
     let (title, x_desc) = match kind {
         Kind::Hidden => ("Impact of restoring state after corrupted input".to_string(), format!("single restored layer within {model}")),
         k => {
@@ -110,7 +111,12 @@ where
         root.draw(&Text::new(l.to_string(), (x, y + 4), below.clone()))?;
     }
     // The colour bar: the scale from the corrupted run's probability to the highest score.
-    let mut cb = ChartBuilder::on(&bar).margin_top(40).margin_bottom(50).margin_right(45).y_label_area_size(0).build_cartesian_2d(0f64..1f64, low..high.max(low + 1e-9))?;
+    let mut cb = ChartBuilder::on(&bar)
+        .margin_top(40)
+        .margin_bottom(50)
+        .margin_right(45)
+        .y_label_area_size(0)
+        .build_cartesian_2d(0f64..1f64, low..high.max(low + 1e-9))?;
     let steps = 64;
     cb.draw_series((0..steps).map(|k| {
         let (a, b) = (low + (high - low) * k as f64 / steps as f64, low + (high - low) * (k + 1) as f64 / steps as f64);

@@ -105,7 +105,13 @@ impl AlphaState {
         }
         if let Some(m) = model {
             if m.base_fingerprint != file.base_fingerprint {
-                return Err(bad(dir, format!("it belongs to other weights (fingerprint {}, this model's base is {}); start a new --state directory for this model", file.base_fingerprint, m.base_fingerprint)));
+                return Err(bad(
+                    dir,
+                    format!(
+                        "it belongs to other weights (fingerprint {}, this model's base is {}); start a new --state directory for this model",
+                        file.base_fingerprint, m.base_fingerprint
+                    ),
+                ));
             }
             if m.applied != file.applied {
                 return Err(bad(
@@ -216,7 +222,11 @@ mod tests {
     use super::*;
 
     fn hp() -> AlphaEditHparams {
-        let cfg = crate::ModelConfig::from_json(&serde_json::json!({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 4, "vocab_size": 10, "n_positions": 16}), Path::new("c")).unwrap();
+        let cfg = crate::ModelConfig::from_json(
+            &serde_json::json!({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_layer": 4, "vocab_size": 10, "n_positions": 16}),
+            Path::new("c"),
+        )
+        .unwrap();
         let mut v = <AlphaEditHparams as crate::editing::hparams::MethodConfig>::starting_point(&cfg);
         v["layers"] = serde_json::json!([1, 2]);
         serde_json::from_value(v).unwrap()

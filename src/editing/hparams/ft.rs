@@ -202,10 +202,7 @@ impl MethodConfig for FtHparams {
             problems.push("`layers` is empty; list the layer(s) whose parameters are tuned, e.g. --set layers=[0]".into());
         }
         if let Some(&bad) = self.layers.iter().find(|&&l| l >= n) {
-            problems.push(format!(
-                "`layers` contains {bad}, but this model has {n} layers (0-{}); the config is probably for a deeper model",
-                n - 1
-            ));
+            problems.push(format!("`layers` contains {bad}, but this model has {n} layers (0-{}); the config is probably for a deeper model", n - 1));
         }
         if self.rewrite_module_tmp.matches("{}").count() > 1 {
             problems.push(format!("`rewrite_module_tmp` {:?} may contain at most one \"{{}}\"", self.rewrite_module_tmp));
@@ -225,11 +222,8 @@ impl MethodConfig for FtHparams {
         }
         // The substring rule also catches deeper blocks: `transformer.h.2` is in `transformer.h.20.…`.
         let blocks = format!("{}.", layers_name(cfg.family));
-        let mut extra: Vec<usize> = tuned
-            .iter()
-            .filter_map(|t| t.strip_prefix(&blocks)?.split('.').next()?.parse::<usize>().ok())
-            .filter(|l| !self.layers.contains(l))
-            .collect();
+        let mut extra: Vec<usize> =
+            tuned.iter().filter_map(|t| t.strip_prefix(&blocks)?.split('.').next()?.parse::<usize>().ok()).filter(|l| !self.layers.contains(l)).collect();
         extra.dedup();
         if !extra.is_empty() && self.rewrite_module_tmp.contains("{}") {
             tracing::warn!(

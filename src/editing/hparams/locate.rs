@@ -174,20 +174,15 @@ impl Common {
             problems.push(format!("`layers` {:?} must be ascending without repeats (MEMIT edits them in order)", self.layers));
         }
         if let Some(&bad) = self.layers.iter().find(|&&l| l >= n) {
-            problems.push(format!(
-                "`layers` contains {bad}, but this model has {n} layers (0-{}); the config is probably for a deeper model: {fix}",
-                n - 1
-            ));
+            problems.push(format!("`layers` contains {bad}, but this model has {n} layers (0-{}); the config is probably for a deeper model: {fix}", n - 1));
         }
 
         // Module names.
         let expected_rewrite = down_template(cfg);
         let blocks = layers_name(cfg.family);
         if self.rewrite_module_tmp.matches("{}").count() != 1 {
-            problems.push(format!(
-                "`rewrite_module_tmp` {:?} must contain one \"{{}}\" for the layer number, e.g. {expected_rewrite:?}",
-                self.rewrite_module_tmp
-            ));
+            problems
+                .push(format!("`rewrite_module_tmp` {:?} must contain one \"{{}}\" for the layer number, e.g. {expected_rewrite:?}", self.rewrite_module_tmp));
         } else if let Some(&l) = self.layers.iter().find(|&&l| l < n) {
             let name = self.rewrite_module_tmp.replace("{}", &l.to_string());
             let want = mlp_down(cfg, l)?.name;
@@ -200,10 +195,9 @@ impl Common {
                 ));
             }
         }
-        for (field, value, want) in [
-            ("layer_module_tmp", &self.layer_module_tmp, format!("{blocks}.{{}}")),
-            ("mlp_module_tmp", &self.mlp_module_tmp, format!("{blocks}.{{}}.mlp")),
-        ] {
+        for (field, value, want) in
+            [("layer_module_tmp", &self.layer_module_tmp, format!("{blocks}.{{}}")), ("mlp_module_tmp", &self.mlp_module_tmp, format!("{blocks}.{{}}.mlp"))]
+        {
             if *value != want {
                 problems.push(format!(
                     "`{field}` is {value:?}, but this {family} model's is {want:?}; the config is probably for another model \
@@ -213,11 +207,9 @@ impl Common {
         }
         // Not used by the computation (the models give logits directly); a mismatch only warns.
         let (attn, ln_f, head) = family_modules(cfg.family);
-        for (field, value, want) in [
-            ("attn_module_tmp", &self.attn_module_tmp, attn),
-            ("ln_f_module", &self.ln_f_module, ln_f),
-            ("lm_head_module", &self.lm_head_module, head),
-        ] {
+        for (field, value, want) in
+            [("attn_module_tmp", &self.attn_module_tmp, attn), ("ln_f_module", &self.ln_f_module, ln_f), ("lm_head_module", &self.lm_head_module, head)]
+        {
             if value != want {
                 tracing::warn!("`{field}` is {value:?}, but this {family} model's is {want:?} (the field is not used)");
             }
@@ -245,10 +237,7 @@ impl Common {
             problems.push("`mom2_n_samples` must be at least 1 (the reference uses 100000)".into());
         }
         if self.mom2_dtype != "float32" && self.mom2_dtype != "float64" {
-            problems.push(format!(
-                "`mom2_dtype` {:?} is not supported; use \"float32\" (the reference) or \"float64\"",
-                self.mom2_dtype
-            ));
+            problems.push(format!("`mom2_dtype` {:?} is not supported; use \"float32\" (the reference) or \"float64\"", self.mom2_dtype));
         }
         if let Some(t) = &self.context_templates {
             check_templates(t, problems);
@@ -270,12 +259,7 @@ pub(super) fn report(method: &str, cfg: &ModelConfig, problems: Vec<String>) -> 
     if problems.is_empty() {
         return Ok(());
     }
-    Err(Error::Input(format!(
-        "the {method} hyperparameters do not fit this {} model ({} layers):\n{}",
-        cfg.family.name(),
-        cfg.n_layer,
-        problems.join("\n")
-    )))
+    Err(Error::Input(format!("the {method} hyperparameters do not fit this {} model ({} layers):\n{}", cfg.family.name(), cfg.n_layer, problems.join("\n"))))
 }
 
 fn check_templates(t: &ContextTemplates, problems: &mut Vec<String>) {

@@ -208,8 +208,17 @@ impl MethodConfig for MendHparams {
     fn expected(field: &str) -> &'static str {
         match field {
             "lr_scale" => "a number",
-            "n_toks" | "max_batch_size" | "accumulate_bs" | "rank" | "n_hidden" | "val_interval" | "val_steps"
-            | "early_stop_patience" | "max_iters" | "loc_max_tokens" | "seed" => "a non-negative integer",
+            "n_toks"
+            | "max_batch_size"
+            | "accumulate_bs"
+            | "rank"
+            | "n_hidden"
+            | "val_interval"
+            | "val_steps"
+            | "early_stop_patience"
+            | "max_iters"
+            | "loc_max_tokens"
+            | "seed" => "a non-negative integer",
             "lr" | "lr_lr" | "edit_lr" | "cedit" | "cloc" | "grad_clip" => "a number",
             "inner_params" => "a list of weight names, e.g. [\"transformer.h.47.mlp.c_proj.weight\"]",
             "model_name" => "a string",
@@ -226,7 +235,14 @@ impl MethodConfig for MendHparams {
         let mut problems = Vec::new();
         check_number("lr_scale", self.lr_scale, false, &mut problems);
         let t = &self.train;
-        for (name, v, positive) in [("lr", t.lr, true), ("lr_lr", t.lr_lr, false), ("edit_lr", t.edit_lr, false), ("cedit", t.cedit, false), ("cloc", t.cloc, false), ("grad_clip", t.grad_clip, true)] {
+        for (name, v, positive) in [
+            ("lr", t.lr, true),
+            ("lr_lr", t.lr_lr, false),
+            ("edit_lr", t.edit_lr, false),
+            ("cedit", t.cedit, false),
+            ("cloc", t.cloc, false),
+            ("grad_clip", t.grad_clip, true),
+        ] {
             check_number(name, v, positive, &mut problems);
         }
         for (name, v) in [("accumulate_bs", t.accumulate_bs), ("rank", t.rank), ("val_interval", t.val_interval), ("loc_max_tokens", t.loc_max_tokens)] {

@@ -126,10 +126,7 @@ pub fn resolve<H: MethodConfig>(cfg: &ModelConfig, model_id: &str, config: Optio
         (Some(path), None) => (read_config_file(path, method)?, path.display().to_string()),
         (None, None) => match shipped_for(method, cfg, model_id) {
             Some(s) => (serde_json::from_str(s.text).expect("shipped configs are valid JSON"), s.describe()),
-            None => (
-                H::starting_point(cfg),
-                format!("generic starting point for a {}-layer {} model", cfg.n_layer, cfg.family.name()),
-            ),
+            None => (H::starting_point(cfg), format!("generic starting point for a {}-layer {} model", cfg.n_layer, cfg.family.name())),
         },
     };
     let Value::Object(given) = value else {
@@ -196,9 +193,7 @@ fn drop_unknown<H: MethodConfig>(obj: &mut Map<String, Value>, source: &str) {
 pub fn parse_set<H: MethodConfig>(set: &str) -> Result<(String, Value)> {
     let method = H::METHOD;
     let Some((key, raw)) = set.split_once('=') else {
-        return Err(Error::Input(format!(
-            "--set {set:?} has no `=`; write --set KEY=VALUE, e.g. --set v_lr=0.1 or --set layers=[3,4,5]"
-        )));
+        return Err(Error::Input(format!("--set {set:?} has no `=`; write --set KEY=VALUE, e.g. --set v_lr=0.1 or --set layers=[3,4,5]")));
     };
     let key = key.trim();
     let key = match key.split_once('.') {
@@ -218,11 +213,7 @@ pub fn parse_set<H: MethodConfig>(set: &str) -> Result<(String, Value)> {
     if !fields.contains(&key) {
         let near = fields.iter().min_by_key(|f| distance(f, key)).filter(|f| distance(f, key) <= 3);
         let hint = near.map(|f| format!("did you mean `{f}`? ")).unwrap_or_default();
-        return Err(Error::Input(format!(
-            "--set {set:?}: unknown {} hyperparameter `{key}`; {hint}valid names: {}",
-            method.name(),
-            fields.join(", ")
-        )));
+        return Err(Error::Input(format!("--set {set:?}: unknown {} hyperparameter `{key}`; {hint}valid names: {}", method.name(), fields.join(", "))));
     }
     let mut value = serde_json::from_str::<Value>(raw.trim()).unwrap_or_else(|_| Value::String(raw.to_string()));
     if key == "layers" {

@@ -199,10 +199,7 @@ pub fn shipped_for(method: Method, cfg: &ModelConfig, model_id: &str) -> Option<
 /// `configs/` and `.json`.
 pub fn named(method: Method, name: &str) -> Option<&'static Shipped> {
     let bare = name.trim_start_matches("configs/").trim_end_matches(".json");
-    SHIPPED
-        .iter()
-        .filter(|s| s.method == method)
-        .find(|s| s.name() == bare || s.name().split_once('/').is_some_and(|(_, file)| file == bare))
+    SHIPPED.iter().filter(|s| s.method == method).find(|s| s.name() == bare || s.name().split_once('/').is_some_and(|(_, file)| file == bare))
 }
 
 /// The names of `method`'s shipped configs, for messages.

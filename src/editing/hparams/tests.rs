@@ -92,11 +92,9 @@ fn generic_starting_points() {
     assert_eq!(ft.tuned_names(&tiny), ["transformer.h.0.mlp.c_proj.weight", "transformer.h.0.mlp.c_proj.bias"]);
     ft.validate(&tiny).unwrap();
     // GPT-J depth reproduces the reference layers.
-    let gptj = ModelConfig::from_json(
-        &json!({"model_type": "gptj", "n_embd": 64, "n_head": 4, "n_layer": 28, "vocab_size": 10, "n_positions": 8}),
-        Path::new("c"),
-    )
-    .unwrap();
+    let gptj =
+        ModelConfig::from_json(&json!({"model_type": "gptj", "n_embd": 64, "n_head": 4, "n_layer": 28, "vocab_size": 10, "n_positions": 8}), Path::new("c"))
+            .unwrap();
     let memit: MemitHparams = serde_json::from_value(MemitHparams::starting_point(&gptj)).unwrap();
     assert_eq!(memit.layers, vec![3, 4, 5, 6, 7, 8]);
     let one = gpt2(1, 32);

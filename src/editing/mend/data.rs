@@ -110,7 +110,15 @@ pub struct SampledText {
 
 /// Continues a prefix of each of `n` texts (drawn with `seed`; blank ones skipped) by
 /// `n_tokens` tokens of the model's own top-5 sampling (as the reference's `generate_fast`).
-pub fn sample_texts(model: &dyn CausalLm, tok: &Tokenizer, texts: &[String], n: usize, prefix_tokens: usize, n_tokens: usize, seed: u64) -> Result<Vec<SampledText>> {
+pub fn sample_texts(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    texts: &[String],
+    n: usize,
+    prefix_tokens: usize,
+    n_tokens: usize,
+    seed: u64,
+) -> Result<Vec<SampledText>> {
     let usable: Vec<Vec<u32>> = locality_sequences(tok, texts, prefix_tokens)?;
     if usable.is_empty() {
         return Err(Error::Input("no non-blank texts to sample prefixes from".into()));
@@ -135,11 +143,7 @@ pub fn sampled_examples(tok: &Tokenizer, texts: &[SampledText]) -> Result<Vec<Ed
         .map(|(i, s)| {
             let ids = tok.encode_input(&s.text)?;
             if s.n_tokens == 0 || ids.len() <= s.n_tokens {
-                return Err(Error::Input(format!(
-                    "sampled text {i} has {} tokens, not more than its n_tokens {}",
-                    ids.len(),
-                    s.n_tokens
-                )));
+                return Err(Error::Input(format!("sampled text {i} has {} tokens, not more than its n_tokens {}", ids.len(), s.n_tokens)));
             }
             // Tokens are cut from the left after the BOS, which every input keeps.
             let bos = tok.bos();
@@ -173,4 +177,3 @@ mod tests {
         assert!(sampled_examples(&tok, &[short]).is_err());
     }
 }
-

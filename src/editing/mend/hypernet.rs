@@ -108,7 +108,13 @@ pub struct Hypernetwork {
 impl Hypernetwork {
     /// Builds the network from `vb` (a file's tensors, or a `VarMap` to train), with the
     /// normalisation statistics from `stats` (by shape key) when there are any.
-    pub fn build(cfg: &ModelConfig, meta: MendMeta, vb: VarBuilder, stats: &HashMap<String, (RunningStats, RunningStats, usize)>, edit_lrs: Vec<f32>) -> Result<Self> {
+    pub fn build(
+        cfg: &ModelConfig,
+        meta: MendMeta,
+        vb: VarBuilder,
+        stats: &HashMap<String, (RunningStats, RunningStats, usize)>,
+        edit_lrs: Vec<f32>,
+    ) -> Result<Self> {
         let inner = inner_params(cfg, &meta.inner_params)?;
         if edit_lrs.len() != inner.len() {
             return Err(Error::Input(format!("the hypernetwork has {} step sizes for {} inner weights", edit_lrs.len(), inner.len())));

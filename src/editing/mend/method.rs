@@ -10,7 +10,7 @@ use super::factors::request_losses;
 use super::hypernet::{inner_params, read_meta, EditSettings, Hypernetwork, MendMeta};
 use super::network::NormMode;
 use crate::config::ModelConfig;
-use crate::editing::hparams::{Method, MendHparams};
+use crate::editing::hparams::{MendHparams, Method};
 use crate::editing::method::{report_json, EditInputs, EditMethod, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
 use crate::editing::optimize::LossPoint;
 use crate::editing::templates::ContextTemplates;
@@ -51,9 +51,8 @@ impl Mend {
     pub fn open(hp: MendHparams, file: Option<&Path>, cfg: &ModelConfig, identity: Option<&ModelIdentity>) -> Result<Self> {
         let file = file.ok_or_else(|| missing_hypernetwork(&hp))?;
         let meta = read_meta(file)?;
-        inner_params(cfg, &meta.inner_params).map_err(|e| {
-            Error::Input(format!("{}: the hypernetwork does not fit this model: {e}; it was made for {}", file.display(), made_for(&meta)))
-        })?;
+        inner_params(cfg, &meta.inner_params)
+            .map_err(|e| Error::Input(format!("{}: the hypernetwork does not fit this model: {e}; it was made for {}", file.display(), made_for(&meta))))?;
         if let Some(names) = &hp.inner_params {
             if *names != meta.inner_params {
                 return Err(Error::Input(format!(
@@ -152,11 +151,7 @@ impl EditMethod for Mend {
                 update_norm,
                 weight_norm,
                 detail: String::new(),
-                hint: format!(
-                    "Lower `lr_scale`, or check that {} was made for this model ({})",
-                    self.file.display(),
-                    made_for(&self.meta)
-                ),
+                hint: format!("Lower `lr_scale`, or check that {} was made for this model ({})", self.file.display(), made_for(&self.meta)),
             });
         }
         let n = requests.len();

@@ -184,7 +184,22 @@ impl<'a> Trainer<'a> {
         } else {
             (Adam::new(&vars.iter().map(Var::as_tensor).collect::<Vec<_>>(), hp.lr, 0.0)?, None)
         };
-        Ok(Self { model, hp, pad_id, meta, inner, modules, names, vars, transforms, adam, lr_adam, accum: vec![None; n], history: History::default(), best: None })
+        Ok(Self {
+            model,
+            hp,
+            pad_id,
+            meta,
+            inner,
+            modules,
+            names,
+            vars,
+            transforms,
+            adam,
+            lr_adam,
+            accum: vec![None; n],
+            history: History::default(),
+            best: None,
+        })
     }
 
     fn lrs(&self) -> &Var {
@@ -263,11 +278,8 @@ impl<'a> Trainer<'a> {
             report.loc = f64::from(kl.to_scalar::<f32>()?);
             report.total = f64::from(total.to_scalar::<f32>()?);
             let grads = total.backward()?;
-            let scaled: Vec<Option<Tensor>> = self
-                .vars
-                .iter()
-                .map(|v| grads.get(v.as_tensor()).map(|g| g / self.hp.accumulate_bs as f64).transpose())
-                .collect::<candle_core::Result<_>>()?;
+            let scaled: Vec<Option<Tensor>> =
+                self.vars.iter().map(|v| grads.get(v.as_tensor()).map(|g| g / self.hp.accumulate_bs as f64).transpose()).collect::<candle_core::Result<_>>()?;
             let finite = scaled.iter().flatten().map(|g| Ok(g.sqr()?.sum_all()?.to_scalar::<f32>()?.is_finite())).collect::<Result<Vec<bool>>>()?;
             if finite.iter().all(|&f| f) && report.total.is_finite() {
                 for (acc, g) in self.accum.iter_mut().zip(scaled) {
@@ -297,7 +309,8 @@ impl<'a> Trainer<'a> {
         }
         let norm = sq.sqrt();
         let coef = (self.hp.grad_clip / (norm + 1e-6)).min(1.0);
-        let grads: Vec<Option<Tensor>> = self.accum.iter_mut().map(|g| g.take().map(|g| if coef < 1.0 { g * coef } else { Ok(g) }).transpose()).collect::<candle_core::Result<_>>()?;
+        let grads: Vec<Option<Tensor>> =
+            self.accum.iter_mut().map(|g| g.take().map(|g| if coef < 1.0 { g * coef } else { Ok(g) }).transpose()).collect::<candle_core::Result<_>>()?;
         let n = self.vars.len();
         let vars: Vec<&Var> = self.vars.iter().collect();
         match &mut self.lr_adam {
