@@ -3,10 +3,9 @@
 //! edits and more neighbourhood knowledge than MEMIT with the same settings; `edit apply
 //! --state` edits batch after batch and refuses a model its state does not describe.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use common::{edit_bin, fixture_dir, outcome};
 use serde_json::Value;
@@ -21,15 +20,9 @@ fn ok(cmd: &mut std::process::Command) -> String {
     stdout
 }
 
-/// The reference's statistics of layers 0-2 (every text of the corpus), once per test process.
+/// The reference's statistics of layers 0-2 (every text of the corpus), once per test run.
 fn stats() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
-        common::fact_gpt2_stats(dir.path());
-        dir
-    })
-    .path()
+    common::shared_fact_gpt2_stats()
 }
 
 fn config(method: &str) -> PathBuf {
@@ -91,7 +84,11 @@ fn apply_with_a_state_edits_batch_after_batch() {
     assert_eq!((s["requests"].as_u64(), s["applied"].as_array().unwrap().len()), (Some(5), 1));
     // The null spaces are cached beside the statistics they come from.
     fn count(dir: &Path) -> usize {
-        std::fs::read_dir(dir).unwrap().flatten().map(|e| if e.path().is_dir() { count(&e.path()) } else { usize::from(e.file_name().to_string_lossy().contains(".nullspace-")) }).sum()
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| if e.path().is_dir() { count(&e.path()) } else { usize::from(e.file_name().to_string_lossy().contains(".nullspace-")) })
+            .sum()
     }
     let cached = count(stats());
     assert!(cached >= 3, "one null-space cache per layer, found {cached}");
@@ -114,7 +111,14 @@ fn apply_with_a_state_edits_batch_after_batch() {
     assert!(err.contains("holds []") && err.contains("--out"), "{err}");
     assert!(!tmp.path().join("m3").exists(), "nothing written");
     let (code, _, err) = outcome(
-        edit_bin().args(["apply", "--method", "memit", "--model"]).arg(model_dir()).arg(&b).arg("--state").arg(&state).arg("--delta-out").arg(tmp.path().join("x.safetensors")),
+        edit_bin()
+            .args(["apply", "--method", "memit", "--model"])
+            .arg(model_dir())
+            .arg(&b)
+            .arg("--state")
+            .arg(&state)
+            .arg("--delta-out")
+            .arg(tmp.path().join("x.safetensors")),
     );
     assert_eq!(code, Some(1));
     assert!(err.contains("--state") && err.contains("alphaedit"), "{err}");

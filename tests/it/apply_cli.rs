@@ -5,7 +5,7 @@
 //! share one statistics directory, collected once per run of this file (`edit stats`); the
 //! first test starts from an empty one to see `apply` compute and then reuse them.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{Hash, Hasher};
@@ -35,7 +35,6 @@ fn corpus() -> PathBuf {
 fn hparams(name: &str) -> PathBuf {
     model_dir().join("hparams").join(name)
 }
-
 
 /// `edit apply REQUESTS --method METHOD --model fact-gpt2 --config hparams/CONFIG` with the
 /// quick statistics options; callers add outputs and overrides.
@@ -76,10 +75,7 @@ fn ok_json(cmd: &mut Command) -> (Vec<Value>, String) {
     let err = stderr(&out);
     assert!(out.status.success(), "edit apply failed: {err}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let lines = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}")))
-        .collect();
+    let lines = stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {l}"))).collect();
     (lines, err)
 }
 
@@ -145,11 +141,7 @@ fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime, u64)> {
 }
 
 fn stats_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fingerprint(dir)
-        .into_keys()
-        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
-        .map(|p| dir.join(p))
-        .collect();
+    let mut out: Vec<PathBuf> = fingerprint(dir).into_keys().filter(|p| p.extension().is_some_and(|e| e == "safetensors")).map(|p| dir.join(p)).collect();
     out.sort();
     out
 }
@@ -221,9 +213,7 @@ fn rome_writes_model_and_delta_and_reuses_statistics() {
     let out = tmp.path().join("patched");
     let delta = tmp.path().join("delta.safetensors");
 
-    let (lines, err) = ok_json(
-        rome(&req, &stats).arg("--json").arg("--out").arg(&out).arg("--delta-out").arg(&delta).args(["--set", "v_num_grad_steps=10"]),
-    );
+    let (lines, err) = ok_json(rome(&req, &stats).arg("--json").arg("--out").arg(&out).arg("--delta-out").arg(&delta).args(["--set", "v_num_grad_steps=10"]));
     assert!(err.contains("no cached statistics") && err.contains("computing them now"), "statistics should be computed: {err}");
 
     // One object per request, then the summary.
@@ -272,8 +262,7 @@ fn rome_writes_model_and_delta_and_reuses_statistics() {
     assert_eq!(files.len(), 1, "statistics of layer 2 only: {files:?}");
     let before = fingerprint(&stats);
     let delta2 = tmp.path().join("delta2.safetensors");
-    let (lines2, err2) =
-        ok_json(rome(&req, &stats).arg("--json").arg("--delta-out").arg(&delta2).args(["--set", "v_num_grad_steps=3"]));
+    let (lines2, err2) = ok_json(rome(&req, &stats).arg("--json").arg("--delta-out").arg(&delta2).args(["--set", "v_num_grad_steps=3"]));
     assert!(!err2.contains("no cached statistics") && !err2.contains("computing"), "statistics should be reused: {err2}");
     assert_eq!(fingerprint(&stats), before, "the statistics cache must not be rewritten");
     assert!(delta2.is_file());
@@ -333,11 +322,7 @@ fn same_seed_gives_identical_delta_and_another_seed_other_templates() {
     let req = write_cases(tmp.path(), "requests.json", 1);
     let go = |seed: &str, name: &str| -> (Value, PathBuf) {
         let delta = tmp.path().join(name);
-        let (lines, _) = ok_json(
-            rome(&req, shared_stats())
-                .args(["--json", "--seed", seed, "--set", "v_num_grad_steps=10", "--delta-out"])
-                .arg(&delta),
-        );
+        let (lines, _) = ok_json(rome(&req, shared_stats()).args(["--json", "--seed", seed, "--set", "v_num_grad_steps=10", "--delta-out"]).arg(&delta));
         (summary(&lines).clone(), delta)
     };
     let (s1, d1) = go("7", "a.safetensors");
@@ -383,11 +368,8 @@ fn memit_edits_every_configured_layer() {
     let lines: Vec<String> = cases().iter().take(3).map(|c| serde_json::to_string(c).unwrap()).collect();
     std::fs::write(&req, lines.join("\n") + "\n").unwrap();
     let delta = tmp.path().join("delta.safetensors");
-    let (out, err) = ok_json(
-        apply(&req, "memit", &hparams("MEMIT_tuned.json"), shared_stats())
-            .args(["--json", "--set", "v_num_grad_steps=10", "--delta-out"])
-            .arg(&delta),
-    );
+    let (out, err) =
+        ok_json(apply(&req, "memit", &hparams("MEMIT_tuned.json"), shared_stats()).args(["--json", "--set", "v_num_grad_steps=10", "--delta-out"]).arg(&delta));
     assert!(!err.contains("computing them now"), "shared statistics should be used: {err}");
     assert_eq!(out.len(), 4, "three requests and a summary: {out:?}");
     for (i, r) in out[..3].iter().enumerate() {
@@ -425,9 +407,7 @@ fn set_overrides_and_bad_keys() {
     let out = tmp.path().join("patched");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("stale.txt"), "old").unwrap();
-    let (lines, err) = ok_json(
-        rome(&req, shared_stats()).args(["-v", "--json", "--set", "v_num_grad_steps=3", "--force", "--out"]).arg(&out),
-    );
+    let (lines, err) = ok_json(rome(&req, shared_stats()).args(["-v", "--json", "--set", "v_num_grad_steps=3", "--force", "--out"]).arg(&out));
     assert_eq!(lines.len(), 3);
     for r in &lines[..2] {
         let n = r["losses"].as_array().unwrap().len();
@@ -446,10 +426,7 @@ fn set_overrides_and_bad_keys() {
         &["v_num_grad_stepz", "unknown rome hyperparameter", "v_num_grad_steps"],
     );
     // A value of the wrong type names the field too.
-    fails(
-        rome(&req, &tmp.path().join("stats")).args(["--set", "v_lr=fast", "--delta-out"]).arg(&delta),
-        &["v_lr"],
-    );
+    fails(rome(&req, &tmp.path().join("stats")).args(["--set", "v_lr=fast", "--delta-out"]).arg(&delta), &["v_lr"]);
     assert!(!delta.exists());
     assert_eq!(names(tmp.path()), set(&["requests.json", "patched"]), "nothing written by the failed runs");
 }
@@ -557,10 +534,7 @@ fn oversized_update_is_refused_and_nothing_is_written() {
     let req = write_cases(tmp.path(), "requests.json", 1);
     fails_writing_nothing(
         tmp.path(),
-        with_outputs(
-            rome(&req, shared_stats()).args(["--max-update-ratio", "1e-9", "--set", "v_num_grad_steps=3"]),
-            tmp.path(),
-        ),
+        with_outputs(rome(&req, shared_stats()).args(["--max-update-ratio", "1e-9", "--set", "v_num_grad_steps=3"]), tmp.path()),
         &["request 0", "Alon Javberg", "--max-update-ratio", "nothing was written"],
         &["requests.json"],
     );
@@ -574,13 +548,7 @@ fn input_model_directory_is_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
     let req = write_cases(tmp.path(), "requests.json", 1);
     let out = tmp.path().join("patched");
-    ok_text(
-        rome(&req, shared_stats())
-            .args(["--set", "v_num_grad_steps=3", "--out"])
-            .arg(&out)
-            .arg("--delta-out")
-            .arg(tmp.path().join("delta.safetensors")),
-    );
+    ok_text(rome(&req, shared_stats()).args(["--set", "v_num_grad_steps=3", "--out"]).arg(&out).arg("--delta-out").arg(tmp.path().join("delta.safetensors")));
     assert_eq!(fingerprint(&model_dir()), before, "apply must not modify the input model directory");
     // The written copy differs from the input only in the weights.
     let written = fingerprint(&out);

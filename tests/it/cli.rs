@@ -1,12 +1,11 @@
 //! Drives the real `edit` binary in temporary directories.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{edit_bin, fixture_dir, golden};
-
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("binary runs")
@@ -204,18 +203,20 @@ fn offline_hub_id_resolves_from_cache() {
     let hub = tmp.path().join("hf").join("hub");
     fake_hub_cache(&hub, "EleutherAI/gpt-j-tiny", "tiny-gptj", &[]);
     // HF_HOME/hub is the standard location; HF_HUB_OFFLINE=1 selects the cache-only mode.
-    let out = run(edit_bin()
-        .env_remove("HF_HUB_CACHE")
-        .env("HF_HOME", tmp.path().join("hf"))
-        .env("HF_HUB_OFFLINE", "1")
-        .args(["predict", "--json", "-k", "1", "--model", "EleutherAI/gpt-j-tiny", "Paris is the capital of"]));
+    let out = run(edit_bin().env_remove("HF_HUB_CACHE").env("HF_HOME", tmp.path().join("hf")).env("HF_HUB_OFFLINE", "1").args([
+        "predict",
+        "--json",
+        "-k",
+        "1",
+        "--model",
+        "EleutherAI/gpt-j-tiny",
+        "Paris is the capital of",
+    ]));
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["input_ids"].as_array().unwrap().len(), 5);
 
-    let out = run(edit_bin()
-        .env("HF_HUB_CACHE", &hub)
-        .args(["inspect", "--json", "--offline", "--model", "EleutherAI/gpt-j-tiny"]));
+    let out = run(edit_bin().env("HF_HUB_CACHE", &hub).args(["inspect", "--json", "--offline", "--model", "EleutherAI/gpt-j-tiny"]));
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["origin"]["kind"], "hub");

@@ -5,7 +5,7 @@
 //! `edit apply-delta`), a resumed run writes what an uninterrupted one does, a failed edit is
 //! recorded and the run goes on, bad records stop it before any work.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -41,7 +41,6 @@ fn reference(run: &str) -> serde_json::Map<String, Value> {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(model_dir().join("reference-percase.json")).unwrap()).unwrap();
     v["runs"][run].as_object().unwrap().clone()
 }
-
 
 const GROUPS: [(&str, &str); 3] =
     [("rewrite", "rewrite_prompts_probs"), ("paraphrase", "paraphrase_prompts_probs"), ("neighborhood", "neighborhood_prompts_probs")];
@@ -86,15 +85,13 @@ fn method_none_reproduces_the_reference_nlls_and_rates() {
 
 #[test]
 fn memit_tuned_on_a_batch_of_100_scores_as_the_reference() {
-    let tmp = tempfile::tempdir().unwrap();
-    let stats = tmp.path().join("stats");
     // The reference's statistics: every text of the corpus.
-    common::fact_gpt2_stats(&stats);
+    let stats = common::shared_fact_gpt2_stats();
     let stdout = ok(eval("memit", &cases())
         .arg("--config")
         .arg(model_dir().join("hparams/MEMIT_tuned.json"))
         .args(["--num-edits", "100", "--limit", "100", "--max-update-ratio", "100", "--json", "--stats-dir"])
-        .arg(&stats));
+        .arg(stats));
     let s: Vec<Value> = serde_json::from_str(&stdout).unwrap();
     let want = rates(&reference("MEMITt_100"));
     let got = ["post_rewrite_success", "post_paraphrase_success", "post_neighborhood_success"].map(|k| s[0][k][0].as_f64().unwrap());
@@ -149,7 +146,10 @@ fn zsre_token_accuracy_by_hand() {
 
 /// The records' per-prompt NLLs, by case id (the `time` of a record is not compared).
 fn nlls(c: &Value, state: &str) -> Vec<f64> {
-    GROUPS.iter().flat_map(|(_, k)| c[state][k].as_array().unwrap().iter().flat_map(|p| [p["target_new"].as_f64().unwrap(), p["target_true"].as_f64().unwrap()])).collect()
+    GROUPS
+        .iter()
+        .flat_map(|(_, k)| c[state][k].as_array().unwrap().iter().flat_map(|p| [p["target_new"].as_f64().unwrap(), p["target_true"].as_f64().unwrap()]))
+        .collect()
 }
 
 fn without_time(v: &[Value]) -> Vec<Value> {
@@ -235,7 +235,11 @@ fn a_failed_edit_is_recorded_and_the_run_goes_on() {
     let tmp = tempfile::tempdir().unwrap();
     let ft = model_dir().join("hparams/FT_constr_eps5e-3.json");
     let out = tmp.path().join("nan");
-    let stdout = ok(eval("ft", &cases()).arg("--config").arg(&ft).args(["--set", "lr=3e38", "--set", "norm_constraint=false", "--limit", "2", "--json", "--out"]).arg(&out));
+    let stdout = ok(eval("ft", &cases())
+        .arg("--config")
+        .arg(&ft)
+        .args(["--set", "lr=3e38", "--set", "norm_constraint=false", "--limit", "2", "--json", "--out"])
+        .arg(&out));
     let s: Vec<Value> = serde_json::from_str(&stdout).unwrap();
     assert_eq!(s[0]["num_failed"], 2);
     assert_eq!(s[0]["num_cases"], 2);
@@ -440,7 +444,15 @@ fn attribute_prompts_are_scored_as_rs_evaluator_does() {
         assert_eq!(got.len(), prompts.len());
         // The single-record scorer the method tests use, one prompt at a time.
         let rr = &r["requested_rewrite"];
-        let want = edit::eval::score_pairs(&*lm.model, tok, &prompts, rr["target_new"]["str"].as_str().unwrap(), rr["target_true"]["str"].as_str().unwrap(), lm.pad_id()).unwrap();
+        let want = edit::eval::score_pairs(
+            &*lm.model,
+            tok,
+            &prompts,
+            rr["target_new"]["str"].as_str().unwrap(),
+            rr["target_true"]["str"].as_str().unwrap(),
+            lm.pad_id(),
+        )
+        .unwrap();
         for (g, w) in got.iter().zip(want) {
             assert!((g["target_new"].as_f64().unwrap() - w.new).abs() < 1e-4 && (g["target_true"].as_f64().unwrap() - w.true_).abs() < 1e-4);
         }

@@ -1,12 +1,12 @@
 //! End to end on fact-gpt2, a small GPT-2 that knows a synthetic world of facts: ROME with the
 //! hyperparameters the reference code was run with, scored as the reference scores CounterFact
 //! (spec §6.2) and compared with the reference's own scores (fixture REFERENCE.md). MEMIT's batch
-//! of 100 is scored through `edit eval` (`tests/eval_cli.rs`).
+//! of 100 is scored through `edit eval` (`tests/it/eval_cli.rs`).
 //!
 //! By default a subset of the 500 cases keeps `cargo test` short; `EDIT_FACT_CASES=500 cargo test
-//! --release --test fact_gpt2 -- --nocapture` runs them all (results in benches/README.md).
+//! --release --test it fact_gpt2:: -- --nocapture` runs them all (results in benches/README.md).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,17 +15,16 @@ use std::sync::OnceLock;
 use faer::Mat;
 
 use common::fixture_dir;
+use edit::editing::apply_deltas;
 use edit::editing::hparams::{self, RomeHparams};
 use edit::editing::linalg::{to_mat, LayerStats};
 use edit::editing::requests::{read_requests, Request};
 use edit::editing::rome::apply_rome;
 use edit::editing::templates;
-use edit::editing::apply_deltas;
 use edit::eval::{case_success, score_pairs, CaseSuccess};
 use edit::stats::collect::{collect_in_memory, CollectPlan};
 use edit::stats::Precision;
 use edit::LoadedModel;
-
 
 fn dir() -> PathBuf {
     fixture_dir("fact-gpt2")

@@ -9,7 +9,7 @@
 //! ES/PS/NS within 3 points. FT-L and a MEND network trained by `edit mend train` edit it; `edit
 //! trace` runs on it.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -52,7 +52,6 @@ fn reference(run: &str) -> serde_json::Map<String, Value> {
     v["runs"][run]["cases"].as_object().unwrap().clone()
 }
 
-
 fn eval(method: &str, args: &[&str]) -> Value {
     let out = ok(edit_bin()
         .args(["eval", "--json", "--method", method, "--model"])
@@ -82,7 +81,13 @@ fn within_three(method: &str, got: [f64; 3], run: &str) {
 fn unedited_scores_are_the_reference_evaluators() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("none");
-    ok(edit_bin().args(["eval", "--method", "none", "--limit", "100", "--model"]).arg(model()).arg("--dataset").arg(model().join("cases.json")).arg("--out").arg(&out));
+    ok(edit_bin()
+        .args(["eval", "--method", "none", "--limit", "100", "--model"])
+        .arg(model())
+        .arg("--dataset")
+        .arg(model().join("cases.json"))
+        .arg("--out")
+        .arg(&out));
     let reference = reference("NONE");
     let mut worst = 0f64;
     let mut n = 0;
@@ -168,7 +173,16 @@ fn rome_reproduces_the_reference() {
 
 #[test]
 fn memit_batch_of_100_reproduces_the_reference() {
-    let base = ["--config".to_string(), config("MEMIT"), "--num-edits".into(), "100".into(), "--limit".into(), "100".into(), "--max-update-ratio".into(), "1000".into()];
+    let base = [
+        "--config".to_string(),
+        config("MEMIT"),
+        "--num-edits".into(),
+        "100".into(),
+        "--limit".into(),
+        "100".into(),
+        "--max-update-ratio".into(),
+        "1000".into(),
+    ];
     let mut args = base.to_vec();
     args.extend(as_the_reference("memit"));
     reproduces("MEMIT", &args, "cases.jsonl", "post", "MEMIT100", 0.01);
@@ -180,7 +194,8 @@ fn memit_batch_of_100_reproduces_the_reference() {
 /// reference's f32 one drifts by ~1e-3 over the chunks).
 #[test]
 fn sequential_alphaedit_reproduces_the_reference() {
-    let mut args: Vec<String> = ["--config".into(), config("AlphaEdit"), "--num-edits".into(), "20".into(), "--sequential".into(), "--limit".into(), "100".into()].to_vec();
+    let mut args: Vec<String> =
+        ["--config".into(), config("AlphaEdit"), "--num-edits".into(), "20".into(), "--sequential".into(), "--limit".into(), "100".into()].to_vec();
     args.extend(as_the_reference("memit"));
     reproduces("AlphaEdit", &args, "20-edits-final.jsonl", "final", "AlphaEdit5x20", 0.05);
 }

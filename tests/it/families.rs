@@ -5,7 +5,7 @@
 //! is consistent (the modules a method rewrites, a delta that round-trips through the checkpoint).
 //! Numerical exactness per family is tests/golden.rs; edit quality is tests/fact_llama.rs.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
@@ -82,7 +82,15 @@ fn every_method_applies_and_its_delta_round_trips() {
         ];
         for (i, (method, extra, want)) in cases.iter().enumerate() {
             let delta = tmp.path().join(format!("{method}{i}.safetensors"));
-            ok(edit_bin().args(["apply", "-q", "--method", method, "--model"]).arg(&model).arg(&reqs).arg("--stats-dir").arg(&stats).args(*extra).arg("--delta-out").arg(&delta));
+            ok(edit_bin()
+                .args(["apply", "-q", "--method", method, "--model"])
+                .arg(&model)
+                .arg(&reqs)
+                .arg("--stats-dir")
+                .arg(&stats)
+                .args(*extra)
+                .arg("--delta-out")
+                .arg(&delta));
             assert_eq!(&delta_names(&delta), want, "{name} {method}");
         }
         // The MEMIT delta written into a copy of the model and taken out again.
@@ -134,7 +142,15 @@ fn mend_train_eval_and_trace_run() {
         let out = tmp.path().join("eval");
         let stats = tmp.path().join("stats");
         ok(edit_bin().args(["stats", "-q", "--layers", "1", "--samples", "40", "--model"]).arg(&model).arg("--stats-dir").arg(&stats));
-        ok(edit_bin().args(["eval", "-q", "--method", "rome", "--model"]).arg(&model).arg("--dataset").arg(&reqs).arg("--stats-dir").arg(&stats).arg("--out").arg(&out));
+        ok(edit_bin()
+            .args(["eval", "-q", "--method", "rome", "--model"])
+            .arg(&model)
+            .arg("--dataset")
+            .arg(&reqs)
+            .arg("--stats-dir")
+            .arg(&stats)
+            .arg("--out")
+            .arg(&out));
         let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
         assert_eq!(summary[0]["num_cases"], 2, "{name}");
 

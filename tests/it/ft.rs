@@ -2,7 +2,7 @@
 //! `make_ft_goldens.py`): the loss values and their gradients w.r.t. an MLP down-projection's
 //! weight and bias, which become trainable through the model's named parameters.
 
-mod common;
+use crate::common;
 
 use candle_core::{Device, Var};
 use common::{fixture, fixture_dir, rel_diff};

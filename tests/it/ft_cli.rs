@@ -3,7 +3,7 @@
 //! the checkpoint does and reverts them; many requests are one fine-tuning run; a whole block is
 //! carried by the delta; bad configs and a diverging run fail with nothing written.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,8 +63,7 @@ fn ft_l_writes_weight_and_bias_within_the_bound_and_reverts() {
     let tmp = tempfile::tempdir().unwrap();
     let req = write_requests(tmp.path(), 1);
     let (out, delta) = (tmp.path().join("patched"), tmp.path().join("delta.safetensors"));
-    let (code, stdout, stderr) =
-        outcome(ft(&req).arg("--config").arg(ft_l()).arg("--out").arg(&out).arg("--delta-out").arg(&delta).args(["--json", "-v"]));
+    let (code, stdout, stderr) = outcome(ft(&req).arg("--config").arg(ft_l()).arg("--out").arg(&out).arg("--delta-out").arg(&delta).args(["--json", "-v"]));
     assert_eq!(code, Some(0), "{stderr}");
     // -v names the config and every tuned tensor with its shape.
     assert!(stderr.contains("FT_constr_eps5e-3.json"), "{stderr}");
@@ -117,8 +116,7 @@ fn ten_requests_are_one_fine_tuning_run() {
     let tmp = tempfile::tempdir().unwrap();
     let req = write_requests(tmp.path(), 10);
     let delta = tmp.path().join("delta.safetensors");
-    let (code, stdout, stderr) =
-        outcome(ft(&req).arg("--config").arg(ft_l()).args(["--set", "num_steps=5", "--json", "--delta-out"]).arg(&delta));
+    let (code, stdout, stderr) = outcome(ft(&req).arg("--config").arg(ft_l()).args(["--set", "num_steps=5", "--json", "--delta-out"]).arg(&delta));
     assert_eq!(code, Some(0), "{stderr}");
     let lines = json_lines(&stdout);
     assert_eq!(lines.len(), 11);
@@ -158,7 +156,20 @@ fn the_default_config_and_a_whole_block() {
     let d = tensors(&delta);
     let mut keys: Vec<String> = d.keys().cloned().collect();
     keys.sort();
-    let leaves = ["attn.c_attn.bias", "attn.c_attn.weight", "attn.c_proj.bias", "attn.c_proj.weight", "ln_1.bias", "ln_1.weight", "ln_2.bias", "ln_2.weight", "mlp.c_fc.bias", "mlp.c_fc.weight", "mlp.c_proj.bias", "mlp.c_proj.weight"];
+    let leaves = [
+        "attn.c_attn.bias",
+        "attn.c_attn.weight",
+        "attn.c_proj.bias",
+        "attn.c_proj.weight",
+        "ln_1.bias",
+        "ln_1.weight",
+        "ln_2.bias",
+        "ln_2.weight",
+        "mlp.c_fc.bias",
+        "mlp.c_fc.weight",
+        "mlp.c_proj.bias",
+        "mlp.c_proj.weight",
+    ];
     assert_eq!(keys, leaves.map(|l| format!("h.1.{l}")));
     // apply-delta of that file onto the base gives the patched model.
     let applied = tmp.path().join("applied");
@@ -205,9 +216,7 @@ fn a_diverging_fine_tune_is_refused_with_nothing_written() {
     let tmp = tempfile::tempdir().unwrap();
     let req = write_requests(tmp.path(), 1);
     let out = tmp.path().join("patched");
-    let (code, _, stderr) = outcome(
-        ft(&req).arg("--config").arg(ft_l()).args(["--set", "lr=3e38", "--set", "norm_constraint=false", "--out"]).arg(&out),
-    );
+    let (code, _, stderr) = outcome(ft(&req).arg("--config").arg(ft_l()).args(["--set", "lr=3e38", "--set", "norm_constraint=false", "--out"]).arg(&out));
     assert_eq!(code, Some(1), "{stderr}");
     // The first step takes the weights to ±3e38; the next loss is NaN.
     assert!(stderr.contains("the fine-tuning loss became NaN at epoch 1") && stderr.contains("nothing was written"), "{stderr}");

@@ -1,7 +1,7 @@
 //! Every model family against golden tensors computed by Hugging Face transformers (an
 //! independent implementation) on the bundled tiny checkpoints.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::{fixture, golden, max_abs_diff, rel_diff, Golden, TINY};
@@ -431,11 +431,21 @@ fn parameters_are_named_and_valued_as_in_the_checkpoint() {
         assert_eq!(picked, want, "{name}");
         // Setting a bias (a norm's weight) by name reaches the forward pass.
         let bias = if cfg.family.is_decoder() { "model.layers.1.input_layernorm.weight".to_string() } else { format!("{down}.bias") };
-        let before = lm.model.forward(&Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap(), &TraceSpec::logits(Logits::Last), &[]).unwrap().logits.unwrap();
+        let before = lm
+            .model
+            .forward(&Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap(), &TraceSpec::logits(Logits::Last), &[])
+            .unwrap()
+            .logits
+            .unwrap();
         let b = all.iter().find(|(n, _)| *n == bias).unwrap().1.clone();
         // (A constant shift would vanish in the next LayerNorm: scale it instead.)
         lm.model.set_parameter(&bias, &b.affine(3.0, 0.5).unwrap()).unwrap();
-        let after = lm.model.forward(&Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap(), &TraceSpec::logits(Logits::Last), &[]).unwrap().logits.unwrap();
+        let after = lm
+            .model
+            .forward(&Batch::from_sequences(&[vec![1, 2, 3]], 0, &Device::Cpu).unwrap(), &TraceSpec::logits(Logits::Last), &[])
+            .unwrap()
+            .logits
+            .unwrap();
         assert!(max_abs_diff(&before, &after) > 1e-3, "{name}: the new bias is used");
         assert!(lm.model.set_parameter("transformer.h.0.nope", &before).is_err());
     }

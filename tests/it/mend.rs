@@ -3,14 +3,14 @@
 //! the weight itself; rows after the last label carry no gradient and are dropped by the
 //! hypernetwork.
 
-mod common;
+use crate::common;
 
 use candle_core::{DType, Tensor, Var};
 use common::{fixture, rel_diff};
 use edit::editing::mend::factors::{edit_batch, edit_factors};
-use edit::editing::Deltas;
 use edit::editing::mend::network::pseudo_gradient;
 use edit::editing::requests::parse_requests;
+use edit::editing::Deltas;
 use edit::models::modules::{module, ModuleKind};
 use edit::models::{Batch, ForwardOpts, Logits, NoHooks};
 
@@ -64,7 +64,8 @@ fn factors_sum_to_the_weight_gradient() {
             let rel = rel_diff(&g, want);
             assert!(rel <= 1e-4, "{name} {}: Σ x δᵀ vs ∂L/∂W relative difference {rel}", m.name);
             // Rows after a sequence's last label (and pads) have no gradient.
-            let zero_rows = f.delta.abs().unwrap().sum(1).unwrap().eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let zero_rows =
+                f.delta.abs().unwrap().sum(1).unwrap().eq(0f32).unwrap().to_dtype(DType::F32).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
             let longest = seqs.iter().map(Vec::len).max().unwrap();
             let pads: usize = seqs.iter().map(|s| longest - s.len()).sum();
             assert!(zero_rows as usize >= pads, "{name}: pads carry no gradient");
@@ -85,7 +86,8 @@ fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
     let lm = fixture("tiny-gpt2");
     let tok = edit::tokenizer::Tokenizer::from_file(&common::fixture_dir("tiny-gpt2").join("tokenizer.json")).unwrap();
     let cfg = lm.config().clone();
-    let names: Vec<String> = ["transformer.h.3.mlp.c_proj.weight", "transformer.h.3.mlp.c_fc.weight", "transformer.h.2.mlp.c_proj.weight"].map(String::from).to_vec();
+    let names: Vec<String> =
+        ["transformer.h.3.mlp.c_proj.weight", "transformer.h.3.mlp.c_fc.weight", "transformer.h.2.mlp.c_proj.weight"].map(String::from).to_vec();
     let inner = inner_params(&cfg, &names).unwrap();
     assert_eq!(inner.iter().map(|p| p.mode).collect::<Vec<_>>(), [0, 0, 1], "modes count within a shape");
     let meta = MendMeta { inner_params: names.clone(), rank: 8, n_hidden: 1, norm: true, base: None, origin: String::new() };
@@ -248,9 +250,8 @@ fn import_then_apply_from_the_command_line() {
     assert!(err.contains("--force"), "{err}");
 
     let delta = tmp.path().join("delta.safetensors");
-    let (code, out, err) = outcome(
-        edit_bin().args(["apply", "--method", "mend", "--mend"]).arg(&net).arg("-m").arg(&model).arg(&reqs).arg("--delta-out").arg(&delta).arg("-q"),
-    );
+    let (code, out, err) =
+        outcome(edit_bin().args(["apply", "--method", "mend", "--mend"]).arg(&net).arg("-m").arg(&model).arg(&reqs).arg("--delta-out").arg(&delta).arg("-q"));
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(out.lines().filter(|l| l.contains("one MEND edit of 3 requests")).count(), 3, "{out}");
     let cfg = edit::ModelConfig::from_file(&model.join("config.json")).unwrap();
@@ -279,9 +280,8 @@ fn import_then_apply_from_the_command_line() {
     assert_eq!(code, Some(1));
     assert!(err.contains("--method mend"), "{err}");
     // A checkpoint for other shapes is refused at import.
-    let (code, _, err) = outcome(
-        edit_bin().args(["mend", "import"]).arg(&pt).arg("-m").arg(common::fixture_dir("fact-gpt2")).arg("-o").arg(tmp.path().join("y.safetensors")),
-    );
+    let (code, _, err) =
+        outcome(edit_bin().args(["mend", "import"]).arg(&pt).arg("-m").arg(common::fixture_dir("fact-gpt2")).arg("-o").arg(tmp.path().join("y.safetensors")));
     assert_eq!(code, Some(1));
     assert!(err.contains("belongs to another model"), "{err}");
     assert!(!tmp.path().join("y.safetensors").exists());

@@ -2,7 +2,7 @@
 //! records it never saw (scored by `edit eval`, the reference protocol), and a run stopped by
 //! Ctrl-C resumes to exactly the file an uninterrupted run writes.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

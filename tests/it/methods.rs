@@ -1,7 +1,7 @@
 //! ROME and MEMIT through the library on the tiny fixtures: edits take, unrelated prompts stay,
 //! batched z = serial z, push-through solve = direct solve; every method through `run_edit`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 
@@ -19,7 +19,6 @@ use edit::models::{Batch, Logits, TraceSpec};
 use edit::stats::collect::{collect_in_memory, CollectPlan};
 use edit::stats::Precision;
 use edit::LoadedModel;
-
 
 /// Second moments of `layers` over `texts`, as `edit stats` computes them.
 pub fn stats_over(lm: &LoadedModel, layers: &[usize], texts: &[String], max_len: usize) -> BTreeMap<usize, LayerStats> {
@@ -63,14 +62,13 @@ fn first_target_token(lm: &LoadedModel, r: &Request) -> usize {
 
 /// Requests about made-up subjects (for the random-weight fixtures, which know nothing) with single-token-start targets.
 fn requests(n: usize) -> Vec<Request> {
-    let subjects = ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Eve Black", "Frank Green", "Grace Hall", "Henry King", "Irene Lake", "Jack Moore"];
+    let subjects =
+        ["Alice Smith", "Bob Jones", "Carol White", "David Brown", "Eve Black", "Frank Green", "Grace Hall", "Henry King", "Irene Lake", "Jack Moore"];
     let targets = ["London", "Paris", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "Dublin", "Oslo", "Athens"];
-    let items: Vec<serde_json::Value> = (0..n)
-        .map(|i| serde_json::json!({"prompt": "{} was born in the city of", "subject": subjects[i], "target_new": {"str": targets[i]}}))
-        .collect();
+    let items: Vec<serde_json::Value> =
+        (0..n).map(|i| serde_json::json!({"prompt": "{} was born in the city of", "subject": subjects[i], "target_new": {"str": targets[i]}})).collect();
     parse_requests(&serde_json::Value::Array(items).to_string(), "test").unwrap()
 }
-
 
 fn fixed_templates() -> ContextTemplates {
     let rest = vec!["The story begins. {}".to_string(), "I think that. {}".to_string(), "Yesterday it rained. {}".to_string()];

@@ -3,7 +3,7 @@
 //! written all or nothing with the umask's permissions, `revert` refusing a delta the model never
 //! had, edits that do not take, and the command line's messages.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -80,7 +80,14 @@ fn stats_then_apply_with_no_extra_flags_uses_the_cached_statistics() {
     // Nothing cached, and the fixture's config names a corpus edit cannot fetch: a clear error
     // before any weights are read, naming the offline choice.
     let err = fails(
-        edit_env(&stats).args(["-v", "apply", "--method", "rome", "--model"]).arg(fact()).arg(&req).arg("--config").arg(fact().join("hparams/ROME.json")).arg("--out").arg(tmp.path().join("x")),
+        edit_env(&stats)
+            .args(["-v", "apply", "--method", "rome", "--model"])
+            .arg(fact())
+            .arg(&req)
+            .arg("--config")
+            .arg(fact().join("hparams/ROME.json"))
+            .arg("--out")
+            .arg(tmp.path().join("x")),
         &["wikitext2_facts", "--dataset embedded", "edit stats"],
     );
     assert!(!err.contains("loading"), "the model must not be loaded before the statistics are settled: {err}");
@@ -103,7 +110,10 @@ fn stats_then_apply_with_no_extra_flags_uses_the_cached_statistics() {
     for method in ["memit", "rome"] {
         let out_dir = tmp.path().join(format!("edited-{method}"));
         let (_, err) = ok(edit_env(&stats).args(["apply", "--method", method, "--model"]).arg(fact()).arg(&req).arg("--out").arg(&out_dir));
-        assert!(err.contains("cached ones are of wikitext-2-test-embedded (400 samples)") && err.contains("`wikipedia`"), "says which corpus, and that it differs: {err}");
+        assert!(
+            err.contains("cached ones are of wikitext-2-test-embedded (400 samples)") && err.contains("`wikipedia`"),
+            "says which corpus, and that it differs: {err}"
+        );
         assert!(!err.contains("computing"), "{err}");
         assert!(out_dir.join("model.safetensors").is_file());
     }
@@ -140,7 +150,12 @@ fn stats_then_apply_with_no_extra_flags_uses_the_cached_statistics() {
         .arg("--delta-out")
         .arg(tmp.path().join("d2.safetensors")));
     fails(
-        edit_env(&stats).args(["apply", "--method", "rome", "--stats-corpus", "wikipedia", "--model"]).arg(fact()).arg(&req).arg("--delta-out").arg(tmp.path().join("d3.safetensors")),
+        edit_env(&stats)
+            .args(["apply", "--method", "rome", "--stats-corpus", "wikipedia", "--model"])
+            .arg(fact())
+            .arg(&req)
+            .arg("--delta-out")
+            .arg(tmp.path().join("d3.safetensors")),
         &["no cached statistics of corpus `wikipedia`", "wikitext-2-test-embedded (400 samples, float32)"],
     );
     assert!(!tmp.path().join("d3.safetensors").exists());
@@ -214,7 +229,13 @@ fn text_corpora_are_keyed_by_content_not_by_path() {
     assert_eq!(stats_files(&stats).len(), 2);
     assert!(stats_files(&stats).iter().all(|f| f.to_string_lossy().ends_with("_float32_2.safetensors")), "named by the 2 texts used");
     // Asking for 2 or for 100000 texts of a 2-line corpus is the same sample.
-    let (out, _) = ok(edit_bin().args(["stats", "--json", "--samples", "2", "--layers", "0", "--model"]).arg(fact()).arg("--text").arg(&corpus).arg("--stats-dir").arg(&stats));
+    let (out, _) = ok(edit_bin()
+        .args(["stats", "--json", "--samples", "2", "--layers", "0", "--model"])
+        .arg(fact())
+        .arg("--text")
+        .arg(&corpus)
+        .arg("--stats-dir")
+        .arg(&stats));
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["layers"][0]["cached"], true);
 }
 
@@ -227,7 +248,15 @@ fn an_unwritable_delta_path_fails_before_any_work_and_writes_nothing() {
     let d = tmp.path().join("d");
     std::fs::create_dir(&d).unwrap();
     let err = fails(
-        edit_bin().args(["-v", "apply", "--method", "rome", "--model"]).arg(fact()).arg(&req).arg("--out").arg(tmp.path().join("o")).arg("--delta-out").arg(&d).args(["--set", "mom2_adjustment=false"]),
+        edit_bin()
+            .args(["-v", "apply", "--method", "rome", "--model"])
+            .arg(fact())
+            .arg(&req)
+            .arg("--out")
+            .arg(tmp.path().join("o"))
+            .arg("--delta-out")
+            .arg(&d)
+            .args(["--set", "mom2_adjustment=false"]),
         &["--delta-out", "is an existing directory"],
     );
     assert!(!err.contains("loading"), "checked before the model is read: {err}");
@@ -247,7 +276,15 @@ fn written_files_respect_the_umask() {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg("umask 022; exec \"$@\"").arg("sh").arg(env!("CARGO_BIN_EXE_edit"));
     cmd.env("HF_HOME", "/nonexistent").env_remove("EDIT_STATS_DIR").env_remove("RUST_LOG");
-    cmd.args(["apply", "--method", "rome", "--model"]).arg(fact()).arg(&req).args(["--dataset", "embedded", "--samples", "200", "--set", "v_num_grad_steps=3", "--stats-dir"]).arg(&stats).arg("--out").arg(&out).arg("--delta-out").arg(&delta);
+    cmd.args(["apply", "--method", "rome", "--model"])
+        .arg(fact())
+        .arg(&req)
+        .args(["--dataset", "embedded", "--samples", "200", "--set", "v_num_grad_steps=3", "--stats-dir"])
+        .arg(&stats)
+        .arg("--out")
+        .arg(&out)
+        .arg("--delta-out")
+        .arg(&delta);
     ok(&mut cmd);
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&delta), 0o644, "delta file");
@@ -335,7 +372,12 @@ fn an_edit_that_does_not_take_is_reported_and_can_fail_the_run() {
 fn error_causes_are_printed_once() {
     let tmp = tempfile::tempdir().unwrap();
     let err = fails(
-        edit_bin().args(["apply", "--method", "rome", "--model"]).arg(fact()).arg(tmp.path().join("missing.json")).arg("--delta-out").arg(tmp.path().join("d.safetensors")),
+        edit_bin()
+            .args(["apply", "--method", "rome", "--model"])
+            .arg(fact())
+            .arg(tmp.path().join("missing.json"))
+            .arg("--delta-out")
+            .arg(tmp.path().join("d.safetensors")),
         &["missing.json"],
     );
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
@@ -413,7 +455,10 @@ fn interrupted_stats_say_how_to_resume_and_the_rerun_says_it_resumed() {
     let cmd = || {
         let mut c = edit_bin();
         // Small forward batches over 600 texts of the embedded sample: long enough to interrupt.
-        c.args(["-v", "stats", "--layers", "0-5", "--samples", "600", "--batch-tokens", "64", "--checkpoint-secs", "3600", "--model"]).arg(fact()).arg("--stats-dir").arg(&stats);
+        c.args(["-v", "stats", "--layers", "0-5", "--samples", "600", "--batch-tokens", "64", "--checkpoint-secs", "3600", "--model"])
+            .arg(fact())
+            .arg("--stats-dir")
+            .arg(&stats);
         c
     };
     let mut child = cmd().stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();

@@ -2,7 +2,7 @@
 //! `edit revert`) on the bundled tiny checkpoints: GPT-2 (one file, Conv1D `[in, out]`
 //! weights, keys without `transformer.`) and GPT-J (two shards + index, `nn.Linear` weights).
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -141,11 +141,7 @@ struct Case {
 
 const CASES: [Case; 2] = [
     Case { fixture: "tiny-gpt2", modules: &["transformer.h.1.mlp.c_proj", "transformer.h.3.mlp.c_proj"], untouched: &[] },
-    Case {
-        fixture: "tiny-gptj",
-        modules: &["transformer.h.2.mlp.fc_out", "transformer.h.3.mlp.fc_out"],
-        untouched: &["model-00001-of-00002.safetensors"],
-    },
+    Case { fixture: "tiny-gptj", modules: &["transformer.h.2.mlp.fc_out", "transformer.h.3.mlp.fc_out"], untouched: &["model-00001-of-00002.safetensors"] },
 ];
 
 // ---- (a) the written directory --------------------------------------------------------
@@ -170,9 +166,7 @@ fn written_model_changes_only_the_edited_weights() {
         let written = dir_contents(&out);
         assert_eq!(written.keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>(), "{}", case.fixture);
         let out_files = model_files(&out);
-        let rel = |fs: &ModelFiles| -> Vec<String> {
-            fs.weights.iter().map(|w| w.file_name().unwrap().to_string_lossy().into_owned()).collect()
-        };
+        let rel = |fs: &ModelFiles| -> Vec<String> { fs.weights.iter().map(|w| w.file_name().unwrap().to_string_lossy().into_owned()).collect() };
         assert_eq!(rel(&out_files), rel(&files));
         assert_eq!(out_files.index.is_some(), files.index.is_some());
         for (name, bytes) in &written {
@@ -376,8 +370,7 @@ fn bad_deltas_are_refused_and_nothing_is_written() {
         let bad_delta = Tensor::from_vec(v, d.dims(), &Device::Cpu).unwrap();
         let msg = attempt(Deltas::from([(m.name.clone(), bad_delta.clone())]));
         assert!(msg.contains("NaN"), "{msg}");
-        let err = save_delta(&tmp.path().join("d.safetensors"), &cfg, &Deltas::from([(m.name.clone(), bad_delta)]), &meta_for(&files))
-            .unwrap_err();
+        let err = save_delta(&tmp.path().join("d.safetensors"), &cfg, &Deltas::from([(m.name.clone(), bad_delta)]), &meta_for(&files)).unwrap_err();
         assert!(err.to_string().contains("NaN"), "{err}");
         assert!(dir_names(tmp.path()).is_empty());
     }
@@ -472,7 +465,6 @@ fn symlinked_snapshot_files_are_followed_and_extra_files_copied() {
 }
 
 // ---- (d, e) the binary -----------------------------------------------------------------
-
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("binary runs")
@@ -633,10 +625,7 @@ fn the_binary_refuses_unsafe_or_unfit_requests() {
 /// A delta file written by hand (bypassing `save_delta`'s checks): one tensor filled with `value`.
 fn write_raw_delta(path: &Path, name: &str, shape: &[usize], value: f32, meta: &DeltaMeta) {
     let t = Tensor::full(value, shape, &Device::Cpu).unwrap();
-    let md = HashMap::from([
-        ("edit.delta".to_string(), serde_json::to_string(meta).unwrap()),
-        ("edit.layout".to_string(), "stored".to_string()),
-    ]);
+    let md = HashMap::from([("edit.delta".to_string(), serde_json::to_string(meta).unwrap()), ("edit.layout".to_string(), "stored".to_string())]);
     safetensors::serialize_to_file([(name, &t)], Some(md), path).unwrap();
 }
 

@@ -1,11 +1,13 @@
 //! Requests (formats, validation), subject positions and hyperparameter selection through the
 //! library API.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use edit::editing::hparams::{AlphaEditHparams, self, resolve, ContextTemplates, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, RomeHparams, Solver, SHIPPED};
+use edit::editing::hparams::{
+    self, resolve, AlphaEditHparams, ContextTemplates, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, RomeHparams, Solver, SHIPPED,
+};
 use edit::editing::positions::{check_locatable, subject_last_index};
 use edit::editing::requests::{parse_requests, read_requests, validate, Request};
 use edit::tokenizer::Tokenizer;
@@ -13,9 +15,7 @@ use edit::{Family, ModelConfig};
 use serde_json::{json, Value};
 
 fn fixture(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(path)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(path)
 }
 
 fn tok() -> Tokenizer {
@@ -27,32 +27,25 @@ fn cfg(v: Value) -> ModelConfig {
 }
 
 fn gpt2(n_layer: usize, d: usize) -> ModelConfig {
-    cfg(
-        json!({"model_type": "gpt2", "n_embd": d, "n_head": 16, "n_layer": n_layer, "vocab_size": 50257, "n_positions": 1024}),
-    )
+    cfg(json!({"model_type": "gpt2", "n_embd": d, "n_head": 16, "n_layer": n_layer, "vocab_size": 50257, "n_positions": 1024}))
 }
 
 fn gptj() -> ModelConfig {
-    cfg(
-        json!({"model_type": "gptj", "n_embd": 4096, "n_head": 16, "n_layer": 28, "n_inner": null, "rotary_dim": 64,
-               "vocab_size": 50400, "n_positions": 2048}),
-    )
+    cfg(json!({"model_type": "gptj", "n_embd": 4096, "n_head": 16, "n_layer": 28, "n_inner": null, "rotary_dim": 64,
+               "vocab_size": 50400, "n_positions": 2048}))
 }
 
 fn neox20b() -> ModelConfig {
-    cfg(
-        json!({"model_type": "gpt_neox", "hidden_size": 6144, "num_attention_heads": 64, "num_hidden_layers": 44,
+    cfg(json!({"model_type": "gpt_neox", "hidden_size": 6144, "num_attention_heads": 64, "num_hidden_layers": 44,
                "intermediate_size": 24576, "vocab_size": 50432, "max_position_embeddings": 2048, "rotary_pct": 0.25,
-               "rotary_emb_base": 10000}),
-    )
+               "rotary_emb_base": 10000}))
 }
 
 fn tiny() -> ModelConfig {
     ModelConfig::from_file(&fixture("tiny-gpt2/config.json")).unwrap()
 }
 
-const REQ: &str =
-    r#"{"prompt": "{} plays the sport of", "subject": "LeBron James", "target_new": {"str": "football"}}"#;
+const REQ: &str = r#"{"prompt": "{} plays the sport of", "subject": "LeBron James", "target_new": {"str": "football"}}"#;
 
 // ---------------------------------------------------------------------------------------------
 // Request formats
@@ -103,10 +96,7 @@ fn counterfact_records() {
     assert_eq!(r.target_new, "Belgium");
     assert_eq!(r.target_true.as_deref(), Some("Switzerland"));
     assert_eq!(r.paraphrase_prompts.len(), 2);
-    assert_eq!(
-        r.neighborhood_prompts,
-        vec!["Ludwig Hohl, who holds a citizenship from"]
-    );
+    assert_eq!(r.neighborhood_prompts, vec!["Ludwig Hohl, who holds a citizenship from"]);
     assert_eq!(r.label(), "request 0 (case_id 4088)");
 }
 
@@ -119,37 +109,24 @@ fn simplified_counterfact_records() {
     let r = parse_requests(text, "s.json").unwrap().remove(0);
     assert_eq!(r.prompt, "The mother tongue of {} is");
     assert_eq!(r.target_true.as_deref(), Some("French"));
-    assert_eq!(
-        r.paraphrase_prompts,
-        vec!["Where Danielle Darrieux is from, people speak the language of"]
-    );
+    assert_eq!(r.paraphrase_prompts, vec!["Where Danielle Darrieux is from, people speak the language of"]);
     assert_eq!(r.neighborhood_prompts, vec!["Michel Rocard is a native speaker of"]);
 }
 
 #[test]
 fn json_lines() {
-    let text = format!(
-        "{REQ}\n\n{}\n   \n",
-        r#"{"case_id": 3, "requested_rewrite": {"prompt": "{} is in", "subject": "Rome", "target_new": {"str": "Italy"}}}"#
-    );
+    let text =
+        format!("{REQ}\n\n{}\n   \n", r#"{"case_id": 3, "requested_rewrite": {"prompt": "{} is in", "subject": "Rome", "target_new": {"str": "Italy"}}}"#);
     let reqs = parse_requests(&text, "r.jsonl").unwrap();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[1].index, 1);
     assert_eq!(reqs[1].case_id, Some(json!(3)));
 
-    let err = parse_requests(&format!("{REQ}\n{{\"prompt\": \n"), "r.jsonl")
-        .unwrap_err()
-        .to_string();
+    let err = parse_requests(&format!("{REQ}\n{{\"prompt\": \n"), "r.jsonl").unwrap_err().to_string();
     assert!(err.contains("r.jsonl: line 2 (request 1) is not valid JSON"), "{err}");
-    let bad_field = format!(
-        "{REQ}\n\n{}\n",
-        r#"{"prompt": "{} is", "subject": "x", "target_new": 5}"#
-    );
+    let bad_field = format!("{REQ}\n\n{}\n", r#"{"prompt": "{} is", "subject": "x", "target_new": 5}"#);
     let err = parse_requests(&bad_field, "r.jsonl").unwrap_err().to_string();
-    assert!(
-        err.contains("line 3 (request 1)") && err.contains("`target_new`"),
-        "{err}"
-    );
+    assert!(err.contains("line 3 (request 1)") && err.contains("`target_new`"), "{err}");
 }
 
 #[test]
@@ -169,43 +146,20 @@ fn parse_errors_name_the_request_and_the_field() {
         ("[]", "empty list"),
         ("", "is empty"),
         ("42", "JSON number"),
-        (
-            r#"[{"prompt": "{} is", "target_new": "x"}]"#,
-            "field `subject` is missing",
-        ),
-        (
-            r#"[{"prompt": "{} is", "subject": "s"}]"#,
-            "field `target_new` is missing",
-        ),
-        (
-            r#"[{"prompt": "{} is", "subject": "s", "target_new": {"id": "Q1"}}]"#,
-            "`target_new` must be a string or {\"str\"",
-        ),
-        (
-            r#"[{"prompt": 1, "subject": "s", "target_new": "x"}]"#,
-            "`prompt` must be a string",
-        ),
+        (r#"[{"prompt": "{} is", "target_new": "x"}]"#, "field `subject` is missing"),
+        (r#"[{"prompt": "{} is", "subject": "s"}]"#, "field `target_new` is missing"),
+        (r#"[{"prompt": "{} is", "subject": "s", "target_new": {"id": "Q1"}}]"#, "`target_new` must be a string or {\"str\""),
+        (r#"[{"prompt": 1, "subject": "s", "target_new": "x"}]"#, "`prompt` must be a string"),
         (r#"[1]"#, "expected an object"),
-        (
-            r#"[{"requested_rewrite": "x"}]"#,
-            "`requested_rewrite` must be an object",
-        ),
-        (
-            r#"[{"prompt": "{} is", "subject": "s", "target_new": "x", "paraphrase_prompts": [1]}]"#,
-            "`paraphrase_prompts[0]`",
-        ),
-        (
-            r#"[{"prompt": "{} is", "subject": "s", "target_new": "x", "case_id": [1]}]"#,
-            "`case_id`",
-        ),
+        (r#"[{"requested_rewrite": "x"}]"#, "`requested_rewrite` must be an object"),
+        (r#"[{"prompt": "{} is", "subject": "s", "target_new": "x", "paraphrase_prompts": [1]}]"#, "`paraphrase_prompts[0]`"),
+        (r#"[{"prompt": "{} is", "subject": "s", "target_new": "x", "case_id": [1]}]"#, "`case_id`"),
     ];
     for (text, want) in cases {
         let err = parse_requests(text, "in.json").unwrap_err().to_string();
         assert!(err.contains("in.json") && err.contains(want), "{text}: {err}");
     }
-    let err = parse_requests(&format!("[{REQ}, {REQ}, {{\"prompt\": \"x\"}}]"), "in.json")
-        .unwrap_err()
-        .to_string();
+    let err = parse_requests(&format!("[{REQ}, {REQ}, {{\"prompt\": \"x\"}}]"), "in.json").unwrap_err().to_string();
     assert!(err.contains("request 2"), "{err}");
 }
 
@@ -228,21 +182,12 @@ fn validation_reports_every_bad_request() {
     let lines: Vec<&str> = err.lines().collect();
     assert!(lines[0].contains("6 problems"), "{err}");
     assert!(!err.contains("request 0"), "{err}");
-    assert!(
-        err.contains("request 1 (case_id 17): prompt \"{} and {} play\" has 2 \"{}\" slots"),
-        "{err}"
-    );
+    assert!(err.contains("request 1 (case_id 17): prompt \"{} and {} play\" has 2 \"{}\" slots"), "{err}");
     assert!(err.contains("request 2: subject is empty"), "{err}");
     assert!(err.contains("request 3: target_new is empty"), "{err}");
-    assert!(
-        err.contains("request 4:") && err.contains("must end with a space"),
-        "{err}"
-    );
+    assert!(err.contains("request 4:") && err.contains("must end with a space"), "{err}");
     assert!(err.contains("request 5:") && err.contains("cannot be located"), "{err}");
-    assert!(
-        err.contains("request 6:") && err.contains("(e.g. \"The mother tongue of {} is\")"),
-        "{err}"
-    );
+    assert!(err.contains("request 6:") && err.contains("(e.g. \"The mother tongue of {} is\")"), "{err}");
     validate(&reqs[..1], &tok(), 1024).unwrap();
 }
 
@@ -260,20 +205,14 @@ fn validation_checks_the_context_length() {
 
 #[test]
 fn subject_positions_match_the_golden_reference_indexes() {
-    let golden: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-gpt2/golden.json")).unwrap()).unwrap();
+    let golden: Value = serde_json::from_str(&std::fs::read_to_string(fixture("tiny-gpt2/golden.json")).unwrap()).unwrap();
     let tok = tok();
     for p in golden["prompts"].as_array().unwrap() {
         let (template, subject) = (p["template"].as_str().unwrap(), p["subject"].as_str().unwrap());
         let want = p["subject_last_index"].as_u64().unwrap() as usize;
         assert_eq!(subject_last_index(&tok, template, subject).unwrap(), want, "{template}");
         check_locatable(&tok, template, subject).unwrap();
-        let ids: Vec<u32> = p["input_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect();
+        let ids: Vec<u32> = p["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
         assert_eq!(tok.encode(p["text"].as_str().unwrap()).unwrap(), ids);
     }
 }
@@ -312,7 +251,14 @@ fn check_shipped<H: MethodConfig>(s: &hparams::Shipped, cfg: &edit::ModelConfig)
         assert_eq!(r.hparams, h);
         let first = SHIPPED
             .iter()
-            .find(|o| o.method == s.method && o.default && o.family == cfg.family && o.n_layer == cfg.n_layer && o.d_model == cfg.d_model && o.vocab.is_none_or(|v| v == cfg.vocab_size))
+            .find(|o| {
+                o.method == s.method
+                    && o.default
+                    && o.family == cfg.family
+                    && o.n_layer == cfg.n_layer
+                    && o.d_model == cfg.d_model
+                    && o.vocab.is_none_or(|v| v == cfg.vocab_size)
+            })
             .unwrap();
         let r = resolve::<H>(cfg, "/models/local-copy", None, &[]).unwrap();
         assert_eq!(r.source, first.describe(), "{}", s.path);
@@ -328,12 +274,7 @@ fn every_shipped_config_loads_and_validates_for_its_model() {
     let models = models();
     for s in SHIPPED {
         let (_, cfg) = models.iter().find(|(name, _)| name == s.model).unwrap_or_else(|| panic!("no config for {}", s.model)).clone();
-        assert_eq!(
-            (cfg.family, cfg.n_layer, cfg.d_model),
-            (s.family, s.n_layer, s.d_model),
-            "{}",
-            s.path
-        );
+        assert_eq!((cfg.family, cfg.n_layer, cfg.d_model), (s.family, s.n_layer, s.d_model), "{}", s.path);
         match s.method {
             Method::Rome => check_shipped::<RomeHparams>(s, &cfg),
             Method::Memit => check_shipped::<MemitHparams>(s, &cfg),
@@ -350,60 +291,49 @@ fn every_shipped_config_loads_and_validates_for_its_model() {
 #[test]
 fn selection_by_hub_id() {
     let xl = gpt2(48, 1600);
-    for id in [
-        "gpt2-xl",
-        "openai-community/gpt2-xl",
-        "GPT2-XL",
-        "/data/models/gpt2-xl/",
-    ] {
-        let r = resolve::<MemitHparams>( &xl, id, None, &[]).unwrap();
+    for id in ["gpt2-xl", "openai-community/gpt2-xl", "GPT2-XL", "/data/models/gpt2-xl/"] {
+        let r = resolve::<MemitHparams>(&xl, id, None, &[]).unwrap();
         assert_eq!(r.source, "configs/memit/gpt2-xl.json (reference)", "{id}");
         assert_eq!(r.hparams.layers, vec![13, 14, 15, 16, 17]);
         assert_eq!(r.hparams.mom2_update_weight, 20000.0);
         assert_eq!(r.json["layers"], json!([13, 14, 15, 16, 17]));
         assert_eq!(r.json["mom2_update_weight"], json!(20000.0));
     }
-    let r = resolve::<RomeHparams>( &gptj(), "EleutherAI/gpt-j-6B", None, &[]).unwrap();
+    let r = resolve::<RomeHparams>(&gptj(), "EleutherAI/gpt-j-6B", None, &[]).unwrap();
     assert_eq!(r.source, "configs/rome/EleutherAI_gpt-j-6B.json (reference)");
     assert_eq!(r.hparams.layers, vec![5]);
     assert!(r.hparams.original_implementation);
     assert!(r.json.get("z_batch_size").is_none());
-    let r = resolve::<MemitHparams>( &neox20b(), "EleutherAI/gpt-neox-20b", None, &[]).unwrap();
-    assert_eq!(
-        r.source,
-        "configs/memit/EleutherAI_gpt-neox-20b.json (starting point, not reference)"
-    );
+    let r = resolve::<MemitHparams>(&neox20b(), "EleutherAI/gpt-neox-20b", None, &[]).unwrap();
+    assert_eq!(r.source, "configs/memit/EleutherAI_gpt-neox-20b.json (starting point, not reference)");
     assert_eq!(r.hparams.layers, (5..=13).collect::<Vec<_>>());
     assert_eq!(r.hparams.v_loss_layer, 43);
-    let r = resolve::<MemitHparams>( &gpt2(12, 768), "gpt2", None, &[]).unwrap();
+    let r = resolve::<MemitHparams>(&gpt2(12, 768), "gpt2", None, &[]).unwrap();
     assert_eq!(r.source, "configs/memit/gpt2.json (starting point, not reference)");
     assert_eq!(r.hparams.z_batch_size, 0);
     assert_eq!(r.hparams.z_batch(&candle_core::Device::Cpu), 1);
     assert_eq!(r.hparams.solver, Solver::Auto);
     // A name that does not fit the model's shape is not trusted.
-    let r = resolve::<RomeHparams>( &tiny(), "gpt2-xl", None, &[]).unwrap();
+    let r = resolve::<RomeHparams>(&tiny(), "gpt2-xl", None, &[]).unwrap();
     assert!(r.source.starts_with("generic"), "{}", r.source);
 }
 
 #[test]
 fn generic_fallback_for_the_tiny_fixture() {
     let cfg = tiny();
-    let r = resolve::<RomeHparams>( &cfg, "tests/fixtures/tiny-gpt2", None, &[]).unwrap();
+    let r = resolve::<RomeHparams>(&cfg, "tests/fixtures/tiny-gpt2", None, &[]).unwrap();
     assert_eq!(r.source, "generic starting point for a 4-layer gpt2 model");
     assert_eq!(r.hparams.layers, vec![1]);
     assert_eq!(r.hparams.v_loss_layer, 3);
     assert_eq!(r.hparams.rewrite_module_tmp, "transformer.h.{}.mlp.c_proj");
     assert_eq!(r.hparams.context_template_length_params, Some(vec![(5, 10), (10, 10)]));
-    assert_eq!(
-        r.hparams.module_for(&cfg, 1).unwrap().name,
-        "transformer.h.1.mlp.c_proj"
-    );
-    let r = resolve::<MemitHparams>( &cfg, "tests/fixtures/tiny-gpt2", None, &[]).unwrap();
+    assert_eq!(r.hparams.module_for(&cfg, 1).unwrap().name, "transformer.h.1.mlp.c_proj");
+    let r = resolve::<MemitHparams>(&cfg, "tests/fixtures/tiny-gpt2", None, &[]).unwrap();
     assert_eq!(r.hparams.layers, vec![0, 1]);
     assert_eq!(r.hparams.mom2_update_weight, 15000.0);
     // Families get their own module names.
     let neox = cfg_neox_small();
-    let r = resolve::<MemitHparams>( &neox, "EleutherAI/pythia-160m", None, &[]).unwrap();
+    let r = resolve::<MemitHparams>(&neox, "EleutherAI/pythia-160m", None, &[]).unwrap();
     assert_eq!(r.hparams.rewrite_module_tmp, "gpt_neox.layers.{}.mlp.dense_4h_to_h");
     assert_eq!(r.hparams.lm_head_module, "embed_out");
     assert_eq!(r.hparams.layers, vec![1, 2, 3]);
@@ -412,64 +342,30 @@ fn generic_fallback_for_the_tiny_fixture() {
 }
 
 fn cfg_neox_small() -> ModelConfig {
-    cfg(
-        json!({"model_type": "gpt_neox", "hidden_size": 768, "num_attention_heads": 12, "num_hidden_layers": 12,
-               "intermediate_size": 3072, "vocab_size": 50304, "max_position_embeddings": 2048, "rotary_pct": 0.25}),
-    )
+    cfg(json!({"model_type": "gpt_neox", "hidden_size": 768, "num_attention_heads": 12, "num_hidden_layers": 12,
+               "intermediate_size": 3072, "vocab_size": 50304, "max_position_embeddings": 2048, "rotary_pct": 0.25}))
 }
 
 #[test]
 fn set_overrides_merge_in_order() {
     let cfg = gpt2(48, 1600);
-    let sets: Vec<String> = [
-        "layers=[15,16,17]",
-        "v_lr=0.1",
-        "memit.solver=direct",
-        "v_lr=0.2",
-        "z_batch_size=1",
-        "seed=7",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let r = resolve::<MemitHparams>( &cfg, "gpt2-xl", None, &sets).unwrap();
+    let sets: Vec<String> =
+        ["layers=[15,16,17]", "v_lr=0.1", "memit.solver=direct", "v_lr=0.2", "z_batch_size=1", "seed=7"].iter().map(|s| s.to_string()).collect();
+    let r = resolve::<MemitHparams>(&cfg, "gpt2-xl", None, &sets).unwrap();
     assert_eq!(r.hparams.layers, vec![15, 16, 17]);
     assert_eq!(r.hparams.v_lr, 0.2);
     assert_eq!(r.hparams.solver, Solver::Direct);
     assert_eq!(r.hparams.z_batch_size, 1);
     assert_eq!(r.hparams.seed, 7);
     assert_eq!(r.json["solver"], json!("direct"));
-    assert!(
-        r.source
-            .starts_with("configs/memit/gpt2-xl.json (reference), with --set layers"),
-        "{}",
-        r.source
-    );
+    assert!(r.source.starts_with("configs/memit/gpt2-xl.json (reference), with --set layers"), "{}", r.source);
 
     let set = |s: &str| vec![s.to_string()];
-    let r = resolve::<RomeHparams>(&cfg,
-        "gpt2-xl",
-        None,
-        &set("rome.original_implementation=false"),
-    )
-    .unwrap();
+    let r = resolve::<RomeHparams>(&cfg, "gpt2-xl", None, &set("rome.original_implementation=false")).unwrap();
     assert!(!r.hparams.original_implementation);
-    let r = resolve::<RomeHparams>(&cfg,
-        "gpt2-xl",
-        None,
-        &set(r#"context_templates=["{}", "Yes. {}"]"#),
-    )
-    .unwrap();
-    assert_eq!(
-        r.hparams.context_templates,
-        Some(ContextTemplates::Flat(vec!["{}".into(), "Yes. {}".into()]))
-    );
-    let r = resolve::<MemitHparams>(&cfg,
-        "gpt2-xl",
-        None,
-        &set(r#"context_templates=[["{}"], ["A. {}", "B. {}"]]"#),
-    )
-    .unwrap();
+    let r = resolve::<RomeHparams>(&cfg, "gpt2-xl", None, &set(r#"context_templates=["{}", "Yes. {}"]"#)).unwrap();
+    assert_eq!(r.hparams.context_templates, Some(ContextTemplates::Flat(vec!["{}".into(), "Yes. {}".into()])));
+    let r = resolve::<MemitHparams>(&cfg, "gpt2-xl", None, &set(r#"context_templates=[["{}"], ["A. {}", "B. {}"]]"#)).unwrap();
     assert_eq!(r.hparams.context_templates.as_ref().unwrap().groups().len(), 2);
 
     fn error<H: MethodConfig>(cfg: &edit::ModelConfig, set: &str) -> String {
@@ -483,10 +379,7 @@ fn set_overrides_merge_in_order() {
         Method::AlphaEdit => error::<AlphaEditHparams>(&cfg, s),
     };
     let e = err("no_such_field=1", Method::Rome);
-    assert!(
-        e.contains("unknown rome hyperparameter `no_such_field`") && e.contains("v_num_grad_steps"),
-        "{e}"
-    );
+    assert!(e.contains("unknown rome hyperparameter `no_such_field`") && e.contains("v_num_grad_steps"), "{e}");
     let e = err("rome.v_lr=1", Method::Memit);
     assert!(e.contains("this run uses memit"), "{e}");
     let e = err("v_lr=fast", Method::Rome);
@@ -523,7 +416,7 @@ fn set_overrides_merge_in_order() {
 fn reference_file_with_easyedit_fields_is_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ROME-gpt2-xl.json");
-    let mut v: Value = serde_json::from_str(include_str!("../configs/rome/gpt2-xl.json")).unwrap();
+    let mut v: Value = serde_json::from_str(include_str!("../../configs/rome/gpt2-xl.json")).unwrap();
     for (k, x) in [
         ("alg_name", json!("ROME")),
         ("model_name", json!("gpt2-xl")),
@@ -536,14 +429,14 @@ fn reference_file_with_easyedit_fields_is_accepted() {
     }
     v["mom2_adjustment"] = json!(false);
     std::fs::write(&path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
-    let r = resolve::<RomeHparams>( &gpt2(48, 1600), "whatever", Some(&path), &[]).unwrap();
+    let r = resolve::<RomeHparams>(&gpt2(48, 1600), "whatever", Some(&path), &[]).unwrap();
     assert_eq!(r.source, path.display().to_string());
     assert!(!r.hparams.mom2_adjustment);
     assert_eq!(r.hparams.layers, vec![17]);
     assert!(r.json.get("alg_name").is_none());
     // The resolved JSON is itself a valid config.
     std::fs::write(&path, r.json.to_string()).unwrap();
-    let again = resolve::<RomeHparams>( &gpt2(48, 1600), "x", Some(&path), &[]).unwrap();
+    let again = resolve::<RomeHparams>(&gpt2(48, 1600), "x", Some(&path), &[]).unwrap();
     assert_eq!(again.hparams, r.hparams);
 }
 
@@ -552,59 +445,38 @@ fn config_file_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.json");
     std::fs::write(&path, "alg_name: ROME\nlayers: [17]\n").unwrap();
-    let e = resolve::<RomeHparams>( &gpt2(48, 1600), "x", Some(&path), &[])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("bad.json") && e.contains("not valid JSON") && e.contains("yaml"),
-        "{e}"
-    );
-    let mut v: Value = serde_json::from_str(include_str!("../configs/rome/gpt2-xl.json")).unwrap();
+    let e = resolve::<RomeHparams>(&gpt2(48, 1600), "x", Some(&path), &[]).unwrap_err().to_string();
+    assert!(e.contains("bad.json") && e.contains("not valid JSON") && e.contains("yaml"), "{e}");
+    let mut v: Value = serde_json::from_str(include_str!("../../configs/rome/gpt2-xl.json")).unwrap();
     v.as_object_mut().unwrap().remove("v_lr");
     std::fs::write(&path, v.to_string()).unwrap();
-    let e = resolve::<RomeHparams>( &gpt2(48, 1600), "x", Some(&path), &[])
-        .unwrap_err()
-        .to_string();
+    let e = resolve::<RomeHparams>(&gpt2(48, 1600), "x", Some(&path), &[]).unwrap_err().to_string();
     assert!(e.contains("missing field `v_lr`"), "{e}");
     // A ROME config used for MEMIT.
     let rome = dir.path().join("rome.json");
-    std::fs::write(&rome, include_str!("../configs/rome/gpt2-xl.json")).unwrap();
-    let e = resolve::<MemitHparams>( &gpt2(48, 1600), "x", Some(&rome), &[])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("mom2_update_weight") && e.contains("looks like a ROME config"),
-        "{e}"
-    );
+    std::fs::write(&rome, include_str!("../../configs/rome/gpt2-xl.json")).unwrap();
+    let e = resolve::<MemitHparams>(&gpt2(48, 1600), "x", Some(&rome), &[]).unwrap_err().to_string();
+    assert!(e.contains("mom2_update_weight") && e.contains("looks like a ROME config"), "{e}");
 }
 
 #[test]
 fn gptj_config_is_rejected_on_a_gpt2_model() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gptj.json");
-    std::fs::write(&path, include_str!("../configs/memit/EleutherAI_gpt-j-6B.json")).unwrap();
-    let e = resolve::<MemitHparams>( &gpt2(48, 1600), "gpt2-xl", Some(&path), &[])
-        .unwrap_err()
-        .to_string();
+    std::fs::write(&path, include_str!("../../configs/memit/EleutherAI_gpt-j-6B.json")).unwrap();
+    let e = resolve::<MemitHparams>(&gpt2(48, 1600), "gpt2-xl", Some(&path), &[]).unwrap_err().to_string();
     assert!(e.contains("gptj.json"), "{e}");
-    assert!(
-        e.contains("`rewrite_module_tmp`") && e.contains("transformer.h.{}.mlp.c_proj"),
-        "{e}"
-    );
+    assert!(e.contains("`rewrite_module_tmp`") && e.contains("transformer.h.{}.mlp.c_proj"), "{e}");
     assert!(e.contains("--config") && e.contains("--set"), "{e}");
     assert!(e.contains("`v_loss_layer` is 27") && e.contains("must be 47"), "{e}");
     // A NeoX config on GPT-2 names every template at fault.
-    std::fs::write(&path, include_str!("../configs/rome/EleutherAI_gpt-neox-20b.json")).unwrap();
-    let e = resolve::<RomeHparams>( &gpt2(48, 1600), "gpt2-xl", Some(&path), &[])
-        .unwrap_err()
-        .to_string();
+    std::fs::write(&path, include_str!("../../configs/rome/EleutherAI_gpt-neox-20b.json")).unwrap();
+    let e = resolve::<RomeHparams>(&gpt2(48, 1600), "gpt2-xl", Some(&path), &[]).unwrap_err().to_string();
     for field in ["rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp"] {
         assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
     }
     // module_for refuses a template that names another module.
-    let mut h = resolve::<RomeHparams>( &gpt2(48, 1600), "gpt2-xl", None, &[])
-        .unwrap()
-        .hparams;
+    let mut h = resolve::<RomeHparams>(&gpt2(48, 1600), "gpt2-xl", None, &[]).unwrap().hparams;
     h.rewrite_module_tmp = "transformer.h.{}.mlp.c_fc".into();
     let e = h.module_for(&gpt2(48, 1600), 17).unwrap_err().to_string();
     assert!(e.contains("transformer.h.17.mlp.c_proj"), "{e}");
@@ -624,12 +496,7 @@ fn method_parsing() {
 
 #[test]
 fn request_serializes_as_the_reference_dict() {
-    let r: Request = parse_requests(
-        r#"{"prompt": "{} is", "subject": "a", "target_new": "b", "case_id": "x1"}"#,
-        "s",
-    )
-    .unwrap()
-    .remove(0);
+    let r: Request = parse_requests(r#"{"prompt": "{} is", "subject": "a", "target_new": "b", "case_id": "x1"}"#, "s").unwrap().remove(0);
     assert_eq!(serde_json::to_value(&r).unwrap(), r.to_reference_json());
     assert_eq!(r.label(), "request 0 (case_id x1)");
 }

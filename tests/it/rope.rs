@@ -2,7 +2,7 @@
 //! `tests/fixtures/make_tiny_families.py`): every `rope_type` edit reads, each config read
 //! through `config.json` parsing as a user's file would be.
 
-mod common;
+use crate::common;
 
 use edit::ModelConfig;
 use serde_json::{json, Value};

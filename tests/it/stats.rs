@@ -1,7 +1,7 @@
 //! `edit stats` end to end: golden second moments, one pass = many single-layer passes,
 //! resume = uninterrupted, corpus formats, cache checks, npz import.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -9,7 +9,6 @@ use std::process::{Command, Output};
 use candle_core::DType;
 use common::{edit_bin, fixture_dir, golden, max_abs_diff, rel_diff};
 use edit::stats::cache;
-
 
 fn ok(cmd: &mut Command) -> serde_json::Value {
     let out: Output = cmd.output().unwrap();
@@ -90,7 +89,10 @@ fn interrupted_job_resumes_to_identical_sums() {
     assert!(!out.status.success(), "the interrupted run must fail");
     let partials: Vec<_> = walk(&dir).into_iter().filter(|p| p.to_string_lossy().contains(".partial")).collect();
     assert_eq!(partials.len(), 1, "a checkpoint is left behind");
-    assert!(walk(&dir).iter().all(|p| !p.to_string_lossy().ends_with("_320.safetensors") || p.to_string_lossy().contains(".partial")), "no final file from an interrupted run");
+    assert!(
+        walk(&dir).iter().all(|p| !p.to_string_lossy().ends_with("_320.safetensors") || p.to_string_lossy().contains(".partial")),
+        "no final file from an interrupted run"
+    );
     let resumed = ok(&mut stats_cmd("tiny-gpt2", "1,3", &text, 320, &dir, "f32"));
     assert_eq!(resumed["resumed_from_chunk"], 2);
     for layer in [1, 3] {
@@ -230,7 +232,8 @@ fn reference_npz_import() {
     assert!(v["file"].as_str().unwrap().ends_with("transformer.h.2.mlp.fc_out_float32_100000.safetensors"));
 
     let fails = |file: &Path, needle: &str| {
-        let out = edit_bin().args(["stats", "import"]).arg(file).arg("--model").arg(fixture_dir("tiny-gptj")).arg("--stats-dir").arg(&stats_dir).output().unwrap();
+        let out =
+            edit_bin().args(["stats", "import"]).arg(file).arg("--model").arg(fixture_dir("tiny-gptj")).arg("--stats-dir").arg(&stats_dir).output().unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(err.contains(needle), "{err}");

@@ -5,7 +5,7 @@
 //! subject's pieces end in the prompt, BOS or not. The expected ids were read off the tokenizers
 //! with the Python `tokenizers` library.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 
@@ -102,7 +102,12 @@ fn model_inputs_and_targets_on_real_tokenizers() {
         assert_eq!(t.continuation(eiffel, " Rome").unwrap(), e.rome, "{}", e.name);
         assert_eq!(t.continuation("The capital of Argentina is", " Buenos Aires").unwrap(), e.buenos_aires, "{}", e.name);
         // The rule itself: the whole text's input is the prompt's followed by the target's ids.
-        for (prompt, target) in [(eiffel, " Rome"), ("The capital of Argentina is", " Buenos Aires"), ("Danielle Darrieux's mother tongue is", " English"), ("LeBron James plays", " table tennis")] {
+        for (prompt, target) in [
+            (eiffel, " Rome"),
+            ("The capital of Argentina is", " Buenos Aires"),
+            ("Danielle Darrieux's mother tongue is", " English"),
+            ("LeBron James plays", " table tennis"),
+        ] {
             let whole = t.encode_input(&format!("{prompt}{target}")).unwrap();
             let cont = t.continuation(prompt, target).unwrap();
             let joined: Vec<u32> = t.encode_input(prompt).unwrap().into_iter().chain(cont.iter().copied()).collect();

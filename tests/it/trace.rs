@@ -5,7 +5,7 @@
 //! restoring every token of any one layer gives the clean probability; with no noise every
 //! score is the clean one.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 

@@ -123,12 +123,31 @@ pub fn outcome(cmd: &mut std::process::Command) -> (Option<i32>, String, String)
     (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
+/// The reference's statistics of fact-gpt2's layers 0-2 ([`fact_gpt2_stats`]), computed once per
+/// test run and shared by every test that reads them (read-only but for the null-space caches
+/// AlphaEdit writes beside them, by rename).
+pub fn shared_fact_gpt2_stats() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        fact_gpt2_stats(dir.path());
+        dir
+    })
+    .path()
+}
+
 /// `edit stats` of fact-gpt2's layers 0-2 over every text of its corpus (the reference's
 /// statistics for this model), into `dir`.
 pub fn fact_gpt2_stats(dir: &std::path::Path) {
     let model = fixture_dir("fact-gpt2");
     let (code, _, stderr) = outcome(
-        edit_bin().args(["stats", "--model"]).arg(&model).args(["--layers", "0-2", "--samples", "100000", "--text"]).arg(model.join("stats-corpus.txt")).arg("--stats-dir").arg(dir),
+        edit_bin()
+            .args(["stats", "--model"])
+            .arg(&model)
+            .args(["--layers", "0-2", "--samples", "100000", "--text"])
+            .arg(model.join("stats-corpus.txt"))
+            .arg("--stats-dir")
+            .arg(dir),
     );
     assert_eq!(code, Some(0), "edit stats failed: {stderr}");
 }
