@@ -236,6 +236,38 @@ impl Fetch for ApiFetch {
     }
 }
 
+/// Files beside the weights that transformers also reads, which a written copy of a model should
+/// carry (the Hub cache holds only the files `edit` needed to run it).
+pub const COMPANIONS: [&str; 6] =
+    ["tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "added_tokens.json", "vocab.json", "merges.txt"];
+
+/// For a Hub model, fetches the [`COMPANIONS`] its cached snapshot lacks, best effort (a repo
+/// without one, or no network, is logged and skipped), so that a model directory written from
+/// it (`edit apply --out`, `edit apply-delta`) is complete. Nothing to do for a local model.
+pub fn fetch_companions(files: &ModelFiles, opts: &HubOptions) {
+    let ModelOrigin::Hub { repo, revision, .. } = &files.origin else { return };
+    let missing: Vec<&str> = COMPANIONS.iter().copied().filter(|f| !files.dir().join(f).exists()).collect();
+    if missing.is_empty() {
+        return;
+    }
+    if opts.offline || HubOptions::offline_from_env() {
+        tracing::info!("offline: not fetching {} of {repo}; the output has only the cached files", missing.join(", "));
+        return;
+    }
+    let cache = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let api = match hub_api(&cache, opts.progress) {
+        Ok(api) => api,
+        Err(e) => return tracing::debug!("{e}"),
+    };
+    let repo_api = api.repo(hf_hub::Repo::with_revision(repo.clone(), hf_hub::RepoType::Model, revision.clone()));
+    for f in missing {
+        match repo_api.get(f) {
+            Ok(_) => tracing::info!("fetched {f} of {repo}"),
+            Err(e) => tracing::debug!("{repo} has no {f} (or it cannot be fetched): {e}"),
+        }
+    }
+}
+
 /// The online client: our cache location, `HF_ENDPOINT` and `HF_TOKEN` honoured.
 fn hub_api(cache_dir: &Path, progress: bool) -> Result<hf_hub::api::sync::Api> {
     let mut builder = ApiBuilder::from_cache(Cache::new(cache_dir.to_path_buf())).with_progress(progress);

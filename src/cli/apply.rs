@@ -230,6 +230,8 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if let Some(out) = &args.out {
         patch::check_out_dir(&files, out, args.force)?;
         edit::fsutil::check_writable_ancestor(edit::fsutil::parent_dir(out), "--out", out)?;
+        // The written directory carries the tokenizer and generation config, as apply-delta's does.
+        edit::hub::fetch_companions(&files, &args.model.hub_options(global));
     }
     // The weights' identity, read once: it picks the statistics, checks them and goes into the delta.
     let identity = ModelIdentity::of(&files)?;

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use edit::hub::{HubOptions, ModelFiles, ModelOrigin};
+use edit::hub::ModelFiles;
 use edit::patch::{self, DeltaMeta, WriteReport};
 use edit::stats::cache::ModelIdentity;
 use edit::ModelConfig;
 use serde::Serialize;
 
-use super::{logging, GlobalArgs, ModelArgs};
+use super::{GlobalArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct DeltaArgs {
@@ -69,9 +69,7 @@ pub fn run(args: DeltaArgs, global: &GlobalArgs, direction: Direction) -> anyhow
         Direction::Apply => warn_if_other_base(&files, &meta)?,
         Direction::Revert => check_holds_delta(&files, &cfg, &deltas, &args)?,
     }
-    if let ModelOrigin::Hub { repo, revision, .. } = &files.origin {
-        fetch_hub_extras(&files, repo, revision, &args.model, global);
-    }
+    edit::hub::fetch_companions(&files, &args.model.hub_options(global));
     let (sign, verb) = match direction {
         Direction::Apply => (1.0, "applied"),
         Direction::Revert => (-1.0, "reverted"),
@@ -147,35 +145,5 @@ fn check_holds_delta(files: &ModelFiles, cfg: &ModelConfig, deltas: &edit::editi
         Ok(())
     } else {
         anyhow::bail!(msg)
-    }
-}
-
-/// The Hub cache holds only the files `edit` needed to run the model; fetch the small
-/// companions transformers also reads (best effort) so the written directory is complete.
-fn fetch_hub_extras(files: &ModelFiles, repo: &str, revision: &str, model: &ModelArgs, global: &GlobalArgs) {
-    const EXTRAS: [&str; 6] = ["tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "added_tokens.json", "vocab.json", "merges.txt"];
-    let missing: Vec<&str> = EXTRAS.iter().copied().filter(|f| !files.dir().join(f).exists()).collect();
-    if missing.is_empty() {
-        return;
-    }
-    if model.offline || HubOptions::offline_from_env() {
-        tracing::info!("offline: not fetching {} of {repo}; the output has only the cached files", missing.join(", "));
-        return;
-    }
-    let mut builder =
-        hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(edit::hub::default_cache_dir())).with_progress(logging::show_progress(global));
-    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-        builder = builder.with_endpoint(endpoint);
-    }
-    if let Ok(token) = std::env::var("HF_TOKEN") {
-        builder = builder.with_token(Some(token));
-    }
-    let Ok(api) = builder.build() else { return };
-    let repo_api = api.repo(hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, revision.to_string()));
-    for f in missing {
-        match repo_api.get(f) {
-            Ok(_) => tracing::info!("fetched {f} of {repo}"),
-            Err(e) => tracing::debug!("{repo} has no {f} (or it cannot be fetched): {e}"),
-        }
     }
 }

@@ -302,3 +302,27 @@ fn hub_tokenizer_config_decides_the_bos() {
     std::fs::remove_file(snap.join("tokenizer_config.json")).unwrap();
     assert_ne!(predict(&hub)[0], 1, "without it, the tokenizer.json alone decides");
 }
+
+/// `edit apply --out` from a Hub id writes the companions `apply-delta` writes: the cached
+/// tokenizer and generation configs are copied, and the missing ones go through the same
+/// best-effort fetch (offline here, so it says it is not fetching them).
+#[test]
+fn apply_out_from_the_hub_carries_the_companion_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub = tmp.path().join("hub");
+    fake_hub_cache(&hub, "org/tiny-llama", "tiny-llama", &[]);
+    let reqs = tmp.path().join("r.json");
+    std::fs::write(&reqs, r#"[{"prompt": "{} is located in", "subject": "Paris", "target_new": {"str": " Rome"}}]"#).unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = run(edit_bin()
+        .env("HF_HUB_CACHE", &hub)
+        .args(["apply", "-v", "--offline", "--method", "ft", "--model", "org/tiny-llama"])
+        .arg(&reqs)
+        .arg("--out")
+        .arg(&out_dir));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"] {
+        assert!(out_dir.join(f).is_file(), "{f} missing from the written model");
+    }
+    assert!(stderr(&out).contains("offline: not fetching special_tokens_map.json"), "{}", stderr(&out));
+}
