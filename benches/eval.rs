@@ -13,7 +13,7 @@ use edit::editing::method::{prepare, MethodSource};
 use edit::editing::pipeline::EditPlan;
 use edit::eval::records::{read_dataset, Dataset, ZsreTarget};
 use edit::eval::run::{evaluate, EvalPlan, Silent};
-use edit::stats::cache::ModelIdentity;
+use edit::identity::ModelIdentity;
 use edit::stats::ensure::Quiet;
 
 fn plan<'a>(dataset: &'a Dataset, identity: &'a ModelIdentity) -> EvalPlan<'a> {

@@ -12,7 +12,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::RowAccessor;
 
 use crate::error::{Error, Result};
-use crate::stats::pyrandom::shuffled_indices;
+use crate::pyrandom::shuffled_indices;
 
 /// The WikiText-2 test split, compiled in (CC BY-SA 3.0, see `src/data/README.md`).
 pub const EMBEDDED_WIKITEXT: &str = include_str!("data/wikitext-2-raw-test.txt");

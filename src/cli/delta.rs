@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use edit::hub::ModelFiles;
+use edit::identity::ModelIdentity;
 use edit::patch::{self, DeltaMeta, WriteReport};
-use edit::stats::cache::ModelIdentity;
 use edit::ModelConfig;
 use serde::Serialize;
 

@@ -15,7 +15,7 @@ use edit::eval::probes::{Generation, ScoreOptions};
 use edit::eval::records::{read_dataset, ZsreTarget};
 use edit::eval::run::{evaluate, EvalPlan, EvalProgress};
 use edit::eval::rundir::{RunDir, ORDER_FILE, SUMMARY_FILE};
-use edit::stats::cache::ModelIdentity;
+use edit::identity::ModelIdentity;
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Map, Value};

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use edit::editing::hparams::{self, MendHparams};
 use edit::editing::mend::hypernet;
 use edit::editing::mend::import::import_checkpoint;
-use edit::stats::cache::ModelIdentity;
+use edit::identity::ModelIdentity;
 use edit::ModelConfig;
 use serde::Serialize;
 

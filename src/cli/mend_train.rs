@@ -10,7 +10,7 @@ use edit::editing::mend::data::{locality_sequences, record_examples, sample_text
 use edit::editing::mend::hypernet;
 use edit::editing::mend::train::{TrainData, Trainer, Validation};
 use edit::eval::records::parse_dataset;
-use edit::stats::cache::ModelIdentity;
+use edit::identity::ModelIdentity;
 use edit::tokenizer::Tokenizer;
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};

@@ -264,7 +264,8 @@ mod tests {
     }
 
     fn stats_file(dir: &std::path::Path, dtype: DType, count: u64) -> (std::path::PathBuf, crate::stats::cache::Moments) {
-        use crate::stats::cache::{self, ModelIdentity, Moments, StatsMeta};
+        use crate::identity::ModelIdentity;
+        use crate::stats::cache::{self, Moments, StatsMeta};
         let n = 9;
         let c = spd(n) * faer::Scale(count as f64);
         let flat: Vec<f64> = (0..n * n).map(|i| c[(i / n, i % n)]).collect();

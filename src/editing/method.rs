@@ -19,8 +19,8 @@ use super::verify::{check_edits, EditCheck};
 use super::Deltas;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::identity::ModelIdentity;
 use crate::models::CausalLm;
-use crate::stats::cache::ModelIdentity;
 use crate::stats::ensure::StatsNeed;
 use crate::tokenizer::Tokenizer;
 

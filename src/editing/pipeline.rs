@@ -10,9 +10,9 @@ use super::method::{run_edit, EditRun, PreparedMethod};
 use super::requests::Request;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::identity::ModelIdentity;
 use crate::model::LoadedModel;
 use crate::models::CausalLm;
-use crate::stats::cache::ModelIdentity;
 use crate::stats::ensure::{self, Progress, StatsNeed, StatsSource, StatsUsed, StatsWanted};
 use crate::tokenizer::Tokenizer;
 

@@ -8,7 +8,7 @@ use candle_core::{DType, IndexOp};
 
 use crate::error::{Error, Result};
 use crate::models::{Batch, CausalLm, Logits, TraceSpec};
-use crate::stats::pyrandom::PyRandom;
+use crate::pyrandom::PyRandom;
 use crate::tokenizer::Tokenizer;
 
 /// Template groups. ROME averages over all templates flatly; MEMIT averages within each group,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use crate::editing::templates::sample;
 use crate::error::Result;
 use crate::models::CausalLm;
-use crate::stats::pyrandom::PyRandom;
+use crate::pyrandom::PyRandom;
 use crate::tokenizer::Tokenizer;
 
 /// Tokens per generated text, prompt included (the reference's `max_out_len`).

@@ -16,9 +16,9 @@ use crate::editing::pipeline::Editor;
 use crate::editing::requests::Request;
 use crate::editing::{Deltas, Snapshot};
 use crate::error::{Error, ErrorKind, Result};
+use crate::identity::ModelIdentity;
 use crate::models::CausalLm;
 use crate::patch::{load_delta, write_delta_file, DeltaMeta};
-use crate::stats::cache::ModelIdentity;
 use crate::tokenizer::Tokenizer;
 
 /// How to run an evaluation.

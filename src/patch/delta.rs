@@ -13,8 +13,8 @@ use super::{check_deltas, map_file};
 use crate::config::ModelConfig;
 use crate::editing::Deltas;
 use crate::error::{Error, Result};
+use crate::identity::ModelIdentity;
 use crate::models::modules;
-use crate::stats::cache::ModelIdentity;
 
 /// Metadata key holding the JSON [`DeltaMeta`] of a delta file.
 pub const DELTA_META_KEY: &str = "edit.delta";

@@ -23,8 +23,8 @@ use crate::config::ModelConfig;
 use crate::editing::Deltas;
 use crate::error::{Error, Result};
 use crate::hub::ModelFiles;
+use crate::identity::ModelIdentity;
 use crate::models::modules::EditableModule;
-use crate::stats::cache::ModelIdentity;
 
 mod delta;
 pub use delta::{delta_id, load_delta, save_delta, write_delta_file, DeltaMeta, DELTA_LAYOUT_KEY, DELTA_META_KEY};

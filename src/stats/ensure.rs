@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::cache::{self, JobKey, ModelIdentity, StatsMeta};
+use super::cache::{self, JobKey, StatsMeta};
 use super::collect::{self, Accumulator, CollectPlan, Observer};
 use super::resolve::{self, CachedSet};
 use super::Precision;
@@ -16,6 +16,7 @@ use crate::config::ModelConfig;
 use crate::data::Corpus;
 use crate::error::{Error, Result};
 use crate::hub::HubOptions;
+use crate::identity::ModelIdentity;
 use crate::model::LoadedModel;
 use crate::models::modules::mlp_down;
 

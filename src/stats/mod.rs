@@ -6,7 +6,6 @@ pub mod cache;
 pub mod collect;
 pub mod ensure;
 pub mod merge;
-pub mod pyrandom;
 pub mod resolve;
 
 use serde::{Deserialize, Serialize};

@@ -13,11 +13,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::cache::{self, ModelIdentity, StatsMeta};
+use super::cache::{self, StatsMeta};
 use super::Precision;
 use crate::config::ModelConfig;
 use crate::data::{Corpus, HubDataset};
 use crate::error::Result;
+use crate::identity::ModelIdentity;
 use crate::models::modules::mlp_down;
 
 /// One cached statistics file that fits the model.

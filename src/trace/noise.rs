@@ -4,7 +4,7 @@
 //! subjects' token embeddings).
 
 use crate::error::{Error, Result};
-use crate::stats::pyrandom::PyRandom;
+use crate::pyrandom::PyRandom;
 
 /// numpy's legacy `RandomState`: MT19937 seeded by `init_genrand`, Gaussians by the Marsaglia
 /// polar method with the second value of each pair kept for the next call.

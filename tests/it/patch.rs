@@ -13,9 +13,9 @@ use common::{edit_bin, fixture_dir, max_abs_diff};
 use edit::checkpoint::Checkpoint;
 use edit::editing::Deltas;
 use edit::hub::{resolve_model, HubOptions, ModelFiles};
+use edit::identity::ModelIdentity;
 use edit::models::modules::{find, EditableModule};
 use edit::patch::{load_delta, save_delta, write_model_dir, DeltaMeta};
-use edit::stats::cache::ModelIdentity;
 use edit::{Batch, Logits, ModelConfig, TraceSpec};
 
 // ---- helpers --------------------------------------------------------------------------
@@ -186,7 +186,7 @@ fn written_model_changes_only_the_edited_weights() {
         for w in &report.files_written {
             let mut md = file_metadata(&out.join(w)).unwrap_or_default();
             assert_eq!(md.remove(edit::patch::APPLIED_KEY), Some(format!("[\"{id}\"]")), "{w} records the delta");
-            let base = edit::stats::cache::ModelIdentity::of(&files).unwrap().weights_fingerprint;
+            let base = edit::identity::ModelIdentity::of(&files).unwrap().weights_fingerprint;
             assert_eq!(md.remove(edit::checkpoint::EDIT_BASE_KEY), Some(base), "{w} records its base weights");
             assert_eq!(Some(md).filter(|m| !m.is_empty()), file_metadata(&input.join(w)), "{w} metadata");
         }

@@ -187,7 +187,7 @@ fn statistics_of_another_model_are_refused() {
     let m = cache::load(&layer_file(&s, 1)).unwrap();
     let gptj = edit::hub::resolve_model(fixture_dir("tiny-gptj").to_str().unwrap(), &Default::default()).unwrap();
     let cfg = edit::ModelConfig::from_file(&gptj.config).unwrap();
-    let identity = cache::ModelIdentity::of(&gptj).unwrap();
+    let identity = edit::identity::ModelIdentity::of(&gptj).unwrap();
     // Same widths (both tiny models have 128-wide keys), different weights.
     let module = edit::models::modules::mlp_down(&cfg, 1).unwrap();
     let mut m2 = cache::load(&layer_file(&s, 1)).unwrap();
@@ -202,7 +202,7 @@ fn statistics_of_another_model_are_refused() {
     // The right model passes, and C = sum / count.
     let own = edit::hub::resolve_model(fixture_dir("tiny-gpt2").to_str().unwrap(), &Default::default()).unwrap();
     let own_cfg = edit::ModelConfig::from_file(&own.config).unwrap();
-    m.check(&cache::ModelIdentity::of(&own).unwrap(), &edit::models::modules::mlp_down(&own_cfg, 1).unwrap()).unwrap();
+    m.check(&edit::identity::ModelIdentity::of(&own).unwrap(), &edit::models::modules::mlp_down(&own_cfg, 1).unwrap()).unwrap();
     let c = m.second_moment().unwrap();
     let back = (c * m.count as f64).unwrap();
     assert!(rel_diff(&back, &m.sum) < 1e-6);

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::eval::records::EvalRecord;
 use crate::models::CausalLm;
-use crate::stats::pyrandom::PyRandom;
+use crate::pyrandom::PyRandom;
 use crate::tokenizer::Tokenizer;
 
 /// Tokens labelled on `labels` (each predicted from the position before).

@@ -18,9 +18,9 @@ use crate::config::ModelConfig;
 use crate::editing::requests::Request;
 use crate::editing::Deltas;
 use crate::error::{Error, Result};
+use crate::identity::ModelIdentity;
 use crate::models::modules::{find, EditableModule};
 use crate::models::CausalLm;
-use crate::stats::cache::ModelIdentity;
 use crate::tokenizer::Tokenizer;
 
 /// The metadata key of a hypernetwork file.

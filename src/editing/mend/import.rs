@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use super::hypernet::{inner_params, Hypernetwork, MendMeta};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::stats::cache::ModelIdentity;
+use crate::identity::ModelIdentity;
 
 /// A converted checkpoint: its metadata and tensors under our (the reference's current) names.
 pub struct Imported {

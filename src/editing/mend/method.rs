@@ -16,8 +16,8 @@ use crate::editing::optimize::LossPoint;
 use crate::editing::templates::ContextTemplates;
 use crate::editing::{frobenius_norm, Snapshot};
 use crate::error::{Error, Result};
+use crate::identity::ModelIdentity;
 use crate::models::CausalLm;
-use crate::stats::cache::ModelIdentity;
 use crate::stats::ensure::StatsNeed;
 use crate::tokenizer::Tokenizer;
 

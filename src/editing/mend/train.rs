@@ -27,10 +27,10 @@ use super::network::{kept_rows, pseudo_gradient, GradientTransform};
 use crate::editing::adam::{Adam, AdamSlot};
 use crate::editing::hparams::mend::MendTraining;
 use crate::error::{Error, Result};
+use crate::identity::ModelIdentity;
 use crate::models::modules::EditableModule;
 use crate::models::{Batch, CausalLm, ForwardOpts, HookPoint, Hooks, Logits, NoHooks};
-use crate::stats::cache::ModelIdentity;
-use crate::stats::pyrandom::PyRandom;
+use crate::pyrandom::PyRandom;
 
 /// What training reads: edit examples and locality texts, each split into train and validation
 /// (the locality texts may be empty when every example carries its own).
