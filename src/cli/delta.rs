@@ -120,7 +120,7 @@ fn warn_if_other_base(files: &ModelFiles, meta: &DeltaMeta) -> anyhow::Result<()
 /// Reverting a delta the model never received would subtract an edit that is not there. The
 /// weight files `edit` writes record the deltas they hold (`edit.applied`); refuse without it.
 fn check_holds_delta(files: &ModelFiles, cfg: &ModelConfig, deltas: &edit::editing::Deltas, args: &DeltaArgs) -> anyhow::Result<()> {
-    let id = patch::delta_id(deltas)?;
+    let id = edit::editing::delta_id(deltas)?;
     let shards = patch::applied_ids(files, cfg, deltas)?;
     let lacking: Vec<String> = shards
         .iter()

@@ -40,6 +40,23 @@ use optimize::OptimizeParams;
 /// fine-tuning methods change them) holds that tensor's change in its stored shape.
 pub type Deltas = BTreeMap<String, Tensor>;
 
+/// A delta's identity: SHA-256 of its module names and `[out, in]` f32 values (the first 16
+/// hex digits). The same in memory and after a round trip through a delta file.
+pub fn delta_id(deltas: &Deltas) -> crate::error::Result<String> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for (name, d) in deltas {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        let v = d.to_device(&candle_core::Device::Cpu)?.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        h.update((v.len() as u64).to_le_bytes());
+        for x in v {
+            h.update(x.to_le_bytes());
+        }
+    }
+    Ok(crate::checkpoint::hex(&h.finalize()[..8]))
+}
+
 /// What a [`Deltas`] key changes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DeltaTarget {

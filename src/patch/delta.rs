@@ -48,23 +48,6 @@ impl DeltaMeta {
     }
 }
 
-/// A delta's identity: SHA-256 of its module names and `[out, in]` f32 values (the first 16
-/// hex digits). The same in memory and after a round trip through a delta file.
-pub fn delta_id(deltas: &Deltas) -> Result<String> {
-    use sha2::Digest;
-    let mut h = sha2::Sha256::new();
-    for (name, d) in deltas {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        let v = d.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        h.update((v.len() as u64).to_le_bytes());
-        for x in v {
-            h.update(x.to_le_bytes());
-        }
-    }
-    Ok(crate::checkpoint::hex(&h.finalize()[..8]))
-}
-
 /// Saves `deltas` (`[out, in]`) as a delta file: one f32 tensor `<module>.weight` per edited
 /// weight in the checkpoint's stored layout, `meta` as JSON under `edit.delta`, and
 /// `edit.layout = "stored"`. Written to a temporary file and renamed into place.

@@ -27,7 +27,7 @@ use crate::identity::ModelIdentity;
 use crate::models::modules::EditableModule;
 
 mod delta;
-pub use delta::{delta_id, load_delta, save_delta, write_delta_file, DeltaMeta, DELTA_LAYOUT_KEY, DELTA_META_KEY};
+pub use delta::{load_delta, save_delta, write_delta_file, DeltaMeta, DELTA_LAYOUT_KEY, DELTA_META_KEY};
 
 /// What a patched model directory received.
 #[derive(Clone, Debug, Serialize)]
@@ -383,7 +383,7 @@ pub fn stage_model_dir(
     }
     let checked = check_deltas(cfg, deltas)?;
     check_out(files, out, overwrite)?;
-    let id = delta_id(deltas)?;
+    let id = crate::editing::delta_id(deltas)?;
     let base = ModelIdentity::of(files)?.root_fingerprint().to_string();
 
     // Find each edited tensor: per weight file, checkpoint key → delta in the stored layout.

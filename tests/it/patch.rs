@@ -182,7 +182,7 @@ fn written_model_changes_only_the_edited_weights() {
         }
         assert!(written.contains_key("config.json") && written.contains_key("tokenizer.json"));
         // Rewritten shards keep their `__metadata__`, and record the delta they now hold.
-        let id = edit::patch::delta_id(&deltas).unwrap();
+        let id = edit::editing::delta_id(&deltas).unwrap();
         for w in &report.files_written {
             let mut md = file_metadata(&out.join(w)).unwrap_or_default();
             assert_eq!(md.remove(edit::patch::APPLIED_KEY), Some(format!("[\"{id}\"]")), "{w} records the delta");

@@ -146,7 +146,7 @@ impl AlphaState {
                 }
             }
         }
-        self.file.applied.push(crate::patch::delta_id(deltas)?);
+        self.file.applied.push(crate::editing::delta_id(deltas)?);
         self.file.requests += self.pending_requests;
         Ok(())
     }
