@@ -59,7 +59,7 @@ fn matmul<T: Half>(lhs: &[T], lhs_offset: usize, rhs: &[T], view: View, (m, k, n
     widen_into(&lhs[lhs_offset..lhs_offset + m * k], &mut a);
     let mut out = vec![0f32; m * n];
     let cols = (SLAB_ELEMENTS / k.max(1)).clamp(1, n.max(1));
-    let mut slab = vec![0f32; cols.min(n) * k];
+    let mut slab = vec![0f32; cols * k];
     let par = match candle_core::utils::get_num_threads() {
         1 => gemm::Parallelism::None,
         t => gemm::Parallelism::Rayon(t),
@@ -109,9 +109,7 @@ fn matmul<T: Half>(lhs: &[T], lhs_offset: usize, rhs: &[T], view: View, (m, k, n
         }
     }
     drop(slab);
-    let mut narrowed = Vec::with_capacity(m * n);
-    out.par_chunks(1 << 16).map(|c| c.iter().map(|&x| T::narrow(x)).collect::<Vec<T>>()).collect::<Vec<_>>().into_iter().for_each(|c| narrowed.extend(c));
-    narrowed
+    out.par_iter().map(|&x| T::narrow(x)).collect()
 }
 
 /// The product when both operands are bf16 or both f16, `lhs` contiguous and `rhs` in one of
