@@ -7,17 +7,11 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use common::{edit_bin, fixture_dir, outcome};
+use common::{edit_bin, fixture_dir, ok, outcome};
 use serde_json::Value;
 
 fn model_dir() -> PathBuf {
     fixture_dir("fact-gpt2")
-}
-
-fn ok(cmd: &mut std::process::Command) -> String {
-    let (code, stdout, stderr) = outcome(cmd);
-    assert_eq!(code, Some(0), "{stderr}");
-    stdout
 }
 
 /// The reference's statistics of layers 0-2 (every text of the corpus), once per test run.

@@ -10,7 +10,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 
 use candle_core::IndexOp;
-use common::{edit_bin, fixture_dir, outcome, rates};
+use common::{edit_bin, fixture_dir, ok, outcome, rates};
 use serde_json::Value;
 
 fn model_dir() -> PathBuf {
@@ -25,12 +25,6 @@ fn eval(method: &str, dataset: &Path) -> std::process::Command {
     let mut c = edit_bin();
     c.arg("eval").args(["--method", method, "--model"]).arg(model_dir()).arg("--dataset").arg(dataset);
     c
-}
-
-fn ok(cmd: &mut std::process::Command) -> String {
-    let (code, stdout, stderr) = outcome(cmd);
-    assert_eq!(code, Some(0), "{stderr}");
-    stdout
 }
 
 fn lines(path: &Path) -> Vec<Value> {

@@ -14,17 +14,11 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use common::{edit_bin, fixture_dir, outcome, rates};
+use common::{edit_bin, fixture_dir, ok, rates};
 use serde_json::Value;
 
 fn model() -> PathBuf {
     fixture_dir("fact-llama")
-}
-
-fn ok(cmd: &mut std::process::Command) -> String {
-    let (code, stdout, stderr) = outcome(cmd);
-    assert_eq!(code, Some(0), "{stderr}");
-    stdout
 }
 
 /// The reference's statistics of layers 0-2: every text of the corpus, 128 tokens with the `<s>`.

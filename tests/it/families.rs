@@ -10,14 +10,8 @@ use crate::common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
-use common::{edit_bin, fixture_dir, outcome, TINY_DECODERS};
+use common::{edit_bin, fixture_dir, ok, TINY_DECODERS};
 use serde_json::Value;
-
-fn ok(cmd: &mut std::process::Command) -> String {
-    let (code, stdout, stderr) = outcome(cmd);
-    assert_eq!(code, Some(0), "{stderr}");
-    stdout
-}
 
 /// Two requests whose words both fixture tokenizers (fact-llama's, fact-gpt2's) know.
 fn requests(dir: &Path) -> PathBuf {

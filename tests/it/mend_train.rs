@@ -6,7 +6,7 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use common::{edit_bin, outcome};
+use common::{edit_bin, ok, outcome};
 use serde_json::Value;
 
 fn model() -> PathBuf {
@@ -18,12 +18,6 @@ fn cases(path: &Path, range: std::ops::Range<usize>) -> PathBuf {
     let all: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(model().join("cases.json")).unwrap()).unwrap();
     std::fs::write(path, serde_json::to_string(&all[range]).unwrap()).unwrap();
     path.to_path_buf()
-}
-
-fn ok(cmd: &mut std::process::Command) -> String {
-    let (code, out, err) = outcome(cmd);
-    assert_eq!(code, Some(0), "{err}");
-    out
 }
 
 fn train_cmd(edits: &Path, out: &Path) -> std::process::Command {

@@ -123,6 +123,13 @@ pub fn outcome(cmd: &mut std::process::Command) -> (Option<i32>, String, String)
     (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
+/// Runs `cmd`, asserts that it succeeded (its stderr as the message) and returns its stdout.
+pub fn ok(cmd: &mut std::process::Command) -> String {
+    let (code, stdout, stderr) = outcome(cmd);
+    assert_eq!(code, Some(0), "{stderr}");
+    stdout
+}
+
 /// The reference's statistics of fact-gpt2's layers 0-2 ([`fact_gpt2_stats`]), computed once per
 /// test run and shared by every test that reads them (read-only but for the null-space caches
 /// AlphaEdit writes beside them, by rename).
