@@ -243,10 +243,41 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Identifies a set of weights cheaply: every file's size and safetensors header (names,
-/// dtypes, shapes, offsets) plus a sample of its data bytes at 64 evenly spaced points.
-/// Two different checkpoints of the same architecture differ in their data samples.
+/// Identifies a set of weights by their whole content: the SHA-256 over every file's size and
+/// SHA-256, 64 hex digits. The files' digests are remembered by path, size and modification time
+/// (`digest::weights_memo_path`), so a checkpoint is read in full once, not at every command.
 pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
+    use sha2::Digest;
+    let mut memo = crate::digest::DigestMemo::open(crate::digest::weights_memo_path());
+    let mut total = 0u64;
+    for f in files {
+        total += std::fs::metadata(f).map_err(|e| Error::io(f, e))?.len();
+    }
+    let started = std::time::Instant::now();
+    let digests = memo.digests(files)?;
+    if started.elapsed().as_secs_f64() > 1.0 {
+        tracing::info!("hashed the weights ({:.1} GB) in {:.1} s; remembered for the next command", total as f64 / 1e9, started.elapsed().as_secs_f64());
+    }
+    memo.save();
+    let mut h = sha2::Sha256::new();
+    for (f, d) in files.iter().zip(&digests) {
+        h.update(std::fs::metadata(f).map_err(|e| Error::io(f, e))?.len().to_le_bytes());
+        h.update(d.as_bytes());
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Whether a recorded fingerprint is of the sampled kind edit wrote before weights were hashed
+/// in full (16 hex digits; statistics files, deltas, MEND networks, AlphaEdit states and edited
+/// models' `edit.base` from then carry it).
+pub fn is_sampled_fingerprint(fp: &str) -> bool {
+    fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The sampled fingerprint edit recorded before full hashing: every file's size and safetensors
+/// header plus 64 windows of its data. Kept only to recognise what was recorded with it; two
+/// checkpoints differing in a few tensors can share it, which is why it was replaced.
+pub fn sampled_fingerprint(files: &[PathBuf]) -> Result<String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut h = Fnv64::new();
     for path in files {
@@ -271,4 +302,39 @@ pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
         }
     }
     Ok(format!("{:016x}", h.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two checkpoints that differ in one weight away from the 64 sampled windows: the sampled
+    /// fingerprint (what statistics and deltas were checked by before) cannot tell them apart,
+    /// the full one does.
+    #[test]
+    fn weights_differing_in_one_value_have_different_fingerprints() {
+        let dir = tempfile::tempdir().unwrap();
+        let original = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gpt2/model.safetensors");
+        let bytes = std::fs::read(&original).unwrap();
+        let a = dir.path().join("a.safetensors");
+        std::fs::write(&a, &bytes).unwrap();
+        // The middle of the data, between two sampled windows (they are len/63 apart and 64 long).
+        let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let span = bytes.len() - header - 64;
+        let at = header + span * 31 / 63 + span / 126;
+        let mut changed = bytes.clone();
+        changed[at] ^= 0x01;
+        let b = dir.path().join("b.safetensors");
+        std::fs::write(&b, &changed).unwrap();
+        assert_eq!(sampled_fingerprint(std::slice::from_ref(&a)).unwrap(), sampled_fingerprint(std::slice::from_ref(&b)).unwrap());
+        let (fa, fb) = (fingerprint(std::slice::from_ref(&a)).unwrap(), fingerprint(&[b]).unwrap());
+        assert_ne!(fa, fb);
+        assert_eq!(fa.len(), 64);
+        assert!(!is_sampled_fingerprint(&fa));
+        assert!(is_sampled_fingerprint(&sampled_fingerprint(std::slice::from_ref(&a)).unwrap()));
+        // The same bytes under another name: the same fingerprint (content, not path).
+        let c = dir.path().join("c.safetensors");
+        std::fs::copy(&a, &c).unwrap();
+        assert_eq!(fingerprint(&[c]).unwrap(), fa);
+    }
 }

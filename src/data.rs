@@ -61,10 +61,10 @@ impl Corpus {
     /// modification time, so a large corpus is hashed once.
     pub fn from_files(paths: Vec<PathBuf>, memo_dir: &Path) -> Result<Self> {
         use sha2::Digest;
-        let mut memo = DigestMemo::open(memo_dir);
+        let mut memo = crate::digest::DigestMemo::open(memo_dir.join("corpus-digests.json"));
         let mut h = sha2::Sha256::new();
-        for p in &paths {
-            h.update(memo.digest(p)?.as_bytes());
+        for d in memo.digests(&paths)? {
+            h.update(d.as_bytes());
         }
         memo.save();
         let digest = crate::checkpoint::hex(&h.finalize());
@@ -87,55 +87,6 @@ impl Corpus {
             Corpus::Embedded => "the embedded WikiText-2 test split".into(),
             Corpus::Hub(ds) => format!("{} ({})", ds.repo(), self.id()),
             Corpus::Files { paths, .. } => paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
-        }
-    }
-}
-
-/// SHA-256 digests of corpus files, remembered in `<dir>/corpus-digests.json` by canonical
-/// path, size and modification time.
-struct DigestMemo {
-    path: PathBuf,
-    entries: std::collections::BTreeMap<String, (u64, u128, String)>,
-    dirty: bool,
-}
-
-impl DigestMemo {
-    fn open(dir: &Path) -> Self {
-        let path = dir.join("corpus-digests.json");
-        let entries = std::fs::read_to_string(&path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-        Self { path, entries, dirty: false }
-    }
-
-    fn digest(&mut self, file: &Path) -> Result<String> {
-        let canon = file.canonicalize().map_err(|e| Error::io(file, e))?;
-        let meta = std::fs::metadata(&canon).map_err(|e| Error::io(file, e))?;
-        let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(|d| d.as_nanos()).unwrap_or(0);
-        let key = canon.to_string_lossy().into_owned();
-        if let Some((len, m, d)) = self.entries.get(&key) {
-            if *len == meta.len() && *m == mtime && mtime != 0 {
-                return Ok(d.clone());
-            }
-        }
-        let d = file_sha256(&canon)?;
-        self.entries.insert(key, (meta.len(), mtime, d.clone()));
-        self.dirty = true;
-        Ok(d)
-    }
-
-    /// Best effort: a memo that cannot be written only costs a re-hash next time.
-    fn save(&self) {
-        if !self.dirty {
-            return;
-        }
-        let write = || -> std::io::Result<()> {
-            let dir = crate::fsutil::parent_dir(&self.path);
-            std::fs::create_dir_all(dir)?;
-            let tmp = crate::fsutil::sibling(&self.path, "tmp");
-            std::fs::write(&tmp, serde_json::to_string(&self.entries).unwrap_or_default())?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        if let Err(e) = write() {
-            tracing::debug!("cannot remember corpus digests in {}: {e}", self.path.display());
         }
     }
 }
@@ -339,23 +290,6 @@ impl Rows for ParquetRows {
         }
         Ok(out)
     }
-}
-
-/// The SHA-256 of a file's bytes (hex), read in 1 MiB blocks.
-pub fn file_sha256(path: &Path) -> Result<String> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(crate::checkpoint::hex(&h.finalize()))
 }
 
 #[cfg(test)]

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 use crate::hub::{ModelFiles, ModelOrigin};
 
-/// What a statistics file must match to be used with a model.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a statistics file must match to be used with a model. Two identities are equal when
+/// what files record of them is (the sampled fingerprint, never recorded, is left out).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ModelIdentity {
     /// Hub id or local directory.
     pub model: String,
@@ -22,7 +23,21 @@ pub struct ModelIdentity {
     /// weights it was first edited from, whose statistics still describe it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_fingerprint: Option<String>,
+    /// The sampled fingerprint earlier versions recorded for these weights
+    /// (`checkpoint::sampled_fingerprint`): what lets files recorded then still be recognised.
+    /// Not written anywhere.
+    #[serde(skip)]
+    pub sampled_fingerprint: Option<String>,
 }
+
+impl PartialEq for ModelIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.model, &self.revision, &self.weights_fingerprint, &self.base_fingerprint)
+            == (&other.model, &other.revision, &other.weights_fingerprint, &other.base_fingerprint)
+    }
+}
+
+impl Eq for ModelIdentity {}
 
 impl ModelIdentity {
     pub fn of(files: &ModelFiles) -> Result<Self> {
@@ -37,7 +52,13 @@ impl ModelIdentity {
             ),
         };
         let base_fingerprint = crate::checkpoint::edit_base(&files.weights)?;
-        Ok(Self { model, revision, weights_fingerprint: crate::checkpoint::fingerprint(&files.weights)?, base_fingerprint })
+        Ok(Self {
+            model,
+            revision,
+            weights_fingerprint: crate::checkpoint::fingerprint(&files.weights)?,
+            base_fingerprint,
+            sampled_fingerprint: Some(crate::checkpoint::sampled_fingerprint(&files.weights)?),
+        })
     }
 
     /// The fingerprint an edited copy of this model records as its base.
@@ -45,11 +66,28 @@ impl ModelIdentity {
         self.base_fingerprint.as_deref().unwrap_or(&self.weights_fingerprint)
     }
 
+    /// Whether a fingerprint some file recorded names these weights. One recorded before weights
+    /// were hashed in full is compared with these weights' sampled fingerprint, so statistics
+    /// (days of compute at GPT-2 XL size), states and deltas from then stay usable on the
+    /// weights they were made on.
+    pub fn is_weights(&self, recorded: &str) -> bool {
+        recorded == self.weights_fingerprint || (crate::checkpoint::is_sampled_fingerprint(recorded) && self.sampled_fingerprint.as_deref() == Some(recorded))
+    }
+
+    /// Whether a fingerprint some file recorded names the weights this model was first edited
+    /// from (itself, when it is not an edited copy).
+    pub fn is_root(&self, recorded: &str) -> bool {
+        match &self.base_fingerprint {
+            Some(base) => base == recorded,
+            None => self.is_weights(recorded),
+        }
+    }
+
     /// Whether statistics computed on `other` describe this model: the same weights, or the
     /// base this model was edited from (the reference, too, keeps using the original model's
     /// statistics across edits).
     pub fn stats_fit(&self, other: &ModelIdentity) -> bool {
-        other.weights_fingerprint == self.weights_fingerprint || Some(&other.weights_fingerprint) == self.base_fingerprint.as_ref()
+        self.is_weights(&other.weights_fingerprint) || Some(&other.weights_fingerprint) == self.base_fingerprint.as_ref()
     }
 
     /// Directory name for this model under the stats dir: the Hub id with `/` → `_` (as the
@@ -60,5 +98,39 @@ impl ModelIdentity {
             _ => self.model.replace('/', "_"),
         };
         crate::data::sanitize(&base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(base: Option<&str>) -> ModelIdentity {
+        ModelIdentity {
+            model: "m".into(),
+            revision: None,
+            weights_fingerprint: "a".repeat(64),
+            base_fingerprint: base.map(str::to_string),
+            sampled_fingerprint: Some("0123456789abcdef".into()),
+        }
+    }
+
+    #[test]
+    fn fingerprints_recorded_before_full_hashing_are_recognised_by_the_sampled_one() {
+        let id = identity(None);
+        assert!(id.is_weights(&"a".repeat(64)));
+        assert!(id.is_weights("0123456789abcdef"));
+        assert!(!id.is_weights("fedcba9876543210"));
+        assert!(!id.is_weights(&"b".repeat(64)));
+        assert!(id.is_root("0123456789abcdef"));
+        // An edited copy's root is its recorded base, whatever its own weights' fingerprints.
+        let edited = identity(Some(&"c".repeat(64)));
+        assert!(edited.is_root(&"c".repeat(64)));
+        assert!(!edited.is_root("0123456789abcdef"));
+        let on_base = ModelIdentity { weights_fingerprint: "c".repeat(64), sampled_fingerprint: None, ..identity(None) };
+        assert!(edited.stats_fit(&on_base));
+        assert!(edited.stats_fit(&identity(None)));
+        let legacy_stats = ModelIdentity { weights_fingerprint: "0123456789abcdef".into(), sampled_fingerprint: None, ..identity(None) };
+        assert!(identity(None).stats_fit(&legacy_stats));
     }
 }

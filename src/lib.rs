@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod digest;
 pub mod editing;
 pub mod error;
 pub mod eval;

@@ -239,8 +239,9 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     requests::validate(&reqs, &tok, cfg.n_ctx)?;
     let history = match &args.state {
         Some(_) => Some(edit::editing::alphaedit::ModelHistory {
-            base_fingerprint: identity.base_fingerprint.clone().unwrap_or_else(|| identity.weights_fingerprint.clone()),
+            base_fingerprint: identity.root_fingerprint().to_string(),
             applied: patch::applied_to_model(&files)?,
+            base_sampled: identity.base_fingerprint.is_none().then(|| identity.sampled_fingerprint.clone()).flatten(),
         }),
         None => None,
     };

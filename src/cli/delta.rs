@@ -104,7 +104,7 @@ pub fn run(args: DeltaArgs, global: &GlobalArgs, direction: Direction) -> anyhow
 /// was intended: say so.
 fn warn_if_other_base(files: &ModelFiles, meta: &DeltaMeta) -> anyhow::Result<()> {
     let here = ModelIdentity::of(files)?;
-    if here.weights_fingerprint != meta.base_model.weights_fingerprint {
+    if !here.is_weights(&meta.base_model.weights_fingerprint) {
         tracing::warn!(
             "the delta was computed on {} (weights {}), but {} has weights {}: applying it anyway; \
              the edit may not behave as it did on its base model",

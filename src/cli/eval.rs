@@ -267,7 +267,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         "seed": seed,
         "model": identity,
         "dataset": dataset_path.display().to_string(),
-        "dataset_sha256": edit::data::file_sha256(&dataset_path)?,
+        "dataset_sha256": edit::digest::file_sha256(&dataset_path)?,
         "dataset_format": dataset.format,
         "zsre_target": args.zsre_target,
         "limit": args.limit,

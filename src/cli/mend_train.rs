@@ -103,7 +103,7 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     };
     let loc_digest = match args.locality.as_str() {
         "neighbors" | "embedded" => args.locality.clone(),
-        file => edit::data::file_sha256(Path::new(file))?,
+        file => edit::digest::file_sha256(Path::new(file))?,
     };
     tracing::info!(
         "{} training / {} validation records ({layout}), {} / {} locality texts; inner weights {}",

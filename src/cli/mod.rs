@@ -19,7 +19,8 @@ use clap::{Args, Parser, Subcommand};
 use edit::hub::{resolve_model, HubOptions, ModelFiles};
 use edit::LoadedModel;
 
-/// Edit facts stored inside causal language models (GPT-2, GPT-J, GPT-NeoX/Pythia).
+/// Edit facts stored inside causal language models (GPT-2, GPT-J, GPT-NeoX/Pythia, Llama,
+/// Mistral, Qwen, Gemma) with ROME, MEMIT, AlphaEdit, fine-tuning or MEND.
 ///
 /// Models are loaded from a local Hugging Face directory or a Hub id through the standard
 /// Hugging Face cache. Results go to stdout (JSON with --json); logs go to stderr.

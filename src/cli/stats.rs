@@ -134,7 +134,7 @@ pub struct CollectArgs {
     pub force: bool,
     /// Compute part I of N of the job (every N-th chunk of 100 sampled texts, from chunk I) and
     /// write it as a shard file beside the statistics; `edit stats merge` adds the N shards.
-    /// For array jobs over many machines (see the README).
+    /// For array jobs over many machines (see docs/statistics.md).
     #[arg(long, value_name = "I/N", value_parser = super::parse_shard)]
     pub shard: Option<(usize, usize)>,
     /// Print a JSON summary on stdout.

@@ -473,7 +473,7 @@ pub fn decide(st: StatsWanted, hp: &StatsNeed, identity: &ModelIdentity, cfg: &M
             set.precision.reference_name(),
             stats_dir.display()
         );
-        if let Some(f) = set.layers.values().find(|f| f.meta.identity.weights_fingerprint != identity.weights_fingerprint) {
+        if let Some(f) = set.layers.values().find(|f| !identity.is_weights(&f.meta.identity.weights_fingerprint)) {
             tracing::info!(
                 "the statistics were computed on {} (weights {}), the model this one was edited from",
                 f.meta.identity.model,

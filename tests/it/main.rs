@@ -20,6 +20,7 @@ mod new_user;
 mod patch;
 mod requests_hparams;
 mod rope;
+mod slurm;
 mod stats;
 mod tokenizers;
 mod trace;

@@ -30,6 +30,16 @@ use crate::error::{Error, Result};
 pub struct ModelHistory {
     pub base_fingerprint: String,
     pub applied: Vec<String>,
+    /// The base's sampled fingerprint (`ModelIdentity::sampled_fingerprint`), when the base is
+    /// these weights: states started before full hashing recorded that one.
+    #[serde(skip)]
+    pub base_sampled: Option<String>,
+}
+
+impl ModelHistory {
+    fn is_base(&self, recorded: &str) -> bool {
+        recorded == self.base_fingerprint || (crate::checkpoint::is_sampled_fingerprint(recorded) && self.base_sampled.as_deref() == Some(recorded))
+    }
 }
 
 /// `state.json`.
@@ -104,7 +114,7 @@ impl AlphaState {
             ));
         }
         if let Some(m) = model {
-            if m.base_fingerprint != file.base_fingerprint {
+            if !m.is_base(&file.base_fingerprint) {
                 return Err(bad(
                     dir,
                     format!(
@@ -240,7 +250,7 @@ mod tests {
     fn a_saved_state_reads_back_bit_for_bit_and_checks_the_model() {
         let dir = tempfile::tempdir().unwrap();
         let hp = hp();
-        let base = ModelHistory { base_fingerprint: "f00d".into(), applied: vec![] };
+        let base = ModelHistory { base_fingerprint: "f00d".into(), applied: vec![], base_sampled: None };
         let mut s = AlphaState::open(dir.path(), &hp, Some(&base)).unwrap();
         for l in [1, 2] {
             // f32 values, as null spaces are held.
@@ -255,7 +265,7 @@ mod tests {
         s.save(dir.path(), &hp).unwrap();
         let id = s.file.applied[0].clone();
 
-        let edited = ModelHistory { base_fingerprint: "f00d".into(), applied: vec![id.clone()] };
+        let edited = ModelHistory { base_fingerprint: "f00d".into(), applied: vec![id.clone()], base_sampled: None };
         let back = AlphaState::open(dir.path(), &hp, Some(&edited)).unwrap();
         assert_eq!((back.file.requests, back.file.applied.clone(), back.file.step), (4, vec![id], 1));
         for l in [1, 2] {
@@ -274,7 +284,8 @@ mod tests {
         // The unedited model, another model, another config: refused with the reason.
         let err = |r: Result<AlphaState>| r.err().expect("refused").to_string();
         assert!(err(AlphaState::open(dir.path(), &hp, Some(&base))).contains("holds []"));
-        assert!(err(AlphaState::open(dir.path(), &hp, Some(&ModelHistory { base_fingerprint: "beef".into(), applied: vec![] }))).contains("other weights"));
+        assert!(err(AlphaState::open(dir.path(), &hp, Some(&ModelHistory { base_fingerprint: "beef".into(), applied: vec![], base_sampled: None })))
+            .contains("other weights"));
         let mut other = hp.clone();
         other.common.layers = vec![1];
         assert!(err(AlphaState::open(dir.path(), &other, None)).contains("layers [1, 2]"));

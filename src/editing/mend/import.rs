@@ -149,7 +149,7 @@ pub fn import_checkpoint(path: &Path, cfg: &ModelConfig, names: &[String], base:
         origin: format!(
             "imported from {} (sha256 {})",
             path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-            crate::data::file_sha256(path)?
+            crate::digest::file_sha256(path)?
         ),
     };
     // Every tensor is where the network reads it, with the shape it needs.

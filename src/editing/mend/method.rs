@@ -64,7 +64,7 @@ impl Mend {
             }
         }
         if let (Some(base), Some(id)) = (&meta.base, identity) {
-            if base.root_fingerprint() != id.root_fingerprint() {
+            if !id.is_root(base.root_fingerprint()) {
                 tracing::warn!(
                     "{} was made for {} (weights {}), not these weights ({}); its edits may be poor",
                     file.display(),
