@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use edit::editing::hparams::{self, MemitHparams, MethodConfig, RomeHparams};
-use edit::editing::linalg::{memit_solve_direct, memit_solve_push_through, to_mat, LayerStats, SpdFactor};
+use edit::editing::hparams::{self, MethodConfig};
+use edit::editing::memit::MemitHparams;
 use edit::editing::memit::{apply_memit, compute_zs};
 use edit::editing::requests::{read_requests, Request};
 use edit::editing::rome::apply_rome;
+use edit::editing::rome::RomeHparams;
 use edit::editing::templates;
+use edit::linalg::{memit_solve_direct, memit_solve_push_through, to_mat, LayerStats, SpdFactor};
 use edit::stats::collect::{collect_in_memory, CollectPlan};
 use edit::stats::Precision;
 use edit::LoadedModel;
@@ -26,7 +28,7 @@ fn dir() -> std::path::PathBuf {
 fn stats(lm: &LoadedModel, layers: &[usize]) -> BTreeMap<usize, Mat<f64>> {
     let texts = edit::data::read_texts(&dir().join("stats-corpus.txt")).unwrap();
     let cfg = lm.config();
-    let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len: 128, pad_id: lm.pad_id() };
+    let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len: 128 };
     let acc = collect_in_memory(&*lm.model, lm.tokenizer().unwrap(), &texts, &plan).unwrap();
     acc.second_moments().unwrap().iter().map(|(&l, c)| (l, to_mat(c).unwrap())).collect()
 }
@@ -43,7 +45,6 @@ fn main() {
     let files = edit::hub::resolve_model(dir().to_str().unwrap(), &edit::hub::HubOptions::default()).unwrap();
     let mut lm = edit::load_model(files, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let tok = edit::tokenizer::Tokenizer::from_file(&dir().join("tokenizer.json")).unwrap();
-    let pad = lm.pad_id();
     let cases: Vec<Request> = read_requests(&dir().join("cases.json")).unwrap();
     let c = stats(&lm, &[0, 1, 2]);
     println!("| what | time |");
@@ -58,7 +59,7 @@ fn main() {
     let mut st = layer_stats(&c, &rome.layers);
     let t = Instant::now();
     for case in &cases[..5] {
-        apply_rome(&mut *lm.model, &tok, std::slice::from_ref(case), &rome, &mut st, &rt, pad).unwrap();
+        apply_rome(&mut *lm.model, &tok, std::slice::from_ref(case), &rome, &mut st, &rt).unwrap();
     }
     println!("| ROME: one edit (mean of 5; reference code on this model: 2.22 s) | {:.2} s |", t.elapsed().as_secs_f64() / 5.0);
 
@@ -68,7 +69,7 @@ fn main() {
     for n in [1, 10, 100] {
         let mut st = layer_stats(&c, &memit.layers);
         let t = Instant::now();
-        let out = apply_memit(&mut *lm.model, &tok, &cases[..n], &memit, &mut st, &mt, pad).unwrap();
+        let out = apply_memit(&mut *lm.model, &tok, &cases[..n], &memit, &mut st, &mt).unwrap();
         let ref_note = if n == 100 { " (reference code: 5.4 s)" } else { "" };
         println!("| MEMIT: {n} edits{ref_note} | {:.2} s (z vectors {:.2} s) |", t.elapsed().as_secs_f64(), out.z_seconds);
     }
@@ -76,7 +77,7 @@ fn main() {
     // z vectors of 10 requests: together vs one after another (the reference).
     for batch in [1, 10] {
         let t = Instant::now();
-        compute_zs(&*lm.model, &tok, &cases[..10], &memit, &mt, batch, pad).unwrap();
+        compute_zs(&*lm.model, &tok, &cases[..10], &memit, &mt, batch).unwrap();
         let label = if batch == 1 { "serial (reference)" } else { "batched" };
         println!("| z vectors of 10 requests, {label} | {:.2} s |", t.elapsed().as_secs_f64());
     }

@@ -8,15 +8,15 @@
 use std::path::Path;
 use std::time::Instant;
 
-use edit::editing::hparams::Method;
-use edit::editing::method::{prepare, MethodSource};
-use edit::editing::pipeline::EditPlan;
-use edit::eval::records::{read_dataset, Dataset, ZsreTarget};
+use edit::editing::method::MethodSource;
+use edit::editing::pipeline::{EditPlan, EditSetup};
+use edit::editing::records::{read_dataset, Dataset, ZsreTarget};
+use edit::editing::registry::Method;
 use edit::eval::run::{evaluate, EvalPlan, Silent};
 use edit::identity::ModelIdentity;
 use edit::stats::ensure::Quiet;
 
-fn plan<'a>(dataset: &'a Dataset, identity: &'a ModelIdentity) -> EvalPlan<'a> {
+fn plan(dataset: &Dataset) -> EvalPlan<'_> {
     EvalPlan {
         dataset,
         num_edits: vec![1],
@@ -24,7 +24,6 @@ fn plan<'a>(dataset: &'a Dataset, identity: &'a ModelIdentity) -> EvalPlan<'a> {
         seed: 0,
         max_update_ratio: 10.0,
         scoring: edit::eval::probes::ScoreOptions { batch: 64, ..Default::default() },
-        identity,
         shard: None,
     }
 }
@@ -35,24 +34,29 @@ fn main() {
     let identity = ModelIdentity::of(&files).unwrap();
     let mut lm = edit::load_model(files, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let tok = edit::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let pad = lm.pad_id();
     let mut dataset = read_dataset(&dir.join("cases.json"), ZsreTarget::Answer).unwrap();
     println!("| what | time |");
     println!("|---|---|");
 
     let t = Instant::now();
-    let runs = evaluate(&mut *lm.model, &tok, pad, None, &plan(&dataset, &identity), None, &mut Silent).unwrap();
+    let runs = evaluate(&mut *lm.model, &tok, None, &plan(&dataset), None, &mut Silent).unwrap();
     let secs = t.elapsed().as_secs_f64();
     assert_eq!(runs[0].cases.len(), 500);
     println!("| score 500 CounterFact records (`--method none`; 13,000 prompt-target pairs) | {secs:.2} s ({:.1} ms per record) |", secs * 2.0);
 
     dataset.records.truncate(20);
-    let prepared =
-        prepare(Method::Ft, lm.config(), "fact-gpt2", MethodSource { config: Some(&dir.join("hparams/FT_constr_eps5e-3.json")), ..Default::default() })
-            .unwrap();
-    let mut editor = EditPlan::new(prepared, None, &identity, lm.config(), false).unwrap().load(&lm, &identity, &mut Quiet).unwrap();
+    let ft = dir.join("hparams/FT_constr_eps5e-3.json");
+    let setup = EditSetup {
+        method: Method::Ft,
+        model_id: "fact-gpt2",
+        source: MethodSource { config: Some(&ft), ..Default::default() },
+        seed: None,
+        hub_progress: false,
+    };
+    let no_stats = || unreachable!("FT reads no statistics");
+    let mut editor = EditPlan::prepare(setup, lm.config(), &identity, no_stats).unwrap().load(&lm, &mut Quiet).unwrap();
     let t = Instant::now();
-    let runs = evaluate(&mut *lm.model, &tok, pad, Some(&mut editor), &plan(&dataset, &identity), None, &mut Silent).unwrap();
+    let runs = evaluate(&mut *lm.model, &tok, Some(&mut editor), &plan(&dataset), None, &mut Silent).unwrap();
     let total = t.elapsed().as_secs_f64();
     let edit: f64 = runs[0].cases.iter().map(|c| c.time).sum();
     println!(

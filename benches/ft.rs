@@ -11,8 +11,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::*;
+use edit::editing::ft::loss::Objective;
 use edit::editing::ft::{fine_tune, tuned_parameters, FtParams};
-use edit::editing::ft_loss::Objective;
 use edit::editing::requests::read_requests;
 
 #[global_allocator]
@@ -46,14 +46,13 @@ fn main() {
     let files = edit::hub::resolve_model(dir.to_str().unwrap(), &edit::hub::HubOptions::default()).unwrap();
     let mut lm = edit::load_model(files, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let tok = edit::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let pad = lm.pad_id();
     let cases = read_requests(&dir.join("cases.json")).unwrap();
     let params = ft_params(&dir.join("hparams/FT_constr_eps5e-3.json"));
     let n = 20;
     let t = Instant::now();
     let mut epochs = 0;
     for case in &cases[..n] {
-        epochs += fine_tune(&mut *lm.model, &tok, std::slice::from_ref(case), &params, pad).unwrap().epochs.len();
+        epochs += fine_tune(&mut *lm.model, &tok, std::slice::from_ref(case), &params).unwrap().epochs.len();
     }
     let per_edit = t.elapsed().as_secs_f64() / n as f64;
     println!("| FT-L ε 5e-3, one edit (mean of {n}, {:.1} epochs each) | {per_edit:.3} s |", epochs as f64 / n as f64);
@@ -83,7 +82,7 @@ fn main() {
     let all = bytes(&model.parameters_matching("").unwrap());
     let base = reset_peak();
     let t = Instant::now();
-    let out = fine_tune(&mut *model, &tok, &reqs, &ftw, 50256).unwrap();
+    let out = fine_tune(&mut *model, &tok, &reqs, &ftw).unwrap();
     let secs = t.elapsed().as_secs_f64();
     let peak = peak_since(base);
     println!("| FT-W step, whole block 1 of a {n_layer}-layer GPT-2 at XL width: tuned tensors | {} in {:.1} MiB |", out.deltas.len(), mib(tuned));
@@ -97,6 +96,6 @@ fn main() {
     // The same step tuning one bias only: what the forward/backward itself costs, whatever is tuned.
     let one_bias = FtParams { rewrite_module_tmp: "transformer.h.{}.mlp.c_proj.bias".into(), ..ftw.clone() };
     let base = reset_peak();
-    fine_tune(&mut *model, &tok, &reqs, &one_bias, 50256).unwrap();
+    fine_tune(&mut *model, &tok, &reqs, &one_bias).unwrap();
     println!("| the same step tuning only block 1's `mlp.c_proj.bias` (6 KiB) | {:.1} MiB peak |", mib(peak_since(base)));
 }

@@ -13,12 +13,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::*;
-use edit::editing::hparams::MendHparams;
 use edit::editing::mend::data::record_examples;
 use edit::editing::mend::hypernet::{write, EditSettings, Hypernetwork};
 use edit::editing::mend::train::{TrainData, Trainer};
+use edit::editing::mend::MendHparams;
+use edit::editing::records::{read_dataset, ZsreTarget};
 use edit::editing::requests::{read_requests, Request};
-use edit::eval::records::{read_dataset, ZsreTarget};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -28,10 +28,10 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 /// Seconds per edit of `reqs` in batches of `batch`, through a hypernetwork file.
-fn per_edit(net: &mut Hypernetwork, model: &dyn edit::CausalLm, tok: &edit::tokenizer::Tokenizer, reqs: &[Request], batch: usize, pad: u32) -> f64 {
+fn per_edit(net: &mut Hypernetwork, model: &dyn edit::CausalLm, tok: &edit::tokenizer::Tokenizer, reqs: &[Request], batch: usize) -> f64 {
     let t = Instant::now();
     for chunk in reqs.chunks(batch) {
-        net.edit(model, tok, chunk, pad, EditSettings::authors(1.0)).unwrap();
+        net.edit(model, tok, chunk, EditSettings::authors(1.0)).unwrap();
     }
     t.elapsed().as_secs_f64() / reqs.len() as f64
 }
@@ -46,14 +46,13 @@ fn main() {
     let files = edit::hub::resolve_model(dir.to_str().unwrap(), &edit::hub::HubOptions::default()).unwrap();
     let lm = edit::load_model(files, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let tok = edit::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let pad = lm.pad_id();
     let hp: MendHparams = serde_json::from_str(&std::fs::read_to_string(dir.join("hparams/MEND_train.json")).unwrap()).unwrap();
     let names = hp.inner_params(lm.config());
     let records = read_dataset(&dir.join("cases.json"), ZsreTarget::Answer).unwrap().records;
     let mut examples = record_examples(&tok, &records, true).unwrap();
     let val = examples.split_off(450);
     let data = TrainData { train: examples, val, loc_train: Vec::new(), loc_val: Vec::new() };
-    let mut trainer = Trainer::new(&*lm.model, &names, hp.train.clone(), pad).unwrap();
+    let mut trainer = Trainer::new(&*lm.model, &names, hp.train.clone()).unwrap();
     let steps = 100;
     let t = Instant::now();
     for _ in 0..steps {
@@ -66,8 +65,8 @@ fn main() {
     write(&path, &meta, &tensors).unwrap();
     let mut net = Hypernetwork::read(&path, lm.config(), &candle_core::Device::Cpu).unwrap();
     let cases = read_requests(&dir.join("cases.json")).unwrap();
-    let one = per_edit(&mut net, &*lm.model, &tok, &cases[..50], 1, pad);
-    let ten = per_edit(&mut net, &*lm.model, &tok, &cases[..100], 10, pad);
+    let one = per_edit(&mut net, &*lm.model, &tok, &cases[..50], 1);
+    let ten = per_edit(&mut net, &*lm.model, &tok, &cases[..100], 10);
     println!("| fact-gpt2 edit, one at a time (mean of 50) | {:.1} ms |", 1e3 * one);
     println!("| fact-gpt2 edit, in batches of 10 (per edit, mean of 100) | {:.1} ms |", 1e3 * ten);
     drop(lm);
@@ -76,9 +75,9 @@ fn main() {
     let n_layer: usize = std::env::var("EDIT_BENCH_MEND_LAYERS").ok().and_then(|s| s.parse().ok()).unwrap_or(4);
     let cfg = xl_width_gpt2(n_layer);
     let model = build(&cfg, false);
-    let names = edit::editing::hparams::mend::default_inner_params(&cfg);
+    let names = edit::editing::mend::hparams::default_inner_params(&cfg);
     let t = Instant::now();
-    let fresh = Trainer::new(&*model, &names, edit::editing::hparams::mend::MendTraining::default(), 50256).unwrap();
+    let fresh = Trainer::new(&*model, &names, edit::editing::mend::hparams::MendTraining::default()).unwrap();
     let (meta, tensors) = fresh.result(None, "bench".into()).unwrap();
     let params: usize = tensors.iter().filter(|(k, _)| k.contains(".mlp.") || k == "edit_lrs").map(|(_, t)| t.elem_count()).sum();
     drop(fresh);
@@ -93,11 +92,11 @@ fn main() {
     );
     let xl_tok = edit::tokenizer::Tokenizer::from_file(&fixture("tiny-gpt2").join("tokenizer.json")).unwrap();
     let reqs: Vec<Request> = sample_requests().into_iter().cycle().take(20).collect();
-    per_edit(&mut net, &*model, &xl_tok, &reqs[..2], 1, 50256);
+    per_edit(&mut net, &*model, &xl_tok, &reqs[..2], 1);
     let base = reset_peak();
-    let one = per_edit(&mut net, &*model, &xl_tok, &reqs, 1, 50256);
+    let one = per_edit(&mut net, &*model, &xl_tok, &reqs, 1);
     let peak = peak_since(base);
-    let ten = per_edit(&mut net, &*model, &xl_tok, &reqs, 10, 50256);
+    let ten = per_edit(&mut net, &*model, &xl_tok, &reqs, 10);
     println!(
         "| {n_layer}-layer GPT-2 at XL width, edit one at a time (mean of 20) | {:.0} ms (peak {:.0} MiB above the loaded model and network) |",
         1e3 * one,

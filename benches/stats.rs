@@ -23,7 +23,7 @@ fn main() {
     let tok = edit::tokenizer::Tokenizer::from_file(&tok_path).unwrap();
     let texts: Vec<String> = edit::data::EMBEDDED_WIKITEXT.lines().filter(|l| l.len() > 200).take(n_texts).map(str::to_string).collect();
     let max_len = 256;
-    let plan = |layers: Vec<usize>| CollectPlan { layers, precision: Precision::F32, batch_tokens: 4 * max_len, max_len, pad_id: 0 };
+    let plan = |layers: Vec<usize>| CollectPlan { layers, precision: Precision::F32, batch_tokens: 4 * max_len, max_len };
     let run = |layers: Vec<usize>| {
         let acc = Accumulator::new(&layers, cfg.d_ff, Precision::F32, &candle_core::Device::Cpu).unwrap();
         let t = Instant::now();

@@ -228,6 +228,29 @@ pub fn file_metadata(path: &std::path::Path) -> Result<HashMap<String, String>> 
     Ok(header.metadata().clone().unwrap_or_default())
 }
 
+/// Metadata key of a shard rewritten by `edit` listing the ids of the deltas applied to it,
+/// oldest first (`revert` checks a model really holds a delta; AlphaEdit's state, that it is
+/// the model its last kept edit was applied to).
+pub const EDIT_APPLIED_KEY: &str = "edit.applied";
+
+/// One file's `edit.applied` list (empty when it has none).
+pub fn applied_list(metadata: &HashMap<String, String>) -> Vec<String> {
+    metadata.get(EDIT_APPLIED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default()
+}
+
+/// The deltas applied to a model by `edit`, oldest first: the longest list its weight files
+/// record (files never rewritten record none).
+pub fn edit_applied(files: &[PathBuf]) -> Result<Vec<String>> {
+    let mut longest = Vec::new();
+    for path in files {
+        let ids = applied_list(&file_metadata(path)?);
+        if ids.len() > longest.len() {
+            longest = ids;
+        }
+    }
+    Ok(longest)
+}
+
 /// The `edit.base` recorded in any of the weight files' safetensors metadata.
 pub fn edit_base(files: &[PathBuf]) -> Result<Option<String>> {
     for path in files {

@@ -25,16 +25,6 @@ pub fn parse_device(spec: &str) -> Result<Device> {
     Ok(Device::new_cuda(ordinal)?)
 }
 
-/// Parses a compute dtype name.
-pub fn parse_dtype(name: &str) -> Result<DType> {
-    match name.trim().to_ascii_lowercase().as_str() {
-        "f32" | "float32" | "fp32" => Ok(DType::F32),
-        "f16" | "float16" | "fp16" | "half" => Ok(DType::F16),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(Error::Input(format!("unsupported dtype `{other}`: use f32 (the reference), f16 or bf16"))),
-    }
-}
-
 pub fn dtype_name(dtype: DType) -> &'static str {
     match dtype {
         DType::F32 => "f32",

@@ -23,7 +23,7 @@ pub fn file_sha256(path: &Path) -> Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(crate::checkpoint::hex(&h.finalize()))
+    Ok(format!("{:x}", h.finalize()))
 }
 
 /// Digests kept in a JSON file, keyed by canonical path, with the size and modification time

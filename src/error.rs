@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unsupported architecture `{model_type}` in {path}: edit supports {} checkpoints", crate::config::SUPPORTED_MODEL_TYPES)]
-    UnsupportedArchitecture { model_type: String, path: PathBuf },
+    /// `supported`: the `model_type`s edit reads (`config::SUPPORTED_MODEL_TYPES`).
+    #[error("unsupported architecture `{model_type}` in {path}: edit supports {supported} checkpoints")]
+    UnsupportedArchitecture { model_type: String, path: PathBuf, supported: &'static str },
 
     #[error("invalid config {path}: {reason}")]
     Config { path: PathBuf, reason: String },
@@ -52,6 +53,15 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// `source`, with what was being done when it happened (printed as `context: source`
+    /// through the error chain, as anyhow's context is).
+    #[error("{context}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -79,8 +89,14 @@ impl Error {
             Error::Interrupted(_) => ErrorKind::Interrupted,
             Error::Io { .. } | Error::Hub(_) => ErrorKind::Io,
             Error::Internal(_) | Error::Candle(_) => ErrorKind::Internal,
+            Error::Context { source, .. } => source.kind(),
             _ => ErrorKind::BadInput,
         }
+    }
+
+    /// This error, said to have happened while doing `context`.
+    pub fn context(self, context: impl Into<String>) -> Self {
+        Error::Context { context: context.into(), source: Box::new(self) }
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

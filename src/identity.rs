@@ -10,7 +10,8 @@ use crate::error::Result;
 use crate::hub::{ModelFiles, ModelOrigin};
 
 /// What a statistics file must match to be used with a model. Two identities are equal when
-/// what files record of them is (the sampled fingerprint, never recorded, is left out).
+/// what files record of them is (the sampled fingerprint and the applied deltas, never recorded
+/// with it, are left out).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ModelIdentity {
     /// Hub id or local directory.
@@ -28,6 +29,10 @@ pub struct ModelIdentity {
     /// Not written anywhere.
     #[serde(skip)]
     pub sampled_fingerprint: Option<String>,
+    /// The ids of the deltas `edit` applied to these weights since their base, oldest first
+    /// (`checkpoint::edit_applied`). Read from the weight files, not recorded with the identity.
+    #[serde(skip)]
+    pub applied: Vec<String>,
 }
 
 impl PartialEq for ModelIdentity {
@@ -58,6 +63,7 @@ impl ModelIdentity {
             weights_fingerprint: crate::checkpoint::fingerprint(&files.weights)?,
             base_fingerprint,
             sampled_fingerprint: Some(crate::checkpoint::sampled_fingerprint(&files.weights)?),
+            applied: crate::checkpoint::edit_applied(&files.weights)?,
         })
     }
 
@@ -112,6 +118,7 @@ mod tests {
             weights_fingerprint: "a".repeat(64),
             base_fingerprint: base.map(str::to_string),
             sampled_fingerprint: Some("0123456789abcdef".into()),
+            applied: vec![],
         }
     }
 

@@ -14,6 +14,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod hub;
 pub mod identity;
+pub mod linalg;
 pub mod model;
 pub mod models;
 pub mod patch;

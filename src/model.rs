@@ -28,7 +28,7 @@ impl LoadedModel {
 
     /// The token used to right-pad batches: the reference sets `pad_token = eos_token`.
     pub fn pad_id(&self) -> u32 {
-        self.config().eos_token_id.unwrap_or(0)
+        self.config().pad_id()
     }
 }
 

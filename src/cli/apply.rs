@@ -5,24 +5,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::Args;
-use edit::editing::hparams::Method;
-use edit::editing::method::{prepare, MethodSource, ModuleUpdate, PreparedMethod};
-use edit::editing::pipeline::EditPlan;
+use edit::editing::method::{MethodSource, ModuleUpdate};
+use edit::editing::pipeline::{EditPlan, EditSetup};
+use edit::editing::registry::Method;
 use edit::editing::requests::{self, Request};
 use edit::editing::templates::ContextTemplates;
-use edit::editing::Deltas;
-use edit::fsutil::Outputs;
 use edit::identity::ModelIdentity;
-use edit::patch::{self, DeltaMeta};
-use edit::stats::ensure::{StatsUsed, StatsWanted};
-use edit::stats::Precision;
+use edit::patch::EditOutputs;
+use edit::stats::ensure::StatsUsed;
 use edit::tokenizer::Tokenizer;
 use edit::ModelConfig;
 use serde::Serialize;
 
-use super::stats::{chosen_corpus, BarProgress, DatasetArg, StatsDirArg};
+use super::args::{named, DatasetArg, MethodArgs, StatsSourceArgs};
+use super::stats::BarProgress;
 use super::{logging, ComputeArgs, GlobalArgs, ModelArgs};
 
 /// Exit status when `--require-success` finds an edit that did not take.
@@ -53,8 +51,8 @@ pub struct ApplyArgs {
     /// requests' gradient to the update; all requests one batch) or alphaedit (MEMIT's update
     /// projected so that it leaves the preserved knowledge's keys alone, and with --state the
     /// earlier batches' keys too).
-    #[arg(long, value_parser = ["rome", "memit", "ft", "mend", "alphaedit"])]
-    pub method: String,
+    #[arg(long, value_parser = named(&Method::ALL, Method::name))]
+    pub method: Method,
     /// AlphaEdit: a directory holding what earlier batches' edits left (the null spaces and
     /// their keys), read before the edit and updated once the outputs are written. Edit the
     /// model each call writes (--out), batch after batch.
@@ -90,84 +88,6 @@ pub struct ApplyArgs {
     pub stats: StatsSourceArgs,
 }
 
-/// The method's config and the options every edit takes (`edit apply`, `edit eval`).
-#[derive(Args, Debug)]
-pub struct MethodArgs {
-    /// Hyperparameter file (reference hparams JSON format), or a shipped config by name
-    /// (`ft/gpt2-xl_unconstr`; see configs/README.md), instead of the model's default.
-    #[arg(long, value_name = "FILE|NAME")]
-    pub config: Option<PathBuf>,
-    /// Override one hyperparameter, e.g. --set v_lr=0.1 --set layers=[3,4] --set rome.original_implementation=false.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
-    /// Seed of the context-template sampling [default: the config's `seed`, else 0].
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// MEND's trained hypernetwork (written by `edit mend import` or `edit mend train`).
-    #[arg(long, value_name = "FILE.safetensors")]
-    pub mend: Option<PathBuf>,
-    /// Refuse an update whose Frobenius norm exceeds this multiple of the edited weight's norm
-    /// (`edit eval` records such an edit as failed and goes on).
-    #[arg(long, default_value_t = 10.0)]
-    pub max_update_ratio: f64,
-}
-
-impl MethodArgs {
-    /// The method's settings as the library takes them.
-    pub fn source<'a>(&'a self, identity: Option<&'a ModelIdentity>) -> MethodSource<'a> {
-        MethodSource { config: self.config.as_deref(), sets: &self.sets, hypernetwork: self.mend.as_deref(), identity, state: None, history: None }
-    }
-}
-
-/// Where missing statistics are computed from (as `edit stats`) and where they are cached.
-#[derive(Args, Debug)]
-pub struct StatsSourceArgs {
-    /// Texts sampled for statistics [default: any cached; else the config's `mom2_n_samples`].
-    #[arg(long)]
-    pub samples: Option<usize>,
-    /// A local corpus file for statistics (.txt, .jsonl, .parquet); repeat for several.
-    #[arg(long, value_name = "FILE")]
-    pub text: Vec<PathBuf>,
-    /// Use the cached statistics of this corpus, by its name in the cache (`wikipedia` for
-    /// imported reference files, `wikitext-2-test-embedded`, `files-<digest>`, ...).
-    #[arg(long, value_name = "NAME", conflicts_with = "text")]
-    pub stats_corpus: Option<String>,
-    /// Statistics precision [default: any cached, preferring the config's `mom2_dtype`].
-    #[arg(long, value_parser = ["f32", "f64"])]
-    pub precision: Option<String>,
-    #[arg(long, hide = true)]
-    pub batch_tokens: Option<usize>,
-    #[arg(long, hide = true)]
-    pub max_len: Option<usize>,
-    #[command(flatten)]
-    pub dir: StatsDirArg,
-}
-
-impl StatsSourceArgs {
-    /// What the caller asks of the statistics; `dataset` is the statistics corpus option
-    /// (`--dataset` here, `--stats-dataset` in `edit eval`, where `--dataset` is the evaluation data).
-    pub fn wanted(&self, dataset: Option<DatasetArg>, dataset_flag: &str, model: &ModelArgs) -> anyhow::Result<StatsWanted> {
-        if dataset.is_some() && !self.text.is_empty() {
-            bail!("{dataset_flag} and --text both name a statistics corpus; give one");
-        }
-        if dataset.is_some() && self.stats_corpus.is_some() {
-            bail!("{dataset_flag} and --stats-corpus both name a statistics corpus; give one");
-        }
-        let stats_dir = self.dir.dir();
-        Ok(StatsWanted {
-            corpus: chosen_corpus(dataset, &self.text, &stats_dir)?,
-            cached_corpus: self.stats_corpus.clone(),
-            samples: self.samples,
-            precision: self.precision.as_deref().map(Precision::parse).transpose()?,
-            batch_tokens: self.batch_tokens,
-            max_len: self.max_len,
-            stats_dir,
-            offline: model.offline,
-            model_id: model.id().to_string(),
-        })
-    }
-}
-
 #[derive(Serialize)]
 struct Summary<'a> {
     summary: bool,
@@ -199,37 +119,17 @@ fn read_requests(path: &std::path::Path) -> anyhow::Result<Vec<Request>> {
 
 pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let method: Method = args.method.parse()?;
+    let method = args.method;
     // Everything cheap is checked before any weights are read: outputs, requests, config,
     // statistics.
-    if args.out.is_none() && args.delta_out.is_none() {
-        bail!("nothing to write: pass --out DIR (a patched model) and/or --delta-out FILE.safetensors (the weight delta)");
-    }
-    if let (Some(o), Some(d)) = (&args.out, &args.delta_out) {
-        if edit::fsutil::normalize(o) == edit::fsutil::normalize(d) {
-            bail!("--out and --delta-out are the same path {}: the model directory and the delta file need different paths", o.display());
-        }
-    }
-    let delta_in_out = match (&args.out, &args.delta_out) {
-        (Some(o), Some(d)) => {
-            let (o, d) = (edit::fsutil::normalize(o), edit::fsutil::normalize(d));
-            d.strip_prefix(&o).ok().filter(|r| !r.as_os_str().is_empty()).map(|r| r.to_path_buf())
-        }
-        _ => None,
-    };
-    if let Some(d) = &args.delta_out {
-        // A delta inside --out lands with the directory; --out's own check covers it.
-        if delta_in_out.is_none() {
-            edit::fsutil::check_file_target(d, args.force, "--delta-out")?;
-        }
-    }
+    let outputs = EditOutputs { out: args.out.as_deref(), delta_out: args.delta_out.as_deref(), force: args.force };
+    outputs.check_paths()?;
     args.compute.parse()?;
     let reqs = read_requests(&args.requests)?;
     let files = args.model.resolve(global)?;
     let cfg = ModelConfig::from_file(&files.config)?;
-    if let Some(out) = &args.out {
-        patch::check_out_dir(&files, out, args.force)?;
-        edit::fsutil::check_writable_ancestor(edit::fsutil::parent_dir(out), "--out", out)?;
+    outputs.check_model_dir(&files)?;
+    if args.out.is_some() {
         // The written directory carries the tokenizer and generation config, as apply-delta's does.
         edit::hub::fetch_companions(&files, &args.model.hub_options(global));
     }
@@ -237,34 +137,19 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let identity = ModelIdentity::of(&files)?;
     let tok: Tokenizer = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
     requests::validate(&reqs, &tok, cfg.n_ctx)?;
-    let history = match &args.state {
-        Some(_) => Some(edit::editing::alphaedit::ModelHistory {
-            base_fingerprint: identity.root_fingerprint().to_string(),
-            applied: patch::applied_to_model(&files)?,
-            base_sampled: identity.base_fingerprint.is_none().then(|| identity.sampled_fingerprint.clone()).flatten(),
-        }),
-        None => None,
+    let setup = EditSetup {
+        method,
+        model_id: args.model.id(),
+        source: MethodSource { state: args.state.as_deref(), ..args.method_args.source() },
+        seed: args.method_args.seed,
+        hub_progress: logging::show_progress(global),
     };
-    let mut source = args.method_args.source(Some(&identity));
-    source.state = args.state.as_deref();
-    source.history = history.as_ref();
-    let prepared = prepare(method, &cfg, args.model.id(), source)?;
-    let seed = args.method_args.seed.unwrap_or(prepared.method.default_seed());
-    tracing::info!("{} config: {}", method.name(), prepared.source);
-    tracing::debug!("config: {}", serde_json::to_string(&prepared.json).unwrap_or_default());
-    // Where the statistics come from, when the method reads them: decided before any weights are read.
-    let wanted = match prepared.method.stats_need() {
-        Some(_) => Some(args.stats.wanted(args.dataset, "--dataset", &args.model)?),
-        None => None,
-    };
-    let plan = EditPlan::new(prepared, wanted, &identity, &cfg, logging::show_progress(global))?;
+    let plan = EditPlan::prepare(setup, &cfg, &identity, || args.stats.wanted(args.dataset, "--dataset", &args.model))?;
 
     let mut lm = args.model.load_files(files, &args.compute)?;
-    let pad_id = lm.pad_id();
-    let mut editor = plan.load(&lm, &identity, &mut BarProgress::new(global))?;
+    let mut editor = plan.load(&lm, &mut BarProgress::new(global))?;
     editor.one_edit_only();
-    let run = editor.run(&mut *lm.model, &tok, &reqs, seed, pad_id, args.method_args.max_update_ratio).context("no edit was made; nothing was written")?;
-    let prepared = &editor.prepared;
+    let run = editor.run(&mut *lm.model, &tok, &reqs, args.method_args.max_update_ratio).context("no edit was made; nothing was written")?;
     let lines: Vec<String> = run
         .outcome
         .requests
@@ -290,12 +175,9 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let refused = args.require_success && !failed.is_empty();
 
     if !refused {
-        write_outputs(&args, &lm, &cfg, deltas, &reqs, prepared, method, seed, &identity, delta_in_out.as_deref())?;
+        outputs.write(&lm.files, &cfg, deltas, &editor.delta_meta(&reqs))?;
         if let Some(dir) = &args.state {
-            prepared
-                .method
-                .keep(deltas)
-                .with_context(|| format!("the outputs were written, but the AlphaEdit state in {} could not be updated", dir.display()))?;
+            editor.keep(deltas).with_context(|| format!("the outputs were written, but the AlphaEdit state in {} could not be updated", dir.display()))?;
             tracing::info!("AlphaEdit state in {} updated: edit the model written to --out next", dir.display());
         }
     }
@@ -303,13 +185,13 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         summary: true,
         method: method.name(),
         model: args.model.id(),
-        config_source: &prepared.source,
+        config_source: editor.config_source(),
         requests: reqs.len(),
-        seed,
+        seed: editor.seed(),
         templates: run.templates.as_ref(),
         modules: &run.outcome.modules,
         failed: failed.clone(),
-        statistics: editor.stats_used.clone(),
+        statistics: editor.stats_used().cloned(),
         out: if refused { None } else { args.out.as_ref() },
         delta_out: if refused { None } else { args.delta_out.as_ref() },
         seconds: started.elapsed().as_secs_f64(),
@@ -334,51 +216,4 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_EDIT_FAILED));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes the patched model and/or the delta, all or nothing: both are staged as temporaries
-/// and renamed into place together.
-#[allow(clippy::too_many_arguments)]
-fn write_outputs(
-    args: &ApplyArgs,
-    lm: &edit::LoadedModel,
-    cfg: &ModelConfig,
-    deltas: &Deltas,
-    reqs: &[Request],
-    prepared: &PreparedMethod,
-    method: Method,
-    seed: u64,
-    identity: &ModelIdentity,
-    delta_in_out: Option<&std::path::Path>,
-) -> anyhow::Result<()> {
-    let meta = DeltaMeta {
-        method: method.name().to_string(),
-        requests: serde_json::Value::Array(reqs.iter().map(Request::to_reference_json).collect()),
-        config: prepared.json.clone(),
-        seed: Some(seed),
-        base_model: identity.clone(),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
-    let mut outputs = Outputs::new();
-    let mut staged_dir = None;
-    if let Some(dir) = &args.out {
-        let report = patch::stage_model_dir(&lm.files, cfg, deltas, 1.0, dir, args.force, &mut outputs)
-            .with_context(|| format!("cannot write the patched model to {}", dir.display()))?;
-        staged_dir = Some(report.staged);
-    }
-    if let Some(path) = &args.delta_out {
-        let tmp = match (delta_in_out, &staged_dir) {
-            (Some(rel), Some(staged)) => staged.join(rel),
-            _ => outputs.stage(path)?,
-        };
-        patch::write_delta_file(&tmp, cfg, deltas, &meta).with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    outputs.commit().context("cannot move the outputs into place")?;
-    if let Some(dir) = &args.out {
-        tracing::info!("patched model written to {}", dir.display());
-    }
-    if let Some(path) = &args.delta_out {
-        tracing::info!("delta written to {}", path.display());
-    }
-    Ok(())
 }

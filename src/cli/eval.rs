@@ -8,20 +8,19 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use edit::editing::hparams::Method;
-use edit::editing::method::prepare;
-use edit::editing::pipeline::EditPlan;
+use edit::editing::pipeline::{EditPlan, EditSetup};
+use edit::editing::records::{read_dataset, ZsreTarget};
 use edit::eval::probes::{Generation, ScoreOptions};
-use edit::eval::records::{read_dataset, ZsreTarget};
+use edit::eval::report::RunDescription;
 use edit::eval::run::{evaluate, EvalPlan, EvalProgress};
 use edit::eval::rundir::{RunDir, ORDER_FILE, SUMMARY_FILE};
 use edit::identity::ModelIdentity;
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
-use super::apply::{MethodArgs, StatsSourceArgs};
-use super::stats::{BarProgress, DatasetArg};
+use super::args::{eval_method, named, parse_shard, DatasetArg, EvalMethod, MethodArgs, StatsSourceArgs};
+use super::stats::BarProgress;
 use super::{logging, ComputeArgs, GlobalArgs, ModelArgs};
 
 /// Edit the records of an evaluation dataset and score them as the reference evaluators do
@@ -70,8 +69,8 @@ pub struct EvalRunArgs {
     /// The editing method, or none (score the model as it is: the baseline, or a model written
     /// by `edit apply`).
     // Options only so that `edit eval merge` can do without them; clap still requires them.
-    #[arg(long, value_parser = ["rome", "memit", "ft", "mend", "alphaedit", "none"], required = true)]
-    pub method: Option<String>,
+    #[arg(long, value_parser = eval_method(), required = true)]
+    pub method: Option<EvalMethod>,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -92,11 +91,11 @@ pub struct EvalRunArgs {
     pub limit: Option<usize>,
     /// Evaluate only every N-th chunk, starting at chunk I (0-based), for one job of an array
     /// spread over machines; `edit eval merge` combines the shards' --out directories.
-    #[arg(long, value_name = "I/N", value_parser = super::parse_shard, conflicts_with = "sequential")]
+    #[arg(long, value_name = "I/N", value_parser = parse_shard, conflicts_with = "sequential")]
     pub shard: Option<(usize, usize)>,
     /// zsRE: the new target is `answers[0]` (the reference) or `alt` (EasyEdit).
-    #[arg(long, value_parser = ["answers", "alt"], default_value = "answers")]
-    pub zsre_target: String,
+    #[arg(long, value_parser = named(&ZsreTarget::ALL, ZsreTarget::name), default_value = "answers")]
+    pub zsre_target: ZsreTarget,
     /// Write cases.jsonl and summary.json here (a rerun of the same command resumes).
     #[arg(short, long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -169,15 +168,6 @@ impl EvalProgress for Bar {
     }
 }
 
-/// `--zsre-target`'s value (`answers` or `alt`, checked by clap).
-pub fn zsre_target(arg: &str) -> ZsreTarget {
-    if arg == "alt" {
-        ZsreTarget::Alt
-    } else {
-        ZsreTarget::Answer
-    }
-}
-
 pub fn run(args: EvalArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(EvalAction::Merge(m)) => merge(m),
@@ -203,12 +193,10 @@ fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
 
 fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let method_name = args.method.clone().unwrap_or_default();
+    let chosen = args.method.expect("clap requires --method");
+    let method_name = chosen.name();
     let dataset_path = args.dataset.clone().unwrap_or_default();
-    let method: Option<Method> = match method_name.as_str() {
-        "none" => None,
-        m => Some(m.parse()?),
-    };
+    let method = chosen.method();
     if args.num_edits.contains(&0) {
         bail!("--num-edits must be at least 1");
     }
@@ -224,8 +212,8 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     let cfg = ModelConfig::from_file(&files.config)?;
     let identity = ModelIdentity::of(&files)?;
     let tok = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
-    let mut dataset = read_dataset(&dataset_path, zsre_target(&args.zsre_target))
-        .with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
+    let mut dataset =
+        read_dataset(&dataset_path, args.zsre_target).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
     if let Some(n) = args.limit {
         dataset.records.truncate(n);
     }
@@ -250,37 +238,38 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     // The method, its config and its statistics, all before any weights are read.
     let plan = match method {
         Some(m) => {
-            let prepared = prepare(m, &cfg, args.model.id(), args.method_args.source(Some(&identity)))?;
-            tracing::info!("{m} config: {}", prepared.source);
-            let wanted = match prepared.method.stats_need() {
-                Some(_) => Some(args.stats.wanted(args.stats_dataset, "--stats-dataset", &args.model)?),
-                None => None,
+            let setup = EditSetup {
+                method: m,
+                model_id: args.model.id(),
+                source: args.method_args.source(),
+                seed: args.method_args.seed,
+                hub_progress: logging::show_progress(global),
             };
-            Some(EditPlan::new(prepared, wanted, &identity, &cfg, logging::show_progress(global))?)
+            Some(EditPlan::prepare(setup, &cfg, &identity, || args.stats.wanted(args.stats_dataset, "--stats-dataset", &args.model))?)
         }
         None => None,
     };
-    let seed = args.method_args.seed.or(plan.as_ref().map(|p| p.prepared.method.default_seed())).unwrap_or(0);
-    let run_description = json!({
-        "method": method_name,
-        "config": plan.as_ref().map(|p| p.prepared.json.clone()),
-        "seed": seed,
-        "model": identity,
-        "dataset": dataset_path.display().to_string(),
-        "dataset_sha256": edit::digest::file_sha256(&dataset_path)?,
-        "dataset_format": dataset.format,
-        "zsre_target": args.zsre_target,
-        "limit": args.limit,
-        "num_edits": args.num_edits,
-        "sequential": args.sequential,
-        "shard": args.shard,
-        "generation": args.generation.then_some(args.generation_interval),
-        "attribute_prompts": args.attribute_prompts,
-        "snippets": args.snippets.as_ref().map(|p| p.display().to_string()),
-        "tfidf": args.tfidf.as_ref().map(|p| p.display().to_string()),
-        "max_update_ratio": args.method_args.max_update_ratio,
-        "tool_version": env!("CARGO_PKG_VERSION"),
-    });
+    let seed = plan.as_ref().map(EditPlan::seed).or(args.method_args.seed).unwrap_or(0);
+    let description = RunDescription {
+        method: method_name,
+        config: plan.as_ref().map(|p| p.config_json().clone()),
+        seed,
+        identity: &identity,
+        model_id: args.model.id(),
+        dataset: &dataset_path,
+        dataset_format: dataset.format,
+        zsre_target: args.zsre_target.name(),
+        limit: args.limit,
+        num_edits: &args.num_edits,
+        sequential: args.sequential,
+        shard: args.shard,
+        generation: args.generation.then_some(args.generation_interval),
+        attribute_prompts: args.attribute_prompts,
+        snippets: args.snippets.as_deref(),
+        tfidf: args.tfidf.as_deref(),
+        max_update_ratio: args.method_args.max_update_ratio,
+    };
+    let run_description = description.to_json()?;
     let mut dir = match &args.out {
         Some(out) => {
             let d = RunDir::open(out, &run_description, args.force)?;
@@ -291,9 +280,8 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     };
 
     let mut lm = args.model.load_files(files, &args.compute)?;
-    let pad_id = lm.pad_id();
     let mut editor = match plan {
-        Some(p) => Some(p.load(&lm, &identity, &mut BarProgress::new(global))?),
+        Some(p) => Some(p.load(&lm, &mut BarProgress::new(global))?),
         None => None,
     };
     let eval_plan = EvalPlan {
@@ -311,35 +299,12 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
                 false => None,
             },
         },
-        identity: &identity,
         shard: args.shard,
     };
     let mut bar = Bar { bar: ProgressBar::hidden(), visible: logging::show_progress(global) };
-    let runs = evaluate(&mut *lm.model, &tok, pad_id, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?;
+    let runs = evaluate(&mut *lm.model, &tok, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?;
 
-    let seconds = started.elapsed().as_secs_f64();
-    let summaries: Vec<Value> = runs
-        .iter()
-        .map(|r| {
-            let mut s = r.summary.clone();
-            for (k, v) in [
-                ("method", json!(method_name)),
-                ("config_source", json!(editor.as_ref().map(|e| e.prepared.source.clone()))),
-                ("config", run_description["config"].clone()),
-                ("seed", json!(seed)),
-                ("model", json!(args.model.id())),
-                ("weights_fingerprint", json!(identity.weights_fingerprint)),
-                ("dataset", json!(dataset_path.display().to_string())),
-                ("dataset_format", json!(dataset.format)),
-                ("sequential", json!(args.sequential)),
-                ("statistics", json!(editor.as_ref().and_then(|e| e.stats_used.clone()))),
-                ("seconds", json!(seconds)),
-            ] {
-                s.insert(k.into(), v);
-            }
-            Value::Object(s)
-        })
-        .collect();
+    let summaries = description.summaries(&runs, editor.as_ref(), started.elapsed().as_secs_f64());
     if let Some(d) = &dir {
         d.write_json(SUMMARY_FILE, &summaries)?;
         tracing::info!("results in {}", d.dir.display());

@@ -6,13 +6,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use edit::editing::hparams::{self, MendHparams};
 use edit::editing::mend::hypernet;
 use edit::editing::mend::import::import_checkpoint;
 use edit::identity::ModelIdentity;
 use edit::ModelConfig;
 use serde::Serialize;
 
+use super::args::MendConfigArgs;
+use super::mend_train::{SampleArgs, TrainArgs};
 use super::{GlobalArgs, ModelArgs};
 
 /// MEND hypernetworks for `edit apply --method mend`: convert the reference's, or train one.
@@ -55,116 +56,6 @@ pub struct ImportArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
-}
-
-/// Train a MEND hypernetwork for a model (the objective and optimiser of eric-mitchell/mend).
-///
-/// Per step: an edit record (its rewrite prompt + target_new is the edit, a paraphrase the
-/// text it must carry over to) and a locality text; loss = cedit·NLL(paraphrase | edited) +
-/// cloc·KL(base ‖ edited) on the locality text; Adam on the hypernetwork and its step sizes,
-/// gradients summed over `accumulate_bs` steps and clipped. The last --val-fraction of the
-/// records and texts are held out for validation every `val_interval` steps; the best validated
-/// hypernetwork is the result. Hyperparameters: the reference's (lr 1e-6, ...; `--config`, `--set`).
-///
-/// A checkpoint (OUT.ckpt) is written every --checkpoint-every steps and on Ctrl-C; running the
-/// same command again resumes from it exactly. OUT is written atomically at the end.
-#[derive(Args, Debug)]
-pub struct TrainArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub compute: super::ComputeArgs,
-    /// Edit records: CounterFact, zsRE or request objects (the layouts `edit eval` reads), or
-    /// self-sampled texts written by `edit mend sample` (JSON Lines with `n_tokens`).
-    #[arg(long, value_name = "FILE")]
-    pub edits: PathBuf,
-    /// Locality texts (.txt one per line, .jsonl `text`, .parquet); `embedded` (the WikiText-2
-    /// test split compiled into edit); or `neighbors`: each record's own neighbourhood prompts
-    /// with its true object (CounterFact; zsRE's NQ question), as EasyEdit trains on CounterFact.
-    #[arg(long, value_name = "FILE|embedded|neighbors")]
-    pub locality: String,
-    /// Where to write the hypernetwork (safetensors).
-    #[arg(short, long, value_name = "FILE.safetensors")]
-    pub out: PathBuf,
-    /// Replace --out if it exists (a checkpoint of the same run is still resumed).
-    #[arg(long)]
-    pub force: bool,
-    #[command(flatten)]
-    pub hparams: MendConfigArgs,
-    /// Stop after this many steps [default: the config's `max_iters`].
-    #[arg(long)]
-    pub max_steps: Option<usize>,
-    /// The share of records and of locality texts held out for validation (the last ones).
-    #[arg(long, default_value_t = 0.1)]
-    pub val_fraction: f64,
-    /// Write the checkpoint every this many steps [default: the config's `val_interval`].
-    #[arg(long)]
-    pub checkpoint_every: Option<usize>,
-    /// Seed of the initial weights and the draws [default: the config's `seed`].
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// zsRE records: learn `answers[0]` (the reference) or `alt` (EasyEdit).
-    #[arg(long, default_value = "answers", value_parser = ["answers", "alt"])]
-    pub zsre_target: String,
-    /// Draw the validation curves (edit success, locality accuracy) to FILE.svg or FILE.png.
-    #[arg(long, value_name = "FILE")]
-    pub plot: Option<PathBuf>,
-    /// Print the run's history (every step's losses and every validation) as JSON at the end.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Write self-sampled edit texts (MEND's "gen" training data, whose download is gone): prefixes
-/// of texts continued by the model itself, for `edit mend train --edits FILE.jsonl`.
-///
-/// Each output line is {"text": prefix + continuation, "n_tokens": N}: the edit learns the last
-/// N tokens, and its equivalents are the text with up to half its other tokens cut from the left.
-#[derive(Args, Debug)]
-pub struct SampleArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    #[command(flatten)]
-    pub compute: super::ComputeArgs,
-    /// Texts whose prefixes are continued (.txt, .jsonl `text`, .parquet), or `embedded`.
-    #[arg(long, value_name = "FILE|embedded")]
-    pub texts: String,
-    /// Where to write the JSON Lines.
-    #[arg(short, long, value_name = "FILE.jsonl")]
-    pub out: PathBuf,
-    /// Replace --out if it exists.
-    #[arg(long)]
-    pub force: bool,
-    /// How many texts to write.
-    #[arg(short = 'n', long, default_value_t = 1000)]
-    pub count: usize,
-    /// Tokens of each prefix (shorter texts are used whole).
-    #[arg(long, default_value_t = 32)]
-    pub prefix_tokens: usize,
-    /// Tokens sampled after each prefix (the reference's data: 10, or 1).
-    #[arg(long, default_value_t = 10)]
-    pub n_tokens: usize,
-    /// Seed of the prefixes' choice and the sampling.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-}
-
-/// The MEND config of `import` and `train`: a file or shipped name, and overrides.
-#[derive(Args, Debug)]
-pub struct MendConfigArgs {
-    /// A MEND config file or shipped name (`mend/gpt2-xl_executor`) [default: the model's].
-    #[arg(long, value_name = "FILE|NAME")]
-    pub config: Option<PathBuf>,
-    /// Override a MEND hyperparameter, e.g. --set lr=1e-4 or
-    /// --set 'inner_params=["transformer.h.11.mlp.c_fc.weight"]'.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
-}
-
-impl MendConfigArgs {
-    /// The config for this model (see `hparams::resolve`).
-    pub fn resolve(&self, cfg: &ModelConfig, model_id: &str) -> edit::Result<MendHparams> {
-        Ok(hparams::resolve::<MendHparams>(cfg, model_id, self.config.as_deref(), &self.sets)?.hparams)
-    }
 }
 
 #[derive(Serialize)]

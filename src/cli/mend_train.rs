@@ -6,29 +6,110 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use edit::editing::mend::data::{locality_sequences, record_examples, sample_texts, sampled_examples, SampledText};
+use clap::Args;
+use edit::editing::mend::data::sample_texts;
 use edit::editing::mend::hypernet;
-use edit::editing::mend::train::{TrainData, Trainer, Validation};
-use edit::eval::records::parse_dataset;
+use edit::editing::mend::plan::{LocalitySource, TrainingSet};
+use edit::editing::mend::train::{Trainer, Validation};
+use edit::editing::records::ZsreTarget;
 use edit::identity::ModelIdentity;
 use edit::tokenizer::Tokenizer;
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::eval::zsre_target;
-use super::mend::{SampleArgs, TrainArgs};
-use super::{interrupt, logging, GlobalArgs};
+use super::args::{named, Locality, MendConfigArgs, Texts};
+use super::{interrupt, logging, GlobalArgs, ModelArgs};
 
-/// `items` split into (train, held out): the last `fraction` (at least one) held out.
-fn split<T>(mut items: Vec<T>, fraction: f64, what: &str) -> anyhow::Result<(Vec<T>, Vec<T>)> {
-    let n = items.len();
-    let held = ((n as f64 * fraction).ceil() as usize).max(1);
-    if n < 2 || held >= n {
-        bail!("{what}: {n} item(s) cannot be split into training and validation (--val-fraction {fraction}); give more");
-    }
-    let val = items.split_off(n - held);
-    Ok((items, val))
+/// Train a MEND hypernetwork for a model (the objective and optimiser of eric-mitchell/mend).
+///
+/// Per step: an edit record (its rewrite prompt + target_new is the edit, a paraphrase the
+/// text it must carry over to) and a locality text; loss = cedit·NLL(paraphrase | edited) +
+/// cloc·KL(base ‖ edited) on the locality text; Adam on the hypernetwork and its step sizes,
+/// gradients summed over `accumulate_bs` steps and clipped. The last --val-fraction of the
+/// records and texts are held out for validation every `val_interval` steps; the best validated
+/// hypernetwork is the result. Hyperparameters: the reference's (lr 1e-6, ...; `--config`, `--set`).
+///
+/// A checkpoint (OUT.ckpt) is written every --checkpoint-every steps and on Ctrl-C; running the
+/// same command again resumes from it exactly. OUT is written atomically at the end.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub compute: super::ComputeArgs,
+    /// Edit records: CounterFact, zsRE or request objects (the layouts `edit eval` reads), or
+    /// self-sampled texts written by `edit mend sample` (JSON Lines with `n_tokens`).
+    #[arg(long, value_name = "FILE")]
+    pub edits: PathBuf,
+    /// Locality texts (.txt one per line, .jsonl `text`, .parquet); `embedded` (the WikiText-2
+    /// test split compiled into edit); or `neighbors`: each record's own neighbourhood prompts
+    /// with its true object (CounterFact; zsRE's NQ question), as EasyEdit trains on CounterFact.
+    #[arg(long, value_name = "FILE|embedded|neighbors", value_parser = Locality::parse)]
+    pub locality: Locality,
+    /// Where to write the hypernetwork (safetensors).
+    #[arg(short, long, value_name = "FILE.safetensors")]
+    pub out: PathBuf,
+    /// Replace --out if it exists (a checkpoint of the same run is still resumed).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub hparams: MendConfigArgs,
+    /// Stop after this many steps [default: the config's `max_iters`].
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// The share of records and of locality texts held out for validation (the last ones).
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// Write the checkpoint every this many steps [default: the config's `val_interval`].
+    #[arg(long)]
+    pub checkpoint_every: Option<usize>,
+    /// Seed of the initial weights and the draws [default: the config's `seed`].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// zsRE records: learn `answers[0]` (the reference) or `alt` (EasyEdit).
+    #[arg(long, default_value = "answers", value_parser = named(&ZsreTarget::ALL, ZsreTarget::name))]
+    pub zsre_target: ZsreTarget,
+    /// Draw the validation curves (edit success, locality accuracy) to FILE.svg or FILE.png.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// Print the run's history (every step's losses and every validation) as JSON at the end.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Write self-sampled edit texts (MEND's "gen" training data, whose download is gone): prefixes
+/// of texts continued by the model itself, for `edit mend train --edits FILE.jsonl`.
+///
+/// Each output line is {"text": prefix + continuation, "n_tokens": N}: the edit learns the last
+/// N tokens, and its equivalents are the text with up to half its other tokens cut from the left.
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub compute: super::ComputeArgs,
+    /// Texts whose prefixes are continued (.txt, .jsonl `text`, .parquet), or `embedded`.
+    #[arg(long, value_name = "FILE|embedded", value_parser = Texts::parse)]
+    pub texts: Texts,
+    /// Where to write the JSON Lines.
+    #[arg(short, long, value_name = "FILE.jsonl")]
+    pub out: PathBuf,
+    /// Replace --out if it exists.
+    #[arg(long)]
+    pub force: bool,
+    /// How many texts to write.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub count: usize,
+    /// Tokens of each prefix (shorter texts are used whole).
+    #[arg(long, default_value_t = 32)]
+    pub prefix_tokens: usize,
+    /// Tokens sampled after each prefix (the reference's data: 10, or 1).
+    #[arg(long, default_value_t = 10)]
+    pub n_tokens: usize,
+    /// Seed of the prefixes' choice and the sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 fn describe(v: &Validation) -> String {
@@ -71,68 +152,33 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let names = hp.inner_params(&cfg);
 
     // The data, read and checked before any weights are.
-    let neighbours = args.locality == "neighbors";
-    let edits_text = std::fs::read_to_string(&args.edits).with_context(|| format!("cannot read {}", args.edits.display()))?;
-    let (examples, layout) = match sampled_texts(&edits_text, &args.edits)? {
-        Some(texts) => {
-            if neighbours {
-                bail!(
-                    "--locality neighbors needs edit records with neighbourhood prompts; {} holds sampled texts: give --locality FILE or embedded",
-                    args.edits.display()
-                );
-            }
-            (sampled_examples(&tok, &texts)?, "self-sampled texts")
-        }
-        None => {
-            let source = args.edits.display().to_string();
-            let dataset =
-                parse_dataset(&edits_text, &source, zsre_target(&args.zsre_target)).with_context(|| format!("cannot read the edit records in {source}"))?;
-            dataset.check(&tok, cfg.n_ctx, &args.edits.display().to_string())?;
-            (record_examples(&tok, &dataset.records, neighbours)?, dataset.format.describe())
-        }
+    let locality = match &args.locality {
+        Locality::Neighbors => LocalitySource::Neighbors,
+        Locality::Texts(t) => LocalitySource::Texts {
+            texts: t.read()?,
+            key: match t {
+                Texts::File(file) => edit::digest::file_sha256(file)?,
+                Texts::Embedded => t.describe(),
+            },
+            shown: t.describe(),
+        },
     };
-    if let Some(long) = examples.iter().position(|e| e.inner.ids.len() > cfg.n_ctx) {
-        bail!("{}: edit {long} has more tokens than the model's context ({})", args.edits.display(), cfg.n_ctx);
-    }
-    let (train, val) = split(examples, args.val_fraction, &args.edits.display().to_string())?;
-    let (loc_train, loc_val) = if neighbours {
-        (Vec::new(), Vec::new())
-    } else {
-        let loc = locality_sequences(&tok, &texts_of(&args.locality)?, hp.train.loc_max_tokens.min(cfg.n_ctx))?;
-        split(loc, args.val_fraction, &format!("--locality {}", args.locality))?
-    };
-    let loc_digest = match args.locality.as_str() {
-        "neighbors" | "embedded" => args.locality.clone(),
-        file => edit::digest::file_sha256(Path::new(file))?,
-    };
+    let set = TrainingSet::read(&tok, &cfg, &hp, &args.edits, args.zsre_target, locality, args.val_fraction)?;
+    let data = &set.data;
     tracing::info!(
-        "{} training / {} validation records ({layout}), {} / {} locality texts; inner weights {}",
-        train.len(),
-        val.len(),
-        loc_train.len(),
-        loc_val.len(),
+        "{} training / {} validation records ({}), {} / {} locality texts; inner weights {}",
+        data.train.len(),
+        data.val.len(),
+        set.layout,
+        data.loc_train.len(),
+        data.loc_val.len(),
         names.join(", ")
     );
-    let data = TrainData { train, val, loc_train, loc_val };
     let identity = ModelIdentity::of(&files)?;
-    let config_json = serde_json::to_value(&hp)?;
-    // What a checkpoint must match to be resumed: the model, the config, the data and its split.
-    let fingerprint = edit::checkpoint::hex(&{
-        use sha2::Digest;
-        let key = json!({
-            "weights": identity.weights_fingerprint,
-            "config": config_json,
-            "inner_params": names,
-            "edits": edit::checkpoint::hex(&sha2::Sha256::digest(edits_text.as_bytes())),
-            "zsre_target": args.zsre_target,
-            "locality": loc_digest,
-            "val_fraction": args.val_fraction,
-        });
-        sha2::Sha256::digest(key.to_string().as_bytes()).to_vec()
-    });
+    let fingerprint = set.checkpoint_key(&identity, &hp, &names);
 
     let lm = args.model.load_files(files, &args.compute)?;
-    let mut trainer = Trainer::new(&*lm.model, &names, hp.train.clone(), lm.pad_id())?;
+    let mut trainer = Trainer::new(&*lm.model, &names, hp.train.clone())?;
     let ckpt = checkpoint_path(&args.out);
     if ckpt.exists() {
         trainer.load_checkpoint(&ckpt, &fingerprint).with_context(|| format!("cannot resume from {}; delete it to start over", ckpt.display()))?;
@@ -147,9 +193,9 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let mut last_es = None;
     while !trainer.done() {
         let step = trainer.history.step;
-        let loss = trainer.step(&data)?;
+        let loss = trainer.step(data)?;
         if step.is_multiple_of(val_interval) {
-            let v = trainer.validate(&data)?;
+            let v = trainer.validate(data)?;
             tracing::info!("{}", describe(&v));
             last_es = Some(v.edit_acc);
         }
@@ -176,7 +222,7 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     }
     // The last weights are validated too, so that the result can be the run's end.
     if trainer.history.validations.last().is_none_or(|v| v.step != trainer.history.step) {
-        let v = trainer.validate(&data)?;
+        let v = trainer.validate(data)?;
         tracing::info!("{}", describe(&v));
     }
     let origin = format!("trained by edit mend train on {} ({} steps)", args.edits.display(), trainer.history.step);
@@ -196,7 +242,7 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let best = h.best.and_then(|(s, _)| h.validations.iter().find(|v| v.step == s));
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, &json!({"out": args.out, "history": h, "best": best, "config": config_json}))?;
+        serde_json::to_writer(&mut out, &json!({"out": args.out, "history": h, "best": best, "config": serde_json::to_value(&hp)?}))?;
         writeln!(out)?;
     } else {
         let best = best.map(describe).unwrap_or_default();
@@ -205,34 +251,13 @@ pub fn train(args: TrainArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `edit mend sample`'s texts, when `text` (read from `path`) holds them (JSON Lines whose first
-/// record has `n_tokens`); `None` for edit records.
-fn sampled_texts(text: &str, path: &Path) -> anyhow::Result<Option<Vec<SampledText>>> {
-    let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).peekable();
-    let first = lines.peek().and_then(|(_, l)| serde_json::from_str::<serde_json::Value>(l).ok());
-    if first.is_none_or(|v| v.get("n_tokens").is_none()) {
-        return Ok(None);
-    }
-    let texts = lines
-        .map(|(i, l)| serde_json::from_str(l).with_context(|| format!("{} line {}: not a sampled text {{\"text\", \"n_tokens\"}}", path.display(), i + 1)))
-        .collect::<anyhow::Result<_>>()?;
-    Ok(Some(texts))
-}
-
 /// Locality or prefix texts: a file, or the embedded WikiText-2 test split.
-fn texts_of(arg: &str) -> anyhow::Result<Vec<String>> {
-    Ok(match arg {
-        "embedded" => edit::data::EMBEDDED_WIKITEXT.lines().map(str::to_string).collect(),
-        file => edit::data::read_texts(Path::new(file)).with_context(|| format!("cannot read the texts {file}"))?,
-    })
-}
-
 pub fn sample(args: SampleArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     edit::fsutil::check_file_target(&args.out, args.force, "--out")?;
     if args.n_tokens == 0 || args.prefix_tokens == 0 {
         bail!("--n-tokens and --prefix-tokens must be at least 1");
     }
-    let texts = texts_of(&args.texts)?;
+    let texts = args.texts.read()?;
     let lm = args.model.load(&args.compute, global)?;
     let tok = lm.tokenizer.as_ref().ok_or_else(|| edit::model::no_tokenizer(&lm.files))?;
     let prefix = args.prefix_tokens.min(lm.config().n_ctx.saturating_sub(args.n_tokens)).max(1);

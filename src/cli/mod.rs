@@ -1,6 +1,7 @@
 //! Command-line surface: clap definitions ("low args"), validated into plans by each command.
 
 pub mod apply;
+pub mod args;
 pub mod delta;
 pub mod eval;
 pub mod inspect;
@@ -14,10 +15,9 @@ pub mod trace;
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use edit::hub::{resolve_model, HubOptions, ModelFiles};
-use edit::LoadedModel;
+
+pub use args::{ComputeArgs, ModelArgs};
 
 /// Edit facts stored inside causal language models (GPT-2, GPT-J, GPT-NeoX/Pythia, Llama,
 /// Mistral, Qwen, Gemma) with ROME, MEMIT, AlphaEdit, fine-tuning or MEND.
@@ -77,88 +77,6 @@ pub enum Command {
     /// kmeng01/rome's causal_trace.py. One JSON line per fact and kind on stdout; the average
     /// effects and the suggested edit layer on stderr (--summary FILE for JSON).
     Trace(Box<trace::TraceArgs>),
-}
-
-/// How to find a model; shared by every command that reads one.
-#[derive(Args, Debug, Clone)]
-pub struct ModelArgs {
-    /// Local model directory, or a Hugging Face Hub id (gpt2, gpt2-xl, EleutherAI/gpt-j-6B,
-    /// EleutherAI/pythia-160m, EleutherAI/gpt-neox-20b, ...).
-    // An Option only so that `edit stats import` can share the struct; clap still requires it.
-    #[arg(short, long, value_name = "DIR|HUB_ID", required = true)]
-    pub model: Option<String>,
-    /// Hub revision (branch, tag or commit); default `main`.
-    #[arg(long)]
-    pub revision: Option<String>,
-    /// Use only the local Hugging Face cache (also: HF_HUB_OFFLINE=1).
-    #[arg(long)]
-    pub offline: bool,
-}
-
-/// Where and in what precision a model runs; only on commands that run one.
-#[derive(Args, Debug, Clone)]
-pub struct ComputeArgs {
-    /// Compute dtype. The reference computes in f32.
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
-    pub dtype: String,
-    /// cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-}
-
-impl ComputeArgs {
-    /// Checks dtype and device before any work, so a typo fails before weights are read.
-    pub fn parse(&self) -> anyhow::Result<(candle_core::DType, candle_core::Device)> {
-        Ok((edit::device::parse_dtype(&self.dtype)?, edit::device::parse_device(&self.device)?))
-    }
-}
-
-impl ModelArgs {
-    pub fn id(&self) -> &str {
-        self.model.as_deref().unwrap_or_default()
-    }
-
-    pub fn hub_options(&self, global: &GlobalArgs) -> HubOptions {
-        HubOptions { revision: self.revision.clone(), offline: self.offline, cache_dir: None, progress: logging::show_progress(global) }
-    }
-
-    /// Finds the model's files (local directory or Hub cache) without loading weights.
-    pub fn resolve(&self, global: &GlobalArgs) -> anyhow::Result<ModelFiles> {
-        resolve_model(self.id(), &self.hub_options(global)).with_context(|| format!("cannot find model `{}`", self.id()))
-    }
-
-    pub fn load(&self, compute: &ComputeArgs, global: &GlobalArgs) -> anyhow::Result<LoadedModel> {
-        let files = self.resolve(global)?;
-        self.load_files(files, compute)
-    }
-
-    /// Loads already-resolved files (commands that check everything cheap first resolve early),
-    /// for an editing workload.
-    pub fn load_files(&self, files: ModelFiles, compute: &ComputeArgs) -> anyhow::Result<LoadedModel> {
-        self.load_files_for(files, compute, edit::threads::Workload::Editing)
-    }
-
-    /// Loads for `work`, which decides how the CPU's threads are used (before any tensor work).
-    pub fn load_files_for(&self, files: ModelFiles, compute: &ComputeArgs, work: edit::threads::Workload) -> anyhow::Result<LoadedModel> {
-        let (dtype, device) = compute.parse()?;
-        if device.is_cpu() {
-            edit::threads::configure(&edit::ModelConfig::from_file(&files.config)?, work);
-        }
-        tracing::info!("loading {} ({} weight file(s))", self.id(), files.weights.len());
-        let started = std::time::Instant::now();
-        let model = edit::load_model(files, dtype, &device).with_context(|| format!("cannot load model `{}`", self.id()))?;
-        tracing::info!("loaded in {:.2?}", started.elapsed());
-        Ok(model)
-    }
-}
-
-/// `--shard I/N` (0 ≤ I < N), as `edit eval` and `edit stats` take it.
-pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
-    let parsed = s.split_once('/').and_then(|(i, n)| Some((i.trim().parse::<usize>().ok()?, n.trim().parse::<usize>().ok()?)));
-    match parsed {
-        Some((i, n)) if n >= 1 && i < n => Ok((i, n)),
-        _ => Err(format!("`{s}` is not a shard: write I/N with 0 <= I < N, e.g. 0/4")),
-    }
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {

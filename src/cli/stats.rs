@@ -1,22 +1,22 @@
 //! `edit stats`: collect (or import) second-moment statistics of MLP keys into the cache.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
-use clap::{Args, Subcommand, ValueEnum};
-use edit::data::{Corpus, HubDataset};
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use edit::data::Corpus;
 use edit::identity::ModelIdentity;
-use edit::models::modules::mlp_down;
-use edit::stats::cache::{self, StatsMeta};
 use edit::stats::ensure::{check_corpus_available, check_layers, collect_missing, finished_shard, lookup, Ensured, LayerReport, Progress, StatsPlan};
+use edit::stats::import::NpzStats;
 use edit::stats::{parse_layers, Precision};
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+use super::args::{chosen_corpus, named, parse_shard, DatasetArg, StatsDirArg};
 use super::{interrupt, logging, ComputeArgs, GlobalArgs, ModelArgs};
 
 /// Collect the second moment C = E[k kᵀ] of MLP down-projection inputs (the ROME/MEMIT
@@ -52,48 +52,6 @@ pub struct MergeArgs {
     pub json: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum DatasetArg {
-    /// Salesforce/wikitext, wikitext-103-raw-v1 train (parquet, ~300 MB).
-    Wikitext,
-    /// wikimedia/wikipedia, 20231101.en train (parquet, ~11 GB), the closest to the reference corpus.
-    Wikipedia,
-    /// The WikiText-2 test split embedded in the binary (small; what `edit stats` uses by default).
-    Embedded,
-}
-
-/// The corpus named by `--dataset` or `--text`, if either was given. Files must exist; their
-/// content digests are remembered under `stats_dir`.
-pub fn chosen_corpus(dataset: Option<DatasetArg>, text: &[PathBuf], stats_dir: &Path) -> anyhow::Result<Option<Corpus>> {
-    Ok(match dataset {
-        Some(DatasetArg::Wikitext) => Some(Corpus::Hub(HubDataset::Wikitext)),
-        Some(DatasetArg::Wikipedia) => Some(Corpus::Hub(HubDataset::Wikipedia)),
-        Some(DatasetArg::Embedded) => Some(Corpus::Embedded),
-        None if !text.is_empty() => {
-            for f in text {
-                if !f.is_file() {
-                    bail!("--text {}: no such file", f.display());
-                }
-            }
-            Some(Corpus::from_files(text.to_vec(), stats_dir)?)
-        }
-        None => None,
-    })
-}
-
-#[derive(Args, Debug)]
-pub struct StatsDirArg {
-    /// Statistics cache directory [default: $EDIT_STATS_DIR, else ~/.cache/edit/stats].
-    #[arg(long, value_name = "DIR")]
-    pub stats_dir: Option<PathBuf>,
-}
-
-impl StatsDirArg {
-    pub fn dir(&self) -> PathBuf {
-        self.stats_dir.clone().unwrap_or_else(cache::default_stats_dir)
-    }
-}
-
 #[derive(Args, Debug)]
 pub struct CollectArgs {
     #[command(flatten)]
@@ -115,8 +73,8 @@ pub struct CollectArgs {
     #[arg(long, value_enum)]
     pub dataset: Option<DatasetArg>,
     /// Accumulation precision of the sums (the reference uses f32).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f64"])]
-    pub precision: String,
+    #[arg(long, default_value = "f32", value_parser = named(&Precision::ALL, Precision::name))]
+    pub precision: Precision,
     /// Bound on width × rows of one forward batch [default: 3 × context, the reference's, for
     /// contexts up to 2,048 tokens; 6,144 for longer ones].
     #[arg(long)]
@@ -135,7 +93,7 @@ pub struct CollectArgs {
     /// Compute part I of N of the job (every N-th chunk of 100 sampled texts, from chunk I) and
     /// write it as a shard file beside the statistics; `edit stats merge` adds the N shards.
     /// For array jobs over many machines (see docs/statistics.md).
-    #[arg(long, value_name = "I/N", value_parser = super::parse_shard)]
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
     /// Print a JSON summary on stdout.
     #[arg(long)]
@@ -235,7 +193,7 @@ pub fn run(args: StatsArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     // Validate everything cheap before loading anything.
     let layers = parse_layers(&args.layers.join(" "))?;
-    let precision = Precision::parse(&args.precision)?;
+    let precision = args.precision;
     if args.samples == 0 {
         bail!("--samples must be at least 1");
     }
@@ -330,119 +288,10 @@ fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Facts read off a reference file name such as
-/// `data/stats/gpt2-xl/wikipedia_stats/transformer.h.17.mlp.c_proj_float32_mom2_100000.npz`.
-#[derive(Debug, Default, PartialEq)]
-struct NpzName {
-    layer: Option<usize>,
-    dataset: Option<String>,
-    precision: Option<Precision>,
-    samples: Option<usize>,
-}
-
-fn parse_npz_name(path: &Path) -> NpzName {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let parts: Vec<&str> = name.split('.').collect();
-    let layer = parts.windows(2).find_map(|w| (w[0].ends_with('h') || w[0].ends_with("layers")).then(|| w[1].parse().ok()).flatten());
-    let precision = if name.contains("float64") {
-        Some(Precision::F64)
-    } else if name.contains("float32") {
-        Some(Precision::F32)
-    } else {
-        None
-    };
-    let samples = name.strip_suffix(".npz").and_then(|s| s.rsplit('_').next()).and_then(|s| s.parse().ok());
-    let dataset = path.parent().and_then(|p| p.file_name()).and_then(|d| d.to_string_lossy().strip_suffix("_stats").map(str::to_string));
-    NpzName { layer, dataset, precision, samples }
-}
-
-/// The arrays an `.npz` file holds (`mom2.mom2.npy` → `mom2.mom2`).
-fn npz_members(path: &Path) -> anyhow::Result<Vec<String>> {
-    let f = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let zip = zip::ZipArchive::new(f).with_context(|| format!("{} is not a readable .npz (zip) file", path.display()))?;
-    let mut names = Vec::new();
-    for n in zip.file_names() {
-        let n = n.with_context(|| format!("{}: unreadable member name", path.display()))?;
-        names.push(n.strip_suffix(".npy").unwrap_or(&n).to_string());
-    }
-    Ok(names)
-}
-
-/// One array of an `.npz` file, read by candle's npy reader (the reference's files also hold a
-/// `mom2.constructor` string, which is never read).
-fn npz_array(path: &Path, name: &str) -> anyhow::Result<candle_core::Tensor> {
-    let mut v = candle_core::Tensor::read_npz_by_name(path, &[name]).map_err(|e| {
-        let hint = if e.to_string().contains("fortran") { "; the array is stored in Fortran order: save it with np.ascontiguousarray first" } else { "" };
-        anyhow::anyhow!("{}: cannot read array `{name}`: {e}{hint}", path.display())
-    })?;
-    Ok(v.remove(0))
-}
-
-fn npz_scalar(path: &Path, name: &str) -> anyhow::Result<f64> {
-    let t = npz_array(path, name)?;
-    if t.elem_count() != 1 {
-        bail!("{}: `{name}` should be a single number, but has shape {:?}", path.display(), t.dims());
-    }
-    Ok(t.to_dtype(candle_core::DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0])
-}
-
 fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let guessed = parse_npz_name(&args.file);
-    let members = npz_members(&args.file)?;
-    let shown = args.file.display();
-    if !members.iter().any(|m| m == "mom2.mom2") {
-        bail!("{shown} has no `mom2.mom2` array (it holds {}): not a reference second-moment file", members.join(", "));
-    }
-    if !members.iter().any(|m| m == "mom2.count") {
-        bail!("{shown} has no `mom2.count` array: not a reference second-moment file");
-    }
-    let mom2 = npz_array(&args.file, "mom2.mom2")?;
-    let count = npz_scalar(&args.file, "mom2.count")?;
-    let layer = args.layer.or(guessed.layer).with_context(|| format!("cannot tell the layer from the file name {shown}; pass --layer"))?;
+    let npz = NpzStats::read(&args.file, args.layer)?;
     let files = args.model.resolve(global)?;
-    let cfg = ModelConfig::from_file(&files.config)?;
-    let module = mlp_down(&cfg, layer)?;
-    let d = module.in_dim;
-    if mom2.dims() != [d, d] {
-        bail!(
-            "{shown}: `mom2.mom2` is {:?} but layer {layer} of this model has {d}-wide keys ({}): the file belongs to another model",
-            mom2.dims(),
-            module.name
-        );
-    }
-    let precision = match mom2.dtype() {
-        candle_core::DType::F32 => Precision::F32,
-        candle_core::DType::F64 => Precision::F64,
-        other => bail!("{shown}: `mom2.mom2` is {other:?}; it must be a float32 or float64 array"),
-    };
-    let sum = mom2;
-    let samples = match args.samples {
-        Some(n) => n,
-        None if members.iter().any(|m| m == "sample_size") => npz_scalar(&args.file, "sample_size")? as usize,
-        None => guessed.samples.unwrap_or(0),
-    };
-    let dataset = args.dataset.clone().or(guessed.dataset).unwrap_or_else(|| "imported".into());
-    let identity = ModelIdentity::of(&files)?;
-    let meta = StatsMeta {
-        format: 1,
-        identity: identity.clone(),
-        module: module.name.clone(),
-        layer,
-        d_ff: d,
-        dataset: dataset.clone(),
-        samples,
-        corpus_rows: None,
-        texts: samples as u64,
-        tokens: count as u64,
-        precision,
-        max_len: cfg.n_ctx,
-        batch_tokens: 0,
-        source: format!("imported from {}", args.file.display()),
-        tool_version: env!("CARGO_PKG_VERSION").into(),
-    };
-    let path = cache::stats_path(&args.dir.dir(), &identity, &dataset, &module.name, precision, samples);
-    cache::save(&path, &sum, count as u64, &meta)?;
-    let report = LayerReport { layer, module: module.name, file: path, tokens: count as u64, cached: false };
+    let report = npz.file_into(&files, &args.dir.dir(), args.dataset.clone(), args.samples)?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &report)?;
@@ -451,18 +300,4 @@ fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         write_layer(&mut out, &report)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reference_file_names_are_understood() {
-        let p = Path::new("data/stats/gpt2-xl/wikipedia_stats/transformer.h.17.mlp.c_proj_float32_mom2_100000.npz");
-        assert_eq!(parse_npz_name(p), NpzName { layer: Some(17), dataset: Some("wikipedia".into()), precision: Some(Precision::F32), samples: Some(100000) });
-        let p = Path::new("gpt_neox.layers.5.mlp.dense_4h_to_h_float64_mom2_1000.npz");
-        assert_eq!(parse_npz_name(p).layer, Some(5));
-        assert_eq!(parse_npz_name(p).precision, Some(Precision::F64));
-    }
 }

@@ -14,6 +14,7 @@ use edit::trace::plot::{self, Format};
 use edit::trace::summary::{summarize, Summary};
 use edit::trace::{self, Fact, FactTrace, Kind, NoiseRule, TraceOptions};
 
+use super::args::named;
 use super::{logging, ComputeArgs, GlobalArgs, ModelArgs};
 
 #[derive(Args, Debug)]
@@ -42,8 +43,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
     /// What is restored: hidden (block outputs), mlp, attn (windows of layers); comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "hidden,mlp,attn", value_parser = ["hidden", "mlp", "attn"])]
-    pub kind: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "hidden,mlp,attn", value_parser = named(&Kind::ALL, Kind::name))]
+    pub kind: Vec<Kind>,
     /// Noise on the subject's token embeddings: a standard deviation (0.1), s<k> for k times
     /// the standard deviation of the facts' subjects' embeddings (the reference's default),
     /// or u<x> for uniform noise in [-x, x].
@@ -72,8 +73,8 @@ pub struct TraceArgs {
     #[arg(long, value_name = "DIR")]
     pub plot: Option<PathBuf>,
     /// Image format of --plot.
-    #[arg(long, default_value = "png", value_parser = ["png", "svg"])]
-    pub plot_format: String,
+    #[arg(long, default_value = "png", value_parser = named(&Format::ALL, Format::extension))]
+    pub plot_format: Format,
     /// Write the average effects and the suggested layer as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
@@ -104,13 +105,13 @@ fn plan(args: &TraceArgs) -> anyhow::Result<Plan> {
     if let Some(n) = args.limit {
         facts.truncate(n);
     }
-    let mut kinds: Vec<Kind> = args.kind.iter().map(|k| k.parse()).collect::<edit::Result<_>>()?;
+    let mut kinds: Vec<Kind> = args.kind.clone();
     kinds.sort();
     kinds.dedup();
     let plot = match &args.plot {
         Some(dir) => {
             std::fs::create_dir_all(dir).with_context(|| format!("cannot create the plot directory {}", dir.display()))?;
-            Some((dir.clone(), args.plot_format.parse::<Format>()?))
+            Some((dir.clone(), args.plot_format))
         }
         None => None,
     };
@@ -119,16 +120,11 @@ fn plan(args: &TraceArgs) -> anyhow::Result<Plan> {
         let dir = edit::fsutil::parent_dir(path);
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let (noise_level, uniform) = match noise {
-        NoiseRule::Fixed(x) => (x, false),
-        NoiseRule::Uniform(x) => (x, true),
-        NoiseRule::SubjectStd(_) => (f64::NAN, false),
-    };
     let opts = TraceOptions {
         samples: args.samples as usize,
         window: args.window as usize,
-        noise_level,
-        uniform,
+        // Set from `noise` once the model is loaded (trace::run::resolve_noise).
+        noise_level: f64::NAN,
         replace: args.replace,
         seed: args.seed,
         consistent_low_score: args.consistent_low_score,
@@ -156,13 +152,10 @@ pub fn run(args: TraceArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let lm = args.model.load_files(files, &args.compute)?;
     let tok = lm.tokenizer()?;
     let model = &*lm.model;
-    let pad = lm.pad_id();
     let model_name = Path::new(args.model.id()).file_name().map_or_else(|| args.model.id().to_string(), |n| n.to_string_lossy().into_owned());
 
     // Every fact's subject is found in its prompt before any is traced.
-    for (i, f) in plan.facts.iter().enumerate() {
-        trace::facts::subject_tokens(tok, &f.prompt, &f.subject).with_context(|| format!("fact {i}"))?;
-    }
+    trace::run::check_facts(tok, &plan.facts)?;
     let n_layer = lm.config().n_layer;
     if plan.kinds.iter().any(|k| *k != Kind::Hidden) && plan.opts.window >= n_layer {
         tracing::warn!(
@@ -171,46 +164,33 @@ pub fn run(args: TraceArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             (n_layer / 4).max(1)
         );
     }
-    if let NoiseRule::SubjectStd(k) = plan.noise {
-        let subjects: Vec<&str> = plan.noise_subjects.iter().map(String::as_str).collect();
-        let std = trace::embedding_std(model, tok, pad, &subjects)?;
-        plan.opts.noise_level = k * std;
+    let subjects: Vec<&str> = plan.noise_subjects.iter().map(String::as_str).collect();
+    if let (Some(std), NoiseRule::SubjectStd(k)) = (trace::run::resolve_noise(model, tok, plan.noise, &subjects, &mut plan.opts)?, plan.noise) {
         tracing::info!("noise level {:.6}: {k} × the standard deviation {std:.6} of {} subjects' token embeddings", plan.opts.noise_level, subjects.len());
     }
 
     let bar = if logging::show_progress(global) { ProgressBar::new(plan.facts.len() as u64) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} facts, ETA {eta}").expect("valid template"));
     let started = std::time::Instant::now();
-    let workers = edit::threads::request_workers();
     let mut out = std::io::stdout().lock();
-    let mut all: Vec<FactTrace> = Vec::new();
     let mut skipped = 0;
-    // Facts side by side when the thread plan runs small models' operations on one thread.
-    for (c, chunk) in plan.facts.chunks(workers.max(1) * 4).enumerate() {
-        let traced = edit::threads::map_parallel(chunk.len(), workers, |i| -> edit::Result<Vec<FactTrace>> {
-            let p = trace::prepare(model, tok, pad, &chunk[i], &plan.opts, &plan.kinds)?;
-            plan.kinds.iter().map(|&k| trace::trace_kind(model, pad, &p, k, &plan.opts)).collect()
-        });
-        let traced = traced.with_context(|| "causal tracing failed")?;
-        for (i, traces) in traced.into_iter().enumerate() {
-            let index = c * workers.max(1) * 4 + i;
-            if traces.iter().any(|t| !t.correct_prediction && t.scores.is_empty()) {
-                skipped += 1;
-                tracing::info!("skipping {:?}: the model predicts {:?}, not {:?}", chunk[i].prompt, traces[0].answer, chunk[i].expect.as_deref().unwrap_or(""));
+    let all = trace::run::trace_facts(model, tok, &plan.facts, &plan.kinds, &plan.opts, |index, fact, traces| -> anyhow::Result<()> {
+        if traces.iter().any(|t| !t.correct_prediction && t.scores.is_empty()) {
+            skipped += 1;
+            tracing::info!("skipping {:?}: the model predicts {:?}, not {:?}", fact.prompt, traces[0].answer, fact.expect.as_deref().unwrap_or(""));
+        }
+        for t in traces {
+            serde_json::to_writer(&mut out, t)?;
+            writeln!(out)?;
+            if let (Some((dir, format)), false) = (&plan.plot, t.scores.is_empty()) {
+                let path = dir.join(plot_name(t, index, *format));
+                plot::write_heatmap(&path, *format, t, &model_name)?;
             }
-            for t in &traces {
-                serde_json::to_writer(&mut out, t)?;
-                writeln!(out)?;
-                if let (Some((dir, format)), false) = (&plan.plot, t.scores.is_empty()) {
-                    let path = dir.join(plot_name(t, index, *format));
-                    plot::write_heatmap(&path, *format, t, &model_name)?;
-                }
-            }
-            all.extend(traces);
-            bar.inc(1);
         }
         out.flush()?;
-    }
+        bar.inc(1);
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let summary = summarize(plan.facts.len(), &all);
     tracing::info!("{} facts in {:.1?} ({} skipped)", plan.facts.len(), started.elapsed(), skipped);

@@ -143,6 +143,13 @@ impl ModelConfig {
         self.n_kv_head * self.head_dim
     }
 
+    /// The token batches are right-padded with: the end-of-text token, as the reference sets
+    /// `pad_token = eos_token` (0 when the config names none). Padded positions are masked, so
+    /// every function that runs a model takes it from the model's config.
+    pub fn pad_id(&self) -> u32 {
+        self.eos_token_id.unwrap_or(0)
+    }
+
     /// Whether a vector added to a layer's MLP output reaches the block output unchanged (every
     /// family but Gemma, which norms the MLP output before the residual sum).
     pub fn mlp_out_joins_residual(&self) -> bool {
@@ -188,7 +195,7 @@ impl ModelConfig {
                         .into(),
                 ))
             }
-            _ => return Err(Error::UnsupportedArchitecture { model_type, path: path.to_path_buf() }),
+            _ => return Err(Error::UnsupportedArchitecture { model_type, path: path.to_path_buf(), supported: SUPPORTED_MODEL_TYPES }),
         };
         cfg.validate(path)?;
         Ok(cfg)

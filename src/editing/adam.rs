@@ -53,6 +53,22 @@ impl Adam {
     }
 }
 
+/// Adam's step `t` (from 1) on one vector kept as plain numbers: f32 values `x`, f64 moments,
+/// the gradient `g` plus the coupled decay `decay · x` (per element, before the update), the
+/// update `lr · m̂ / (√v / √(1 − β₂ᵗ) + ε)` in f64. What the v*/z optimisation runs per request,
+/// where each request has its own step count and a vector is cheaper than a tensor.
+pub fn step_vector(x: &mut [f32], m: &mut [f64], v: &mut [f64], g: &[f32], decay: f64, t: i32, lr: f64) {
+    let bc1 = 1.0 - BETA1.powi(t);
+    let bc2 = 1.0 - BETA2.powi(t);
+    for (i, &gi) in g.iter().enumerate() {
+        let gi = f64::from(gi) + decay * f64::from(x[i]);
+        m[i] = BETA1 * m[i] + (1.0 - BETA1) * gi;
+        v[i] = BETA2 * v[i] + (1.0 - BETA2) * gi * gi;
+        let denom = (v[i].sqrt() / bc2.sqrt()) + EPS;
+        x[i] -= (lr / bc1 * m[i] / denom) as f32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
 //! One interface for every editing method, and the edit pipeline that drives it: the config
-//! ([`prepare`]) → statistics (`stats::ensure`, when [`EditMethod::stats_need`] asks) → context
+//! ([`super::registry::prepare`]) → statistics (`stats::ensure`, when [`EditMethod::stats_need`] asks) → context
 //! templates → the method → the update-size guard → the did-it-take check ([`run_edit`]).
 //! `edit apply` and `edit eval` call these and never branch on the method.
 
@@ -10,16 +10,15 @@ use serde_json::Value;
 
 use std::path::Path;
 
-use super::hparams::{self, AlphaEditHparams, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, ResolvedHparams, RomeHparams};
-use super::linalg::LayerStats;
 use super::optimize::LossPoint;
+use super::registry::Method;
 use super::requests::Request;
 use super::templates::ContextTemplates;
 use super::verify::{check_edits, EditCheck};
 use super::Deltas;
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::identity::ModelIdentity;
+use crate::linalg::LayerStats;
 use crate::models::CausalLm;
 use crate::stats::ensure::StatsNeed;
 use crate::tokenizer::Tokenizer;
@@ -32,7 +31,6 @@ pub struct EditInputs<'a> {
     pub stats: &'a mut BTreeMap<usize, LayerStats>,
     /// The context templates, for methods that use them.
     pub templates: Option<&'a ContextTemplates>,
-    pub pad_id: u32,
 }
 
 impl<'a> EditInputs<'a> {
@@ -161,47 +159,9 @@ pub struct MethodSource<'a> {
     pub hypernetwork: Option<&'a Path>,
     /// The model's identity, when known (MEND checks its hypernetwork was made for it).
     pub identity: Option<&'a ModelIdentity>,
-    /// AlphaEdit's state directory (`--state`), and the model's edit history it is checked
-    /// against.
+    /// AlphaEdit's state directory (`--state`), checked against the model's edit history
+    /// (from `identity`).
     pub state: Option<&'a Path>,
-    pub history: Option<&'a super::alphaedit::ModelHistory>,
-}
-
-/// Resolves `method`'s config for this model (`--config` file or shipped name, `--set`
-/// overrides; see [`hparams::resolve`]) and pairs it with the method's implementation.
-pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, src: MethodSource) -> Result<PreparedMethod> {
-    fn with<H: MethodConfig, M: EditMethod + 'static>(r: ResolvedHparams<H>, make: impl FnOnce(H) -> M) -> PreparedMethod {
-        PreparedMethod { method: Box::new(make(r.hparams)), json: r.json, source: r.source }
-    }
-    let (config, sets) = (src.config, src.sets);
-    if src.hypernetwork.is_some() && method != Method::Mend {
-        return Err(Error::Input(format!("--mend names a MEND hypernetwork, but the method is {method}; drop --mend or use --method mend")));
-    }
-    if src.state.is_some() && method != Method::AlphaEdit {
-        return Err(Error::Input(format!(
-            "--state keeps AlphaEdit's memory of earlier edits, but the method is {method}; drop --state or use --method alphaedit"
-        )));
-    }
-    Ok(match method {
-        Method::Rome => with(hparams::resolve::<RomeHparams>(cfg, model_id, config, sets)?, |hp| super::rome::Rome { hp }),
-        Method::Memit => with(hparams::resolve::<MemitHparams>(cfg, model_id, config, sets)?, |hp| super::memit::Memit { hp }),
-        Method::Ft => with(hparams::resolve::<FtHparams>(cfg, model_id, config, sets)?, |hp| super::ft::Ft { hp }),
-        Method::AlphaEdit => {
-            let r = hparams::resolve::<AlphaEditHparams>(cfg, model_id, config, sets)?;
-            let m = super::alphaedit::AlphaEdit::open(r.hparams, src.state, src.history)?;
-            PreparedMethod { method: Box::new(m), json: r.json, source: r.source }
-        }
-        Method::Mend => {
-            let r = hparams::resolve::<MendHparams>(cfg, model_id, config, sets)?;
-            let mend = super::mend::Mend::open(r.hparams, src.hypernetwork, cfg, src.identity)?;
-            // What was edited with goes wherever the config is recorded (delta files, eval runs).
-            let mut json = r.json;
-            if let Value::Object(m) = &mut json {
-                m.insert("hypernetwork".into(), serde_json::json!({"file": mend.file.display().to_string(), "origin": mend.meta.origin}));
-            }
-            PreparedMethod { method: Box::new(mend), json, source: r.source }
-        }
-    })
 }
 
 /// An edit and what was learned about it.
@@ -233,7 +193,6 @@ pub fn run_edit(
     stats: &mut BTreeMap<usize, LayerStats>,
     seed: u64,
     templates: Option<&ContextTemplates>,
-    pad_id: u32,
     max_update_ratio: f64,
 ) -> Result<EditRun> {
     let templates = match templates {
@@ -243,7 +202,7 @@ pub fn run_edit(
     if let Some(t) = &templates {
         tracing::debug!("context templates: {:?}", t.flat());
     }
-    let outcome = method.edit(model, EditInputs { tok, requests, stats, templates: templates.as_ref(), pad_id })?;
+    let outcome = method.edit(model, EditInputs { tok, requests, stats, templates: templates.as_ref() })?;
     for s in &outcome.sizes {
         // A NaN norm is refused too.
         let within = s.update_norm.is_finite() && s.update_norm <= max_update_ratio * s.weight_norm;
@@ -260,7 +219,7 @@ pub fn run_edit(
         }
     }
     let losses: Vec<(f64, f64)> = outcome.requests.iter().map(RequestOutcome::first_last_loss).collect();
-    let checks = check_edits(model, tok, requests, &outcome.deltas, &losses, pad_id)?;
+    let checks = check_edits(model, tok, requests, &outcome.deltas, &losses)?;
     Ok(EditRun { outcome, checks, templates })
 }
 

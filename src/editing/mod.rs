@@ -9,15 +9,15 @@
 pub mod adam;
 pub mod alphaedit;
 pub mod ft;
-pub mod ft_loss;
 pub mod hparams;
-pub mod linalg;
 pub mod memit;
 pub mod mend;
 pub mod method;
 pub mod optimize;
 pub mod pipeline;
 pub mod positions;
+pub mod records;
+pub mod registry;
 pub mod reprs;
 pub mod requests;
 pub mod rome;
@@ -55,6 +55,32 @@ pub fn delta_id(deltas: &Deltas) -> crate::error::Result<String> {
         }
     }
     Ok(crate::checkpoint::hex(&h.finalize()[..8]))
+}
+
+/// An edit's provenance, as delta files record it (`patch::write_delta_file`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DeltaMeta {
+    /// `rome`, `memit`, ...
+    pub method: String,
+    /// The edit requests (usually an array of request objects).
+    pub requests: serde_json::Value,
+    /// The method's hyperparameters.
+    pub config: serde_json::Value,
+    pub seed: Option<u64>,
+    /// The model the delta was computed on.
+    pub base_model: crate::identity::ModelIdentity,
+    pub tool_version: String,
+}
+
+impl DeltaMeta {
+    /// Number of edit requests: the array's length, 1 for a single object, 0 for null.
+    pub fn request_count(&self) -> usize {
+        match &self.requests {
+            serde_json::Value::Array(a) => a.len(),
+            serde_json::Value::Null => 0,
+            _ => 1,
+        }
+    }
 }
 
 /// What a [`Deltas`] key changes.

@@ -25,11 +25,6 @@ use crate::tokenizer::Tokenizer;
 /// The reference's early-stopping threshold on the total loss.
 const STOP_LOSS: f64 = 5e-2;
 
-/// PyTorch `Adam` defaults.
-const BETA1: f64 = 0.9;
-const BETA2: f64 = 0.999;
-const EPS: f64 = 1e-8;
-
 #[derive(Clone, Debug)]
 pub struct OptimizeParams {
     pub site: Site,
@@ -117,6 +112,100 @@ struct State {
     done: bool,
 }
 
+impl State {
+    /// Records a step's losses (NLL, KL and the weight decay wd·‖δ‖/‖v₀‖²); whether the request
+    /// goes on (its total is above the reference's stopping threshold and steps remain). A total
+    /// that is not finite is returned as the error.
+    fn record_loss(&mut self, nll: f32, kl: f32, it: usize, params: &OptimizeParams) -> std::result::Result<bool, f64> {
+        let init_norm = vec_norm(self.init.as_ref().expect("set at it 0"));
+        let wd = params.weight_decay * vec_norm(&self.delta) / (init_norm * init_norm);
+        let total = f64::from(nll) + f64::from(kl) + wd;
+        if !total.is_finite() {
+            return Err(total);
+        }
+        self.losses.push(LossPoint { nll: f64::from(nll), kl: f64::from(kl), weight_decay: wd, total });
+        self.done = total < STOP_LOSS || it + 1 == params.steps;
+        Ok(!self.done)
+    }
+
+    /// One Adam step of δ on its gradient `g`, then δ clamped to `clamp_norm_factor` × ‖v₀‖.
+    fn take_step(&mut self, g: &[f32], params: &OptimizeParams) {
+        let init_norm = vec_norm(self.init.as_ref().expect("set"));
+        // d/dδ of wd·‖δ‖/‖v₀‖² (zero at δ = 0, as PyTorch's norm gradient).
+        let dn = vec_norm(&self.delta);
+        let wd_scale = if dn > 0.0 { params.weight_decay / (init_norm * init_norm) / dn } else { 0.0 };
+        self.steps += 1;
+        super::adam::step_vector(&mut self.delta, &mut self.m, &mut self.v, g, wd_scale, self.steps as i32, params.lr);
+        let max_norm = params.clamp_norm_factor * init_norm;
+        let dn = vec_norm(&self.delta);
+        if dn > max_norm {
+            let f = (max_norm / dn) as f32;
+            self.delta.iter_mut().for_each(|x| *x *= f);
+        }
+    }
+}
+
+/// One step's batch: the active requests' rows, in order, and the positions read from them.
+struct StepRows {
+    batch: Batch,
+    /// Per row, the index (among the active requests) of its request.
+    row_owner: Vec<u32>,
+    /// Per active request, where its rows start.
+    first_row: Vec<usize>,
+    /// Where δ is added: (row, position).
+    positions: Vec<(usize, usize)>,
+    /// NLL positions (row, pos) with their target token and request, then the KL positions.
+    nll_pos: Vec<(usize, usize)>,
+    nll_tok: Vec<u32>,
+    owner_of_nll: Vec<usize>,
+    kl_pos: Vec<(usize, usize)>,
+    /// `nll_pos` then `kl_pos`: the logits read.
+    all_pos: Vec<(usize, usize)>,
+}
+
+impl StepRows {
+    fn of(states: &[State], active: &[usize], pad_id: u32, dev: &Device) -> Result<Self> {
+        let mut seqs = Vec::new();
+        let mut row_owner = Vec::new();
+        let mut first_row = Vec::new();
+        for (a, &j) in active.iter().enumerate() {
+            first_row.push(seqs.len());
+            for row in &states[j].prep.rows {
+                seqs.push(row.clone());
+                row_owner.push(a as u32);
+            }
+        }
+        let batch = Batch::from_sequences(&seqs, pad_id, dev)?;
+        let mut positions = Vec::new();
+        for (a, &j) in active.iter().enumerate() {
+            for (i, &p) in states[j].prep.lookup.iter().enumerate() {
+                positions.push((first_row[a] + i, p));
+            }
+        }
+        let mut nll_pos = Vec::new();
+        let mut nll_tok = Vec::new();
+        let mut owner_of_nll = Vec::new();
+        for (a, &j) in active.iter().enumerate() {
+            let p = &states[j].prep;
+            for r in 0..p.n_rewrite {
+                let len = p.rows[r].len();
+                let start = len - p.target.len();
+                for (k, &t) in p.target.iter().enumerate() {
+                    // The logit at `start + k` predicts target token k.
+                    nll_pos.push((first_row[a] + r, start + k));
+                    nll_tok.push(t);
+                    owner_of_nll.push(a);
+                }
+            }
+        }
+        let kl_pos: Vec<(usize, usize)> =
+            active.iter().enumerate().map(|(a, &j)| (first_row[a] + states[j].prep.n_rewrite, *states[j].prep.lookup.last().expect("kl row"))).collect();
+        let mut all_pos = nll_pos.clone();
+        all_pos.extend_from_slice(&kl_pos);
+        Ok(Self { batch, row_owner, first_row, positions, nll_pos, nll_tok, owner_of_nll, kl_pos, all_pos })
+    }
+}
+
 /// Log-softmax over the last dimension from primitive ops, so gradients flow (candle's fused
 /// softmax kernels drop them).
 pub(crate) fn log_softmax(x: &Tensor) -> Result<Tensor> {
@@ -134,8 +223,8 @@ pub fn optimize_targets(
     requests: &[&Request],
     templates: &[String],
     params: &OptimizeParams,
-    pad_id: u32,
 ) -> Result<Vec<OptimizedTarget>> {
+    let pad_id = model.config().pad_id();
     if templates.is_empty() {
         return Err(Error::Input("no context templates: at least \"{}\" is needed".into()));
     }
@@ -175,45 +264,8 @@ pub fn optimize_targets(
         if active.is_empty() {
             break;
         }
-        // Rows of the active requests, in order; where each request's rows start.
-        let mut seqs = Vec::new();
-        let mut row_owner = Vec::new();
-        let mut first_row = Vec::new();
-        for (a, &j) in active.iter().enumerate() {
-            first_row.push(seqs.len());
-            for row in &states[j].prep.rows {
-                seqs.push(row.clone());
-                row_owner.push(a as u32);
-            }
-        }
-        let batch = Batch::from_sequences(&seqs, pad_id, &dev)?;
-        let mut positions = Vec::new();
-        for (a, &j) in active.iter().enumerate() {
-            for (i, &p) in states[j].prep.lookup.iter().enumerate() {
-                positions.push((first_row[a] + i, p));
-            }
-        }
-        // NLL positions (row, pos) with their target token and weight, then the KL positions.
-        let mut nll_pos = Vec::new();
-        let mut nll_tok = Vec::new();
-        let mut owner_of_nll = Vec::new();
-        for (a, &j) in active.iter().enumerate() {
-            let p = &states[j].prep;
-            for r in 0..p.n_rewrite {
-                let len = p.rows[r].len();
-                let start = len - p.target.len();
-                for (k, &t) in p.target.iter().enumerate() {
-                    // The logit at `start + k` predicts target token k.
-                    nll_pos.push((first_row[a] + r, start + k));
-                    nll_tok.push(t);
-                    owner_of_nll.push(a);
-                }
-            }
-        }
-        let kl_pos: Vec<(usize, usize)> =
-            active.iter().enumerate().map(|(a, &j)| (first_row[a] + states[j].prep.n_rewrite, *states[j].prep.lookup.last().expect("kl row"))).collect();
-        let mut all_pos = nll_pos.clone();
-        all_pos.extend_from_slice(&kl_pos);
+        let StepRows { batch, row_owner, first_row, positions, nll_pos, nll_tok, owner_of_nll, kl_pos, all_pos } =
+            StepRows::of(&states, &active, pad_id, &dev)?;
 
         let init_delta: Vec<f32> = active.iter().flat_map(|&j| states[j].delta.iter().copied()).collect();
         let var = Var::from_tensor(&Tensor::from_vec(init_delta, (active.len(), d), &dev)?)?;
@@ -310,26 +362,16 @@ pub fn optimize_targets(
         let kl_of = |lp_kl: &Tensor| -> Result<Tensor> { Ok((lp_kl.exp()? * (lp_kl - &kl_init)?)?.sum(1)?.affine(params.kl_factor, 0.0)?) }; // [n_active]
         let kl = kl_of(&lp_kl)?;
 
-        let nll_v: Vec<f32> = nll.to_vec1()?;
-        let kl_v: Vec<f32> = kl.to_vec1()?;
+        let (nll_v, kl_v): (Vec<f32>, Vec<f32>) = (nll.to_vec1()?, kl.to_vec1()?);
         let mut keep_going = vec![0f32; active.len()];
         for (a, &j) in active.iter().enumerate() {
-            let s = &mut states[j];
-            let init_norm = vec_norm(s.init.as_ref().expect("set at it 0"));
-            let wd = params.weight_decay * vec_norm(&s.delta) / (init_norm * init_norm);
-            let total = f64::from(nll_v[a]) + f64::from(kl_v[a]) + wd;
-            if !total.is_finite() {
-                return Err(Error::Input(format!(
+            let going = states[j].record_loss(nll_v[a], kl_v[a], it, params).map_err(|total| {
+                Error::Input(format!(
                     "request {} ({:?}): the loss became {total} at step {it}; the edit cannot be computed",
                     requests[j].index, requests[j].subject
-                )));
-            }
-            s.losses.push(LossPoint { nll: f64::from(nll_v[a]), kl: f64::from(kl_v[a]), weight_decay: wd, total });
-            if total < STOP_LOSS || it + 1 == params.steps {
-                s.done = true;
-            } else {
-                keep_going[a] = 1.0;
-            }
+                ))
+            })?;
+            keep_going[a] = if going { 1.0 } else { 0.0 };
         }
         if keep_going.iter().all(|&k| k == 0.0) {
             continue;
@@ -386,30 +428,8 @@ pub fn optimize_targets(
             .to_dtype(DType::F32)?
             .to_vec2::<f32>()?;
         for (a, &j) in active.iter().enumerate() {
-            if keep_going[a] == 0.0 {
-                continue;
-            }
-            let s = &mut states[j];
-            let init_norm = vec_norm(s.init.as_ref().expect("set"));
-            // d/dδ of wd·‖δ‖/‖v₀‖² (zero at δ = 0, as PyTorch's norm gradient).
-            let dn = vec_norm(&s.delta);
-            let wd_scale = if dn > 0.0 { params.weight_decay / (init_norm * init_norm) / dn } else { 0.0 };
-            s.steps += 1;
-            let t = s.steps as i32;
-            let bc1 = 1.0 - BETA1.powi(t);
-            let bc2 = 1.0 - BETA2.powi(t);
-            for (i, &gi) in g[a].iter().enumerate() {
-                let gi = f64::from(gi) + wd_scale * f64::from(s.delta[i]);
-                s.m[i] = BETA1 * s.m[i] + (1.0 - BETA1) * gi;
-                s.v[i] = BETA2 * s.v[i] + (1.0 - BETA2) * gi * gi;
-                let denom = (s.v[i].sqrt() / bc2.sqrt()) + EPS;
-                s.delta[i] -= (params.lr / bc1 * s.m[i] / denom) as f32;
-            }
-            let max_norm = params.clamp_norm_factor * init_norm;
-            let dn = vec_norm(&s.delta);
-            if dn > max_norm {
-                let f = (max_norm / dn) as f32;
-                s.delta.iter_mut().for_each(|x| *x *= f);
+            if keep_going[a] != 0.0 {
+                states[j].take_step(&g[a], params);
             }
         }
     }

@@ -32,7 +32,8 @@ pub struct Reprs {
 
 /// Runs every `template.replace("{}", subject)` through the model and reads `wanted` at the
 /// subject's last token (located by the reference's separate-tokenization rule).
-pub fn at_subject_last(model: &dyn CausalLm, tok: &Tokenizer, items: &[(String, String)], wanted: &Wanted, pad_id: u32) -> Result<Reprs> {
+pub fn at_subject_last(model: &dyn CausalLm, tok: &Tokenizer, items: &[(String, String)], wanted: &Wanted) -> Result<Reprs> {
+    let pad_id = model.config().pad_id();
     let mut spec = TraceSpec::default();
     spec.keys.extend(wanted.keys);
     spec.mlp_out.extend(wanted.mlp_out);

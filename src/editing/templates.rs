@@ -34,8 +34,9 @@ impl ContextTemplates {
 
 /// Templates given in the config. For MEMIT a flat list is split as the reference groups its
 /// own: the bare `"{}"` entries, then the rest.
-pub fn from_config(t: &super::hparams::ContextTemplates, method: super::hparams::Method) -> ContextTemplates {
-    use super::hparams::{ContextTemplates as Given, Method};
+pub fn from_config(t: &super::hparams::ContextTemplates, method: super::registry::Method) -> ContextTemplates {
+    use super::hparams::ContextTemplates as Given;
+    use super::registry::Method;
     match (t, method) {
         (Given::Flat(list), Method::Memit) => {
             let (bare, rest): (Vec<String>, Vec<String>) = list.iter().cloned().partition(|s| s == "{}");
@@ -54,8 +55,8 @@ const MEMIT_SEEDS: [&str; 5] = ["The", "Therefore", "Because", "I", "You"];
 /// The tokens ROME's context texts are sampled after: the model input of the text
 /// `<|endoftext|>` (the reference: one token in GPT-2's vocabulary, several pieces behind a BOS in
 /// others), or the tokenizer's BOS (its end-of-text token where it has none).
-pub fn rome_start(model: &dyn CausalLm, tok: &Tokenizer, prompt: super::hparams::TemplatePrompt) -> Result<Vec<u32>> {
-    use super::hparams::TemplatePrompt;
+pub fn rome_start(model: &dyn CausalLm, tok: &Tokenizer, prompt: super::rome::TemplatePrompt) -> Result<Vec<u32>> {
+    use super::rome::TemplatePrompt;
     match prompt {
         TemplatePrompt::Endoftext => tok.encode_input("<|endoftext|>"),
         TemplatePrompt::Bos if !tok.bos().is_empty() => Ok(tok.bos().to_vec()),

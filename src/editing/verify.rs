@@ -29,14 +29,8 @@ pub struct EditCheck {
 
 /// Checks each request of one edit: `losses[i]` is request i's (first, last) optimisation
 /// loss. The model is restored exactly afterwards.
-pub fn check_edits(
-    model: &mut dyn CausalLm,
-    tok: &Tokenizer,
-    requests: &[Request],
-    deltas: &Deltas,
-    losses: &[(f64, f64)],
-    pad_id: u32,
-) -> Result<Vec<EditCheck>> {
+pub fn check_edits(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request], deltas: &Deltas, losses: &[(f64, f64)]) -> Result<Vec<EditCheck>> {
+    let pad_id = model.config().pad_id();
     let names: Vec<String> = deltas.keys().cloned().collect();
     let mut restorer = ModelRestorer::new(&mut *model, &names)?;
     let result = (|| {

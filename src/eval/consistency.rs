@@ -145,7 +145,8 @@ pub const ESSENCE_LENGTH: usize = 100;
 
 /// The reference's `perplexity`: `exp(−(1/N) Σ_{i≥1} log p(x_i | x_<i))` over the first
 /// [`ESSENCE_LENGTH`] tokens of `text`, N counting every token.
-pub fn perplexity(model: &dyn CausalLm, tok: &Tokenizer, text: &str, pad_id: u32) -> Result<f64> {
+pub fn perplexity(model: &dyn CausalLm, tok: &Tokenizer, text: &str) -> Result<f64> {
+    let pad_id = model.config().pad_id();
     let mut ids = tok.encode_input(text)?;
     ids.truncate(ESSENCE_LENGTH.min(model.config().n_ctx));
     if ids.len() < 2 {

@@ -8,7 +8,7 @@ pub mod generation;
 pub mod merge;
 pub mod plot;
 pub mod probes;
-pub mod records;
+pub mod report;
 pub mod run;
 pub mod rundir;
 pub mod score;
@@ -30,7 +30,7 @@ pub struct PairNll {
 /// Scores both targets after every prefix, one text per (prefix, target) as the reference
 /// does: `"{prefix} {target}"`, the target's tokens read after the prefix's
 /// ([`score::prompt_with_target`]).
-pub fn score_pairs(model: &dyn CausalLm, tok: &Tokenizer, prefixes: &[String], target_new: &str, target_true: &str, pad_id: u32) -> Result<Vec<PairNll>> {
+pub fn score_pairs(model: &dyn CausalLm, tok: &Tokenizer, prefixes: &[String], target_new: &str, target_true: &str) -> Result<Vec<PairNll>> {
     let targets = [target_new.trim_start(), target_true.trim_start()];
     let mut items = Vec::with_capacity(2 * prefixes.len());
     for p in prefixes {
@@ -39,7 +39,7 @@ pub fn score_pairs(model: &dyn CausalLm, tok: &Tokenizer, prefixes: &[String], t
             items.push(score::Item { reads: score::target_reads(&ids, prefix_len, &cand, 0), ids });
         }
     }
-    let reads = score::score_items(model, &items, pad_id, items.len())?;
+    let reads = score::score_items(model, &items, items.len())?;
     let nll = |r: &[score::Read]| r.iter().map(|x| x.nll).sum::<f64>() / r.len() as f64;
     Ok(reads.chunks(2).map(|pair| PairNll { new: nll(&pair[0]), true_: nll(&pair[1]) }).collect())
 }

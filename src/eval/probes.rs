@@ -8,8 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::records::EvalRecord;
 use super::score::{score_items, target_reads, Item, Read};
+use crate::editing::records::EvalRecord;
 use crate::error::Result;
 use crate::models::CausalLm;
 use crate::tokenizer::Tokenizer;
@@ -156,8 +156,8 @@ fn zsre_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<
 
 /// Scores every record on the model as it is, in forwards of at most `batch` texts, and runs
 /// the generation test where `generation` asks for it.
-pub fn score_records(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], pad_id: u32, opts: &ScoreOptions) -> Result<Vec<CaseScores>> {
-    let mut out = probability_tests(model, tok, records, pad_id, opts)?;
+pub fn score_records(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], opts: &ScoreOptions) -> Result<Vec<CaseScores>> {
+    let mut out = probability_tests(model, tok, records, opts)?;
     if let Some(g) = &opts.generation {
         for (r, s) in records.iter().zip(out.iter_mut()) {
             if r.generation_prompts.is_empty() || r.case_id % g.interval.max(1) != 0 {
@@ -177,7 +177,7 @@ pub fn score_records(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalReco
                     s.reference_score = Some(snips.similarity(&texts.join(" "), &consistency.join(" ")));
                     let essence: Vec<String> = about.iter().filter(|x| x.name == r.request.subject).map(|x| x.text.clone()).collect();
                     if !essence.is_empty() {
-                        s.essence_score = Some(super::consistency::perplexity(model, tok, &essence.join(" "), pad_id)?);
+                        s.essence_score = Some(super::consistency::perplexity(model, tok, &essence.join(" "))?);
                         s.essence_text = Some(essence);
                     }
                 }
@@ -188,13 +188,13 @@ pub fn score_records(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalReco
     Ok(out)
 }
 
-fn probability_tests(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], pad_id: u32, opts: &ScoreOptions) -> Result<Vec<CaseScores>> {
+fn probability_tests(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], opts: &ScoreOptions) -> Result<Vec<CaseScores>> {
     let mut items = Vec::new();
     let mut plans = Vec::with_capacity(records.len());
     for r in records {
         plans.push(if opts.zsre { zsre_items(tok, r, &mut items)? } else { counterfact_items(tok, r, opts.attribute_prompts, &mut items)? });
     }
-    let reads = score_items(model, &items, pad_id, opts.batch)?;
+    let reads = score_items(model, &items, opts.batch)?;
     let mut it = reads.into_iter();
     let mut out = Vec::with_capacity(records.len());
     for plan in plans {

@@ -9,14 +9,13 @@ use std::time::Instant;
 use serde_json::{json, Map, Value};
 
 use super::probes::{score_records, CaseScores, ScoreOptions};
-use super::records::{Dataset, EvalRecord};
 use super::rundir::{RunDir, FINAL_FILE};
 use super::summary::{summary_of, CaseResult};
 use crate::editing::pipeline::Editor;
+use crate::editing::records::{Dataset, EvalRecord};
 use crate::editing::requests::Request;
 use crate::editing::{Deltas, Snapshot};
 use crate::error::{Error, ErrorKind, Result};
-use crate::identity::ModelIdentity;
 use crate::models::CausalLm;
 use crate::patch::{load_delta, write_delta_file, DeltaMeta};
 use crate::tokenizer::Tokenizer;
@@ -31,8 +30,6 @@ pub struct EvalPlan<'a> {
     pub max_update_ratio: f64,
     /// How records are scored (`zsre` is set from the dataset).
     pub scoring: ScoreOptions,
-    /// The weights evaluated (recorded in the deltas a sequential run keeps).
-    pub identity: &'a ModelIdentity,
     /// `(i, n)`: evaluate only the chunks k with k mod n = i (not with `sequential`).
     pub shard: Option<(usize, usize)>,
 }
@@ -74,18 +71,11 @@ pub struct NumEditsRun {
 const SCORE_GROUP: usize = 64;
 
 /// Scores `records` on the model as it is, a group at a time, reporting progress.
-fn score_all(
-    model: &dyn CausalLm,
-    tok: &Tokenizer,
-    records: &[&EvalRecord],
-    plan: &EvalPlan,
-    pad: u32,
-    progress: &mut dyn EvalProgress,
-) -> Result<Vec<CaseScores>> {
+fn score_all(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], plan: &EvalPlan, progress: &mut dyn EvalProgress) -> Result<Vec<CaseScores>> {
     let opts = ScoreOptions { zsre: plan.dataset.format.is_zsre(), ..plan.scoring.clone() };
     let mut out = Vec::with_capacity(records.len());
     for group in records.chunks(SCORE_GROUP) {
-        out.extend(score_records(model, tok, group, pad, &opts)?);
+        out.extend(score_records(model, tok, group, &opts)?);
         progress.advance(group.len());
     }
     Ok(out)
@@ -94,11 +84,9 @@ fn score_all(
 /// Runs the protocol. `editor` is `None` for `--method none` (the model scored as it is: `post`
 /// is then the same as `pre`). With `dir`, every record is written as soon as it is scored and
 /// records already there are skipped (a resumed run).
-#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
-    pad_id: u32,
     mut editor: Option<&mut Editor>,
     plan: &EvalPlan,
     mut dir: Option<&mut RunDir>,
@@ -106,36 +94,15 @@ pub fn evaluate(
 ) -> Result<Vec<NumEditsRun>> {
     let records = &plan.dataset.records;
     let is_done = |dir: &Option<&mut RunDir>, n: usize, id: u64| dir.as_ref().is_some_and(|d| d.is_done(n, id));
-
-    // Pre-edit scores, once per record still to score, on the unedited model. Records are
-    // always scored in the same groups (a resumed run scores a whole group again), so that a
-    // score never depends on which other records shared its forward: a resumed run writes the
-    // same numbers as an uninterrupted one.
     if plan.sequential && plan.shard.is_some() {
         return Err(Error::Input("a sequential run cannot be sharded: each chunk's edit builds on the ones before".into()));
     }
-    let pending = |(p, r): (usize, &EvalRecord)| plan.num_edits.iter().any(|&n| n > 0 && plan.record_in_shard(p, n) && !is_done(&dir, n, r.case_id));
-    let groups: Vec<(usize, Vec<&EvalRecord>)> = records
-        .chunks(SCORE_GROUP)
-        .enumerate()
-        .filter(|(g, rs)| rs.iter().enumerate().any(|(i, r)| pending((g * SCORE_GROUP + i, r))))
-        .map(|(g, rs)| (g * SCORE_GROUP, rs.iter().collect()))
-        .collect();
-    progress.start("pre-edit scores", groups.iter().map(|(_, g)| g.len()).sum(), 0);
-    let mut pre: HashMap<u64, CaseScores> = HashMap::new();
-    for (start, g) in &groups {
-        for (i, (r, s)) in g.iter().zip(score_all(&*model, tok, g, plan, pad_id, progress)?).enumerate() {
-            if pending((start + i, r)) {
-                pre.insert(r.case_id, s);
-            }
-        }
-    }
-    progress.finish();
+    let pre = pre_edit_scores(&*model, tok, plan, dir.as_deref(), progress)?;
 
     // The context templates of every chunk, sampled once on the unedited model (the reference
     // caches them per process).
     if let Some(ed) = editor.as_deref_mut() {
-        ed.sample_templates(&*model, tok, plan.seed)?;
+        ed.sample_templates(&*model, tok)?;
     }
     let mut runs = Vec::new();
     for &n in &plan.num_edits {
@@ -160,10 +127,10 @@ pub fn evaluate(
             // The chunk's edit: none, the kept delta of a sequential run being resumed, or computed now.
             let (deltas, time, error): (Deltas, f64, Option<String>) = match editor.as_deref_mut() {
                 None => (Deltas::new(), 0.0, None),
-                Some(ed) if kept && ed.prepared.method.remembers_edits() => {
+                Some(ed) if kept && ed.remembers_edits() => {
                     return Err(Error::Input(format!(
                         "cannot resume this sequential {} run at chunk {k}: the method's memory of earlier edits is kept in memory only; pass --force to start over",
-                        ed.prepared.method.method()
+                        ed.method()
                     )));
                 }
                 Some(_) if kept => {
@@ -190,15 +157,15 @@ pub fn evaluate(
                 Some(ed) => {
                     let requests: Vec<Request> = chunk.iter().map(|r| r.request.clone()).collect();
                     let t0 = Instant::now();
-                    match ed.run(model, tok, &requests, plan.seed, pad_id, plan.max_update_ratio) {
+                    match ed.run(model, tok, &requests, plan.max_update_ratio) {
                         Ok(run) => {
                             let time = t0.elapsed().as_secs_f64();
                             if plan.sequential {
                                 if let Some(path) = delta_path.as_ref() {
-                                    save_chunk_delta(path, model, ed, &requests, &run.outcome.deltas, plan, time)?;
+                                    save_chunk_delta(path, model, &ed.delta_meta(&requests), &run.outcome.deltas, time)?;
                                 }
                                 // The chunk's edit stays: methods that remember edits fold it in.
-                                ed.prepared.method.keep(&run.outcome.deltas)?;
+                                ed.keep(&run.outcome.deltas)?;
                             }
                             (run.outcome.deltas, time, None)
                         }
@@ -223,7 +190,7 @@ pub fn evaluate(
             } else {
                 // The whole chunk, as in an uninterrupted run (see the pre-edit scores).
                 let all: Vec<&EvalRecord> = chunk.iter().collect();
-                let scores = score_all(&*model, tok, &all, plan, pad_id, &mut Silent)?;
+                let scores = score_all(&*model, tok, &all, plan, &mut Silent)?;
                 let wanted: HashSet<u64> = todo.iter().map(|t| t.case_id).collect();
                 all.iter().zip(scores).filter(|(r, _)| wanted.contains(&r.case_id)).map(|(_, s)| Some(s)).collect()
             };
@@ -258,19 +225,10 @@ pub fn evaluate(
             .filter_map(|r| fresh.remove(&r.case_id).or_else(|| dir.as_ref().and_then(|d| d.done_case(n, r.case_id).cloned())))
             .collect();
         // Retention: every edit of a sequential run scored again on the final model.
-        let mut finals = Vec::new();
-        if plan.sequential && editor.is_some() {
-            let ok: HashSet<u64> = cases.iter().filter(|c| c.error.is_none()).map(|c| c.case_id).collect();
-            let edited: Vec<&EvalRecord> = records.iter().filter(|r| ok.contains(&r.case_id)).collect();
-            progress.start("re-scoring every edit on the final model", edited.len(), 0);
-            let scores = score_all(&*model, tok, &edited, plan, pad_id, progress)?;
-            progress.finish();
-            finals = edited.iter().map(|r| r.case_id).zip(scores).collect();
-            if let Some(d) = dir.as_ref() {
-                let lines: Vec<Value> = finals.iter().map(|(id, s)| json!({"case_id": id, "num_edits": n, "final": s})).collect();
-                d.write_lines(&format!("{n}-edits-{FINAL_FILE}"), &lines)?;
-            }
-        }
+        let finals = match plan.sequential && editor.is_some() {
+            true => final_scores(&*model, tok, plan, n, &cases, dir.as_deref(), progress)?,
+            false => Vec::new(),
+        };
         snapshot.restore(model)?;
         let summary = summary_of(n, &cases, &finals);
         runs.push(NumEditsRun { num_edits: n, cases, finals, summary });
@@ -278,27 +236,68 @@ pub fn evaluate(
     Ok(runs)
 }
 
-/// Keeps a sequential run's chunk delta (and its edit time) for a resume.
-#[allow(clippy::too_many_arguments)]
-fn save_chunk_delta(
-    path: &std::path::Path,
+/// Pre-edit scores, once per record still to score (in some `num_edits` pass of this shard, and
+/// not in `dir` yet), on the unedited model. Records are always scored in the same groups (a
+/// resumed run scores a whole group again), so that a score never depends on which other
+/// records shared its forward: a resumed run writes the same numbers as an uninterrupted one.
+fn pre_edit_scores(
     model: &dyn CausalLm,
-    ed: &Editor,
-    requests: &[Request],
-    deltas: &Deltas,
+    tok: &Tokenizer,
     plan: &EvalPlan,
-    time: f64,
-) -> Result<()> {
-    let meta = DeltaMeta {
-        method: ed.prepared.method.method().name().to_string(),
-        requests: Value::Array(requests.iter().map(Request::to_reference_json).collect()),
-        config: ed.prepared.json.clone(),
-        seed: Some(plan.seed),
-        base_model: plan.identity.clone(),
-        tool_version: env!("CARGO_PKG_VERSION").to_string(),
-    };
+    dir: Option<&RunDir>,
+    progress: &mut dyn EvalProgress,
+) -> Result<HashMap<u64, CaseScores>> {
+    let is_done = |n: usize, id: u64| dir.is_some_and(|d| d.is_done(n, id));
+    let pending = |(p, r): (usize, &EvalRecord)| plan.num_edits.iter().any(|&n| n > 0 && plan.record_in_shard(p, n) && !is_done(n, r.case_id));
+    let groups: Vec<(usize, Vec<&EvalRecord>)> = plan
+        .dataset
+        .records
+        .chunks(SCORE_GROUP)
+        .enumerate()
+        .filter(|(g, rs)| rs.iter().enumerate().any(|(i, r)| pending((g * SCORE_GROUP + i, r))))
+        .map(|(g, rs)| (g * SCORE_GROUP, rs.iter().collect()))
+        .collect();
+    progress.start("pre-edit scores", groups.iter().map(|(_, g)| g.len()).sum(), 0);
+    let mut pre: HashMap<u64, CaseScores> = HashMap::new();
+    for (start, g) in &groups {
+        for (i, (r, s)) in g.iter().zip(score_all(model, tok, g, plan, progress)?).enumerate() {
+            if pending((start + i, r)) {
+                pre.insert(r.case_id, s);
+            }
+        }
+    }
+    progress.finish();
+    Ok(pre)
+}
+
+/// A sequential run's retention: every record whose edit succeeded scored again on the final
+/// model (and written to `dir`'s `<n>-edits-final` file).
+fn final_scores(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    plan: &EvalPlan,
+    n: usize,
+    cases: &[CaseResult],
+    dir: Option<&RunDir>,
+    progress: &mut dyn EvalProgress,
+) -> Result<Vec<(u64, CaseScores)>> {
+    let ok: HashSet<u64> = cases.iter().filter(|c| c.error.is_none()).map(|c| c.case_id).collect();
+    let edited: Vec<&EvalRecord> = plan.dataset.records.iter().filter(|r| ok.contains(&r.case_id)).collect();
+    progress.start("re-scoring every edit on the final model", edited.len(), 0);
+    let scores = score_all(model, tok, &edited, plan, progress)?;
+    progress.finish();
+    let finals: Vec<(u64, CaseScores)> = edited.iter().map(|r| r.case_id).zip(scores).collect();
+    if let Some(d) = dir {
+        let lines: Vec<Value> = finals.iter().map(|(id, s)| json!({"case_id": id, "num_edits": n, "final": s})).collect();
+        d.write_lines(&format!("{n}-edits-{FINAL_FILE}"), &lines)?;
+    }
+    Ok(finals)
+}
+
+/// Keeps a sequential run's chunk delta (and its edit time) for a resume.
+fn save_chunk_delta(path: &std::path::Path, model: &dyn CausalLm, meta: &DeltaMeta, deltas: &Deltas, time: f64) -> Result<()> {
     let tmp = path.with_extension("tmp.safetensors");
-    write_delta_file(&tmp, model.config(), deltas, &meta)?;
+    write_delta_file(&tmp, model.config(), deltas, meta)?;
     std::fs::write(path.with_extension("json"), json!({ "time": time }).to_string()).map_err(|e| Error::io(path, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }

@@ -45,7 +45,8 @@ pub struct Read {
 
 /// Scores `items` in forwards of at most `batch` texts (same order out). Reads at the same
 /// position of a text share one row of logits.
-pub fn score_items(model: &dyn CausalLm, items: &[Item], pad_id: u32, batch: usize) -> Result<Vec<Vec<Read>>> {
+pub fn score_items(model: &dyn CausalLm, items: &[Item], batch: usize) -> Result<Vec<Vec<Read>>> {
+    let pad_id = model.config().pad_id();
     let mut out = Vec::with_capacity(items.len());
     for chunk in items.chunks(batch.max(1)) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|i| i.ids.clone()).collect();

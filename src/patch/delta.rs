@@ -7,13 +7,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device};
-use serde::{Deserialize, Serialize};
 
 use super::{check_deltas, map_file};
 use crate::config::ModelConfig;
-use crate::editing::Deltas;
+use crate::editing::{DeltaMeta, Deltas};
 use crate::error::{Error, Result};
-use crate::identity::ModelIdentity;
 use crate::models::modules;
 
 /// Metadata key holding the JSON [`DeltaMeta`] of a delta file.
@@ -21,32 +19,6 @@ pub const DELTA_META_KEY: &str = "edit.delta";
 /// Metadata key naming the orientation of a delta file's tensors (always `stored`).
 pub const DELTA_LAYOUT_KEY: &str = "edit.layout";
 const STORED_LAYOUT: &str = "stored";
-
-/// Provenance of a delta file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DeltaMeta {
-    /// `rome`, `memit`, ...
-    pub method: String,
-    /// The edit requests (usually an array of request objects).
-    pub requests: serde_json::Value,
-    /// The method's hyperparameters.
-    pub config: serde_json::Value,
-    pub seed: Option<u64>,
-    /// The model the delta was computed on.
-    pub base_model: ModelIdentity,
-    pub tool_version: String,
-}
-
-impl DeltaMeta {
-    /// Number of edit requests: the array's length, 1 for a single object, 0 for null.
-    pub fn request_count(&self) -> usize {
-        match &self.requests {
-            serde_json::Value::Array(a) => a.len(),
-            serde_json::Value::Null => 0,
-            _ => 1,
-        }
-    }
-}
 
 /// Saves `deltas` (`[out, in]`) as a delta file: one f32 tensor `<module>.weight` per edited
 /// weight in the checkpoint's stored layout, `meta` as JSON under `edit.delta`, and

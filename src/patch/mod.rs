@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{applied_list, Checkpoint, EDIT_APPLIED_KEY as APPLIED_KEY};
 use crate::config::ModelConfig;
 use crate::editing::Deltas;
 use crate::error::{Error, Result};
@@ -27,7 +27,10 @@ use crate::identity::ModelIdentity;
 use crate::models::modules::EditableModule;
 
 mod delta;
-pub use delta::{load_delta, save_delta, write_delta_file, DeltaMeta, DELTA_LAYOUT_KEY, DELTA_META_KEY};
+mod outputs;
+pub use crate::editing::DeltaMeta;
+pub use delta::{load_delta, save_delta, write_delta_file, DELTA_LAYOUT_KEY, DELTA_META_KEY};
+pub use outputs::EditOutputs;
 
 /// What a patched model directory received.
 #[derive(Clone, Debug, Serialize)]
@@ -203,10 +206,6 @@ fn is_foreign_weight_file(name: &str) -> bool {
         || (lower.starts_with("model") && (lower.ends_with(".safetensors") || lower.ends_with(".safetensors.index.json")))
 }
 
-/// Metadata key of a rewritten shard listing the ids of the deltas applied to it, oldest first,
-/// so that `revert` can tell whether a model really holds a delta.
-pub const APPLIED_KEY: &str = "edit.applied";
-
 /// The delta ids recorded in the shards that hold `deltas`' weights: per shard, its list
 /// (empty for weights not written by edit).
 pub fn applied_ids(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas) -> Result<Vec<(PathBuf, Vec<String>)>> {
@@ -226,26 +225,9 @@ pub fn applied_ids(files: &ModelFiles, cfg: &ModelConfig, deltas: &Deltas) -> Re
     shards.into_iter().map(|i| Ok((files.weights[i].clone(), applied_in_file(&files.weights[i])?))).collect()
 }
 
-/// The deltas applied to a model by `edit`, oldest first: the longest list its weight files
-/// record (files never rewritten record none).
-pub fn applied_to_model(files: &ModelFiles) -> Result<Vec<String>> {
-    let mut longest = Vec::new();
-    for path in &files.weights {
-        let ids = applied_in_file(path)?;
-        if ids.len() > longest.len() {
-            longest = ids;
-        }
-    }
-    Ok(longest)
-}
-
 /// The `edit.applied` list of one weight file's metadata (empty when it has none).
 fn applied_in_file(path: &Path) -> Result<Vec<String>> {
     Ok(applied_list(&crate::checkpoint::file_metadata(path)?))
-}
-
-fn applied_list(metadata: &std::collections::HashMap<String, String>) -> Vec<String> {
-    metadata.get(APPLIED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default()
 }
 
 fn copy_file(from: &Path, to: &Path) -> Result<()> {

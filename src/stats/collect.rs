@@ -26,7 +26,6 @@ pub struct CollectPlan {
     pub batch_tokens: usize,
     /// Texts are truncated to this many tokens (the model's context, or less).
     pub max_len: usize,
-    pub pad_id: u32,
 }
 
 /// Running sums; also the checkpoint state.
@@ -166,7 +165,7 @@ pub fn collect_shard(
         // A text longer than a batch is a batch of its own (`pack`), so the bound is the batch size
         // alone, however long the context.
         for range in pack(&seqs, plan.batch_tokens.max(1)) {
-            let batch = Batch::from_sequences(&seqs[range], plan.pad_id, model.device())?;
+            let batch = Batch::from_sequences(&seqs[range], model.config().pad_id(), model.device())?;
             let trace = model.forward(&batch, &spec, &[])?;
             let real = real_token_index(&batch)?;
             for &l in &layers {

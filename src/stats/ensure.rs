@@ -204,27 +204,9 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
             precision.reference_name()
         );
     }
-    let hub = HubOptions { revision: None, offline: plan.offline, cache_dir: None, progress: progress.visible() };
-    let sample = crate::data::sample(&plan.corpus, plan.samples, &hub)?;
+    let sample = sample_texts(plan, progress.visible(), ensured)?;
     // The sample of n ≥ rows texts is the whole corpus whatever n is: file it under what was used.
     let samples = sample.texts.len();
-    if samples < plan.samples {
-        tracing::warn!(
-            "--samples {} is more than {} holds ({} texts): all {samples} are used, and the statistics are filed as {samples} samples",
-            plan.samples,
-            plan.corpus.describe(),
-            sample.corpus_rows
-        );
-    }
-    if matches!(plan.corpus, Corpus::Embedded) {
-        let msg = format!(
-            "using the embedded WikiText-2 test split ({} texts): a small sample, fine for trying things out; \
-             the reference uses 100,000 Wikipedia articles (--dataset wikipedia, or --dataset wikitext / --text FILE)",
-            sample.corpus_rows
-        );
-        tracing::warn!("{msg}");
-        ensured.note = Some(msg);
-    }
     tracing::info!(
         "{samples} texts sampled from {} ({} rows); layers {todo:?}; batch tokens {batch_tokens}, max length {max_len}",
         plan.corpus.describe(),
@@ -277,7 +259,7 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         abort_after: plan.abort_after_chunks,
         total_texts: sample.texts.len(),
     };
-    let cplan = CollectPlan { layers: todo.to_vec(), precision, batch_tokens, max_len, pad_id: lm.pad_id() };
+    let cplan = CollectPlan { layers: todo.to_vec(), precision, batch_tokens, max_len };
     let acc = collect::collect_shard(&*lm.model, lm.tokenizer()?, &sample.texts, &cplan, plan.shard, acc, &mut driver);
     driver.progress.finish();
     let acc = acc?;
@@ -327,6 +309,33 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
     ensured.texts = acc.texts;
     ensured.tokens = acc.count;
     Ok(())
+}
+
+/// The job's texts, sampled from its corpus as the reference samples them; says when the
+/// corpus holds fewer than asked (all are used) and when it is the small embedded one (also
+/// kept in `ensured.note`).
+fn sample_texts(plan: &StatsPlan, show_progress: bool, ensured: &mut Ensured) -> Result<crate::data::Sample> {
+    let hub = HubOptions { revision: None, offline: plan.offline, cache_dir: None, progress: show_progress };
+    let sample = crate::data::sample(&plan.corpus, plan.samples, &hub)?;
+    let samples = sample.texts.len();
+    if samples < plan.samples {
+        tracing::warn!(
+            "--samples {} is more than {} holds ({} texts): all {samples} are used, and the statistics are filed as {samples} samples",
+            plan.samples,
+            plan.corpus.describe(),
+            sample.corpus_rows
+        );
+    }
+    if matches!(plan.corpus, Corpus::Embedded) {
+        let msg = format!(
+            "using the embedded WikiText-2 test split ({} texts): a small sample, fine for trying things out; \
+             the reference uses 100,000 Wikipedia articles (--dataset wikipedia, or --dataset wikitext / --text FILE)",
+            sample.corpus_rows
+        );
+        tracing::warn!("{msg}");
+        ensured.note = Some(msg);
+    }
+    Ok(sample)
 }
 
 fn key_shard(key: &JobKey) -> String {
@@ -565,7 +574,7 @@ pub fn load_stats(
     identity: &ModelIdentity,
     layers: &[usize],
     progress: &mut dyn Progress,
-) -> Result<(BTreeMap<usize, crate::editing::linalg::LayerStats>, StatsUsed)> {
+) -> Result<(BTreeMap<usize, crate::linalg::LayerStats>, StatsUsed)> {
     let used = stats_files(source, lm, identity, layers, progress)?;
     let mut stats = BTreeMap::new();
     for (&layer, file) in &used.files {
@@ -573,7 +582,7 @@ pub fn load_stats(
         let (meta, dims) = cache::load_meta(file)?;
         let module = mlp_down(lm.config(), layer)?;
         meta.check(&dims, identity, &module)?;
-        stats.insert(layer, crate::editing::linalg::LayerStats::from_file(file, &module.name));
+        stats.insert(layer, crate::linalg::LayerStats::from_file(file, &module.name));
     }
     Ok((stats, used))
 }

@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod collect;
 pub mod ensure;
+pub mod import;
 pub mod merge;
 pub mod resolve;
 
@@ -20,6 +21,16 @@ pub enum Precision {
 }
 
 impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::F32, Precision::F64];
+
+    /// The name options take (`--precision f64`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::F64 => "f64",
+        }
+    }
+
     pub fn dtype(self) -> candle_core::DType {
         match self {
             Precision::F32 => candle_core::DType::F32,
@@ -31,13 +42,6 @@ impl Precision {
         match self {
             Precision::F32 => "float32",
             Precision::F64 => "float64",
-        }
-    }
-    pub fn parse(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" | "fp32" => Ok(Precision::F32),
-            "f64" | "float64" | "fp64" | "double" => Ok(Precision::F64),
-            _ => Err(Error::Input(format!("unknown precision `{s}`: use f32 (the reference) or f64"))),
         }
     }
 }

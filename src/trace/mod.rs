@@ -16,6 +16,7 @@ pub mod facts;
 mod hooks;
 pub mod noise;
 pub mod plot;
+pub mod run;
 pub mod summary;
 
 use std::collections::BTreeMap;
@@ -216,7 +217,8 @@ fn rows_of(ids: &[u32], rows: usize, pad: u32, device: &Device) -> Result<Batch>
 
 /// The last position's logits `[rows, vocab]` of `rows` copies of `ids` run with `hooks`,
 /// from the embeddings or from `resume`.
-fn last_logits(model: &dyn CausalLm, ids: &[u32], rows: usize, pad: u32, resume: Option<Resume>, hooks: &mut PatchHooks) -> Result<Tensor> {
+fn last_logits(model: &dyn CausalLm, ids: &[u32], rows: usize, resume: Option<Resume>, hooks: &mut PatchHooks) -> Result<Tensor> {
+    let pad = model.config().pad_id();
     let opts = ForwardOpts { logits: Logits::Last, resume, ..ForwardOpts::default() };
     model.forward_hooked(&rows_of(ids, rows, pad, model.device())?, &opts, hooks)?.ok_or_else(|| Error::Internal("a traced run returned no logits".into()))
 }
@@ -250,7 +252,7 @@ fn corruption(p: &Prepared, rows: usize, sample: impl Fn(usize) -> usize, replac
 
 /// Runs the clean and the corrupted forwards of `fact` and records what the `kinds` traces
 /// restore from.
-pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opts: &TraceOptions, kinds: &[Kind]) -> Result<Prepared> {
+pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, fact: &Fact, opts: &TraceOptions, kinds: &[Kind]) -> Result<Prepared> {
     check_options(opts)?;
     let cfg = model.config();
     let device = model.device();
@@ -266,7 +268,7 @@ pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opt
     for k in kinds {
         clean_hooks.record.extend((0..n_layer).map(|l| k.point(l)));
     }
-    let logits = last_logits(model, &ids, 1, pad, None, &mut clean_hooks)?;
+    let logits = last_logits(model, &ids, 1, None, &mut clean_hooks)?;
     let row: Vec<f32> = logits.to_dtype(DType::F32)?.get(0)?.to_vec1()?;
     // The first of equal maxima, as torch.max.
     let top = row.iter().enumerate().fold(0, |best, (i, &x)| if x > row[best] { i } else { best }) as u32;
@@ -319,7 +321,7 @@ pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opt
     // The corrupted runs, recording every block output (where restorations resume).
     let mut hooks = PatchHooks { corrupt: Some(corruption(&p, s, |r| r, opts.replace, device)?), ..PatchHooks::default() };
     hooks.record.extend((0..n_layer).map(HookPoint::BlockOut));
-    let logits = last_logits(model, &p.ids, s, pad, None, &mut hooks)?;
+    let logits = last_logits(model, &p.ids, s, None, &mut hooks)?;
     p.corrupted = (0..n_layer)
         .map(|l| hooks.recorded.remove(&HookPoint::BlockOut(l)).ok_or_else(|| Error::Internal(format!("no corrupted block output at layer {l}"))))
         .collect::<Result<_>>()?;
@@ -327,7 +329,7 @@ pub fn prepare(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, fact: &Fact, opt
     if opts.replace && !opts.consistent_low_score {
         // The reference's low score ignores `replace`: it adds the noise.
         let mut added = PatchHooks { corrupt: Some(corruption(&p, s, |r| r, false, device)?), ..PatchHooks::default() };
-        let logits = last_logits(model, &p.ids, s, pad, None, &mut added)?;
+        let logits = last_logits(model, &p.ids, s, None, &mut added)?;
         p.low_score = mean(&answer_probs(&logits, p.answer_t)?);
     }
     Ok(p)
@@ -343,7 +345,7 @@ pub fn window(kind: Kind, layer: usize, w: usize, n_layer: usize) -> std::ops::R
 }
 
 /// The trace of one kind: the answer's probability with each (token, layer) restored.
-pub fn trace_kind(model: &dyn CausalLm, pad: u32, p: &Prepared, kind: Kind, opts: &TraceOptions) -> Result<FactTrace> {
+pub fn trace_kind(model: &dyn CausalLm, p: &Prepared, kind: Kind, opts: &TraceOptions) -> Result<FactTrace> {
     let n_layer = model.config().n_layer;
     let mut out = FactTrace {
         id: p.fact.id.clone(),
@@ -402,7 +404,7 @@ pub fn trace_kind(model: &dyn CausalLm, pad: u32, p: &Prepared, kind: Kind, opts
                     }
                 }
             };
-            let logits = last_logits(model, &p.ids, rows, pad, resume, &mut hooks)?;
+            let logits = last_logits(model, &p.ids, rows, resume, &mut hooks)?;
             let probs = answer_probs(&logits, p.answer_t)?;
             for (i, &tok) in tokens.iter().enumerate() {
                 scores[tok][layer] = mean(&probs[i * s..(i + 1) * s]);
@@ -417,7 +419,7 @@ pub fn trace_kind(model: &dyn CausalLm, pad: u32, p: &Prepared, kind: Kind, opts
 /// The answer's probability, averaged over the corrupted runs, with the clean `kind` states at
 /// the given (token, layer) places restored, in one forward from the embeddings: the
 /// reference's `trace_with_patch` for any set of states.
-pub fn restored_probability(model: &dyn CausalLm, pad: u32, p: &Prepared, kind: Kind, places: &[(usize, usize)], opts: &TraceOptions) -> Result<f64> {
+pub fn restored_probability(model: &dyn CausalLm, p: &Prepared, kind: Kind, places: &[(usize, usize)], opts: &TraceOptions) -> Result<f64> {
     let clean = p.clean.get(&kind).ok_or_else(|| Error::Internal(format!("the {} trace was not prepared", kind.name())))?;
     let (t, s) = (p.ids.len(), opts.samples);
     let device = model.device();
@@ -432,13 +434,14 @@ pub fn restored_probability(model: &dyn CausalLm, pad: u32, p: &Prepared, kind: 
             hooks.restore.insert(kind.point(layer), Restore { mask, clean: state.clone() });
         }
     }
-    let logits = last_logits(model, &p.ids, s, pad, None, &mut hooks)?;
+    let logits = last_logits(model, &p.ids, s, None, &mut hooks)?;
     Ok(mean(&answer_probs(&logits, p.answer_t)?))
 }
 
 /// The standard deviation of the token embeddings of `subjects`, each tokenized on its own
 /// (the reference's `collect_embedding_std`, the scale of the `s<k>` noise rule).
-pub fn embedding_std(model: &dyn CausalLm, tok: &Tokenizer, pad: u32, subjects: &[&str]) -> Result<f64> {
+pub fn embedding_std(model: &dyn CausalLm, tok: &Tokenizer, subjects: &[&str]) -> Result<f64> {
+    let pad = model.config().pad_id();
     let mut values = Vec::new();
     for chunk in subjects.chunks(64) {
         let seqs = chunk.iter().map(|s| tok.encode_input(s)).collect::<Result<Vec<_>>>()?;

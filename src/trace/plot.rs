@@ -20,6 +20,8 @@ pub enum Format {
 }
 
 impl Format {
+    pub const ALL: [Format; 2] = [Format::Png, Format::Svg];
+
     pub fn extension(self) -> &'static str {
         match self {
             Format::Png => "png",

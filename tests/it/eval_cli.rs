@@ -438,15 +438,8 @@ fn attribute_prompts_are_scored_as_rs_evaluator_does() {
         assert_eq!(got.len(), prompts.len());
         // The single-record scorer the method tests use, one prompt at a time.
         let rr = &r["requested_rewrite"];
-        let want = edit::eval::score_pairs(
-            &*lm.model,
-            tok,
-            &prompts,
-            rr["target_new"]["str"].as_str().unwrap(),
-            rr["target_true"]["str"].as_str().unwrap(),
-            lm.pad_id(),
-        )
-        .unwrap();
+        let want =
+            edit::eval::score_pairs(&*lm.model, tok, &prompts, rr["target_new"]["str"].as_str().unwrap(), rr["target_true"]["str"].as_str().unwrap()).unwrap();
         for (g, w) in got.iter().zip(want) {
             assert!((g["target_new"].as_f64().unwrap() - w.new).abs() < 1e-4 && (g["target_true"].as_f64().unwrap() - w.true_).abs() < 1e-4);
         }

@@ -16,12 +16,13 @@ use faer::Mat;
 
 use common::fixture_dir;
 use edit::editing::apply_deltas;
-use edit::editing::hparams::{self, RomeHparams};
-use edit::editing::linalg::{to_mat, LayerStats};
+use edit::editing::hparams;
 use edit::editing::requests::{read_requests, Request};
 use edit::editing::rome::apply_rome;
+use edit::editing::rome::RomeHparams;
 use edit::editing::templates;
 use edit::eval::{case_success, score_pairs, CaseSuccess};
+use edit::linalg::{to_mat, LayerStats};
 use edit::stats::collect::{collect_in_memory, CollectPlan};
 use edit::stats::Precision;
 use edit::LoadedModel;
@@ -41,7 +42,7 @@ fn stats(layers: &[usize]) -> BTreeMap<usize, LayerStats> {
         let texts = edit::data::read_texts(&dir().join("stats-corpus.txt")).unwrap();
         let cfg = lm.config();
         let layers = [0, 1, 2];
-        let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len: 128, pad_id: lm.pad_id() };
+        let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len: 128 };
         let acc = collect_in_memory(&*lm.model, lm.tokenizer().unwrap(), &texts, &plan).unwrap();
         eprintln!("statistics of layers {layers:?}: {} tokens in {:.1?}", acc.count, t0.elapsed());
         acc.second_moments().unwrap().iter().map(|(&l, c)| (l, to_mat(c).unwrap())).collect()
@@ -62,7 +63,7 @@ fn n_cases(default: usize) -> usize {
 fn score(lm: &LoadedModel, r: &Request) -> CaseSuccess {
     let tok = lm.tokenizer().unwrap();
     let tt = r.target_true.clone().unwrap();
-    let s = |prefixes: &[String]| score_pairs(&*lm.model, tok, prefixes, &r.target_new, &tt, lm.pad_id()).unwrap();
+    let s = |prefixes: &[String]| score_pairs(&*lm.model, tok, prefixes, &r.target_new, &tt).unwrap();
     case_success(&s(&[r.filled_prompt()]), &s(&r.paraphrase_prompts), &s(&r.neighborhood_prompts))
 }
 
@@ -98,13 +99,12 @@ fn rome_meets_the_reference_scores() {
     let eos = tok.token_id("<|endoftext|>").or(lm.config().eos_token_id).unwrap_or(0);
     let tmpl = templates::rome_templates(&*lm.model, &tok, &hp.context_template_length_params.clone().unwrap(), &[eos], 0).unwrap();
     assert_eq!(tmpl.len(), 21);
-    let pad = lm.pad_id();
     let module = edit::models::modules::mlp_down(lm.config(), hp.layers[0]).unwrap().name;
     let original = lm.model.weight(&module).unwrap();
     let mut scores = Vec::new();
     let mut edit_seconds = 0.0;
     for case in cases(n_cases(20)) {
-        let out = apply_rome(&mut *lm.model, &tok, std::slice::from_ref(&case), &hp, &mut st, &tmpl, pad).unwrap();
+        let out = apply_rome(&mut *lm.model, &tok, std::slice::from_ref(&case), &hp, &mut st, &tmpl).unwrap();
         edit_seconds += out.reports[0].seconds;
         apply_deltas(&mut *lm.model, &out.deltas, 1.0).unwrap();
         scores.push(score(&lm, &case));

@@ -6,7 +6,7 @@ use crate::common;
 
 use candle_core::{Device, Var};
 use common::{fixture, fixture_dir, rel_diff};
-use edit::editing::ft_loss::{ft_loss, Objective};
+use edit::editing::ft::loss::{ft_loss, Objective};
 
 #[test]
 fn prompt_last_and_target_new_losses_and_gradients_match_transformers() {
@@ -28,8 +28,8 @@ fn prompt_last_and_target_new_losses_and_gradients_match_transformers() {
                 lm.model.set_parameter(n, v.as_tensor()).unwrap();
             }
             let tok = lm.tokenizer().unwrap();
-            let (unk, pad) = (tok.token_id("<|endoftext|>"), lm.pad_id());
-            let loss = ft_loss(&*lm.model, tok, &texts, &targets, objective, pad, unk).unwrap();
+            let unk = tok.token_id("<|endoftext|>");
+            let loss = ft_loss(&*lm.model, tok, &texts, &targets, objective, unk).unwrap();
             let got: f32 = loss.to_scalar().unwrap();
             let want = meta["losses"][key].as_f64().unwrap();
             assert!((f64::from(got) - want).abs() <= 1e-4 * want.abs(), "{name} {key}: loss {got} vs {want}");
@@ -46,8 +46,8 @@ fn prompt_last_and_target_new_losses_and_gradients_match_transformers() {
 mod fact {
     use super::common::{fixture, fixture_dir};
     use candle_core::{DType, Tensor};
+    use edit::editing::ft::loss::Objective;
     use edit::editing::ft::{fine_tune, FtParams};
-    use edit::editing::ft_loss::Objective;
     use edit::editing::requests::{read_requests, Request};
     use edit::eval::{case_success, score_pairs, CaseSuccess};
     use edit::LoadedModel;
@@ -80,7 +80,7 @@ mod fact {
     fn score(lm: &LoadedModel, r: &Request) -> CaseSuccess {
         let tok = lm.tokenizer().unwrap();
         let tt = r.target_true.clone().unwrap();
-        let s = |p: &[String]| score_pairs(&*lm.model, tok, p, &r.target_new, &tt, lm.pad_id()).unwrap();
+        let s = |p: &[String]| score_pairs(&*lm.model, tok, p, &r.target_new, &tt).unwrap();
         case_success(&s(&[r.filled_prompt()]), &s(&r.paraphrase_prompts), &s(&r.neighborhood_prompts))
     }
 
@@ -95,12 +95,11 @@ mod fact {
     fn run(eps: Option<f64>, n: usize) -> (f64, f64, f64, f64) {
         let started = std::time::Instant::now();
         let mut lm = fixture("fact-gpt2");
-        let pad = lm.pad_id();
         let tok = tokenizer();
         let mut sums = (0.0, 0.0, 0.0);
         let mut max_delta = 0f64;
         for r in cases(n) {
-            let out = fine_tune(&mut *lm.model, &tok, std::slice::from_ref(&r), &params(eps), pad).unwrap();
+            let out = fine_tune(&mut *lm.model, &tok, std::slice::from_ref(&r), &params(eps)).unwrap();
             for d in out.deltas.values() {
                 max_delta = max_delta.max(f64::from(d.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()));
             }
@@ -149,17 +148,17 @@ mod fact {
         let tok = tokenizer();
         let mut p = params(None);
         p.num_steps = 5;
-        let plain = fine_tune(&mut *lm.model, &tok, &reqs, &p, pad).unwrap();
+        let plain = fine_tune(&mut *lm.model, &tok, &reqs, &p).unwrap();
         assert_eq!(probe(&lm), before, "the model is restored exactly");
         assert_eq!(plain.deltas.keys().collect::<Vec<_>>(), ["transformer.h.0.mlp.c_proj.bias", "transformer.h.0.mlp.c_proj.weight"]);
         assert!(plain.epochs.last().unwrap().loss < plain.epochs[0].loss, "the batch's loss falls: {:?}", plain.epochs);
         p.weight_decay = 0.5;
-        let decayed = fine_tune(&mut *lm.model, &tok, &reqs, &p, pad).unwrap();
+        let decayed = fine_tune(&mut *lm.model, &tok, &reqs, &p).unwrap();
         let w = "transformer.h.0.mlp.c_proj.weight";
         let diff = (&plain.deltas[w] - &decayed.deltas[w]).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         assert!(diff > 1e-6, "weight decay changes the result");
         // A pattern that matches nothing is bad input.
         p.rewrite_module_tmp = "transformer.h.{}.mlp.nope".into();
-        assert!(fine_tune(&mut *lm.model, &tok, &reqs, &p, pad).unwrap_err().to_string().contains("matches no parameter"));
+        assert!(fine_tune(&mut *lm.model, &tok, &reqs, &p).unwrap_err().to_string().contains("matches no parameter"));
     }
 }

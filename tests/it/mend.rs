@@ -28,7 +28,7 @@ fn factors_sum_to_the_weight_gradient() {
         let pad = lm.pad_id();
         let cfg = lm.config().clone();
         let modules = vec![module(&cfg, 2, ModuleKind::MlpDown).unwrap(), module(&cfg, 2, ModuleKind::MlpUp).unwrap()];
-        let (loss, factors) = edit_factors(&*lm.model, &tok, &reqs, &modules, pad).unwrap();
+        let (loss, factors) = edit_factors(&*lm.model, &tok, &reqs, &modules).unwrap();
         assert!(loss.is_finite() && loss > 0.0);
 
         // Autograd on the weights themselves, the same loss written out here.
@@ -104,9 +104,9 @@ fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
     }
     let lrs = vec![1e-2f32, 2e-2, 3e-2];
     let mut net = Hypernetwork::build(&cfg, meta.clone(), vb, &stats, lrs.clone()).unwrap();
-    let deltas = net.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings::authors(1.0)).unwrap();
+    let deltas = net.edit(&*lm.model, &tok, &reqs, EditSettings::authors(1.0)).unwrap();
     let modules: Vec<_> = inner.iter().map(|p| p.module.clone()).collect();
-    let (_, factors) = edit_factors(&*lm.model, &tok, &reqs, &modules, lm.pad_id()).unwrap();
+    let (_, factors) = edit_factors(&*lm.model, &tok, &reqs, &modules).unwrap();
     for ((p, f), lr) in inner.iter().zip(&factors).zip(&lrs) {
         // lr × Σ x δᵀ, as [out, in].
         let want = (pseudo_gradient(&f.x, &f.delta).unwrap().t().unwrap() * f64::from(*lr)).unwrap();
@@ -127,12 +127,12 @@ fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
     assert!(tensors.iter().any(|(k, _)| k == "mend.(128, 32).mlp.layers.1.mode_scale.weight"), "{:?}", tensors.iter().map(|t| &t.0).collect::<Vec<_>>());
     write(&path, &meta, &tensors).unwrap();
     let mut back = Hypernetwork::read(&path, &cfg, &candle_core::Device::Cpu).unwrap();
-    let again = back.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings::authors(1.0)).unwrap();
+    let again = back.edit(&*lm.model, &tok, &reqs, EditSettings::authors(1.0)).unwrap();
     for (k, d) in &deltas {
         assert!(rel_diff(&again[k], d) < 1e-6, "{k}");
     }
     // The executor's order: the model's (c_fc before c_proj in a block, lower layers first).
-    let swapped = back.edit(&*lm.model, &tok, &reqs, lm.pad_id(), EditSettings { executor_lr_order: true, ..EditSettings::authors(1.0) }).unwrap();
+    let swapped = back.edit(&*lm.model, &tok, &reqs, EditSettings { executor_lr_order: true, ..EditSettings::authors(1.0) }).unwrap();
     // Model order: h.2.c_proj (lrs[0]), h.3.c_fc (lrs[1]), h.3.c_proj (lrs[2]).
     let ratio = |k: &str, a: &Deltas, b: &Deltas| {
         let s = |t: &Tensor| t.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
@@ -151,10 +151,10 @@ fn an_identity_hypernetwork_edits_by_the_gradient_and_survives_its_file() {
 /// order), and with the executor's chunking keeping only the last chunk's factors.
 #[test]
 fn reference_checkpoints_edit_as_the_reference_code() {
-    use edit::editing::hparams::MendHparams;
     use edit::editing::mend::hypernet::write;
     use edit::editing::mend::import::import_checkpoint;
     use edit::editing::mend::Mend;
+    use edit::editing::mend::MendHparams;
     use edit::editing::method::{EditInputs, EditMethod};
     let dir = common::fixture_dir("mend");
     let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("goldens.json")).unwrap()).unwrap();
@@ -164,9 +164,8 @@ fn reference_checkpoints_edit_as_the_reference_code() {
         let mut lm = fixture(name);
         let tok = edit::tokenizer::Tokenizer::from_file(&common::fixture_dir(name).join("tokenizer.json")).unwrap();
         let cfg = lm.config().clone();
-        let pad = lm.pad_id();
         let names: Vec<String> = serde_json::from_value(info["models"][name]["inner_params"].clone()).unwrap();
-        assert_eq!(names, edit::editing::hparams::mend::default_inner_params(&cfg), "the default inner weights are the reference's order");
+        assert_eq!(names, edit::editing::mend::hparams::default_inner_params(&cfg), "the default inner weights are the reference's order");
         let imported = import_checkpoint(&dir.join(format!("{name}.pt")), &cfg, &names, None).unwrap();
         assert_eq!((imported.meta.rank, imported.meta.n_hidden), (32, 1));
         let lrs = imported.tensors.iter().find(|(k, _)| k == "edit_lrs").unwrap().1.to_vec1::<f32>().unwrap();
@@ -204,7 +203,7 @@ fn reference_checkpoints_edit_as_the_reference_code() {
         };
         let run = |m: &Mend, lm: &mut edit::LoadedModel, reqs: &[edit::editing::requests::Request]| {
             let mut stats = Default::default();
-            m.edit(&mut *lm.model, EditInputs { tok: &tok, requests: reqs, stats: &mut stats, templates: None, pad_id: pad }).unwrap().deltas
+            m.edit(&mut *lm.model, EditInputs { tok: &tok, requests: reqs, stats: &mut stats, templates: None }).unwrap().deltas
         };
         check("authors.A", &run(&method(&[]), &mut lm, &requests("A")));
         let t = serde_json::Value::Bool(true);

@@ -141,6 +141,6 @@ fn self_sampled_texts_are_seeded_and_train() {
     assert_eq!(report["history"]["step"], 6);
     // The result is a hypernetwork `edit apply` reads.
     let meta = edit::editing::mend::hypernet::read_meta(&net).unwrap();
-    assert_eq!(meta.inner_params, edit::editing::hparams::mend::default_inner_params(&edit::ModelConfig::from_file(&model().join("config.json")).unwrap()));
+    assert_eq!(meta.inner_params, edit::editing::mend::hparams::default_inner_params(&edit::ModelConfig::from_file(&model().join("config.json")).unwrap()));
     assert!(meta.origin.starts_with("trained by edit mend train"));
 }

@@ -7,14 +7,17 @@ use std::collections::BTreeMap;
 
 use candle_core::{DType, IndexOp, Tensor};
 use common::{fixture, fixture_dir};
-use edit::editing::hparams::{self, GradCheckpoint, MemitHparams, Method, MethodConfig, RomeHparams, Solver};
-use edit::editing::linalg::LayerStats;
+use edit::editing::hparams::{self, GradCheckpoint, MethodConfig};
 use edit::editing::memit::{apply_memit, compute_zs};
+use edit::editing::memit::{MemitHparams, Solver};
+use edit::editing::registry::Method;
 use edit::editing::requests::{parse_requests, Request};
 use edit::editing::rome::apply_rome;
+use edit::editing::rome::RomeHparams;
 use edit::editing::templates::{self, ContextTemplates};
 use edit::editing::{apply_deltas, Deltas};
 use edit::eval::score_pairs;
+use edit::linalg::LayerStats;
 use edit::models::{Batch, Logits, TraceSpec};
 use edit::stats::collect::{collect_in_memory, CollectPlan};
 use edit::stats::Precision;
@@ -23,10 +26,10 @@ use edit::LoadedModel;
 /// Second moments of `layers` over `texts`, as `edit stats` computes them.
 pub fn stats_over(lm: &LoadedModel, layers: &[usize], texts: &[String], max_len: usize) -> BTreeMap<usize, LayerStats> {
     let cfg = lm.config();
-    let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len, pad_id: lm.pad_id() };
+    let plan = CollectPlan { layers: layers.to_vec(), precision: Precision::F32, batch_tokens: 32 * cfg.n_ctx, max_len };
     let acc = collect_in_memory(&*lm.model, lm.tokenizer().unwrap(), texts, &plan).unwrap();
     let moments = acc.second_moments().unwrap();
-    moments.iter().map(|(&l, c)| (l, LayerStats::from_matrix(edit::editing::linalg::to_mat(c).unwrap(), "C"))).collect()
+    moments.iter().map(|(&l, c)| (l, LayerStats::from_matrix(edit::linalg::to_mat(c).unwrap(), "C"))).collect()
 }
 
 fn wikitext(n: usize) -> Vec<String> {
@@ -119,9 +122,8 @@ fn rome_makes_the_new_target_the_argmax_and_spares_unrelated_prompts() {
     assert_eq!(templates.len(), 21);
     let reqs = fact_cases(3);
     let before = next_token_logprobs(&lm, &unrelated());
-    let pad = lm.pad_id();
     // Three requests, applied one after another as the reference does.
-    let out = apply_rome(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap();
+    let out = apply_rome(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates).unwrap();
     assert_eq!(next_token_logprobs(&lm, &unrelated()), before, "apply_rome must leave the model as it found it");
     assert_eq!(out.reports.len(), 3);
     apply_deltas(&mut *lm.model, &out.deltas, 1.0).unwrap();
@@ -143,8 +145,7 @@ fn memit_edits_a_batch_of_ten() {
     let templates = templates::memit_templates(&*lm.model, &tok, 0).unwrap();
     let reqs = fact_cases(10);
     let before = next_token_logprobs(&lm, &unrelated());
-    let pad = lm.pad_id();
-    let out = apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap();
+    let out = apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates).unwrap();
     assert_eq!(out.deltas.len(), hp.layers.len());
     assert_eq!(next_token_logprobs(&lm, &unrelated()), before, "apply_memit must leave the model as it found it");
     apply_deltas(&mut *lm.model, &out.deltas, 1.0).unwrap();
@@ -155,7 +156,7 @@ fn memit_edits_a_batch_of_ten() {
     let lps = next_token_logprobs(&lm, &prompts);
     let mut top1 = 0;
     for (r, lp) in reqs.iter().zip(&lps) {
-        let p = score_pairs(&*lm.model, &tok, &[r.filled_prompt()], &r.target_new, r.target_true.as_deref().unwrap(), pad).unwrap();
+        let p = score_pairs(&*lm.model, &tok, &[r.filled_prompt()], &r.target_new, r.target_true.as_deref().unwrap()).unwrap();
         assert!(p[0].new < p[0].true_, "{}: new object {:?} not more likely than the true one", r.subject, r.target_new);
         top1 += usize::from(argmax(lp) == first_target_token(&lm, r));
     }
@@ -173,9 +174,8 @@ fn batched_z_equals_serial_z() {
     let reqs = requests(5);
     let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir("tiny-gptj").join("tokenizer.json")).unwrap();
     let templates = fixed_templates();
-    let pad = lm.pad_id();
-    let serial = compute_zs(&*lm.model, &tok, &reqs, &hp, &templates, 1, pad).unwrap();
-    let batched = compute_zs(&*lm.model, &tok, &reqs, &hp, &templates, 5, pad).unwrap();
+    let serial = compute_zs(&*lm.model, &tok, &reqs, &hp, &templates, 1).unwrap();
+    let batched = compute_zs(&*lm.model, &tok, &reqs, &hp, &templates, 5).unwrap();
     for (s, b) in serial.iter().zip(&batched) {
         assert_eq!(s.steps, b.steps);
         let scale = s.target.iter().map(|x| x.abs()).fold(0f32, f32::max);
@@ -193,17 +193,16 @@ fn per_block_backpropagation_gives_the_same_targets() {
     let (lm, tok) = fact_model();
     let cases = fact_cases(3);
     let templates = fixed_templates();
-    let pad = lm.pad_id();
     let zs = |mode: GradCheckpoint| {
         let mut hp: MemitHparams = fact_hparams(&lm, "MEMIT_tuned.json");
         hp.grad_checkpoint = mode;
-        compute_zs(&*lm.model, &tok, &cases, &hp, &templates, 3, pad).unwrap()
+        compute_zs(&*lm.model, &tok, &cases, &hp, &templates, 3).unwrap()
     };
     let rome = |mode: GradCheckpoint| {
         let mut hp: RomeHparams = fact_hparams(&lm, "ROME.json");
         (hp.grad_checkpoint, hp.mom2_adjustment) = (mode, false);
         let mut lm = fixture("fact-gpt2");
-        apply_rome(&mut *lm.model, &tok, &cases[..1], &hp, &mut BTreeMap::new(), &templates, pad).unwrap()
+        apply_rome(&mut *lm.model, &tok, &cases[..1], &hp, &mut BTreeMap::new(), &templates).unwrap()
     };
     for (whole, blocks) in zs(GradCheckpoint::Off).iter().zip(&zs(GradCheckpoint::Blocks)) {
         assert_eq!(whole.steps, blocks.steps);
@@ -232,7 +231,6 @@ fn push_through_solve_equals_direct_solve() {
     let reqs = requests(6);
     let tok = edit::tokenizer::Tokenizer::from_file(&fixture_dir("tiny-neox").join("tokenizer.json")).unwrap();
     let templates = fixed_templates();
-    let pad = lm.pad_id();
     let mut results: Vec<Deltas> = Vec::new();
     for solver in ["push_through", "direct", "auto"] {
         let hp: MemitHparams = hp_for(&lm, &["layers=[0,1]", "mom2_update_weight=2", "v_num_grad_steps=5", &format!("solver=\"{solver}\"")]);
@@ -243,7 +241,7 @@ fn push_through_solve_equals_direct_solve() {
         };
         assert_eq!(hp.solver, want);
         let mut stats = stats_over(&lm, &hp.layers, &wikitext(300), lm.config().n_ctx);
-        let out = apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates, pad).unwrap();
+        let out = apply_memit(&mut *lm.model, &tok, &reqs, &hp, &mut stats, &templates).unwrap();
         // 6 edits, wider keys: automatic is push-through.
         let used = if solver == "direct" { "direct (d_ff×d_ff, LU)" } else { "push-through (n×n)" };
         assert!(out.layers.iter().all(|l| l.solver == used), "{solver}");
@@ -259,10 +257,10 @@ fn push_through_solve_equals_direct_solve() {
 
 #[test]
 fn run_edit_drives_every_method_and_refuses_oversized_updates_as_numerical() {
-    use edit::editing::method::{prepare, run_edit, MethodSource};
+    use edit::editing::method::{run_edit, MethodSource};
+    use edit::editing::registry::prepare;
     let (mut lm, tok) = fact_model();
     let reqs = fact_cases(2);
-    let pad = lm.pad_id();
     let cases = [
         (Method::Rome, "ROME.json", "v_num_grad_steps=3"),
         (Method::Memit, "MEMIT_tuned.json", "v_num_grad_steps=3"),
@@ -281,11 +279,11 @@ fn run_edit_drives_every_method_and_refuses_oversized_updates_as_numerical() {
             Some(n) => stats_over(&lm, &n.layers, &fact_corpus(500), 128),
             None => BTreeMap::new(),
         };
-        let err = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, None, pad, 1e-9).err().expect("a tiny ratio refuses");
+        let err = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, None, 1e-9).err().expect("a tiny ratio refuses");
         assert!(matches!(err, edit::Error::Numerical(_)), "{method}: {err}");
         assert_eq!(err.kind(), edit::error::ErrorKind::Numerical);
         assert!(err.to_string().contains("--max-update-ratio"), "{err}");
-        let run = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, None, pad, 10.0).unwrap();
+        let run = run_edit(m, &mut *lm.model, &tok, &reqs, &mut stats, 0, None, 10.0).unwrap();
         assert_eq!(run.outcome.requests.len(), 2);
         assert_eq!(run.checks.len(), 2);
         assert!(run.outcome.requests.iter().all(|r| r.report.is_object() && !r.line.is_empty()));

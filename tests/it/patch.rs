@@ -185,7 +185,7 @@ fn written_model_changes_only_the_edited_weights() {
         let id = edit::editing::delta_id(&deltas).unwrap();
         for w in &report.files_written {
             let mut md = file_metadata(&out.join(w)).unwrap_or_default();
-            assert_eq!(md.remove(edit::patch::APPLIED_KEY), Some(format!("[\"{id}\"]")), "{w} records the delta");
+            assert_eq!(md.remove(edit::checkpoint::EDIT_APPLIED_KEY), Some(format!("[\"{id}\"]")), "{w} records the delta");
             let base = edit::identity::ModelIdentity::of(&files).unwrap().weights_fingerprint;
             assert_eq!(md.remove(edit::checkpoint::EDIT_BASE_KEY), Some(base), "{w} records its base weights");
             assert_eq!(Some(md).filter(|m| !m.is_empty()), file_metadata(&input.join(w)), "{w} metadata");

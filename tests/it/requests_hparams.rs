@@ -5,11 +5,15 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use edit::editing::hparams::{
-    self, resolve, AlphaEditHparams, ContextTemplates, FtHparams, MemitHparams, MendHparams, Method, MethodConfig, RomeHparams, Solver, SHIPPED,
-};
+use edit::editing::alphaedit::AlphaEditHparams;
+use edit::editing::ft::FtHparams;
+use edit::editing::hparams::{self, resolve, ContextTemplates, MethodConfig, SHIPPED};
+use edit::editing::memit::{MemitHparams, Solver};
+use edit::editing::mend::MendHparams;
 use edit::editing::positions::{check_locatable, subject_last_index};
+use edit::editing::registry::Method;
 use edit::editing::requests::{parse_requests, read_requests, validate, Request};
+use edit::editing::rome::RomeHparams;
 use edit::tokenizer::Tokenizer;
 use edit::{Family, ModelConfig};
 use serde_json::{json, Value};

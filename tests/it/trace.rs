@@ -30,7 +30,7 @@ fn traces_match_the_reference_code() {
     let runs = g["runs"].as_array().unwrap();
     // The s3 rule's scale: the std of the six subjects' embeddings.
     let subjects: Vec<&str> = runs[..18].iter().step_by(3).map(|r| r["subject"].as_str().unwrap()).collect();
-    let std = trace::embedding_std(&*lm.model, tok, lm.pad_id(), &subjects).unwrap();
+    let std = trace::embedding_std(&*lm.model, tok, &subjects).unwrap();
     let want = g["subjects_embedding_std"].as_f64().unwrap();
     assert!((std - want).abs() < 1e-6 * want, "embedding std {std} vs the reference's {want}");
 
@@ -50,8 +50,8 @@ fn traces_match_the_reference_code() {
             ..TraceOptions::default()
         };
         let k = kind(r["kind_arg"].as_str().unwrap());
-        let p = trace::prepare(&*lm.model, tok, lm.pad_id(), &fact, &opts, &[k]).unwrap();
-        let t = trace::trace_kind(&*lm.model, lm.pad_id(), &p, k, &opts).unwrap();
+        let p = trace::prepare(&*lm.model, tok, &fact, &opts, &[k]).unwrap();
+        let t = trace::trace_kind(&*lm.model, &p, k, &opts).unwrap();
         let ctx = format!("run {i} ({} {:?})", fact.prompt, k);
         assert_eq!(t.correct_prediction, r["correct_prediction"].as_bool().unwrap(), "{ctx}");
         if !t.correct_prediction {
@@ -89,30 +89,30 @@ fn restoring_a_whole_layer_gives_the_clean_probability_and_no_noise_changes_noth
     let fact = Fact { id: None, prompt: "The native language of Alon Javberg is".into(), subject: "Alon Javberg".into(), expect: None };
     let opts = TraceOptions { noise_level: 0.5, ..TraceOptions::default() };
     let n_layer = lm.config().n_layer;
-    let p = trace::prepare(&*lm.model, tok, lm.pad_id(), &fact, &opts, &Kind::ALL).unwrap();
+    let p = trace::prepare(&*lm.model, tok, &fact, &opts, &Kind::ALL).unwrap();
     assert!(p.low_score() < 0.5 * p.high_score(), "the noise should hide the fact: {} vs {}", p.low_score(), p.high_score());
     let t = p.n_tokens();
     // Every token of one block output restored: the rest of the run is the clean one. (MLP or
     // attention outputs restored everywhere are not: the noise stays in the residual stream.)
     for l in 0..n_layer {
         let places: Vec<(usize, usize)> = (0..t).map(|tok| (tok, l)).collect();
-        let got = trace::restored_probability(&*lm.model, lm.pad_id(), &p, Kind::Hidden, &places, &opts).unwrap();
+        let got = trace::restored_probability(&*lm.model, &p, Kind::Hidden, &places, &opts).unwrap();
         assert!((got - p.high_score()).abs() < 1e-6, "layer {l}: {got} vs clean {}", p.high_score());
     }
     // The batched trace agrees with single restorations.
-    let hidden = trace::trace_kind(&*lm.model, lm.pad_id(), &p, Kind::Hidden, &opts).unwrap();
+    let hidden = trace::trace_kind(&*lm.model, &p, Kind::Hidden, &opts).unwrap();
     for (tok_i, l) in [(0, 0), (p.subject_range().1 - 1, 2), (t - 1, n_layer - 1)] {
-        let single = trace::restored_probability(&*lm.model, lm.pad_id(), &p, Kind::Hidden, &[(tok_i, l)], &opts).unwrap();
+        let single = trace::restored_probability(&*lm.model, &p, Kind::Hidden, &[(tok_i, l)], &opts).unwrap();
         assert!((hidden.scores[tok_i][l] - single).abs() < 1e-6, "({tok_i}, {l}): {} vs {single}", hidden.scores[tok_i][l]);
     }
     // The last layer's state at the last token decides the prediction alone.
     assert!((hidden.scores[t - 1][n_layer - 1] - p.high_score()).abs() < 1e-6);
 
     let quiet = TraceOptions { noise_level: 0.0, ..TraceOptions::default() };
-    let p = trace::prepare(&*lm.model, tok, lm.pad_id(), &fact, &quiet, &Kind::ALL).unwrap();
+    let p = trace::prepare(&*lm.model, tok, &fact, &quiet, &Kind::ALL).unwrap();
     assert!((p.low_score() - p.high_score()).abs() < 1e-6);
     for kind in Kind::ALL {
-        let tr = trace::trace_kind(&*lm.model, lm.pad_id(), &p, kind, &quiet).unwrap();
+        let tr = trace::trace_kind(&*lm.model, &p, kind, &quiet).unwrap();
         for row in &tr.scores {
             for &s in row {
                 assert!((s - p.high_score()).abs() < 1e-6, "{kind:?}: {s} vs clean {}", p.high_score());

@@ -18,11 +18,11 @@ use candle_core::{DType, Device};
 use faer::Mat;
 use serde::{Deserialize, Serialize};
 
+use super::AlphaEditHparams;
 use super::NullSpace;
-use crate::editing::hparams::AlphaEditHparams;
-use crate::editing::linalg::{to_mat, to_tensor};
 use crate::editing::Deltas;
 use crate::error::{Error, Result};
+use crate::linalg::{to_mat, to_tensor};
 
 /// The weights an edit is made on, as far as the state cares: the base weights (before any
 /// edit by `edit`) and the deltas applied to them since, oldest first.
@@ -37,6 +37,15 @@ pub struct ModelHistory {
 }
 
 impl ModelHistory {
+    /// The history of the model `identity` names: its root and the deltas applied since.
+    pub fn of(identity: &crate::identity::ModelIdentity) -> Self {
+        Self {
+            base_fingerprint: identity.root_fingerprint().to_string(),
+            applied: identity.applied.clone(),
+            base_sampled: identity.base_fingerprint.is_none().then(|| identity.sampled_fingerprint.clone()).flatten(),
+        }
+    }
+
     fn is_base(&self, recorded: &str) -> bool {
         recorded == self.base_fingerprint || (crate::checkpoint::is_sampled_fingerprint(recorded) && self.base_sampled.as_deref() == Some(recorded))
     }

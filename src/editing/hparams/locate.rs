@@ -97,7 +97,7 @@ pub struct Common {
 }
 
 /// Every field name of [`Common`].
-pub(super) const COMMON_FIELDS: &[&str] = &[
+pub(crate) const COMMON_FIELDS: &[&str] = &[
     "layers",
     "fact_token",
     "v_num_grad_steps",
@@ -122,7 +122,7 @@ pub(super) const COMMON_FIELDS: &[&str] = &[
 ];
 
 /// What a [`Common`] field holds, for error messages; `None` for fields it does not have.
-pub(super) fn common_expected(field: &str) -> Option<&'static str> {
+pub(crate) fn common_expected(field: &str) -> Option<&'static str> {
     Some(match field {
         "layers" => "a list of layer numbers, e.g. [17] or [3,4,5]",
         "fact_token" => "\"subject_last\"",
@@ -162,7 +162,7 @@ impl Common {
     }
 
     /// Problems with the shared fields on this model, one line each, pushed onto `problems`.
-    pub(super) fn check(&self, cfg: &ModelConfig, problems: &mut Vec<String>) -> Result<()> {
+    pub(crate) fn check(&self, cfg: &ModelConfig, problems: &mut Vec<String>) -> Result<()> {
         let n = cfg.n_layer;
         let family = cfg.family.name();
         let fix = "pass a config for this model with --config FILE, or fix the field with --set";
@@ -247,7 +247,7 @@ impl Common {
 }
 
 /// A finite number, > 0 when `positive`, else ≥ 0.
-pub(super) fn check_number(field: &str, value: f64, positive: bool, problems: &mut Vec<String>) {
+pub(crate) fn check_number(field: &str, value: f64, positive: bool, problems: &mut Vec<String>) {
     if !value.is_finite() || value < 0.0 || (positive && value == 0.0) {
         let what = if positive { "greater than 0" } else { "0 or more" };
         problems.push(format!("`{field}` is {value}; it must be a finite number {what}"));
@@ -255,7 +255,7 @@ pub(super) fn check_number(field: &str, value: f64, positive: bool, problems: &m
 }
 
 /// The problems as one error, or Ok.
-pub(super) fn report(method: &str, cfg: &ModelConfig, problems: Vec<String>) -> Result<()> {
+pub(crate) fn report(method: &str, cfg: &ModelConfig, problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {
         return Ok(());
     }
@@ -287,7 +287,7 @@ fn check_templates(t: &ContextTemplates, problems: &mut Vec<String>) {
 
 /// The shared part of a generic starting point: the GPT-J reference values, the family's
 /// module names, the loss at the last layer.
-pub(super) fn common_starting_point(cfg: &ModelConfig) -> Value {
+pub(crate) fn common_starting_point(cfg: &ModelConfig) -> Value {
     let mut m = module_templates(cfg);
     for (k, v) in [
         ("fact_token", json!("subject_last")),
@@ -305,7 +305,7 @@ pub(super) fn common_starting_point(cfg: &ModelConfig) -> Value {
 }
 
 /// `l` of a reference model `of` layers deep, moved to this model's depth.
-pub(super) fn scaled_layer(cfg: &ModelConfig, l: f64, of: f64) -> usize {
+pub(crate) fn scaled_layer(cfg: &ModelConfig, l: f64, of: f64) -> usize {
     ((l * cfg.n_layer as f64 / of).round() as usize).min(cfg.n_layer - 1)
 }
 

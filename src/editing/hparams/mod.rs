@@ -8,79 +8,22 @@
 //! the model. Then `--set key=value` overrides, in order. The shipped files live in `configs/`
 //! and are compiled in (`include_str!`): the binary does not need that folder.
 
-pub mod alphaedit;
-pub mod ft;
 pub mod locate;
-pub mod memit;
-pub mod mend;
-pub mod rome;
 mod shipped;
 
 use std::fmt;
 use std::path::Path;
-use std::str::FromStr;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-pub use alphaedit::{AlphaEditHparams, AlphaSolver};
-pub use ft::FtHparams;
 pub use locate::{Common, ContextTemplates, GradCheckpoint};
-pub use memit::{MemitHparams, Solver};
-pub use mend::MendHparams;
-pub use rome::{RomeHparams, TemplatePrompt};
 pub use shipped::{named, shipped_for, Shipped, SHIPPED};
 
+use super::registry::Method;
 use crate::config::{Family, ModelConfig};
 use crate::error::{Error, Result};
-
-/// An editing method.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Rome,
-    Memit,
-    /// The fine-tuning baselines (FT, FT-L, FT-W, FT-M), chosen by config.
-    Ft,
-    /// MEND: a trained hypernetwork maps the edit's gradient to the update.
-    Mend,
-    /// AlphaEdit: MEMIT's update projected onto the null space of the preserved knowledge's
-    /// keys, keeping earlier edits' keys too.
-    AlphaEdit,
-}
-
-impl Method {
-    pub const ALL: [Method; 5] = [Method::Rome, Method::Memit, Method::Ft, Method::Mend, Method::AlphaEdit];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Rome => "rome",
-            Method::Memit => "memit",
-            Method::Ft => "ft",
-            Method::Mend => "mend",
-            Method::AlphaEdit => "alphaedit",
-        }
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Method {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let s = s.trim().to_ascii_lowercase();
-        Method::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| Error::Input(format!("unknown editing method `{s}`; use rome, memit, ft, mend or alphaedit")))
-    }
-}
 
 /// A method's hyperparameter type: its fields, a starting point for any model, and its checks.
 pub trait MethodConfig: Serialize + DeserializeOwned + Clone + fmt::Debug + PartialEq {
@@ -289,13 +232,13 @@ fn deserialize<H: MethodConfig>(obj: &Map<String, Value>, given: &Map<String, Va
 }
 
 /// The reference's template of this family's MLP down-projection: `transformer.h.{}.mlp.c_proj`.
-fn down_template(cfg: &ModelConfig) -> String {
+pub(crate) fn down_template(cfg: &ModelConfig) -> String {
     crate::models::modules::mlp_down(cfg, 0).map(|m| m.name.replacen(".0.", ".{}.", 1)).unwrap_or_default()
 }
 
 /// The module-template fields of the reference files, with this family's names
 /// (`rewrite_module_tmp` the MLP down-projection).
-fn module_templates(cfg: &ModelConfig) -> Map<String, Value> {
+pub(crate) fn module_templates(cfg: &ModelConfig) -> Map<String, Value> {
     let blocks = crate::models::modules::layers_name(cfg.family);
     let (attn, ln_f, head) = family_modules(cfg.family);
     let v = json!({

@@ -2,6 +2,11 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use super::*;
+use crate::editing::alphaedit::AlphaEditHparams;
+use crate::editing::ft::FtHparams;
+use crate::editing::memit::MemitHparams;
+use crate::editing::mend::MendHparams;
+use crate::editing::rome::RomeHparams;
 
 fn gpt2(n_layer: usize, d: usize) -> ModelConfig {
     ModelConfig::from_json(

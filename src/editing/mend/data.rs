@@ -6,8 +6,8 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::editing::records::EvalRecord;
 use crate::error::{Error, Result};
-use crate::eval::records::EvalRecord;
 use crate::models::CausalLm;
 use crate::pyrandom::PyRandom;
 use crate::tokenizer::Tokenizer;

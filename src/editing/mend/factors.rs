@@ -95,13 +95,14 @@ pub fn label_logprobs(logits: &Tensor, wanted: Vec<u32>) -> Result<Tensor> {
 }
 
 /// The edit loss of `requests` and every module's factors, in `modules` order.
-pub fn edit_factors(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], modules: &[EditableModule], pad_id: u32) -> Result<(f64, Vec<Factors>)> {
+pub fn edit_factors(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], modules: &[EditableModule]) -> Result<(f64, Vec<Factors>)> {
     let (seqs, labels) = edit_batch(tok, requests)?;
-    factors_of(model, &seqs, &labels, modules, pad_id)
+    factors_of(model, &seqs, &labels, modules)
 }
 
 /// The mean NLL of the labelled tokens of `seqs` and every module's factors, in `modules` order.
-pub fn factors_of(model: &dyn CausalLm, seqs: &[Vec<u32>], labels: &LabelRanges, modules: &[EditableModule], pad_id: u32) -> Result<(f64, Vec<Factors>)> {
+pub fn factors_of(model: &dyn CausalLm, seqs: &[Vec<u32>], labels: &LabelRanges, modules: &[EditableModule]) -> Result<(f64, Vec<Factors>)> {
+    let pad_id = model.config().pad_id();
     let batch = Batch::from_sequences(seqs, pad_id, model.device())?;
     // Logits only where a label is predicted: position p - 1 for a labelled token at p.
     let (positions, wanted) = label_positions(seqs, labels);
@@ -142,7 +143,6 @@ pub fn chunked_factors(
     tok: &Tokenizer,
     requests: &[Request],
     modules: &[EditableModule],
-    pad_id: u32,
     chunk: usize,
     last_only: bool,
 ) -> Result<Vec<Factors>> {
@@ -150,7 +150,7 @@ pub fn chunked_factors(
     let used = if last_only { &chunks[chunks.len().saturating_sub(1)..] } else { &chunks[..] };
     let mut per_chunk = Vec::with_capacity(used.len());
     for c in used {
-        per_chunk.push(edit_factors(model, tok, c, modules, pad_id)?.1);
+        per_chunk.push(edit_factors(model, tok, c, modules)?.1);
     }
     if per_chunk.len() == 1 {
         return Ok(per_chunk.pop().expect("one chunk"));
@@ -165,7 +165,8 @@ pub fn chunked_factors(
 }
 
 /// Each request's edit loss on the model as it is: the mean NLL of its labelled tokens.
-pub fn request_losses(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], pad_id: u32) -> Result<Vec<f64>> {
+pub fn request_losses(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request]) -> Result<Vec<f64>> {
+    let pad_id = model.config().pad_id();
     let (seqs, labels) = edit_batch(tok, requests)?;
     let batch = Batch::from_sequences(&seqs, pad_id, model.device())?;
     let (positions, wanted) = label_positions(&seqs, &labels);

@@ -169,10 +169,10 @@ impl Hypernetwork {
     /// step × lr_scale × Σ x̃ᵀ δ̃, where step is the weight's learned step size — or, with
     /// `executor_lr_order`, the executor's (it indexes them in the model's parameter order,
     /// which for GPT-2 puts `c_fc` before `c_proj` and so swaps their step sizes).
-    pub fn edit(&mut self, model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], pad_id: u32, how: EditSettings) -> Result<Deltas> {
+    pub fn edit(&mut self, model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], how: EditSettings) -> Result<Deltas> {
         let EditSettings { lr_scale, norm, executor_lr_order: swapped_lrs, chunk, last_chunk_only } = how;
         let modules: Vec<EditableModule> = self.inner.iter().map(|p| p.module.clone()).collect();
-        let factors = chunked_factors(model, tok, requests, &modules, pad_id, chunk, last_chunk_only)?;
+        let factors = chunked_factors(model, tok, requests, &modules, chunk, last_chunk_only)?;
         let lrs = if swapped_lrs { executor_lr_order(&self.inner, &self.edit_lrs) } else { self.edit_lrs.clone() };
         let mut deltas = Deltas::new();
         for ((p, f), lr) in self.inner.iter().zip(factors).zip(lrs) {

@@ -9,10 +9,11 @@ use serde::Serialize;
 use super::factors::request_losses;
 use super::hypernet::{inner_params, read_meta, EditSettings, Hypernetwork, MendMeta};
 use super::network::NormMode;
+use super::MendHparams;
 use crate::config::ModelConfig;
-use crate::editing::hparams::{MendHparams, Method};
 use crate::editing::method::{report_json, EditInputs, EditMethod, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
 use crate::editing::optimize::LossPoint;
+use crate::editing::registry::Method;
 use crate::editing::templates::ContextTemplates;
 use crate::editing::{frobenius_norm, Snapshot};
 use crate::error::{Error, Result};
@@ -77,6 +78,15 @@ impl Mend {
         Ok(Self { hp, file: file.to_path_buf(), meta, net: RefCell::new(None) })
     }
 
+    /// The config as delta files and evaluation runs record it: with the hypernetwork edited
+    /// with (its file and origin).
+    pub fn recorded_config(&self, mut json: serde_json::Value) -> serde_json::Value {
+        if let serde_json::Value::Object(m) = &mut json {
+            m.insert("hypernetwork".into(), serde_json::json!({"file": self.file.display().to_string(), "origin": self.meta.origin}));
+        }
+        json
+    }
+
     fn settings(&self) -> EditSettings {
         EditSettings {
             lr_scale: self.hp.lr_scale,
@@ -132,12 +142,12 @@ impl EditMethod for Mend {
             *slot = Some(net);
         }
         let net = slot.as_mut().expect("loaded above");
-        let (tok, requests, pad_id) = (inputs.tok, inputs.requests, inputs.pad_id);
-        let before = request_losses(&*model, tok, requests, pad_id)?;
-        let deltas = net.edit(&*model, tok, requests, pad_id, self.settings())?;
+        let (tok, requests) = (inputs.tok, inputs.requests);
+        let before = request_losses(&*model, tok, requests)?;
+        let deltas = net.edit(&*model, tok, requests, self.settings())?;
         let mut snapshot = Snapshot::new();
         snapshot.apply(model, &deltas)?;
-        let after = request_losses(&*model, tok, requests, pad_id);
+        let after = request_losses(&*model, tok, requests);
         snapshot.restore(model)?;
         let after = after?;
         let mut modules = Vec::new();

@@ -6,10 +6,13 @@
 
 pub mod data;
 pub mod factors;
+pub mod hparams;
 pub mod hypernet;
 pub mod import;
 pub mod method;
 pub mod network;
+pub mod plan;
 pub mod train;
 
+pub use hparams::MendHparams;
 pub use method::Mend;

@@ -22,10 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use super::data::{EditExample, Labelled};
 use super::factors::{factors_of, label_logprobs, label_positions, module_at};
+use super::hparams::MendTraining;
 use super::hypernet::{inner_params, read_stats, stats_tensors, Hypernetwork, InnerParam, MendMeta};
 use super::network::{kept_rows, pseudo_gradient, GradientTransform};
 use crate::editing::adam::{Adam, AdamSlot};
-use crate::editing::hparams::mend::MendTraining;
 use crate::error::{Error, Result};
 use crate::identity::ModelIdentity;
 use crate::models::modules::EditableModule;
@@ -138,7 +138,8 @@ fn gauss(rng: &mut PyRandom) -> f32 {
 impl<'a> Trainer<'a> {
     /// A fresh hypernetwork for `names` on `model` (the reference's "id" init: every layer the
     /// identity, U = 0, V ~ N(0, 1), seeded), step sizes `edit_lr`.
-    pub fn new(model: &'a dyn CausalLm, names: &[String], hp: MendTraining, pad_id: u32) -> Result<Self> {
+    pub fn new(model: &'a dyn CausalLm, names: &[String], hp: MendTraining) -> Result<Self> {
+        let pad_id = model.config().pad_id();
         let cfg = model.config();
         let dev = model.device().clone();
         let meta = MendMeta { inner_params: names.to_vec(), rank: hp.rank, n_hidden: hp.n_hidden, norm: hp.norm, base: None, origin: String::new() };
@@ -209,7 +210,7 @@ impl<'a> Trainer<'a> {
     /// The updates (`[in, out]`, in inner order) for an edit example; `training` updates the
     /// statistics first (None when they still have too few rows to normalise with).
     fn updates(&mut self, ex: &Labelled, training: bool) -> Result<Option<Vec<Tensor>>> {
-        let (_, factors) = factors_of(self.model, std::slice::from_ref(&ex.ids), &vec![ex.labels.clone()], &self.modules, self.pad_id)?;
+        let (_, factors) = factors_of(self.model, std::slice::from_ref(&ex.ids), &vec![ex.labels.clone()], &self.modules)?;
         let lrs = self.lrs().as_tensor().clone();
         let mut out = Vec::with_capacity(factors.len());
         let mut ready = true;

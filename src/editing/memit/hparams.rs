@@ -3,9 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::locate::{check_number, common_expected, common_starting_point, report, scaled_layer, Common, COMMON_FIELDS};
-use super::{Method, MethodConfig};
 use crate::config::ModelConfig;
+use crate::editing::hparams::locate::{check_number, common_expected, common_starting_point, report, scaled_layer, Common, COMMON_FIELDS};
+use crate::editing::hparams::MethodConfig;
+use crate::editing::registry::Method;
 use crate::error::Result;
 
 /// How MEMIT solves for its update (the same solution either way, up to rounding).

@@ -3,9 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::locate::{common_expected, common_starting_point, report, scaled_layer, Common, COMMON_FIELDS};
-use super::{Method, MethodConfig};
 use crate::config::ModelConfig;
+use crate::editing::hparams::locate::{common_expected, common_starting_point, report, scaled_layer, Common, COMMON_FIELDS};
+use crate::editing::hparams::MethodConfig;
+use crate::editing::registry::Method;
 use crate::error::Result;
 
 fn default_true() -> bool {

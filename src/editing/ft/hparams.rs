@@ -5,11 +5,12 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{json, Map, Value};
 
-use super::locate::{check_number, report};
-use super::{down_template, module_templates, Method, MethodConfig};
+use super::loss::Objective;
+use super::FtParams;
 use crate::config::ModelConfig;
-use crate::editing::ft::FtParams;
-use crate::editing::ft_loss::Objective;
+use crate::editing::hparams::locate::{check_number, report};
+use crate::editing::hparams::{down_template, module_templates, MethodConfig};
+use crate::editing::registry::Method;
 use crate::error::Result;
 use crate::models::modules::{layers_name, parameter_names};
 

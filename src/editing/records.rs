@@ -52,6 +52,18 @@ pub enum ZsreTarget {
     Alt,
 }
 
+impl ZsreTarget {
+    pub const ALL: [ZsreTarget; 2] = [ZsreTarget::Answer, ZsreTarget::Alt];
+
+    /// The name options take and runs record (`--zsre-target answers`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ZsreTarget::Answer => "answers",
+            ZsreTarget::Alt => "alt",
+        }
+    }
+}
+
 /// One record to edit and score.
 #[derive(Clone, Debug)]
 pub struct EvalRecord {

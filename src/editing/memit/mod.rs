@@ -7,6 +7,10 @@
 //!    block output h at the last layer, R = (Z − h) / (layers left), and
 //!    ΔW_l = R Kᵀ (λC + KKᵀ)⁻¹ in f64, applied at once so later layers see it.
 
+pub mod hparams;
+
+pub use hparams::{MemitHparams, Solver};
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -14,14 +18,14 @@ use candle_core::Device;
 use faer::Mat;
 use serde::Serialize;
 
-use super::hparams::{Common, MemitHparams, Solver};
-use super::linalg::{memit_solve_direct, memit_solve_push_through, memit_solve_spd, to_mat, to_tensor, LayerStats};
+use super::hparams::Common;
 use super::optimize::{optimize_targets, LossPoint, OptimizedTarget};
 use super::reprs::{at_subject_last, Wanted};
 use super::requests::Request;
 use super::templates::ContextTemplates;
 use super::{optimize_params, vec_norm, Deltas, ModelRestorer};
 use crate::error::{Error, Result};
+use crate::linalg::{memit_solve_direct, memit_solve_push_through, memit_solve_spd, to_mat, to_tensor, LayerStats};
 use crate::models::modules::mlp_down;
 use crate::models::{CausalLm, Site};
 use crate::tokenizer::Tokenizer;
@@ -70,7 +74,6 @@ pub fn compute_zs(
     hp: &Common,
     templates: &ContextTemplates,
     batch: usize,
-    pad_id: u32,
 ) -> Result<Vec<OptimizedTarget>> {
     let z_layer = *hp.layers.last().ok_or_else(|| Error::Input("MEMIT needs at least one layer".into()))?;
     let params = optimize_params(hp, Site::BlockOut, z_layer);
@@ -84,7 +87,7 @@ pub fn compute_zs(
     // Each chunk's optimisation reads the model only: on small models they run side by side.
     let zs = crate::threads::map_parallel(chunks.len(), crate::threads::request_workers(), |c| {
         let refs: Vec<&Request> = chunks[c].iter().map(|&i| &requests[i]).collect();
-        let zs = optimize_targets(model, tok, &refs, &flat, &params, pad_id)?;
+        let zs = optimize_targets(model, tok, &refs, &flat, &params)?;
         let n = done.fetch_add(chunks[c].len(), std::sync::atomic::Ordering::Relaxed) + chunks[c].len();
         tracing::debug!("z vectors: {n}/{}", requests.len());
         Ok::<_, Error>(zs)
@@ -108,7 +111,7 @@ pub fn compute_zs(
 }
 
 /// MEMIT keys: per request, the mean over each template group, then over the groups.
-fn memit_keys(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], templates: &ContextTemplates, layer: usize, pad_id: u32) -> Result<Mat<f64>> {
+fn memit_keys(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], templates: &ContextTemplates, layer: usize) -> Result<Mat<f64>> {
     let mut items = Vec::new();
     for r in requests {
         for g in &templates.groups {
@@ -118,7 +121,7 @@ fn memit_keys(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], templ
         }
     }
     let wanted = Wanted { keys: Some(layer), ..Wanted::default() };
-    let keys = to_mat(&at_subject_last(model, tok, &items, &wanted, pad_id)?.keys.expect("keys"))?;
+    let keys = to_mat(&at_subject_last(model, tok, &items, &wanted)?.keys.expect("keys"))?;
     let d_ff = keys.ncols();
     let groups: Vec<usize> = templates.groups.iter().map(Vec::len).filter(|&n| n > 0).collect();
     let per_request: usize = groups.iter().sum();
@@ -140,7 +143,6 @@ fn memit_keys(model: &dyn CausalLm, tok: &Tokenizer, requests: &[Request], templ
 }
 
 /// Computes MEMIT's updates for all `requests` at once; the model is left unchanged.
-#[allow(clippy::too_many_arguments)]
 pub fn apply_memit(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
@@ -148,13 +150,12 @@ pub fn apply_memit(
     hp: &MemitHparams,
     stats: &mut BTreeMap<usize, LayerStats>,
     templates: &ContextTemplates,
-    pad_id: u32,
 ) -> Result<MemitOutcome> {
     let lambda = hp.mom2_update_weight;
     check_stats(&hp.layers, stats)?;
     let n = requests.len();
     let z_batch = hp.z_batch(model.device());
-    edit_by_layers(model, tok, requests, hp, z_batch, templates, pad_id, &mut |layer, k, resid| {
+    edit_by_layers(model, tok, requests, hp, z_batch, templates, &mut |layer, k, resid| {
         let st = stats.get_mut(&layer).ok_or_else(|| Error::Internal(format!("layer {layer}'s statistics vanished")))?;
         let (adj_k, solver_used) = match hp.solver {
             Solver::Direct => (memit_solve_direct(st.c()?, lambda, k), "direct (d_ff×d_ff, LU)"),
@@ -177,7 +178,6 @@ pub(crate) fn check_stats(layers: &[usize], stats: &BTreeMap<usize, LayerStats>)
 /// An edit built on MEMIT's targets (MEMIT's own, AlphaEdit's): the z vectors of all requests
 /// (`z_batch` optimised together), then their spreading over the edited layers, `solve` giving
 /// each layer's update. The model is left unchanged.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn edit_by_layers(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
@@ -185,13 +185,12 @@ pub(crate) fn edit_by_layers(
     hp: &Common,
     z_batch: usize,
     templates: &ContextTemplates,
-    pad_id: u32,
     solve: &mut LayerSolve,
 ) -> Result<MemitOutcome> {
     let started = Instant::now();
-    let zs = compute_zs(&*model, tok, requests, hp, templates, z_batch, pad_id)?;
+    let zs = compute_zs(&*model, tok, requests, hp, templates, z_batch)?;
     let z_seconds = started.elapsed().as_secs_f64();
-    let (deltas, layers) = spread_over_layers(model, tok, requests, hp, templates, &zs, pad_id, solve)?;
+    let (deltas, layers) = spread_over_layers(model, tok, requests, hp, templates, &zs, solve)?;
     Ok(MemitOutcome { deltas, requests: request_reports(requests, zs), layers, z_seconds })
 }
 
@@ -221,7 +220,6 @@ pub(crate) type LayerSolve<'a> = dyn FnMut(usize, &Mat<f64>, &Mat<f64>) -> Resul
 /// the keys K, the current block output h at the last layer, R = (Z − h) / (layers left), and
 /// the update `solve` returns, applied at once so that later layers see it. Returns the
 /// deltas and a report per layer; the model is left unchanged.
-#[allow(clippy::too_many_arguments)]
 fn spread_over_layers(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
@@ -229,7 +227,6 @@ fn spread_over_layers(
     hp: &Common,
     templates: &ContextTemplates,
     zs: &[OptimizedTarget],
-    pad_id: u32,
     solve: &mut LayerSolve,
 ) -> Result<(Deltas, Vec<MemitLayerReport>)> {
     let z_layer = *hp.layers.last().ok_or_else(|| Error::Input("MEMIT needs at least one layer".into()))?;
@@ -245,9 +242,9 @@ fn spread_over_layers(
         let mut layer_reports = Vec::new();
         for (i, (&layer, name)) in hp.layers.iter().zip(&names).enumerate() {
             let t0 = Instant::now();
-            let k = memit_keys(&*model, tok, requests, templates, layer, pad_id)?;
+            let k = memit_keys(&*model, tok, requests, templates, layer)?;
             let wanted = Wanted { block_out: Some(z_layer), ..Wanted::default() };
-            let cur = to_mat(&at_subject_last(&*model, tok, &bare, &wanted, pad_id)?.block_out.expect("block out"))?;
+            let cur = to_mat(&at_subject_last(&*model, tok, &bare, &wanted)?.block_out.expect("block out"))?;
             // targets [d, n] = Z − h, spread over the layers left (this one included).
             let left = (hp.layers.len() - i) as f64;
             let resid = Mat::from_fn(d, n, |a, j| (z_mat[(a, j)] - cur[(j, a)]) / left);
@@ -288,8 +285,8 @@ pub struct Memit {
 }
 
 impl super::method::EditMethod for Memit {
-    fn method(&self) -> super::hparams::Method {
-        super::hparams::Method::Memit
+    fn method(&self) -> super::registry::Method {
+        super::registry::Method::Memit
     }
 
     fn stats_need(&self) -> Option<crate::stats::ensure::StatsNeed> {
@@ -306,7 +303,7 @@ impl super::method::EditMethod for Memit {
 
     fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {
         let templates = inputs.templates()?;
-        let out = apply_memit(model, inputs.tok, inputs.requests, &self.hp, inputs.stats, templates, inputs.pad_id)?;
+        let out = apply_memit(model, inputs.tok, inputs.requests, &self.hp, inputs.stats, templates)?;
         Ok(outcome_of(out))
     }
 }
@@ -314,7 +311,7 @@ impl super::method::EditMethod for Memit {
 /// MEMIT's context templates (also AlphaEdit's): the config's, or sampled from the model.
 pub(crate) fn memit_context_templates(hp: &Common, model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Result<ContextTemplates> {
     match &hp.context_templates {
-        Some(t) => Ok(super::templates::from_config(t, super::hparams::Method::Memit)),
+        Some(t) => Ok(super::templates::from_config(t, super::registry::Method::Memit)),
         None => super::templates::memit_templates(model, tok, seed),
     }
 }

@@ -10,16 +10,21 @@
 //! mean loss (weighted by chunk size) is below 1e-2. The deltas w − w₀ are returned and the model
 //! is restored. Only the tuned tensors are `Var`s, so no other weight gets a gradient.
 
+pub mod hparams;
+pub mod loss;
+
+pub use hparams::FtHparams;
+
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor, Var};
 use serde::Serialize;
 
-use super::ft_loss::{ft_loss, Objective};
 use super::requests::Request;
 use crate::error::{Error, Result};
 use crate::models::CausalLm;
 use crate::tokenizer::Tokenizer;
+use loss::{ft_loss, Objective};
 
 /// The reference's loss threshold: no step below it, and an epoch below it ends the run.
 const STOP_LOSS: f64 = 1e-2;
@@ -82,7 +87,7 @@ pub fn tuned_parameters(model: &mut dyn CausalLm, params: &FtParams) -> Result<V
 
 /// Fine-tunes on `requests` (targets get their leading space) and returns the deltas; the model
 /// is left as it was found.
-pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request], params: &FtParams, pad_id: u32) -> Result<FtOutcome> {
+pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request], params: &FtParams) -> Result<FtOutcome> {
     if params.num_steps == 0 || params.batch_size == 0 {
         return Err(Error::Input("fine-tuning needs `num_steps` and `batch_size` of at least 1".into()));
     }
@@ -111,7 +116,7 @@ pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request]
         for epoch in 0..params.num_steps {
             let (mut sum, mut count) = (0.0, 0usize);
             for (c, (txt, tgt)) in texts.chunks(params.batch_size).zip(targets.chunks(params.batch_size)).enumerate() {
-                let loss = ft_loss(&*model, tok, txt, tgt, params.objective, pad_id, unk)?;
+                let loss = ft_loss(&*model, tok, txt, tgt, params.objective, unk)?;
                 let value = f64::from(loss.to_dtype(DType::F32)?.to_scalar::<f32>()?);
                 if !value.is_finite() {
                     return Err(Error::Numerical(format!(
@@ -158,7 +163,7 @@ pub fn fine_tune(model: &mut dyn CausalLm, tok: &Tokenizer, requests: &[Request]
 /// The fine-tuning methods behind the common interface, with their config: all requests are one
 /// fine-tuning run (how FT-W edits 10,000 facts at once).
 pub struct Ft {
-    pub hp: crate::editing::hparams::FtHparams,
+    pub hp: FtHparams,
 }
 
 /// One request's report: the loss of its chunk, epoch by epoch.
@@ -187,8 +192,8 @@ fn delta_entry(cfg: &crate::config::ModelConfig, name: &str, delta: Tensor) -> R
 }
 
 impl super::method::EditMethod for Ft {
-    fn method(&self) -> super::hparams::Method {
-        super::hparams::Method::Ft
+    fn method(&self) -> super::registry::Method {
+        super::registry::Method::Ft
     }
 
     fn stats_need(&self) -> Option<crate::stats::ensure::StatsNeed> {
@@ -211,7 +216,7 @@ impl super::method::EditMethod for Ft {
                 tracing::info!("weight decay {:.4e} = {n}^{a} · e^{b} for {n} edit(s) (wd_power_law)", params.weight_decay);
             }
         }
-        let out = fine_tune(model, inputs.tok, inputs.requests, &params, inputs.pad_id)?;
+        let out = fine_tune(model, inputs.tok, inputs.requests, &params)?;
         let cfg = model.config().clone();
         let mut deltas = super::Deltas::new();
         let mut modules = Vec::new();

@@ -4,9 +4,11 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::locate::{check_number, common_expected, report, Common, COMMON_FIELDS};
-use super::{MemitHparams, Method, MethodConfig};
 use crate::config::ModelConfig;
+use crate::editing::hparams::locate::{check_number, common_expected, report, Common, COMMON_FIELDS};
+use crate::editing::hparams::MethodConfig;
+use crate::editing::memit::MemitHparams;
+use crate::editing::registry::Method;
 use crate::error::Result;
 
 /// How the projected update is solved (the same solution either way, up to rounding).
@@ -61,7 +63,7 @@ impl std::ops::Deref for AlphaEditHparams {
 impl AlphaEditHparams {
     /// The z batch size on `device`, as MEMIT's.
     pub fn z_batch(&self, device: &candle_core::Device) -> usize {
-        super::memit::z_batch(self.z_batch_size, device)
+        crate::editing::memit::hparams::z_batch(self.z_batch_size, device)
     }
 }
 

@@ -6,20 +6,23 @@
 //! default k and W k + b come from the bare prompt, as in the reference; with
 //! `original_implementation = false` they are the template averages (the r-ROME fix).
 
+pub mod hparams;
+
+pub use hparams::{RomeHparams, TemplatePrompt};
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use super::hparams::RomeHparams;
-use super::linalg::{to_mat, LayerStats};
 use super::optimize::{optimize_targets, LossPoint};
 use super::reprs::{at_subject_last, Wanted};
 use super::requests::Request;
 use super::templates::ContextTemplates;
 use super::{frobenius_norm, optimize_params, vec_norm, Deltas, ModelRestorer};
 use crate::error::{Error, Result};
+use crate::linalg::{to_mat, LayerStats};
 use crate::models::modules::mlp_down;
 use crate::models::{CausalLm, Site};
 use crate::tokenizer::Tokenizer;
@@ -62,7 +65,6 @@ pub fn apply_rome(
     hp: &RomeHparams,
     stats: &mut BTreeMap<usize, LayerStats>,
     templates: &ContextTemplates,
-    pad_id: u32,
 ) -> Result<RomeOutcome> {
     let layer = *hp.layers.first().ok_or_else(|| Error::Input("ROME needs one layer in `layers`".into()))?;
     let module = mlp_down(model.config(), layer)?;
@@ -79,12 +81,12 @@ pub fn apply_rome(
             // k̄ (and the template-averaged output, for r-ROME).
             let items: Vec<(String, String)> = flat.iter().map(|t| (t.replacen("{}", &req.prompt, 1), req.subject.clone())).collect();
             let wanted = Wanted { keys: Some(layer), mlp_out: Some(layer), block_out: None };
-            let ctx = at_subject_last(&*model, tok, &items, &wanted, pad_id)?;
+            let ctx = at_subject_last(&*model, tok, &items, &wanted)?;
             let k_mean = ctx.keys.expect("keys").mean(0)?;
             let out_mean = ctx.mlp_out.expect("mlp out").mean(0)?;
             let k_bar: Vec<f32> = k_mean.to_vec1()?;
             let params = optimize_params(hp, Site::MlpOut, layer);
-            let opt = optimize_targets(&*model, tok, &[req], &flat, &params, pad_id)?.remove(0);
+            let opt = optimize_targets(&*model, tok, &[req], &flat, &params)?.remove(0);
             // u after v*: it does not depend on it, and C (read on first use) and the
             // optimisation's graph are then never in memory together.
             let mut u: Vec<f64> = if hp.mom2_adjustment {
@@ -99,7 +101,7 @@ pub fn apply_rome(
             u.iter_mut().for_each(|x| *x /= un);
 
             let (cur_in, cur_out): (Vec<f32>, Vec<f32>) = if hp.original_implementation {
-                let bare = at_subject_last(&*model, tok, &[(req.prompt.clone(), req.subject.clone())], &wanted, pad_id)?;
+                let bare = at_subject_last(&*model, tok, &[(req.prompt.clone(), req.subject.clone())], &wanted)?;
                 (bare.keys.expect("keys").squeeze(0)?.to_vec1()?, bare.mlp_out.expect("mlp").squeeze(0)?.to_vec1()?)
             } else {
                 (k_bar.clone(), out_mean.to_vec1()?)
@@ -161,8 +163,8 @@ pub struct Rome {
 }
 
 impl super::method::EditMethod for Rome {
-    fn method(&self) -> super::hparams::Method {
-        super::hparams::Method::Rome
+    fn method(&self) -> super::registry::Method {
+        super::registry::Method::Rome
     }
 
     fn stats_need(&self) -> Option<crate::stats::ensure::StatsNeed> {
@@ -175,7 +177,7 @@ impl super::method::EditMethod for Rome {
 
     fn context_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Result<Option<ContextTemplates>> {
         if let Some(t) = &self.hp.context_templates {
-            return Ok(Some(super::templates::from_config(t, super::hparams::Method::Rome)));
+            return Ok(Some(super::templates::from_config(t, super::registry::Method::Rome)));
         }
         let params = self.hp.context_template_length_params.clone().unwrap_or_default();
         let start = super::templates::rome_start(model, tok, self.hp.context_template_prompt)?;
@@ -185,7 +187,7 @@ impl super::method::EditMethod for Rome {
     fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {
         use super::method::{report_json, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
         let templates = inputs.templates()?;
-        let out = apply_rome(model, inputs.tok, inputs.requests, &self.hp, inputs.stats, templates, inputs.pad_id)?;
+        let out = apply_rome(model, inputs.tok, inputs.requests, &self.hp, inputs.stats, templates)?;
         let what = |r: &RomeReport| format!("request {} ({:?} → {:?})", r.index, r.subject, r.target_new);
         let sizes = out
             .reports

@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Tensor};
 
-use super::optimize::log_softmax;
+use crate::editing::optimize::log_softmax;
 use crate::error::{Error, Result};
 use crate::models::{Batch, CausalLm, ForwardOpts, Logits, NoHooks};
 use crate::tokenizer::Tokenizer;
@@ -51,15 +51,8 @@ fn encode_all(tok: &Tokenizer, texts: &[String], targets: &[String]) -> Result<(
 /// The loss of `objective` for prompts `texts` (subjects filled in) and `targets` (with their
 /// leading space), as a scalar tensor on the model's device. `unk_id` is masked out of the
 /// prompt_last targets, as the reference does.
-pub fn ft_loss(
-    model: &dyn CausalLm,
-    tok: &Tokenizer,
-    texts: &[String],
-    targets: &[String],
-    objective: Objective,
-    pad_id: u32,
-    unk_id: Option<u32>,
-) -> Result<Tensor> {
+pub fn ft_loss(model: &dyn CausalLm, tok: &Tokenizer, texts: &[String], targets: &[String], objective: Objective, unk_id: Option<u32>) -> Result<Tensor> {
+    let pad_id = model.config().pad_id();
     if texts.len() != targets.len() || texts.is_empty() {
         return Err(Error::Input(format!("{} prompts but {} targets", texts.len(), targets.len())));
     }

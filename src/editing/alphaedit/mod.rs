@@ -25,18 +25,20 @@ use std::sync::{Arc, Mutex};
 use faer::linalg::solvers::Solve;
 use faer::Mat;
 
-use super::hparams::{AlphaEditHparams, AlphaSolver, Method};
-use super::linalg::{LayerStats, SpdFactor};
 use super::memit::{check_stats, edit_by_layers};
 use super::method::{EditInputs, EditOutcome};
+use super::registry::Method;
 use super::templates::ContextTemplates;
 use super::Deltas;
 use crate::error::{Error, Result};
+use crate::linalg::{LayerStats, SpdFactor};
 use crate::models::CausalLm;
 use crate::tokenizer::Tokenizer;
 
+pub mod hparams;
 mod state;
 
+pub use hparams::{AlphaEditHparams, AlphaSolver};
 use state::AlphaState;
 pub use state::ModelHistory;
 
@@ -184,7 +186,7 @@ impl super::method::EditMethod for AlphaEdit {
         check_stats(&self.hp.layers, stats)?;
         let mut batch_keys = BTreeMap::new();
         let z_batch = self.hp.z_batch(model.device());
-        let out = edit_by_layers(model, inputs.tok, inputs.requests, &self.hp, z_batch, templates, inputs.pad_id, &mut |layer, k, resid| {
+        let out = edit_by_layers(model, inputs.tok, inputs.requests, &self.hp, z_batch, templates, &mut |layer, k, resid| {
             let st = stats.get_mut(&layer).ok_or_else(|| Error::Internal(format!("layer {layer}'s statistics vanished")))?;
             let ns = self.null_space(layer, st)?;
             st.done();

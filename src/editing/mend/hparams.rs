@@ -5,9 +5,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::locate::{check_number, report};
-use super::{Method, MethodConfig};
 use crate::config::{Family, ModelConfig};
+use crate::editing::hparams::locate::{check_number, report};
+use crate::editing::hparams::MethodConfig;
+use crate::editing::registry::Method;
 use crate::error::Result;
 
 fn one() -> f64 {
