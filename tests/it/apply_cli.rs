@@ -587,3 +587,63 @@ fn delta_inside_the_output_directory_is_kept() {
         assert_eq!(deltas.keys().collect::<Vec<_>>(), ["transformer.h.2.mlp.c_proj"]);
     }
 }
+
+/// A program edits without the CLI as `edit apply` does (plan → editor → outputs): the delta it
+/// writes records the same provenance and holds the binary's update (to float rounding, in case
+/// the binary's thread plan sums in another order).
+#[test]
+fn the_library_alone_writes_the_binarys_delta() {
+    use edit::editing::method::MethodSource;
+    use edit::editing::pipeline::{EditPlan, EditSetup};
+    use edit::editing::registry::Method;
+    use edit::stats::ensure::{Quiet, StatsWanted};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let req = write_cases(tmp.path(), "requests.json", 2);
+    let cli_delta = tmp.path().join("cli.safetensors");
+    ok_json(rome(&req, shared_stats()).args(["--json", "--set", "v_num_grad_steps=10", "--delta-out"]).arg(&cli_delta));
+
+    let model = model_dir().display().to_string();
+    let files = resolve_model(&model, &HubOptions::default()).unwrap();
+    let cfg = edit::ModelConfig::from_file(&files.config).unwrap();
+    let identity = edit::identity::ModelIdentity::of(&files).unwrap();
+    let reqs = edit::editing::requests::read_requests(&req).unwrap();
+    let (config, sets) = (hparams("ROME.json"), ["v_num_grad_steps=10".to_string()]);
+    let setup = EditSetup {
+        method: Method::Rome,
+        model_id: &model,
+        source: MethodSource { config: Some(&config), sets: &sets, ..Default::default() },
+        seed: None,
+        hub_progress: false,
+    };
+    let wanted = || {
+        Ok(StatsWanted {
+            corpus: Some(edit::data::Corpus::from_files(vec![corpus()], shared_stats())?),
+            cached_corpus: None,
+            samples: Some(SAMPLES.parse().unwrap()),
+            precision: None,
+            batch_tokens: None,
+            max_len: None,
+            stats_dir: shared_stats().to_path_buf(),
+            offline: false,
+            model_id: model.clone(),
+        })
+    };
+    let plan = EditPlan::prepare(setup, &cfg, &identity, wanted).unwrap();
+    let tok = edit::model::load_tokenizer(&files).unwrap().unwrap();
+    let mut lm = edit::load_model(files, DType::F32, &Device::Cpu).unwrap();
+    let mut editor = plan.load(&lm, &mut Quiet).unwrap();
+    let run = editor.run(&mut *lm.model, &tok, &reqs, 10.0).unwrap();
+    let lib_delta = tmp.path().join("lib.safetensors");
+    let outputs = edit::patch::EditOutputs { out: None, delta_out: Some(&lib_delta), force: false };
+    outputs.check_paths().unwrap();
+    outputs.write(&lm.files, &cfg, &run.outcome.deltas, &editor.delta_meta(&reqs)).unwrap();
+
+    let (a, b) = (edit::patch::load_delta(&cli_delta, &cfg).unwrap(), edit::patch::load_delta(&lib_delta, &cfg).unwrap());
+    assert_eq!(a.1, b.1, "the same provenance: method, requests, config, seed, base model");
+    assert_eq!(a.0.keys().collect::<Vec<_>>(), b.0.keys().collect::<Vec<_>>());
+    for (name, d) in &a.0 {
+        let scale = d.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(max_abs_diff(d, &b.0[name]) <= 1e-5 * scale, "{name}: the library's update differs from the binary's");
+    }
+}
