@@ -238,27 +238,23 @@ pub fn applied_list(metadata: &HashMap<String, String>) -> Vec<String> {
     metadata.get(EDIT_APPLIED_KEY).and_then(|v| serde_json::from_str(v).ok()).unwrap_or_default()
 }
 
-/// The deltas applied to a model by `edit`, oldest first: the longest list its weight files
-/// record (files never rewritten record none).
-pub fn edit_applied(files: &[PathBuf]) -> Result<Vec<String>> {
-    let mut longest = Vec::new();
+/// What `edit` recorded in a model's weight files, each file's metadata read once: the
+/// fingerprint of the weights it was first edited from (`edit.base`, in any file), and the
+/// deltas applied since, oldest first (`edit.applied`: the longest list the files record; files
+/// never rewritten record none).
+pub fn edit_records(files: &[PathBuf]) -> Result<(Option<String>, Vec<String>)> {
+    let (mut base, mut applied) = (None, Vec::new());
     for path in files {
-        let ids = applied_list(&file_metadata(path)?);
-        if ids.len() > longest.len() {
-            longest = ids;
+        let mut metadata = file_metadata(path)?;
+        let ids = applied_list(&metadata);
+        if ids.len() > applied.len() {
+            applied = ids;
+        }
+        if base.is_none() {
+            base = metadata.remove(EDIT_BASE_KEY);
         }
     }
-    Ok(longest)
-}
-
-/// The `edit.base` recorded in any of the weight files' safetensors metadata.
-pub fn edit_base(files: &[PathBuf]) -> Result<Option<String>> {
-    for path in files {
-        if let Some(b) = file_metadata(path)?.remove(EDIT_BASE_KEY) {
-            return Ok(Some(b));
-        }
-    }
-    Ok(None)
+    Ok((base, applied))
 }
 
 /// Lower-case hex of `bytes` (digests in names and metadata).
@@ -272,10 +268,8 @@ pub fn hex(bytes: &[u8]) -> String {
 pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
     use sha2::Digest;
     let mut memo = crate::digest::DigestMemo::open(crate::digest::weights_memo_path());
-    let mut total = 0u64;
-    for f in files {
-        total += std::fs::metadata(f).map_err(|e| Error::io(f, e))?.len();
-    }
+    let lens = files.iter().map(|f| Ok(std::fs::metadata(f).map_err(|e| Error::io(f, e))?.len())).collect::<Result<Vec<u64>>>()?;
+    let total: u64 = lens.iter().sum();
     let started = std::time::Instant::now();
     let digests = memo.digests(files)?;
     if started.elapsed().as_secs_f64() > 1.0 {
@@ -283,8 +277,8 @@ pub fn fingerprint(files: &[PathBuf]) -> Result<String> {
     }
     memo.save();
     let mut h = sha2::Sha256::new();
-    for (f, d) in files.iter().zip(&digests) {
-        h.update(std::fs::metadata(f).map_err(|e| Error::io(f, e))?.len().to_le_bytes());
+    for (len, d) in lens.iter().zip(&digests) {
+        h.update(len.to_le_bytes());
         h.update(d.as_bytes());
     }
     Ok(hex(&h.finalize()))

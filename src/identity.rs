@@ -56,14 +56,14 @@ impl ModelIdentity {
                 }),
             ),
         };
-        let base_fingerprint = crate::checkpoint::edit_base(&files.weights)?;
+        let (base_fingerprint, applied) = crate::checkpoint::edit_records(&files.weights)?;
         Ok(Self {
             model,
             revision,
             weights_fingerprint: crate::checkpoint::fingerprint(&files.weights)?,
             base_fingerprint,
             sampled_fingerprint: Some(crate::checkpoint::sampled_fingerprint(&files.weights)?),
-            applied: crate::checkpoint::edit_applied(&files.weights)?,
+            applied,
         })
     }
 

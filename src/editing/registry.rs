@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::alphaedit::{AlphaEdit, AlphaEditHparams, ModelHistory};
+use super::alphaedit::{AlphaEdit, AlphaEditHparams};
 use super::ft::{Ft, FtHparams};
 use super::hparams::{resolve, MethodConfig, ResolvedHparams};
 use super::memit::{Memit, MemitHparams};
@@ -87,8 +87,7 @@ pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, src: MethodSou
         Method::Ft => with(resolve::<FtHparams>(cfg, model_id, config, sets)?, |hp| Ft { hp }),
         Method::AlphaEdit => {
             let r = resolve::<AlphaEditHparams>(cfg, model_id, config, sets)?;
-            let history = src.identity.map(ModelHistory::of);
-            let m = AlphaEdit::open(r.hparams, src.state, history.as_ref())?;
+            let m = AlphaEdit::open(r.hparams, src.state, src.identity)?;
             PreparedMethod { method: Box::new(m), json: r.json, source: r.source }
         }
         Method::Mend => {

@@ -89,11 +89,7 @@ pub fn default_stats_dir() -> PathBuf {
     if let Ok(d) = std::env::var("EDIT_STATS_DIR") {
         return PathBuf::from(d);
     }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from(".cache"));
-    base.join("edit").join("stats")
+    crate::digest::cache_home().join("stats")
 }
 
 pub fn stats_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str, module: &str, precision: Precision, samples: usize) -> PathBuf {

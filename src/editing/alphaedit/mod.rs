@@ -31,6 +31,7 @@ use super::registry::Method;
 use super::templates::ContextTemplates;
 use super::Deltas;
 use crate::error::{Error, Result};
+use crate::identity::ModelIdentity;
 use crate::linalg::{LayerStats, SpdFactor};
 use crate::models::CausalLm;
 use crate::tokenizer::Tokenizer;
@@ -40,7 +41,6 @@ mod state;
 
 pub use hparams::{AlphaEditHparams, AlphaSolver};
 use state::AlphaState;
-pub use state::ModelHistory;
 
 /// A layer's preserved-knowledge null space: the orthonormal basis U `[d_ff, r]` of
 /// P = U Uᵀ (f32 values held in f64).
@@ -115,9 +115,9 @@ pub struct AlphaEdit {
 
 impl AlphaEdit {
     /// With `dir`, the state is read from there (when it exists) and written back by
-    /// [`super::method::EditMethod::keep`]; `model` (the base weights' fingerprint and the
-    /// deltas applied to them) must be the one the state's last kept edit was applied to.
-    pub fn open(hp: AlphaEditHparams, dir: Option<&Path>, model: Option<&ModelHistory>) -> Result<Self> {
+    /// [`super::method::EditMethod::keep`]; `model` (its base weights and the deltas
+    /// applied to them) must be the one the state's last kept edit was applied to.
+    pub fn open(hp: AlphaEditHparams, dir: Option<&Path>, model: Option<&ModelIdentity>) -> Result<Self> {
         let state = match dir {
             Some(d) => AlphaState::open(d, &hp, model)?,
             None => AlphaState::default(),

@@ -22,34 +22,8 @@ use super::AlphaEditHparams;
 use super::NullSpace;
 use crate::editing::Deltas;
 use crate::error::{Error, Result};
+use crate::identity::ModelIdentity;
 use crate::linalg::{to_mat, to_tensor};
-
-/// The weights an edit is made on, as far as the state cares: the base weights (before any
-/// edit by `edit`) and the deltas applied to them since, oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelHistory {
-    pub base_fingerprint: String,
-    pub applied: Vec<String>,
-    /// The base's sampled fingerprint (`ModelIdentity::sampled_fingerprint`), when the base is
-    /// these weights: states started before full hashing recorded that one.
-    #[serde(skip)]
-    pub base_sampled: Option<String>,
-}
-
-impl ModelHistory {
-    /// The history of the model `identity` names: its root and the deltas applied since.
-    pub fn of(identity: &crate::identity::ModelIdentity) -> Self {
-        Self {
-            base_fingerprint: identity.root_fingerprint().to_string(),
-            applied: identity.applied.clone(),
-            base_sampled: identity.base_fingerprint.is_none().then(|| identity.sampled_fingerprint.clone()).flatten(),
-        }
-    }
-
-    fn is_base(&self, recorded: &str) -> bool {
-        recorded == self.base_fingerprint || (crate::checkpoint::is_sampled_fingerprint(recorded) && self.base_sampled.as_deref() == Some(recorded))
-    }
-}
 
 /// `state.json`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -95,16 +69,18 @@ impl AlphaState {
     /// Reads the state in `dir`, or starts one there (nothing is written until an edit is
     /// kept). The config's layers and threshold must be the state's, and `model` the weights
     /// its last kept edit was applied to.
-    pub fn open(dir: &Path, hp: &AlphaEditHparams, model: Option<&ModelHistory>) -> Result<Self> {
+    pub fn open(dir: &Path, hp: &AlphaEditHparams, model: Option<&ModelIdentity>) -> Result<Self> {
         let path = dir.join(STATE_FILE);
         if !path.exists() {
-            let m = model.cloned().unwrap_or_default();
+            // The weights the edits are made on, as far as the state cares: the base weights
+            // (before any edit by `edit`) and the deltas applied to them since, oldest first.
+            let (base_fingerprint, applied) = model.map(|m| (m.root_fingerprint().to_string(), m.applied.clone())).unwrap_or_default();
             let file = StateFile {
                 format: 1,
                 layers: hp.layers.clone(),
                 nullspace_threshold: hp.nullspace_threshold,
-                base_fingerprint: m.base_fingerprint,
-                applied: m.applied,
+                base_fingerprint,
+                applied,
                 requests: 0,
                 step: 0,
                 config: serde_json::to_value(hp).expect("the config serialises"),
@@ -123,12 +99,13 @@ impl AlphaState {
             ));
         }
         if let Some(m) = model {
-            if !m.is_base(&file.base_fingerprint) {
+            if !m.is_root(&file.base_fingerprint) {
                 return Err(bad(
                     dir,
                     format!(
                         "it belongs to other weights (fingerprint {}, this model's base is {}); start a new --state directory for this model",
-                        file.base_fingerprint, m.base_fingerprint
+                        file.base_fingerprint,
+                        m.root_fingerprint()
                     ),
                 ));
             }
@@ -259,7 +236,8 @@ mod tests {
     fn a_saved_state_reads_back_bit_for_bit_and_checks_the_model() {
         let dir = tempfile::tempdir().unwrap();
         let hp = hp();
-        let base = ModelHistory { base_fingerprint: "f00d".into(), applied: vec![], base_sampled: None };
+        let model = |base: &str, applied: Vec<String>| ModelIdentity { weights_fingerprint: base.into(), applied, ..Default::default() };
+        let base = model("f00d", vec![]);
         let mut s = AlphaState::open(dir.path(), &hp, Some(&base)).unwrap();
         for l in [1, 2] {
             // f32 values, as null spaces are held.
@@ -274,7 +252,7 @@ mod tests {
         s.save(dir.path(), &hp).unwrap();
         let id = s.file.applied[0].clone();
 
-        let edited = ModelHistory { base_fingerprint: "f00d".into(), applied: vec![id.clone()], base_sampled: None };
+        let edited = model("f00d", vec![id.clone()]);
         let back = AlphaState::open(dir.path(), &hp, Some(&edited)).unwrap();
         assert_eq!((back.file.requests, back.file.applied.clone(), back.file.step), (4, vec![id], 1));
         for l in [1, 2] {
@@ -293,8 +271,7 @@ mod tests {
         // The unedited model, another model, another config: refused with the reason.
         let err = |r: Result<AlphaState>| r.err().expect("refused").to_string();
         assert!(err(AlphaState::open(dir.path(), &hp, Some(&base))).contains("holds []"));
-        assert!(err(AlphaState::open(dir.path(), &hp, Some(&ModelHistory { base_fingerprint: "beef".into(), applied: vec![], base_sampled: None })))
-            .contains("other weights"));
+        assert!(err(AlphaState::open(dir.path(), &hp, Some(&model("beef", vec![])))).contains("other weights"));
         let mut other = hp.clone();
         other.common.layers = vec![1];
         assert!(err(AlphaState::open(dir.path(), &other, None)).contains("layers [1, 2]"));
