@@ -1,4 +1,4 @@
-//! `edit apply`: compute an edit (ROME, MEMIT, AlphaEdit, FT, MEND) and write the patched model and/or the delta.
+//! `edit apply`: compute an edit (ROME, MEMIT, AlphaEdit, EMMET, UltraEdit, FT, MEND) and write the patched model and/or the delta.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,14 +26,14 @@ use super::{logging, ComputeArgs, GlobalArgs, ModelArgs};
 /// Exit status when `--require-success` finds an edit that did not take.
 pub const EXIT_EDIT_FAILED: u8 = 3;
 
-/// Compute an edit of the facts in REQUESTS (ROME, MEMIT, AlphaEdit, fine-tuning or MEND) and write the patched
+/// Compute an edit of the facts in REQUESTS (ROME, MEMIT, AlphaEdit, EMMET, UltraEdit, fine-tuning or MEND) and write the patched
 /// model (--out) and/or the weight delta (--delta-out).
 ///
 /// Hyperparameters come from the shipped config for the model (the reference values where they
 /// exist; `-v` prints which), or --config FILE (the reference's hparams JSON format) or the name
-/// of a shipped config (`--config ft/gpt2-xl_attn`), with --set key=value overrides. ROME and
-/// MEMIT read second-moment statistics from the `edit stats` cache (any corpus cached for this
-/// model; --dataset/--text choose one), computed first when none are cached; FT needs none.
+/// of a shipped config (`--config ft/gpt2-xl_attn`), with --set key=value overrides. ROME,
+/// MEMIT, AlphaEdit and EMMET read second-moment statistics from the `edit stats` cache (any corpus cached for this
+/// model; --dataset/--text choose one), computed first when none are cached; FT, MEND and UltraEdit need none.
 ///
 /// Each request is checked after the edit: its loss must have fallen and the new target must
 /// be the top prediction at the edit prompt. A request that fails is reported (a warning, and
@@ -48,14 +48,17 @@ pub struct ApplyArgs {
     /// The editing method: rome (one rank-one update per fact, applied in turn), memit (one
     /// batch update spread over several layers), ft (fine-tuning: FT-L, FT, FT-W, FT-M by
     /// config; all requests in one run), mend (a trained hypernetwork, --mend FILE, maps the
-    /// requests' gradient to the update; all requests one batch) or alphaedit (MEMIT's update
+    /// requests' gradient to the update; all requests one batch), alphaedit (MEMIT's update
     /// projected so that it leaves the preserved knowledge's keys alone, and with --state the
-    /// earlier batches' keys too).
+    /// earlier batches' keys too), emmet (MEMIT's targets with an equality-constrained batch
+    /// solve) or ultraedit (a ridge update from one forward/backward per 10 requests, no
+    /// statistics; with --state its normalisation carries over from earlier calls).
     #[arg(long, value_parser = named(&Method::ALL, Method::name))]
     pub method: Method,
-    /// AlphaEdit: a directory holding what earlier batches' edits left (the null spaces and
-    /// their keys), read before the edit and updated once the outputs are written. Edit the
-    /// model each call writes (--out), batch after batch.
+    /// AlphaEdit and UltraEdit: a directory holding what earlier batches' edits left
+    /// (AlphaEdit's null spaces and kept keys, UltraEdit's running normalisation statistics),
+    /// read before the edit and updated once the outputs are written. Edit the model each call
+    /// writes (--out), batch after batch.
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     #[command(flatten)]
@@ -177,8 +180,10 @@ pub fn run(args: ApplyArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if !refused {
         outputs.write(&lm.files, &cfg, deltas, &editor.delta_meta(&reqs))?;
         if let Some(dir) = &args.state {
-            editor.keep(deltas).with_context(|| format!("the outputs were written, but the AlphaEdit state in {} could not be updated", dir.display()))?;
-            tracing::info!("AlphaEdit state in {} updated: edit the model written to --out next", dir.display());
+            editor
+                .keep(deltas)
+                .with_context(|| format!("the outputs were written, but the {} state in {} could not be updated", method.title(), dir.display()))?;
+            tracing::info!("{} state in {} updated: edit the model written to --out next", method.title(), dir.display());
         }
     }
     let summary = Summary {

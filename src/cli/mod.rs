@@ -20,7 +20,7 @@ use clap::{Args, Parser, Subcommand};
 pub use args::{ComputeArgs, ModelArgs};
 
 /// Edit facts stored inside causal language models (GPT-2, GPT-J, GPT-NeoX/Pythia, Llama,
-/// Mistral, Qwen, Gemma) with ROME, MEMIT, AlphaEdit, fine-tuning or MEND.
+/// Mistral, Qwen, Gemma) with ROME, MEMIT, AlphaEdit, EMMET, UltraEdit, fine-tuning or MEND.
 ///
 /// Models are loaded from a local Hugging Face directory or a Hub id through the standard
 /// Hugging Face cache. Results go to stdout (JSON with --json); logs go to stderr.
@@ -52,7 +52,7 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Collect (or import) the second-moment statistics of MLP keys that ROME and MEMIT need.
     Stats(Box<stats::StatsArgs>),
-    /// Compute an edit (ROME, MEMIT, AlphaEdit, FT, MEND) and write the patched model (--out) and/or its delta (--delta-out).
+    /// Compute an edit (ROME, MEMIT, AlphaEdit, EMMET, UltraEdit, FT, MEND) and write the patched model (--out) and/or its delta (--delta-out).
     Apply(Box<apply::ApplyArgs>),
     /// Edit the records of a dataset chunk by chunk and score them as the reference evaluators do.
     Eval(Box<eval::EvalArgs>),

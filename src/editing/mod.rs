@@ -8,6 +8,8 @@
 
 pub mod adam;
 pub mod alphaedit;
+pub mod emmet;
+pub mod factors;
 pub mod ft;
 pub mod hparams;
 pub mod memit;
@@ -21,7 +23,9 @@ pub mod registry;
 pub mod reprs;
 pub mod requests;
 pub mod rome;
+pub mod state_dir;
 pub mod templates;
+pub mod ultraedit;
 pub mod verify;
 
 use std::collections::BTreeMap;

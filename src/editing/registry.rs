@@ -9,12 +9,14 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use super::alphaedit::{AlphaEdit, AlphaEditHparams};
+use super::emmet::{Emmet, EmmetHparams};
 use super::ft::{Ft, FtHparams};
 use super::hparams::{resolve, MethodConfig, ResolvedHparams};
 use super::memit::{Memit, MemitHparams};
 use super::mend::{Mend, MendHparams};
 use super::method::{EditMethod, MethodSource, PreparedMethod};
 use super::rome::{Rome, RomeHparams};
+use super::ultraedit::{UltraEdit, UltraEditHparams};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -31,10 +33,15 @@ pub enum Method {
     /// AlphaEdit: MEMIT's update projected onto the null space of the preserved knowledge's
     /// keys, keeping earlier edits' keys too.
     AlphaEdit,
+    /// UltraEdit: a closed-form ridge update from one forward/backward per sub-batch, its
+    /// normalisation statistics carried across turns.
+    UltraEdit,
+    /// EMMET: MEMIT's targets and statistics with an equality-constrained batched solve.
+    Emmet,
 }
 
 impl Method {
-    pub const ALL: [Method; 5] = [Method::Rome, Method::Memit, Method::Ft, Method::Mend, Method::AlphaEdit];
+    pub const ALL: [Method; 7] = [Method::Rome, Method::Memit, Method::Ft, Method::Mend, Method::AlphaEdit, Method::UltraEdit, Method::Emmet];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -43,7 +50,27 @@ impl Method {
             Method::Ft => "ft",
             Method::Mend => "mend",
             Method::AlphaEdit => "alphaedit",
+            Method::UltraEdit => "ultraedit",
+            Method::Emmet => "emmet",
         }
+    }
+
+    /// The method's name as its authors write it (ROME, AlphaEdit), for messages.
+    pub fn title(self) -> &'static str {
+        match self {
+            Method::Rome => "ROME",
+            Method::Memit => "MEMIT",
+            Method::Ft => "FT",
+            Method::Mend => "MEND",
+            Method::AlphaEdit => "AlphaEdit",
+            Method::UltraEdit => "UltraEdit",
+            Method::Emmet => "EMMET",
+        }
+    }
+
+    /// Whether `--state DIR` keeps this method's memory of earlier edits.
+    pub fn keeps_state(self) -> bool {
+        matches!(self, Method::AlphaEdit | Method::UltraEdit)
     }
 }
 
@@ -76,9 +103,9 @@ pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, src: MethodSou
     if src.hypernetwork.is_some() && method != Method::Mend {
         return Err(Error::Input(format!("--mend names a MEND hypernetwork, but the method is {method}; drop --mend or use --method mend")));
     }
-    if src.state.is_some() && method != Method::AlphaEdit {
+    if src.state.is_some() && !method.keeps_state() {
         return Err(Error::Input(format!(
-            "--state keeps AlphaEdit's memory of earlier edits, but the method is {method}; drop --state or use --method alphaedit"
+            "--state keeps AlphaEdit's or UltraEdit's memory of earlier edits, but the method is {method}; drop --state or use --method alphaedit or ultraedit"
         )));
     }
     Ok(match method {
@@ -90,6 +117,12 @@ pub fn prepare(method: Method, cfg: &ModelConfig, model_id: &str, src: MethodSou
             let m = AlphaEdit::open(r.hparams, src.state, src.identity)?;
             PreparedMethod { method: Box::new(m), json: r.json, source: r.source }
         }
+        Method::UltraEdit => {
+            let r = resolve::<UltraEditHparams>(cfg, model_id, config, sets)?;
+            let m = UltraEdit::open(r.hparams, src.state, src.identity)?;
+            PreparedMethod { method: Box::new(m), json: r.json, source: r.source }
+        }
+        Method::Emmet => with(resolve::<EmmetHparams>(cfg, model_id, config, sets)?, |hp| Emmet { hp }),
         Method::Mend => {
             let r = resolve::<MendHparams>(cfg, model_id, config, sets)?;
             let mend = Mend::open(r.hparams, src.hypernetwork, cfg, src.identity)?;

@@ -6,6 +6,7 @@ use crate::common;
 use std::path::{Path, PathBuf};
 
 use edit::editing::alphaedit::AlphaEditHparams;
+use edit::editing::emmet::EmmetHparams;
 use edit::editing::ft::FtHparams;
 use edit::editing::hparams::{self, resolve, ContextTemplates, MethodConfig, SHIPPED};
 use edit::editing::memit::{MemitHparams, Solver};
@@ -14,6 +15,7 @@ use edit::editing::positions::{check_locatable, subject_last_index};
 use edit::editing::registry::Method;
 use edit::editing::requests::{parse_requests, read_requests, validate, Request};
 use edit::editing::rome::RomeHparams;
+use edit::editing::ultraedit::UltraEditHparams;
 use edit::tokenizer::Tokenizer;
 use edit::{Family, ModelConfig};
 use serde_json::{json, Value};
@@ -274,7 +276,7 @@ fn check_shipped<H: MethodConfig>(s: &hparams::Shipped, cfg: &edit::ModelConfig)
 
 #[test]
 fn every_shipped_config_loads_and_validates_for_its_model() {
-    assert_eq!(SHIPPED.len(), 98);
+    assert_eq!(SHIPPED.len(), 107);
     let models = models();
     for s in SHIPPED {
         let (_, cfg) = models.iter().find(|(name, _)| name == s.model).unwrap_or_else(|| panic!("no config for {}", s.model)).clone();
@@ -285,6 +287,8 @@ fn every_shipped_config_loads_and_validates_for_its_model() {
             Method::Ft => check_shipped::<FtHparams>(s, &cfg),
             Method::Mend => check_shipped::<MendHparams>(s, &cfg),
             Method::AlphaEdit => check_shipped::<AlphaEditHparams>(s, &cfg),
+            Method::UltraEdit => check_shipped::<UltraEditHparams>(s, &cfg),
+            Method::Emmet => check_shipped::<EmmetHparams>(s, &cfg),
         }
         // The file on disk is the one compiled in.
         let on_disk = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(s.path)).unwrap();
@@ -381,6 +385,8 @@ fn set_overrides_merge_in_order() {
         Method::Ft => error::<FtHparams>(&cfg, s),
         Method::Mend => error::<MendHparams>(&cfg, s),
         Method::AlphaEdit => error::<AlphaEditHparams>(&cfg, s),
+        Method::UltraEdit => error::<UltraEditHparams>(&cfg, s),
+        Method::Emmet => error::<EmmetHparams>(&cfg, s),
     };
     let e = err("no_such_field=1", Method::Rome);
     assert!(e.contains("unknown rome hyperparameter `no_such_field`") && e.contains("v_num_grad_steps"), "{e}");

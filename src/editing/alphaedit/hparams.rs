@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::config::ModelConfig;
-use crate::editing::hparams::locate::{check_number, common_expected, report, Common, COMMON_FIELDS};
+use crate::editing::hparams::locate::{check_final_loss_layer, check_number, common_expected, report, Common, COMMON_FIELDS};
 use crate::editing::hparams::MethodConfig;
 use crate::editing::memit::MemitHparams;
 use crate::editing::registry::Method;
@@ -99,15 +99,7 @@ impl MethodConfig for AlphaEditHparams {
     fn validate(&self, cfg: &ModelConfig) -> Result<()> {
         let mut problems = Vec::new();
         self.common.check(cfg, &mut problems)?;
-        let n = cfg.n_layer;
-        if self.v_loss_layer != n - 1 {
-            problems.push(format!(
-                "`v_loss_layer` is {}, but only the final layer's logits are supported, so it must be {} (this model's last layer): --set v_loss_layer={}",
-                self.v_loss_layer,
-                n - 1,
-                n - 1
-            ));
-        }
+        check_final_loss_layer(self.v_loss_layer, cfg, &mut problems);
         check_number("nullspace_threshold", self.nullspace_threshold, true, &mut problems);
         check_number("L2", self.l2, true, &mut problems);
         report("alphaedit", cfg, problems)

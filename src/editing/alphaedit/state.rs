@@ -1,11 +1,9 @@
 //! What AlphaEdit remembers between edits, in memory and on disk.
 //!
-//! A state directory (`edit apply --method alphaedit --state DIR`) holds `state.json` (the
-//! config's layers and threshold, the base weights' fingerprint, the ids of the deltas kept so
-//! far, in order) and per layer `layer-<l>-<step>.safetensors` with the null space's basis
-//! (`nullspace`, f32 `[d_ff, r]`) and the kept edits' Σ K_pK_pᵀ (`kept_keys`, f64). A save
-//! writes the new step's layer files, then `state.json` naming that step (the commit), then
-//! removes the previous step's files: an interrupted save leaves the previous state whole.
+//! A state directory (`edit apply --method alphaedit --state DIR`, [`state_dir`]) holds
+//! `state.json` (with the config's layers and threshold) and per layer
+//! `layer-<l>-<step>.safetensors` with the null space's basis (`nullspace`, f32 `[d_ff, r]`) and
+//! the kept edits' Σ K_pK_pᵀ (`kept_keys`, f64).
 //!
 //! Null spaces are also cached beside the statistics file they come from
 //! (`<stats>.nullspace-<threshold>.safetensors`), so one-shot edits do not decompose C again.
@@ -20,33 +18,22 @@ use serde::{Deserialize, Serialize};
 
 use super::AlphaEditHparams;
 use super::NullSpace;
+use crate::editing::registry::Method;
+use crate::editing::state_dir;
 use crate::editing::Deltas;
 use crate::error::{Error, Result};
 use crate::identity::ModelIdentity;
 use crate::linalg::{to_mat, to_tensor};
 
-/// `state.json`.
+/// AlphaEdit's own part of `state.json`: the settings its state was built with.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct StateFile {
-    pub format: u32,
+pub struct AlphaSettings {
     pub layers: Vec<usize>,
     pub nullspace_threshold: f64,
-    pub base_fingerprint: String,
-    /// Ids of the kept deltas (as recorded in the weight files they were applied to).
-    pub applied: Vec<String>,
-    /// Requests kept so far.
-    pub requests: usize,
-    /// The step whose layer files hold the state.
-    pub step: usize,
-    /// The config the state was started with (for people: edits must use the same layers and
-    /// threshold).
-    #[serde(default)]
-    pub config: serde_json::Value,
 }
 
-const STATE_FILE: &str = "state.json";
+pub type StateFile = state_dir::StateFile<AlphaSettings>;
 
-#[derive(Default)]
 pub struct AlphaState {
     pub null_spaces: BTreeMap<usize, Arc<NullSpace>>,
     /// Per layer, Σ K_pK_pᵀ over the kept edits.
@@ -57,12 +44,24 @@ pub struct AlphaState {
     pub file: StateFile,
 }
 
+impl Default for AlphaState {
+    fn default() -> Self {
+        Self {
+            null_spaces: BTreeMap::new(),
+            kept_keys: BTreeMap::new(),
+            pending: None,
+            pending_requests: 0,
+            file: StateFile::new(Method::AlphaEdit, AlphaSettings::default(), None, serde_json::Value::Null),
+        }
+    }
+}
+
 fn layer_file(dir: &Path, layer: usize, step: usize) -> PathBuf {
     dir.join(format!("layer-{layer}-{step}.safetensors"))
 }
 
 fn bad(dir: &Path, why: String) -> Error {
-    Error::Input(format!("the AlphaEdit state in {}: {why}", dir.display()))
+    state_dir::bad(Method::AlphaEdit, dir, why)
 }
 
 impl AlphaState {
@@ -70,57 +69,23 @@ impl AlphaState {
     /// kept). The config's layers and threshold must be the state's, and `model` the weights
     /// its last kept edit was applied to.
     pub fn open(dir: &Path, hp: &AlphaEditHparams, model: Option<&ModelIdentity>) -> Result<Self> {
-        let path = dir.join(STATE_FILE);
-        if !path.exists() {
-            // The weights the edits are made on, as far as the state cares: the base weights
-            // (before any edit by `edit`) and the deltas applied to them since, oldest first.
-            let (base_fingerprint, applied) = model.map(|m| (m.root_fingerprint().to_string(), m.applied.clone())).unwrap_or_default();
-            let file = StateFile {
-                format: 1,
-                layers: hp.layers.clone(),
-                nullspace_threshold: hp.nullspace_threshold,
-                base_fingerprint,
-                applied,
-                requests: 0,
-                step: 0,
-                config: serde_json::to_value(hp).expect("the config serialises"),
-            };
-            return Ok(Self { file, ..Self::default() });
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let file: StateFile = serde_json::from_str(&text).map_err(|e| bad(dir, format!("{STATE_FILE} is not a state file ({e})")))?;
-        if file.layers != hp.layers || file.nullspace_threshold != hp.nullspace_threshold {
+        let settings = AlphaSettings { layers: hp.layers.clone(), nullspace_threshold: hp.nullspace_threshold };
+        let Some(file) = StateFile::read(dir, Method::AlphaEdit, model)? else {
+            let config = serde_json::to_value(hp).expect("the config serialises");
+            return Ok(Self { file: StateFile::new(Method::AlphaEdit, settings, model, config), ..Self::default() });
+        };
+        let own = &file.own;
+        if own.layers != hp.layers || own.nullspace_threshold != hp.nullspace_threshold {
             return Err(bad(
                 dir,
                 format!(
-                    "it was built with layers {:?} and nullspace_threshold {}, the config has {:?} and {}; edit with the config it was built with (pass the same --config; {STATE_FILE} records it under `config`), or start a new --state directory",
-                    file.layers, file.nullspace_threshold, hp.layers, hp.nullspace_threshold
+                    "it was built with layers {:?} and nullspace_threshold {}, the config has {:?} and {}; edit with the config it was built with (pass the same --config; state.json records it under `config`), or start a new --state directory",
+                    own.layers, own.nullspace_threshold, hp.layers, hp.nullspace_threshold
                 ),
             ));
         }
-        if let Some(m) = model {
-            if !m.is_root(&file.base_fingerprint) {
-                return Err(bad(
-                    dir,
-                    format!(
-                        "it belongs to other weights (fingerprint {}, this model's base is {}); start a new --state directory for this model",
-                        file.base_fingerprint,
-                        m.root_fingerprint()
-                    ),
-                ));
-            }
-            if m.applied != file.applied {
-                return Err(bad(
-                    dir,
-                    format!(
-                        "its edits were applied as deltas {:?}, but this model holds {:?}: pass the model the previous `edit apply --state` wrote (--out), or that `edit apply-delta` made with its delta",
-                        file.applied, m.applied
-                    ),
-                ));
-            }
-        }
         let mut state = Self { file, ..Self::default() };
-        for &l in &state.file.layers.clone() {
+        for &l in &state.file.own.layers.clone() {
             let p = layer_file(dir, l, state.file.step);
             let tensors = candle_core::safetensors::load(&p, &Device::Cpu).map_err(|e| bad(dir, format!("cannot read {}: {e}", p.display())))?;
             let get = |name: &str| tensors.get(name).ok_or_else(|| bad(dir, format!("{} has no `{name}`", p.display())));
@@ -142,33 +107,23 @@ impl AlphaState {
                 }
             }
         }
-        self.file.applied.push(crate::editing::delta_id(deltas)?);
-        self.file.requests += self.pending_requests;
-        Ok(())
+        self.file.kept(deltas, self.pending_requests)
     }
 
-    /// Writes the state to `dir` (see the module documentation for the order).
+    /// Writes the state to `dir` (see [`state_dir`] for the order).
     pub fn save(&mut self, dir: &Path, hp: &AlphaEditHparams) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let (old, step) = (self.file.step, self.file.step + 1);
-        for &l in &hp.layers {
-            let ns = self.null_spaces.get(&l).ok_or_else(|| Error::Internal(format!("AlphaEdit: no null space for layer {l}")))?;
-            let width = ns.width();
-            let kept = self.kept_keys.get(&l).cloned().unwrap_or_else(|| Mat::zeros(width, width));
-            let tensors = [("nullspace".to_string(), to_tensor(&ns.basis, DType::F32)?), ("kept_keys".to_string(), to_tensor(&kept, DType::F64)?)];
-            let p = layer_file(dir, l, step);
-            let tmp = crate::fsutil::sibling(&p, "tmp");
-            crate::fsutil::write_safetensors(&tmp, &tensors, None)?;
-            std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
-        }
-        self.file.step = step;
-        let mut json = serde_json::to_vec_pretty(&self.file).expect("the state serialises");
-        json.push(b'\n');
-        crate::fsutil::write_atomic(&dir.join(STATE_FILE), &json)?;
-        for &l in &hp.layers {
-            let _ = std::fs::remove_file(layer_file(dir, l, old));
-        }
-        Ok(())
+        let (null_spaces, kept_keys) = (&self.null_spaces, &self.kept_keys);
+        let write = |dir: &Path, step: usize| -> Result<()> {
+            for &l in &hp.layers {
+                let ns = null_spaces.get(&l).ok_or_else(|| Error::Internal(format!("AlphaEdit: no null space for layer {l}")))?;
+                let width = ns.width();
+                let kept = kept_keys.get(&l).cloned().unwrap_or_else(|| Mat::zeros(width, width));
+                let tensors = [("nullspace".to_string(), to_tensor(&ns.basis, DType::F32)?), ("kept_keys".to_string(), to_tensor(&kept, DType::F64)?)];
+                state_dir::write_tensors(&layer_file(dir, l, step), &tensors)?;
+            }
+            Ok(())
+        };
+        self.file.save(dir, write, |dir, step| hp.layers.iter().map(|&l| layer_file(dir, l, step)).collect())
     }
 }
 

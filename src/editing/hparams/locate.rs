@@ -254,6 +254,16 @@ pub(crate) fn check_number(field: &str, value: f64, positive: bool, problems: &m
     }
 }
 
+/// MEMIT-style methods read the target's loss at the final layer only.
+pub(crate) fn check_final_loss_layer(v_loss_layer: usize, cfg: &ModelConfig, problems: &mut Vec<String>) {
+    let last = cfg.n_layer - 1;
+    if v_loss_layer != last {
+        problems.push(format!(
+            "`v_loss_layer` is {v_loss_layer}, but only the final layer's logits are supported, so it must be {last} (this model's last layer): --set v_loss_layer={last}"
+        ));
+    }
+}
+
 /// The problems as one error, or Ok.
 pub(crate) fn report(method: &str, cfg: &ModelConfig, problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {

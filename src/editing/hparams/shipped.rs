@@ -149,7 +149,17 @@ pub static SHIPPED: &[Shipped] = &[
     shipped!(Mend, "mend/Qwen_Qwen3-8B.json", "qwen3-8b", Qwen3, 36, 4096, vocab 151936, false, true),
     shipped!(Mend, "mend/google_gemma-2-2b.json", "gemma-2-2b", Gemma2, 26, 2304, vocab 256000, false, true),
     shipped!(Mend, "mend/google_gemma-2-9b.json", "gemma-2-9b", Gemma2, 42, 3584, vocab 256000, false, true),
-    shipped!(Mend, "mend/google_gemma-3-1b-pt.json", "gemma-3-1b-pt", Gemma3, 26, 1152, vocab 262144, false, true),
+    shipped!(Mend, "mend/google_gemma-3-1b-pt.json", "gemma-3-1b-pt", Gemma3, 26, 1152, vocab 262144, false, true),    // UltraEdit: XiaojieGu/UltraEdit's `config/model/*.yaml` `edit_modules` with its editor and
+    // dataset settings; EMMET: zjunlp/EasyEdit's `hparams/EMMET/*.yaml` (configs/README.md).
+    shipped!(UltraEdit, "ultraedit/EleutherAI_gpt-j-6B.json", "gpt-j-6b", GptJ, 28, 4096, true, true),
+    shipped!(UltraEdit, "ultraedit/EleutherAI_gpt-j-6B_wikibigedit.json", "gpt-j-6b", GptJ, 28, 4096, true, false),
+    shipped!(UltraEdit, "ultraedit/mistralai_Mistral-7B-v0.3.json", "mistral-7b-v0.3", Mistral, 32, 4096, true, true),
+    shipped!(UltraEdit, "ultraedit/meta-llama_Meta-Llama-3-8B-Instruct.json", "meta-llama-3-8b-instruct", Llama, 32, 4096, vocab 128256, true, true),
+    shipped!(UltraEdit, "ultraedit/Qwen_Qwen2.5-7B-Instruct.json", "qwen2.5-7b-instruct", Qwen2, 28, 3584, vocab 152064, true, true),
+    shipped!(Emmet, "emmet/gpt2-xl.json", "gpt2-xl", Gpt2, 48, 1600, true, true),
+    shipped!(Emmet, "emmet/EleutherAI_gpt-j-6B.json", "gpt-j-6b", GptJ, 28, 4096, true, true),
+    shipped!(Emmet, "emmet/meta-llama_Llama-2-7b-hf.json", "llama-2-7b-hf", Llama, 32, 4096, vocab 32000, true, true),
+    shipped!(Emmet, "emmet/meta-llama_Llama-3.2-3B.json", "llama-3.2-3b", Llama, 28, 3072, vocab 128256, true, true),
 ];
 
 impl Shipped {

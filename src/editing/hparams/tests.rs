@@ -3,10 +3,12 @@ use std::path::Path;
 
 use super::*;
 use crate::editing::alphaedit::AlphaEditHparams;
+use crate::editing::emmet::EmmetHparams;
 use crate::editing::ft::FtHparams;
 use crate::editing::memit::MemitHparams;
 use crate::editing::mend::MendHparams;
 use crate::editing::rome::RomeHparams;
+use crate::editing::ultraedit::UltraEditHparams;
 
 fn gpt2(n_layer: usize, d: usize) -> ModelConfig {
     ModelConfig::from_json(
@@ -22,7 +24,7 @@ fn method_names() {
     assert_eq!("ft".parse::<Method>().unwrap(), Method::Ft);
     assert_eq!(Method::Rome.name(), "rome");
     assert_eq!("mend".parse::<Method>().unwrap(), Method::Mend);
-    assert!("rosme".parse::<Method>().unwrap_err().to_string().contains("rome, memit, ft, mend or alphaedit"));
+    assert!("rosme".parse::<Method>().unwrap_err().to_string().contains("rome, memit, ft, mend, alphaedit, ultraedit or emmet"));
 }
 
 /// The field lists are the types' own: every field a full config serialises, and no other.
@@ -56,6 +58,10 @@ fn field_lists_match_the_types() {
         mend[k] = v;
     }
     check_fields::<MendHparams>(mend);
+    let mut emmet = EmmetHparams::starting_point(&cfg);
+    emmet["context_templates"] = json!(["{}"]);
+    check_fields::<EmmetHparams>(emmet);
+    check_fields::<UltraEditHparams>(UltraEditHparams::starting_point(&cfg));
 }
 
 #[test]
@@ -68,6 +74,11 @@ fn every_shipped_file_parses_as_its_method() {
             Method::Memit => (MemitHparams::fields(), serde_json::from_value::<MemitHparams>(v).unwrap().rewrite_module_tmp.clone()),
             Method::AlphaEdit => (AlphaEditHparams::fields(), serde_json::from_value::<AlphaEditHparams>(v).unwrap().rewrite_module_tmp.clone()),
             Method::Ft => (FtHparams::fields(), serde_json::from_value::<FtHparams>(v).unwrap().rewrite_module_tmp),
+            Method::Emmet => (EmmetHparams::fields(), serde_json::from_value::<EmmetHparams>(v).unwrap().rewrite_module_tmp.clone()),
+            Method::UltraEdit => {
+                let h = serde_json::from_value::<UltraEditHparams>(v).unwrap();
+                (UltraEditHparams::fields(), h.edit_modules[0].clone())
+            }
             // MEND's configs name no module (the hypernetwork file does).
             Method::Mend => {
                 serde_json::from_value::<MendHparams>(v).unwrap();

@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::config::ModelConfig;
-use crate::editing::hparams::locate::{check_number, common_expected, common_starting_point, report, scaled_layer, Common, COMMON_FIELDS};
+use crate::editing::hparams::locate::{
+    check_final_loss_layer, check_number, common_expected, common_starting_point, report, scaled_layer, Common, COMMON_FIELDS,
+};
 use crate::editing::hparams::MethodConfig;
 use crate::editing::registry::Method;
 use crate::error::Result;
@@ -113,16 +115,7 @@ impl MethodConfig for MemitHparams {
     fn validate(&self, cfg: &ModelConfig) -> Result<()> {
         let mut problems = Vec::new();
         self.common.check(cfg, &mut problems)?;
-        let n = cfg.n_layer;
-        if self.v_loss_layer != n - 1 {
-            problems.push(format!(
-                "`v_loss_layer` is {}, but only the final layer's logits are supported, so it must be {} (this model's last \
-                 layer): --set v_loss_layer={}",
-                self.v_loss_layer,
-                n - 1,
-                n - 1
-            ));
-        }
+        check_final_loss_layer(self.v_loss_layer, cfg, &mut problems);
         check_number("mom2_update_weight", self.mom2_update_weight, true, &mut problems);
         report("memit", cfg, problems)
     }

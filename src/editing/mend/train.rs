@@ -21,11 +21,11 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use super::data::{EditExample, Labelled};
-use super::factors::{factors_of, label_logprobs, label_positions, module_at};
 use super::hparams::MendTraining;
 use super::hypernet::{inner_params, read_stats, stats_tensors, Hypernetwork, InnerParam, MendMeta};
 use super::network::{kept_rows, pseudo_gradient, GradientTransform};
 use crate::editing::adam::{Adam, AdamSlot};
+use crate::editing::factors::{factors_of, label_logprobs, label_positions, module_at};
 use crate::error::{Error, Result};
 use crate::identity::ModelIdentity;
 use crate::models::modules::EditableModule;

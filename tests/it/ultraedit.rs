@@ -1,0 +1,149 @@
+//! UltraEdit against the reference code (XiaojieGu/UltraEdit, run by
+//! `tests/fixtures/ultraedit/make_ultraedit_goldens.py`): two sequential turns of six edits in
+//! sub-batches of three on tiny-gpt2 (Conv1D down-projections) and tiny-llama (gate and up
+//! projections sharing one normaliser); each turn's ΔW and the running statistics after it.
+
+use std::collections::BTreeMap;
+
+use crate::common;
+
+use candle_core::{Device, Tensor};
+use common::{fixture, fixture_dir, rel_diff};
+use edit::editing::method::{EditInputs, EditMethod};
+use edit::editing::requests::parse_values;
+use edit::editing::ultraedit::{Positions, UltraEdit, UltraEditHparams, UltraSolver};
+use edit::editing::Snapshot;
+use edit::tokenizer::Tokenizer;
+use serde_json::{json, Value};
+
+fn goldens() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture_dir("ultraedit").join("goldens.json")).unwrap()).unwrap()
+}
+
+/// The reference's zsRE records as requests: the whole question is the prompt.
+fn turn_requests(turn: &Value) -> Vec<edit::editing::requests::Request> {
+    let items: Vec<Value> = turn.as_array().unwrap().iter().map(|r| json!({"prompt": "{}", "subject": r["src"], "target_new": r["ans"]})).collect();
+    parse_values(&items, "goldens").unwrap()
+}
+
+fn run(name: &str, solver: UltraSolver) {
+    let g = goldens();
+    let modules: Vec<String> = serde_json::from_value(g["models"][name]["modules"].clone()).unwrap();
+    let hp = UltraEditHparams {
+        edit_modules: modules.clone(),
+        lr: g["lr"].as_f64().unwrap(),
+        batch_size: g["batch_size"].as_u64().unwrap() as usize,
+        token: Positions::Ans,
+        ridge: 1.0,
+        solver,
+    };
+    let want = candle_core::safetensors::load(fixture_dir("ultraedit").join(format!("{name}-goldens.safetensors")), &Device::Cpu).unwrap();
+    let mut lm = fixture(name);
+    let tok = Tokenizer::from_file(&fixture_dir(name).join("tokenizer.json")).unwrap();
+    let method = UltraEdit::open(hp, None, None).unwrap();
+    for (t, turn) in g["turns"].as_array().unwrap().iter().enumerate() {
+        let requests = turn_requests(turn);
+        let mut stats = BTreeMap::new();
+        let out = method.edit(&mut *lm.model, EditInputs { tok: &tok, requests: &requests, stats: &mut stats, templates: None }).unwrap();
+        for m in &modules {
+            let rel = rel_diff(&out.deltas[m], &want[&format!("turn{t}.{m}")]);
+            assert!(rel <= 1e-4, "{name} ({solver:?}) turn {t} {m}: ΔW relative difference {rel}");
+        }
+        // The edit stays; its statistics are kept for the next turn.
+        Snapshot::new().apply(&mut *lm.model, &out.deltas).unwrap();
+        method.keep(&out.deltas).unwrap();
+        for ((i, o), norm) in method.kept_statistics() {
+            let key = format!("norm{t}.{i}x{o}");
+            assert_eq!(f64::from(want[&format!("{key}.n")].to_vec1::<f32>().unwrap()[0]), norm.n, "{name} {key}: rows");
+            for (field, ours) in [("mean", &norm.mean), ("var", &norm.var), ("std", &norm.std)] {
+                let ours = Tensor::from_vec(ours.iter().map(|&v| v as f32).collect::<Vec<_>>(), ours.len(), &Device::Cpu).unwrap();
+                let rel = rel_diff(&ours, &want[&format!("{key}.{field}")]);
+                assert!(rel <= 1e-4, "{name} {key}.{field}: relative difference {rel}");
+            }
+        }
+    }
+}
+
+#[test]
+fn two_turns_match_the_reference_on_gpt2() {
+    run("tiny-gpt2", UltraSolver::Auto);
+}
+
+#[test]
+fn two_turns_match_the_reference_on_llama() {
+    run("tiny-llama", UltraSolver::Auto);
+}
+
+#[test]
+fn both_solves_give_the_references_update() {
+    run("tiny-gpt2", UltraSolver::Direct);
+    run("tiny-llama", UltraSolver::PushThrough);
+}
+
+fn fact_gpt2() -> std::path::PathBuf {
+    fixture_dir("fact-gpt2")
+}
+
+fn case_requests(dir: &std::path::Path, name: &str, range: std::ops::Range<usize>) -> std::path::PathBuf {
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(fact_gpt2().join("cases.json")).unwrap()).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, serde_json::to_string(&cases[range]).unwrap()).unwrap();
+    path
+}
+
+/// `edit apply --state` across processes is `edit eval --sequential` in one: the second call's
+/// delta is the sequential evaluation's second chunk's, because the statistics carried over.
+#[test]
+fn apply_with_a_state_continues_the_sequence_an_evaluation_runs() {
+    use common::{edit_bin, ok, outcome};
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let apply = |model: &std::path::Path, reqs: &std::path::Path, out: &str| {
+        let mut c = edit_bin();
+        c.args(["apply", "--method", "ultraedit", "--set", "lr=1e-3", "--model"]).arg(model).arg(reqs);
+        c.arg("--out").arg(tmp.path().join(out)).arg("--delta-out").arg(tmp.path().join(format!("{out}.safetensors")));
+        c
+    };
+    let (a, b) = (case_requests(tmp.path(), "a.json", 0..10), case_requests(tmp.path(), "b.json", 10..20));
+    ok(apply(&fact_gpt2(), &a, "m1").arg("--state").arg(&state));
+    ok(apply(&tmp.path().join("m1"), &b, "m2").arg("--state").arg(&state));
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(state.join("state.json")).unwrap()).unwrap();
+    assert_eq!((s["method"].as_str(), s["requests"].as_u64(), s["applied"].as_array().unwrap().len()), (Some("ultraedit"), Some(20), 2));
+    // Without the state, the second call starts its statistics afresh: another edit.
+    ok(&mut apply(&tmp.path().join("m1"), &b, "m2-alone"));
+
+    let run = tmp.path().join("run");
+    ok(edit_bin()
+        .args(["eval", "--method", "ultraedit", "--set", "lr=1e-3", "--num-edits", "10", "--limit", "20", "--sequential", "-q", "--model"])
+        .arg(fact_gpt2())
+        .arg("--dataset")
+        .arg(fact_gpt2().join("cases.json"))
+        .arg("--out")
+        .arg(&run));
+    let read = |p: std::path::PathBuf| candle_core::safetensors::load(p, &Device::Cpu).unwrap();
+    let key = "transformer.h.4.mlp.c_proj.weight";
+    let chunk = read(run.join("deltas").join("10-edits-chunk-00001.safetensors"));
+    let (with, alone) = (read(tmp.path().join("m2.safetensors")), read(tmp.path().join("m2-alone.safetensors")));
+    let same = rel_diff(&with[key], &chunk[key]);
+    assert!(same <= 1e-5, "the state's second call vs the evaluation's second chunk: {same}");
+    let other = rel_diff(&alone[key], &chunk[key]);
+    assert!(other > 1e-3, "fresh statistics give another edit ({other})");
+
+    // A model the state does not describe, and the state with AlphaEdit: refused, nothing written.
+    let (code, _, err) = outcome(apply(&fact_gpt2(), &b, "m3").arg("--state").arg(&state));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("holds []") && err.contains("--out"), "{err}");
+    assert!(!tmp.path().join("m3").exists(), "nothing written");
+    let (code, _, err) = outcome(
+        edit_bin()
+            .args(["apply", "--method", "alphaedit", "--model"])
+            .arg(tmp.path().join("m2"))
+            .arg(&b)
+            .arg("--state")
+            .arg(&state)
+            .arg("--delta-out")
+            .arg(tmp.path().join("x.safetensors")),
+    );
+    assert_eq!(code, Some(1));
+    assert!(err.contains("UltraEdit's state, not AlphaEdit's") && err.contains("--method ultraedit"), "{err}");
+}
