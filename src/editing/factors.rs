@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor, Var};
 
 use crate::error::{Error, Result};
 use crate::models::modules::EditableModule;
-use crate::models::{Batch, CausalLm, ForwardOpts, HookPoint, Hooks, Logits};
+use crate::models::{Batch, CausalLm, ForwardOpts, HookPoint, Hooks, Logits, Resume};
 
 /// One module's factors: rows (batch × positions) of its input and output gradient, f32.
 pub struct Factors {
@@ -78,14 +78,43 @@ pub fn label_logprobs(logits: &Tensor, wanted: Vec<u32>) -> Result<Tensor> {
 
 /// The mean NLL of the labelled tokens of `seqs` and every module's factors, in `modules` order.
 pub fn factors_of(model: &dyn CausalLm, seqs: &[Vec<u32>], labels: &LabelRanges, modules: &[EditableModule]) -> Result<(f64, Vec<Factors>)> {
+    factors_and_losses(model, seqs, labels, modules, None, None).map(|(loss, f, _)| (loss, f))
+}
+
+/// [`factors_of`], and each sequence's own mean NLL of its labels (from the same forward);
+/// with `resume` (the residual stream below every module, [`hidden_before`]), the forward
+/// starts there. With `groups` (ranges of sequences), the loss is the sum over the groups of
+/// each group's mean NLL: since rows do not interact, every row's gradient is then the one its
+/// group's own forward/backward would give, from one pass over the weights.
+pub fn factors_and_losses(
+    model: &dyn CausalLm,
+    seqs: &[Vec<u32>],
+    labels: &LabelRanges,
+    modules: &[EditableModule],
+    resume: Option<Resume>,
+    groups: Option<&[std::ops::Range<usize>]>,
+) -> Result<(f64, Vec<Factors>, Vec<f64>)> {
     let pad_id = model.config().pad_id();
     let batch = Batch::from_sequences(seqs, pad_id, model.device())?;
     // Logits only where a label is predicted: position p - 1 for a labelled token at p.
     let (positions, wanted) = label_positions(seqs, labels);
     let mut hooks = Capture { modules, x: vec![None; modules.len()], dy: (0..modules.len()).map(|_| None).collect() };
-    let opts = ForwardOpts { logits: Logits::At(positions), differentiable: true, ..ForwardOpts::default() };
+    let opts = ForwardOpts { logits: Logits::At(positions), differentiable: true, resume, ..ForwardOpts::default() };
     let logits = model.forward_hooked(&batch, &opts, &mut hooks)?.expect("logits were asked for");
-    let loss = (label_logprobs(&logits, wanted)?.mean_all()? * -1.0)?;
+    let lp = label_logprobs(&logits, wanted)?;
+    let per_sequence = mean_nll_per_sequence(&lp.to_device(&candle_core::Device::Cpu)?.to_vec1()?, labels);
+    let loss = match groups {
+        None => (lp.mean_all()? * -1.0)?,
+        Some(groups) => {
+            // Each label weighted by 1 / (labels in its group).
+            let mut w = Vec::with_capacity(lp.dim(0)?);
+            for g in groups {
+                let n: usize = labels[g.clone()].iter().map(|r| r.len()).sum();
+                w.extend(std::iter::repeat_n(-1.0 / n as f32, n));
+            }
+            (&lp * Tensor::from_vec(w, lp.dim(0)?, lp.device())?)?.sum_all()?
+        }
+    };
     let value = f64::from(loss.to_scalar::<f32>()?);
     if !value.is_finite() {
         return Err(Error::Numerical(format!("the edit loss is {value}")));
@@ -107,16 +136,11 @@ pub fn factors_of(model: &dyn CausalLm, seqs: &[Vec<u32>], labels: &LabelRanges,
         };
         out.push(Factors { x: rows(&x)?, delta: rows(&delta)? });
     }
-    Ok((value, out))
+    Ok((value, out, per_sequence))
 }
 
-/// Each sequence's mean NLL of its labelled tokens, on the model as it is.
-pub fn sequence_losses(model: &dyn CausalLm, seqs: &[Vec<u32>], labels: &LabelRanges) -> Result<Vec<f64>> {
-    let batch = Batch::from_sequences(seqs, model.config().pad_id(), model.device())?;
-    let (positions, wanted) = label_positions(seqs, labels);
-    let opts = ForwardOpts { logits: Logits::At(positions), ..ForwardOpts::default() };
-    let logits = model.forward_hooked(&batch, &opts, &mut crate::models::NoHooks)?.expect("logits were asked for");
-    let lp: Vec<f32> = label_logprobs(&logits, wanted)?.to_device(&candle_core::Device::Cpu)?.to_vec1()?;
+/// Per sequence, the mean NLL of its labels, from the labels' log-probabilities in batch order.
+fn mean_nll_per_sequence(lp: &[f32], labels: &LabelRanges) -> Vec<f64> {
     let mut out = Vec::with_capacity(labels.len());
     let mut at = 0;
     for r in labels {
@@ -124,5 +148,46 @@ pub fn sequence_losses(model: &dyn CausalLm, seqs: &[Vec<u32>], labels: &LabelRa
         out.push(-row.iter().map(|&v| f64::from(v)).sum::<f64>() / r.len() as f64);
         at += r.len();
     }
-    Ok(out)
+    out
+}
+
+/// Each sequence's mean NLL of its labelled tokens, on the model as it is.
+pub fn sequence_losses(model: &dyn CausalLm, seqs: &[Vec<u32>], labels: &LabelRanges) -> Result<Vec<f64>> {
+    sequence_losses_from(model, seqs, labels, None)
+}
+
+/// [`sequence_losses`], the forward starting from `resume` when given.
+pub fn sequence_losses_from(model: &dyn CausalLm, seqs: &[Vec<u32>], labels: &LabelRanges, resume: Option<Resume>) -> Result<Vec<f64>> {
+    let batch = Batch::from_sequences(seqs, model.config().pad_id(), model.device())?;
+    let (positions, wanted) = label_positions(seqs, labels);
+    let opts = ForwardOpts { logits: Logits::At(positions), resume, ..ForwardOpts::default() };
+    let logits = model.forward_hooked(&batch, &opts, &mut crate::models::NoHooks)?.expect("logits were asked for");
+    let lp: Vec<f32> = label_logprobs(&logits, wanted)?.to_device(&candle_core::Device::Cpu)?.to_vec1()?;
+    Ok(mean_nll_per_sequence(&lp, labels))
+}
+
+/// The residual stream of `seqs` entering block `layer` (nothing when it is the first), to
+/// resume forwards from: the blocks below a method's edited modules see the same inputs before
+/// and after its edit, so they run once.
+pub fn hidden_before(model: &dyn CausalLm, seqs: &[Vec<u32>], layer: usize) -> Result<Option<Resume>> {
+    let Some(after) = layer.checked_sub(1) else { return Ok(None) };
+    struct Keep {
+        after: usize,
+        hidden: Option<Tensor>,
+    }
+    impl Hooks for Keep {
+        fn wants(&self, p: HookPoint) -> bool {
+            p == HookPoint::BlockOut(self.after)
+        }
+        fn at(&mut self, _: HookPoint, h: Tensor) -> Result<Tensor> {
+            self.hidden = Some(h.clone());
+            Ok(h)
+        }
+    }
+    let batch = Batch::from_sequences(seqs, model.config().pad_id(), model.device())?;
+    let mut keep = Keep { after, hidden: None };
+    let opts = ForwardOpts { logits: Logits::None, stop_after: Some(after), ..ForwardOpts::default() };
+    model.forward_hooked(&batch, &opts, &mut keep)?;
+    let hidden = keep.hidden.ok_or_else(|| Error::Internal(format!("the forward pass never reached block {after}")))?;
+    Ok(Some(Resume { after, hidden, prefix: None }))
 }

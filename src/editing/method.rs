@@ -110,8 +110,10 @@ pub struct EditOutcome {
 pub trait EditMethod {
     fn method(&self) -> Method;
 
-    /// The second-moment statistics the method reads, if any.
-    fn stats_need(&self) -> Option<StatsNeed>;
+    /// The second-moment statistics the method reads, if any (none by default).
+    fn stats_need(&self) -> Option<StatsNeed> {
+        None
+    }
 
     /// The config's seed (for the context templates), used when the caller gives none.
     fn default_seed(&self) -> u64 {
@@ -119,8 +121,10 @@ pub trait EditMethod {
     }
 
     /// The context templates the method uses (the config's, or sampled from the model with
-    /// `seed`); `None` for methods that use none.
-    fn context_templates(&self, model: &dyn CausalLm, tok: &Tokenizer, seed: u64) -> Result<Option<ContextTemplates>>;
+    /// `seed`); `None` (the default) for methods that use none.
+    fn context_templates(&self, _model: &dyn CausalLm, _tok: &Tokenizer, _seed: u64) -> Result<Option<ContextTemplates>> {
+        Ok(None)
+    }
 
     /// Computes the edit of `inputs.requests`; the model is left as it was found.
     fn edit(&self, model: &mut dyn CausalLm, inputs: EditInputs) -> Result<EditOutcome>;
@@ -221,6 +225,33 @@ pub fn run_edit(
     let losses: Vec<(f64, f64)> = outcome.requests.iter().map(RequestOutcome::first_last_loss).collect();
     let checks = check_edits(model, tok, requests, &outcome.deltas, &losses)?;
     Ok(EditRun { outcome, checks, templates })
+}
+
+/// One request's report from a method that edits in one step from a loss (MEND, UltraEdit).
+#[derive(Serialize)]
+struct OneStepReport<'a> {
+    index: usize,
+    subject: &'a str,
+    target_new: &'a str,
+    /// The edit loss (mean NLL of the target tokens) before and after the edit.
+    loss_before: f64,
+    loss_after: f64,
+    /// Requests edited together.
+    batch: usize,
+}
+
+/// The outcomes of a one-step edit of `requests` from each one's loss `before` and `after` it;
+/// `tail` ends each line (`one MEND edit of 10 requests`).
+pub(crate) fn one_step_outcomes(requests: &[Request], before: &[f64], after: &[f64], tail: &str) -> Vec<RequestOutcome> {
+    requests
+        .iter()
+        .zip(before.iter().zip(after))
+        .map(|(r, (&b, &a))| {
+            let points = [b, a].map(|l| LossPoint { nll: l, kl: 0.0, weight_decay: 0.0, total: l });
+            let report = OneStepReport { index: r.index, subject: &r.subject, target_new: &r.target_new, loss_before: b, loss_after: a, batch: requests.len() };
+            RequestOutcome::new(r.index, &r.subject, &r.target_new, &points, 1, tail.to_string(), report_json(&report))
+        })
+        .collect()
 }
 
 /// A method report as a JSON object (reports are plain structs; this cannot fail for them).

@@ -26,7 +26,7 @@ fn turn_requests(turn: &Value) -> Vec<edit::editing::requests::Request> {
     parse_values(&items, "goldens").unwrap()
 }
 
-fn run(name: &str, solver: UltraSolver) {
+fn run(name: &str, solver: UltraSolver, sub_batches_per_pass: usize) {
     let g = goldens();
     let modules: Vec<String> = serde_json::from_value(g["models"][name]["modules"].clone()).unwrap();
     let hp = UltraEditHparams {
@@ -36,6 +36,7 @@ fn run(name: &str, solver: UltraSolver) {
         token: Positions::Ans,
         ridge: 1.0,
         solver,
+        sub_batches_per_pass,
     };
     let want = candle_core::safetensors::load(fixture_dir("ultraedit").join(format!("{name}-goldens.safetensors")), &Device::Cpu).unwrap();
     let mut lm = fixture(name);
@@ -66,18 +67,21 @@ fn run(name: &str, solver: UltraSolver) {
 
 #[test]
 fn two_turns_match_the_reference_on_gpt2() {
-    run("tiny-gpt2", UltraSolver::Auto);
+    run("tiny-gpt2", UltraSolver::Auto, 1);
 }
 
 #[test]
 fn two_turns_match_the_reference_on_llama() {
-    run("tiny-llama", UltraSolver::Auto);
+    run("tiny-llama", UltraSolver::Auto, 1);
 }
 
 #[test]
-fn both_solves_give_the_references_update() {
-    run("tiny-gpt2", UltraSolver::Direct);
-    run("tiny-llama", UltraSolver::PushThrough);
+fn both_solves_and_shared_passes_give_the_references_update() {
+    run("tiny-gpt2", UltraSolver::Direct, 1);
+    run("tiny-llama", UltraSolver::PushThrough, 1);
+    // Both sub-batches of a turn in one forward/backward: the same gradients.
+    run("tiny-gpt2", UltraSolver::Auto, 2);
+    run("tiny-llama", UltraSolver::Auto, 2);
 }
 
 fn fact_gpt2() -> std::path::PathBuf {

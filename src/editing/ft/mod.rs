@@ -196,14 +196,6 @@ impl super::method::EditMethod for Ft {
         super::registry::Method::Ft
     }
 
-    fn stats_need(&self) -> Option<crate::stats::ensure::StatsNeed> {
-        None
-    }
-
-    fn context_templates(&self, _: &dyn CausalLm, _: &Tokenizer, _: u64) -> Result<Option<super::templates::ContextTemplates>> {
-        Ok(None)
-    }
-
     fn edit(&self, model: &mut dyn CausalLm, inputs: super::method::EditInputs) -> Result<super::method::EditOutcome> {
         use super::method::{report_json, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
         use super::optimize::LossPoint;

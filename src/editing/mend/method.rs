@@ -4,23 +4,17 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-
 use super::factors::request_losses;
 use super::hypernet::{inner_params, read_meta, EditSettings, Hypernetwork, MendMeta};
 use super::network::NormMode;
 use super::MendHparams;
 use crate::config::ModelConfig;
-use crate::editing::method::{report_json, EditInputs, EditMethod, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
-use crate::editing::optimize::LossPoint;
+use crate::editing::method::{one_step_outcomes, EditInputs, EditMethod, EditOutcome, ModuleUpdate, UpdateSize};
 use crate::editing::registry::Method;
-use crate::editing::templates::ContextTemplates;
 use crate::editing::{frobenius_norm, Snapshot};
 use crate::error::{Error, Result};
 use crate::identity::ModelIdentity;
 use crate::models::CausalLm;
-use crate::stats::ensure::StatsNeed;
-use crate::tokenizer::Tokenizer;
 
 /// MEND with its config and hypernetwork (read at the first edit, on the model's device).
 pub struct Mend {
@@ -105,30 +99,9 @@ fn made_for(meta: &MendMeta) -> String {
     }
 }
 
-/// One request's report.
-#[derive(Serialize)]
-struct MendReport<'a> {
-    index: usize,
-    subject: &'a str,
-    target_new: &'a str,
-    /// The edit loss (mean NLL of the target tokens) before and after the edit.
-    loss_before: f64,
-    loss_after: f64,
-    /// Requests edited together.
-    batch: usize,
-}
-
 impl EditMethod for Mend {
     fn method(&self) -> Method {
         Method::Mend
-    }
-
-    fn stats_need(&self) -> Option<StatsNeed> {
-        None
-    }
-
-    fn context_templates(&self, _: &dyn CausalLm, _: &Tokenizer, _: u64) -> Result<Option<ContextTemplates>> {
-        Ok(None)
     }
 
     fn edit(&self, model: &mut dyn CausalLm, inputs: EditInputs) -> Result<EditOutcome> {
@@ -165,16 +138,8 @@ impl EditMethod for Mend {
             });
         }
         let n = requests.len();
-        let outcomes = requests
-            .iter()
-            .zip(before.iter().zip(&after))
-            .map(|(r, (&b, &a))| {
-                let points = [b, a].map(|l| LossPoint { nll: l, kl: 0.0, weight_decay: 0.0, total: l });
-                let report = MendReport { index: r.index, subject: &r.subject, target_new: &r.target_new, loss_before: b, loss_after: a, batch: n };
-                let tail = if n == 1 { "one MEND edit".to_string() } else { format!("one MEND edit of {n} requests") };
-                RequestOutcome::new(r.index, &r.subject, &r.target_new, &points, 1, tail, report_json(&report))
-            })
-            .collect();
+        let tail = if n == 1 { "one MEND edit".to_string() } else { format!("one MEND edit of {n} requests") };
+        let outcomes = one_step_outcomes(requests, &before, &after, &tail);
         Ok(EditOutcome { deltas, requests: outcomes, modules, sizes })
     }
 }

@@ -70,9 +70,19 @@ pub struct UltraEditHparams {
     /// Ours: how the ridge regression is solved.
     #[serde(default)]
     pub solver: UltraSolver,
+    /// Ours: sub-batches per forward/backward (the same gradients: each sub-batch's loss is
+    /// still its own mean). 1 as the reference; more reads the weights once for several, which
+    /// pays on a GPU, while on a CPU the padding to the longest sequence and the larger graph
+    /// cost more than they save.
+    #[serde(default = "one_pass")]
+    pub sub_batches_per_pass: usize,
 }
 
-const FIELDS: &[&str] = &["edit_modules", "lr", "batch_size", "token", "ridge", "solver"];
+fn one_pass() -> usize {
+    1
+}
+
+const FIELDS: &[&str] = &["edit_modules", "lr", "batch_size", "token", "ridge", "solver", "sub_batches_per_pass"];
 
 impl UltraEditHparams {
     /// The edited modules of this model, in config order.
@@ -92,7 +102,7 @@ impl MethodConfig for UltraEditHparams {
         match field {
             "edit_modules" => "a list of linear module names, e.g. [\"model.layers.29.mlp.down_proj\"]",
             "lr" | "ridge" => "a number",
-            "batch_size" => "a positive integer",
+            "batch_size" | "sub_batches_per_pass" => "a positive integer",
             "token" => "\"ans\" or \"all\"",
             "solver" => "\"auto\", \"direct\" or \"push_through\"",
             _ => "a string",
@@ -125,6 +135,9 @@ impl MethodConfig for UltraEditHparams {
         check_number("ridge", self.ridge, true, &mut problems);
         if self.batch_size == 0 {
             problems.push("`batch_size` must be at least 1 (the reference's is 10)".into());
+        }
+        if self.sub_batches_per_pass == 0 {
+            problems.push("`sub_batches_per_pass` must be at least 1".into());
         }
         if self.edit_modules.is_empty() {
             problems.push("`edit_modules` is empty; name the linear modules to edit".into());

@@ -28,24 +28,20 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use faer::Mat;
-use serde::Serialize;
 
 pub use hparams::{Positions, UltraEditHparams, UltraSolver};
 use state::{RunningNorm, Shape, UltraState};
 
-use super::factors::{factors_of, sequence_losses, LabelRanges};
-use super::method::{report_json, EditInputs, EditMethod, EditOutcome, ModuleUpdate, RequestOutcome, UpdateSize};
-use super::optimize::LossPoint;
+use super::factors::{factors_and_losses, hidden_before, sequence_losses_from, LabelRanges};
+use super::method::{one_step_outcomes, EditInputs, EditMethod, EditOutcome, ModuleUpdate, UpdateSize};
 use super::registry::Method;
 use super::requests::Request;
-use super::templates::ContextTemplates;
 use super::{frobenius_norm, Deltas, Snapshot};
 use crate::error::{Error, Result};
 use crate::identity::ModelIdentity;
 use crate::linalg::{to_mat, to_tensor, SpdFactor};
 use crate::models::modules::EditableModule;
 use crate::models::CausalLm;
-use crate::stats::ensure::StatsNeed;
 use crate::tokenizer::Tokenizer;
 
 /// UltraEdit with its config and its running statistics (in memory, or in a state directory).
@@ -79,6 +75,15 @@ fn cached_positions(token: Positions, len: usize, prompt: usize) -> std::ops::Ra
 struct Cached {
     keys: Vec<Mat<f64>>,
     grads: Vec<Mat<f64>>,
+}
+
+/// One forward/backward of a turn: its requests (indices), inputs and labels, and the residual
+/// stream below the edited modules (unchanged by the edit, so the loss after it resumes there).
+struct Pass {
+    requests: Vec<usize>,
+    ids: Vec<Vec<u32>>,
+    labels: LabelRanges,
+    below: Option<crate::models::Resume>,
 }
 
 /// The ridge regression of one module: X `[in, out]` = (KᵀK + λI)⁻¹KᵀV.
@@ -126,19 +131,6 @@ pub fn pseudo_values(k: &Mat<f64>, g: &Mat<f64>, norm: &RunningNorm, lr: f64) ->
     v
 }
 
-/// One request's report.
-#[derive(Serialize)]
-struct UltraReport<'a> {
-    index: usize,
-    subject: &'a str,
-    target_new: &'a str,
-    /// The mean NLL of the answer tokens before and after the turn's edit.
-    loss_before: f64,
-    loss_after: f64,
-    /// Requests edited in this turn.
-    turn: usize,
-}
-
 impl UltraEdit {
     /// With `dir`, the statistics are read from there (when it exists) and written back by
     /// [`EditMethod::keep`]; `model` (its base weights and the deltas applied to them) must be
@@ -161,40 +153,70 @@ impl UltraEdit {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Step 2: every module's cached rows of the turn, and the statistics updated with them.
+    /// Step 2: every module's cached rows of the turn, the statistics updated with them, each
+    /// request's loss before the edit (from the same forwards), and the passes they came from.
+    ///
+    /// One forward/backward per sub-batch, as the reference; with `sub_batches_per_pass` above
+    /// one, several share a pass, its loss the sum of the sub-batches' own mean losses, which
+    /// gives every row the same gradient. The blocks below the first edited module run once per
+    /// pass without a gradient.
     fn cache(
         &self,
         model: &dyn CausalLm,
         seqs: &[(Vec<u32>, usize)],
         modules: &[EditableModule],
         norms: &mut BTreeMap<Shape, RunningNorm>,
-    ) -> Result<Vec<Cached>> {
+    ) -> Result<(Vec<Cached>, Vec<f64>, Vec<Pass>)> {
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         // The reference's input omits the last answer token: its length is len − 1.
         order.sort_by_key(|&i| std::cmp::Reverse(seqs[i].0.len()));
+        let first_layer = modules.iter().map(|m| m.layer).min().unwrap_or(0);
         let mut cached: Vec<Cached> = modules.iter().map(|_| Cached { keys: Vec::new(), grads: Vec::new() }).collect();
-        for chunk in order.chunks(self.hp.batch_size) {
-            let ids: Vec<Vec<u32>> = chunk.iter().map(|&i| seqs[i].0.clone()).collect();
-            let labels: LabelRanges = chunk.iter().map(|&i| seqs[i].1..seqs[i].0.len()).collect();
-            let (_, factors) = factors_of(model, &ids, &labels, modules)?;
-            let width = ids.iter().map(Vec::len).max().unwrap_or(0);
-            let rows: Vec<u32> = chunk
-                .iter()
-                .enumerate()
-                .flat_map(|(b, &i)| cached_positions(self.hp.token, seqs[i].0.len(), seqs[i].1).map(move |p| (b * width + p) as u32))
-                .collect();
-            let index = Tensor::from_vec(rows.clone(), rows.len(), factors.first().map(|f| f.x.device()).unwrap_or(&Device::Cpu))?;
-            for ((m, f), c) in modules.iter().zip(&factors).zip(&mut cached) {
-                let k = to_mat(&f.x.index_select(&index, 0)?)?;
-                let g = to_mat(&f.delta.index_select(&index, 0)?)?;
-                let both = Mat::from_fn(k.nrows(), m.in_dim + m.out_dim, |i, j| if j < m.in_dim { k[(i, j)] } else { g[(i, j - m.in_dim)] });
-                norms.entry((m.in_dim, m.out_dim)).or_insert_with(|| RunningNorm::new(m.in_dim + m.out_dim)).update(&both);
-                c.keys.push(k);
-                c.grads.push(g);
+        let mut before = vec![f64::NAN; seqs.len()];
+        let mut passes = Vec::new();
+        let bs = self.hp.batch_size;
+        let per_pass = self.hp.sub_batches_per_pass.max(1) * bs;
+        for pass in order.chunks(per_pass) {
+            let ids: Vec<Vec<u32>> = pass.iter().map(|&i| seqs[i].0.clone()).collect();
+            let labels: LabelRanges = pass.iter().map(|&i| seqs[i].1..seqs[i].0.len()).collect();
+            let groups: Vec<std::ops::Range<usize>> = (0..pass.len()).step_by(bs).map(|a| a..(a + bs).min(pass.len())).collect();
+            let below = hidden_before(model, &ids, first_layer)?;
+            let (_, factors, losses) = factors_and_losses(model, &ids, &labels, modules, below.clone(), Some(&groups))?;
+            for (&i, l) in pass.iter().zip(losses) {
+                before[i] = l;
             }
+            let width = ids.iter().map(Vec::len).max().unwrap_or(0);
+            let device = factors.first().map(|f| f.x.device().clone()).unwrap_or(Device::Cpu);
+            // The statistics are updated sub-batch by sub-batch, module by module, as the reference's.
+            for g in &groups {
+                let rows: Vec<u32> =
+                    g.clone().flat_map(|b| cached_positions(self.hp.token, ids[b].len(), labels[b].start).map(move |p| (b * width + p) as u32)).collect();
+                let index = Tensor::from_vec(rows.clone(), rows.len(), &device)?;
+                for ((m, f), c) in modules.iter().zip(&factors).zip(&mut cached) {
+                    let k = to_mat(&f.x.index_select(&index, 0)?)?;
+                    let g = to_mat(&f.delta.index_select(&index, 0)?)?;
+                    let both = Mat::from_fn(k.nrows(), m.in_dim + m.out_dim, |i, j| if j < m.in_dim { k[(i, j)] } else { g[(i, j - m.in_dim)] });
+                    norms.entry((m.in_dim, m.out_dim)).or_insert_with(|| RunningNorm::new(m.in_dim + m.out_dim)).update(&both);
+                    c.keys.push(k);
+                    c.grads.push(g);
+                }
+            }
+            passes.push(Pass { requests: pass.to_vec(), ids, labels, below });
         }
-        Ok(cached)
+        Ok((cached, before, passes))
     }
+}
+
+/// Each request's loss on the model as it is now, sub-batch by sub-batch from the residual
+/// stream below the edited modules.
+fn losses_after(model: &dyn CausalLm, batches: Vec<Pass>, n: usize) -> Result<Vec<f64>> {
+    let mut after = vec![f64::NAN; n];
+    for b in batches {
+        for (i, l) in b.requests.into_iter().zip(sequence_losses_from(model, &b.ids, &b.labels, b.below)?) {
+            after[i] = l;
+        }
+    }
+    Ok(after)
 }
 
 impl EditMethod for UltraEdit {
@@ -202,24 +224,15 @@ impl EditMethod for UltraEdit {
         Method::UltraEdit
     }
 
-    fn stats_need(&self) -> Option<StatsNeed> {
-        None
-    }
-
-    fn context_templates(&self, _: &dyn CausalLm, _: &Tokenizer, _: u64) -> Result<Option<ContextTemplates>> {
-        Ok(None)
-    }
-
     fn edit(&self, model: &mut dyn CausalLm, inputs: EditInputs) -> Result<EditOutcome> {
         let (tok, requests) = (inputs.tok, inputs.requests);
         let modules = self.hp.modules(model.config())?;
         let seqs: Vec<(Vec<u32>, usize)> = requests.iter().map(|r| request_tokens(tok, r)).collect::<Result<_>>()?;
-        let labels: LabelRanges = seqs.iter().map(|(ids, p)| *p..ids.len()).collect();
-        let ids: Vec<Vec<u32>> = seqs.iter().map(|(ids, _)| ids.clone()).collect();
-        let before = sequence_losses(&*model, &ids, &labels)?;
-
         let mut norms = self.state().norms.clone();
-        let cached = self.cache(&*model, &seqs, &modules, &mut norms)?;
+        let t_cache = std::time::Instant::now();
+        let (cached, before, batches) = self.cache(&*model, &seqs, &modules, &mut norms)?;
+        let t_cache = t_cache.elapsed();
+        let t_solve = std::time::Instant::now();
         let mut deltas = Deltas::new();
         let mut reports = Vec::new();
         for (m, c) in modules.iter().zip(cached) {
@@ -239,23 +252,17 @@ impl EditMethod for UltraEdit {
             deltas.insert(m.name.clone(), to_tensor(&upd, DType::F32)?);
         }
 
+        let t_solve = t_solve.elapsed();
+        let t_after = std::time::Instant::now();
         let mut snapshot = Snapshot::new();
         snapshot.apply(model, &deltas)?;
-        let after = sequence_losses(&*model, &ids, &labels);
+        let after = losses_after(&*model, batches, requests.len());
         snapshot.restore(model)?;
         let after = after?;
+        tracing::debug!("UltraEdit turn of {}: keys and gradients {t_cache:.2?}, solves {t_solve:.2?}, loss after {:.2?}", requests.len(), t_after.elapsed());
         self.state().pending = Some((norms, requests.len()));
 
-        let n = requests.len();
-        let outcomes = requests
-            .iter()
-            .zip(before.iter().zip(&after))
-            .map(|(r, (&b, &a))| {
-                let points = [b, a].map(|l| LossPoint { nll: l, kl: 0.0, weight_decay: 0.0, total: l });
-                let report = UltraReport { index: r.index, subject: &r.subject, target_new: &r.target_new, loss_before: b, loss_after: a, turn: n };
-                RequestOutcome::new(r.index, &r.subject, &r.target_new, &points, 1, format!("one UltraEdit turn of {n}"), report_json(&report))
-            })
-            .collect();
+        let outcomes = one_step_outcomes(requests, &before, &after, &format!("one UltraEdit turn of {}", requests.len()));
         let sizes = reports
             .iter()
             .map(|(u, rows)| UpdateSize {

@@ -208,6 +208,7 @@ mod tests {
             token: super::super::Positions::Ans,
             ridge: 1.0,
             solver: super::super::UltraSolver::Auto,
+            sub_batches_per_pass: 1,
         };
         let mut s = UltraState::open(dir.path(), &hp, None).unwrap();
         let mut norm = RunningNorm::new(5);
