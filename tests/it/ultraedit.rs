@@ -151,3 +151,35 @@ fn apply_with_a_state_continues_the_sequence_an_evaluation_runs() {
     assert_eq!(code, Some(1));
     assert!(err.contains("UltraEdit's state, not AlphaEdit's") && err.contains("--method ultraedit"), "{err}");
 }
+
+/// Starting a pass above the blocks below the edited modules (as UltraEdit does) gives every
+/// family the same keys, gradients and losses as the whole forward/backward.
+#[test]
+fn resuming_below_the_edited_modules_changes_nothing_in_any_family() {
+    use edit::editing::factors::{factors_and_losses, hidden_before};
+    use edit::models::modules::{module, ModuleKind};
+    let reqs = turn_requests(&goldens()["turns"][0]);
+    for name in common::TINY {
+        let lm = fixture(name);
+        let tok = Tokenizer::from_file(&fixture_dir(name).join("tokenizer.json")).unwrap();
+        let cfg = lm.model.config().clone();
+        let modules = vec![module(&cfg, 2, ModuleKind::MlpDown).unwrap(), module(&cfg, 3, ModuleKind::MlpUp).unwrap()];
+        let seqs: Vec<Vec<u32>> = reqs.iter().map(|r| edit::editing::ultraedit::request_tokens(&tok, r).unwrap().0).collect();
+        let labels: Vec<std::ops::Range<usize>> =
+            reqs.iter().zip(&seqs).map(|(r, s)| edit::editing::ultraedit::request_tokens(&tok, r).unwrap().1..s.len()).collect();
+        let whole = factors_and_losses(&*lm.model, &seqs, &labels, &modules, None, None).unwrap();
+        let below = hidden_before(&*lm.model, &seqs, 2).unwrap();
+        assert!(below.is_some());
+        let resumed = factors_and_losses(&*lm.model, &seqs, &labels, &modules, below, None).unwrap();
+        assert!((whole.0 - resumed.0).abs() < 1e-5, "{name}: loss {} vs {}", whole.0, resumed.0);
+        for (a, b) in whole.2.iter().zip(&resumed.2) {
+            assert!((a - b).abs() < 1e-5, "{name}: per-request losses {a} vs {b}");
+        }
+        for (m, (a, b)) in modules.iter().zip(whole.1.iter().zip(&resumed.1)) {
+            for (what, x, y) in [("keys", &a.x, &b.x), ("gradients", &a.delta, &b.delta)] {
+                let rel = rel_diff(y, x);
+                assert!(rel <= 1e-5, "{name} {}: {what} differ by {rel}", m.name);
+            }
+        }
+    }
+}
