@@ -22,6 +22,12 @@ pub enum DatasetFormat {
     CounterFactSimplified,
     /// zsRE in the `zsre_mend_eval.json` layout (`src`, `answers`, `rephrase`, `loc`, `loc_ans`).
     Zsre,
+    /// zsRE as UltraEdit ships it (`src`, `rephrase`, `ans`, `loc`, `loc_ans`: the new answer is
+    /// `ans`; XiaojieGu/UltraEdit `data/zsre.py`).
+    ZsreUltraEdit,
+    /// UltraEditBench (`prompt`, `rephrase_prompt`, `ans`, `loc`, `loc_ans`; XiaojieGu/UltraEdit
+    /// `data/ultraeditbench.py`).
+    UltraEditBench,
     /// Request objects, with optional `paraphrase_prompts` / `neighborhood_prompts`.
     Requests,
 }
@@ -32,13 +38,16 @@ impl DatasetFormat {
             DatasetFormat::CounterFact => "CounterFact records",
             DatasetFormat::CounterFactSimplified => "simplified CounterFact records",
             DatasetFormat::Zsre => "zsRE records (zsre_mend_eval.json layout)",
+            DatasetFormat::ZsreUltraEdit => "zsRE records (UltraEdit's layout)",
+            DatasetFormat::UltraEditBench => "UltraEditBench records",
             DatasetFormat::Requests => "request objects",
         }
     }
 
-    /// zsRE is scored by token accuracy; everything else by the CounterFact probability tests.
+    /// zsRE and UltraEdit's question-answer layouts are scored by token accuracy; everything else
+    /// by the CounterFact probability tests.
     pub fn is_zsre(self) -> bool {
-        self == DatasetFormat::Zsre
+        matches!(self, DatasetFormat::Zsre | DatasetFormat::ZsreUltraEdit | DatasetFormat::UltraEditBench)
     }
 }
 
@@ -99,6 +108,10 @@ fn detect(first: &Value) -> DatasetFormat {
         DatasetFormat::CounterFact
     } else if has("src") && has("answers") && has("loc") {
         DatasetFormat::Zsre
+    } else if has("src") && has("ans") && has("loc_ans") {
+        DatasetFormat::ZsreUltraEdit
+    } else if has("prompt") && has("rephrase_prompt") && has("ans") && has("loc_ans") {
+        DatasetFormat::UltraEditBench
     } else if has("ground_truth") && has("rephrase_prompt") {
         DatasetFormat::CounterFactSimplified
     } else {
@@ -122,8 +135,21 @@ pub fn parse_dataset(text: &str, source: &str, zsre_target: ZsreTarget) -> Resul
         return Err(Error::Input(format!("{source} holds no records")));
     };
     let format = detect(first);
+    if format == DatasetFormat::Requests && (first.get("prompt").is_none() || first.get("subject").is_none()) {
+        let fields: Vec<&str> = first.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
+        return Err(Error::Input(format!(
+            "{source}: the first record's layout is not one this knows (its fields: {}). Known layouts: CounterFact (`requested_rewrite`, \
+             `paraphrase_prompts`, `neighborhood_prompts`), simplified CounterFact (`prompt`, `subject`, `target_new`, `ground_truth`, \
+             `rephrase_prompt`, `locality_prompt`), zsRE (`src`, `answers`, `rephrase`, `loc`, `loc_ans`), UltraEdit's zsRE (`src`, `ans`, \
+             `rephrase`, `loc`, `loc_ans`), UltraEditBench (`prompt`, `rephrase_prompt`, `ans`, `loc`, `loc_ans`), and edit requests \
+             (`prompt` with `{{}}`, `subject`, `target_new`, `target_true`)",
+            fields.join(", ")
+        )));
+    }
     let records = if format == DatasetFormat::Zsre {
         zsre_records(&values, source, zsre_target)?
+    } else if matches!(format, DatasetFormat::ZsreUltraEdit | DatasetFormat::UltraEditBench) {
+        question_answer_records(&values, source, format)?
     } else {
         let requests = parse_values(&values, source)?;
         requests
@@ -227,6 +253,55 @@ fn zsre_records(values: &[Value], source: &str, target: ZsreTarget) -> Result<Ve
     }
     if !problems.is_empty() {
         return Err(Error::Input(format!("{source}: {} bad zsRE record(s):\n{}", problems.len(), problems.join("\n"))));
+    }
+    Ok(out)
+}
+
+/// UltraEdit's question-answer records, as its data classes read them: the question is the edit
+/// prompt (subject-free: the whole question stands as the subject, for the methods that locate
+/// one), `ans` the new answer, the rephrased question the paraphrase, and the locality question
+/// (zsRE's with `"?"` appended, `data/zsre.py`) scored against `" " + loc_ans` token by token.
+fn question_answer_records(values: &[Value], source: &str, format: DatasetFormat) -> Result<Vec<EvalRecord>> {
+    let (prompt_key, rephrase_key) = match format {
+        DatasetFormat::ZsreUltraEdit => ("src", "rephrase"),
+        _ => ("prompt", "rephrase_prompt"),
+    };
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        let (Some(question), Some(rephrase), Some(ans), Some(loc), Some(loc_ans)) = (s(prompt_key), s(rephrase_key), s("ans"), s("loc"), s("loc_ans")) else {
+            let missing: Vec<&str> = [prompt_key, rephrase_key, "ans", "loc", "loc_ans"].into_iter().filter(|k| s(k).is_none()).collect();
+            problems.push(format!(
+                "record {i}: no string {} ({} needs {prompt_key}, {rephrase_key}, ans, loc and loc_ans)",
+                missing.join(", "),
+                format.describe()
+            ));
+            continue;
+        };
+        let loc = if format == DatasetFormat::ZsreUltraEdit { format!("{loc}?") } else { loc };
+        let request = Request {
+            index: i,
+            case_id: Some(json!(i)),
+            prompt: "{}".into(),
+            subject: question.clone(),
+            target_new: ans.clone(),
+            target_true: Some("<|endoftext|>".into()),
+            paraphrase_prompts: vec![rephrase],
+            neighborhood_prompts: Vec::new(),
+        };
+        let requested_rewrite = json!({"prompt": "{}", "subject": question, "target_new": {"str": ans}, "target_true": {"str": "<|endoftext|>"}});
+        out.push(EvalRecord {
+            case_id: i as u64,
+            request,
+            requested_rewrite,
+            zsre_locality: Some((loc, format!(" {loc_ans}"))),
+            generation_prompts: Vec::new(),
+            attribute_prompts: Vec::new(),
+        });
+    }
+    if !problems.is_empty() {
+        return Err(Error::Input(format!("{source}: {} bad record(s):\n{}", problems.len(), problems.join("\n"))));
     }
     Ok(out)
 }
