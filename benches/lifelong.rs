@@ -16,9 +16,10 @@
 //! turn (first and last tenth, to see whether it grows) and the resident memory after the first
 //! and the last turn and at its peak. `EDIT_BENCH_SHAPE`: `fact-gpt2` (the fixture, its tuned
 //! config) or a random-weight checkpoint of `gpt2-xl` (or `gpt-j-6b`) shape with UltraEdit's
-//! generic starting point. Requests: `EDIT_BENCH_COUNTERFACT` (default
-//! `../shared/data/counterfact/counterfact-10k-simplified.json`, EasyEdit's simplified CounterFact),
-//! repeated when more edits are asked for than it holds. With `EDIT_BENCH_ULTRAEDIT_REF`, the
+//! generic starting point. Requests: `EDIT_BENCH_COUNTERFACT`, any CounterFact file (the
+//! benches/README figures used EasyEdit's simplified CounterFact, `counterfact-10k-simplified.json`,
+//! which is not in this repository), by default fact-gpt2's 500 cases; repeated when more edits are
+//! asked for than it holds. With `EDIT_BENCH_ULTRAEDIT_REF`, the
 //! reference code runs `EDIT_BENCH_REF_TURNS` (5) turns on the same checkpoint and requests, and
 //! the per-turn times are compared (same CPU, one run). `EDIT_BENCH_DTYPE` (f32; the checkpoint's
 //! storage and the compute dtype), `EDIT_BENCH_DEVICE` (cpu | cuda, a CUDA build), and a Llama-style
@@ -168,8 +169,7 @@ fn quality() {
 
 /// The requests: EasyEdit's simplified CounterFact, repeated up to `n`.
 fn scale_requests(n: usize) -> (Vec<Request>, PathBuf) {
-    let path =
-        env("EDIT_BENCH_COUNTERFACT").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared/data/counterfact/counterfact-10k-simplified.json"));
+    let path = env("EDIT_BENCH_COUNTERFACT").map(PathBuf::from).unwrap_or_else(|| fact_gpt2().join("cases.json"));
     let base = read_requests(&path).unwrap_or_else(|e| panic!("{}: {e} (set EDIT_BENCH_COUNTERFACT)", path.display()));
     let reqs = (0..n)
         .map(|i| {
