@@ -119,8 +119,6 @@ mod tests {
         let d_inv = dm.partial_piv_lu().solve(Mat::<f64>::identity(n, n));
         let want = &r * (d_inv * k.transpose() * &c_inv);
         let mut st = LayerStats::from_matrix(c.clone(), "C");
-        let hp_json = serde_json::json!({});
-        let _ = hp_json;
         let cik = st.factor().unwrap().solve(&k) * faer::Scale(1.0 / w);
         let got = emmet_update(&k, &cik, &r, lam).unwrap();
         assert!((&got - &want).norm_l2() <= 1e-10 * want.norm_l2(), "{:e}", (&got - &want).norm_l2());
