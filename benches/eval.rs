@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use edit::editing::method::MethodSource;
 use edit::editing::pipeline::{EditPlan, EditSetup};
-use edit::editing::records::{read_dataset, Dataset, ZsreTarget};
+use edit::editing::records::{read_dataset, Dataset};
 use edit::editing::registry::Method;
 use edit::eval::run::{evaluate, EvalPlan, Silent};
 use edit::identity::ModelIdentity;
@@ -34,7 +34,7 @@ fn main() {
     let identity = ModelIdentity::of(&files).unwrap();
     let mut lm = edit::load_model(files, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let tok = edit::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
-    let mut dataset = read_dataset(&dir.join("cases.json"), ZsreTarget::Answer).unwrap();
+    let mut dataset = read_dataset(&dir.join("cases.json"), None).unwrap();
     println!("| what | time |");
     println!("|---|---|");
 

@@ -17,7 +17,7 @@ use edit::editing::mend::data::record_examples;
 use edit::editing::mend::hypernet::{write, EditSettings, Hypernetwork};
 use edit::editing::mend::train::{TrainData, Trainer};
 use edit::editing::mend::MendHparams;
-use edit::editing::records::{read_dataset, ZsreTarget};
+use edit::editing::records::read_dataset;
 use edit::editing::requests::{read_requests, Request};
 
 #[global_allocator]
@@ -48,7 +48,7 @@ fn main() {
     let tok = edit::tokenizer::Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let hp: MendHparams = serde_json::from_str(&std::fs::read_to_string(dir.join("hparams/MEND_train.json")).unwrap()).unwrap();
     let names = hp.inner_params(lm.config());
-    let records = read_dataset(&dir.join("cases.json"), ZsreTarget::Answer).unwrap().records;
+    let records = read_dataset(&dir.join("cases.json"), None).unwrap().records;
     let mut examples = record_examples(&tok, &records, true).unwrap();
     let val = examples.split_off(450);
     let data = TrainData { train: examples, val, loc_train: Vec::new(), loc_val: Vec::new() };

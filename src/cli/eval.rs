@@ -93,9 +93,11 @@ pub struct EvalRunArgs {
     /// spread over machines; `edit eval merge` combines the shards' --out directories.
     #[arg(long, value_name = "I/N", value_parser = parse_shard, conflicts_with = "sequential")]
     pub shard: Option<(usize, usize)>,
-    /// zsRE: the new target is `answers[0]` (the reference) or `alt` (EasyEdit).
-    #[arg(long, value_parser = named(&ZsreTarget::ALL, ZsreTarget::name), default_value = "answers")]
-    pub zsre_target: ZsreTarget,
+    /// zsRE: the new target is `answers[0]` (the reference's) or `alt` (EasyEdit's). By default
+    /// `answers` for `zsre_mend_eval.json` records and `alt` for EasyEdit's layout (with
+    /// `portability`).
+    #[arg(long, value_parser = named(&ZsreTarget::ALL, ZsreTarget::name))]
+    pub zsre_target: Option<ZsreTarget>,
     /// Write cases.jsonl and summary.json here (a rerun of the same command resumes).
     #[arg(short, long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -258,7 +260,7 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         model_id: args.model.id(),
         dataset: &dataset_path,
         dataset_format: dataset.format,
-        zsre_target: args.zsre_target.name(),
+        zsre_target: dataset.zsre_target.unwrap_or_default().name(),
         limit: args.limit,
         num_edits: &args.num_edits,
         sequential: args.sequential,
@@ -330,11 +332,16 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
 fn write_table(out: &mut impl Write, rows: &[Map<String, Value>], zsre: bool, sequential: bool) -> anyhow::Result<()> {
     let get = |r: &Map<String, Value>, k: &str| r.get(k).and_then(|v| v[0].as_f64()).map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
     let num = |r: &Map<String, Value>, k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let mut cols: Vec<(&str, &str)> = edit::eval::summary::headline_metrics(zsre).to_vec();
+    let mut cols: Vec<(String, String)> = edit::eval::summary::headline_metrics(zsre).iter().map(|(l, k)| (l.to_string(), k.to_string())).collect();
     for (name, key) in [("GE", "post_ngram_entropy"), ("RS", "post_reference_score")] {
         if rows.iter().any(|r| r.contains_key(key)) {
-            cols.push((name, key));
+            cols.push((name.into(), key.into()));
         }
+    }
+    let groups: std::collections::BTreeSet<&String> = rows.iter().flat_map(|r| r.keys()).filter(|k| edit::eval::summary::is_group_headline(k)).collect();
+    for key in groups {
+        let label = key.trim_start_matches("post_").trim_end_matches("_acc");
+        cols.push((label.to_string(), key.clone()));
     }
     let mut header = format!("{:>9} {:>7}", "num_edits", "cases");
     for (name, _) in &cols {
@@ -344,16 +351,16 @@ fn write_table(out: &mut impl Write, rows: &[Map<String, Value>], zsre: bool, se
     writeln!(out, "{header}")?;
     for r in rows {
         let mut line = format!("{:>9} {:>7}", num(r, "num_edits"), num(r, "num_cases"));
-        for (_, key) in &cols {
-            line.push_str(&format!(" {:>7}", get(r, key)));
+        for (name, key) in &cols {
+            line.push_str(&format!(" {:>w$}", get(r, key), w = name.len().max(7)));
         }
         let time = r.get("time").and_then(|v| v[0].as_f64()).map(|x| format!("{x:.2}")).unwrap_or_default();
         line.push_str(&format!(" {:>7} {:>9}", num(r, "num_failed"), time));
         writeln!(out, "{line}")?;
         if sequential && r.contains_key("final_rewrite_success") {
             let mut line = format!("{:>9} {:>7}", "final", "");
-            for (_, key) in &cols {
-                line.push_str(&format!(" {:>7}", get(r, &key.replacen("post_", "final_", 1))));
+            for (name, key) in &cols {
+                line.push_str(&format!(" {:>w$}", get(r, &key.replacen("post_", "final_", 1)), w = name.len().max(7)));
             }
             writeln!(out, "{line}")?;
         }

@@ -4,12 +4,19 @@
 //!   `" " + target_true` (read from `"{prompt} {target}"` tokenized as one text), and whether the
 //!   target that should win (new; true for neighbourhood prompts) is the argmax at every token;
 //! - zsRE (spec §6.4, `eval_utils_zsre.py`): per target token, teacher-forced top-1 accuracy
-//!   after `prompt + decode(target[:i])`; neighbourhood prompts against the gold NQ answer.
+//!   after `prompt + decode(target[:i])`; neighbourhood prompts against the gold NQ answer;
+//! - a record's further probe groups (portability, locality, personas, multi-hop): per prompt,
+//!   one text `prompt + " " + answer` read at each answer token (EasyEdit's
+//!   `test_prediction_acc`), keeping the predicted tokens where the group is scored against the
+//!   unedited model's predictions, and, with aliases, whether any acceptable answer is predicted
+//!   at every one of its tokens.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use super::score::{score_items, target_reads, Item, Read};
-use crate::editing::records::EvalRecord;
+use crate::editing::records::{EvalRecord, ProbeKind};
 use crate::error::Result;
 use crate::models::CausalLm;
 use crate::tokenizer::Tokenizer;
@@ -19,6 +26,19 @@ use crate::tokenizer::Tokenizer;
 pub struct ProbPair {
     pub target_new: f64,
     pub target_true: f64,
+}
+
+/// One probe's result (one prompt of a further group).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// Per answer token, whether it was the prediction before it.
+    pub correct: Vec<bool>,
+    /// Groups scored against the unedited model: the predicted token at each answer position.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub predicted: Vec<u32>,
+    /// With aliases: whether the answer or one alias is predicted at every one of its tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub any_answer: Option<bool>,
 }
 
 /// One record's scores on one model state (`pre` or `post` of the per-case file).
@@ -50,6 +70,9 @@ pub struct CaseScores {
     pub essence_score: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub essence_text: Option<Vec<String>>,
+    /// The record's further probe groups, by name, one result per probe.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, Vec<ProbeResult>>,
 }
 
 /// How records are scored.
@@ -77,12 +100,12 @@ pub struct Generation {
 /// Where one record's items sit in the flat list, and how to read them back.
 enum Plan {
     /// Per prompt of the three groups, how its reads are laid out.
-    CounterFact {
-        groups: [usize; 4],
-        layouts: Vec<Layout>,
-    },
+    CounterFact { groups: [usize; 4], layouts: Vec<Layout> },
     Zsre {
         groups: [usize; 3],
+        /// Per further group: its name, whether predictions are kept, whether whole answers
+        /// are tested, and per probe the number of items (answer plus aliases).
+        extra: Vec<(String, bool, bool, Vec<usize>)>,
     },
 }
 
@@ -129,10 +152,11 @@ fn counterfact_items(tok: &Tokenizer, r: &EvalRecord, attribute: bool, items: &m
 /// Per token of the answer, the prompt followed by the answer's earlier tokens, read at its last
 /// position against that token. The reference builds each as the text
 /// `prompt + decode(answer[:i])` and re-tokenizes the decoded token `answer[i]`: the same ids
-/// for byte-level BPE, but SentencePiece decoders drop the space before the answer.
+/// for byte-level BPE, but SentencePiece decoders drop the space before the answer. A record of
+/// several edits (MQuAKE) scores every edit's prompt and paraphrases with its own target, the
+/// tokens of all counted together.
 fn zsre_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<Plan> {
-    let req = &r.request;
-    let mut teacher_forced = |prompt: &str, answer: &str| -> Result<usize> {
+    let teacher_forced = |items: &mut Vec<Item>, prompt: &str, answer: &str| -> Result<usize> {
         let input = tok.encode_input(prompt)?;
         let answer = tok.continuation(prompt, answer)?;
         for i in 0..answer.len() {
@@ -141,17 +165,34 @@ fn zsre_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<
         }
         Ok(answer.len())
     };
-    let target = format!(" {}", req.target_new);
-    let n_rewrite = teacher_forced(&req.filled_prompt(), &target)?;
-    let mut n_paraphrase = 0;
-    for p in &req.paraphrase_prompts {
-        n_paraphrase += teacher_forced(p, &target)?;
+    // Every edit's rewrite items, then every paraphrase item: they are read back in that order.
+    let (mut n_rewrite, mut n_paraphrase) = (0, 0);
+    for req in r.edits() {
+        n_rewrite += teacher_forced(items, &req.filled_prompt(), &format!(" {}", req.target_new))?;
+    }
+    for req in r.edits() {
+        for p in &req.paraphrase_prompts {
+            n_paraphrase += teacher_forced(items, p, &format!(" {}", req.target_new))?;
+        }
     }
     let n_loc = match &r.zsre_locality {
-        Some((p, a)) => teacher_forced(p, a)?,
+        Some((p, a)) => teacher_forced(items, p, a)?,
         None => 0,
     };
-    Ok(Plan::Zsre { groups: [n_rewrite, n_paraphrase, n_loc] })
+    let mut extra = Vec::with_capacity(r.groups.len());
+    for g in &r.groups {
+        let mut per_probe = Vec::with_capacity(g.probes.len());
+        for probe in &g.probes {
+            let answers: Vec<&String> = std::iter::once(&probe.answer).chain(&probe.aliases).collect();
+            for a in &answers {
+                let (ids, prefix_len, cand) = super::score::prompt_with_target(tok, &probe.prompt, a)?;
+                items.push(Item { reads: target_reads(&ids, prefix_len, &cand, 0), ids });
+            }
+            per_probe.push(answers.len());
+        }
+        extra.push((g.name.clone(), g.kind == ProbeKind::Unchanged, g.exact, per_probe));
+    }
+    Ok(Plan::Zsre { groups: [n_rewrite, n_paraphrase, n_loc], extra })
 }
 
 /// Scores every record on the model as it is, in forwards of at most `batch` texts, and runs
@@ -231,12 +272,27 @@ fn probability_tests(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalReco
                 }
                 s
             }
-            Plan::Zsre { groups } => {
+            Plan::Zsre { groups, extra } => {
                 let mut take = |n: usize| -> Vec<bool> { (0..n).map(|_| it.next().expect("one read per item")[0].top).collect() };
                 let rewrite_prompts_correct = take(groups[0]);
                 let paraphrase_prompts_correct = take(groups[1]);
                 let neighborhood_prompts_correct = take(groups[2]);
-                CaseScores { rewrite_prompts_correct, paraphrase_prompts_correct, neighborhood_prompts_correct, ..Default::default() }
+                let mut by_name = BTreeMap::new();
+                for (name, keep_predicted, exact, per_probe) in extra {
+                    let results = per_probe
+                        .into_iter()
+                        .map(|n| {
+                            let reads: Vec<Vec<Read>> = (0..n).map(|_| it.next().expect("one read list per item")).collect();
+                            ProbeResult {
+                                correct: reads[0].iter().map(|r| r.top).collect(),
+                                predicted: if keep_predicted { reads[0].iter().map(|r| r.predicted).collect() } else { Vec::new() },
+                                any_answer: exact.then(|| reads.iter().any(|a| all_top(a))),
+                            }
+                        })
+                        .collect();
+                    by_name.insert(name, results);
+                }
+                CaseScores { rewrite_prompts_correct, paraphrase_prompts_correct, neighborhood_prompts_correct, groups: by_name, ..Default::default() }
             }
         });
     }

@@ -155,7 +155,7 @@ pub fn evaluate(
                     continue;
                 }
                 Some(ed) => {
-                    let requests: Vec<Request> = chunk.iter().map(|r| r.request.clone()).collect();
+                    let requests: Vec<Request> = chunk.iter().flat_map(EvalRecord::edits).cloned().collect();
                     let t0 = Instant::now();
                     match ed.run(model, tok, &requests, plan.max_update_ratio) {
                         Ok(run) => {

@@ -41,6 +41,8 @@ pub struct Read {
     pub nll: f64,
     /// Whether the expected token is the argmax.
     pub top: bool,
+    /// The argmax token.
+    pub predicted: u32,
 }
 
 /// Scores `items` in forwards of at most `batch` texts (same order out). Reads at the same
@@ -85,7 +87,8 @@ pub fn score_items(model: &dyn CausalLm, items: &[Item], batch: usize) -> Result
         for item in chunk {
             let mut reads = Vec::with_capacity(item.reads.len());
             for _ in &item.reads {
-                reads.push(Read { nll: -f64::from(lp[q]), top: top[read_rows[q] as usize] == wanted[q] });
+                let predicted = top[read_rows[q] as usize];
+                reads.push(Read { nll: -f64::from(lp[q]), top: predicted == wanted[q], predicted });
                 q += 1;
             }
             out.push(reads);

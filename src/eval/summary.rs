@@ -44,8 +44,9 @@ fn indicator(b: bool) -> f64 {
     }
 }
 
-/// One case's per-prompt means, under the summary's key names (`{prefix}_rewrite_success`, ...).
-fn case_means(prefix: &str, s: &CaseScores, out: &mut Vec<(String, f64)>) {
+/// One case's per-prompt means, under the summary's key names (`{prefix}_rewrite_success`, ...);
+/// `pre` is the unedited model's scores, which groups scored by agreement are compared with.
+fn case_means(prefix: &str, s: &CaseScores, pre: Option<&CaseScores>, out: &mut Vec<(String, f64)>) {
     let probs: [(&str, &Option<Vec<ProbPair>>, bool); 3] = [
         ("rewrite", &s.rewrite_prompts_probs, true),
         ("paraphrase", &s.paraphrase_prompts_probs, true),
@@ -80,6 +81,45 @@ fn case_means(prefix: &str, s: &CaseScores, out: &mut Vec<(String, f64)>) {
             out.push((format!("{prefix}_{name}_acc"), mean(&v)));
         }
     }
+    group_means(prefix, s, pre, out);
+}
+
+/// The further groups: per group `{prefix}_{name}_acc`, the mean over its probes of the share of
+/// answer tokens predicted (or, for groups scored against the unedited model, of positions
+/// where the prediction is unchanged: not reported for `pre`), and `{prefix}_{name}_exact`
+/// where whole answers are tested (1 when any probe's answer or alias is predicted whole);
+/// then `{prefix}_portability_acc` / `{prefix}_locality_acc`, the mean over the case's groups of
+/// that family (EasyEdit's KnowEdit summary).
+fn group_means(prefix: &str, s: &CaseScores, pre: Option<&CaseScores>, out: &mut Vec<(String, f64)>) {
+    let mut families: Vec<(&str, Vec<f64>)> = vec![("portability", Vec::new()), ("locality", Vec::new())];
+    for (name, results) in &s.groups {
+        let unchanged = results.iter().any(|r| !r.predicted.is_empty());
+        let per_probe: Vec<f64> = if unchanged {
+            let Some(before) = pre.filter(|_| prefix != "pre").and_then(|p| p.groups.get(name)) else { continue };
+            results.iter().zip(before).map(|(a, b)| mean(&a.predicted.iter().zip(&b.predicted).map(|(x, y)| indicator(x == y)).collect::<Vec<_>>())).collect()
+        } else {
+            results.iter().map(|r| mean(&r.correct.iter().map(|&b| indicator(b)).collect::<Vec<_>>())).collect()
+        };
+        let per_probe: Vec<f64> = per_probe.into_iter().filter(|x| !x.is_nan()).collect();
+        if per_probe.is_empty() {
+            continue;
+        }
+        let m = mean(&per_probe);
+        out.push((format!("{prefix}_{name}_acc"), m));
+        if results.iter().any(|r| r.any_answer.is_some()) {
+            out.push((format!("{prefix}_{name}_exact"), indicator(results.iter().any(|r| r.any_answer == Some(true)))));
+        }
+        for (family, values) in families.iter_mut() {
+            if name.strip_prefix(*family).is_some_and(|rest| rest.starts_with('_')) {
+                values.push(m);
+            }
+        }
+    }
+    for (family, values) in families {
+        if !values.is_empty() {
+            out.push((format!("{prefix}_{family}_acc"), mean(&values)));
+        }
+    }
 }
 
 /// numpy's `around(x, 2)`: round half to even.
@@ -111,7 +151,7 @@ pub fn summarize<'a>(cases: impl IntoIterator<Item = (&'a CaseResult, Option<&'a
         let mut means = Vec::new();
         for (prefix, s) in [("pre", c.pre.as_ref()), ("post", c.post.as_ref()), ("final", extra)] {
             if let Some(s) = s {
-                case_means(prefix, s, &mut means);
+                case_means(prefix, s, c.pre.as_ref(), &mut means);
             }
         }
         for (k, v) in means {
@@ -163,6 +203,18 @@ pub fn headline_metrics(zsre: bool) -> &'static [(&'static str, &'static str)] {
             ("NM", "post_neighborhood_diff"),
         ]
     }
+}
+
+/// Whether a summary key is a further group's post-edit headline for the table: the
+/// portability / locality means and the groups of no family (`personas`, `mhop`, `multihop`
+/// and its exact-answer rate); the single groups of a family stay in `summary.json`.
+pub fn is_group_headline(key: &str) -> bool {
+    let Some(rest) = key.strip_prefix("post_") else { return false };
+    if matches!(rest, "portability_acc" | "locality_acc") {
+        return true;
+    }
+    let standard = ["rewrite_", "paraphrase_", "neighborhood_", "portability_", "locality_"].iter().any(|p| rest.starts_with(p));
+    !standard && (rest.ends_with("_acc") || rest.ends_with("_exact"))
 }
 
 /// Whether a summary key is a metric [`summary_of`] computes (as opposed to run metadata).
@@ -219,5 +271,66 @@ mod tests {
         assert_eq!(s["num_cases"], json!(2));
         assert!(s.get("pre_rewrite_success").is_none());
         assert_eq!(round2(0.125 * 100.0 / 100.0), 0.12, "half to even, as numpy");
+    }
+
+    #[test]
+    fn further_groups_by_hand() {
+        use super::super::probes::ProbeResult;
+        let acc = |c: &[bool]| ProbeResult { correct: c.to_vec(), ..Default::default() };
+        let pred = |p: &[u32]| ProbeResult { correct: vec![true; p.len()], predicted: p.to_vec(), any_answer: None };
+        let exact = |c: &[bool], any: bool| ProbeResult { correct: c.to_vec(), predicted: Vec::new(), any_answer: Some(any) };
+        let scores =
+            |groups: Vec<(&str, Vec<ProbeResult>)>| CaseScores { groups: groups.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), ..Default::default() };
+        // Case A. Portability: Reasoning probes 1/2 and 1/1 tokens right → 0.75; Subject_Aliasing 0/1 → 0.
+        // Locality: Relation_Specificity predicted [5, 6] before, [5, 7] after → 0.5; Forgetfulness [9] → [9]: 1.
+        // Multi-hop: tokens 1/1 and 0/2 → 0.5; the first question's answer whole → exact 1.
+        let pre_a = scores(vec![
+            ("portability_Reasoning", vec![acc(&[false, false]), acc(&[false])]),
+            ("portability_Subject_Aliasing", vec![acc(&[false])]),
+            ("locality_Relation_Specificity", vec![pred(&[5, 6])]),
+            ("locality_Forgetfulness", vec![pred(&[9])]),
+            ("multihop", vec![exact(&[false], false), exact(&[false, false], false)]),
+        ]);
+        let post_a = scores(vec![
+            ("portability_Reasoning", vec![acc(&[true, false]), acc(&[true])]),
+            ("portability_Subject_Aliasing", vec![acc(&[false])]),
+            ("locality_Relation_Specificity", vec![pred(&[5, 7])]),
+            ("locality_Forgetfulness", vec![pred(&[9])]),
+            ("multihop", vec![exact(&[true], true), exact(&[false, false], false)]),
+        ]);
+        // Case B: one portability group, all right; locality all changed; multi-hop nothing.
+        let pre_b = scores(vec![
+            ("portability_Reasoning", vec![acc(&[false])]),
+            ("locality_Relation_Specificity", vec![pred(&[1, 2])]),
+            ("multihop", vec![exact(&[false], false)]),
+        ]);
+        let post_b = scores(vec![
+            ("portability_Reasoning", vec![acc(&[true])]),
+            ("locality_Relation_Specificity", vec![pred(&[3, 4])]),
+            ("multihop", vec![exact(&[false], false)]),
+        ]);
+        let mut a = case(1.0, post_a);
+        a.pre = Some(pre_a);
+        let mut b = case(1.0, post_b);
+        b.pre = Some(pre_b);
+        let s = summarize([(&a, None), (&b, None)]);
+        // Reasoning: 0.75 and 1 → 87.5 ± 12.5. Subject_Aliasing: case A only, 0.
+        assert_eq!(s["post_portability_Reasoning_acc"], json!([87.5, 12.5]));
+        assert_eq!(s["post_portability_Subject_Aliasing_acc"], json!([0.0, 0.0]));
+        // Portability per case: A mean(0.75, 0) = 0.375, B 1 → 68.75 ± 31.25 (EasyEdit's per-case mean over keys).
+        assert_eq!(s["post_portability_acc"], json!([68.75, 31.25]));
+        // Locality per case: A mean(0.5, 1) = 0.75, B 0 → 37.5 ± 37.5; not reported before the edit.
+        assert_eq!(s["post_locality_Relation_Specificity_acc"], json!([25.0, 25.0]));
+        assert_eq!(s["post_locality_acc"], json!([37.5, 37.5]));
+        assert!(s.get("pre_locality_acc").is_none() && s.get("pre_locality_Forgetfulness_acc").is_none());
+        // Multi-hop: A 0.5, B 0 → 25 ± 25; exact A 1, B 0 → 50 ± 50.
+        assert_eq!(s["post_multihop_acc"], json!([25.0, 25.0]));
+        assert_eq!(s["post_multihop_exact"], json!([50.0, 50.0]));
+        assert_eq!(s["pre_multihop_exact"], json!([0.0, 0.0]));
+        assert!(s.get("post_multihop_portability_acc").is_none() && s.get("post_score").is_none());
+        for k in ["post_portability_acc", "post_locality_acc", "post_multihop_acc", "post_multihop_exact"] {
+            assert!(is_group_headline(k), "{k}");
+        }
+        assert!(!is_group_headline("post_portability_Reasoning_acc") && !is_group_headline("post_rewrite_acc") && !is_group_headline("pre_multihop_acc"));
     }
 }

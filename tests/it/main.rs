@@ -5,6 +5,7 @@ mod common;
 
 mod alphaedit;
 mod apply_cli;
+mod benchmarks;
 mod cli;
 mod emmet;
 mod eval_cli;

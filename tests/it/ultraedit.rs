@@ -193,9 +193,9 @@ fn ultraedit_layouts_are_read_and_scored_token_by_token() {
     use edit::editing::records::{read_dataset, DatasetFormat, ZsreTarget};
     let bench = fixture_dir("ultraedit").join("ultraeditbench-sample.json");
     let zsre = fixture_dir("ultraedit").join("zsre-ultraedit-sample.json");
-    let d = read_dataset(&bench, ZsreTarget::Answer).unwrap();
+    let d = read_dataset(&bench, Some(ZsreTarget::Answer)).unwrap();
     assert_eq!((d.format, d.records.len()), (DatasetFormat::UltraEditBench, 3));
-    let d = read_dataset(&zsre, ZsreTarget::Answer).unwrap();
+    let d = read_dataset(&zsre, Some(ZsreTarget::Answer)).unwrap();
     assert_eq!(d.format, DatasetFormat::ZsreUltraEdit);
     assert_eq!(d.records[0].request.target_new, "unmanned aircraft", "zsRE's new answer is `ans`");
     assert_eq!(d.records[0].zsre_locality.as_ref().unwrap().0, "nq question: john goodman's character in the big lebowski?");
@@ -206,20 +206,9 @@ fn ultraedit_layouts_are_read_and_scored_token_by_token() {
     let first: Value = serde_json::from_str(std::fs::read_to_string(out.join("cases.jsonl")).unwrap().lines().next().unwrap()).unwrap();
     // By hand: the argmax after the question and each earlier answer token.
     let lm = fixture("fact-gpt2");
-    let tok = lm.tokenizer.as_ref().unwrap();
     let records: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&bench).unwrap()).unwrap();
-    let by_hand = |prompt: &str, answer: &str| -> Vec<Value> {
-        let ids = tok.encode_input(prompt).unwrap();
-        let ans = tok.continuation(prompt, &format!(" {answer}")).unwrap();
-        (0..ans.len())
-            .map(|i| {
-                let text: Vec<u32> = ids.iter().chain(&ans[..i]).copied().collect();
-                let b = edit::Batch::from_sequences(&[text], lm.pad_id(), lm.model.device()).unwrap();
-                let l = lm.model.forward(&b, &edit::TraceSpec::logits(edit::Logits::Last), &[]).unwrap().logits.unwrap();
-                Value::Bool(l.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0] == ans[i])
-            })
-            .collect()
-    };
+    let by_hand =
+        |prompt: &str, answer: &str| -> Vec<Value> { common::argmax_by_hand(&lm, prompt, answer).into_iter().map(|(p, t)| Value::Bool(p == t)).collect() };
     let r = &records[0];
     let s = |k: &str| r[k].as_str().unwrap();
     assert_eq!(first["pre"]["rewrite_prompts_correct"], Value::Array(by_hand(s("prompt"), s("ans"))));
@@ -231,11 +220,11 @@ fn ultraedit_layouts_are_read_and_scored_token_by_token() {
     // A record missing a field is named with the field; an unknown layout names the known ones.
     let bad = tmp.path().join("bad.json");
     std::fs::write(&bad, r#"[{"prompt": "Q?", "rephrase_prompt": "Q2?", "ans": "A", "loc": "L?", "loc_ans": "B"}, {"prompt": "Q?", "rephrase_prompt": "Q2?", "ans": "A", "loc_ans": "B"}]"#).unwrap();
-    let e = read_dataset(&bad, ZsreTarget::Answer).err().unwrap().to_string();
+    let e = read_dataset(&bad, Some(ZsreTarget::Answer)).err().unwrap().to_string();
     assert!(e.contains("record 1") && e.contains("loc"), "{e}");
     let (code, _, err) = outcome(edit_bin().args(["eval", "--method", "none", "-q", "--model"]).arg(fact_gpt2()).arg("--dataset").arg(&bad));
     assert_eq!(code, Some(1), "{err}");
     std::fs::write(&bad, r#"[{"question": "Q?", "answer": "A"}]"#).unwrap();
-    let e = read_dataset(&bad, ZsreTarget::Answer).err().unwrap().to_string();
+    let e = read_dataset(&bad, Some(ZsreTarget::Answer)).err().unwrap().to_string();
     assert!(e.contains("answer, question") && e.contains("UltraEditBench (`prompt`, `rephrase_prompt`"), "{e}");
 }

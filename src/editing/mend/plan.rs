@@ -86,7 +86,8 @@ impl TrainingSet {
                 (sampled_examples(tok, &texts)?, "self-sampled texts".to_string())
             }
             None => {
-                let dataset = parse_dataset(&edits_text, &shown, zsre_target).map_err(|e| e.context(format!("cannot read the edit records in {shown}")))?;
+                let dataset =
+                    parse_dataset(&edits_text, &shown, Some(zsre_target)).map_err(|e| e.context(format!("cannot read the edit records in {shown}")))?;
                 dataset.check(tok, cfg.n_ctx, &shown)?;
                 (record_examples(tok, &dataset.records, neighbours)?, dataset.format.describe().to_string())
             }

@@ -170,3 +170,20 @@ pub fn rates(cases: &serde_json::Map<String, serde_json::Value>) -> [f64; 3] {
     };
     [rate("rewrite", true), rate("paraphrase", true), rate("neighborhood", false)]
 }
+
+/// Per token of `" " + answer` after `prompt` (the tokens as they follow it), the model's argmax
+/// after the prompt and the answer's earlier tokens, each from its own forward of that prefix
+/// alone (teacher forcing by hand, no batching or padding), with the token expected there.
+pub fn argmax_by_hand(lm: &LoadedModel, prompt: &str, answer: &str) -> Vec<(u32, u32)> {
+    let tok = lm.tokenizer.as_ref().unwrap();
+    let ids = tok.encode_input(prompt).unwrap();
+    let ans = tok.continuation(prompt, &format!(" {answer}")).unwrap();
+    (0..ans.len())
+        .map(|i| {
+            let text: Vec<u32> = ids.iter().chain(&ans[..i]).copied().collect();
+            let b = edit::Batch::from_sequences(&[text], lm.pad_id(), lm.model.device()).unwrap();
+            let l = lm.model.forward(&b, &edit::TraceSpec::logits(edit::Logits::Last), &[]).unwrap().logits.unwrap();
+            (l.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0], ans[i])
+        })
+        .collect()
+}
