@@ -9,11 +9,12 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::Args;
 use edit::editing::pipeline::{EditPlan, EditSetup};
-use edit::editing::records::{read_dataset, ZsreTarget};
+use edit::editing::records::{read_dataset, Dataset, ZsreTarget};
 use edit::eval::probes::{Generation, ScoreOptions};
 use edit::eval::report::RunDescription;
 use edit::eval::run::{evaluate, EvalPlan, EvalProgress};
 use edit::eval::rundir::{RunDir, ORDER_FILE, SUMMARY_FILE};
+use edit::eval::stream::StreamPlan;
 use edit::identity::ModelIdentity;
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -76,8 +77,10 @@ pub struct EvalRunArgs {
     #[command(flatten)]
     pub compute: ComputeArgs,
     /// The evaluation records: CounterFact / multi-CounterFact records, the simplified
-    /// CounterFact layout, zsRE (`zsre_mend_eval.json` layout), or request objects with
-    /// `target_true` and optional `paraphrase_prompts` / `neighborhood_prompts`.
+    /// CounterFact layout, zsRE (`zsre_mend_eval.json`, or EasyEdit's layout with portability),
+    /// KnowEdit, MQuAKE, WikiBigEdit, UltraEdit's zsRE and UltraEditBench, or request objects with
+    /// `target_true` and optional `paraphrase_prompts` / `neighborhood_prompts`. A JSON list,
+    /// or JSON Lines.
     #[arg(long, value_name = "FILE", required = true)]
     pub dataset: Option<PathBuf>,
     /// Edits per chunk; several values (comma-separated) run one after another, for a scaling curve.
@@ -89,6 +92,12 @@ pub struct EvalRunArgs {
     /// Evaluate only the first N records.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// Read the dataset a chunk at a time instead of whole (for 100k+ records: WikiBigEdit,
+    /// UltraEditBench): every record is checked in a first pass, then edited and scored chunk by
+    /// chunk; with --sequential the file is read again at the end for the final scores. One
+    /// --num-edits value; a streamed run is not resumable.
+    #[arg(long, conflicts_with = "shard")]
+    pub stream: bool,
     /// Evaluate only every N-th chunk, starting at chunk I (0-based), for one job of an array
     /// spread over machines; `edit eval merge` combines the shards' --out directories.
     #[arg(long, value_name = "I/N", value_parser = parse_shard, conflicts_with = "sequential")]
@@ -185,7 +194,8 @@ fn merge(args: MergeArgs) -> anyhow::Result<ExitCode> {
         serde_json::to_writer(&mut out, &summaries)?;
         writeln!(out)?;
     } else {
-        let zsre = summaries.first().and_then(|s| s.get("dataset_format")).and_then(Value::as_str) == Some("zsre");
+        let format = summaries.first().and_then(|s| s.get("dataset_format")).and_then(Value::as_str);
+        let zsre = !matches!(format, Some("counter_fact" | "counter_fact_simplified" | "requests") | None);
         let sequential = summaries.first().and_then(|s| s.get("sequential")).and_then(Value::as_bool).unwrap_or(false);
         let rows: Vec<Map<String, Value>> = summaries.iter().filter_map(|s| s.as_object().cloned()).collect();
         write_table(&mut out, &rows, zsre, sequential)?;
@@ -214,21 +224,47 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     let cfg = ModelConfig::from_file(&files.config)?;
     let identity = ModelIdentity::of(&files)?;
     let tok = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
-    let mut dataset =
-        read_dataset(&dataset_path, args.zsre_target).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
-    if let Some(n) = args.limit {
-        dataset.records.truncate(n);
-    }
-    tracing::info!("{}: {} {}", dataset_path.display(), dataset.records.len(), dataset.format.describe());
-    dataset.check(&tok, cfg.n_ctx, &dataset_path.display().to_string())?;
-    if args.generation {
-        if dataset.format.is_zsre() {
-            bail!("--generation: zsRE records have no generation prompts; the generation test is CounterFact's");
+    let stream_plan = args.stream.then(|| StreamPlan {
+        path: &dataset_path,
+        zsre_target: args.zsre_target,
+        limit: args.limit,
+        num_edits: args.num_edits.first().copied().unwrap_or(1),
+        sequential: args.sequential,
+        max_update_ratio: args.method_args.max_update_ratio,
+        scoring: ScoreOptions::default(),
+    });
+    let (dataset, streamed) = match &stream_plan {
+        Some(plan) => {
+            if args.num_edits.len() != 1 {
+                bail!("--stream runs one --num-edits value (the file is read chunk by chunk); run one command per value");
+            }
+            if args.generation {
+                bail!("--generation needs CounterFact's generation prompts, which a streamed run does not keep; drop --stream or --generation");
+            }
+            let checked = edit::eval::stream::check(plan, &tok, cfg.n_ctx)
+                .with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
+            tracing::info!("{}: {} {} (streamed)", dataset_path.display(), checked.records, checked.format.describe());
+            (Dataset { format: checked.format, records: Vec::new(), zsre_target: checked.zsre_target }, Some(checked.records))
         }
-        if dataset.records.iter().all(|r| r.generation_prompts.is_empty()) {
-            bail!("--generation: no record of {} has generation_prompts (full CounterFact records have them)", dataset_path.display());
+        None => {
+            let mut dataset =
+                read_dataset(&dataset_path, args.zsre_target).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
+            if let Some(n) = args.limit {
+                dataset.records.truncate(n);
+            }
+            tracing::info!("{}: {} {}", dataset_path.display(), dataset.records.len(), dataset.format.describe());
+            dataset.check(&tok, cfg.n_ctx, &dataset_path.display().to_string())?;
+            if args.generation {
+                if dataset.format.is_zsre() {
+                    bail!("--generation: zsRE records have no generation prompts; the generation test is CounterFact's");
+                }
+                if dataset.records.iter().all(|r| r.generation_prompts.is_empty()) {
+                    bail!("--generation: no record of {} has generation_prompts (full CounterFact records have them)", dataset_path.display());
+                }
+            }
+            (dataset, None)
         }
-    }
+    };
     let snippets = match &args.snippets {
         Some(path) => Some(std::sync::Arc::new(
             edit::eval::consistency::Snippets::read(path, args.tfidf.as_deref())
@@ -275,7 +311,12 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     let mut dir = match &args.out {
         Some(out) => {
             let d = RunDir::open(out, &run_description, args.force)?;
-            d.write_json(ORDER_FILE, &dataset.records.iter().map(|r| r.case_id).collect::<Vec<_>>())?;
+            if streamed.is_some() && !d.done.is_empty() {
+                bail!("--out {} holds a streamed run's results; a streamed run cannot be resumed: pass --force to start over", out.display());
+            }
+            if streamed.is_none() {
+                d.write_json(ORDER_FILE, &dataset.records.iter().map(|r| r.case_id).collect::<Vec<_>>())?;
+            }
             Some(d)
         }
         None => None,
@@ -304,7 +345,13 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         shard: args.shard,
     };
     let mut bar = Bar { bar: ProgressBar::hidden(), visible: logging::show_progress(global) };
-    let runs = evaluate(&mut *lm.model, &tok, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?;
+    let runs = match (stream_plan, streamed) {
+        (Some(plan), Some(total)) => {
+            let plan = StreamPlan { scoring: eval_plan.scoring.clone(), ..plan };
+            vec![edit::eval::stream::evaluate_stream(&mut *lm.model, &tok, editor.as_mut(), &plan, total, dir.as_mut(), &mut bar)?]
+        }
+        _ => evaluate(&mut *lm.model, &tok, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?,
+    };
 
     let summaries = description.summaries(&runs, editor.as_ref(), started.elapsed().as_secs_f64());
     if let Some(d) = &dir {

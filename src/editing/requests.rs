@@ -154,7 +154,12 @@ pub fn parse_requests(text: &str, source: &str) -> Result<Vec<Request>> {
 
 /// Requests from JSON values already parsed, one per request (`source` names them in messages).
 pub fn parse_values(items: &[Value], source: &str) -> Result<Vec<Request>> {
-    items.iter().enumerate().map(|(i, v)| parse_one(v, i, &format!("{source}: request {i}"))).collect()
+    parse_values_from(items, source, 0)
+}
+
+/// [`parse_values`] of items that start at index `offset` of their file (a streamed batch).
+pub fn parse_values_from(items: &[Value], source: &str, offset: usize) -> Result<Vec<Request>> {
+    items.iter().enumerate().map(|(i, v)| parse_one(v, offset + i, &format!("{source}: request {}", offset + i))).collect()
 }
 
 /// JSON Lines: one object per non-blank line.

@@ -12,6 +12,7 @@ pub mod report;
 pub mod run;
 pub mod rundir;
 pub mod score;
+pub mod stream;
 pub mod summary;
 
 use serde::Serialize;

@@ -29,10 +29,14 @@ pub fn series(runs: &[NumEditsRun], zsre: bool, sequential: bool) -> (Vec<Series
     let mut out: Vec<Series> = metrics(zsre).iter().map(|(l, _)| (l.to_string(), Vec::new())).collect();
     if sequential {
         for r in runs {
-            for (k, chunk) in r.cases.chunks(r.num_edits).enumerate() {
-                let s = summarize(chunk.iter().map(|c| (c, None)));
+            // A streamed run keeps each chunk's summary instead of its cases.
+            let per_chunk: Vec<serde_json::Map<String, serde_json::Value>> = match r.chunk_summaries.is_empty() {
+                true => r.cases.chunks(r.num_edits).map(|chunk| summarize(chunk.iter().map(|c| (c, None)))).collect(),
+                false => r.chunk_summaries.clone(),
+            };
+            for (k, s) in per_chunk.iter().enumerate() {
                 for ((_, key), (_, points)) in metrics(zsre).iter().zip(out.iter_mut()) {
-                    if let Some(y) = value(&s, key) {
+                    if let Some(y) = value(s, key) {
                         points.push((((k + 1) * r.num_edits) as f64, y));
                     }
                 }

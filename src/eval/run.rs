@@ -65,13 +65,21 @@ pub struct NumEditsRun {
     pub finals: Vec<(u64, CaseScores)>,
     /// The reference summary of these cases (plus `num_edits`, `num_failed`).
     pub summary: Map<String, Value>,
+    /// A streamed run: each chunk's summary right after its edit (its cases are not kept).
+    pub chunk_summaries: Vec<Map<String, Value>>,
 }
 
 /// Records scored together (in forwards of `batch` texts).
 const SCORE_GROUP: usize = 64;
 
 /// Scores `records` on the model as it is, a group at a time, reporting progress.
-fn score_all(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalRecord], plan: &EvalPlan, progress: &mut dyn EvalProgress) -> Result<Vec<CaseScores>> {
+pub(super) fn score_all(
+    model: &dyn CausalLm,
+    tok: &Tokenizer,
+    records: &[&EvalRecord],
+    plan: &EvalPlan,
+    progress: &mut dyn EvalProgress,
+) -> Result<Vec<CaseScores>> {
     let opts = ScoreOptions { zsre: plan.dataset.format.is_zsre(), ..plan.scoring.clone() };
     let mut out = Vec::with_capacity(records.len());
     for group in records.chunks(SCORE_GROUP) {
@@ -154,33 +162,7 @@ pub fn evaluate(
                     }
                     continue;
                 }
-                Some(ed) => {
-                    let requests: Vec<Request> = chunk.iter().flat_map(EvalRecord::edits).cloned().collect();
-                    let t0 = Instant::now();
-                    match ed.run(model, tok, &requests, plan.max_update_ratio) {
-                        Ok(run) => {
-                            let time = t0.elapsed().as_secs_f64();
-                            if plan.sequential {
-                                if let Some(path) = delta_path.as_ref() {
-                                    save_chunk_delta(path, model, &ed.delta_meta(&requests), &run.outcome.deltas, time)?;
-                                }
-                                // The chunk's edit stays: methods that remember edits fold it in.
-                                ed.keep(&run.outcome.deltas)?;
-                            }
-                            (run.outcome.deltas, time, None)
-                        }
-                        Err(e) if e.kind() == ErrorKind::Numerical => {
-                            let ids = match chunk {
-                                [one] => format!("case_id {}", one.case_id),
-                                [first, .., last] => format!("case_id {} to {}, {} records", first.case_id, last.case_id, chunk.len()),
-                                [] => String::new(),
-                            };
-                            tracing::warn!("the edit of chunk {k} ({ids}) failed and is recorded as such: {e}");
-                            (Deltas::new(), t0.elapsed().as_secs_f64(), Some(e.to_string()))
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
+                Some(ed) => edit_chunk(ed, model, tok, chunk, k, plan.sequential, delta_path.as_deref(), plan.max_update_ratio)?,
             };
             snapshot.apply(model, &deltas)?;
             let post: Vec<Option<CaseScores>> = if error.is_some() {
@@ -231,7 +213,7 @@ pub fn evaluate(
         };
         snapshot.restore(model)?;
         let summary = summary_of(n, &cases, &finals);
-        runs.push(NumEditsRun { num_edits: n, cases, finals, summary });
+        runs.push(NumEditsRun { num_edits: n, cases, finals, summary, chunk_summaries: Vec::new() });
     }
     Ok(runs)
 }
@@ -292,6 +274,46 @@ fn final_scores(
         d.write_lines(&format!("{n}-edits-{FINAL_FILE}"), &lines)?;
     }
     Ok(finals)
+}
+
+/// One chunk's edit (chunk `k`): computed, folded into the method's memory and saved to
+/// `delta_path` (for a resume) when `sequential`; a numerical failure is returned as the chunk's
+/// error (no deltas), for the run to record and go on.
+pub(super) fn edit_chunk(
+    ed: &mut Editor,
+    model: &mut dyn CausalLm,
+    tok: &Tokenizer,
+    chunk: &[EvalRecord],
+    k: usize,
+    sequential: bool,
+    delta_path: Option<&std::path::Path>,
+    max_update_ratio: f64,
+) -> Result<(Deltas, f64, Option<String>)> {
+    let requests: Vec<Request> = chunk.iter().flat_map(EvalRecord::edits).cloned().collect();
+    let t0 = Instant::now();
+    match ed.run(model, tok, &requests, max_update_ratio) {
+        Ok(run) => {
+            let time = t0.elapsed().as_secs_f64();
+            if sequential {
+                if let Some(path) = delta_path {
+                    save_chunk_delta(path, model, &ed.delta_meta(&requests), &run.outcome.deltas, time)?;
+                }
+                // The chunk's edit stays: methods that remember edits fold it in.
+                ed.keep(&run.outcome.deltas)?;
+            }
+            Ok((run.outcome.deltas, time, None))
+        }
+        Err(e) if e.kind() == ErrorKind::Numerical => {
+            let ids = match chunk {
+                [one] => format!("case_id {}", one.case_id),
+                [first, .., last] => format!("case_id {} to {}, {} records", first.case_id, last.case_id, chunk.len()),
+                [] => String::new(),
+            };
+            tracing::warn!("the edit of chunk {k} ({ids}) failed and is recorded as such: {e}");
+            Ok((Deltas::new(), t0.elapsed().as_secs_f64(), Some(e.to_string())))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Keeps a sequential run's chunk delta (and its edit time) for a resume.

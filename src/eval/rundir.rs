@@ -119,9 +119,36 @@ impl RunDir {
         write_atomic(&self.dir.join(name), text.as_bytes())
     }
 
+    /// A JSON Lines file `name` written line by line into a temporary file and put in place
+    /// by [`LinesWriter::finish`] (a streamed run's final scores).
+    pub fn lines_writer(&self, name: &str) -> Result<LinesWriter> {
+        let path = self.dir.join(name);
+        let tmp = path.with_extension("tmp");
+        let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(LinesWriter { path, tmp, file: std::io::BufWriter::new(file) })
+    }
+
     /// Where a sequential run keeps chunk `chunk`'s delta for `num_edits` edits per chunk.
     pub fn delta_path(&self, num_edits: usize, chunk: usize) -> PathBuf {
         self.dir.join(DELTAS_DIR).join(format!("{num_edits}-edits-chunk-{chunk:05}.safetensors"))
+    }
+}
+
+/// See [`RunDir::lines_writer`].
+pub struct LinesWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: std::io::BufWriter<File>,
+}
+
+impl LinesWriter {
+    pub fn push(&mut self, line: &Value) -> Result<()> {
+        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.tmp, e))
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        self.file.flush().map_err(|e| Error::io(&self.tmp, e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))
     }
 }
 

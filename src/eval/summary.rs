@@ -135,45 +135,74 @@ fn hmean(v: &[f64]) -> f64 {
     v.len() as f64 / v.iter().map(|x| 1.0 / x).sum::<f64>()
 }
 
-/// The summary of `cases` (those with scores for a prefix count for it): every metric as
-/// `[mean, std]`, ×100 and rounded except `time`; `{prefix}_score` as `[hmean, null]`; and
-/// `num_cases`. `extra` adds states beyond `pre`/`post` (e.g. `final` scores after a sequential run).
-pub fn summarize<'a>(cases: impl IntoIterator<Item = (&'a CaseResult, Option<&'a CaseScores>)>) -> Map<String, Value> {
-    let mut sums: Vec<(String, Vec<f64>)> = Vec::new();
-    let mut push = |k: String, v: f64| match sums.iter_mut().find(|(n, _)| *n == k) {
-        Some((_, list)) => list.push(v),
-        None => sums.push((k, vec![v])),
-    };
-    let mut num_cases = 0usize;
-    for (c, extra) in cases {
-        num_cases += 1;
-        push("time".into(), c.time);
-        let mut means = Vec::new();
-        for (prefix, s) in [("pre", c.pre.as_ref()), ("post", c.post.as_ref()), ("final", extra)] {
+/// A summary built case by case (a streamed run holds only these per-case means, not the cases).
+#[derive(Default)]
+pub struct Summarizer {
+    sums: Vec<(String, Vec<f64>)>,
+    num_cases: usize,
+}
+
+impl Summarizer {
+    fn push(&mut self, means: Vec<(String, f64)>) {
+        for (k, v) in means {
+            match self.sums.iter_mut().find(|(n, _)| *n == k) {
+                Some((_, list)) => list.push(v),
+                None => self.sums.push((k, vec![v])),
+            }
+        }
+    }
+
+    /// One case: its time, `pre` and `post` means, and its `final` scores if it has them.
+    pub fn add(&mut self, c: &CaseResult, final_scores: Option<&CaseScores>) {
+        self.num_cases += 1;
+        let mut means = vec![("time".to_string(), c.time)];
+        for (prefix, s) in [("pre", c.pre.as_ref()), ("post", c.post.as_ref()), ("final", final_scores)] {
             if let Some(s) = s {
                 case_means(prefix, s, c.pre.as_ref(), &mut means);
             }
         }
-        for (k, v) in means {
-            push(k, v);
+        self.push(means);
+    }
+
+    /// A case's `final` scores, apart from the case (a streamed run's second pass); `pre` is its
+    /// unedited scores, for the groups scored against them.
+    pub fn add_final(&mut self, pre: Option<&CaseScores>, final_scores: &CaseScores) {
+        let mut means = Vec::new();
+        case_means("final", final_scores, pre, &mut means);
+        self.push(means);
+    }
+
+    /// Every metric as `[mean, std]`, ×100 and rounded except `time`; `{prefix}_score` as
+    /// `[hmean, null]`; and `num_cases`.
+    pub fn finish(self) -> Map<String, Value> {
+        let mut out = Map::new();
+        for (k, v) in &self.sums {
+            let (m, s) = (mean(v), std(v));
+            // As the reference: everything ×100 and rounded but the essence perplexity and time.
+            let value = if k == "time" || k.ends_with("essence_score") { json!([m, s]) } else { json!([round2(m * 100.0), round2(s * 100.0)]) };
+            out.insert(k.clone(), value);
         }
-    }
-    let mut out = Map::new();
-    for (k, v) in &sums {
-        let (m, s) = (mean(v), std(v));
-        // As the reference: everything ×100 and rounded but the essence perplexity and time.
-        let value = if k == "time" || k.ends_with("essence_score") { json!([m, s]) } else { json!([round2(m * 100.0), round2(s * 100.0)]) };
-        out.insert(k.clone(), value);
-    }
-    for prefix in ["pre", "post", "final"] {
-        let keys = ["rewrite", "paraphrase", "neighborhood"].map(|n| format!("{prefix}_{n}_success"));
-        let means: Option<Vec<f64>> = keys.iter().map(|k| out.get(k).and_then(|v| v[0].as_f64())).collect();
-        if let Some(m) = means {
-            out.insert(format!("{prefix}_score"), json!([hmean(&m), null]));
+        for prefix in ["pre", "post", "final"] {
+            let keys = ["rewrite", "paraphrase", "neighborhood"].map(|n| format!("{prefix}_{n}_success"));
+            let means: Option<Vec<f64>> = keys.iter().map(|k| out.get(k).and_then(|v| v[0].as_f64())).collect();
+            if let Some(m) = means {
+                out.insert(format!("{prefix}_score"), json!([hmean(&m), null]));
+            }
         }
+        out.insert("num_cases".into(), json!(self.num_cases));
+        out
     }
-    out.insert("num_cases".into(), json!(num_cases));
-    out
+}
+
+/// The summary of `cases` (those with scores for a prefix count for it): every metric as
+/// `[mean, std]`, ×100 and rounded except `time`; `{prefix}_score` as `[hmean, null]`; and
+/// `num_cases`. `extra` adds states beyond `pre`/`post` (e.g. `final` scores after a sequential run).
+pub fn summarize<'a>(cases: impl IntoIterator<Item = (&'a CaseResult, Option<&'a CaseScores>)>) -> Map<String, Value> {
+    let mut s = Summarizer::default();
+    for (c, extra) in cases {
+        s.add(c, extra);
+    }
+    s.finish()
 }
 
 /// The summary of one `num_edits` value: [`summarize`] of its cases (with their `final` scores

@@ -250,3 +250,74 @@ fn bad_records_are_named_with_their_field() {
     assert!(err.contains("record 0"), "{err}");
     assert!(!out.exists(), "nothing written");
 }
+
+/// `--stream` reads the file a chunk at a time and writes what a whole read writes: the same
+/// per-case lines, final scores and summary (UltraEdit in sequence, so the edits build on each
+/// other and the final pass reads the file again); JSON Lines as well as a JSON list.
+#[test]
+fn streamed_runs_write_what_whole_runs_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let records: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(sample("knowedit")).unwrap()).unwrap();
+    let jsonl = tmp.path().join("knowedit.jsonl");
+    std::fs::write(&jsonl, records.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let run = |data: &std::path::Path, out: &std::path::Path, extra: &[&str]| {
+        let mut c = edit_bin();
+        c.args(["eval", "--method", "ultraedit", "-q", "--sequential", "--json", "--set", "lr=0.01", "--config"])
+            .arg(fact_gpt2().join("hparams/UltraEdit.json"))
+            .arg("--model")
+            .arg(fact_gpt2())
+            .arg("--dataset")
+            .arg(data)
+            .arg("--out")
+            .arg(out)
+            .args(extra);
+        outcome(&mut c)
+    };
+    let without_time = |v: &mut Value| {
+        for k in ["time", "seconds"] {
+            v.as_object_mut().unwrap().remove(k);
+        }
+    };
+    let whole = tmp.path().join("whole");
+    let (code, stdout, err) = run(&sample("knowedit"), &whole, &[]);
+    assert_eq!(code, Some(0), "{err}");
+    let mut want: Value = serde_json::from_str(&stdout).unwrap();
+    without_time(&mut want[0]);
+    for data in [sample("knowedit"), jsonl] {
+        let out = tmp.path().join("streamed");
+        let (code, stdout, err) = run(&data, &out, &["--stream", "--force"]);
+        assert_eq!(code, Some(0), "{err}");
+        let mut got: Value = serde_json::from_str(&stdout).unwrap();
+        without_time(&mut got[0]);
+        assert_eq!(got[0].as_object().unwrap().keys().collect::<Vec<_>>(), want[0].as_object().unwrap().keys().collect::<Vec<_>>());
+        for (k, v) in want[0].as_object().unwrap() {
+            if k != "dataset" {
+                assert_eq!(&got[0][k], v, "{k}");
+            }
+        }
+        assert!(got[0]["final_locality_acc"].is_array());
+        let (mut a, mut b) = (lines(&whole.join("cases.jsonl")), lines(&out.join("cases.jsonl")));
+        a.iter_mut().chain(b.iter_mut()).for_each(without_time);
+        assert_eq!(a, b);
+        assert_eq!(lines(&whole.join("1-edits-final.jsonl")), lines(&out.join("1-edits-final.jsonl")));
+        assert_eq!(std::fs::read_to_string(whole.join("order.json")).unwrap(), std::fs::read_to_string(out.join("order.json")).unwrap());
+        // A streamed run is not resumable: the same command again is refused.
+        let (code, _, err) = run(&data, &out, &["--stream"]);
+        assert_eq!(code, Some(1));
+        assert!(err.contains("cannot be resumed") && err.contains("--force"), "{err}");
+    }
+    let (code, _, err) = run(&sample("knowedit"), &tmp.path().join("two"), &["--stream", "--num-edits", "1,2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("one --num-edits value"), "{err}");
+
+    // Every bad record is named by the checking pass, before any edit: nothing is written.
+    let bad = tmp.path().join("bad.jsonl");
+    let mut text = std::fs::read_to_string(tmp.path().join("knowedit.jsonl")).unwrap();
+    text.push_str("{\"subject\": \"C\", \"target_new\": \"x\", \"locality\": {}}\n");
+    std::fs::write(&bad, text).unwrap();
+    let out = tmp.path().join("bad-out");
+    let (code, _, err) = run(&bad, &out, &["--stream"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("record 2") && err.contains("prompt"), "{err}");
+    assert!(!out.exists());
+}

@@ -54,8 +54,8 @@ fn knowedit_groups(v: &Value, family: &str, kind: ProbeKind) -> std::result::Res
     Ok(groups)
 }
 
-pub(super) fn knowedit_records(values: &[Value], source: &str) -> Result<Vec<EvalRecord>> {
-    collect_records(source, "KnowEdit record(s)", values, |i, v| {
+pub(super) fn knowedit_records(values: &[Value], source: &str, offset: usize) -> Result<Vec<EvalRecord>> {
+    collect_records(source, "KnowEdit record(s)", values, offset, |i, v| {
         let either = |a: &str, b: &str| field(v, a).or_else(|_| field(v, b)).map_err(|_| format!("no string `{a}` (or `{b}`)"));
         let (subject, prompt) = (either("subject", "concept")?, either("prompt", "text")?);
         let target_new = either("target_new", "labels")?;
@@ -72,8 +72,8 @@ pub(super) fn knowedit_records(values: &[Value], source: &str) -> Result<Vec<Eva
     })
 }
 
-pub(super) fn mquake_records(values: &[Value], source: &str) -> Result<Vec<EvalRecord>> {
-    collect_records(source, "MQuAKE case(s)", values, |i, v| {
+pub(super) fn mquake_records(values: &[Value], source: &str, offset: usize) -> Result<Vec<EvalRecord>> {
+    collect_records(source, "MQuAKE case(s)", values, offset, |i, v| {
         let case_id = v.get("case_id").and_then(Value::as_u64).unwrap_or(i as u64);
         let facts = v["requested_rewrite"].as_array().filter(|a| !a.is_empty()).ok_or("`requested_rewrite` is an empty list")?;
         let mut edits = Vec::new();

@@ -6,13 +6,14 @@
 
 mod easyedit;
 mod qa;
+pub mod stream;
 
 use std::path::Path;
 
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::editing::requests::{parse_values, Request};
+use crate::editing::requests::{parse_values_from, Request};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
 
@@ -250,6 +251,14 @@ pub fn parse_dataset(text: &str, source: &str, zsre_target: Option<ZsreTarget>) 
         return Err(Error::Input(format!("{source} holds no records")));
     };
     let format = detect(first);
+    check_known(first, format, source)?;
+    let zsre_target = resolve_zsre_target(format, zsre_target);
+    let records = records_from_values(&values, source, format, zsre_target, 0)?;
+    Ok(Dataset { format, records, zsre_target })
+}
+
+/// Refuses a first record of no known layout, naming its fields and every layout known.
+fn check_known(first: &Value, format: DatasetFormat, source: &str) -> Result<()> {
     if format == DatasetFormat::Requests && (first.get("prompt").is_none() || first.get("subject").is_none()) {
         let fields: Vec<&str> = first.as_object().map(|o| o.keys().map(String::as_str).collect()).unwrap_or_default();
         return Err(Error::Input(format!(
@@ -258,46 +267,53 @@ pub fn parse_dataset(text: &str, source: &str, zsre_target: Option<ZsreTarget>) 
             DatasetFormat::KNOWN
         )));
     }
-    let zsre_target = match format {
-        DatasetFormat::Zsre => Some(zsre_target.unwrap_or(ZsreTarget::Answer)),
-        DatasetFormat::ZsreEasyEdit => Some(zsre_target.unwrap_or(ZsreTarget::Alt)),
+    Ok(())
+}
+
+/// The zsRE target a layout is read with: the one asked for, else `answers[0]` for
+/// `zsre_mend_eval.json` and `alt` for EasyEdit's layout; none for the other layouts.
+fn resolve_zsre_target(format: DatasetFormat, asked: Option<ZsreTarget>) -> Option<ZsreTarget> {
+    match format {
+        DatasetFormat::Zsre => Some(asked.unwrap_or(ZsreTarget::Answer)),
+        DatasetFormat::ZsreEasyEdit => Some(asked.unwrap_or(ZsreTarget::Alt)),
         _ => None,
-    };
-    let records = match format {
-        DatasetFormat::Zsre | DatasetFormat::ZsreEasyEdit => zsre_records(&values, source, format, zsre_target.unwrap_or_default())?,
-        DatasetFormat::ZsreUltraEdit | DatasetFormat::UltraEditBench | DatasetFormat::WikiBigEdit => qa::records(&values, source, format)?,
-        DatasetFormat::KnowEdit => easyedit::knowedit_records(&values, source)?,
-        DatasetFormat::Mquake => easyedit::mquake_records(&values, source)?,
-        _ => counterfact_or_request_records(&values, source)?,
-    };
-    Ok(Dataset { format, records, zsre_target })
+    }
+}
+
+/// The records of `values`, which start at index `offset` of their file.
+fn records_from_values(values: &[Value], source: &str, format: DatasetFormat, zsre_target: Option<ZsreTarget>, offset: usize) -> Result<Vec<EvalRecord>> {
+    match format {
+        DatasetFormat::Zsre | DatasetFormat::ZsreEasyEdit => zsre_records(values, source, format, zsre_target.unwrap_or_default(), offset),
+        DatasetFormat::ZsreUltraEdit | DatasetFormat::UltraEditBench | DatasetFormat::WikiBigEdit => qa::records(values, source, format, offset),
+        DatasetFormat::KnowEdit => easyedit::knowedit_records(values, source, offset),
+        DatasetFormat::Mquake => easyedit::mquake_records(values, source, offset),
+        _ => counterfact_or_request_records(values, source, offset),
+    }
 }
 
 /// CounterFact records, simplified CounterFact records and request objects.
-fn counterfact_or_request_records(values: &[Value], source: &str) -> Result<Vec<EvalRecord>> {
-    {
-        let requests = parse_values(values, source)?;
-        Ok(requests
-            .into_iter()
-            .zip(values)
-            .map(|(r, v)| {
-                let case_id = r.case_id.as_ref().and_then(Value::as_u64).unwrap_or(r.index as u64);
-                let requested_rewrite = match v.get("requested_rewrite") {
-                    Some(rr) => rr.clone(),
-                    None => {
-                        let mut j = r.to_reference_json();
-                        j.as_object_mut().map(|m| m.remove("case_id"));
-                        j
-                    }
-                };
-                let strings = |key: &str| -> Vec<String> {
-                    v.get(key).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default()
-                };
-                let (generation_prompts, attribute_prompts) = (strings("generation_prompts"), strings("attribute_prompts"));
-                EvalRecord { generation_prompts, attribute_prompts, ..EvalRecord::new(case_id, r, requested_rewrite) }
-            })
-            .collect())
-    }
+fn counterfact_or_request_records(values: &[Value], source: &str, offset: usize) -> Result<Vec<EvalRecord>> {
+    let requests = parse_values_from(values, source, offset)?;
+    Ok(requests
+        .into_iter()
+        .zip(values)
+        .map(|(r, v)| {
+            let case_id = r.case_id.as_ref().and_then(Value::as_u64).unwrap_or(r.index as u64);
+            let requested_rewrite = match v.get("requested_rewrite") {
+                Some(rr) => rr.clone(),
+                None => {
+                    let mut j = r.to_reference_json();
+                    j.as_object_mut().map(|m| m.remove("case_id"));
+                    j
+                }
+            };
+            let strings = |key: &str| -> Vec<String> {
+                v.get(key).and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect()).unwrap_or_default()
+            };
+            let (generation_prompts, attribute_prompts) = (strings("generation_prompts"), strings("attribute_prompts"));
+            EvalRecord { generation_prompts, attribute_prompts, ..EvalRecord::new(case_id, r, requested_rewrite) }
+        })
+        .collect())
 }
 
 impl Dataset {
@@ -306,8 +322,13 @@ impl Dataset {
     /// whether or not they are to be edited: `--method none` scores the same prompts, so a record
     /// it accepts is one every method accepts.
     pub fn check(&self, tok: &Tokenizer, n_ctx: usize, source: &str) -> Result<()> {
+        self.check_with(tok, n_ctx, source, &mut std::collections::HashSet::new())
+    }
+
+    /// [`Dataset::check`] of one batch of a streamed file, `seen` holding the case ids of the
+    /// batches before.
+    pub fn check_with(&self, tok: &Tokenizer, n_ctx: usize, source: &str, seen: &mut std::collections::HashSet<u64>) -> Result<()> {
         let mut problems = Vec::new();
-        let mut seen = std::collections::BTreeSet::new();
         for r in &self.records {
             if !seen.insert(r.case_id) {
                 problems.push(format!("record {}: case_id {} appears twice", r.request.index, r.case_id));
@@ -369,11 +390,12 @@ fn collect_records(
     source: &str,
     what: &str,
     values: &[Value],
+    offset: usize,
     mut read: impl FnMut(usize, &Value) -> std::result::Result<Option<EvalRecord>, String>,
 ) -> Result<Vec<EvalRecord>> {
     let mut out = Vec::new();
     let mut problems = Vec::new();
-    for (i, v) in values.iter().enumerate() {
+    for (i, v) in values.iter().enumerate().map(|(i, v)| (offset + i, v)) {
         match read(i, v) {
             Ok(Some(r)) => out.push(r),
             Ok(None) => {}
@@ -391,9 +413,9 @@ fn collect_records(
 /// `examples/run_zsre_llama2.py` passes them: `portability_one_hop` (`New Question` against
 /// `New Answer`) and `locality_neighborhood` (`loc` as is, scored post against pre). EasyEdit's
 /// loader skips records whose `alt` is empty; so does this, with a warning.
-fn zsre_records(values: &[Value], source: &str, format: DatasetFormat, target: ZsreTarget) -> Result<Vec<EvalRecord>> {
+fn zsre_records(values: &[Value], source: &str, format: DatasetFormat, target: ZsreTarget, offset: usize) -> Result<Vec<EvalRecord>> {
     let mut skipped = 0usize;
-    let out = collect_records(source, "zsRE record(s)", values, |i, v| {
+    let out = collect_records(source, "zsRE record(s)", values, offset, |i, v| {
         let (subject, src, rephrase, loc, loc_ans) = (field(v, "subject")?, field(v, "src")?, field(v, "rephrase")?, field(v, "loc")?, field(v, "loc_ans")?);
         let new = match target {
             ZsreTarget::Answer => v.get("answers").and_then(|a| a.get(0)).and_then(Value::as_str).ok_or("no answers[0] (the new target)")?,

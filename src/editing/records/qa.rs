@@ -12,14 +12,14 @@ use serde_json::Value;
 use super::{collect_records, field, question_record, DatasetFormat, EvalRecord, Probe, ProbeGroup, ProbeKind};
 use crate::error::Result;
 
-pub(super) fn records(values: &[Value], source: &str, format: DatasetFormat) -> Result<Vec<EvalRecord>> {
+pub(super) fn records(values: &[Value], source: &str, format: DatasetFormat, offset: usize) -> Result<Vec<EvalRecord>> {
     let (prompt_key, rephrase_key) = match format {
         DatasetFormat::ZsreUltraEdit => ("src", "rephrase"),
         DatasetFormat::WikiBigEdit => ("update", "rephrase"),
         _ => ("prompt", "rephrase_prompt"),
     };
     let what = format!("record(s) ({} need {prompt_key}, {rephrase_key}, ans, loc and loc_ans)", format.describe());
-    collect_records(source, &what, values, |i, v| {
+    collect_records(source, &what, values, offset, |i, v| {
         let (question, rephrase, ans, loc, loc_ans) =
             (field(v, prompt_key)?, field(v, rephrase_key)?, field(v, "ans")?, field(v, "loc")?, field(v, "loc_ans")?);
         let mut r = question_record(i, question, None, ans, None, vec![rephrase.to_string()])?;

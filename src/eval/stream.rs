@@ -1,0 +1,219 @@
+//! `edit eval --stream`: the protocol on a dataset read a chunk at a time (WikiBigEdit's 500k
+//! updates, UltraEditBench's 2M), so memory holds one chunk of records, not the file. Every
+//! record is read and checked first (a pass that does no model work, so a bad record is named
+//! before any edit); then per chunk of `--num-edits`: its pre-edit scores, its edit, its
+//! post-edit scores, its lines in `cases.jsonl`, its per-case means in the summary; with
+//! `--sequential` the file is read once more at the end to score every edit on the final model.
+//! What stays in memory across chunks: the per-case means the summary needs, the case ids, and
+//! the unedited predictions of groups scored against them (EasyEdit's locality).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use super::probes::{CaseScores, ProbeResult, ScoreOptions};
+use super::run::{edit_chunk, score_all, EvalPlan, EvalProgress, NumEditsRun, Silent};
+use super::rundir::{RunDir, FINAL_FILE, ORDER_FILE};
+use super::summary::{summarize, CaseResult, Summarizer};
+use crate::editing::pipeline::Editor;
+use crate::editing::records::stream::RecordReader;
+use crate::editing::records::{Dataset, DatasetFormat, ZsreTarget};
+use crate::editing::{Deltas, Snapshot};
+use crate::error::{Error, Result};
+use crate::models::CausalLm;
+use crate::tokenizer::Tokenizer;
+
+/// Records read and checked per batch in the checking pass.
+const CHECK_BATCH: usize = 1024;
+
+/// A streamed evaluation.
+pub struct StreamPlan<'a> {
+    pub path: &'a Path,
+    pub zsre_target: Option<ZsreTarget>,
+    /// Evaluate only the first `limit` records.
+    pub limit: Option<usize>,
+    pub num_edits: usize,
+    pub sequential: bool,
+    pub max_update_ratio: f64,
+    pub scoring: ScoreOptions,
+}
+
+/// What the checking pass found: the layout, the zsRE target it is read with, and how many
+/// records will be evaluated.
+pub struct StreamCheck {
+    pub format: DatasetFormat,
+    pub zsre_target: Option<ZsreTarget>,
+    pub records: usize,
+}
+
+/// The batches of the records to evaluate, `n` at a time.
+fn batches(plan: &StreamPlan, n: usize) -> Result<impl Iterator<Item = Result<Dataset>>> {
+    let mut reader = RecordReader::open(plan.path, plan.zsre_target)?;
+    let mut left = plan.limit.unwrap_or(usize::MAX);
+    Ok(std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        match reader.next_batch(n.min(left)) {
+            Ok(Some(d)) => {
+                left -= d.records.len().min(left);
+                Some(Ok(d))
+            }
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }))
+}
+
+/// Reads every record to evaluate once, checking each as [`Dataset::check`] does (case ids
+/// unique across the file); every problem is listed at once.
+pub fn check(plan: &StreamPlan, tok: &Tokenizer, n_ctx: usize) -> Result<StreamCheck> {
+    let mut reader = RecordReader::open(plan.path, plan.zsre_target)?;
+    let source = plan.path.display().to_string();
+    let (mut seen, mut problems, mut records) = (HashSet::new(), Vec::new(), 0usize);
+    let mut left = plan.limit.unwrap_or(usize::MAX);
+    while left > 0 {
+        let Some((offset, values)) = reader.next_values(CHECK_BATCH.min(left))? else { break };
+        left -= values.len();
+        records += values.len();
+        // A record of the wrong shape is listed and the rest still read.
+        match reader.parse(offset, &values) {
+            Ok(batch) => {
+                if let Err(e) = batch.check_with(tok, n_ctx, &source, &mut seen) {
+                    problems.push(e.to_string());
+                }
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Error::Input(problems.join("\n")));
+    }
+    Ok(StreamCheck { format: reader.format, zsre_target: reader.zsre_target, records })
+}
+
+/// The unedited predictions a case's `final` scores are compared with (its groups scored
+/// against the unedited model), if it has any.
+fn unedited_predictions(pre: &CaseScores) -> Option<CaseScores> {
+    let groups: std::collections::BTreeMap<String, Vec<ProbeResult>> =
+        pre.groups.iter().filter(|(_, r)| r.iter().any(|p| !p.predicted.is_empty())).map(|(k, v)| (k.clone(), v.clone())).collect();
+    (!groups.is_empty()).then(|| CaseScores { groups, ..Default::default() })
+}
+
+/// Runs the protocol on the streamed records (`total` of them, from [`check`]).
+pub fn evaluate_stream(
+    model: &mut dyn CausalLm,
+    tok: &Tokenizer,
+    mut editor: Option<&mut Editor>,
+    plan: &StreamPlan,
+    total: usize,
+    mut dir: Option<&mut RunDir>,
+    progress: &mut dyn EvalProgress,
+) -> Result<NumEditsRun> {
+    let n = plan.num_edits;
+    if n == 0 {
+        return Err(Error::Input("--num-edits must be at least 1".into()));
+    }
+    let format = RecordReader::open(plan.path, plan.zsre_target)?.format;
+    // `score_all` reads the layout and scoring options from an in-memory plan; the records come per chunk.
+    let empty = Dataset { format, records: Vec::new(), zsre_target: plan.zsre_target };
+    let scoring = EvalPlan {
+        dataset: &empty,
+        num_edits: vec![n],
+        sequential: plan.sequential,
+        seed: 0,
+        max_update_ratio: plan.max_update_ratio,
+        scoring: plan.scoring.clone(),
+        shard: None,
+    };
+    let mut snapshot = Snapshot::new();
+    let mut summary = Summarizer::default();
+    let mut chunk_summaries = Vec::new();
+    let mut unedited: HashMap<u64, CaseScores> = HashMap::new();
+    let mut failed: HashSet<u64> = HashSet::new();
+    let mut order = Vec::with_capacity(total);
+    progress.start(&format!("{n} edit(s) per chunk, streamed"), total, 0);
+    for (k, batch) in batches(plan, n)?.enumerate() {
+        let chunk = batch?.records;
+        let refs: Vec<_> = chunk.iter().collect();
+        let pre = score_all(&*model, tok, &refs, &scoring, &mut Silent)?;
+        let (deltas, time, error): (Deltas, f64, Option<String>) = match editor.as_deref_mut() {
+            None => (Deltas::new(), 0.0, None),
+            Some(ed) => edit_chunk(ed, model, tok, &chunk, k, plan.sequential, None, plan.max_update_ratio)?,
+        };
+        snapshot.apply(model, &deltas)?;
+        let post: Vec<Option<CaseScores>> = match (&error, editor.is_some()) {
+            (Some(_), _) => vec![None; chunk.len()],
+            (None, false) => pre.iter().cloned().map(Some).collect(),
+            (None, true) => score_all(&*model, tok, &refs, &scoring, &mut Silent)?.into_iter().map(Some).collect(),
+        };
+        let grouped: Vec<u64> = chunk.iter().map(|r| r.case_id).collect();
+        let mut cases = Vec::with_capacity(chunk.len());
+        for ((r, pre), post) in chunk.iter().zip(pre).zip(post) {
+            if let Some(p) = unedited_predictions(&pre) {
+                unedited.insert(r.case_id, p);
+            }
+            if error.is_some() {
+                failed.insert(r.case_id);
+            }
+            let c = CaseResult {
+                case_id: r.case_id,
+                requested_rewrite: r.requested_rewrite.clone(),
+                num_edits: n,
+                grouped_case_ids: grouped.clone(),
+                time,
+                pre: Some(pre),
+                post,
+                error: error.clone(),
+            };
+            if let Some(d) = dir.as_deref_mut() {
+                d.append(&c)?;
+            }
+            summary.add(&c, None);
+            order.push(r.case_id);
+            cases.push(c);
+        }
+        chunk_summaries.push(summarize(cases.iter().map(|c| (c, None))));
+        progress.advance(chunk.len());
+        if !plan.sequential {
+            snapshot.restore(model)?;
+        }
+    }
+    progress.finish();
+    if let Some(d) = dir.as_deref() {
+        d.write_json(ORDER_FILE, &order)?;
+    }
+
+    // Retention: the file read again, every edit that took scored on the final model.
+    let mut finals = 0usize;
+    if plan.sequential && editor.is_some() {
+        progress.start("re-scoring every edit on the final model", total - failed.len(), 0);
+        let mut writer = match dir.as_deref() {
+            Some(d) => Some(d.lines_writer(&format!("{n}-edits-{FINAL_FILE}"))?),
+            None => None,
+        };
+        for batch in batches(plan, n)? {
+            let chunk: Vec<_> = batch?.records.into_iter().filter(|r| !failed.contains(&r.case_id)).collect();
+            let refs: Vec<_> = chunk.iter().collect();
+            for (r, s) in chunk.iter().zip(score_all(&*model, tok, &refs, &scoring, &mut Silent)?) {
+                summary.add_final(unedited.get(&r.case_id), &s);
+                if let Some(w) = writer.as_mut() {
+                    w.push(&json!({"case_id": r.case_id, "num_edits": n, "final": s}))?;
+                }
+                finals += 1;
+            }
+            progress.advance(chunk.len());
+        }
+        if let Some(w) = writer {
+            w.finish()?;
+        }
+        progress.finish();
+    }
+    snapshot.restore(model)?;
+    let mut summary: Map<String, Value> = summary.finish();
+    summary.insert("num_edits".into(), json!(n));
+    summary.insert("num_failed".into(), json!(failed.len()));
+    tracing::debug!("streamed {} record(s), {finals} re-scored at the end", order.len());
+    Ok(NumEditsRun { num_edits: n, cases: Vec::new(), finals: Vec::new(), summary, chunk_summaries })
+}
