@@ -162,7 +162,10 @@ pub fn evaluate(
                     }
                     continue;
                 }
-                Some(ed) => edit_chunk(ed, model, tok, chunk, k, plan.sequential, delta_path.as_deref(), plan.max_update_ratio)?,
+                Some(ed) => {
+                    let how = ChunkEdit { k, sequential: plan.sequential, delta_path: delta_path.as_deref(), max_update_ratio: plan.max_update_ratio };
+                    edit_chunk(ed, model, tok, chunk, how)?
+                }
             };
             snapshot.apply(model, &deltas)?;
             let post: Vec<Option<CaseScores>> = if error.is_some() {
@@ -276,6 +279,14 @@ fn final_scores(
     Ok(finals)
 }
 
+/// Which chunk is edited and how its edit is kept.
+pub(super) struct ChunkEdit<'a> {
+    pub k: usize,
+    pub sequential: bool,
+    pub delta_path: Option<&'a std::path::Path>,
+    pub max_update_ratio: f64,
+}
+
 /// One chunk's edit (chunk `k`): computed, folded into the method's memory and saved to
 /// `delta_path` (for a resume) when `sequential`; a numerical failure is returned as the chunk's
 /// error (no deltas), for the run to record and go on.
@@ -284,11 +295,9 @@ pub(super) fn edit_chunk(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
     chunk: &[EvalRecord],
-    k: usize,
-    sequential: bool,
-    delta_path: Option<&std::path::Path>,
-    max_update_ratio: f64,
+    how: ChunkEdit,
 ) -> Result<(Deltas, f64, Option<String>)> {
+    let ChunkEdit { k, sequential, delta_path, max_update_ratio } = how;
     let requests: Vec<Request> = chunk.iter().flat_map(EvalRecord::edits).cloned().collect();
     let t0 = Instant::now();
     match ed.run(model, tok, &requests, max_update_ratio) {

@@ -13,7 +13,7 @@ use std::path::Path;
 use serde_json::{json, Map, Value};
 
 use super::probes::{CaseScores, ProbeResult, ScoreOptions};
-use super::run::{edit_chunk, score_all, EvalPlan, EvalProgress, NumEditsRun, Silent};
+use super::run::{edit_chunk, score_all, ChunkEdit, EvalPlan, EvalProgress, NumEditsRun, Silent};
 use super::rundir::{RunDir, FINAL_FILE, ORDER_FILE};
 use super::summary::{summarize, CaseResult, Summarizer};
 use crate::editing::pipeline::Editor;
@@ -140,7 +140,9 @@ pub fn evaluate_stream(
         let pre = score_all(&*model, tok, &refs, &scoring, &mut Silent)?;
         let (deltas, time, error): (Deltas, f64, Option<String>) = match editor.as_deref_mut() {
             None => (Deltas::new(), 0.0, None),
-            Some(ed) => edit_chunk(ed, model, tok, &chunk, k, plan.sequential, None, plan.max_update_ratio)?,
+            Some(ed) => {
+                edit_chunk(ed, model, tok, &chunk, ChunkEdit { k, sequential: plan.sequential, delta_path: None, max_update_ratio: plan.max_update_ratio })?
+            }
         };
         snapshot.apply(model, &deltas)?;
         let post: Vec<Option<CaseScores>> = match (&error, editor.is_some()) {
