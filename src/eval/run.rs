@@ -181,16 +181,7 @@ pub fn evaluate(
             };
             let grouped: Vec<u64> = chunk.iter().map(|r| r.case_id).collect();
             for (r, post) in todo.iter().zip(post) {
-                let c = CaseResult {
-                    case_id: r.case_id,
-                    requested_rewrite: r.requested_rewrite.clone(),
-                    num_edits: n,
-                    grouped_case_ids: grouped.clone(),
-                    time,
-                    pre: pre.get(&r.case_id).cloned(),
-                    post,
-                    error: error.clone(),
-                };
+                let c = CaseResult::new(r, n, &grouped, time, pre.get(&r.case_id).cloned(), post, &error);
                 if let Some(d) = dir.as_deref_mut() {
                     d.append(&c)?;
                 }

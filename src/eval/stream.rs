@@ -159,16 +159,7 @@ pub fn evaluate_stream(
             if error.is_some() {
                 failed.insert(r.case_id);
             }
-            let c = CaseResult {
-                case_id: r.case_id,
-                requested_rewrite: r.requested_rewrite.clone(),
-                num_edits: n,
-                grouped_case_ids: grouped.clone(),
-                time,
-                pre: Some(pre),
-                post,
-                error: error.clone(),
-            };
+            let c = CaseResult::new(r, n, &grouped, time, Some(pre), post, &error);
             if let Some(d) = dir.as_deref_mut() {
                 d.append(&c)?;
             }

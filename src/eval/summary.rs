@@ -27,6 +27,31 @@ pub struct CaseResult {
     pub error: Option<String>,
 }
 
+impl CaseResult {
+    /// `record`'s line: edited in a chunk of `grouped` records that took `time` seconds (or
+    /// failed with `error`), with its scores before and after.
+    pub fn new(
+        record: &crate::editing::records::EvalRecord,
+        num_edits: usize,
+        grouped: &[u64],
+        time: f64,
+        pre: Option<CaseScores>,
+        post: Option<CaseScores>,
+        error: &Option<String>,
+    ) -> Self {
+        CaseResult {
+            case_id: record.case_id,
+            requested_rewrite: record.requested_rewrite.clone(),
+            num_edits,
+            grouped_case_ids: grouped.to_vec(),
+            time,
+            pre,
+            post,
+            error: error.clone(),
+        }
+    }
+}
+
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
