@@ -1,9 +1,9 @@
 //! Lifelong (sequential) editing, issue 27. Two jobs (`EDIT_BENCH_JOBS`, default `quality`):
 //!
-//! `quality`: fact-gpt2's 500 cases edited in sequence, in chunks of `EDIT_BENCH_CHUNKS`
+//! `quality`: the 500 cases of `EDIT_BENCH_FIXTURE` (fact-gpt2 or fact-llama) edited in sequence, in chunks of `EDIT_BENCH_CHUNKS`
 //! (10,50,100), by `EDIT_BENCH_METHODS` (ultraedit,emmet,alphaedit,memit; empty for the anchor alone) through the binary
 //! (`edit eval --sequential`, the fixture's tuned configs: `hparams/UltraEdit.json`,
-//! `MEMIT_tuned.json` for MEMIT and EMMET, `AlphaEdit.json`); per run ES / PS / NS right after
+//! `MEMIT_tuned.json` (else `MEMIT.json`) for MEMIT and EMMET, `AlphaEdit.json`); per run ES / PS / NS right after
 //! each chunk (mean over chunks) and on the final model (retention of every earlier edit). With
 //! `EDIT_BENCH_ULTRAEDIT_REF` (a work tree of XiaojieGu/UltraEdit) the reference code edits the
 //! same cases in the same turns (`benches/lifelong/ref_ultraedit.py`, python3 with torch,
@@ -54,6 +54,14 @@ fn fact_gpt2() -> PathBuf {
     repo_root().join("tests/fixtures/fact-gpt2")
 }
 
+/// The trained fixture the quality job edits (`EDIT_BENCH_FIXTURE`, fact-gpt2 by default).
+fn fixture() -> (String, PathBuf) {
+    let name = env("EDIT_BENCH_FIXTURE").unwrap_or_else(|| "fact-gpt2".into());
+    let dir = repo_root().join("tests/fixtures").join(&name);
+    assert!(dir.join("cases.json").is_file(), "EDIT_BENCH_FIXTURE: {} has no cases.json (fact-gpt2 or fact-llama)", dir.display());
+    (name, dir)
+}
+
 /// A comma-separated setting; set but empty, it is an empty list.
 fn list(name: &str, default: &str) -> Vec<String> {
     std::env::var(name).unwrap_or_else(|_| default.into()).split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
@@ -82,11 +90,12 @@ fn scores(summary: &Value) -> Scores {
 }
 
 fn eval(method: &str, model: &Path, chunk: usize, stats: &Path) -> (Scores, f64) {
-    let m = fact_gpt2();
+    let m = fixture().1;
+    let memit = if m.join("hparams/MEMIT_tuned.json").is_file() { "MEMIT_tuned.json" } else { "MEMIT.json" };
     let config = match method {
         "ultraedit" => Some("UltraEdit.json"),
         "alphaedit" => Some("AlphaEdit.json"),
-        "memit" | "emmet" => Some("MEMIT_tuned.json"),
+        "memit" | "emmet" => Some(memit),
         _ => None,
     };
     let mut c = Command::new(edit_bin());
@@ -121,18 +130,19 @@ fn quality() {
     let tmp = tempfile::tempdir().unwrap();
     let stats = tmp.path().join("stats");
     let mut rows: Vec<(String, usize, Scores, f64)> = Vec::new();
+    let (name, dir) = fixture();
     for &chunk in &chunks {
         for m in &methods {
-            let (s, wall) = eval(m, &fact_gpt2(), chunk, &stats);
+            let (s, wall) = eval(m, &dir, chunk, &stats);
             eprintln!("{m} in chunks of {chunk}: {s:?} ({wall:.0} s)");
             rows.push((m.clone(), chunk, s, wall));
         }
         if let Some(reference) = env("EDIT_BENCH_ULTRAEDIT_REF") {
-            let hp: Value = serde_json::from_str(&std::fs::read_to_string(fact_gpt2().join("hparams/UltraEdit.json")).unwrap()).unwrap();
+            let hp: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("hparams/UltraEdit.json")).unwrap()).unwrap();
             let modules: Vec<String> = serde_json::from_value(hp["edit_modules"].clone()).unwrap();
             let out = tmp.path().join(format!("ref-{chunk}"));
             let t = Instant::now();
-            python_reference(&reference, &fact_gpt2(), &fact_gpt2().join("cases.json"), &out, (chunk, 500), hp["lr"].as_f64().unwrap(), &modules);
+            python_reference(&reference, &dir, &dir.join("cases.json"), &out, (chunk, 500), hp["lr"].as_f64().unwrap(), &modules);
             let wall = t.elapsed().as_secs_f64();
             // Scored as it is (`--method none`): its "post" scores are the final model's.
             let ((fin, _), _) = eval("none", &out, 1, &stats);
@@ -140,7 +150,7 @@ fn quality() {
             rows.push(("ultraedit (reference code)".into(), chunk, ([f64::NAN; 4], fin), wall));
         }
     }
-    println!("fact-gpt2, cases 0-499 in sequence; {}", cpu());
+    println!("{name}, cases 0-499 in sequence; {}", cpu());
     println!();
     println!("| method | edits per chunk | ES / PS / NS / Score after each chunk | final ES / PS / NS / Score | wall (s) |");
     println!("|---|---|---|---|---|");
@@ -162,7 +172,7 @@ fn quality() {
                 series.push((format!("{m} {metric}"), points));
             }
         }
-        edit::eval::plot::write_plot(Path::new(&path), "fact-gpt2, 500 edits in sequence: final scores", "edits per chunk", &series).unwrap();
+        edit::eval::plot::write_plot(Path::new(&path), &format!("{name}, 500 edits in sequence: final scores"), "edits per chunk", &series).unwrap();
         eprintln!("plot: {path}");
     }
 }

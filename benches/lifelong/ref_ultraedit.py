@@ -45,6 +45,12 @@ for stub in ("wandb", "nltk"):
 from data.zsre import ZSREDataset  # noqa: E402
 from editor.ultraedit import ULTRAEDIT  # noqa: E402
 from model import make_model  # noqa: E402
+import editor.base  # noqa: E402
+import transformers  # noqa: E402
+
+# For a model path containing "llama" the reference's editor/base.py calls LlamaTokenizerFast
+# without importing it (a NameError); give it the model's own tokenizer, as it loads every other.
+editor.base.LlamaTokenizerFast = transformers.AutoTokenizer
 
 torch.manual_seed(42)
 torch.set_num_threads(int(os.environ.get("EDIT_BENCH_THREADS", torch.get_num_threads())))
