@@ -3,7 +3,8 @@
 # on the test fixtures (every family), then on random models of GPT-J 6B's and Llama 3 8B's shapes
 # in bf16 storage the statistics throughput (and PyTorch's on the same batches), ROME, MEMIT with z
 # batched (32) vs serial (1), and MEMIT at EDIT_GPU_MEMIT (1000) requests (issue 25's targets at
-# Llama 3 8B: ROME < 2 s per edit, MEMIT 1,000 < 5 min incl. z). Ends with one Markdown table per
+# Llama 3 8B: ROME < 2 s per edit, MEMIT 1,000 < 5 min incl. z), and on Llama 3 8B's shape UltraEdit's
+# EDIT_GPU_LIFELONG (20000) sequential edits (issue 27's target: < 2 min). Ends with one Markdown table per
 # part; logs go to $OUT (or /tmp/edit-gpu) when set.
 #
 # The lent GPU machines have no Rust toolchain, so the binaries are built here first and carried:
@@ -16,7 +17,8 @@
 #
 # Settings: EDIT_GPU_MEMIT (1000), EDIT_GPU_TEXTS (1000 statistics texts), EDIT_GPU_LAYERS (the
 # shape's own depth), EDIT_GPU_STEP_TIMEOUT (150 s per step; a step past it is reported and the rest
-# goes on); EDIT_GPU_ZCOMPARE (32 requests for batched vs serial z); EDIT_GPU_SHAPES ("gpt-j-6b
+# goes on); EDIT_GPU_ZCOMPARE (32 requests for batched vs serial z); EDIT_GPU_LIFELONG (20000; 0
+# skips it), EDIT_GPU_LIFELONG_SHAPE (llama-3-8b), EDIT_GPU_LIFELONG_TIMEOUT (300 s); EDIT_GPU_SHAPES ("gpt-j-6b
 # llama-3-8b"; EDIT_GPU_SHAPE one of them), EDIT_GPU_DTYPE
 # (bf16), EDIT_GPU_STEPS (the config's); EDIT_GPU_DEVICE (cuda; `cpu` runs the same flow on the
 # CPU to try the script without a GPU, e.g. EDIT_GPU_SHAPE=gpt2-xl EDIT_GPU_LAYERS=18
@@ -50,6 +52,9 @@ TEXTS=${EDIT_GPU_TEXTS:-1000}
 SHAPES=${EDIT_GPU_SHAPES:-${EDIT_GPU_SHAPE:-gpt-j-6b llama-3-8b}}
 DEV=${EDIT_GPU_DEVICE:-cuda}
 ZCOMPARE=${EDIT_GPU_ZCOMPARE:-32}
+N_LIFE=${EDIT_GPU_LIFELONG:-20000}
+LIFE_SHAPE=${EDIT_GPU_LIFELONG_SHAPE:-llama-3-8b}
+LIFE_TIMEOUT=${EDIT_GPU_LIFELONG_TIMEOUT:-300}
 started=$(date +%s)
 say() { echo "[$(($(date +%s) - started)) s] $*" >&2; }
 
@@ -143,6 +148,33 @@ bench() { # name, time limit in s, then environment assignments for one run of t
         echo "| $name | failed or past $limit s: $(grep -m1 -i 'error' "$LOG/$name.log" | cut -c1-200) | |" > "$LOG/$name.md"
     fi
 }
+# 3. Lifelong editing (issue 27's GPU row): UltraEdit, EDIT_GPU_LIFELONG (20000) WikiBigEdit-layout
+# edits in turns of 100 through `edit eval --stream --sequential` on the LIFE_SHAPE checkpoint; the
+# edit time is the sum of the turns' (each chunk's `time`, the edit alone), the wall time includes
+# scoring every record before and after its turn and again at the end.
+lifelong() {
+    local name=$SHAPE-lifelong-$N_LIFE config=()
+    python3 benches/lifelong/synthetic_wikibigedit.py "$N_LIFE" "$LOG/wikibigedit-$N_LIFE.json"
+    # The published config where the checkpoint has the model's full depth, else the generic start.
+    [ -z "${EDIT_GPU_LAYERS:-}" ] && [ "$SHAPE" = llama-3-8b ] && config=(--config configs/ultraedit/meta-llama_Meta-Llama-3-8B-Instruct.json)
+    if timeout "$LIFE_TIMEOUT" "$EDIT_BIN" eval --method ultraedit "${config[@]}" -q --json --model "$EDIT_BENCH_MODEL_DIR" \
+        --dataset "$LOG/wikibigedit-$N_LIFE.json" --stream --sequential --num-edits 100 --score-batch 256 --device "$DEV" --dtype "$EDIT_BENCH_DTYPE" \
+        > "$LOG/$name.json" 2> "$LOG/$name.log"; then
+        python3 - "$LOG/$name.json" "$SHAPE" "$EDIT_BENCH_DTYPE" > "$LOG/$name.md" <<'EOF'
+import json, sys
+s = json.load(open(sys.argv[1]))[0]
+turns = -(-s["num_cases"] // s["num_edits"])
+edit_s = s["time"][0] * s["num_cases"] / s["num_edits"]
+print(f"| UltraEdit, {s['num_cases']} edits in {turns} turns of {s['num_edits']}, {sys.argv[2]} {sys.argv[3]} "
+      f"| edits {edit_s:.0f} s ({edit_s / turns:.2f} s per turn); with scoring {s['seconds']:.0f} s | {s['num_failed']} turns failed |")
+EOF
+        say "$name done"
+    else
+        say "$name failed or ran past $LIFE_TIMEOUT s (log: $LOG/$name.log)"
+        echo "| $name | failed or past $LIFE_TIMEOUT s: $(grep -m1 -i 'error' "$LOG/$name.log" | cut -c1-200) | |" > "$LOG/$name.md"
+    fi
+}
+
 for SHAPE in $SHAPES; do
     export EDIT_BENCH_SHAPE=$SHAPE EDIT_BENCH_MODEL_DIR=/tmp/edit-gpu-model-$SHAPE EDIT_BENCH_STATS_DIR=/tmp/edit-gpu-stats-$SHAPE
     # The checkpoint (12 GB for GPT-J, 16 GB for Llama 3 8B) is written once, by a run with no jobs;
@@ -153,6 +185,9 @@ for SHAPE in $SHAPES; do
     bench "$SHAPE-rome" "$STEP_TIMEOUT" EDIT_BENCH_JOBS=rome
     bench "$SHAPE-memit-z" "$STEP_TIMEOUT" EDIT_BENCH_JOBS=memit EDIT_BENCH_MEMIT=$ZCOMPARE EDIT_BENCH_ZBATCH=1,32
     bench "$SHAPE-memit-$N_MEMIT" "$STEP_TIMEOUT" EDIT_BENCH_JOBS=memit EDIT_BENCH_MEMIT=$N_MEMIT EDIT_BENCH_ZBATCH=32
+    if [ "$SHAPE" = "$LIFE_SHAPE" ] && [ "$N_LIFE" -gt 0 ]; then
+        lifelong
+    fi
 done
 
 echo
@@ -169,7 +204,7 @@ for SHAPE in $SHAPES; do
     echo
     echo "| job | time | peak memory |"
     echo "|---|---|---|"
-    for f in stats rome memit-z "memit-$N_MEMIT"; do
-        grep '^| ' "$LOG/$SHAPE-$f.md" | grep -v '^| job\|^|---' || true
+    for f in stats rome memit-z "memit-$N_MEMIT" "lifelong-$N_LIFE"; do
+        grep '^| ' "$LOG/$SHAPE-$f.md" 2>/dev/null | grep -v '^| job\|^|---' || true
     done
 done
