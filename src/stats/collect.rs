@@ -60,6 +60,11 @@ pub trait Observer {
     /// After each chunk; `Ok(true)` asks for a checkpoint to be written now.
     fn chunk_done(&mut self, acc: &Accumulator, texts_seen: usize) -> Result<bool>;
     fn checkpoint(&mut self, acc: &Accumulator) -> Result<()>;
+    /// A collection that stops once its estimate has converged (`--samples auto`) watches it
+    /// here; the collection stops after the chunk where it says so.
+    fn convergence(&mut self) -> Option<&mut super::converge::Convergence> {
+        None
+    }
 }
 
 /// An observer that never checkpoints: for in-memory collections (tests, benchmarks, library use).
@@ -184,6 +189,19 @@ pub fn collect_shard(
         }
         acc.texts += seqs.len() as u64;
         acc.next_chunk = c + 1;
+        if let Some(conv) = observer.convergence().filter(|conv| conv.due(acc.count)) {
+            if let Some(lower) = &lower {
+                lower.write_to(&mut acc)?;
+            }
+            let converged = conv.check(&acc.second_moments()?, acc.count)?;
+            if lower.is_some() {
+                acc.sums.clear();
+            }
+            if converged {
+                tracing::info!("the statistics converged at {} tokens ({} texts)", acc.count, acc.texts);
+                break;
+            }
+        }
         let seen = ((c + 1) * CHUNK_TEXTS).min(texts.len());
         // After the last chunk the final sums are written at once: a checkpoint there would
         // only cost the time to write them and a second copy in memory.

@@ -4,6 +4,7 @@
 
 pub mod cache;
 pub mod collect;
+pub mod converge;
 pub mod ensure;
 pub mod import;
 pub mod merge;

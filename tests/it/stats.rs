@@ -373,3 +373,71 @@ fn three_shards_merged_equal_one_run() {
         }
     }
 }
+
+/// `--samples auto`'s stopping rule in a real collection: fact-gpt2's corpus in a shuffled order
+/// (the rule assumes the sample order is random), layers 0-2, the probe keys those of 30 held-out
+/// texts. C⁻¹K converges as 1/√n (its change halves every two doublings: 0.78 at 5k tokens, 0.07 at
+/// 194k), so on this 346k-token corpus the tolerance is 0.15: the collection stops well before the
+/// end, and there its C⁻¹K is within about the tolerance of the whole corpus's.
+#[test]
+fn a_collection_stops_once_c_inverse_k_has_converged() {
+    use edit::stats::collect::{collect, collect_in_memory, Accumulator, CollectPlan, Observer};
+    use edit::stats::converge::Convergence;
+    use std::collections::BTreeMap;
+
+    struct Watch(Convergence);
+    impl Observer for Watch {
+        fn chunk_done(&mut self, _: &Accumulator, _: usize) -> edit::error::Result<bool> {
+            Ok(false)
+        }
+        fn checkpoint(&mut self, _: &Accumulator) -> edit::error::Result<()> {
+            Ok(())
+        }
+        fn convergence(&mut self) -> Option<&mut Convergence> {
+            Some(&mut self.0)
+        }
+    }
+    let lm = common::fixture("fact-gpt2");
+    let tok = lm.tokenizer.as_ref().unwrap();
+    let corpus = edit::data::read_texts(&fixture_dir("fact-gpt2").join("stats-corpus.txt")).unwrap();
+    let order = edit::pyrandom::shuffled_indices(corpus.len(), 1);
+    let mut texts: Vec<String> = order.iter().map(|&i| corpus[i].clone()).collect();
+    let held_out = texts.split_off(texts.len() - 30);
+    let layers = [0usize, 1, 2];
+    let plan = CollectPlan { layers: layers.to_vec(), precision: edit::stats::Precision::F64, batch_tokens: 4096, max_len: 128 };
+
+    // The probe keys: every token of the held-out texts.
+    let mut probes: BTreeMap<usize, Vec<candle_core::Tensor>> = BTreeMap::new();
+    for t in &held_out {
+        let mut ids = tok.encode_input(t).unwrap();
+        ids.truncate(128);
+        if ids.len() < 2 {
+            continue;
+        }
+        let b = edit::Batch::from_sequences(&[ids], lm.pad_id(), lm.model.device()).unwrap();
+        let spec = edit::TraceSpec { keys: layers.iter().copied().collect(), stop_after: Some(2), ..Default::default() };
+        let trace = lm.model.forward(&b, &spec, &[]).unwrap();
+        for l in layers {
+            probes.entry(l).or_default().push(trace.keys[&l].squeeze(0).unwrap().to_dtype(DType::F64).unwrap());
+        }
+    }
+    let probes: BTreeMap<usize, candle_core::Tensor> = probes.into_iter().map(|(l, v)| (l, candle_core::Tensor::cat(&v, 0).unwrap())).collect();
+
+    let tolerance = 0.15;
+    let full = collect_in_memory(&*lm.model, tok, &texts, &plan).unwrap();
+    let mut watch = Watch(Convergence::new(&probes, tolerance, 0).unwrap());
+    let acc = Accumulator::new(&plan.layers, lm.config().d_ff, plan.precision, lm.model.device()).unwrap();
+    let auto = collect(&*lm.model, tok, &texts, &plan, acc, &mut watch).unwrap();
+    eprintln!("auto stopped at {} of {} tokens; curve {:?}", auto.count, full.count, watch.0.curve.iter().map(|p| (p.tokens, p.worst())).collect::<Vec<_>>());
+    assert!(auto.count * 4 < full.count, "stopped at {} of {} tokens", auto.count, full.count);
+    assert!(watch.0.curve.last().unwrap().worst().unwrap() < tolerance);
+    let (c_auto, c_full) = (auto.second_moments().unwrap(), full.second_moments().unwrap());
+    for l in layers {
+        let k = edit::linalg::to_mat(&probes[&l].t().unwrap().contiguous().unwrap()).unwrap();
+        let solve = |c: &candle_core::Tensor| edit::linalg::SpdFactor::new(&edit::linalg::to_mat(c).unwrap(), "C").unwrap().solve(&k);
+        let (a, f) = (solve(&c_auto[&l]), solve(&c_full[&l]));
+        let err = (&a - &f).norm_l2() / f.norm_l2();
+        eprintln!("layer {l}: C⁻¹K {err:.4} from the whole corpus's");
+        assert!(err < tolerance, "layer {l}: C⁻¹K is {err} from the whole corpus's");
+    }
+}
