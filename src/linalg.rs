@@ -287,6 +287,7 @@ mod tests {
             batch_tokens: 1,
             source: "collected".into(),
             tool_version: "test".into(),
+            auto: None,
         };
         let path = dir.join(format!("{dtype:?}.safetensors"));
         cache::save(&path, &sum, count, &meta).unwrap();

@@ -63,8 +63,14 @@ pub struct CollectArgs {
     #[arg(short, long, required = true, num_args = 1.., value_name = "LAYERS")]
     pub layers: Vec<String>,
     /// Number of texts sampled (seed-1 shuffle of the corpus, as the reference). Reference: 100000.
-    #[arg(long, default_value_t = 100_000)]
-    pub samples: usize,
+    /// `auto`: from the reference's sample of 100,000, only until the estimate has converged
+    /// (--tolerance), filed beside the full sample's statistics (docs/statistics.md).
+    #[arg(long, default_value = "100000", value_parser = parse_samples)]
+    pub samples: Samples,
+    /// `--samples auto`: stop once C⁻¹k of held-out keys moves by less than this (relative)
+    /// between doublings of the tokens.
+    #[arg(long, default_value_t = DEFAULT_TOLERANCE)]
+    pub tolerance: f64,
     /// A local corpus file instead of the embedded sample: .txt (a text per line), .jsonl
     /// (`text` field), .parquet (`text` column). Repeat for several files.
     #[arg(long, value_name = "FILE", conflicts_with = "dataset")]
@@ -103,6 +109,28 @@ pub struct CollectArgs {
     pub abort_after_chunks: Option<usize>,
 }
 
+/// `--samples N` or `--samples auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Samples {
+    Count(usize),
+    Auto,
+}
+
+fn parse_samples(s: &str) -> Result<Samples, String> {
+    if s == "auto" {
+        return Ok(Samples::Auto);
+    }
+    s.parse().map(Samples::Count).map_err(|_| format!("`{s}` is neither a number of texts nor `auto`"))
+}
+
+/// The sample `--samples auto` draws from and stops within: the reference's.
+const AUTO_SAMPLE: usize = 100_000;
+
+/// `--samples auto`'s default tolerance: on fact-gpt2 the edit scores of ROME, MEMIT and AlphaEdit
+/// settle where this measure is near 0.3 (benches/README.md, "Statistics: how many tokens an edit
+/// needs"); 0.2 leaves a margin, at about twice the tokens.
+const DEFAULT_TOLERANCE: f64 = 0.2;
+
 #[derive(Args, Debug)]
 pub struct ImportArgs {
     /// The reference `.npz` file, e.g. `transformer.h.17.mlp.c_proj_float32_mom2_100000.npz`.
@@ -140,6 +168,9 @@ struct Summary {
     /// A `--shard` job's output (no statistics are filed by it).
     #[serde(skip_serializing_if = "Option::is_none")]
     shard_file: Option<PathBuf>,
+    /// `--samples auto`: how the collection stopped (absent when the layers were cached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto: Option<edit::stats::cache::AutoMeta>,
 }
 
 /// `edit stats`'s progress: a bar on an interactive stderr, and Ctrl-C asking for a checkpoint.
@@ -194,9 +225,13 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
     // Validate everything cheap before loading anything.
     let layers = parse_layers(&args.layers.join(" "))?;
     let precision = args.precision;
-    if args.samples == 0 {
-        bail!("--samples must be at least 1");
-    }
+    let (samples, auto) = match args.samples {
+        Samples::Count(0) => bail!("--samples must be at least 1"),
+        Samples::Count(n) => (n, None),
+        Samples::Auto if !(args.tolerance > 0.0 && args.tolerance < 1.0) => bail!("--tolerance must be between 0 and 1 (a relative change)"),
+        Samples::Auto if args.shard.is_some() => bail!("--samples auto cannot be sharded: where it stops depends on every text before; drop --shard"),
+        Samples::Auto => (AUTO_SAMPLE, Some(args.tolerance)),
+    };
     args.compute.parse()?;
     let stats_dir = args.dir.dir();
     let corpus = chosen_corpus(args.dataset, &args.text, &stats_dir)?.unwrap_or(Corpus::Embedded);
@@ -206,7 +241,7 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
     let identity = ModelIdentity::of(&files)?;
     let plan = StatsPlan {
         corpus,
-        samples: args.samples,
+        samples,
         precision,
         batch_tokens: args.batch_tokens,
         max_len: args.max_len,
@@ -217,6 +252,7 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         offline: args.model.offline,
         announce_computing: false,
         shard: args.shard.map(|(index, count)| edit::stats::collect::Shard { index, count }),
+        auto,
     };
     let started = Instant::now();
     // A shard job computes its part whatever statistics are cached.
@@ -231,14 +267,14 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         let lm = args.model.load_files_for(files, &args.compute, edit::threads::Workload::Bulk)?;
         collect_missing(&lm, &todo, &plan, &mut BarProgress::new(global), &mut ensured)?;
     }
-    let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity, shard_file } = ensured;
+    let Ensured { mut reports, note, texts: texts_used, tokens, resumed_from, dataset, identity, shard_file, auto: auto_report } = ensured;
     reports.sort_by_key(|r| r.layer);
     let seconds = started.elapsed().as_secs_f64();
     let summary = Summary {
         model: identity.model.clone(),
         dataset,
         note,
-        samples: args.samples,
+        samples,
         texts: texts_used,
         tokens,
         seconds,
@@ -246,6 +282,7 @@ fn collect_cmd(args: CollectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         resumed_from_chunk: resumed_from,
         layers: reports,
         shard_file: shard_file.as_ref().map(|(p, _)| p.clone()),
+        auto: auto_report,
     };
     let mut out = std::io::stdout().lock();
     if args.json {

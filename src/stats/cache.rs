@@ -41,6 +41,23 @@ pub struct StatsMeta {
     /// `collected` or `imported from <file>`.
     pub source: String,
     pub tool_version: String,
+    /// Statistics collected until they converged (`--samples auto`) rather than over all
+    /// `samples` texts: how, and where they stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoMeta>,
+}
+
+/// How a `--samples auto` collection stopped (see [`super::converge`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AutoMeta {
+    /// The tolerance on the relative change of C⁻¹K between doublings.
+    pub tolerance: f64,
+    /// Whether the change fell below it (else the collection reached the end of its sample).
+    pub converged: bool,
+    /// Held-out texts whose keys were the probes (not in the sums).
+    pub probe_texts: usize,
+    /// The convergence curve: per check, the tokens and each layer's change.
+    pub curve: Vec<super::converge::Checkpoint>,
 }
 
 pub struct Moments {
@@ -94,6 +111,13 @@ pub fn default_stats_dir() -> PathBuf {
 
 pub fn stats_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str, module: &str, precision: Precision, samples: usize) -> PathBuf {
     stats_dir.join(identity.slug()).join(crate::data::sanitize(dataset)).join(format!("{module}_{}_{samples}.safetensors", precision.reference_name()))
+}
+
+/// Where `--samples auto` statistics drawn from a sample of `samples` texts are filed: beside
+/// the full sample's, never in its place (they hold fewer of its texts).
+pub fn auto_stats_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str, module: &str, precision: Precision, samples: usize) -> PathBuf {
+    let full = stats_path(stats_dir, identity, dataset, module, precision, samples);
+    full.with_file_name(format!("{module}_{}_{samples}-auto.safetensors", precision.reference_name()))
 }
 
 /// Where an interrupted job keeps its progress.
@@ -221,6 +245,9 @@ pub struct JobKey {
     /// A part of the job (`edit stats --shard`); absent for a whole one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<super::collect::Shard>,
+    /// A `--samples auto` job: its tolerance, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<String>,
 }
 
 /// What a finished shard file carries besides its sums, so that `edit stats merge` can file the
@@ -242,7 +269,13 @@ struct PartialMeta {
     next_chunk: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     finished_shard: Option<ShardInfo>,
+    /// A `--samples auto` job's convergence checks so far (its last solutions are `conv.<layer>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    convergence: Option<super::converge::ConvergenceState>,
 }
+
+/// A `--samples auto` job's checkpointed convergence state and last solutions per layer.
+pub type SavedConvergence = (super::converge::ConvergenceState, BTreeMap<usize, Tensor>);
 
 /// A finished shard: its job, sums and what the merged files need.
 pub struct ShardFile {
@@ -269,7 +302,7 @@ pub fn is_shard_file_name(name: &str, layers: &[usize], precision: Precision, sh
 }
 
 pub fn save_shard(path: &Path, key: &JobKey, info: &ShardInfo, acc: &Accumulator) -> Result<()> {
-    write_partial(path, key, acc, Some(info.clone()))
+    write_partial(path, key, acc, Some(info.clone()), None)
 }
 
 /// A finished shard file's job and counts, from its header only (no sums are read).
@@ -311,13 +344,17 @@ pub fn load_shard(path: &Path) -> Result<ShardFile> {
     Ok(ShardFile { key: meta.key, info, acc })
 }
 
-pub fn save_partial(path: &Path, key: &JobKey, acc: &Accumulator) -> Result<()> {
-    write_partial(path, key, acc, None)
+pub fn save_partial(path: &Path, key: &JobKey, acc: &Accumulator, convergence: Option<SavedConvergence>) -> Result<()> {
+    write_partial(path, key, acc, None, convergence)
 }
 
-fn write_partial(path: &Path, key: &JobKey, acc: &Accumulator, finished_shard: Option<ShardInfo>) -> Result<()> {
-    let tensors: Vec<(String, Tensor)> = acc.sums.iter().map(|(l, t)| Ok((format!("sum.{l}"), t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
-    let meta = PartialMeta { key: key.clone(), count: acc.count, texts: acc.texts, next_chunk: acc.next_chunk, finished_shard };
+fn write_partial(path: &Path, key: &JobKey, acc: &Accumulator, finished_shard: Option<ShardInfo>, convergence: Option<SavedConvergence>) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = acc.sums.iter().map(|(l, t)| Ok((format!("sum.{l}"), t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
+    let convergence = convergence.map(|(state, last)| {
+        tensors.extend(last.into_iter().map(|(l, t)| (format!("conv.{l}"), t)));
+        state
+    });
+    let meta = PartialMeta { key: key.clone(), count: acc.count, texts: acc.texts, next_chunk: acc.next_chunk, finished_shard, convergence };
     let mut md = HashMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(&meta).expect("metadata serialises"));
     write_atomic(path, &tensors, md)
@@ -325,7 +362,7 @@ fn write_partial(path: &Path, key: &JobKey, acc: &Accumulator, finished_shard: O
 
 /// The saved progress of an identical job, if any. A partial file of a different job is
 /// reported and ignored (it will be overwritten).
-pub fn load_partial(path: &Path, key: &JobKey, device: &Device) -> Result<Option<Accumulator>> {
+pub fn load_partial(path: &Path, key: &JobKey, device: &Device) -> Result<Option<(Accumulator, Option<SavedConvergence>)>> {
     if !path.is_file() {
         return Ok(None);
     }
@@ -342,7 +379,19 @@ pub fn load_partial(path: &Path, key: &JobKey, device: &Device) -> Result<Option
     for &l in &key.layers {
         sums.insert(l, st.load(&format!("sum.{l}"), device)?);
     }
-    Ok(Some(Accumulator { sums, count: meta.count, texts: meta.texts, next_chunk: meta.next_chunk }))
+    let convergence = match meta.convergence {
+        Some(state) => {
+            let mut last = BTreeMap::new();
+            for &l in &key.layers {
+                if let Ok(t) = st.load(&format!("conv.{l}"), &Device::Cpu) {
+                    last.insert(l, t);
+                }
+            }
+            Some((state, last))
+        }
+        None => None,
+    };
+    Ok(Some((Accumulator { sums, count: meta.count, texts: meta.texts, next_chunk: meta.next_chunk }, convergence)))
 }
 
 #[cfg(test)]

@@ -33,6 +33,15 @@ impl Checkpoint {
     }
 }
 
+/// What a checkpoint of an interrupted collection keeps of its [`Convergence`] (with each
+/// layer's C⁻¹K at the last check, as tensors), so that a resumed job checks at the same token
+/// counts against the same previous solutions and stops where an uninterrupted one would.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ConvergenceState {
+    pub next: u64,
+    pub curve: Vec<Checkpoint>,
+}
+
 /// Watches a collection and says when to stop.
 pub struct Convergence {
     tolerance: f64,
@@ -89,6 +98,35 @@ impl Convergence {
 
     pub fn tolerance(&self) -> f64 {
         self.tolerance
+    }
+
+    /// The state to checkpoint, and each layer's last C⁻¹K (`[d, h]`, f64).
+    pub fn state(&self) -> Result<(ConvergenceState, BTreeMap<usize, Tensor>)> {
+        let mut last = BTreeMap::new();
+        for (&l, m) in &self.last {
+            if let Some(m) = m {
+                last.insert(l, crate::linalg::to_tensor(m, candle_core::DType::F64)?);
+            }
+        }
+        Ok((ConvergenceState { next: self.next, curve: self.curve.clone() }, last))
+    }
+
+    /// Continues from a checkpointed [`Convergence::state`].
+    pub fn restore(&mut self, state: ConvergenceState, last: &BTreeMap<usize, Tensor>) -> Result<()> {
+        for (l, slot) in self.last.iter_mut() {
+            *slot = match last.get(l) {
+                Some(t) => Some(to_mat(t)?),
+                None => None,
+            };
+        }
+        self.next = state.next;
+        self.curve = state.curve;
+        Ok(())
+    }
+
+    /// Whether the last check met the tolerance.
+    pub fn converged(&self) -> bool {
+        self.curve.last().and_then(Checkpoint::worst).is_some_and(|w| w < self.tolerance)
     }
 }
 

@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::cache::{self, JobKey, StatsMeta};
+use super::cache::{self, AutoMeta, JobKey, StatsMeta};
 use super::collect::{self, Accumulator, CollectPlan, Observer};
+use super::converge::Convergence;
 use super::resolve::{self, CachedSet};
 use super::Precision;
 use crate::config::ModelConfig;
@@ -89,7 +90,15 @@ pub struct StatsPlan {
     pub announce_computing: bool,
     /// Compute one part of the job and write it as a shard file (`edit stats --shard`).
     pub shard: Option<collect::Shard>,
+    /// `--samples auto`: collect from the sample of `samples` texts only until the estimate has
+    /// converged to this tolerance (see [`super::converge`]).
+    pub auto: Option<f64>,
 }
+
+/// Held-out texts whose keys are `--samples auto`'s probes (the last of the sample, left out of
+/// the sums), and the keys taken from each (after its BOS).
+const PROBE_TEXTS: usize = 32;
+const PROBE_TOKENS_PER_TEXT: usize = 64;
 
 #[derive(Default)]
 pub struct Ensured {
@@ -102,6 +111,8 @@ pub struct Ensured {
     pub identity: ModelIdentity,
     /// The shard file written (or found finished) by a `--shard` job; no statistics are filed then.
     pub shard_file: Option<(PathBuf, bool)>,
+    /// How a `--samples auto` collection stopped.
+    pub auto: Option<AutoMeta>,
 }
 
 /// The layers of `layers` already cached for the plan's corpus, sample count and precision
@@ -114,7 +125,8 @@ pub fn lookup(plan: &StatsPlan, identity: &ModelIdentity, cfg: &ModelConfig, lay
     for &l in layers {
         let hit = found
             .iter()
-            .filter(|f| f.layer == l && f.meta.dataset == dataset && f.meta.precision == plan.precision && resolve::answers(&f.meta, plan.samples))
+            .filter(|f| f.layer == l && f.meta.dataset == dataset && f.meta.precision == plan.precision)
+            .filter(|f| resolve::answers(&f.meta, plan.samples) || plan.auto.is_some_and(|t| resolve::answers_auto(&f.meta, plan.samples, t)))
             .max_by_key(|f| f.meta.samples);
         match hit {
             Some(f) => {
@@ -170,6 +182,7 @@ pub fn finished_shard(plan: &StatsPlan, identity: &ModelIdentity, cfg: &ModelCon
             max_len,
             batch_tokens,
             shard: Some(shard),
+            auto: None,
         };
         let whole_corpus = h.info.corpus_rows.is_some_and(|rows| h.key.samples >= rows && plan.samples >= rows);
         if h.key == want && (h.key.samples == plan.samples || whole_corpus) {
@@ -204,26 +217,49 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
             precision.reference_name()
         );
     }
-    let sample = sample_texts(plan, progress.visible(), ensured)?;
+    let mut sample = sample_texts(plan, progress.visible(), ensured)?;
     // The sample of n ≥ rows texts is the whole corpus whatever n is: file it under what was used.
     let samples = sample.texts.len();
+    if plan.auto.is_some() && plan.shard.is_some() {
+        return Err(Error::Input("--samples auto cannot be sharded: where it stops depends on every text before; drop --shard".into()));
+    }
+    let probe_texts = match plan.auto {
+        Some(_) => sample.texts.split_off(samples - PROBE_TEXTS.min(samples / 10)),
+        None => Vec::new(),
+    };
     tracing::info!(
         "{samples} texts sampled from {} ({} rows); layers {todo:?}; batch tokens {batch_tokens}, max length {max_len}",
         plan.corpus.describe(),
         sample.corpus_rows
     );
-    let key =
-        JobKey { identity: identity.clone(), dataset: dataset.clone(), samples, layers: todo.to_vec(), precision, max_len, batch_tokens, shard: plan.shard };
+    let key = JobKey {
+        identity: identity.clone(),
+        dataset: dataset.clone(),
+        samples,
+        layers: todo.to_vec(),
+        precision,
+        max_len,
+        batch_tokens,
+        shard: plan.shard,
+        auto: plan.auto.map(|t| t.to_string()),
+    };
     let targets: Vec<(usize, String, PathBuf)> = todo
         .iter()
         .map(|&l| {
             let module = mlp_down(&cfg, l)?.name;
-            let path = cache::stats_path(&plan.stats_dir, &identity, &dataset, &module, precision, samples);
+            let path = match plan.auto {
+                Some(_) => cache::auto_stats_path(&plan.stats_dir, &identity, &dataset, &module, precision, samples),
+                None => cache::stats_path(&plan.stats_dir, &identity, &dataset, &module, precision, samples),
+            };
             Ok((l, module, path))
         })
         .collect::<Result<_>>()?;
     let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
-    let partial = cache::partial_path(&final_dir, todo, precision, samples, plan.shard);
+    let mut partial = cache::partial_path(&final_dir, todo, precision, samples, plan.shard);
+    if plan.auto.is_some() {
+        let name = partial.file_name().and_then(|n| n.to_str()).unwrap_or_default().replace(".safetensors", "-auto.safetensors");
+        partial.set_file_name(name);
+    }
     let shard_file = plan.shard.map(|sh| cache::shard_path(&final_dir, todo, precision, samples, sh));
     if let Some(path) = shard_file.as_ref().filter(|p| p.is_file() && !plan.force) {
         if let Some(done) = cache::read_shard_header(path).ok().filter(|h| h.key == key) {
@@ -232,8 +268,8 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         }
     }
     let device = lm.model.device().clone();
-    let acc = match cache::load_partial(&partial, &key, &device)? {
-        Some(acc) => {
+    let (acc, saved_convergence) = match cache::load_partial(&partial, &key, &device)? {
+        Some((acc, saved)) => {
             // Said at warn level: a user who interrupted a job wants to see that it resumed.
             tracing::warn!(
                 "resuming an interrupted job from {} ({} of {samples} texts done, {} tokens)",
@@ -241,9 +277,9 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
                 (acc.next_chunk * collect::CHUNK_TEXTS).min(samples),
                 acc.count
             );
-            acc
+            (acc, saved)
         }
-        None => Accumulator::new(todo, cfg.d_ff, precision, &device)?,
+        None => (Accumulator::new(todo, cfg.d_ff, precision, &device)?, None),
     };
     ensured.resumed_from = acc.next_chunk;
     progress.start(sample.texts.len(), (acc.next_chunk * collect::CHUNK_TEXTS).min(sample.texts.len()));
@@ -258,6 +294,16 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         chunks_this_run: 0,
         abort_after: plan.abort_after_chunks,
         total_texts: sample.texts.len(),
+        convergence: match plan.auto {
+            Some(tolerance) => {
+                let mut c = Convergence::new(&probe_keys(lm, &probe_texts, todo, max_len)?, tolerance, 0)?;
+                if let Some((state, last)) = saved_convergence {
+                    c.restore(state, &last)?;
+                }
+                Some(c)
+            }
+            None => None,
+        },
     };
     let cplan = CollectPlan { layers: todo.to_vec(), precision, batch_tokens, max_len };
     let acc = collect::collect_shard(&*lm.model, lm.tokenizer()?, &sample.texts, &cplan, plan.shard, acc, &mut driver);
@@ -283,6 +329,19 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
     if acc.count == 0 {
         return Err(Error::Input("the corpus produced no tokens: every sampled text was empty".into()));
     }
+    let auto = driver.convergence.as_ref().map(|c| AutoMeta {
+        tolerance: c.tolerance(),
+        converged: c.converged(),
+        probe_texts: probe_texts.len(),
+        curve: c.curve.clone(),
+    });
+    if auto.as_ref().is_some_and(|a| !a.converged) {
+        tracing::warn!(
+            "--samples auto: the statistics did not converge to {} within the {samples} sampled texts; filed as they are (see the curve in `edit stats --json`, or sample more texts)",
+            plan.auto.unwrap_or_default()
+        );
+    }
+    ensured.auto = auto.clone();
     for (l, module, path) in &targets {
         let meta = StatsMeta {
             format: 1,
@@ -300,6 +359,7 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
             batch_tokens,
             source: source.clone(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
+            auto: auto.clone(),
         };
         cache::save(path, &acc.sums[l], acc.count, &meta)?;
         tracing::info!("layer {l}: {} tokens → {}", acc.count, path.display());
@@ -311,6 +371,34 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
     Ok(())
 }
 
+/// The keys of `texts` at `layers` (up to [`PROBE_TOKENS_PER_TEXT`] per text, after its BOS), as
+/// `[n, d]` f64 per layer: `--samples auto`'s probes.
+fn probe_keys(lm: &LoadedModel, texts: &[String], layers: &[usize], max_len: usize) -> Result<BTreeMap<usize, candle_core::Tensor>> {
+    let tok = lm.tokenizer()?;
+    let deepest = layers.iter().copied().max().unwrap_or(0);
+    let spec = crate::models::TraceSpec { keys: layers.iter().copied().collect(), stop_after: Some(deepest), ..Default::default() };
+    let mut per: BTreeMap<usize, Vec<candle_core::Tensor>> = BTreeMap::new();
+    for t in texts {
+        let mut ids = tok.encode_input(t)?;
+        ids.truncate(max_len);
+        let skip = tok.bos().len();
+        if ids.len() <= skip {
+            continue;
+        }
+        let n = (ids.len() - skip).min(PROBE_TOKENS_PER_TEXT);
+        let batch = crate::models::Batch::from_sequences(&[ids], lm.config().pad_id(), lm.model.device())?;
+        let trace = lm.model.forward(&batch, &spec, &[])?;
+        for &l in layers {
+            let k = trace.keys[&l].squeeze(0)?.narrow(0, skip, n)?.to_dtype(candle_core::DType::F64)?.to_device(&candle_core::Device::Cpu)?;
+            per.entry(l).or_default().push(k);
+        }
+    }
+    if per.is_empty() {
+        return Err(Error::Input("--samples auto: the held-out texts produced no keys to measure convergence with".into()));
+    }
+    per.into_iter().map(|(l, v)| Ok((l, candle_core::Tensor::cat(&v, 0)?))).collect()
+}
+
 /// The job's texts, sampled from its corpus as the reference samples them; says when the
 /// corpus holds fewer than asked (all are used) and when it is the small embedded one (also
 /// kept in `ensured.note`).
@@ -318,7 +406,7 @@ fn sample_texts(plan: &StatsPlan, show_progress: bool, ensured: &mut Ensured) ->
     let hub = HubOptions { revision: None, offline: plan.offline, cache_dir: None, progress: show_progress };
     let sample = crate::data::sample(&plan.corpus, plan.samples, &hub)?;
     let samples = sample.texts.len();
-    if samples < plan.samples {
+    if samples < plan.samples && plan.auto.is_none() {
         tracing::warn!(
             "--samples {} is more than {} holds ({} texts): all {samples} are used, and the statistics are filed as {samples} samples",
             plan.samples,
@@ -344,6 +432,7 @@ fn key_shard(key: &JobKey) -> String {
 
 struct Driver<'p> {
     progress: &'p mut dyn Progress,
+    convergence: Option<Convergence>,
     started: Instant,
     last_checkpoint: Instant,
     every: std::time::Duration,
@@ -369,8 +458,13 @@ impl Observer for Driver<'_> {
         Ok(self.aborting() || self.progress.stop_requested() || self.last_checkpoint.elapsed() >= self.every)
     }
 
+    fn convergence(&mut self) -> Option<&mut Convergence> {
+        self.convergence.as_mut()
+    }
+
     fn checkpoint(&mut self, acc: &Accumulator) -> Result<()> {
-        cache::save_partial(&self.partial, &self.key, acc)?;
+        let convergence = self.convergence.as_ref().map(Convergence::state).transpose()?;
+        cache::save_partial(&self.partial, &self.key, acc, convergence)?;
         self.last_checkpoint = Instant::now();
         tracing::debug!("checkpoint at chunk {} written to {}", acc.next_chunk, self.partial.display());
         if self.aborting() {
@@ -491,13 +585,15 @@ pub fn decide(st: StatsWanted, hp: &StatsNeed, identity: &ModelIdentity, cfg: &M
         }
         if explicit_id.is_none() && !config_names.contains(&set.dataset) {
             tracing::warn!(
-                "the config names statistics of `{}` ({} samples), but the cached ones are of {} ({} samples): using those. \
+                "the config names statistics of `{}` ({} samples), but the cached ones are of {} ({}): using those. \
                  Pass --dataset or --text to choose a corpus (missing statistics are then computed)",
                 hp.dataset,
                 hp.samples,
                 set.dataset,
-                set.samples
+                describe_set(set)
             );
+        } else if set.auto {
+            tracing::info!("using the statistics of {} ({})", set.dataset, describe_set(set));
         }
         return Ok(StatsSource::Cached(set.clone()));
     }
@@ -531,7 +627,17 @@ pub fn decide(st: StatsWanted, hp: &StatsNeed, identity: &ModelIdentity, cfg: &M
         offline: st.offline,
         announce_computing: true,
         shard: None,
+        auto: None,
     }))
+}
+
+/// A cached set's size, in words: its sample, or for `--samples auto` statistics the tokens they
+/// converged at.
+fn describe_set(set: &CachedSet) -> String {
+    match set.auto {
+        true => format!("--samples auto: {} tokens, converged within a sample of {} texts", set.tokens(), set.samples),
+        false => format!("{} samples", set.samples),
+    }
 }
 
 /// The statistics files of every edited layer: the cached set, or computed now.

@@ -140,6 +140,7 @@ impl NpzStats {
             batch_tokens: 0,
             source: format!("imported from {shown}"),
             tool_version: env!("CARGO_PKG_VERSION").into(),
+            auto: None,
         };
         let path = cache::stats_path(stats_dir, &identity, &dataset, &module.name, precision, samples);
         cache::save(&path, &self.sum, self.count as u64, &meta)?;

@@ -113,6 +113,7 @@ pub fn merge(files: &[PathBuf], stats_dir: &Path) -> Result<Vec<LayerReport>> {
             batch_tokens: key.batch_tokens,
             source: format!("{}, merged from {n} shards", info.source),
             tool_version: env!("CARGO_PKG_VERSION").into(),
+            auto: None,
         };
         let path = cache::stats_path(stats_dir, &key.identity, &key.dataset, module, key.precision, key.samples);
         writes.push((path.clone(), sum, meta));

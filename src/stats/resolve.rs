@@ -8,7 +8,8 @@
 //! 2. otherwise Wikipedia, then WikiText-103, then local files or imported statistics, then the
 //!    embedded WikiText-2 sample, the larger sample first within each;
 //!
-//! Within one corpus, the config's precision comes before the other.
+//! Within one corpus, statistics over a whole sample come before `--samples auto` ones (collected
+//! until they converged), and the config's precision before the other.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,8 @@ pub struct CachedSet {
     pub dataset: String,
     pub samples: usize,
     pub precision: Precision,
+    /// `--samples auto` statistics (fewer texts than `samples`, see [`StatsMeta::auto`]).
+    pub auto: bool,
     pub layers: BTreeMap<usize, Found>,
 }
 
@@ -47,7 +50,15 @@ impl CachedSet {
 /// Whether statistics filed under `meta` answer a request for `requested` texts: the same
 /// number, or the whole corpus when it has fewer rows than requested (the sample is the same).
 pub fn answers(meta: &StatsMeta, requested: usize) -> bool {
-    meta.samples == requested || meta.corpus_rows.is_some_and(|rows| meta.samples >= rows && requested >= rows)
+    meta.auto.is_none() && (meta.samples == requested || meta.corpus_rows.is_some_and(|rows| meta.samples >= rows && requested >= rows))
+}
+
+/// Whether `--samples auto` statistics filed under `meta` answer a request for auto statistics
+/// drawn from a sample of `requested` texts at `tolerance`: the same sample, converged at that
+/// tolerance or a tighter one.
+pub fn answers_auto(meta: &StatsMeta, requested: usize, tolerance: f64) -> bool {
+    let same_sample = meta.samples == requested || meta.corpus_rows.is_some_and(|rows| meta.samples >= rows && requested >= rows);
+    same_sample && meta.auto.as_ref().is_some_and(|a| a.converged && a.tolerance <= tolerance)
 }
 
 /// Every statistics file under `stats_dir` (`<model>/<dataset>/<module>_...`) computed on these
@@ -92,13 +103,14 @@ pub fn scan(stats_dir: &Path, identity: &ModelIdentity, cfg: &ModelConfig, layer
 
 /// Groups `found` by (corpus, samples, precision), keeping the groups that cover every layer.
 pub fn complete_sets(found: &[Found], layers: &[usize]) -> Vec<CachedSet> {
-    let mut groups: BTreeMap<(String, usize, &'static str), CachedSet> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, usize, &'static str, bool), CachedSet> = BTreeMap::new();
     for f in found {
-        let key = (f.meta.dataset.clone(), f.meta.samples, f.meta.precision.reference_name());
+        let key = (f.meta.dataset.clone(), f.meta.samples, f.meta.precision.reference_name(), f.meta.auto.is_some());
         let set = groups.entry(key).or_insert_with(|| CachedSet {
             dataset: f.meta.dataset.clone(),
             samples: f.meta.samples,
             precision: f.meta.precision,
+            auto: f.meta.auto.is_some(),
             layers: BTreeMap::new(),
         });
         set.layers.entry(f.layer).or_insert_with(|| f.clone());
@@ -149,6 +161,8 @@ pub fn choose<'s>(sets: &'s [CachedSet], wanted: &Wanted) -> Option<&'s CachedSe
             (
                 wanted.config_datasets.contains(&s.dataset),
                 corpus_rank(&s.dataset),
+                // Of one corpus, statistics over the whole sample before converged ones.
+                !s.auto,
                 s.samples == wanted.config_samples,
                 s.precision == wanted.config_precision,
                 s.samples,

@@ -441,3 +441,76 @@ fn a_collection_stops_once_c_inverse_k_has_converged() {
         assert!(err < tolerance, "layer {l}: C⁻¹K is {err} from the whole corpus's");
     }
 }
+
+/// `edit stats --samples auto` end to end on fact-gpt2's corpus: it stops once converged, files
+/// the statistics beside the full sample's (`..._<n>-auto`), with the curve in their metadata;
+/// a rerun finds them; an interrupted job resumes to the same bytes; `edit apply` with no
+/// statistics options uses them; a shard or a tolerance out of range is refused.
+#[test]
+fn samples_auto_stops_files_beside_the_full_statistics_and_resumes_identically() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_dir("fact-gpt2");
+    let corpus = model.join("stats-corpus.txt");
+    let auto = |dir: &Path, extra: &[&str]| {
+        let mut c = edit_bin();
+        c.args(["stats", "--json", "-q", "--layers", "0-2", "--samples", "auto", "--model"])
+            .arg(&model)
+            .arg("--text")
+            .arg(&corpus)
+            .arg("--stats-dir")
+            .arg(dir)
+            .args(extra);
+        c
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let s = ok(&mut auto(&a, &[]));
+    let tokens = s["tokens"].as_u64().unwrap();
+    assert_eq!(s["auto"]["converged"], true, "{s}");
+    assert!(tokens * 4 < 347_064, "stopped at {tokens} of the corpus's 347,064 tokens");
+    let curve = s["auto"]["curve"].as_array().unwrap();
+    assert_eq!(curve.last().unwrap()["tokens"].as_u64(), Some(tokens));
+    for l in 0..3 {
+        let file = layer_file(&s, l);
+        assert!(file.file_name().unwrap().to_str().unwrap().ends_with("_11783-auto.safetensors"), "{}", file.display());
+        let (meta, _) = cache::load_meta(&file).unwrap();
+        assert_eq!((meta.tokens, meta.auto.as_ref().map(|x| x.converged)), (tokens, Some(true)));
+    }
+    // Cached: a rerun collects nothing.
+    let again = ok(&mut auto(&a, &[]));
+    assert!(again["layers"].as_array().unwrap().iter().all(|l| l["cached"] == true), "{again}");
+
+    // Interrupted after 7 chunks, then resumed: the files an uninterrupted job writes, byte for byte.
+    let out = auto(&b, &["--abort-after-chunks", "7", "--checkpoint-secs", "100000"]).output().unwrap();
+    assert!(!out.status.success());
+    let resumed = ok(&mut auto(&b, &[]));
+    assert_eq!(resumed["resumed_from_chunk"], 7);
+    assert_eq!(resumed["auto"], s["auto"]);
+    for l in 0..3 {
+        assert_eq!(std::fs::read(layer_file(&s, l)).unwrap(), std::fs::read(layer_file(&resumed, l)).unwrap(), "layer {l}");
+    }
+
+    // `edit apply` with no statistics options finds them.
+    let requests = tmp.path().join("r.json");
+    std::fs::write(&requests, r#"[{"prompt": "{} works as a", "subject": "Faara Ravello", "target_new": "dentist"}]"#).unwrap();
+    let out = edit_bin()
+        .args(["apply", "--method", "memit", "--config"])
+        .arg(model.join("hparams/MEMIT_tuned.json"))
+        .arg("--model")
+        .arg(&model)
+        .arg(&requests)
+        .arg("--out")
+        .arg(tmp.path().join("edited"))
+        .arg("--stats-dir")
+        .arg(&a)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("--samples auto") && !err.contains("computing them now"), "{err}");
+
+    for (extra, message) in [(&["--shard", "0/2"][..], "cannot be sharded"), (&["--tolerance", "0"][..], "--tolerance")] {
+        let out = auto(&tmp.path().join("c"), extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(message), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
