@@ -241,9 +241,10 @@ impl MethodArgs {
 /// Where missing statistics are computed from (as `edit stats`) and where they are cached.
 #[derive(Args, Debug)]
 pub struct StatsSourceArgs {
-    /// Texts sampled for statistics [default: any cached; else the config's `mom2_n_samples`].
+    /// Texts sampled for statistics, or `auto` (collected until they converge; see `edit stats
+    /// --samples auto`) [default: any cached; else the config's `mom2_n_samples`].
     #[arg(long)]
-    pub samples: Option<usize>,
+    pub samples: Option<edit::stats::Samples>,
     /// A local corpus file for statistics (.txt, .jsonl, .parquet); repeat for several.
     #[arg(long, value_name = "FILE")]
     pub text: Vec<PathBuf>,

@@ -11,7 +11,7 @@ use edit::data::Corpus;
 use edit::identity::ModelIdentity;
 use edit::stats::ensure::{check_corpus_available, check_layers, collect_missing, finished_shard, lookup, Ensured, LayerReport, Progress, StatsPlan};
 use edit::stats::import::NpzStats;
-use edit::stats::{parse_layers, Precision};
+use edit::stats::{parse_layers, Precision, Samples, AUTO_SAMPLE, DEFAULT_TOLERANCE};
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -65,7 +65,7 @@ pub struct CollectArgs {
     /// Number of texts sampled (seed-1 shuffle of the corpus, as the reference). Reference: 100000.
     /// `auto`: from the reference's sample of 100,000, only until the estimate has converged
     /// (--tolerance), filed beside the full sample's statistics (docs/statistics.md).
-    #[arg(long, default_value = "100000", value_parser = parse_samples)]
+    #[arg(long, default_value = "100000")]
     pub samples: Samples,
     /// `--samples auto`: stop once C⁻¹k of held-out keys moves by less than this (relative)
     /// between doublings of the tokens.
@@ -108,28 +108,6 @@ pub struct CollectArgs {
     #[arg(long, hide = true)]
     pub abort_after_chunks: Option<usize>,
 }
-
-/// `--samples N` or `--samples auto`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Samples {
-    Count(usize),
-    Auto,
-}
-
-fn parse_samples(s: &str) -> Result<Samples, String> {
-    if s == "auto" {
-        return Ok(Samples::Auto);
-    }
-    s.parse().map(Samples::Count).map_err(|_| format!("`{s}` is neither a number of texts nor `auto`"))
-}
-
-/// The sample `--samples auto` draws from and stops within: the reference's.
-const AUTO_SAMPLE: usize = 100_000;
-
-/// `--samples auto`'s default tolerance: on fact-gpt2 the edit scores of ROME, MEMIT and AlphaEdit
-/// settle where this measure is near 0.3 (benches/README.md, "Statistics: how many tokens an edit
-/// needs"); 0.2 leaves a margin, at about twice the tokens.
-const DEFAULT_TOLERANCE: f64 = 0.2;
 
 #[derive(Args, Debug)]
 pub struct ImportArgs {

@@ -210,9 +210,12 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
     let dataset = plan.corpus.id();
     let (batch_tokens, max_len) = job_shape(plan, &cfg);
     if plan.announce_computing {
+        let size = match plan.auto {
+            Some(t) => format!("--samples auto: until they converge to {t}, within {} texts", plan.samples),
+            None => format!("{} texts", plan.samples),
+        };
         tracing::warn!(
-            "no cached statistics for layer(s) {todo:?} ({} texts of {}, {}); computing them now (same as `edit stats`)",
-            plan.samples,
+            "no cached statistics for layer(s) {todo:?} ({size} of {}, {}); computing them now (same as `edit stats`)",
             plan.corpus.describe(),
             precision.reference_name()
         );
@@ -504,7 +507,7 @@ pub struct StatsNeed {
     pub layers: Vec<usize>,
     /// The config's `mom2_dataset` (`wikipedia`, `wikitext`, or a name edit cannot fetch).
     pub dataset: String,
-    pub samples: usize,
+    pub samples: super::Samples,
     pub precision: Precision,
 }
 
@@ -515,7 +518,7 @@ pub struct StatsWanted {
     pub corpus: Option<Corpus>,
     /// A cached corpus by its name in the cache (`--stats-corpus`).
     pub cached_corpus: Option<String>,
-    pub samples: Option<usize>,
+    pub samples: Option<super::Samples>,
     pub precision: Option<Precision>,
     pub batch_tokens: Option<usize>,
     pub max_len: Option<usize>,
@@ -538,10 +541,14 @@ pub fn decide(st: StatsWanted, hp: &StatsNeed, identity: &ModelIdentity, cfg: &M
     let config_names: Vec<String> = config_id.iter().cloned().chain([hp.dataset.clone()]).collect();
     let wanted = resolve::Wanted {
         dataset: explicit_id.as_deref(),
-        samples: st.samples,
+        // `auto` takes any cached statistics of the corpus (whole samples first).
+        samples: st.samples.and_then(|s| match s {
+            super::Samples::Count(n) => Some(n),
+            super::Samples::Auto => None,
+        }),
         precision: explicit_precision,
         config_datasets: &config_names,
-        config_samples: hp.samples,
+        config_samples: hp.samples.sample(),
         config_precision: hp.precision,
     };
     let sets = resolve::complete_sets(&found, &hp.layers);
@@ -616,7 +623,7 @@ pub fn decide(st: StatsWanted, hp: &StatsNeed, identity: &ModelIdentity, cfg: &M
     check_corpus_available(&corpus, st.offline, hub_progress)?;
     Ok(StatsSource::Compute(StatsPlan {
         corpus,
-        samples: st.samples.unwrap_or(hp.samples),
+        samples: st.samples.unwrap_or(hp.samples).sample(),
         precision: explicit_precision.unwrap_or(hp.precision),
         batch_tokens: st.batch_tokens,
         max_len: st.max_len,
@@ -627,7 +634,7 @@ pub fn decide(st: StatsWanted, hp: &StatsNeed, identity: &ModelIdentity, cfg: &M
         offline: st.offline,
         announce_computing: true,
         shard: None,
-        auto: None,
+        auto: st.samples.unwrap_or(hp.samples).auto_tolerance(),
     }))
 }
 

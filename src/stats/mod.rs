@@ -14,6 +14,78 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// How many texts statistics are collected over: a number of sampled texts (the reference's
+/// `mom2_n_samples`), or `auto`: from the reference's sample of [`AUTO_SAMPLE`] texts, only until
+/// the estimate has converged ([`converge`]). In configs and on the command line `auto` is the string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Samples {
+    Count(usize),
+    Auto,
+}
+
+/// The sample `auto` draws from and stops within: the reference's 100,000 texts.
+pub const AUTO_SAMPLE: usize = 100_000;
+
+/// `auto`'s default tolerance on the relative change of C⁻¹K between doublings of the tokens: on
+/// fact-gpt2 the edit scores of ROME, MEMIT and AlphaEdit settle where it is near 0.3
+/// (benches/README.md, "Statistics: how many tokens an edit needs"); 0.2 leaves a margin, at
+/// about twice the tokens.
+pub const DEFAULT_TOLERANCE: f64 = 0.2;
+
+impl Samples {
+    /// The texts sampled: the count, or the sample `auto` stops within.
+    pub fn sample(self) -> usize {
+        match self {
+            Samples::Count(n) => n,
+            Samples::Auto => AUTO_SAMPLE,
+        }
+    }
+
+    /// `auto`'s tolerance, for a collection plan.
+    pub fn auto_tolerance(self) -> Option<f64> {
+        (self == Samples::Auto).then_some(DEFAULT_TOLERANCE)
+    }
+}
+
+impl std::str::FromStr for Samples {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "auto" {
+            return Ok(Samples::Auto);
+        }
+        s.parse().map(Samples::Count).map_err(|_| format!("`{s}` is neither a number of texts nor `auto`"))
+    }
+}
+
+impl std::fmt::Display for Samples {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Samples::Count(n) => write!(f, "{n}"),
+            Samples::Auto => f.write_str("auto"),
+        }
+    }
+}
+
+impl Serialize for Samples {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Samples::Count(n) => s.serialize_u64(*n as u64),
+            Samples::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Samples {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) if s == "auto" => Ok(Samples::Auto),
+            v => {
+                v.as_u64().map(|n| Samples::Count(n as usize)).ok_or_else(|| serde::de::Error::custom(format!("{v} is neither a number of texts nor \"auto\"")))
+            }
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Precision {

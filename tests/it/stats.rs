@@ -508,6 +508,40 @@ fn samples_auto_stops_files_beside_the_full_statistics_and_resumes_identically()
     assert!(out.status.success(), "{err}");
     assert!(err.contains("--samples auto") && !err.contains("computing them now"), "{err}");
 
+    // A config's `mom2_n_samples: "auto"` computes them when none are cached, and files them alike.
+    let c = tmp.path().join("from-apply");
+    let out = edit_bin()
+        .args(["apply", "--method", "memit", "--set", "mom2_n_samples=auto", "--config"])
+        .arg(model.join("hparams/MEMIT_tuned.json"))
+        .arg("--model")
+        .arg(&model)
+        .arg(&requests)
+        .arg("--out")
+        .arg(tmp.path().join("edited2"))
+        .arg("--stats-dir")
+        .arg(&c)
+        .arg("--text")
+        .arg(&corpus)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("until they converge"), "{err}");
+    for l in 0..3 {
+        let name = layer_file(&s, l).file_name().unwrap().to_owned();
+        let filed = walk(&c).into_iter().find(|p| p.file_name() == Some(&name)).unwrap_or_else(|| panic!("{name:?} not filed under {}", c.display()));
+        assert_eq!(std::fs::read(&filed).unwrap(), std::fs::read(layer_file(&s, l)).unwrap(), "layer {l}: the same statistics as edit stats --samples auto");
+    }
+    let out = edit_bin()
+        .args(["apply", "--method", "rome", "--set", "mom2_n_samples=some"])
+        .arg("--model")
+        .arg(&model)
+        .arg(&requests)
+        .arg("--out")
+        .arg(tmp.path().join("edited3"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("or \"auto\""), "{}", String::from_utf8_lossy(&out.stderr));
+
     for (extra, message) in [(&["--shard", "0/2"][..], "cannot be sharded"), (&["--tolerance", "0"][..], "--tolerance")] {
         let out = auto(&tmp.path().join("c"), extra).output().unwrap();
         assert_eq!(out.status.code(), Some(1));

@@ -78,7 +78,7 @@ pub struct Common {
     pub ln_f_module: String,
     pub lm_head_module: String,
     pub mom2_dataset: String,
-    pub mom2_n_samples: usize,
+    pub mom2_n_samples: crate::stats::Samples,
     pub mom2_dtype: String,
     /// Ours: fixed context templates (each with one `{}`); when present, none are sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -126,7 +126,8 @@ pub(crate) fn common_expected(field: &str) -> Option<&'static str> {
     Some(match field {
         "layers" => "a list of layer numbers, e.g. [17] or [3,4,5]",
         "fact_token" => "\"subject_last\"",
-        "v_num_grad_steps" | "mom2_n_samples" | "v_loss_layer" | "seed" => "a non-negative integer",
+        "v_num_grad_steps" | "v_loss_layer" | "seed" => "a non-negative integer",
+        "mom2_n_samples" => "a number of texts, or \"auto\" (collect until the statistics converge)",
         "context_templates" => "a list of templates such as [\"{}\", \"Yes. {}\"], or a list of such lists",
         "v_lr" | "v_weight_decay" | "clamp_norm_factor" | "kl_factor" => "a number",
         "grad_checkpoint" => "\"auto\", \"blocks\" or \"off\"",
@@ -233,7 +234,7 @@ impl Common {
         ] {
             check_number(field, value, positive, problems);
         }
-        if self.mom2_n_samples == 0 {
+        if self.mom2_n_samples == crate::stats::Samples::Count(0) {
             problems.push("`mom2_n_samples` must be at least 1 (the reference uses 100000)".into());
         }
         if self.mom2_dtype != "float32" && self.mom2_dtype != "float64" {
