@@ -14,7 +14,6 @@ use edit::eval::probes::{Generation, ScoreOptions};
 use edit::eval::report::RunDescription;
 use edit::eval::run::{evaluate, EvalPlan, EvalProgress};
 use edit::eval::rundir::{RunDir, ORDER_FILE, SUMMARY_FILE};
-use edit::eval::stream::StreamPlan;
 use edit::identity::ModelIdentity;
 use edit::ModelConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -224,29 +223,20 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
     let cfg = ModelConfig::from_file(&files.config)?;
     let identity = ModelIdentity::of(&files)?;
     let tok = edit::model::load_tokenizer(&files)?.ok_or_else(|| edit::model::no_tokenizer(&files))?;
-    let stream_plan = args.stream.then(|| StreamPlan {
-        path: &dataset_path,
-        zsre_target: args.zsre_target,
-        limit: args.limit,
-        num_edits: args.num_edits.first().copied().unwrap_or(1),
-        sequential: args.sequential,
-        max_update_ratio: args.method_args.max_update_ratio,
-        scoring: ScoreOptions::default(),
-    });
-    let (dataset, streamed) = match &stream_plan {
-        Some(plan) => {
+    let (dataset, streamed) = match args.stream {
+        true => {
             if args.num_edits.len() != 1 {
                 bail!("--stream runs one --num-edits value (the file is read chunk by chunk); run one command per value");
             }
             if args.generation {
                 bail!("--generation needs CounterFact's generation prompts, which a streamed run does not keep; drop --stream or --generation");
             }
-            let checked = edit::eval::stream::check(plan, &tok, cfg.n_ctx)
+            let checked = edit::eval::stream::check(&dataset_path, args.zsre_target, args.limit, &tok, cfg.n_ctx)
                 .with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
             tracing::info!("{}: {} {} (streamed)", dataset_path.display(), checked.records, checked.format.describe());
-            (Dataset { format: checked.format, records: Vec::new(), zsre_target: checked.zsre_target }, Some(checked.records))
+            (Dataset { format: checked.format, records: Vec::new(), zsre_target: checked.zsre_target }, Some(checked))
         }
-        None => {
+        false => {
             let mut dataset =
                 read_dataset(&dataset_path, args.zsre_target).with_context(|| format!("cannot read the evaluation records in {}", dataset_path.display()))?;
             if let Some(n) = args.limit {
@@ -345,12 +335,9 @@ fn run_eval(args: EvalRunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> 
         shard: args.shard,
     };
     let mut bar = Bar { bar: ProgressBar::hidden(), visible: logging::show_progress(global) };
-    let runs = match (stream_plan, streamed) {
-        (Some(plan), Some(total)) => {
-            let plan = StreamPlan { scoring: eval_plan.scoring.clone(), ..plan };
-            vec![edit::eval::stream::evaluate_stream(&mut *lm.model, &tok, editor.as_mut(), &plan, total, dir.as_mut(), &mut bar)?]
-        }
-        _ => evaluate(&mut *lm.model, &tok, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?,
+    let runs = match &streamed {
+        Some(data) => vec![edit::eval::stream::evaluate_stream(&mut *lm.model, &tok, editor.as_mut(), &eval_plan, data, dir.as_mut(), &mut bar)?],
+        None => evaluate(&mut *lm.model, &tok, editor.as_mut(), &eval_plan, dir.as_mut(), &mut bar)?,
     };
 
     let summaries = description.summaries(&runs, editor.as_ref(), started.elapsed().as_secs_f64());

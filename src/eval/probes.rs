@@ -41,6 +41,14 @@ pub struct ProbeResult {
     pub any_answer: Option<bool>,
 }
 
+impl ProbeResult {
+    /// Whether a group's results are scored against the unedited model's predictions (they keep
+    /// the predicted tokens) rather than by accuracy.
+    pub fn against_unedited(results: &[ProbeResult]) -> bool {
+        results.iter().any(|r| !r.predicted.is_empty())
+    }
+}
+
 /// One record's scores on one model state (`pre` or `post` of the per-case file).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CaseScores {
@@ -100,13 +108,25 @@ pub struct Generation {
 /// Where one record's items sit in the flat list, and how to read them back.
 enum Plan {
     /// Per prompt of the three groups, how its reads are laid out.
-    CounterFact { groups: [usize; 4], layouts: Vec<Layout> },
+    CounterFact {
+        groups: [usize; 4],
+        layouts: Vec<Layout>,
+    },
     Zsre {
         groups: [usize; 3],
-        /// Per further group: its name, whether predictions are kept, whether whole answers
-        /// are tested, and per probe the number of items (answer plus aliases).
-        extra: Vec<(String, bool, bool, Vec<usize>)>,
+        extra: Vec<GroupPlan>,
     },
+}
+
+/// A further group's items.
+struct GroupPlan {
+    name: String,
+    /// Scored against the unedited model: the predicted tokens are kept.
+    keep_predicted: bool,
+    /// Whole answers (or aliases) are tested.
+    exact: bool,
+    /// Per probe, its items: the answer, then each alias.
+    items_per_probe: Vec<usize>,
 }
 
 /// One CounterFact prompt's items: either one text "{P} {new}" carrying the new target's reads
@@ -190,7 +210,7 @@ fn zsre_items(tok: &Tokenizer, r: &EvalRecord, items: &mut Vec<Item>) -> Result<
             }
             per_probe.push(answers.len());
         }
-        extra.push((g.name.clone(), g.kind == ProbeKind::Unchanged, g.exact, per_probe));
+        extra.push(GroupPlan { name: g.name.clone(), keep_predicted: g.kind == ProbeKind::Unchanged, exact: g.exact, items_per_probe: per_probe });
     }
     Ok(Plan::Zsre { groups: [n_rewrite, n_paraphrase, n_loc], extra })
 }
@@ -278,8 +298,8 @@ fn probability_tests(model: &dyn CausalLm, tok: &Tokenizer, records: &[&EvalReco
                 let paraphrase_prompts_correct = take(groups[1]);
                 let neighborhood_prompts_correct = take(groups[2]);
                 let mut by_name = BTreeMap::new();
-                for (name, keep_predicted, exact, per_probe) in extra {
-                    let results = per_probe
+                for GroupPlan { name, keep_predicted, exact, items_per_probe } in extra {
+                    let results = items_per_probe
                         .into_iter()
                         .map(|n| {
                             let reads: Vec<Vec<Read>> = (0..n).map(|_| it.next().expect("one read list per item")).collect();

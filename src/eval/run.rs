@@ -35,6 +35,11 @@ pub struct EvalPlan<'a> {
 }
 
 impl EvalPlan<'_> {
+    /// How its records are scored: the plan's options, by the dataset's layout.
+    pub(super) fn score_options(&self) -> ScoreOptions {
+        ScoreOptions { zsre: self.dataset.format.is_zsre(), ..self.scoring.clone() }
+    }
+
     fn in_shard(&self, chunk: usize) -> bool {
         self.shard.is_none_or(|(i, n)| chunk % n == i)
     }
@@ -77,13 +82,12 @@ pub(super) fn score_all(
     model: &dyn CausalLm,
     tok: &Tokenizer,
     records: &[&EvalRecord],
-    plan: &EvalPlan,
+    opts: &ScoreOptions,
     progress: &mut dyn EvalProgress,
 ) -> Result<Vec<CaseScores>> {
-    let opts = ScoreOptions { zsre: plan.dataset.format.is_zsre(), ..plan.scoring.clone() };
     let mut out = Vec::with_capacity(records.len());
     for group in records.chunks(SCORE_GROUP) {
-        out.extend(score_records(model, tok, group, &opts)?);
+        out.extend(score_records(model, tok, group, opts)?);
         progress.advance(group.len());
     }
     Ok(out)
@@ -175,7 +179,7 @@ pub fn evaluate(
             } else {
                 // The whole chunk, as in an uninterrupted run (see the pre-edit scores).
                 let all: Vec<&EvalRecord> = chunk.iter().collect();
-                let scores = score_all(&*model, tok, &all, plan, &mut Silent)?;
+                let scores = score_all(&*model, tok, &all, &plan.score_options(), &mut Silent)?;
                 let wanted: HashSet<u64> = todo.iter().map(|t| t.case_id).collect();
                 all.iter().zip(scores).filter(|(r, _)| wanted.contains(&r.case_id)).map(|(_, s)| Some(s)).collect()
             };
@@ -236,7 +240,7 @@ fn pre_edit_scores(
     progress.start("pre-edit scores", groups.iter().map(|(_, g)| g.len()).sum(), 0);
     let mut pre: HashMap<u64, CaseScores> = HashMap::new();
     for (start, g) in &groups {
-        for (i, (r, s)) in g.iter().zip(score_all(model, tok, g, plan, progress)?).enumerate() {
+        for (i, (r, s)) in g.iter().zip(score_all(model, tok, g, &plan.score_options(), progress)?).enumerate() {
             if pending((start + i, r)) {
                 pre.insert(r.case_id, s);
             }
@@ -260,7 +264,7 @@ fn final_scores(
     let ok: HashSet<u64> = cases.iter().filter(|c| c.error.is_none()).map(|c| c.case_id).collect();
     let edited: Vec<&EvalRecord> = plan.dataset.records.iter().filter(|r| ok.contains(&r.case_id)).collect();
     progress.start("re-scoring every edit on the final model", edited.len(), 0);
-    let scores = score_all(model, tok, &edited, plan, progress)?;
+    let scores = score_all(model, tok, &edited, &plan.score_options(), progress)?;
     progress.finish();
     let finals: Vec<(u64, CaseScores)> = edited.iter().map(|r| r.case_id).zip(scores).collect();
     if let Some(d) = dir {

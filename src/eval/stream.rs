@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
-use super::probes::{CaseScores, ProbeResult, ScoreOptions};
+use super::probes::{CaseScores, ProbeResult};
 use super::run::{edit_chunk, score_all, ChunkEdit, EvalPlan, EvalProgress, NumEditsRun, Silent};
 use super::rundir::{RunDir, FINAL_FILE, ORDER_FILE};
 use super::summary::{summarize, CaseResult, Summarizer};
@@ -27,55 +27,36 @@ use crate::tokenizer::Tokenizer;
 /// Records read and checked per batch in the checking pass.
 const CHECK_BATCH: usize = 1024;
 
-/// A streamed evaluation.
-pub struct StreamPlan<'a> {
+/// A dataset file to stream, as the checking pass found it: the file and how it is read, its
+/// layout, and how many records will be evaluated.
+pub struct StreamedDataset<'a> {
     pub path: &'a Path,
     pub zsre_target: Option<ZsreTarget>,
     /// Evaluate only the first `limit` records.
     pub limit: Option<usize>,
-    pub num_edits: usize,
-    pub sequential: bool,
-    pub max_update_ratio: f64,
-    pub scoring: ScoreOptions,
-}
-
-/// What the checking pass found: the layout, the zsRE target it is read with, and how many
-/// records will be evaluated.
-pub struct StreamCheck {
     pub format: DatasetFormat,
-    pub zsre_target: Option<ZsreTarget>,
     pub records: usize,
 }
 
-/// The batches of the records to evaluate, `n` at a time.
-fn batches(plan: &StreamPlan, n: usize) -> Result<impl Iterator<Item = Result<Dataset>>> {
-    let mut reader = RecordReader::open(plan.path, plan.zsre_target)?;
-    let mut left = plan.limit.unwrap_or(usize::MAX);
-    Ok(std::iter::from_fn(move || {
-        if left == 0 {
-            return None;
-        }
-        match reader.next_batch(n.min(left)) {
-            Ok(Some(d)) => {
-                left -= d.records.len().min(left);
-                Some(Ok(d))
-            }
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        }
-    }))
+impl StreamedDataset<'_> {
+    fn reader(&self) -> Result<RecordReader> {
+        Ok(RecordReader::open(self.path, self.zsre_target)?.with_limit(self.limit))
+    }
 }
 
-/// Reads every record to evaluate once, checking each as [`Dataset::check`] does (case ids
-/// unique across the file); every problem is listed at once.
-pub fn check(plan: &StreamPlan, tok: &Tokenizer, n_ctx: usize) -> Result<StreamCheck> {
-    let mut reader = RecordReader::open(plan.path, plan.zsre_target)?;
-    let source = plan.path.display().to_string();
+/// The batches of the records to evaluate, `n` at a time.
+fn batches(data: &StreamedDataset, n: usize) -> Result<impl Iterator<Item = Result<Dataset>>> {
+    let mut reader = data.reader()?;
+    Ok(std::iter::from_fn(move || reader.next_batch(n).transpose()))
+}
+
+/// Reads every record of `path` to evaluate (the first `limit`) once, checking each as
+/// [`Dataset::check`] does (case ids unique across the file); every problem is listed at once.
+pub fn check<'a>(path: &'a Path, zsre_target: Option<ZsreTarget>, limit: Option<usize>, tok: &Tokenizer, n_ctx: usize) -> Result<StreamedDataset<'a>> {
+    let mut reader = RecordReader::open(path, zsre_target)?.with_limit(limit);
+    let source = path.display().to_string();
     let (mut seen, mut problems, mut records) = (HashSet::new(), Vec::new(), 0usize);
-    let mut left = plan.limit.unwrap_or(usize::MAX);
-    while left > 0 {
-        let Some((offset, values)) = reader.next_values(CHECK_BATCH.min(left))? else { break };
-        left -= values.len();
+    while let Some((offset, values)) = reader.next_values(CHECK_BATCH)? {
         records += values.len();
         // A record of the wrong shape is listed and the rest still read.
         match reader.parse(offset, &values) {
@@ -90,43 +71,35 @@ pub fn check(plan: &StreamPlan, tok: &Tokenizer, n_ctx: usize) -> Result<StreamC
     if !problems.is_empty() {
         return Err(Error::Input(problems.join("\n")));
     }
-    Ok(StreamCheck { format: reader.format, zsre_target: reader.zsre_target, records })
+    Ok(StreamedDataset { path, zsre_target: reader.zsre_target, limit, format: reader.format, records })
 }
 
 /// The unedited predictions a case's `final` scores are compared with (its groups scored
 /// against the unedited model), if it has any.
 fn unedited_predictions(pre: &CaseScores) -> Option<CaseScores> {
     let groups: std::collections::BTreeMap<String, Vec<ProbeResult>> =
-        pre.groups.iter().filter(|(_, r)| r.iter().any(|p| !p.predicted.is_empty())).map(|(k, v)| (k.clone(), v.clone())).collect();
+        pre.groups.iter().filter(|(_, r)| ProbeResult::against_unedited(r)).map(|(k, v)| (k.clone(), v.clone())).collect();
     (!groups.is_empty()).then(|| CaseScores { groups, ..Default::default() })
 }
 
-/// Runs the protocol on the streamed records (`total` of them, from [`check`]).
+/// Runs the protocol on the streamed records (as [`check`] found them): `plan` says how (its
+/// one `num_edits` value, sequential or not, the scoring; its dataset holds no records).
 pub fn evaluate_stream(
     model: &mut dyn CausalLm,
     tok: &Tokenizer,
     mut editor: Option<&mut Editor>,
-    plan: &StreamPlan,
-    total: usize,
+    plan: &EvalPlan,
+    data: &StreamedDataset,
     mut dir: Option<&mut RunDir>,
     progress: &mut dyn EvalProgress,
 ) -> Result<NumEditsRun> {
-    let n = plan.num_edits;
-    if n == 0 {
-        return Err(Error::Input("--num-edits must be at least 1".into()));
-    }
-    let format = RecordReader::open(plan.path, plan.zsre_target)?.format;
-    // `score_all` reads the layout and scoring options from an in-memory plan; the records come per chunk.
-    let empty = Dataset { format, records: Vec::new(), zsre_target: plan.zsre_target };
-    let scoring = EvalPlan {
-        dataset: &empty,
-        num_edits: vec![n],
-        sequential: plan.sequential,
-        seed: 0,
-        max_update_ratio: plan.max_update_ratio,
-        scoring: plan.scoring.clone(),
-        shard: None,
+    let n = match plan.num_edits[..] {
+        [0] => return Err(Error::Input("--num-edits must be at least 1".into())),
+        [n] => n,
+        _ => return Err(Error::Input("a streamed run takes one --num-edits value (the file is read chunk by chunk)".into())),
     };
+    let total = data.records;
+    let scoring = plan.score_options();
     let mut snapshot = Snapshot::new();
     let mut summary = Summarizer::default();
     let mut chunk_summaries = Vec::new();
@@ -134,7 +107,7 @@ pub fn evaluate_stream(
     let mut failed: HashSet<u64> = HashSet::new();
     let mut order = Vec::with_capacity(total);
     progress.start(&format!("{n} edit(s) per chunk, streamed"), total, 0);
-    for (k, batch) in batches(plan, n)?.enumerate() {
+    for (k, batch) in batches(data, n)?.enumerate() {
         let chunk = batch?.records;
         let refs: Vec<_> = chunk.iter().collect();
         let pre = score_all(&*model, tok, &refs, &scoring, &mut Silent)?;
@@ -186,7 +159,7 @@ pub fn evaluate_stream(
             Some(d) => Some(d.lines_writer(&format!("{n}-edits-{FINAL_FILE}"))?),
             None => None,
         };
-        for batch in batches(plan, n)? {
+        for batch in batches(data, n)? {
             let chunk: Vec<_> = batch?.records.into_iter().filter(|r| !failed.contains(&r.case_id)).collect();
             let refs: Vec<_> = chunk.iter().collect();
             for (r, s) in chunk.iter().zip(score_all(&*model, tok, &refs, &scoring, &mut Silent)?) {

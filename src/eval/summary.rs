@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::probes::{CaseScores, ProbPair};
+use super::probes::{CaseScores, ProbPair, ProbeResult};
 
 /// One line of `cases.jsonl`: the reference's per-case layout, plus `error` for a record whose
 /// edit failed (then `post` is absent).
@@ -118,7 +118,7 @@ fn case_means(prefix: &str, s: &CaseScores, pre: Option<&CaseScores>, out: &mut 
 fn group_means(prefix: &str, s: &CaseScores, pre: Option<&CaseScores>, out: &mut Vec<(String, f64)>) {
     let mut families: Vec<(&str, Vec<f64>)> = vec![("portability", Vec::new()), ("locality", Vec::new())];
     for (name, results) in &s.groups {
-        let unchanged = results.iter().any(|r| !r.predicted.is_empty());
+        let unchanged = ProbeResult::against_unedited(results);
         let per_probe: Vec<f64> = if unchanged {
             let Some(before) = pre.filter(|_| prefix != "pre").and_then(|p| p.groups.get(name)) else { continue };
             results.iter().zip(before).map(|(a, b)| mean(&a.predicted.iter().zip(&b.predicted).map(|(x, y)| indicator(x == y)).collect::<Vec<_>>())).collect()
@@ -329,7 +329,6 @@ mod tests {
 
     #[test]
     fn further_groups_by_hand() {
-        use super::super::probes::ProbeResult;
         let acc = |c: &[bool]| ProbeResult { correct: c.to_vec(), ..Default::default() };
         let pred = |p: &[u32]| ProbeResult { correct: vec![true; p.len()], predicted: p.to_vec(), any_answer: None };
         let exact = |c: &[bool], any: bool| ProbeResult { correct: c.to_vec(), predicted: Vec::new(), any_answer: Some(any) };

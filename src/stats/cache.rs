@@ -121,11 +121,12 @@ pub fn auto_stats_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str
 }
 
 /// Where an interrupted job keeps its progress.
-/// (A shard's job keeps its own.)
-pub fn partial_path(final_dir: &Path, layers: &[usize], precision: Precision, samples: usize, shard: Option<super::collect::Shard>) -> PathBuf {
+/// (A shard's job keeps its own; so does a `--samples auto` job.)
+pub fn partial_path(final_dir: &Path, layers: &[usize], precision: Precision, samples: usize, shard: Option<super::collect::Shard>, auto: bool) -> PathBuf {
     let layers: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
     let part = shard.map(|s| format!(".shard-{}-of-{}", s.index, s.count)).unwrap_or_default();
-    final_dir.join(format!(".partial_layers-{}_{}_{samples}{part}.safetensors", layers.join("-"), precision.reference_name()))
+    let auto = if auto { "-auto" } else { "" };
+    final_dir.join(format!(".partial_layers-{}_{}_{samples}{auto}{part}.safetensors", layers.join("-"), precision.reference_name()))
 }
 
 /// Writes `tensors` + metadata atomically (a temporary beside `path`, renamed into place).
@@ -410,7 +411,7 @@ mod tests {
         assert!(!is_shard_file_name(&name(&[1, 3], Precision::F32, 520, Shard { index: 2, count: 3 }), &[1, 3], Precision::F32, shard));
         assert!(!is_shard_file_name("layers-1-3_float32_.shard-1-of-3.safetensors", &[1, 3], Precision::F32, shard));
         assert!(!is_shard_file_name(
-            &partial_path(Path::new("d"), &[1, 3], Precision::F32, 520, Some(shard)).display().to_string(),
+            &partial_path(Path::new("d"), &[1, 3], Precision::F32, 520, Some(shard), false).display().to_string(),
             &[1, 3],
             Precision::F32,
             shard

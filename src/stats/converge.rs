@@ -55,9 +55,9 @@ pub struct Convergence {
 }
 
 impl Convergence {
-    /// `probes`: per layer, held-out keys `[h, d]` (rows are keys); checks from `floor` tokens on
-    /// (raised to the widest layer's key width), then at every doubling.
-    pub fn new(probes: &BTreeMap<usize, Tensor>, tolerance: f64, floor: u64) -> Result<Self> {
+    /// `probes`: per layer, held-out keys `[h, d]` (rows are keys); checks from the widest
+    /// layer's key width in tokens on, then at every doubling.
+    pub fn new(probes: &BTreeMap<usize, Tensor>, tolerance: f64) -> Result<Self> {
         let mut mats = BTreeMap::new();
         let mut width = 0;
         for (&l, k) in probes {
@@ -66,7 +66,7 @@ impl Convergence {
             mats.insert(l, k);
         }
         let last = mats.keys().map(|&l| (l, None)).collect();
-        Ok(Self { tolerance, probes: mats, next: floor.max(width as u64).max(1), last, curve: Vec::new() })
+        Ok(Self { tolerance, probes: mats, next: (width as u64).max(1), last, curve: Vec::new() })
     }
 
     /// Whether a check is due at `tokens`.
@@ -159,7 +159,7 @@ mod tests {
         };
         let probes = BTreeMap::from([(3usize, to_tensor(&probes_m.transpose().to_owned()))]);
         let tolerance = 0.05;
-        let mut conv = Convergence::new(&probes, tolerance, 0).unwrap();
+        let mut conv = Convergence::new(&probes, tolerance).unwrap();
         let (mut sum, mut n, cap) = (Mat::<f64>::zeros(d, d), 0u64, 2_000_000u64);
         let mut stopped = None;
         while n < cap {

@@ -258,11 +258,7 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         })
         .collect::<Result<_>>()?;
     let final_dir = targets[0].2.parent().expect("stats path has a parent").to_path_buf();
-    let mut partial = cache::partial_path(&final_dir, todo, precision, samples, plan.shard);
-    if plan.auto.is_some() {
-        let name = partial.file_name().and_then(|n| n.to_str()).unwrap_or_default().replace(".safetensors", "-auto.safetensors");
-        partial.set_file_name(name);
-    }
+    let partial = cache::partial_path(&final_dir, todo, precision, samples, plan.shard, plan.auto.is_some());
     let shard_file = plan.shard.map(|sh| cache::shard_path(&final_dir, todo, precision, samples, sh));
     if let Some(path) = shard_file.as_ref().filter(|p| p.is_file() && !plan.force) {
         if let Some(done) = cache::read_shard_header(path).ok().filter(|h| h.key == key) {
@@ -299,7 +295,7 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         total_texts: sample.texts.len(),
         convergence: match plan.auto {
             Some(tolerance) => {
-                let mut c = Convergence::new(&probe_keys(lm, &probe_texts, todo, max_len)?, tolerance, 0)?;
+                let mut c = Convergence::new(&probe_keys(lm, &probe_texts, todo, max_len)?, tolerance)?;
                 if let Some((state, last)) = saved_convergence {
                     c.restore(state, &last)?;
                 }

@@ -50,15 +50,20 @@ impl CachedSet {
 /// Whether statistics filed under `meta` answer a request for `requested` texts: the same
 /// number, or the whole corpus when it has fewer rows than requested (the sample is the same).
 pub fn answers(meta: &StatsMeta, requested: usize) -> bool {
-    meta.auto.is_none() && (meta.samples == requested || meta.corpus_rows.is_some_and(|rows| meta.samples >= rows && requested >= rows))
+    meta.auto.is_none() && same_sample(meta, requested)
+}
+
+/// Whether `meta`'s statistics were drawn from the sample of `requested` texts: the same number,
+/// or the whole corpus when it has fewer rows than requested (the sample is the same).
+fn same_sample(meta: &StatsMeta, requested: usize) -> bool {
+    meta.samples == requested || meta.corpus_rows.is_some_and(|rows| meta.samples >= rows && requested >= rows)
 }
 
 /// Whether `--samples auto` statistics filed under `meta` answer a request for auto statistics
 /// drawn from a sample of `requested` texts at `tolerance`: the same sample, converged at that
 /// tolerance or a tighter one.
 pub fn answers_auto(meta: &StatsMeta, requested: usize, tolerance: f64) -> bool {
-    let same_sample = meta.samples == requested || meta.corpus_rows.is_some_and(|rows| meta.samples >= rows && requested >= rows);
-    same_sample && meta.auto.as_ref().is_some_and(|a| a.converged && a.tolerance <= tolerance)
+    same_sample(meta, requested) && meta.auto.as_ref().is_some_and(|a| a.converged && a.tolerance <= tolerance)
 }
 
 /// Every statistics file under `stats_dir` (`<model>/<dataset>/<module>_...`) computed on these

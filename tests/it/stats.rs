@@ -425,7 +425,7 @@ fn a_collection_stops_once_c_inverse_k_has_converged() {
 
     let tolerance = 0.15;
     let full = collect_in_memory(&*lm.model, tok, &texts, &plan).unwrap();
-    let mut watch = Watch(Convergence::new(&probes, tolerance, 0).unwrap());
+    let mut watch = Watch(Convergence::new(&probes, tolerance).unwrap());
     let acc = Accumulator::new(&plan.layers, lm.config().d_ff, plan.precision, lm.model.device()).unwrap();
     let auto = collect(&*lm.model, tok, &texts, &plan, acc, &mut watch).unwrap();
     eprintln!("auto stopped at {} of {} tokens; curve {:?}", auto.count, full.count, watch.0.curve.iter().map(|p| (p.tokens, p.worst())).collect::<Vec<_>>());

@@ -21,6 +21,8 @@ pub struct RecordReader {
     position: usize,
     /// Values read from the file so far (the next one's index, for messages).
     read: usize,
+    /// Records handed out at most (`--limit`).
+    limit: usize,
     done: bool,
     /// The first record, read to detect the layout, not yet handed out.
     first: Option<Value>,
@@ -39,8 +41,18 @@ impl RecordReader {
         if array {
             input.consume(1);
         }
-        let mut reader =
-            RecordReader { input, array, source, position: 0, read: 0, done: false, first: None, format: DatasetFormat::Requests, zsre_target: None };
+        let mut reader = RecordReader {
+            input,
+            array,
+            source,
+            position: 0,
+            read: 0,
+            limit: usize::MAX,
+            done: false,
+            first: None,
+            format: DatasetFormat::Requests,
+            zsre_target: None,
+        };
         let Some(first) = reader.next_value()? else {
             return Err(Error::Input(format!("{} holds no records", reader.source)));
         };
@@ -49,6 +61,12 @@ impl RecordReader {
         reader.zsre_target = resolve_zsre_target(reader.format, zsre_target);
         reader.first = Some(first);
         Ok(reader)
+    }
+
+    /// Hands out only the first `limit` records (all when `None`).
+    pub fn with_limit(mut self, limit: Option<usize>) -> Self {
+        self.limit = limit.unwrap_or(usize::MAX);
+        self
     }
 
     /// The next (at most) `n` records, read as [`super::read_dataset`] reads them (record
@@ -63,9 +81,12 @@ impl RecordReader {
     /// The next (at most) `n` records as JSON values, with the index of the first; an error
     /// only for a file that is not valid JSON (or JSON Lines), after which nothing more can be read.
     pub fn next_values(&mut self, n: usize) -> Result<Option<(usize, Vec<Value>)>> {
+        let n = n.min(self.limit - self.position);
         let mut values = Vec::with_capacity(n);
-        if let Some(first) = self.first.take() {
-            values.push(first);
+        if n > 0 {
+            if let Some(first) = self.first.take() {
+                values.push(first);
+            }
         }
         while values.len() < n {
             match self.next_value()? {
