@@ -60,14 +60,7 @@ impl Corpus {
     /// A corpus of local files; their digests are remembered in `memo_dir` by path, size and
     /// modification time, so a large corpus is hashed once.
     pub fn from_files(paths: Vec<PathBuf>, memo_dir: &Path) -> Result<Self> {
-        use sha2::Digest;
-        let mut memo = crate::digest::DigestMemo::open(memo_dir.join("corpus-digests.json"));
-        let mut h = sha2::Sha256::new();
-        for d in memo.digests(&paths)? {
-            h.update(d.as_bytes());
-        }
-        memo.save();
-        let digest = crate::checkpoint::hex(&h.finalize());
+        let digest = files_digest(&paths, &memo_dir.join("corpus-digests.json"))?;
         Ok(Corpus::Files { paths, digest })
     }
 
@@ -96,10 +89,40 @@ pub fn sanitize(s: &str) -> String {
     s.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).collect()
 }
 
-/// Sampled texts in sample order, and how many rows the corpus had.
+/// Sampled texts in sample order, how many rows the corpus had, and its content digest.
 pub struct Sample {
     pub texts: Vec<String>,
     pub corpus_rows: usize,
+    /// SHA-256 over the corpus files' SHA-256s in order (of the embedded text for the embedded
+    /// corpus): recorded in statistics files so that others can tell which corpus made them.
+    pub corpus_digest: String,
+}
+
+impl Sample {
+    /// How the texts were drawn, in words a statistics file records: enough to redo the sample.
+    pub fn sampling(&self, max_len: usize, held_out: usize) -> String {
+        let mut s = format!(
+            "the first {} of a seed-{SAMPLE_SEED} Python shuffle of the corpus's {} rows (the reference's FixedRandomSubsetSampler), in that order; texts truncated to {max_len} tokens",
+            self.texts.len() + held_out,
+            self.corpus_rows
+        );
+        if held_out > 0 {
+            s.push_str(&format!("; the last {held_out} held out as convergence probes, not summed"));
+        }
+        s
+    }
+}
+
+/// The digest of a corpus made of `files` (the combination `Corpus::Files` is named by).
+fn files_digest(files: &[PathBuf], memo: &Path) -> Result<String> {
+    use sha2::Digest;
+    let mut memo = crate::digest::DigestMemo::open(memo.to_path_buf());
+    let mut h = sha2::Sha256::new();
+    for d in memo.digests(files)? {
+        h.update(d.as_bytes());
+    }
+    memo.save();
+    Ok(crate::checkpoint::hex(&h.finalize()))
 }
 
 /// Row `i` of every source, addressable for sampling.
@@ -129,7 +152,7 @@ fn sample_rows(rows: &dyn Rows, n: usize) -> Result<Sample> {
     // A permutation's prefix has no repeated index, so each fetched text moves out exactly once.
     let mut fetched: Vec<Option<String>> = rows.fetch(&sorted)?.into_iter().map(Some).collect();
     let texts = order.iter().map(|i| fetched[sorted.binary_search(i).expect("sampled index present")].take().expect("each index once")).collect();
-    Ok(Sample { texts, corpus_rows: total })
+    Ok(Sample { texts, corpus_rows: total, corpus_digest: String::new() })
 }
 
 /// Lines of a text file (without line ends), one text per line.
@@ -138,24 +161,34 @@ fn txt_lines(text: &str) -> Vec<String> {
 }
 
 pub fn sample(corpus: &Corpus, n: usize, hub: &crate::hub::HubOptions) -> Result<Sample> {
-    match corpus {
-        Corpus::Embedded => sample_rows(&InMemory(txt_lines(EMBEDDED_WIKITEXT)), n),
-        Corpus::Files { paths: files, .. } => {
+    let (sample, digest) = match corpus {
+        Corpus::Embedded => {
+            // Combined as `Files` combines one file's digest: the same as `--text` of the same bytes.
+            use sha2::Digest;
+            let text = crate::checkpoint::hex(&sha2::Sha256::digest(EMBEDDED_WIKITEXT.as_bytes()));
+            let digest = crate::checkpoint::hex(&sha2::Sha256::digest(text.as_bytes()));
+            (sample_rows(&InMemory(txt_lines(EMBEDDED_WIKITEXT)), n)?, digest)
+        }
+        Corpus::Files { paths: files, digest } => {
             // Parquet files are read lazily (only the sampled rows); text formats are small.
             if files.iter().all(|f| is_parquet(f)) {
-                return sample_rows(&ParquetRows::open(files.clone())?, n);
+                (sample_rows(&ParquetRows::open(files.clone())?, n)?, digest.clone())
+            } else {
+                let mut all = Vec::new();
+                for f in files {
+                    all.extend(read_texts(f)?);
+                }
+                (sample_rows(&InMemory(all), n)?, digest.clone())
             }
-            let mut all = Vec::new();
-            for f in files {
-                all.extend(read_texts(f)?);
-            }
-            sample_rows(&InMemory(all), n)
         }
         Corpus::Hub(ds) => {
             let files = crate::hub::dataset_files(ds.repo(), ds.prefix(), ".parquet", hub)?;
-            sample_rows(&ParquetRows::open(files)?, n)
+            // Hashed once (remembered by path, size and time): the Hub's revision names can move.
+            let digest = files_digest(&files, &crate::digest::cache_home().join("corpus-digests.json"))?;
+            (sample_rows(&ParquetRows::open(files)?, n)?, digest)
         }
-    }
+    };
+    Ok(Sample { corpus_digest: digest, ..sample })
 }
 
 fn is_parquet(p: &Path) -> bool {

@@ -381,6 +381,95 @@ pub fn dataset_files(repo_id: &str, prefix: &str, suffix: &str, opts: &HubOption
         .collect()
 }
 
+/// What kind of Hub repository a statistics repository is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoKind {
+    Dataset,
+    Model,
+}
+
+impl RepoKind {
+    fn hub(self) -> RepoType {
+        match self {
+            RepoKind::Dataset => RepoType::Dataset,
+            RepoKind::Model => RepoType::Model,
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            RepoKind::Dataset => " --repo-type dataset",
+            RepoKind::Model => "",
+        }
+    }
+}
+
+/// One file of a Hub repository: its path in the repository, and where it lies in the cache.
+#[derive(Clone, Debug)]
+pub struct RepoFile {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// The files of a Hub repository whose paths `wanted` accepts, fetched into (or, offline, found
+/// in) the standard cache, in path order; and the commit they are of.
+pub fn repo_files(repo_id: &str, kind: RepoKind, wanted: &dyn Fn(&str) -> bool, opts: &HubOptions) -> Result<(Option<String>, Vec<RepoFile>)> {
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
+    if opts.offline || HubOptions::offline_from_env() {
+        let snap = cached_snapshot(&cache_dir, repo_id, kind.hub(), &revision).ok_or_else(|| {
+            Error::Hub(format!(
+                "offline mode: {repo_id} (revision {revision}) is not in the Hugging Face cache at {}; run once without --offline / \
+                 HF_HUB_OFFLINE, or fetch it with `huggingface-cli download{} {repo_id} --revision {revision}`",
+                cache_dir.display(),
+                kind.flag()
+            ))
+        })?;
+        let mut files = Vec::new();
+        walk(&snap, &snap, &mut files);
+        files.retain(|f| wanted(&f.name));
+        files.sort_by(|a, b| a.name.cmp(&b.name));
+        let commit = snap.file_name().map(|n| n.to_string_lossy().into_owned());
+        return Ok((commit, files));
+    }
+    let api = hub_api(&cache_dir, opts.progress)?;
+    let repo = api.repo(Repo::with_revision(repo_id.to_string(), kind.hub(), revision.clone()));
+    let info = repo.info().map_err(|e| {
+        Error::Hub(format!(
+            "cannot reach the Hugging Face Hub for {repo_id} (revision {revision}, a {} repository): {e}; check the id, --repo-type and \
+             HF_TOKEN for a private repository, or use --offline with a populated cache",
+            if kind == RepoKind::Dataset { "dataset" } else { "model" }
+        ))
+    })?;
+    let mut names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).filter(|n| wanted(n)).collect();
+    names.sort();
+    let files = names
+        .into_iter()
+        .map(|name| {
+            tracing::info!("fetching {name} of {repo_id}");
+            let path = repo.get(&name).map_err(|e| Error::Hub(format!("downloading {name} of {repo_id} failed: {e}")))?;
+            Ok(RepoFile { name, path })
+        })
+        .collect::<Result<_>>()?;
+    Ok((Some(info.sha), files))
+}
+
+/// Every file under `dir` (a cache snapshot: its entries are links to blobs), named by its path
+/// relative to `root` with `/` separators.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<RepoFile>) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            walk(root, &path, out);
+        } else if path.is_file() {
+            let rel = path.strip_prefix(root).unwrap_or(&path);
+            let name = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect::<Vec<_>>().join("/");
+            out.push(RepoFile { name, path });
+        }
+    }
+}
+
 /// `M` of a `...-NNNNN-of-MMMMM.ext` shard name.
 fn shard_total(p: &Path) -> Option<usize> {
     let name = p.file_stem()?.to_string_lossy().into_owned();

@@ -286,6 +286,8 @@ mod tests {
             max_len: 1,
             batch_tokens: 1,
             source: "collected".into(),
+            corpus_digest: None,
+            sampling: None,
             tool_version: "test".into(),
             auto: None,
         };

@@ -38,6 +38,67 @@ pub enum StatsAction {
     /// Add the shard files of one job (`edit stats … --shard I/N` for every I) into the statistics
     /// a single run would have written, filed in the cache.
     Merge(MergeArgs),
+    /// Download statistics from a Hugging Face repository into the cache, each file checked
+    /// against the local model first (edit's files and the reference's `.npz` layout).
+    Pull(PullArgs),
+    /// Write a model's cached statistics into a folder with a dataset card, ready for
+    /// `huggingface-cli upload` (`edit stats pull` reads it back).
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// The Hub repository holding the statistics, e.g. `someone/gpt2-xl-stats`.
+    pub repo: String,
+    /// The model the statistics are for: local directory or Hub id.
+    #[arg(short, long, value_name = "DIR|HUB_ID")]
+    pub model: String,
+    /// The model's Hub revision [default: main].
+    #[arg(long)]
+    pub model_revision: Option<String>,
+    /// The statistics repository's revision (branch, tag or commit) [default: main].
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// The kind of repository the statistics are in.
+    #[arg(long, value_enum, default_value_t = RepoTypeArg::Dataset)]
+    pub repo_type: RepoTypeArg,
+    /// Only the files under this path of the repository (one model's folder of a shared one).
+    #[arg(long, value_name = "PATH")]
+    pub include: Option<String>,
+    /// Use only the local Hugging Face cache (also: HF_HUB_OFFLINE=1); HF_TOKEN is sent for private repositories.
+    #[arg(long)]
+    pub offline: bool,
+    /// Replace cached statistics that differ from the pulled ones (kept by default).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub dir: StatsDirArg,
+    /// Print a JSON object on stdout: {repo, commit, pulled: [{name, layer, module, dataset, samples, auto, tokens, file, status}], refused: [{name, reason}]}.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum RepoTypeArg {
+    Dataset,
+    Model,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The folder to write (created if missing); upload it with
+    /// `huggingface-cli upload --repo-type dataset REPO DIR .`
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Only these layers' statistics: `17`, `13-17`, `3,5,7` [default: every cached layer].
+    #[arg(short, long, value_name = "LAYERS")]
+    pub layers: Option<String>,
+    #[command(flatten)]
+    pub dir: StatsDirArg,
+    /// Print a JSON object on stdout: {dir, card, files: [{path, layer, module, dataset, samples, auto, precision, tokens}]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -195,6 +256,8 @@ pub fn run(args: StatsArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     match args.action {
         Some(StatsAction::Import(a)) => import(a, global),
         Some(StatsAction::Merge(a)) => merge(a),
+        Some(StatsAction::Pull(a)) => pull(a, global),
+        Some(StatsAction::Export(a)) => export(a, global),
         None => collect_cmd(args.collect, global),
     }
 }
@@ -313,6 +376,71 @@ fn import(args: ImportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         writeln!(out)?;
     } else {
         write_layer(&mut out, &report)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn pull(args: PullArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let model = ModelArgs { model: Some(args.model.clone()), revision: args.model_revision.clone(), offline: args.offline };
+    let files = model.resolve(global)?;
+    let kind = match args.repo_type {
+        RepoTypeArg::Dataset => edit::hub::RepoKind::Dataset,
+        RepoTypeArg::Model => edit::hub::RepoKind::Model,
+    };
+    let req = edit::stats::pull::PullRequest {
+        repo: &args.repo,
+        kind,
+        hub: edit::hub::HubOptions { revision: args.revision.clone(), offline: args.offline, cache_dir: None, progress: logging::show_progress(global) },
+        include: args.include.as_deref(),
+        force: args.force,
+    };
+    let report = edit::stats::pull::pull(&req, &files, &args.dir.dir())?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        use edit::stats::pull::PullStatus;
+        for p in &report.pulled {
+            let status = match p.status {
+                PullStatus::Filed => "",
+                PullStatus::AlreadyCached => "  (already cached)",
+                PullStatus::KeptCached => "  (other statistics cached under this name: kept; --force replaces them)",
+            };
+            writeln!(out, "{:<40} {:>12} tokens  {}{status}", p.module, p.tokens, p.file.display())?;
+        }
+    }
+    if report.refused.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &report.refused {
+        eprintln!("refused {}: {}", r.name, r.reason);
+    }
+    eprintln!(
+        "error: {} of {} file(s) of {} refused and not filed (listed above){}",
+        report.refused.len(),
+        report.refused.len() + report.pulled.len(),
+        report.repo,
+        if report.pulled.is_empty() { "" } else { "; the others are filed" }
+    );
+    Ok(ExitCode::from(4))
+}
+
+fn export(args: ExportArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let layers = args.layers.as_deref().map(parse_layers).transpose()?;
+    let files = args.model.resolve(global)?;
+    let cfg = ModelConfig::from_file(&files.config)?;
+    let identity = ModelIdentity::of(&files)?;
+    let report = edit::stats::export::export(&args.dir.dir(), &identity, &cfg, layers.as_deref(), &args.out)?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        for f in &report.files {
+            writeln!(out, "{:<40} {:>12} tokens  {}", f.module, f.tokens, report.dir.join(&f.path).display())?;
+        }
+        writeln!(out, "{}", report.card.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }

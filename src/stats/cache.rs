@@ -40,6 +40,13 @@ pub struct StatsMeta {
     pub batch_tokens: usize,
     /// `collected` or `imported from <file>`.
     pub source: String,
+    /// The corpus's content digest ([`crate::data::Sample::corpus_digest`]); absent in files
+    /// written before edit recorded it, and in imported ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_digest: Option<String>,
+    /// How the texts were drawn from the corpus ([`crate::data::Sample::sampling`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<String>,
     pub tool_version: String,
     /// Statistics collected until they converged (`--samples auto`) rather than over all
     /// `samples` texts: how, and where they stopped.
@@ -233,6 +240,38 @@ pub fn read_sum<T>(path: &Path, read: impl FnOnce(SumBytes<'_>) -> T) -> Result<
     }))
 }
 
+/// Checks the values of a `d`×`d` sum of k kᵀ: every entry finite, no negative diagonal entry.
+/// Says what is wrong and where.
+pub fn check_sum_values(values: impl Iterator<Item = f64>, d: usize) -> std::result::Result<(), String> {
+    for (i, v) in values.enumerate() {
+        if !v.is_finite() {
+            return Err(format!("a non-finite value ({v}) at row {}, column {}", i / d, i % d));
+        }
+        if i % (d + 1) == 0 && v < 0.0 {
+            return Err(format!("a negative diagonal entry ({v}) at row {}, which a sum of k kᵀ cannot have", i / d));
+        }
+    }
+    Ok(())
+}
+
+/// [`check_sum_values`] of a square sum tensor.
+pub fn check_sum_tensor(sum: &Tensor) -> std::result::Result<(), String> {
+    let d = sum.dim(0).map_err(|e| e.to_string())?;
+    let flat = sum.flatten_all().map_err(|e| e.to_string())?;
+    match sum.dtype() {
+        DType::F64 => check_sum_values(flat.to_vec1::<f64>().map_err(|e| e.to_string())?.into_iter(), d),
+        _ => check_sum_values(flat.to_dtype(DType::F32).and_then(|t| t.to_vec1::<f32>()).map_err(|e| e.to_string())?.into_iter().map(f64::from), d),
+    }
+}
+
+/// [`check_sum_values`] of a statistics file's sum, read from its mapping without a copy.
+pub fn check_sum_bytes(sum: &SumBytes<'_>) -> std::result::Result<(), String> {
+    match *sum {
+        SumBytes::F32 { bytes, cols, .. } => check_sum_values(bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64), cols),
+        SumBytes::F64 { bytes, cols, .. } => check_sum_values(bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))), cols),
+    }
+}
+
 /// Job parameters a partial file must match to be resumed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobKey {
@@ -260,6 +299,10 @@ pub struct ShardInfo {
     pub d_ff: usize,
     pub corpus_rows: Option<usize>,
     pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corpus_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]

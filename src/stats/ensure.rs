@@ -309,6 +309,7 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
     driver.progress.finish();
     let acc = acc?;
     let source = format!("collected from {}", plan.corpus.describe());
+    let sampling = sample.sampling(max_len, probe_texts.len());
     if let Some(path) = shard_file {
         // A shard may hold no texts (more shards than chunks); merging still needs it.
         let info = cache::ShardInfo {
@@ -316,6 +317,8 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
             d_ff: cfg.d_ff,
             corpus_rows: Some(sample.corpus_rows),
             source,
+            corpus_digest: Some(sample.corpus_digest.clone()),
+            sampling: Some(sampling.clone()),
         };
         cache::save_shard(&path, &driver.key, &info, &acc)?;
         tracing::info!("shard {}: {} texts, {} tokens → {}", key_shard(&driver.key), acc.texts, acc.count, path.display());
@@ -357,6 +360,8 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
             max_len,
             batch_tokens,
             source: source.clone(),
+            corpus_digest: Some(sample.corpus_digest.clone()),
+            sampling: Some(sampling.clone()),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             auto: auto.clone(),
         };

@@ -96,14 +96,30 @@ impl NpzStats {
         Ok(Self { file: file.to_path_buf(), members, sum, count, layer, guessed })
     }
 
-    /// Files the statistics for the model `files` in `stats_dir`, under `dataset` (default: the
-    /// `<name>_stats` folder it came from, else `imported`) and `samples` (default: the file's
-    /// `sample_size`, else its name's).
-    pub fn file_into(self, files: &ModelFiles, stats_dir: &Path, dataset: Option<String>, samples: Option<usize>) -> Result<LayerReport> {
+    /// The layer the file is for (given, or read from its name).
+    pub fn layer(&self) -> usize {
+        self.layer
+    }
+
+    /// Checks the statistics against the model `files` and says where and how they are filed in
+    /// `stats_dir`: under `dataset` (default: the `<name>_stats` folder they came from, else
+    /// `imported`) and `samples` (default: the file's `sample_size`, else its name's), with
+    /// `source` as their origin (default: `imported from <file>`).
+    pub fn prepare(self, files: &ModelFiles, stats_dir: &Path, dataset: Option<String>, samples: Option<usize>, source: Option<String>) -> Result<Prepared> {
         let shown = self.file.display();
         let layer = self.layer;
         let cfg = ModelConfig::from_file(&files.config)?;
+        if layer >= cfg.n_layer {
+            return Err(Error::Input(format!("{shown} is for layer {layer}, but the model has {} layers: it belongs to another model", cfg.n_layer)));
+        }
         let module = mlp_down(&cfg, layer)?;
+        let name = self.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if let Some(named) = module_in_name(&name).filter(|m| *m != module.name) {
+            return Err(Error::Input(format!(
+                "{shown} is for module `{named}`, but layer {layer} of this model is `{}`: it belongs to another model",
+                module.name
+            )));
+        }
         let d = module.in_dim;
         if self.sum.dims() != [d, d] {
             return Err(Error::Input(format!(
@@ -117,6 +133,10 @@ impl NpzStats {
             candle_core::DType::F64 => Precision::F64,
             other => return Err(Error::Input(format!("{shown}: `mom2.mom2` is {other:?}; it must be a float32 or float64 array"))),
         };
+        if !(self.count >= 1.0 && self.count.is_finite()) {
+            return Err(Error::Input(format!("{shown}: `mom2.count` is {}: a sum over no tokens", self.count)));
+        }
+        cache::check_sum_tensor(&self.sum).map_err(|why| Error::Input(format!("{shown}: `mom2.mom2` holds {why}: the file is corrupt")))?;
         let samples = match samples {
             Some(n) => n,
             None if self.members.iter().any(|m| m == "sample_size") => npz_scalar(&self.file, "sample_size")? as usize,
@@ -138,14 +158,46 @@ impl NpzStats {
             precision,
             max_len: cfg.n_ctx,
             batch_tokens: 0,
-            source: format!("imported from {shown}"),
+            source: source.unwrap_or_else(|| format!("imported from {shown}")),
+            corpus_digest: None,
+            sampling: None,
             tool_version: env!("CARGO_PKG_VERSION").into(),
             auto: None,
         };
         let path = cache::stats_path(stats_dir, &identity, &dataset, &module.name, precision, samples);
-        cache::save(&path, &self.sum, self.count as u64, &meta)?;
-        Ok(LayerReport { layer, module: module.name, file: path, tokens: self.count as u64, cached: false })
+        Ok(Prepared { path, sum: self.sum, count: self.count as u64, meta })
     }
+
+    /// [`Self::prepare`]s the statistics and files them.
+    pub fn file_into(self, files: &ModelFiles, stats_dir: &Path, dataset: Option<String>, samples: Option<usize>) -> Result<LayerReport> {
+        let p = self.prepare(files, stats_dir, dataset, samples, None)?;
+        p.save(&p.path)?;
+        Ok(p.report())
+    }
+}
+
+/// Imported statistics, checked, with the cache path they belong at.
+pub struct Prepared {
+    pub path: std::path::PathBuf,
+    pub sum: candle_core::Tensor,
+    pub count: u64,
+    pub meta: StatsMeta,
+}
+
+impl Prepared {
+    /// Writes the statistics file at `path` (the cache path, or a staging file for it).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        cache::save(path, &self.sum, self.count, &self.meta)
+    }
+
+    pub fn report(&self) -> LayerReport {
+        LayerReport { layer: self.meta.layer, module: self.meta.module.clone(), file: self.path.clone(), tokens: self.count, cached: false }
+    }
+}
+
+/// The module a reference file's name is for: what precedes `_float32_` / `_float64_`.
+fn module_in_name(name: &str) -> Option<&str> {
+    ["_float32_", "_float64_"].iter().find_map(|p| name.find(p).map(|i| &name[..i])).filter(|m| !m.is_empty())
 }
 
 #[cfg(test)]
@@ -159,5 +211,7 @@ mod tests {
         let p = Path::new("gpt_neox.layers.5.mlp.dense_4h_to_h_float64_mom2_1000.npz");
         assert_eq!(parse_npz_name(p).layer, Some(5));
         assert_eq!(parse_npz_name(p).precision, Some(Precision::F64));
+        assert_eq!(module_in_name("gpt_neox.layers.5.mlp.dense_4h_to_h_float64_mom2_1000.npz"), Some("gpt_neox.layers.5.mlp.dense_4h_to_h"));
+        assert_eq!(module_in_name("stats.npz"), None);
     }
 }

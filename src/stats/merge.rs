@@ -112,6 +112,8 @@ pub fn merge(files: &[PathBuf], stats_dir: &Path) -> Result<Vec<LayerReport>> {
             max_len: key.max_len,
             batch_tokens: key.batch_tokens,
             source: format!("{}, merged from {n} shards", info.source),
+            corpus_digest: info.corpus_digest.clone(),
+            sampling: info.sampling.clone(),
             tool_version: env!("CARGO_PKG_VERSION").into(),
             auto: None,
         };

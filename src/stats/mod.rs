@@ -6,8 +6,10 @@ pub mod cache;
 pub mod collect;
 pub mod converge;
 pub mod ensure;
+pub mod export;
 pub mod import;
 pub mod merge;
+pub mod pull;
 pub mod resolve;
 
 use serde::{Deserialize, Serialize};
@@ -162,9 +164,37 @@ pub fn parse_layers(spec: &str) -> Result<Vec<usize>> {
     Ok(out)
 }
 
+/// A layer list as [`parse_layers`] reads it, runs written as ranges: `[1, 2, 3, 7]` → `1-3,7`.
+pub fn format_layers(layers: &[usize]) -> String {
+    let mut sorted = layers.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j == i { sorted[i].to_string() } else { format!("{}-{}", sorted[i], sorted[j]) });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_lists_are_written_as_they_are_read() {
+        assert_eq!(format_layers(&[17]), "17");
+        assert_eq!(format_layers(&[7, 1, 2, 3, 3]), "1-3,7");
+        assert_eq!(format_layers(&[0, 2, 4, 5]), "0,2,4-5");
+        for l in [vec![13, 14, 15, 16, 17], vec![0, 2, 3, 9], vec![5]] {
+            assert_eq!(parse_layers(&format_layers(&l)).unwrap(), l);
+        }
+    }
 
     #[test]
     fn layer_lists() {

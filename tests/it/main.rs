@@ -22,6 +22,7 @@ mod new_user;
 mod patch;
 mod requests_hparams;
 mod rope;
+mod share;
 mod slurm;
 mod stats;
 mod tokenizers;
