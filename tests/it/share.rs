@@ -253,3 +253,122 @@ fn files_for_other_weights_or_corrupt_are_refused_by_name_and_not_filed() {
     assert_ne!(code, Some(0));
     assert!(stderr.contains("huggingface-cli download --repo-type dataset someone/fact-gpt2-stats --revision v2"), "{stderr}");
 }
+
+/// A minimal Hub for one dataset repository: the listing (`/api/datasets/<id>/revision/main`)
+/// and range downloads (`/datasets/<id>/resolve/main/<file>`) as hf-hub requests them. Records
+/// every request's path and `Authorization` header.
+struct MockHub {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+}
+
+fn mock_hub(root: PathBuf) -> MockHub {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (mut range, mut auth) = (None, None);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+                let (k, v) = h.split_once(':').unwrap_or((&h, ""));
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "range" => range = Some(v.trim().to_string()),
+                    "authorization" => auth = Some(v.trim().to_string()),
+                    _ => {}
+                }
+            }
+            log.lock().unwrap().push((path.clone(), auth));
+            let api = format!("/api/datasets/{REPO}/revision/main");
+            let resolve = format!("/datasets/{REPO}/resolve/main/");
+            let (status, headers, body): (&str, Vec<String>, Vec<u8>) = if path == api {
+                let names: Vec<serde_json::Value> =
+                    files_under(&root).iter().map(|p| serde_json::json!({ "rfilename": p.strip_prefix(&root).unwrap().to_string_lossy() })).collect();
+                ("200 OK", vec!["Content-Type: application/json".into()], serde_json::to_vec(&serde_json::json!({ "sha": COMMIT, "siblings": names })).unwrap())
+            } else if let Some(bytes) = path.strip_prefix(&resolve).and_then(|f| std::fs::read(root.join(f)).ok()) {
+                let from: usize =
+                    range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split('-').next()).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let to = match range.as_deref().and_then(|r| r.rsplit('-').next()).and_then(|s| s.parse::<usize>().ok()) {
+                    Some(end) => end.min(bytes.len() - 1),
+                    None => bytes.len() - 1,
+                };
+                let headers = vec![
+                    format!("ETag: \"{}\"", sha256_hex(&bytes)),
+                    format!("X-Repo-Commit: {COMMIT}"),
+                    format!("Content-Range: bytes {from}-{to}/{}", bytes.len()),
+                ];
+                ("206 Partial Content", headers, bytes[from..=to].to_vec())
+            } else {
+                ("404 Not Found", vec![], b"not found".to_vec())
+            };
+            let mut out = stream;
+            let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            for h in headers {
+                head.push_str(&h);
+                head.push_str("\r\n");
+            }
+            head.push_str("\r\n");
+            let _ = out.write_all(head.as_bytes());
+            let _ = out.write_all(&body);
+        }
+    });
+    MockHub { url, seen }
+}
+
+#[test]
+fn pull_downloads_only_the_statistics_through_the_hub_api_with_the_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture_dir("fact-gpt2");
+    let made = tmp.path().join("made");
+    let summary = stats(&model, "2", 200, &made);
+    let original = PathBuf::from(summary["layers"][0]["file"].as_str().unwrap());
+    let repo = tmp.path().join("repo");
+    json(edit_bin().args(["stats", "export"]).arg(&repo).arg("--model").arg(&model).arg("--stats-dir").arg(&made).arg("--json"));
+    // A repository may hold more than statistics: those files are never downloaded.
+    std::fs::write(repo.join("model.safetensors"), vec![0u8; 4096]).unwrap();
+    let hub = mock_hub(repo.clone());
+
+    let hf = tmp.path().join("hf");
+    let stats_dir = tmp.path().join("pulled");
+    let v = json(
+        edit_bin()
+            .env("HF_HUB_CACHE", &hf)
+            .env("HF_ENDPOINT", &hub.url)
+            .env("HF_TOKEN", "hf_secret")
+            .args(["stats", "pull", REPO, "--json", "-q", "--model"])
+            .arg(&model)
+            .arg("--stats-dir")
+            .arg(&stats_dir),
+    );
+    assert_eq!(v["commit"], COMMIT);
+    let pulled = v["pulled"].as_array().unwrap();
+    assert_eq!(pulled.len(), 1, "{v}");
+    assert!(std::fs::read(pulled[0]["file"].as_str().unwrap()).unwrap() == std::fs::read(&original).unwrap(), "the pulled file is the one made");
+    let seen = hub.seen.lock().unwrap().clone();
+    assert!(seen.iter().all(|(_, auth)| auth.as_deref() == Some("Bearer hf_secret")), "the token goes with every request: {seen:?}");
+    assert!(!seen.iter().any(|(p, _)| p.ends_with("model.safetensors") || p.ends_with("README.md")), "only statistics are downloaded: {seen:?}");
+    assert!(seen.iter().any(|(p, _)| p.ends_with("_float32_200.safetensors")), "{seen:?}");
+
+    // The download landed in the standard cache: the same pull now works offline.
+    let again = json(
+        edit_bin()
+            .env("HF_HUB_CACHE", &hf)
+            .args(["stats", "pull", REPO, "--offline", "--json", "--model"])
+            .arg(&model)
+            .arg("--stats-dir")
+            .arg(tmp.path().join("offline")),
+    );
+    assert_eq!(again["pulled"].as_array().unwrap().len(), 1, "{again}");
+    assert_eq!(again["commit"], COMMIT);
+}
