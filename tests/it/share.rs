@@ -259,8 +259,11 @@ fn files_for_other_weights_or_corrupt_are_refused_by_name_and_not_filed() {
 /// every request's path and `Authorization` header.
 struct MockHub {
     url: String,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
 }
+
+/// A request's path and `Authorization` header.
+type Request = (String, Option<String>);
 
 fn mock_hub(root: PathBuf) -> MockHub {
     use std::io::{BufRead, BufReader, Write};
