@@ -140,6 +140,7 @@ fn main() {
         Shape::GptJ { .. } => ("3-8", 5),
         // The AlphaEdit repository's Llama 3 8B layers (ROME: 5; MEMIT / AlphaEdit: 4-8).
         Shape::Hub { .. } => ("4-8", 5),
+        Shape::Wide { .. } => panic!("the wide-key shapes are for `cargo bench --bench wide`"),
     };
     let dtype = env("EDIT_BENCH_DTYPE").unwrap_or(if matches!(shape, Shape::Gpt2Xl { .. }) { "f32".into() } else { "bf16".into() });
     // The compute dtype (`--dtype`): the storage's unless `EDIT_BENCH_COMPUTE` says otherwise.
@@ -249,7 +250,7 @@ fn main() {
                 Shape::GptJ { .. } => Some("EleutherAI_gpt-j-6B"),
                 Shape::Hub { name: "llama-3-8b", .. } => Some("meta-llama_Meta-Llama-3-8B"),
                 Shape::Hub { name: "qwen2.5-7b", .. } => Some("Qwen_Qwen2.5-7B"),
-                Shape::Hub { .. } => None,
+                Shape::Hub { .. } | Shape::Wide { .. } => None,
             };
             if let Some(file) = file {
                 c.args(["--config", &format!("{method}/{file}")]);

@@ -52,6 +52,116 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Tensor)], metadata: Op
     default_permissions(path)
 }
 
+/// One tensor of [`write_safetensors_streamed`]: its name, dtype and shape, and how to make it.
+pub struct Lazy<'a> {
+    pub name: String,
+    pub dtype: candle_core::DType,
+    pub dims: Vec<usize>,
+    pub make: Box<dyn Fn() -> Result<Tensor> + 'a>,
+}
+
+/// Writes a safetensors file (through a temporary beside `path`, renamed into place) whose
+/// tensors are made one at a time as their bytes are written, so that a file of many large
+/// tensors never needs them all in memory at once. Each made tensor must have its entry's dtype
+/// and shape.
+pub fn write_safetensors_streamed(path: &Path, tensors: &[Lazy<'_>], metadata: HashMap<String, String>) -> Result<()> {
+    use std::io::Write;
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::to_value(&metadata).expect("metadata serialises"));
+    let mut at = 0usize;
+    for t in tensors {
+        let bytes = t.dims.iter().product::<usize>() * t.dtype.size_in_bytes();
+        let dtype = safetensors_dtype(t.dtype)?;
+        header.insert(t.name.clone(), serde_json::json!({ "dtype": dtype, "shape": t.dims, "data_offsets": [at, at + bytes] }));
+        at += bytes;
+    }
+    let mut text = serde_json::Value::Object(header).to_string();
+    while !(8 + text.len()).is_multiple_of(8) {
+        text.push(' ');
+    }
+    let tmp = sibling(path, "tmp");
+    let write = || -> Result<()> {
+        let file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 22, file);
+        let io = |e| Error::io(&tmp, e);
+        out.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(text.as_bytes()).map_err(io)?;
+        for t in tensors {
+            let made = (t.make)()?;
+            if made.dtype() != t.dtype || made.dims() != t.dims.as_slice() {
+                return Err(Error::Internal(format!(
+                    "tensor `{}` is {:?} {:?}, not the {:?} {:?} announced",
+                    t.name,
+                    made.dtype(),
+                    made.dims(),
+                    t.dtype,
+                    t.dims
+                )));
+            }
+            write_tensor_bytes(&made, &mut out).map_err(io)?;
+        }
+        out.into_inner().map_err(|e| Error::io(&tmp, e.into_error()))?.sync_all().map_err(io)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    default_permissions(path)
+}
+
+fn safetensors_dtype(dtype: candle_core::DType) -> Result<&'static str> {
+    use candle_core::DType;
+    Ok(match dtype {
+        DType::F32 => "F32",
+        DType::F64 => "F64",
+        DType::I64 => "I64",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::U32 => "U32",
+        DType::U8 => "U8",
+        other => return Err(Error::Internal(format!("no safetensors name for {other:?}"))),
+    })
+}
+
+/// A tensor's elements as little-endian bytes, row-major, in pieces: straight from its storage
+/// when it is a contiguous CPU tensor (no copy of a 1 GB sum), else from a copy.
+fn write_tensor_bytes(t: &Tensor, out: &mut impl std::io::Write) -> std::io::Result<()> {
+    use candle_core::DType;
+    fn pieces<T: candle_core::WithDType, const N: usize>(t: &Tensor, out: &mut impl std::io::Write, le: impl Fn(T) -> [u8; N]) -> std::io::Result<()> {
+        let write = |v: &[T], out: &mut dyn std::io::Write| -> std::io::Result<()> {
+            let mut buf = Vec::with_capacity(1 << 20);
+            for chunk in v.chunks(1 << 18) {
+                buf.clear();
+                for &x in chunk {
+                    buf.extend_from_slice(&le(x));
+                }
+                out.write_all(&buf)?;
+            }
+            Ok(())
+        };
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cpu), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            if let Ok(all) = T::cpu_storage_as_slice(cpu) {
+                return write(&all[start..end], out);
+            }
+        }
+        drop(storage);
+        let v: Vec<T> = t.flatten_all().and_then(|f| f.to_vec1()).map_err(std::io::Error::other)?;
+        write(&v, out)
+    }
+    match t.dtype() {
+        DType::F32 => pieces::<f32, 4>(t, out, f32::to_le_bytes),
+        DType::F64 => pieces::<f64, 8>(t, out, f64::to_le_bytes),
+        DType::I64 => pieces::<i64, 8>(t, out, i64::to_le_bytes),
+        DType::U32 => pieces::<u32, 4>(t, out, u32::to_le_bytes),
+        DType::F16 => pieces::<half::f16, 2>(t, out, half::f16::to_le_bytes),
+        DType::BF16 => pieces::<half::bf16, 2>(t, out, half::bf16::to_le_bytes),
+        DType::U8 => pieces::<u8, 1>(t, out, |x| [x]),
+        other => Err(std::io::Error::other(format!("cannot write {other:?}"))),
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary beside it, renamed into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -321,5 +431,40 @@ mod tests {
         write_safetensors(&p, &[("x".into(), t)], None).unwrap();
         let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o666 & !umask());
+    }
+
+    #[test]
+    fn streamed_files_read_back_as_the_safetensors_crate_reads_them() {
+        use candle_core::{DType, Device};
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.safetensors");
+        let a = Tensor::from_vec((0..12).map(|x| x as f32 * 0.5).collect::<Vec<_>>(), (3, 4), &Device::Cpu).unwrap();
+        // A transposed view (not contiguous) is written in its logical, row-major order.
+        let t = a.t().unwrap();
+        let n = Tensor::new(&[7i64], &Device::Cpu).unwrap();
+        let b = Tensor::from_vec(vec![1.5f64, -2.0], 2, &Device::Cpu).unwrap();
+        let lazy = |name: &str, x: &Tensor| Lazy {
+            name: name.into(),
+            dtype: x.dtype(),
+            dims: x.dims().to_vec(),
+            make: Box::new({
+                let x = x.clone();
+                move || Ok(x.clone())
+            }),
+        };
+        let md: HashMap<String, String> = [("k".to_string(), "v".to_string())].into();
+        write_safetensors_streamed(&p, &[lazy("t", &t), lazy("n", &n), lazy("b", &b)], md).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(header.metadata().as_ref().unwrap()["k"], "v");
+        let read = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+        assert_eq!(read["t"].to_vec2::<f32>().unwrap(), t.to_vec2::<f32>().unwrap());
+        assert_eq!(read["n"].to_vec1::<i64>().unwrap(), vec![7]);
+        assert_eq!(read["b"].dtype(), DType::F64);
+        assert_eq!(read["b"].to_vec1::<f64>().unwrap(), vec![1.5, -2.0]);
+        // A made tensor that is not what was announced is refused, and nothing is left behind.
+        let wrong = Lazy { name: "w".into(), dtype: DType::F32, dims: vec![5], make: Box::new(|| Ok(Tensor::zeros(4, DType::F32, &Device::Cpu)?)) };
+        assert!(write_safetensors_streamed(&d.path().join("w.safetensors"), &[wrong], HashMap::new()).is_err());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

@@ -11,8 +11,18 @@ use crate::error::{Error, Result};
 /// Copies a 2-d tensor (any float dtype, any device) into an f64 matrix.
 pub fn to_mat(t: &Tensor) -> Result<Mat<f64>> {
     let (r, c) = t.dims2()?;
-    let v: Vec<f64> = t.to_dtype(DType::F64)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-    Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
+    let t = t.to_device(&Device::Cpu)?.flatten_all()?;
+    // Widened element by element: no f64 copy of an f32 matrix besides the result.
+    Ok(match t.dtype() {
+        DType::F64 => {
+            let v: Vec<f64> = t.to_vec1()?;
+            Mat::from_fn(r, c, |i, j| v[i * c + j])
+        }
+        _ => {
+            let v: Vec<f32> = t.to_dtype(DType::F32)?.to_vec1()?;
+            Mat::from_fn(r, c, |i, j| v[i * c + j] as f64)
+        }
+    })
 }
 
 /// Copies an f64 matrix into a CPU tensor of `dtype`.

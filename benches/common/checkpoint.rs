@@ -10,10 +10,29 @@ use std::path::{Path, PathBuf};
 /// (`llama-3.2-1b`, `llama-3-8b`, `qwen2.5-7b`, ...), optionally with fewer layers.
 #[derive(Clone, Copy, Debug)]
 pub enum Shape {
-    Gpt2Xl { n_layer: usize },
-    GptJ { n_layer: usize },
-    Hub { name: &'static str, file: &'static str, n_layer: usize, full: usize },
+    Gpt2Xl {
+        n_layer: usize,
+    },
+    GptJ {
+        n_layer: usize,
+    },
+    Hub {
+        name: &'static str,
+        file: &'static str,
+        n_layer: usize,
+        full: usize,
+    },
+    /// A real model's MLP key width on a narrow residual stream (d 256): what statistics and their
+    /// solves cost at that width, without the rest of the model. `gpt-j-wide` (GPT-J's 16,384-wide
+    /// keys) and `llama-3-8b-wide` (Llama 3 8B's 14,336).
+    Wide {
+        name: &'static str,
+        n_layer: usize,
+    },
 }
+
+/// The residual width of the [`Shape::Wide`] models.
+const WIDE_D: usize = 256;
 
 /// The Llama-style shapes the bench knows: (name, hub-configs file, tokenizer in tests/fixtures/tokenizers).
 const HUB: &[(&str, &str, &str)] = &[
@@ -31,10 +50,12 @@ impl Shape {
         match name {
             "gpt2-xl" => Shape::Gpt2Xl { n_layer: n_layer.unwrap_or(48) },
             "gpt-j-6b" | "gptj" => Shape::GptJ { n_layer: n_layer.unwrap_or(28) },
+            "gpt-j-wide" => Shape::Wide { name: "gpt-j-wide", n_layer: n_layer.unwrap_or(6) },
+            "llama-3-8b-wide" => Shape::Wide { name: "llama-3-8b-wide", n_layer: n_layer.unwrap_or(6) },
             other => {
                 let Some(&(name, file, _)) = HUB.iter().find(|(n, _, _)| *n == other) else {
                     let known: Vec<&str> = HUB.iter().map(|(n, _, _)| *n).collect();
-                    panic!("unknown shape {other}: gpt2-xl, gpt-j-6b, {}", known.join(", "))
+                    panic!("unknown shape {other}: gpt2-xl, gpt-j-6b, gpt-j-wide, llama-3-8b-wide, {}", known.join(", "))
                 };
                 let full = Self::hub_config(file)["num_hidden_layers"].as_u64().unwrap() as usize;
                 Shape::Hub { name, file, n_layer: n_layer.unwrap_or(full), full }
@@ -49,7 +70,7 @@ impl Shape {
 
     pub fn n_layer(self) -> usize {
         match self {
-            Shape::Gpt2Xl { n_layer } | Shape::GptJ { n_layer } | Shape::Hub { n_layer, .. } => n_layer,
+            Shape::Gpt2Xl { n_layer } | Shape::GptJ { n_layer } | Shape::Hub { n_layer, .. } | Shape::Wide { n_layer, .. } => n_layer,
         }
     }
 
@@ -59,6 +80,7 @@ impl Shape {
             Shape::Gpt2Xl { n_layer } => n_layer == 48,
             Shape::GptJ { n_layer } => n_layer == 28,
             Shape::Hub { n_layer, full, .. } => n_layer == full,
+            Shape::Wide { .. } => false,
         }
     }
 
@@ -66,7 +88,7 @@ impl Shape {
         match self {
             Shape::Gpt2Xl { .. } => "gpt2-xl",
             Shape::GptJ { .. } => "gpt-j-6b",
-            Shape::Hub { name, .. } => name,
+            Shape::Hub { name, .. } | Shape::Wide { name, .. } => name,
         }
     }
 
@@ -105,8 +127,8 @@ impl Shape {
                 t.push(("ln_f.weight".into(), vec![d], false));
                 t.push(("ln_f.bias".into(), vec![d], false));
             }
-            Shape::GptJ { n_layer } => {
-                let (d, f, v) = (4096usize, 16384usize, 50400usize);
+            Shape::GptJ { n_layer } | Shape::Wide { name: "gpt-j-wide", n_layer } => {
+                let (d, f, v) = if matches!(self, Shape::GptJ { .. }) { (4096usize, 16384usize, 50400usize) } else { (WIDE_D, 16384, 50400) };
                 t.push(("transformer.wte.weight".into(), vec![v, d], true));
                 for l in 0..n_layer {
                     for (n, s, random) in [
@@ -129,7 +151,7 @@ impl Shape {
                 t.push(("lm_head.weight".into(), vec![v, d], true));
                 t.push(("lm_head.bias".into(), vec![v], false));
             }
-            Shape::Hub { .. } => {
+            Shape::Hub { .. } | Shape::Wide { .. } => {
                 for (n, s) in super::decoder_parameter_shapes(&self.model_config()) {
                     let random = !n.contains("norm") && !n.ends_with(".bias");
                     t.push((n, s, random));
@@ -153,6 +175,18 @@ impl Shape {
                 c["num_hidden_layers"] = n_layer.into();
                 c
             }
+            Shape::Wide { name: "gpt-j-wide", n_layer } => serde_json::json!({"model_type": "gptj", "architectures": ["GPTJForCausalLM"],
+                "n_embd": WIDE_D, "n_inner": 16384, "n_head": 4, "n_layer": n_layer, "vocab_size": 50400, "n_positions": 2048, "rotary_dim": 64,
+                "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": false,
+                "bos_token_id": 50256, "eos_token_id": 50256}),
+            Shape::Wide { n_layer, .. } => {
+                let mut c = Self::hub_config("Meta-Llama-3-8B");
+                c["num_hidden_layers"] = n_layer.into();
+                c["hidden_size"] = WIDE_D.into();
+                c["num_attention_heads"] = 4.into();
+                c["num_key_value_heads"] = 1.into();
+                c
+            }
         }
     }
 
@@ -160,8 +194,9 @@ impl Shape {
     /// tests/fixtures/tokenizers) for the others.
     fn write_tokenizer(self, dir: &Path) {
         match self {
-            Shape::Hub { name, .. } => {
+            Shape::Hub { .. } | Shape::Wide { name: "llama-3-8b-wide", .. } => {
                 use std::io::Read;
+                let name = if let Shape::Hub { name, .. } = self { name } else { "llama-3-8b" };
                 let (_, _, tok) = HUB.iter().find(|(n, _, _)| *n == name).unwrap();
                 let src = repo_root().join("tests/fixtures/tokenizers");
                 let mut json = String::new();

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::collect::Accumulator;
+use super::collect::{Accumulator, SumView};
 use super::Precision;
 use crate::error::{Error, Result};
 use crate::identity::ModelIdentity;
@@ -136,18 +136,24 @@ pub fn partial_path(final_dir: &Path, layers: &[usize], precision: Precision, sa
     final_dir.join(format!(".partial_layers-{}_{}_{samples}{auto}{part}.safetensors", layers.join("-"), precision.reference_name()))
 }
 
-/// Writes `tensors` + metadata atomically (a temporary beside `path`, renamed into place).
-fn write_atomic(path: &Path, tensors: &[(String, Tensor)], metadata: HashMap<String, String>) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    crate::fsutil::write_safetensors(path, tensors, Some(metadata))
-}
-
+/// Writes a statistics file, the sum streamed from its storage (no copy of it is made).
 pub fn save(path: &Path, sum: &Tensor, count: u64, meta: &StatsMeta) -> Result<()> {
     let count = Tensor::new(&[count as i64], &Device::Cpu)?;
     let mut md = HashMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("metadata serialises"));
-    write_atomic(path, &[("mom2.sum".into(), sum.to_device(&Device::Cpu)?), ("mom2.count".into(), count)], md)
+    let sum = sum.to_device(&Device::Cpu)?;
+    let lazy = |name: &str, t: &Tensor| crate::fsutil::Lazy {
+        name: name.into(),
+        dtype: t.dtype(),
+        dims: t.dims().to_vec(),
+        make: Box::new({
+            let t = t.clone();
+            move || Ok(t.clone())
+        }),
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::fsutil::write_safetensors_streamed(path, &[lazy("mom2.count", &count), lazy("mom2.sum", &sum)], md)
 }
 
 /// A statistics or partial file, mapped once: its `edit.stats` metadata and its tensors.
@@ -346,7 +352,7 @@ pub fn is_shard_file_name(name: &str, layers: &[usize], precision: Precision, sh
 }
 
 pub fn save_shard(path: &Path, key: &JobKey, info: &ShardInfo, acc: &Accumulator) -> Result<()> {
-    write_partial(path, key, acc, Some(info.clone()), None)
+    acc.with_view(|sums| write_partial(path, key, acc, sums, Some(info.clone()), None))
 }
 
 /// A finished shard file's job and counts, from its header only (no sums are read).
@@ -388,20 +394,49 @@ pub fn load_shard(path: &Path) -> Result<ShardFile> {
     Ok(ShardFile { key: meta.key, info, acc })
 }
 
-pub fn save_partial(path: &Path, key: &JobKey, acc: &Accumulator, convergence: Option<SavedConvergence>) -> Result<()> {
-    write_partial(path, key, acc, None, convergence)
+/// One layer's sum of a finished shard file (any job's), read alone.
+pub fn load_shard_sum(path: &Path, layer: usize) -> Result<Tensor> {
+    let st = StatsFile::open(path)?;
+    shard_meta(&st, path)?;
+    st.load(&format!("sum.{layer}"), &Device::Cpu)
 }
 
-fn write_partial(path: &Path, key: &JobKey, acc: &Accumulator, finished_shard: Option<ShardInfo>, convergence: Option<SavedConvergence>) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = acc.sums.iter().map(|(l, t)| Ok((format!("sum.{l}"), t.to_device(&Device::Cpu)?))).collect::<Result<_>>()?;
+/// Writes a job's progress: `acc`'s counts and position, its `sums` (one layer's copy made at a
+/// time), and a `--samples auto` job's convergence state.
+pub fn save_partial(path: &Path, key: &JobKey, acc: &Accumulator, sums: &SumView, convergence: Option<SavedConvergence>) -> Result<()> {
+    write_partial(path, key, acc, sums, None, convergence)
+}
+
+fn write_partial(
+    path: &Path,
+    key: &JobKey,
+    acc: &Accumulator,
+    sums: &SumView,
+    finished_shard: Option<ShardInfo>,
+    convergence: Option<SavedConvergence>,
+) -> Result<()> {
+    let mut tensors: Vec<crate::fsutil::Lazy<'_>> = sums
+        .layers
+        .iter()
+        .map(|&l| crate::fsutil::Lazy {
+            name: format!("sum.{l}"),
+            dtype: sums.dtype,
+            dims: vec![sums.dim, sums.dim],
+            make: Box::new(move || Ok((sums.get)(l)?.to_device(&Device::Cpu)?)),
+        })
+        .collect();
     let convergence = convergence.map(|(state, last)| {
-        tensors.extend(last.into_iter().map(|(l, t)| (format!("conv.{l}"), t)));
+        for (l, t) in last {
+            tensors.push(crate::fsutil::Lazy { name: format!("conv.{l}"), dtype: t.dtype(), dims: t.dims().to_vec(), make: Box::new(move || Ok(t.clone())) });
+        }
         state
     });
     let meta = PartialMeta { key: key.clone(), count: acc.count, texts: acc.texts, next_chunk: acc.next_chunk, finished_shard, convergence };
     let mut md = HashMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(&meta).expect("metadata serialises"));
-    write_atomic(path, &tensors, md)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    crate::fsutil::write_safetensors_streamed(path, &tensors, md)
 }
 
 /// The saved progress of an identical job, if any. A partial file of a different job is

@@ -53,13 +53,33 @@ impl Accumulator {
     pub fn second_moments(&self) -> Result<BTreeMap<usize, Tensor>> {
         self.sums.iter().map(|(&l, s)| Ok((l, (s / self.count as f64)?))).collect()
     }
+
+    /// The sums it holds as a [`SumView`] (none held: an empty view).
+    pub fn with_view<T>(&self, f: impl FnOnce(&SumView) -> T) -> T {
+        let get = |l: usize| self.sums.get(&l).cloned().ok_or_else(|| Error::Internal(format!("no sum for layer {l}")));
+        let (dim, dtype) = self.sums.values().next().map(|t| (t.dim(0).unwrap_or(0), t.dtype())).unwrap_or((0, candle_core::DType::F32));
+        f(&SumView { layers: self.sums.keys().copied().collect(), dim, dtype, get: &get })
+    }
+}
+
+/// The running sums as a checkpoint or a convergence check reads them: each layer's full
+/// `dim`×`dim` sum made on request, so that one layer's copy exists at a time (during a CPU
+/// collection the sums are held as lower triangles, [`LowerSums`]; at Llama 3 8B's width five
+/// layers' copies at once would be another 4 GB in f32).
+pub struct SumView<'a> {
+    pub layers: Vec<usize>,
+    pub dim: usize,
+    pub dtype: candle_core::DType,
+    pub get: &'a dyn Fn(usize) -> Result<Tensor>,
 }
 
 /// What the driver of a collection hears about and decides.
 pub trait Observer {
     /// After each chunk; `Ok(true)` asks for a checkpoint to be written now.
     fn chunk_done(&mut self, acc: &Accumulator, texts_seen: usize) -> Result<bool>;
-    fn checkpoint(&mut self, acc: &Accumulator) -> Result<()>;
+    /// Writes a checkpoint: `acc`'s counts and position, `sums` its sums (`acc.sums` may be empty
+    /// while the collection holds them elsewhere).
+    fn checkpoint(&mut self, acc: &Accumulator, sums: &SumView) -> Result<()>;
     /// A collection that stops once its estimate has converged (`--samples auto`) watches it
     /// here; the collection stops after the chunk where it says so.
     fn convergence(&mut self) -> Option<&mut super::converge::Convergence> {
@@ -74,7 +94,7 @@ impl Observer for NoProgress {
     fn chunk_done(&mut self, _: &Accumulator, _: usize) -> Result<bool> {
         Ok(false)
     }
-    fn checkpoint(&mut self, _: &Accumulator) -> Result<()> {
+    fn checkpoint(&mut self, _: &Accumulator, _: &SumView) -> Result<()> {
         Ok(())
     }
 }
@@ -190,13 +210,7 @@ pub fn collect_shard(
         acc.texts += seqs.len() as u64;
         acc.next_chunk = c + 1;
         if let Some(conv) = observer.convergence().filter(|conv| conv.due(acc.count)) {
-            if let Some(lower) = &lower {
-                lower.write_to(&mut acc)?;
-            }
-            let converged = conv.check(&acc.second_moments()?, acc.count)?;
-            if lower.is_some() {
-                acc.sums.clear();
-            }
+            let converged = with_sums(&lower, &acc, |sums| conv.check_view(sums, acc.count))?;
             if converged {
                 tracing::info!("the statistics converged at {} tokens ({} texts)", acc.count, acc.texts);
                 break;
@@ -206,19 +220,26 @@ pub fn collect_shard(
         // After the last chunk the final sums are written at once: a checkpoint there would
         // only cost the time to write them and a second copy in memory.
         if observer.chunk_done(&acc, seen)? && c + 1 < n_chunks {
-            if let Some(lower) = &lower {
-                lower.write_to(&mut acc)?;
-            }
-            observer.checkpoint(&acc)?;
-            if lower.is_some() {
-                acc.sums.clear();
-            }
+            with_sums(&lower, &acc, |sums| observer.checkpoint(&acc, sums))?;
         }
     }
     if let Some(lower) = lower {
         lower.into_sums(&mut acc)?;
     }
     Ok(acc)
+}
+
+/// The collection's sums as a [`SumView`]: from the lower triangles while they are held there,
+/// else the accumulator's.
+fn with_sums<T>(lower: &Option<LowerSums>, acc: &Accumulator, f: impl FnOnce(&SumView) -> T) -> T {
+    match lower {
+        Some(lower) => {
+            let get = |l: usize| lower.full_layer(l);
+            let (dim, dtype) = lower.shape();
+            f(&SumView { layers: lower.layers(), dim, dtype, get: &get })
+        }
+        None => acc.with_view(f),
+    }
 }
 
 /// On the CPU the sums are updated in place through faer, lower triangle only (Σ k kᵀ is
@@ -322,17 +343,27 @@ impl LowerSums {
         }
     }
 
-    /// The full symmetric sums into `acc` (lower triangle mirrored), kept here too.
-    fn write_to(&self, acc: &mut Accumulator) -> Result<()> {
+    /// One layer's full symmetric sum (its lower triangle mirrored), a copy; kept here too.
+    fn full_layer(&self, layer: usize) -> Result<Tensor> {
+        let missing = || Error::Internal(format!("no sum for layer {layer}"));
         match self {
-            Self::F32(m) => m.iter().try_for_each(|(&l, m)| {
-                acc.sums.insert(l, full(m)?);
-                Ok(())
-            }),
-            Self::F64(m) => m.iter().try_for_each(|(&l, m)| {
-                acc.sums.insert(l, full(m)?);
-                Ok(())
-            }),
+            Self::F32(m) => full(m.get(&layer).ok_or_else(missing)?),
+            Self::F64(m) => full(m.get(&layer).ok_or_else(missing)?),
+        }
+    }
+
+    fn layers(&self) -> Vec<usize> {
+        match self {
+            Self::F32(m) => m.keys().copied().collect(),
+            Self::F64(m) => m.keys().copied().collect(),
+        }
+    }
+
+    /// Each sum's width and dtype.
+    fn shape(&self) -> (usize, candle_core::DType) {
+        match self {
+            Self::F32(m) => (m.values().next().map_or(0, |m| m.nrows()), candle_core::DType::F32),
+            Self::F64(m) => (m.values().next().map_or(0, |m| m.nrows()), candle_core::DType::F64),
         }
     }
 

@@ -77,10 +77,22 @@ impl Convergence {
     /// Checks the estimates `c` (per layer, C = Σkkᵀ/n at `tokens` tokens); `true` when every
     /// layer's C⁻¹K moved less than the tolerance since the previous check.
     pub fn check(&mut self, c: &BTreeMap<usize, Tensor>, tokens: u64) -> Result<bool> {
+        self.check_each(&|l| Ok(c.get(&l).cloned()), tokens)
+    }
+
+    /// [`Self::check`] of a collection's running sums at `tokens` tokens, one layer's C at a time.
+    pub fn check_view(&mut self, sums: &super::collect::SumView, tokens: u64) -> Result<bool> {
+        let count = tokens.max(1) as f64;
+        self.check_each(&|l| if sums.layers.contains(&l) { Ok(Some(((sums.get)(l)? / count)?)) } else { Ok(None) }, tokens)
+    }
+
+    /// The check, with each layer's C made by `c` as it is needed and dropped after.
+    fn check_each(&mut self, c: &dyn Fn(usize) -> Result<Option<Tensor>>, tokens: u64) -> Result<bool> {
         let mut change = BTreeMap::new();
         for (l, k) in &self.probes {
-            let Some(cl) = c.get(l) else { continue };
-            let now = SpdFactor::from_owned(to_mat(cl)?, "C").ok().map(|f| f.solve(k));
+            let Some(cl) = c(*l)? else { continue };
+            let now = SpdFactor::from_owned(to_mat(&cl)?, "C").ok().map(|f| f.solve(k));
+            drop(cl);
             let moved = match (&self.last[l], &now) {
                 (Some(before), Some(now)) => Some((now - before).norm_l2() / now.norm_l2().max(f64::MIN_POSITIVE)),
                 _ => None,

@@ -466,9 +466,9 @@ impl Observer for Driver<'_> {
         self.convergence.as_mut()
     }
 
-    fn checkpoint(&mut self, acc: &Accumulator) -> Result<()> {
+    fn checkpoint(&mut self, acc: &Accumulator, sums: &collect::SumView) -> Result<()> {
         let convergence = self.convergence.as_ref().map(Convergence::state).transpose()?;
-        cache::save_partial(&self.partial, &self.key, acc, convergence)?;
+        cache::save_partial(&self.partial, &self.key, acc, sums, convergence)?;
         self.last_checkpoint = Instant::now();
         tracing::debug!("checkpoint at chunk {} written to {}", acc.next_chunk, self.partial.display());
         if self.aborting() {

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::cache::{self, JobKey, ShardFile, StatsMeta};
+use super::cache::{self, JobKey, ShardHeader, StatsMeta};
 use super::ensure::LayerReport;
 use crate::error::{Error, Result};
 
@@ -38,12 +38,13 @@ fn differences(a: &JobKey, b: &JobKey) -> Vec<&'static str> {
     d
 }
 
-/// Checks that `files` are every shard of one job, once each; returns them in shard order.
-fn check(files: &[PathBuf]) -> Result<Vec<(PathBuf, ShardFile)>> {
+/// Checks that `files` are every shard of one job, once each, from their headers; returns them
+/// in shard order.
+fn check(files: &[PathBuf]) -> Result<Vec<(PathBuf, ShardHeader)>> {
     if files.is_empty() {
         return Err(Error::Input("no shard files given: pass every `layers-…shard-I-of-N.safetensors` of the job".into()));
     }
-    let mut shards: Vec<(PathBuf, ShardFile)> = files.iter().map(|p| Ok((p.clone(), cache::load_shard(p)?))).collect::<Result<_>>()?;
+    let mut shards: Vec<(PathBuf, ShardHeader)> = files.iter().map(|p| Ok((p.clone(), cache::read_shard_header(p)?))).collect::<Result<_>>()?;
     let (first_path, first) = (&shards[0].0.clone(), shards[0].1.key.clone());
     for (p, s) in &shards[1..] {
         let d = differences(&first, &s.key);
@@ -56,7 +57,7 @@ fn check(files: &[PathBuf]) -> Result<Vec<(PathBuf, ShardFile)>> {
             )));
         }
     }
-    let n = first.shard.expect("load_shard returns shards").count;
+    let n = first.shard.expect("read_shard_header reads shards").count;
     shards.sort_by_key(|(_, s)| s.key.shard.expect("a shard").index);
     let mut seen = vec![Vec::new(); n];
     for (p, s) in &shards {
@@ -76,27 +77,28 @@ fn check(files: &[PathBuf]) -> Result<Vec<(PathBuf, ShardFile)>> {
 }
 
 /// Merges the shard `files` of one job and files the statistics under `stats_dir` as a single
-/// run would (same paths and metadata, apart from `source`). Nothing is written if any check fails.
+/// run would (same paths and metadata, apart from `source`). One layer at a time: its sums are
+/// read from every shard, added, written and dropped before the next layer's are read, so a merge
+/// holds one layer's sum (and one shard's copy of it) whatever the number of layers. Nothing is
+/// filed if any check fails: every layer is staged, and all are moved into place together.
 pub fn merge(files: &[PathBuf], stats_dir: &Path) -> Result<Vec<LayerReport>> {
     let shards = check(files)?;
     let n = shards.len();
     let key = JobKey { shard: None, ..shards[0].1.key.clone() };
     let info = shards[0].1.info.clone();
-    let mut total = shards[0].1.acc.clone();
-    for (_, s) in &shards[1..] {
-        for (l, sum) in total.sums.iter_mut() {
-            *sum = (&*sum + &s.acc.sums[l])?;
-        }
-        total.count += s.acc.count;
-        total.texts += s.acc.texts;
-    }
-    if total.count == 0 {
+    let count: u64 = shards.iter().map(|(_, s)| s.count).sum();
+    let texts: u64 = shards.iter().map(|(_, s)| s.texts).sum();
+    if count == 0 {
         return Err(Error::Input("the shards hold no tokens: every sampled text was empty".into()));
     }
     let mut reports = Vec::new();
-    let mut writes = Vec::new();
-    for (&l, sum) in &total.sums {
+    let mut outputs = crate::fsutil::Outputs::new();
+    for &l in &key.layers {
         let module = info.modules.get(&l).ok_or_else(|| Error::Internal(format!("shard file names no module for layer {l}")))?;
+        let mut sum = cache::load_shard_sum(&shards[0].0, l)?;
+        for (p, _) in &shards[1..] {
+            sum = (&sum + cache::load_shard_sum(p, l)?)?;
+        }
         let meta = StatsMeta {
             format: 1,
             identity: key.identity.clone(),
@@ -106,8 +108,8 @@ pub fn merge(files: &[PathBuf], stats_dir: &Path) -> Result<Vec<LayerReport>> {
             dataset: key.dataset.clone(),
             samples: key.samples,
             corpus_rows: info.corpus_rows,
-            texts: total.texts,
-            tokens: total.count,
+            texts,
+            tokens: count,
             precision: key.precision,
             max_len: key.max_len,
             batch_tokens: key.batch_tokens,
@@ -118,11 +120,9 @@ pub fn merge(files: &[PathBuf], stats_dir: &Path) -> Result<Vec<LayerReport>> {
             auto: None,
         };
         let path = cache::stats_path(stats_dir, &key.identity, &key.dataset, module, key.precision, key.samples);
-        writes.push((path.clone(), sum, meta));
-        reports.push(LayerReport { layer: l, module: module.clone(), file: path, tokens: total.count, cached: false });
+        cache::save(&outputs.stage(&path)?, &sum, count, &meta)?;
+        reports.push(LayerReport { layer: l, module: module.clone(), file: path, tokens: count, cached: false });
     }
-    for (path, sum, meta) in writes {
-        cache::save(&path, sum, total.count, &meta)?;
-    }
+    outputs.commit()?;
     Ok(reports)
 }

@@ -112,26 +112,26 @@ pub fn pull(req: &PullRequest, files: &ModelFiles, stats_dir: &Path) -> Result<P
         )));
     }
     let at = format!("{}@{}", req.repo, commit.as_deref().unwrap_or("?"));
-    let mut checked: Vec<Checked> = Vec::new();
+    let mut pulled = Vec::new();
     let mut refused = Vec::new();
     let mut targets: BTreeMap<PathBuf, String> = BTreeMap::new();
+    // Each file is checked and staged before the next is read, so a converted `.npz` is held
+    // one at a time; the staged files are moved into place together at the end.
+    let mut outputs = crate::fsutil::Outputs::new();
     for f in &repo_files {
         let result = if f.name.ends_with(".npz") { check_npz(f, files, stats_dir, &at) } else { check_edit_file(f, &cfg, &identity, stats_dir) };
-        match result {
-            Ok(c) => match targets.get(&c.target) {
-                Some(first) => refused
-                    .push(Refused { name: f.name.clone(), reason: format!("the same statistics as {first} (both would be filed as {})", c.target.display()) }),
-                None => {
-                    targets.insert(c.target.clone(), f.name.clone());
-                    checked.push(c);
-                }
-            },
-            Err(reason) => refused.push(Refused { name: f.name.clone(), reason }),
+        let mut c = match result {
+            Ok(c) => c,
+            Err(reason) => {
+                refused.push(Refused { name: f.name.clone(), reason });
+                continue;
+            }
+        };
+        if let Some(first) = targets.get(&c.target) {
+            refused.push(Refused { name: f.name.clone(), reason: format!("the same statistics as {first} (both would be filed as {})", c.target.display()) });
+            continue;
         }
-    }
-    let mut outputs = crate::fsutil::Outputs::new();
-    let mut pulled = Vec::new();
-    for mut c in checked {
+        targets.insert(c.target.clone(), f.name.clone());
         c.pulled.status = cached_status(&c, req.force);
         if c.pulled.status == PullStatus::Filed {
             let tmp = outputs.stage(&c.target)?;

@@ -390,7 +390,7 @@ fn a_collection_stops_once_c_inverse_k_has_converged() {
         fn chunk_done(&mut self, _: &Accumulator, _: usize) -> edit::error::Result<bool> {
             Ok(false)
         }
-        fn checkpoint(&mut self, _: &Accumulator) -> edit::error::Result<()> {
+        fn checkpoint(&mut self, _: &Accumulator, _: &edit::stats::collect::SumView) -> edit::error::Result<()> {
             Ok(())
         }
         fn convergence(&mut self) -> Option<&mut Convergence> {
