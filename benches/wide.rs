@@ -54,7 +54,23 @@ fn stats_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Adds count·I to every statistics file under `dir` (their metadata, and so the model's
+/// fingerprint, kept). Run as a child process of the bench (`EDIT_BENCH_REGULARISE=dir`): a child
+/// spawned later inherits this process's peak memory in its own count, which would otherwise
+/// carry these gigabytes into every later row.
+fn regularise(dir: &Path) {
+    for f in stats_files(dir) {
+        let m = edit::stats::cache::load(&f).unwrap();
+        let eye = candle_core::Tensor::eye(m.meta.d_ff, m.sum.dtype(), &candle_core::Device::Cpu).unwrap();
+        let sum = (&m.sum + (eye * m.count as f64).unwrap()).unwrap();
+        edit::stats::cache::save(&f, &sum, m.count, &m.meta).unwrap();
+    }
+}
+
 fn main() {
+    if let Some(dir) = env("EDIT_BENCH_REGULARISE") {
+        return regularise(Path::new(&dir));
+    }
     let shapes = env("EDIT_BENCH_WIDE").unwrap_or("gpt-j-wide,llama-3-8b-wide".into());
     let texts = env("EDIT_BENCH_TEXTS").unwrap_or("120".into());
     let max_len = env("EDIT_BENCH_MAX_LEN").unwrap_or("16".into());
@@ -127,14 +143,9 @@ fn main() {
             row("`edit stats pull` (5 files)", wall, peak);
         }
         if jobs.contains("memit") {
-            // Invertible statistics: count·I added to each sum, the metadata (and so the model's
-            // fingerprint) kept.
-            for f in stats_files(&single) {
-                let m = edit::stats::cache::load(&f).unwrap();
-                let eye = candle_core::Tensor::eye(d_ff, m.sum.dtype(), &candle_core::Device::Cpu).unwrap();
-                let sum = (&m.sum + (eye * m.count as f64).unwrap()).unwrap();
-                edit::stats::cache::save(&f, &sum, m.count, &m.meta).unwrap();
-            }
+            // Invertible statistics, in a child process (see `regularise`).
+            let status = Command::new(std::env::current_exe().unwrap()).env("EDIT_BENCH_REGULARISE", &single).status().unwrap();
+            assert!(status.success());
             let req = tmp.path().join("req.json");
             std::fs::write(&req, r#"[{"prompt": "{} plays the", "subject": "Danielle Darrieux", "target_new": "piano"}]"#).unwrap();
             let config = if name.starts_with("gpt-j") { "memit/EleutherAI_gpt-j-6B" } else { "memit/meta-llama_Meta-Llama-3-8B" };

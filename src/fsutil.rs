@@ -60,6 +60,14 @@ pub struct Lazy<'a> {
     pub make: Box<dyn Fn() -> Result<Tensor> + 'a>,
 }
 
+impl Lazy<'_> {
+    /// An entry for a tensor already made (cloning a tensor shares its storage).
+    pub fn ready(name: &str, t: &Tensor) -> Self {
+        let t = t.clone();
+        Self { name: name.into(), dtype: t.dtype(), dims: t.dims().to_vec(), make: Box::new(move || Ok(t.clone())) }
+    }
+}
+
 /// Writes a safetensors file (through a temporary beside `path`, renamed into place) whose
 /// tensors are made one at a time as their bytes are written, so that a file of many large
 /// tensors never needs them all in memory at once. Each made tensor must have its entry's dtype
@@ -453,7 +461,7 @@ mod tests {
             }),
         };
         let md: HashMap<String, String> = [("k".to_string(), "v".to_string())].into();
-        write_safetensors_streamed(&p, &[lazy("t", &t), lazy("n", &n), lazy("b", &b)], md).unwrap();
+        write_safetensors_streamed(&p, &[Lazy::ready("t", &t), Lazy::ready("n", &n), Lazy::ready("b", &b)], md).unwrap();
         let bytes = std::fs::read(&p).unwrap();
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
         assert_eq!(header.metadata().as_ref().unwrap()["k"], "v");

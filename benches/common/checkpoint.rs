@@ -292,7 +292,9 @@ pub fn write_random(dir: &Path, shape: Shape, dtype: &str) -> u64 {
 }
 
 /// Runs `cmd`, returning (wall seconds, peak resident bytes of this child, stdout, stderr); panics
-/// with its stderr if it fails.
+/// with its stderr if it fails. Linux counts in a spawned child's peak the peak of the process
+/// that spawned it (the address space it leaves at `exec`), so a bench must keep its own memory
+/// small (or do its large work in a child) for the figures to be the command's.
 pub fn measured(cmd: &mut std::process::Command) -> (f64, u64, String, String) {
     use std::io::Read;
     use std::process::Stdio;

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::collect::{Accumulator, SumView};
 use super::Precision;
 use crate::error::{Error, Result};
+use crate::fsutil::Lazy;
 use crate::identity::ModelIdentity;
 use crate::models::EditableModule;
 
@@ -142,18 +143,9 @@ pub fn save(path: &Path, sum: &Tensor, count: u64, meta: &StatsMeta) -> Result<(
     let mut md = HashMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("metadata serialises"));
     let sum = sum.to_device(&Device::Cpu)?;
-    let lazy = |name: &str, t: &Tensor| crate::fsutil::Lazy {
-        name: name.into(),
-        dtype: t.dtype(),
-        dims: t.dims().to_vec(),
-        make: Box::new({
-            let t = t.clone();
-            move || Ok(t.clone())
-        }),
-    };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    crate::fsutil::write_safetensors_streamed(path, &[lazy("mom2.count", &count), lazy("mom2.sum", &sum)], md)
+    crate::fsutil::write_safetensors_streamed(path, &[Lazy::ready("mom2.count", &count), Lazy::ready("mom2.sum", &sum)], md)
 }
 
 /// A statistics or partial file, mapped once: its `edit.stats` metadata and its tensors.
@@ -415,10 +407,10 @@ fn write_partial(
     finished_shard: Option<ShardInfo>,
     convergence: Option<SavedConvergence>,
 ) -> Result<()> {
-    let mut tensors: Vec<crate::fsutil::Lazy<'_>> = sums
+    let mut tensors: Vec<Lazy<'_>> = sums
         .layers
         .iter()
-        .map(|&l| crate::fsutil::Lazy {
+        .map(|&l| Lazy {
             name: format!("sum.{l}"),
             dtype: sums.dtype,
             dims: vec![sums.dim, sums.dim],
@@ -427,7 +419,7 @@ fn write_partial(
         .collect();
     let convergence = convergence.map(|(state, last)| {
         for (l, t) in last {
-            tensors.push(crate::fsutil::Lazy { name: format!("conv.{l}"), dtype: t.dtype(), dims: t.dims().to_vec(), make: Box::new(move || Ok(t.clone())) });
+            tensors.push(Lazy::ready(&format!("conv.{l}"), &t));
         }
         state
     });
