@@ -451,15 +451,6 @@ mod tests {
         let t = a.t().unwrap();
         let n = Tensor::new(&[7i64], &Device::Cpu).unwrap();
         let b = Tensor::from_vec(vec![1.5f64, -2.0], 2, &Device::Cpu).unwrap();
-        let lazy = |name: &str, x: &Tensor| Lazy {
-            name: name.into(),
-            dtype: x.dtype(),
-            dims: x.dims().to_vec(),
-            make: Box::new({
-                let x = x.clone();
-                move || Ok(x.clone())
-            }),
-        };
         let md: HashMap<String, String> = [("k".to_string(), "v".to_string())].into();
         write_safetensors_streamed(&p, &[Lazy::ready("t", &t), Lazy::ready("n", &n), Lazy::ready("b", &b)], md).unwrap();
         let bytes = std::fs::read(&p).unwrap();
