@@ -1,6 +1,6 @@
 //! Second-moment statistics of MLP keys, C = E[k kᵀ] over a text corpus: collection (all
-//! requested layers in one forward pass, resumable), the on-disk cache, and import of the
-//! reference's `.npz` files.
+//! requested layers in one forward pass, resumable), the on-disk cache, import of the
+//! reference's `.npz` files, and sharing through the Hub (`export`, `pull`).
 
 pub mod cache;
 pub mod collect;
