@@ -50,7 +50,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Describe a model: family, sizes, dtype, rotary settings, and the modules an edit can target.
     Inspect(inspect::InspectArgs),
-    /// Collect (or import) the second-moment statistics of MLP keys that ROME and MEMIT need.
+    /// Collect the second-moment statistics of MLP keys that ROME and MEMIT need (or import, merge,
+    /// export and pull them).
     Stats(Box<stats::StatsArgs>),
     /// Compute an edit (ROME, MEMIT, AlphaEdit, EMMET, UltraEdit, FT, MEND) and write the patched model (--out) and/or its delta (--delta-out).
     Apply(Box<apply::ApplyArgs>),
