@@ -145,6 +145,14 @@ fn statistics_go_out_and_come_back_through_a_hub_repository_unchanged() {
     // Pulled twice: already there.
     let twice = json(&mut pull(&hf, &model, &fresh));
     assert!(twice["pulled"].as_array().unwrap().iter().all(|p| p["status"] == "already_cached"), "{twice}");
+    // The same files in a model repository (`models--<owner>--<name>` in the cache).
+    let models = hf.join(format!("models--{}", REPO.replace('/', "--")));
+    std::fs::rename(hf.join(format!("datasets--{}", REPO.replace('/', "--"))), &models).unwrap();
+    let from_model = json(pull(&hf, &model, &tmp.path().join("from-model")).args(["--repo-type", "model"]));
+    assert_eq!(from_model["pulled"].as_array().unwrap().len(), 2, "{from_model}");
+    let (code, _, stderr) = outcome(&mut pull(&hf, &model, &tmp.path().join("from-model")));
+    assert_ne!(code, Some(0), "a dataset repository of that name is not in the cache");
+    assert!(stderr.contains("--repo-type dataset"), "{stderr}");
 
     // An edit with the pulled statistics and no statistics options uses them.
     let req = tmp.path().join("req.json");
