@@ -143,8 +143,9 @@ impl Rows for InMemory {
     }
 }
 
-/// Draws `n` texts as the reference does and returns them in sample order.
-fn sample_rows(rows: &dyn Rows, n: usize) -> Result<Sample> {
+/// Draws `n` texts as the reference does and returns them in sample order, with the corpus's
+/// `digest`.
+fn sample_rows(rows: &dyn Rows, n: usize, digest: String) -> Result<Sample> {
     let total = rows.len();
     let order: Vec<usize> = shuffled_indices(total, SAMPLE_SEED).into_iter().take(n).collect();
     let mut sorted = order.clone();
@@ -152,7 +153,7 @@ fn sample_rows(rows: &dyn Rows, n: usize) -> Result<Sample> {
     // A permutation's prefix has no repeated index, so each fetched text moves out exactly once.
     let mut fetched: Vec<Option<String>> = rows.fetch(&sorted)?.into_iter().map(Some).collect();
     let texts = order.iter().map(|i| fetched[sorted.binary_search(i).expect("sampled index present")].take().expect("each index once")).collect();
-    Ok(Sample { texts, corpus_rows: total, corpus_digest: String::new() })
+    Ok(Sample { texts, corpus_rows: total, corpus_digest: digest })
 }
 
 /// Lines of a text file (without line ends), one text per line.
@@ -161,34 +162,33 @@ fn txt_lines(text: &str) -> Vec<String> {
 }
 
 pub fn sample(corpus: &Corpus, n: usize, hub: &crate::hub::HubOptions) -> Result<Sample> {
-    let (sample, digest) = match corpus {
+    match corpus {
         Corpus::Embedded => {
             // Combined as `Files` combines one file's digest: the same as `--text` of the same bytes.
             use sha2::Digest;
             let text = crate::checkpoint::hex(&sha2::Sha256::digest(EMBEDDED_WIKITEXT.as_bytes()));
             let digest = crate::checkpoint::hex(&sha2::Sha256::digest(text.as_bytes()));
-            (sample_rows(&InMemory(txt_lines(EMBEDDED_WIKITEXT)), n)?, digest)
+            sample_rows(&InMemory(txt_lines(EMBEDDED_WIKITEXT)), n, digest)
         }
         Corpus::Files { paths: files, digest } => {
             // Parquet files are read lazily (only the sampled rows); text formats are small.
             if files.iter().all(|f| is_parquet(f)) {
-                (sample_rows(&ParquetRows::open(files.clone())?, n)?, digest.clone())
+                sample_rows(&ParquetRows::open(files.clone())?, n, digest.clone())
             } else {
                 let mut all = Vec::new();
                 for f in files {
                     all.extend(read_texts(f)?);
                 }
-                (sample_rows(&InMemory(all), n)?, digest.clone())
+                sample_rows(&InMemory(all), n, digest.clone())
             }
         }
         Corpus::Hub(ds) => {
             let files = crate::hub::dataset_files(ds.repo(), ds.prefix(), ".parquet", hub)?;
             // Hashed once (remembered by path, size and time): the Hub's revision names can move.
             let digest = files_digest(&files, &crate::digest::cache_home().join("corpus-digests.json"))?;
-            (sample_rows(&ParquetRows::open(files)?, n)?, digest)
+            sample_rows(&ParquetRows::open(files)?, n, digest)
         }
-    };
-    Ok(Sample { corpus_digest: digest, ..sample })
+    }
 }
 
 fn is_parquet(p: &Path) -> bool {
@@ -332,12 +332,12 @@ mod tests {
     #[test]
     fn sampling_keeps_shuffle_order() {
         let rows = InMemory((0..10).map(|i| format!("t{i}")).collect());
-        let s = sample_rows(&rows, 4).unwrap();
+        let s = sample_rows(&rows, 4, String::new()).unwrap();
         let order = shuffled_indices(10, 1);
         let want: Vec<String> = order[..4].iter().map(|i| format!("t{i}")).collect();
         assert_eq!(s.texts, want);
         assert_eq!(s.corpus_rows, 10);
-        assert_eq!(sample_rows(&rows, 100).unwrap().texts.len(), 10);
+        assert_eq!(sample_rows(&rows, 100, String::new()).unwrap().texts.len(), 10);
     }
 
     #[test]

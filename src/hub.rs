@@ -324,25 +324,10 @@ pub fn dataset_files(repo_id: &str, prefix: &str, suffix: &str, opts: &HubOption
     let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
     let offline = opts.offline || HubOptions::offline_from_env();
     let how = format!("`huggingface-cli download --repo-type dataset {repo_id} --include '{prefix}*{suffix}'`");
+    let wanted = |n: &str| n.starts_with(prefix) && n.ends_with(suffix);
     if offline {
         let snap = cached_snapshot(&cache_dir, repo_id, RepoType::Dataset, &revision);
-        let (dir, stem) = match prefix.rsplit_once('/') {
-            Some((d, s)) => (snap.map(|p| p.join(d)), s.to_string()),
-            None => (snap, prefix.to_string()),
-        };
-        let mut files: Vec<PathBuf> = dir
-            .and_then(|dir| std::fs::read_dir(dir).ok())
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.path())
-                    .filter(|p| {
-                        let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                        n.starts_with(&stem) && n.ends_with(suffix)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        files.sort();
+        let files: Vec<PathBuf> = snap.map(|snap| snapshot_files(&snap, &wanted)).unwrap_or_default().into_iter().map(|f| f.path).collect();
         if files.is_empty() {
             return Err(Error::Hub(format!(
                 "offline mode: no `{prefix}*{suffix}` files of dataset {repo_id} (revision {revision}) in the Hugging Face cache at {}; \
@@ -367,18 +352,11 @@ pub fn dataset_files(repo_id: &str, prefix: &str, suffix: &str, opts: &HubOption
     let info = repo.info().map_err(|e| {
         Error::Hub(format!("cannot reach the Hugging Face Hub for dataset {repo_id}: {e}; use --offline with a populated cache, or --text with local files"))
     })?;
-    let mut names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).filter(|n| n.starts_with(prefix) && n.ends_with(suffix)).collect();
-    names.sort();
-    if names.is_empty() {
+    let files = fetch_listed(&repo, repo_id, info.siblings, &wanted)?;
+    if files.is_empty() {
         return Err(Error::Hub(format!("dataset {repo_id} (revision {revision}) has no `{prefix}*{suffix}` files")));
     }
-    names
-        .iter()
-        .map(|n| {
-            tracing::info!("fetching {n} of {repo_id}");
-            repo.get(n).map_err(|e| Error::Hub(format!("downloading {n} of {repo_id} failed: {e}")))
-        })
-        .collect()
+    Ok(files.into_iter().map(|f| f.path).collect())
 }
 
 /// What kind of Hub repository a statistics repository is.
@@ -425,12 +403,8 @@ pub fn repo_files(repo_id: &str, kind: RepoKind, wanted: &dyn Fn(&str) -> bool, 
                 kind.flag()
             ))
         })?;
-        let mut files = Vec::new();
-        walk(&snap, &snap, &mut files);
-        files.retain(|f| wanted(&f.name));
-        files.sort_by(|a, b| a.name.cmp(&b.name));
         let commit = snap.file_name().map(|n| n.to_string_lossy().into_owned());
-        return Ok((commit, files));
+        return Ok((commit, snapshot_files(&snap, wanted)));
     }
     let api = hub_api(&cache_dir, opts.progress)?;
     let repo = api.repo(Repo::with_revision(repo_id.to_string(), kind.hub(), revision.clone()));
@@ -441,17 +415,31 @@ pub fn repo_files(repo_id: &str, kind: RepoKind, wanted: &dyn Fn(&str) -> bool, 
             if kind == RepoKind::Dataset { "dataset" } else { "model" }
         ))
     })?;
-    let mut names: Vec<String> = info.siblings.into_iter().map(|s| s.rfilename).filter(|n| wanted(n)).collect();
+    let files = fetch_listed(&repo, repo_id, info.siblings, wanted)?;
+    Ok((Some(info.sha), files))
+}
+
+/// The files of a cached snapshot whose repository paths `wanted` accepts, in path order.
+fn snapshot_files(snap: &Path, wanted: &dyn Fn(&str) -> bool) -> Vec<RepoFile> {
+    let mut files = Vec::new();
+    walk(snap, snap, &mut files);
+    files.retain(|f| wanted(&f.name));
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
+}
+
+/// The files of a repository's listing that `wanted` accepts, fetched into the cache in path order.
+fn fetch_listed(repo: &hf_hub::api::sync::ApiRepo, repo_id: &str, listing: Vec<hf_hub::api::Siblings>, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<RepoFile>> {
+    let mut names: Vec<String> = listing.into_iter().map(|s| s.rfilename).filter(|n| wanted(n)).collect();
     names.sort();
-    let files = names
+    names
         .into_iter()
         .map(|name| {
             tracing::info!("fetching {name} of {repo_id}");
             let path = repo.get(&name).map_err(|e| Error::Hub(format!("downloading {name} of {repo_id} failed: {e}")))?;
             Ok(RepoFile { name, path })
         })
-        .collect::<Result<_>>()?;
-    Ok((Some(info.sha), files))
+        .collect()
 }
 
 /// Every file under `dir` (a cache snapshot: its entries are links to blobs), named by its path

@@ -121,11 +121,14 @@ pub fn stats_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str, mod
     stats_dir.join(identity.slug()).join(crate::data::sanitize(dataset)).join(format!("{module}_{}_{samples}.safetensors", precision.reference_name()))
 }
 
-/// Where `--samples auto` statistics drawn from a sample of `samples` texts are filed: beside
-/// the full sample's, never in its place (they hold fewer of its texts).
-pub fn auto_stats_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str, module: &str, precision: Precision, samples: usize) -> PathBuf {
+/// Where statistics drawn from a sample of `samples` texts are filed: [`stats_path`], or for
+/// `--samples auto` ones (`auto`) beside it, never in its place (they hold fewer of its texts).
+pub fn filed_path(stats_dir: &Path, identity: &ModelIdentity, dataset: &str, module: &str, precision: Precision, samples: usize, auto: bool) -> PathBuf {
     let full = stats_path(stats_dir, identity, dataset, module, precision, samples);
-    full.with_file_name(format!("{module}_{}_{samples}-auto.safetensors", precision.reference_name()))
+    match auto {
+        true => full.with_file_name(format!("{module}_{}_{samples}-auto.safetensors", precision.reference_name())),
+        false => full,
+    }
 }
 
 /// Where an interrupted job keeps its progress.
@@ -143,9 +146,14 @@ pub fn save(path: &Path, sum: &Tensor, count: u64, meta: &StatsMeta) -> Result<(
     let mut md = HashMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(meta).expect("metadata serialises"));
     let sum = sum.to_device(&Device::Cpu)?;
+    write_file(path, &[Lazy::ready("mom2.count", &count), Lazy::ready("mom2.sum", &sum)], md)
+}
+
+/// Writes a statistics or progress file (its folder made if missing), tensors streamed.
+fn write_file(path: &Path, tensors: &[Lazy<'_>], metadata: HashMap<String, String>) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    crate::fsutil::write_safetensors_streamed(path, &[Lazy::ready("mom2.count", &count), Lazy::ready("mom2.sum", &sum)], md)
+    crate::fsutil::write_safetensors_streamed(path, tensors, metadata)
 }
 
 /// A statistics or partial file, mapped once: its `edit.stats` metadata and its tensors.
@@ -426,9 +434,7 @@ fn write_partial(
     let meta = PartialMeta { key: key.clone(), count: acc.count, texts: acc.texts, next_chunk: acc.next_chunk, finished_shard, convergence };
     let mut md = HashMap::new();
     md.insert(META_KEY.to_string(), serde_json::to_string(&meta).expect("metadata serialises"));
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    crate::fsutil::write_safetensors_streamed(path, &tensors, md)
+    write_file(path, &tensors, md)
 }
 
 /// The saved progress of an identical job, if any. A partial file of a different job is

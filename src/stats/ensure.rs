@@ -250,10 +250,7 @@ pub fn collect_missing(lm: &LoadedModel, todo: &[usize], plan: &StatsPlan, progr
         .iter()
         .map(|&l| {
             let module = mlp_down(&cfg, l)?.name;
-            let path = match plan.auto {
-                Some(_) => cache::auto_stats_path(&plan.stats_dir, &identity, &dataset, &module, precision, samples),
-                None => cache::stats_path(&plan.stats_dir, &identity, &dataset, &module, precision, samples),
-            };
+            let path = cache::filed_path(&plan.stats_dir, &identity, &dataset, &module, precision, samples, plan.auto.is_some());
             Ok((l, module, path))
         })
         .collect::<Result<_>>()?;

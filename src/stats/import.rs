@@ -96,23 +96,25 @@ impl NpzStats {
         Ok(Self { file: file.to_path_buf(), members, sum, count, layer, guessed })
     }
 
-    /// The layer the file is for (given, or read from its name).
-    pub fn layer(&self) -> usize {
-        self.layer
-    }
-
-    /// Checks the statistics against the model `files` and says where and how they are filed in
-    /// `stats_dir`: under `dataset` (default: the `<name>_stats` folder they came from, else
+    /// Checks the statistics against the model (its config and identity) and says where and how
+    /// they are filed in `stats_dir`: under `dataset` (default: the `<name>_stats` folder they came from, else
     /// `imported`) and `samples` (default: the file's `sample_size`, else its name's), with
     /// `source` as their origin (default: `imported from <file>`).
-    pub fn prepare(self, files: &ModelFiles, stats_dir: &Path, dataset: Option<String>, samples: Option<usize>, source: Option<String>) -> Result<Prepared> {
+    pub fn prepare(
+        self,
+        cfg: &ModelConfig,
+        identity: &ModelIdentity,
+        stats_dir: &Path,
+        dataset: Option<String>,
+        samples: Option<usize>,
+        source: Option<String>,
+    ) -> Result<Prepared> {
         let shown = self.file.display();
         let layer = self.layer;
-        let cfg = ModelConfig::from_file(&files.config)?;
         if layer >= cfg.n_layer {
             return Err(Error::Input(format!("{shown} is for layer {layer}, but the model has {} layers: it belongs to another model", cfg.n_layer)));
         }
-        let module = mlp_down(&cfg, layer)?;
+        let module = mlp_down(cfg, layer)?;
         let name = self.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         if let Some(named) = module_in_name(&name).filter(|m| *m != module.name) {
             return Err(Error::Input(format!(
@@ -143,7 +145,6 @@ impl NpzStats {
             None => self.guessed.samples.unwrap_or(0),
         };
         let dataset = dataset.or(self.guessed.dataset).unwrap_or_else(|| "imported".into());
-        let identity = ModelIdentity::of(files)?;
         let meta = StatsMeta {
             format: 1,
             identity: identity.clone(),
@@ -164,13 +165,14 @@ impl NpzStats {
             tool_version: env!("CARGO_PKG_VERSION").into(),
             auto: None,
         };
-        let path = cache::stats_path(stats_dir, &identity, &dataset, &module.name, precision, samples);
+        let path = cache::stats_path(stats_dir, identity, &dataset, &module.name, precision, samples);
         Ok(Prepared { path, sum: self.sum, count: self.count as u64, meta })
     }
 
     /// [`Self::prepare`]s the statistics and files them.
     pub fn file_into(self, files: &ModelFiles, stats_dir: &Path, dataset: Option<String>, samples: Option<usize>) -> Result<LayerReport> {
-        let p = self.prepare(files, stats_dir, dataset, samples, None)?;
+        let (cfg, identity) = (ModelConfig::from_file(&files.config)?, ModelIdentity::of(files)?);
+        let p = self.prepare(&cfg, &identity, stats_dir, dataset, samples, None)?;
         p.save(&p.path)?;
         Ok(p.report())
     }

@@ -119,7 +119,7 @@ pub fn pull(req: &PullRequest, files: &ModelFiles, stats_dir: &Path) -> Result<P
     // one at a time; the staged files are moved into place together at the end.
     let mut outputs = crate::fsutil::Outputs::new();
     for f in &repo_files {
-        let result = if f.name.ends_with(".npz") { check_npz(f, files, stats_dir, &at) } else { check_edit_file(f, &cfg, &identity, stats_dir) };
+        let result = if f.name.ends_with(".npz") { check_npz(f, &cfg, &identity, stats_dir, &at) } else { check_edit_file(f, &cfg, &identity, stats_dir) };
         let mut c = match result {
             Ok(c) => c,
             Err(reason) => {
@@ -182,10 +182,7 @@ fn check_edit_file(f: &RepoFile, cfg: &ModelConfig, identity: &ModelIdentity, st
     let module = mlp_down(cfg, meta.layer).map_err(|e| e.to_string())?;
     meta.check(&dims, identity, &module).map_err(|e| e.to_string())?;
     check_recorded(&meta, &f.path)?;
-    let target = match meta.auto {
-        Some(_) => cache::auto_stats_path(stats_dir, identity, &meta.dataset, &meta.module, meta.precision, meta.samples),
-        None => cache::stats_path(stats_dir, identity, &meta.dataset, &meta.module, meta.precision, meta.samples),
-    };
+    let target = cache::filed_path(stats_dir, identity, &meta.dataset, &meta.module, meta.precision, meta.samples, meta.auto.is_some());
     Ok(Checked { pulled: pulled(f, &meta, &target), target, write: Write::Copy(f.path.clone()) })
 }
 
@@ -209,12 +206,12 @@ fn check_recorded(meta: &StatsMeta, path: &Path) -> std::result::Result<(), Stri
 
 /// Checks a reference `.npz` (`stats/<model>/<dataset>_stats/<module>_float32_mom2_<n>.npz`)
 /// against the local model, converted to the cache's format.
-fn check_npz(f: &RepoFile, files: &ModelFiles, stats_dir: &Path, at: &str) -> std::result::Result<Checked, String> {
+fn check_npz(f: &RepoFile, cfg: &ModelConfig, identity: &ModelIdentity, stats_dir: &Path, at: &str) -> std::result::Result<Checked, String> {
     // The repository's path names the corpus and sample; the cache's blob path does not.
     let named = crate::stats::import::parse_npz_name(Path::new(&f.name));
     let npz = NpzStats::read(&f.path, named.layer).map_err(|e| e.to_string().replace(&f.path.display().to_string(), &f.name))?;
     let prepared = npz
-        .prepare(files, stats_dir, named.dataset.clone(), named.samples, Some(format!("pulled from {at}: {}", f.name)))
+        .prepare(cfg, identity, stats_dir, named.dataset.clone(), named.samples, Some(format!("pulled from {at}: {}", f.name)))
         .map_err(|e| e.to_string().replace(&f.path.display().to_string(), &f.name))?;
     tracing::info!("{}: a reference file, which records no weights fingerprint: checked by module name, shape and values only", f.name);
     Ok(Checked { pulled: pulled(f, &prepared.meta, &prepared.path), target: prepared.path.clone(), write: Write::Npz(Box::new(prepared)) })
